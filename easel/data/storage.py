@@ -1,0 +1,92 @@
+"""Reading and writing through fsspec, with atomic writes.
+
+Every file easel produces appears whole or not at all. On a local (POSIX) filesystem we
+write to a hidden temporary name in the same folder and `os.replace` it into place; on
+object stores (s3, gcs, memory) a single PUT is already atomic, so we upload in one call.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and the protocol-less path of `uri`."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs, path
+
+
+def is_local(uri: str) -> bool:
+    return isinstance(filesystem(uri)[0], LocalFileSystem)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI parts with '/', keeping the protocol of `base`."""
+    if is_local(base) and "://" not in base:
+        return os.path.join(base, *parts)
+    return posixpath.join(base.rstrip("/"), *parts)
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    return fs.cat_file(path)
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write `data` to `uri` so that no reader ever sees a partial file."""
+    fs, path = filesystem(uri)
+    parent = posixpath.dirname(path) if not isinstance(fs, LocalFileSystem) else os.path.dirname(path)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(parent or ".", exist_ok=True)
+        tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    fs.pipe_file(path, data)
+
+
+def write_png_atomic(uri: str, image: Any) -> bytes:
+    """Encode a PIL image as PNG, write it atomically, return the encoded bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    write_bytes_atomic(uri, data)
+    return data
+
+
+def write_text_atomic(uri: str, text: str) -> None:
+    write_bytes_atomic(uri, text.encode("utf-8"))
+
+
+def is_within(child: str, root: str) -> bool:
+    """Whether `child` resolves inside `root` (both normalised, same filesystem)."""
+    fs_c, path_c = filesystem(child)
+    fs_r, path_r = filesystem(root)
+    if type(fs_c) is not type(fs_r):
+        return False
+    if isinstance(fs_c, LocalFileSystem):
+        path_c, path_r = os.path.realpath(path_c), os.path.realpath(path_r)
+        return os.path.commonpath([path_c, path_r]) == path_r
+    path_c, path_r = posixpath.normpath(path_c), posixpath.normpath(path_r)
+    return path_c == path_r or path_c.startswith(path_r.rstrip("/") + "/")
