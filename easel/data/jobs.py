@@ -1,0 +1,157 @@
+"""From validated rows to batches of images: the unit of work of a sweep.
+
+A row asks for `num_images` images; image k uses seed + k. Images whose settings agree
+(model, task, scheduler, guidance, steps, size, strength) share a batch. Each image has
+a `request_key`, a digest of everything that determines its pixels: a rerun skips an
+image whose key is already recorded, and regenerates one whose row has changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from itertools import groupby
+
+from easel.data.manifest import RowJob
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What every image in one pipeline call shares."""
+
+    task: str
+    scheduler: str | None  # resolved name; None only before resolution
+    guidance_scale: float
+    num_inference_steps: int
+    width: int
+    height: int
+    strength: float = 0.75
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    prompt: str
+    negative_prompt: str | None
+    seed: int
+    init_image: str | None = None
+    mask_image: str | None = None
+
+
+@dataclass(frozen=True)
+class PlannedImage:
+    row_id: str
+    image_index: int
+    request: ImageRequest
+    request_key: str
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    model: str
+    settings: BatchSettings
+    images: tuple[PlannedImage, ...]
+
+    @property
+    def key(self) -> str:
+        joined = "|".join(image.request_key for image in self.images)
+        return hashlib.sha256(joined.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What planning needs to know about a model without loading its weights."""
+
+    digest: str
+    native_size: int
+    default_scheduler: str
+
+
+def row_settings(job: RowJob, facts: ModelFacts) -> BatchSettings:
+    strength = job.strength if job.task != "text2img" else 1.0  # unused by text2img
+    return BatchSettings(
+        task=job.task, scheduler=job.scheduler or facts.default_scheduler,
+        guidance_scale=job.guidance_scale, num_inference_steps=job.num_inference_steps,
+        width=job.width or facts.native_size, height=job.height or facts.native_size,
+        strength=strength,
+    )  # fmt: skip
+
+
+def request_key(model_digest: str, settings: BatchSettings, request: ImageRequest) -> str:
+    content = {"model": model_digest, **asdict(settings), **asdict(request)}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def planned_images(job: RowJob, facts: ModelFacts) -> list[PlannedImage]:
+    settings = row_settings(job, facts)
+    images = []
+    for k in range(job.num_images):
+        request = ImageRequest(
+            prompt=job.prompt, negative_prompt=job.negative_prompt, seed=job.seed + k,
+            init_image=job.init_image, mask_image=job.mask_image,
+        )  # fmt: skip
+        key = request_key(facts.digest, settings, request)
+        images.append(PlannedImage(row_id=job.id, image_index=k, request=request, request_key=key))
+    return images
+
+
+def plan_batches(
+    jobs: list[RowJob], facts: dict[str, ModelFacts], batch_size: int, done: set[str]
+) -> list[PlannedBatch]:
+    """Batches of at most `batch_size` images not yet done, grouped by shared settings."""
+    assert batch_size >= 1
+    pending = []
+    for job in jobs:
+        settings = row_settings(job, facts[job.model])
+        for image in planned_images(job, facts[job.model]):
+            if image.request_key not in done:
+                pending.append((job.model, settings, image))
+    group_key = lambda item: (item[0], repr(item[1]))
+    batches = []
+    for _, group in groupby(sorted(pending, key=group_key), key=group_key):
+        items = list(group)
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            model, settings = chunk[0][0], chunk[0][1]
+            batches.append(PlannedBatch(model, settings, tuple(item[2] for item in chunk)))
+    return batches
+
+
+@dataclass
+class SweepPlan:
+    """Everything a sweep will do, decided before any image is generated."""
+
+    jobs: list[RowJob]
+    failures: list  # list[RowFailure]: rows that fail before generation
+    facts: dict[str, ModelFacts]
+    batches: list[PlannedBatch]
+
+    @property
+    def total_images(self) -> int:
+        return sum(job.num_images for job in self.jobs)
+
+    @property
+    def pending_images(self) -> int:
+        return sum(len(batch.images) for batch in self.batches)
+
+
+def build_plan(
+    jobs: list[RowJob], failures: list, facts_for, batch_size: int, done: set[str]
+) -> SweepPlan:
+    """Resolve each distinct model once (`facts_for(ref)`, which raises `ValueError` with a
+    user message for a bad reference); rows on a bad model fail alone."""
+    from easel.data.manifest import RowFailure
+
+    facts, bad_models = {}, {}
+    for ref in sorted({job.model for job in jobs}):
+        try:
+            facts[ref] = facts_for(ref)
+        except ValueError as error:
+            bad_models[ref] = f"`model` {ref!r}: {error}"
+    runnable = [job for job in jobs if job.model in facts]
+    failures = failures + [
+        RowFailure(row_index=job.row_index, id=job.id, error=bad_models[job.model])
+        for job in jobs if job.model in bad_models
+    ]  # fmt: skip
+    batches = plan_batches(runnable, facts, batch_size, done)
+    return SweepPlan(jobs=runnable, failures=failures, facts=facts, batches=batches)

@@ -1,0 +1,294 @@
+"""Sweep manifests (SPEC §5): reading Parquet through fsspec and validating every row.
+
+Two levels of error, as SPEC §3 asks:
+- the manifest as a whole (unreadable, not Parquet, no `prompt` column, duplicate ids)
+  raises `InvalidInput`: the CLI exits 2 and nothing is generated;
+- a bad row becomes a `RowFailure` naming the column and the value; the others still run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import posixpath
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from easel.data import storage
+from easel.errors import InvalidInput
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+TASKS = ("text2img", "img2img", "inpaint", "fusion")
+SCHEDULER_NAMES = ("ddim", "ddpm", "pndm", "euler", "euler_a", "dpmpp_2m", "unipc", "lms", "heun")
+KNOWN_COLUMNS = (
+    "prompt", "id", "negative_prompt", "seed", "num_images", "guidance_scale",
+    "num_inference_steps", "width", "height", "scheduler", "model", "task",
+    "init_image", "mask_image", "strength",
+)  # fmt: skip
+MAX_SEED = 2**63 - 1
+
+
+class RowError(ValueError):
+    """One row breaks one rule; the message names the column and the value."""
+
+
+@dataclass(frozen=True)
+class SweepDefaults:
+    """What a row gets for the columns it leaves empty (from the flow's config)."""
+
+    model: str
+    guidance_scale: float
+    num_inference_steps: int
+    max_pixels: int
+    width: int | None = None  # None: the model's native size, filled in at load time
+    height: int | None = None
+    scheduler: str | None = None  # None: the model's own scheduler
+    strength: float = 0.75
+
+
+@dataclass(frozen=True)
+class RowJob:
+    """A validated manifest row: everything needed to generate its images."""
+
+    row_index: int
+    id: str
+    prompt: str
+    negative_prompt: str | None
+    seed: int
+    num_images: int
+    guidance_scale: float
+    num_inference_steps: int
+    width: int | None
+    height: int | None
+    scheduler: str | None
+    model: str
+    task: str
+    init_image: str | None
+    mask_image: str | None
+    strength: float
+
+
+@dataclass(frozen=True)
+class RowFailure:
+    row_index: int
+    id: str
+    error: str
+
+
+@dataclass
+class Manifest:
+    """The raw table (kept for pass-through columns) and where it came from."""
+
+    table: pa.Table
+    uri: str
+    root: str  # the folder that relative image paths resolve against
+    files: list[str] = field(default_factory=list)
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def manifest_files(uri: str) -> tuple[list[str], str]:
+    """The Parquet files named by `uri` (a file, a folder or a glob) and their root folder."""
+    fs, path = storage.filesystem(uri)
+    protocol = uri.split("://", 1)[0] + "://" if "://" in uri else ""
+    if any(ch in path for ch in "*?["):
+        files = sorted(fs.glob(path))
+        root = posixpath.dirname(path.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0])
+    elif fs.isdir(path):
+        files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+        root = path
+    elif fs.exists(path):
+        files, root = [path], posixpath.dirname(path)
+    else:
+        raise InvalidInput(f"manifest {uri!r} does not exist")
+    if not files:
+        raise InvalidInput(f"manifest {uri!r} names no Parquet file")
+    return [_with_protocol(protocol, f) for f in files], _with_protocol(protocol, root)
+
+
+def _with_protocol(protocol: str, path: str) -> str:
+    if protocol in ("", "file://"):
+        return path
+    return protocol + path
+
+
+def read_manifest(uri: str) -> Manifest:
+    """Read and concatenate the manifest's files; raise `InvalidInput` if it is unusable."""
+    files, root = manifest_files(uri)
+    tables = []
+    for file_uri in files:
+        fs, path = storage.filesystem(file_uri)
+        try:
+            with fs.open(path, "rb") as f:
+                tables.append(pq.read_table(f))
+        except (pa.ArrowInvalid, OSError) as error:
+            raise InvalidInput(f"manifest file {file_uri!r} is not a readable Parquet file: {error}")
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise InvalidInput(f"manifest {uri!r}: its files have incompatible schemas: {error}")
+    if "prompt" not in table.column_names:
+        raise InvalidInput(
+            f"manifest {uri!r} has no `prompt` column (columns: {', '.join(table.column_names)})"
+        )
+    return Manifest(table=table, uri=uri, root=root, files=files)
+
+
+# --- validation ----------------------------------------------------------------------
+
+
+def derived_id(values: dict[str, Any]) -> str:
+    """A stable id from the row's content, for rows that give none."""
+    content = {k: values.get(k) for k in sorted(values) if k != "id"}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+    return f"row-{digest[:16]}"
+
+
+def derived_seed(row_id: str) -> int:
+    return int(hashlib.sha256(row_id.encode()).hexdigest()[:8], 16)
+
+
+def validate_manifest(
+    manifest: Manifest, defaults: SweepDefaults, input_roots: list[str] = ()
+) -> tuple[list[RowJob], list[RowFailure]]:
+    """Validate every row. Duplicate ids invalidate the manifest as a whole."""
+    rows = manifest.table.to_pylist()
+    ids = [_row_id(values) for values in rows]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        shown = ", ".join(repr(i) for i in duplicates[:5])
+        raise InvalidInput(f"manifest {manifest.uri!r}: column `id` has duplicate values: {shown}")
+    roots = [manifest.root, *input_roots]
+    jobs, failures = [], []
+    for index, (values, row_id) in enumerate(zip(rows, ids)):
+        try:
+            jobs.append(validate_row(index, row_id, values, defaults, manifest.root, roots))
+        except RowError as error:
+            failures.append(RowFailure(row_index=index, id=row_id, error=str(error)))
+    return jobs, failures
+
+
+def _row_id(values: dict[str, Any]) -> str:
+    value = values.get("id")
+    return derived_id(values) if value is None else str(value)
+
+
+def validate_row(
+    index: int, row_id: str, values: dict[str, Any], defaults: SweepDefaults, base: str,
+    roots: list[str],
+) -> RowJob:  # fmt: skip
+    """Check one row against every SPEC §5 rule; raise `RowError` at the first broken one."""
+    if not ID_PATTERN.fullmatch(row_id):
+        raise RowError(f"`id` must match [A-Za-z0-9._-]{{1,128}} but is {row_id!r}")
+    if row_id in (".", ".."):
+        raise RowError(f"`id` must not be {row_id!r}")
+    prompt = values.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RowError(f"`prompt` must be a non-empty string but is {prompt!r}")
+    negative = _optional_str(values, "negative_prompt")
+    num_images = _int(values, "num_images", 1, low=1, high=64)
+    seed = _int(values, "seed", derived_seed(row_id), low=0, high=MAX_SEED - num_images)
+    guidance = _float(values, "guidance_scale", defaults.guidance_scale)
+    if guidance < 0:
+        raise RowError(f"`guidance_scale` must be >= 0 but is {guidance!r}")
+    steps = _int(values, "num_inference_steps", defaults.num_inference_steps, low=1, high=500)
+    width = _size(values, "width", defaults.width)
+    height = _size(values, "height", defaults.height)
+    if width and height and width * height > defaults.max_pixels:
+        raise RowError(
+            f"`width` x `height` = {width}x{height} exceeds the pixel budget of "
+            f"{defaults.max_pixels} pixels"
+        )
+    scheduler = _optional_str(values, "scheduler") or defaults.scheduler
+    if scheduler is not None and scheduler not in SCHEDULER_NAMES:
+        raise RowError(f"`scheduler` must be one of {', '.join(SCHEDULER_NAMES)} but is {scheduler!r}")
+    init_image = _image_uri(values, "init_image", base, roots)
+    mask_image = _image_uri(values, "mask_image", base, roots)
+    task = _task(values, init_image, mask_image)
+    strength = _float(values, "strength", defaults.strength)
+    if not 0 < strength <= 1:
+        raise RowError(f"`strength` must be in (0, 1] but is {strength!r}")
+    return RowJob(
+        row_index=index, id=row_id, prompt=prompt, negative_prompt=negative, seed=seed,
+        num_images=num_images, guidance_scale=guidance, num_inference_steps=steps, width=width,
+        height=height, scheduler=scheduler, model=_optional_str(values, "model") or defaults.model,
+        task=task, init_image=init_image, mask_image=mask_image, strength=strength,
+    )  # fmt: skip
+
+
+def _optional_str(values: dict[str, Any], column: str) -> str | None:
+    value = values.get(column)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RowError(f"`{column}` must be a string but is {value!r}")
+    return value
+
+
+def _int(values: dict[str, Any], column: str, default: int, low: int, high: int) -> int:
+    value = values.get(column)
+    if value is None:
+        return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RowError(f"`{column}` must be an integer but is {value!r}")
+    if not low <= value <= high:
+        raise RowError(f"`{column}` must be in {low}..{high} but is {value!r}")
+    return value
+
+
+def _float(values: dict[str, Any], column: str, default: float) -> float:
+    value = values.get(column)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RowError(f"`{column}` must be a number but is {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise RowError(f"`{column}` must be a finite number but is {value!r}")
+    return number
+
+
+def _size(values: dict[str, Any], column: str, default: int | None) -> int | None:
+    if values.get(column) is None:
+        return default
+    size = _int(values, column, 0, low=8, high=4096)
+    if size % 8:
+        raise RowError(f"`{column}` must be divisible by 8 but is {size}")
+    return size
+
+
+def _task(values: dict[str, Any], init_image: str | None, mask_image: str | None) -> str:
+    task = _optional_str(values, "task")
+    if task is None:
+        return "inpaint" if mask_image else "img2img" if init_image else "text2img"
+    if task not in TASKS:
+        raise RowError(f"`task` must be one of {', '.join(TASKS)} but is {task!r}")
+    if task in ("img2img", "inpaint") and not init_image:
+        raise RowError(f"`task` {task!r} needs `init_image`, which is empty")
+    if task == "inpaint" and not mask_image:
+        raise RowError("`task` 'inpaint' needs `mask_image`, which is empty")
+    return task
+
+
+def _image_uri(values: dict[str, Any], column: str, base: str, roots: list[str]) -> str | None:
+    """Resolve an image path against the manifest folder; refuse anything outside the roots."""
+    value = _optional_str(values, column)
+    if not value:
+        return None
+    uri = value if "://" in value or value.startswith("/") else storage.join(base, value)
+    if not any(storage.is_within(uri, root) for root in roots):
+        raise RowError(
+            f"`{column}` {value!r} resolves outside the manifest's folder and the input roots"
+        )
+    return uri

@@ -1,0 +1,45 @@
+"""Flow parameters from a YAML file plus command-line overrides, validated by pydantic.
+
+Any error becomes one `InvalidInput` line that names the field and the value."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from easel.data import storage
+from easel.errors import InvalidInput
+
+Parameters = TypeVar("Parameters", bound=BaseModel)
+
+
+def read_yaml(uri: str) -> dict:
+    try:
+        content = yaml.safe_load(storage.read_bytes(uri)) or {}
+    except FileNotFoundError:
+        raise InvalidInput(f"config file {uri!r} does not exist") from None
+    except yaml.YAMLError as error:
+        raise InvalidInput(f"config file {uri!r} is not valid YAML: {error}") from None
+    if not isinstance(content, dict):
+        raise InvalidInput(f"config file {uri!r} must hold a mapping of keys, not {type(content).__name__}")
+    return content
+
+
+def validation_message(error: ValidationError, source: str = "") -> str:
+    """The first problem, as `field `x`: message (value: ...)`."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(root)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}unknown field `{field}` (value: {first.get('input')!r})"
+    return f"{source}field `{field}`: {first['msg']} (value: {first.get('input')!r})"
+
+
+def load_parameters(model: type[Parameters], config: str | None, overrides: dict) -> Parameters:
+    values = read_yaml(config) if config else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        raise InvalidInput(validation_message(error, f"{config}: " if config else "")) from None

@@ -1,0 +1,171 @@
+"""The sweep flow (SPEC §5): a Parquet manifest in, images + results + MLflow run out."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import sys
+from typing import Literal
+
+from prefect import flow
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from pydantic import BaseModel, ConfigDict, Field
+
+from easel import tracking
+from easel.data import storage
+from easel.data.manifest import SweepDefaults
+from easel.flows.config import load_parameters
+from easel.tasks.sweep import (
+    SweepInputs,
+    SweepSummary,
+    generate_batch,
+    plan_sweep,
+    plan_sweep_task,
+    write_results,
+)
+
+
+class SweepParameters(BaseModel):
+    """Everything a sweep run takes; validated before any work."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    manifest: str = Field(description="Parquet file, folder or glob (any fsspec URI)")
+    out: str = Field(description="output folder (any fsspec URI)")
+    model: str = Field("tiny-shapes", description="default for rows without a `model`")
+    batch_size: int = Field(8, ge=1, le=256)
+    guidance_scale: float = Field(7.5, ge=0)
+    num_inference_steps: int = Field(20, ge=1, le=500)
+    scheduler: str | None = Field(None, description="default for rows without a `scheduler`")
+    max_pixels: int = Field(2048 * 2048, ge=64, description="pixel budget for width x height")
+    input_roots: list[str] = Field(default_factory=list, description="extra roots for images")
+    device: str | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    trust_pickle: bool = False
+    experiment: str = "easel-sweep"
+    show_progress: bool = False
+
+    def inputs(self) -> SweepInputs:
+        defaults = SweepDefaults(
+            model=self.model, guidance_scale=self.guidance_scale,
+            num_inference_steps=self.num_inference_steps, max_pixels=self.max_pixels,
+            scheduler=self.scheduler,
+        )  # fmt: skip
+        return SweepInputs(
+            manifest=self.manifest, out=self.out, defaults=defaults,
+            input_roots=tuple(self.input_roots), batch_size=self.batch_size, device=self.device,
+            dtype=self.dtype, trust_pickle=self.trust_pickle,
+        )  # fmt: skip
+
+
+@flow(name="sweep", log_prints=True)
+def sweep_flow(params: SweepParameters) -> SweepSummary:
+    """Validate the manifest, generate the missing images batch by batch, record everything."""
+    inputs = params.inputs()
+    table, plan = plan_sweep_task(inputs)
+    with tracking.start_run(params.experiment, "sweep", params.model_dump()) as run:
+        progress = create_progress_artifact(0.0, key="sweep-progress", description=params.out)
+        bar = _progress_bar(plan.pending_images, params.show_progress)
+        generated, seconds = 0, 0.0
+        for batch in plan.batches:
+            outcome = generate_batch(inputs, batch, run.info.run_id)
+            generated, seconds = generated + outcome.ok, seconds + outcome.seconds
+            bar.update(len(batch.images))
+            update_progress_artifact(progress, 100.0 * bar.n / max(1, plan.pending_images))
+        bar.close()
+        summary = write_results(inputs, table, plan, generated)
+        _log_to_mlflow(summary, plan.pending_images, generated, seconds)
+    _publish_artifacts(summary)
+    return summary
+
+
+def _progress_bar(total: int, show: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="sweep", disable=not show)
+
+
+def _log_to_mlflow(summary: SweepSummary, pending: int, generated: int, seconds: float) -> None:
+    import mlflow
+
+    mlflow.log_metrics({
+        "images_ok": summary.images_ok, "images_failed": summary.images_failed,
+        "rows": summary.rows, "rows_failed": summary.rows_failed, "failures": summary.rows_failed,
+        "images_generated": generated, "images_pending_at_start": pending,
+        "generation_seconds": seconds, "images_per_s": generated / seconds if seconds else 0.0,
+    })  # fmt: skip
+    tracking.log_uri_artifact(summary.results_uri)
+    if summary.contact_sheet_uri:
+        tracking.log_uri_artifact(summary.contact_sheet_uri)
+
+
+def _publish_artifacts(summary: SweepSummary) -> None:
+    import pyarrow.parquet as pq
+
+    with io.BytesIO(storage.read_bytes(summary.results_uri)) as f:
+        rows = pq.read_table(f).to_pylist()
+    shown = ("id", "image_index", "status", "error", "seed", "scheduler", "image_uri")
+    create_table_artifact(
+        [{k: row.get(k) for k in shown} for row in rows[:500]], key="sweep-results",
+        description=f"{summary.results_uri} ({len(rows)} rows; the first 500 shown)",
+    )  # fmt: skip
+    markdown = (
+        f"# Sweep into `{summary.out}`\n\n| | |\n|---|---|\n| rows | {summary.rows} |\n"
+        f"| images ok | {summary.images_ok} |\n| images failed | {summary.images_failed} |\n"
+        f"| rows failed | {summary.rows_failed} |\n| generated by this run | "
+        f"{summary.generated_now} |\n\nResults: `{summary.results_uri}`\n"
+    )
+    if summary.contact_sheet_uri:
+        encoded = base64.b64encode(storage.read_bytes(summary.contact_sheet_uri)).decode()
+        markdown += f"\n![contact sheet](data:image/png;base64,{encoded})\n"
+    create_markdown_artifact(markdown, key="sweep-summary", description="sweep summary")
+
+
+# --- CLI -----------------------------------------------------------------------------
+
+
+def add_command(subparsers) -> None:
+    parser = subparsers.add_parser("sweep", help="generate the images of a Parquet manifest")
+    parser.add_argument("manifest", help="Parquet file, folder or glob (fsspec URI)")
+    parser.add_argument("--out", required=True, help="output folder (fsspec URI)")
+    parser.add_argument("--model", help="model for rows without a `model` (default tiny-shapes)")
+    parser.add_argument("--config", help="YAML file of sweep parameters")
+    parser.add_argument("--batch-size", type=int, help="images per pipeline call")
+    parser.add_argument("--input-root", action="append", dest="input_roots",
+                        help="another folder init/mask images may come from (repeatable)")
+    parser.add_argument("--trust-pickle", action="store_true", default=None,
+                        help="allow loading pickle (.bin/.ckpt) weights")
+    parser.set_defaults(run=run_sweep_command)
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    overrides = {
+        "manifest": args.manifest, "out": args.out, "model": args.model,
+        "batch_size": args.batch_size, "input_roots": args.input_roots,
+        "trust_pickle": args.trust_pickle, "show_progress": sys.stderr.isatty(),
+    }  # fmt: skip
+    params = load_parameters(SweepParameters, args.config, overrides)
+    summary = run_sweep(params)
+    print_summary(summary)
+    return 1 if summary.rows_failed else 0
+
+
+def run_sweep(params: SweepParameters) -> SweepSummary:
+    """Check the manifest as a whole first (exit 2, nothing generated), then run the flow."""
+    plan_sweep(params.inputs())
+    return sweep_flow(params)
+
+
+def print_summary(summary: SweepSummary) -> None:
+    print(f"images:        {summary.out}/images  ({summary.images_ok} ok, "
+          f"{summary.images_failed} failed, {summary.generated_now} generated now)")
+    print(f"results:       {summary.results_uri}")
+    if summary.contact_sheet_uri:
+        print(f"contact sheet: {summary.contact_sheet_uri}")
+    print(f"mlflow runs:   {tracking.tracking_uri()}")

@@ -1,0 +1,133 @@
+"""Generating a batch of images through a diffusers pipeline.
+
+Every image has its own `torch.Generator` seeded with its own seed, so an image depends on
+its prompt, settings and seed only, never on the batch it happens to share: the same as
+calling the diffusers pipeline directly with one seeded generator.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import torch
+from PIL import Image
+
+from easel.data import storage
+from easel.data.jobs import BatchSettings, ImageRequest
+from easel.models.loading import LoadedModel
+from easel.models.schedulers import SCHEDULERS, build_scheduler, scheduler_name
+
+
+def native_size(model_path: str) -> int:
+    """The model's native image side in pixels, read from its configs (no weights loaded)."""
+    for unet_folder in ("unet", "decoder"):
+        unet_config = os.path.join(model_path, unet_folder, "config.json")
+        if os.path.exists(unet_config):
+            break
+    vae_folder = "vae" if os.path.exists(os.path.join(model_path, "vae")) else "movq"
+    with open(unet_config) as f:
+        sample_size = json.load(f)["sample_size"]
+    with open(os.path.join(model_path, vae_folder, "config.json")) as f:
+        vae_scale = 2 ** (len(json.load(f)["block_out_channels"]) - 1)
+    return int(sample_size) * vae_scale
+
+
+def resolved_scheduler_name(loaded: LoadedModel, name: str | None) -> str:
+    return name or scheduler_name(loaded.pipeline.scheduler)
+
+
+def prompt_truncation_warning(loaded: LoadedModel, prompt: str) -> str | None:
+    """A warning if the tokenizer will cut `prompt` (SD: CLIP's model_max_length)."""
+    tokenizer = getattr(loaded.pipeline, "tokenizer", None)
+    if tokenizer is None:
+        return None
+    length = len(tokenizer(prompt, truncation=False).input_ids)
+    limit = tokenizer.model_max_length
+    if length > limit:
+        return f"`prompt` has {length} tokens and was truncated to the model's {limit}"
+    return None
+
+
+def task_pipeline(loaded: LoadedModel, settings: BatchSettings):
+    """A pipeline for the task sharing the loaded modules, with the requested scheduler."""
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+    base = loaded.pipeline
+    components = dict(base.components)
+    if settings.scheduler in SCHEDULERS:
+        components["scheduler"] = build_scheduler(settings.scheduler, base.scheduler.config)
+    else:  # the model's own scheduler, a fresh copy: schedulers hold per-call state
+        components["scheduler"] = type(base.scheduler).from_config(base.scheduler.config)
+    cls = {"text2img": StableDiffusionPipeline, "img2img": StableDiffusionImg2ImgPipeline}.get(
+        settings.task
+    )
+    if loaded.family != "sd" or cls is None:
+        raise ValueError(f"`task` {settings.task!r} is not supported for a {loaded.family} model")
+    pipeline = cls(**components)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def load_rgb(uri: str, column: str, size: tuple[int, int]) -> Image.Image:
+    """Open an input image; errors name the column and the value."""
+    try:
+        image = Image.open(io.BytesIO(storage.read_bytes(uri)))
+        image.load()
+    except FileNotFoundError:
+        raise ValueError(f"`{column}` {uri!r} does not exist") from None
+    except Exception as error:  # noqa: BLE001 - PIL raises many kinds
+        raise ValueError(f"`{column}` {uri!r} is not a readable image: {error}") from None
+    image = image.convert("RGB")
+    return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
+
+
+@torch.inference_mode()
+def generate(loaded: LoadedModel, settings: BatchSettings, requests: list[ImageRequest]) -> list[Image.Image]:
+    """One pipeline call for all `requests`; returns one PIL image per request, in order."""
+    pipeline = task_pipeline(loaded, settings)
+    generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in requests]
+    arguments = dict(
+        prompt=[r.prompt for r in requests],
+        negative_prompt=[r.negative_prompt or "" for r in requests],
+        guidance_scale=settings.guidance_scale,
+        num_inference_steps=settings.num_inference_steps,
+        generator=generators,
+        output_type="pil",
+    )
+    if settings.task == "text2img":
+        arguments.update(width=settings.width, height=settings.height)
+    else:
+        size = (settings.width, settings.height)
+        arguments.update(
+            image=[load_rgb(r.init_image, "init_image", size) for r in requests],
+            strength=settings.strength,
+        )
+    return pipeline(**arguments).images
+
+
+def model_facts(ref: str):
+    """Digest, native size and default scheduler of `ref`, without loading its weights."""
+    from easel.data.jobs import ModelFacts
+    from easel.models.loading import detect_family
+    from easel.models.references import resolve_model_reference
+    from easel.models.schedulers import scheduler_name_from_config
+
+    resolved = resolve_model_reference(ref)
+    detect_family(resolved.path)  # refuses pipelines easel does not run
+    with open(os.path.join(resolved.path, "scheduler", "scheduler_config.json")) as f:
+        scheduler = scheduler_name_from_config(json.load(f))
+    return ModelFacts(digest=resolved.digest, native_size=native_size(resolved.path),
+                      default_scheduler=scheduler)
+
+
+def generate_each(loaded: LoadedModel, settings: BatchSettings, requests: list[ImageRequest]) -> list:
+    """Images for `requests` in one pipeline call; if that call fails, one call per request so
+    that a bad request fails alone. Each entry is a PIL image or the exception it raised."""
+    try:
+        return list(generate(loaded, settings, requests))
+    except Exception as error:  # noqa: BLE001 - recorded, or isolated below
+        if len(requests) == 1:
+            return [error]
+    return [generate_each(loaded, settings, [request])[0] for request in requests]

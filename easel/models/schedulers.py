@@ -1,0 +1,53 @@
+"""Schedulers by name, built from the model's own scheduler config (`from_config`)."""
+
+from __future__ import annotations
+
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+# name -> (class, config overrides). Names are the manifest's `scheduler` values.
+SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
+    "ddim": (DDIMScheduler, {}),
+    "ddpm": (DDPMScheduler, {}),
+    "pndm": (PNDMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "unipc": (UniPCMultistepScheduler, {}),
+    "lms": (LMSDiscreteScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}),
+}
+
+
+def scheduler_name(scheduler: SchedulerMixin) -> str:
+    """The easel name of a scheduler instance (its class name if easel has none)."""
+    for name, (cls, overrides) in SCHEDULERS.items():
+        if type(scheduler) is cls and all(scheduler.config.get(k) == v for k, v in overrides.items()):
+            return name
+    return type(scheduler).__name__
+
+
+def build_scheduler(name: str, base_config) -> SchedulerMixin:
+    """A fresh scheduler `name` sharing the model's betas and prediction type."""
+    cls, overrides = SCHEDULERS[name]
+    return cls.from_config(base_config, **overrides)
+
+
+def scheduler_name_from_config(config: dict) -> str:
+    """The easel name for a saved scheduler config (its `_class_name` and options)."""
+    for name, (cls, overrides) in SCHEDULERS.items():
+        if config.get("_class_name") == cls.__name__ and all(
+            config.get(k, v) == v for k, v in overrides.items()
+        ):
+            return name
+    return str(config.get("_class_name"))
