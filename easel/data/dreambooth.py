@@ -1,0 +1,189 @@
+"""DreamBooth training data: instance and class images, cached once as latents, served as
+micro-batches that are pure functions of (seed, micro-batch number, rank).
+
+Because every micro-batch (which images, the VAE sample, the noise, the timesteps) is derived
+from its number alone, resuming needs nothing but the global step: the loader restarts at
+micro-batch `global_step * gradient_accumulation` and produces exactly what an uninterrupted
+run would have produced. No sampler state, no generator state.
+
+The frozen encoders belong to the model; the DataModule calls
+`trainer.lightning_module.encode_images` / `encode_prompts` once in `setup` and keeps the
+results (latent mean and std per image, one conditioning tensor per prompt).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset
+
+from easel.data.storage import filesystem, read_bytes
+from easel.errors import InvalidInput
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MIN_INSTANCE_IMAGES, MAX_INSTANCE_IMAGES = 3, 20
+
+
+def list_images(folder: str) -> list[str]:
+    """Image files directly under `folder` (any fsspec URI), sorted; [] if it has none."""
+    fs, path = filesystem(folder)
+    protocol = folder.split("://")[0] + "://" if "://" in folder else ""
+    names = [p for p in fs.ls(path, detail=False) if p.lower().endswith(IMAGE_SUFFIXES)]
+    return sorted(protocol + p if protocol and not p.startswith(protocol) else p for p in names)
+
+
+def check_instance_data(folder: str) -> list[str]:
+    """The instance image URIs, or one InvalidInput naming `instance_data` and the problem."""
+    fs, path = filesystem(folder)
+    if not fs.isdir(path):
+        raise InvalidInput(f"config field `instance_data` must be a folder of images but "
+                           f"{folder!r} does not exist or is not a folder")
+    images = list_images(folder)
+    if not MIN_INSTANCE_IMAGES <= len(images) <= MAX_INSTANCE_IMAGES:
+        raise InvalidInput(f"config field `instance_data` must hold {MIN_INSTANCE_IMAGES} to "
+                           f"{MAX_INSTANCE_IMAGES} images but {folder!r} holds {len(images)}")
+    for uri in images:
+        try:
+            with Image.open(io.BytesIO(read_bytes(uri))) as image:
+                image.verify()
+        except Exception as error:  # PIL raises many types for a broken file
+            raise InvalidInput(f"config field `instance_data`: image {uri!r} is unreadable "
+                               f"({type(error).__name__})") from None
+    return images
+
+
+def load_pixels(uris: list[str], resolution: int) -> torch.Tensor:
+    """Images resized (shorter side) and centre-cropped to `resolution`, in [-1, 1].
+
+    Returns (N, 3, resolution, resolution) float32.
+    """
+    out = torch.empty(len(uris), 3, resolution, resolution)
+    for i, uri in enumerate(uris):
+        with Image.open(io.BytesIO(read_bytes(uri))) as image:
+            image = image.convert("RGB")
+            scale = resolution / min(image.size)
+            w, h = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
+            image = image.resize((w, h), Image.Resampling.BICUBIC)
+            left, top = (w - resolution) // 2, (h - resolution) // 2
+            image = image.crop((left, top, left + resolution, top + resolution))
+            array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0  # (H, W, 3)
+        out[i] = torch.from_numpy(array).permute(2, 0, 1)
+    return out
+
+
+def derived_generator(seed: int, stream: str, index: int) -> torch.Generator:
+    """A CPU generator whose state depends only on (seed, stream, index)."""
+    digest = hashlib.sha256(f"{seed}/{stream}/{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def _epoch_order(seed: int, stream: str, count: int, positions: range) -> list[int]:
+    """Example indices at `positions` of an endless stream of shuffled epochs over `count`."""
+    out, cached = [], {}
+    for position in positions:
+        epoch = position // count
+        if epoch not in cached:
+            cached[epoch] = torch.randperm(count, generator=derived_generator(seed, stream, epoch))
+        out.append(int(cached[epoch][position % count]))
+    return out
+
+
+@dataclass(frozen=True)
+class LatentCache:
+    """Per-image latent distribution (already scaled to the UNet's latent space) and the
+    conditioning for the prompt that goes with these images."""
+
+    mean: torch.Tensor  # (N, C, h, w)
+    std: torch.Tensor  # (N, C, h, w)
+    condition: torch.Tensor  # (1, L, D) embeddings, or (1, L) token ids when the text encoder trains
+
+    def __len__(self) -> int:
+        return self.mean.shape[0]
+
+
+class MicroBatches(IterableDataset):
+    """Micro-batches number `start` .. `stop - 1` of this rank, each a dict of tensors."""
+
+    def __init__(self, instance: LatentCache, prior: LatentCache | None, batch_size: int,
+                 num_train_timesteps: int, seed: int, start: int, stop: int, rank: int = 0,
+                 world_size: int = 1):
+        self.instance, self.prior, self.batch_size = instance, prior, batch_size
+        self.num_train_timesteps, self.seed = num_train_timesteps, seed
+        self.start, self.stop, self.rank, self.world_size = start, stop, rank, world_size
+
+    def batch(self, number: int) -> dict[str, torch.Tensor]:
+        """Micro-batch `number` of this rank: instance examples first, then class examples."""
+        index = number * self.world_size + self.rank  # unique across ranks
+        positions = range(index * self.batch_size, (index + 1) * self.batch_size)
+        parts = [(self.instance, _epoch_order(self.seed, "instance", len(self.instance), positions))]
+        if self.prior is not None:
+            parts.append((self.prior, _epoch_order(self.seed, "class", len(self.prior), positions)))
+        mean = torch.cat([cache.mean[idx] for cache, idx in parts])
+        std = torch.cat([cache.std[idx] for cache, idx in parts])
+        condition = torch.cat([cache.condition.expand(len(idx), *cache.condition.shape[1:])
+                               for cache, idx in parts])
+        shape = mean.shape
+        return {
+            "latents": mean + std * torch.randn(shape, generator=derived_generator(self.seed, "vae", index)),
+            "noise": torch.randn(shape, generator=derived_generator(self.seed, "noise", index)),
+            "offset": torch.randn(shape[:2] + (1, 1), generator=derived_generator(self.seed, "offset", index)),
+            "timesteps": torch.randint(0, self.num_train_timesteps, (shape[0],),
+                                       generator=derived_generator(self.seed, "timestep", index)),
+            "condition": condition,
+            "is_prior": torch.arange(shape[0]) >= self.batch_size,
+        }
+
+    def __iter__(self):
+        for number in range(self.start, self.stop):
+            yield self.batch(number)
+
+
+class DreamBoothDataModule(pl.LightningDataModule):
+    """Instance (and class) images, encoded once in `setup`, served by `MicroBatches`."""
+
+    def __init__(self, instance_images: list[str], instance_prompt: str, resolution: int,
+                 batch_size: int, max_steps: int, gradient_accumulation: int, seed: int,
+                 class_images: list[str] | None = None, class_prompt: str | None = None):
+        super().__init__()
+        self.instance_images, self.instance_prompt = instance_images, instance_prompt
+        self.class_images, self.class_prompt = class_images, class_prompt
+        self.resolution, self.batch_size, self.seed = resolution, batch_size, seed
+        self.max_steps, self.gradient_accumulation = max_steps, gradient_accumulation
+        self.instance_cache: LatentCache | None = None
+        self.prior_cache: LatentCache | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.instance_cache is not None:
+            return
+        module = self.trainer.lightning_module
+        device = self.trainer.strategy.root_device
+        self.instance_cache = _encode(module, self.instance_images, self.instance_prompt,
+                                      self.resolution, device)
+        if self.class_images:
+            self.prior_cache = _encode(module, self.class_images, self.class_prompt,
+                                       self.resolution, device)
+        module.release_frozen_encoders()
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        dataset = MicroBatches(
+            self.instance_cache, self.prior_cache, self.batch_size,
+            num_train_timesteps=trainer.lightning_module.num_train_timesteps, seed=self.seed,
+            start=trainer.global_step * self.gradient_accumulation,  # resume point, exact
+            stop=self.max_steps * self.gradient_accumulation,
+            rank=trainer.global_rank, world_size=trainer.world_size)
+        return DataLoader(dataset, batch_size=None, num_workers=0)
+
+
+def _encode(module, uris: list[str], prompt: str, resolution: int, device,
+            chunk: int = 16) -> LatentCache:
+    moments = [module.encode_images(load_pixels(uris[i:i + chunk], resolution), device)
+               for i in range(0, len(uris), chunk)]  # a chunk at a time: bounded memory
+    return LatentCache(mean=torch.cat([m for m, _ in moments]), std=torch.cat([s for _, s in moments]),
+                       condition=module.encode_prompts([prompt], device))

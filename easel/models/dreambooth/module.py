@@ -1,0 +1,176 @@
+"""The DreamBooth LightningModule: the math of one training step, nothing else.
+
+Loss per example is the MSE between the UNet's prediction and its target (the noise for
+`epsilon` schedulers, the velocity for `v_prediction`), optionally min-SNR weighted. The
+batch holds instance examples then class examples; the loss is
+`instance_loss + prior_loss_weight * prior_loss`.
+
+The VAE is always frozen and is used once, by the DataModule, to cache latents; so is the
+text encoder unless `train_text_encoder`. Frozen networks are kept outside the module's
+registered children: they are not in `state_dict`, checkpoints or the optimizer.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+LORA_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+LORA_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+MAX_GRAD_NORM = 1.0
+
+
+@dataclass
+class _FrozenEncoders:
+    """Held by reference so torch does not register them as children."""
+
+    vae: Any
+    text_encoder: Any
+
+
+def lora_config(rank: int, targets: list[str]):
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets)
+
+
+class DreamBoothModule(pl.LightningModule):
+    def __init__(self, model_dir: str, method: str = "full", lora_rank: int = 4,
+                 train_text_encoder: bool = False, learning_rate: float = 5e-6,
+                 lr_scheduler: str = "constant", lr_warmup_steps: int = 0, max_steps: int = 400,
+                 prior_loss_weight: float = 1.0, snr_gamma: float | None = None,
+                 offset_noise: float = 0.0):
+        super().__init__()
+        self.save_hyperparameters()
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        load = dict(use_safetensors=True)
+        self.unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", **load).train()
+        self.tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", **load)
+        vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", **load)
+        vae.requires_grad_(False).eval()
+        scheduler_config = DDPMScheduler.load_config(model_dir, subfolder="scheduler")
+        self.noise_scheduler = DDPMScheduler.from_config(scheduler_config)
+
+        if method == "lora":
+            self.unet.requires_grad_(False)
+            self.unet.add_adapter(lora_config(lora_rank, LORA_UNET_TARGETS))
+            self.strict_loading = False  # checkpoints hold only the adapter weights
+        if train_text_encoder:
+            self.text_encoder = text_encoder.train()
+            if method == "lora":
+                text_encoder.requires_grad_(False)
+                text_encoder.add_adapter(lora_config(lora_rank, LORA_TEXT_TARGETS))
+        else:
+            text_encoder.requires_grad_(False).eval()
+        self._frozen = _FrozenEncoders(vae=vae, text_encoder=None if train_text_encoder else text_encoder)
+
+    # ---- encoders, called once by the DataModule ---------------------------------------
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.noise_scheduler.config.num_train_timesteps
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent mean and std of (N, 3, H, W) pixels in [-1, 1], in the UNet's latent scale."""
+        vae = self._frozen.vae.to(device)
+        dist = vae.encode(pixels.to(device, vae.dtype)).latent_dist
+        scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
+        return ((dist.mean - shift) * scale).float().cpu(), (dist.std * scale).float().cpu()
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], device) -> torch.Tensor:
+        """Token ids (1, L) when the text encoder trains, else its embeddings (1, L, D)."""
+        ids = self.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt",
+                             max_length=self.tokenizer.model_max_length).input_ids
+        if self.hparams.train_text_encoder:
+            return ids
+        text_encoder = self._frozen.text_encoder.to(device)
+        return text_encoder(ids.to(device))[0].float().cpu()
+
+    def release_frozen_encoders(self) -> None:
+        """Drop the VAE (and frozen text encoder) once the caches exist: less memory."""
+        self._frozen = _FrozenEncoders(vae=None, text_encoder=None)
+
+    # ---- training -----------------------------------------------------------------------
+    def _min_snr_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
+        alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+        snr = alphas_cumprod / (1 - alphas_cumprod)
+        clipped = snr.clamp(max=self.hparams.snr_gamma)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            return clipped / (snr + 1)
+        return clipped / snr
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        latents, timesteps = batch["latents"], batch["timesteps"]  # (B, 4, h, w), (B,)
+        noise = batch["noise"] + self.hparams.offset_noise * batch["offset"]
+        condition = batch["condition"]
+        if self.hparams.train_text_encoder:
+            condition = self.text_encoder(condition)[0]  # ids (B, L) -> (B, L, D)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        prediction = self.unet(noisy, timesteps, encoder_hidden_states=condition).sample
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if self.hparams.snr_gamma is not None:
+            per_example = per_example * self._min_snr_weights(timesteps)
+
+        is_prior = batch["is_prior"]
+        instance_loss = per_example[~is_prior].mean()
+        loss = instance_loss
+        self.log("train/instance_loss", instance_loss)
+        if is_prior.any():
+            prior_loss = per_example[is_prior].mean()
+            loss = loss + self.hparams.prior_loss_weight * prior_loss
+            self.log("train/prior_loss", prior_loss)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        from diffusers.optimization import get_scheduler
+
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(parameters, lr=self.hparams.learning_rate)
+        schedule = get_scheduler(self.hparams.lr_scheduler, optimizer,
+                                 num_warmup_steps=self.hparams.lr_warmup_steps,
+                                 num_training_steps=self.hparams.max_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ---- checkpoints: trainable weights only, plus the RNG streams -----------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.hparams.method == "lora":
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if "lora_" in k}
+        name, keys, position, has_gauss, cached_gauss = np.random.get_state()
+        checkpoint["rng_streams"] = {  # plain types and tensors: loadable with weights_only
+            "torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gauss],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        streams = checkpoint.get("rng_streams")
+        if streams is None:
+            return
+        torch.set_rng_state(streams["torch"])
+        name, keys, position, has_gauss, cached_gauss = streams["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
+        random.setstate(streams["python"])
+        if streams["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(streams["cuda"])
+
+    def trained_networks(self) -> dict[str, torch.nn.Module]:
+        """The networks that were trained, by pipeline component name."""
+        networks = {"unet": self.unet}
+        if self.hparams.train_text_encoder:
+            networks["text_encoder"] = self.text_encoder
+        return networks

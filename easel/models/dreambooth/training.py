@@ -1,0 +1,130 @@
+"""Running DreamBooth training with Lightning: checkpoints that appear whole, and resume.
+
+A checkpoint is written to a hidden temporary name in the checkpoint folder and renamed
+into place (`AtomicCheckpointIO`), so a file named `step=NNNNNNNN.ckpt` is always complete;
+`last_complete_checkpoint` picks the highest such step and never a temporary file.
+Calling `train` again with the same arguments resumes from it (weights, optimizer, LR
+schedule, grad scaler, step, RNG streams; the data position follows from the step).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from easel.data.dreambooth import DreamBoothDataModule
+from easel.models.dreambooth.config import DreamBoothConfig
+from easel.models.dreambooth.module import MAX_GRAD_NORM, DreamBoothModule
+
+_CHECKPOINT_NAME = re.compile(r"^step=(\d+)\.ckpt$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step={step:08d}.ckpt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Torch checkpoints written to a temporary name, fsynced, then renamed into place."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = os.fspath(path)
+        folder = os.path.dirname(path) or "."
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+class StepCheckpoint(pl.callbacks.ModelCheckpoint):
+    """Keeps the last N checkpoints named by step, and does not rewrite the resumed one.
+
+    With gradient accumulation the micro-batches after a resume still see the resumed
+    `global_step`; ModelCheckpoint remembers the step it last saved only in memory, so we
+    tell it here that the resumed step is already on disk.
+    """
+
+    def __init__(self, dirpath: str, every_n_steps: int, keep_last_n: int):
+        super().__init__(dirpath=dirpath, filename="step={step:08d}", auto_insert_metric_name=False,
+                         every_n_train_steps=every_n_steps, monitor="step", mode="max",
+                         save_top_k=keep_last_n)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._last_global_step_saved = trainer.global_step
+
+
+def last_complete_checkpoint(folder: str) -> str | None:
+    """The checkpoint with the highest step in `folder`, or None."""
+    if not os.path.isdir(folder):
+        return None
+    steps = [(int(m.group(1)), name) for name in os.listdir(folder)
+             if (m := _CHECKPOINT_NAME.match(name))]
+    return os.path.join(folder, max(steps)[1]) if steps else None
+
+
+def prune_checkpoints(folder: str, keep: int) -> None:
+    """Delete all but the `keep` highest-step checkpoints in `folder`."""
+    steps = sorted((int(m.group(1)), name) for name in os.listdir(folder)
+                   if (m := _CHECKPOINT_NAME.match(name)))
+    for _, name in steps[:-keep]:
+        os.remove(os.path.join(folder, name))
+
+
+def build_module(config: DreamBoothConfig, model_dir: str) -> DreamBoothModule:
+    return DreamBoothModule(
+        model_dir, method=config.method, lora_rank=config.lora_rank,
+        train_text_encoder=config.train_text_encoder, learning_rate=config.learning_rate,
+        lr_scheduler=config.lr_scheduler, lr_warmup_steps=config.lr_warmup_steps,
+        max_steps=config.max_steps, prior_loss_weight=config.prior_loss_weight,
+        snr_gamma=config.snr_gamma, offset_noise=config.offset_noise)
+
+
+def build_datamodule(config: DreamBoothConfig, instance_images: list[str],
+                     class_images: list[str] | None) -> DreamBoothDataModule:
+    return DreamBoothDataModule(
+        instance_images, config.instance_prompt, resolution=config.resolution,
+        batch_size=config.batch_size, max_steps=config.max_steps,
+        gradient_accumulation=config.gradient_accumulation, seed=config.seed,
+        class_images=class_images if config.prior_preservation else None,
+        class_prompt=config.class_prompt)
+
+
+def train(config: DreamBoothConfig, model_dir: str, instance_images: list[str],
+          class_images: list[str] | None, checkpoint_dir: str, logger: Any = False,
+          callbacks: Sequence[pl.Callback] = (), **trainer_overrides: Any) -> str:
+    """Train (or resume) to `config.max_steps`; return the path of the final checkpoint."""
+    final = os.path.join(checkpoint_dir, checkpoint_name(config.max_steps))
+    if os.path.exists(final):
+        return final
+    pl.seed_everything(config.seed, workers=True, verbose=False)  # LoRA init draws from it
+    module = build_module(config, model_dir)
+    datamodule = build_datamodule(config, instance_images, class_images)
+    every_n_steps = StepCheckpoint(checkpoint_dir, config.checkpoint_every_n_steps,
+                                   config.keep_last_n_checkpoints)
+    trainer = pl.Trainer(
+        accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
+        strategy=config.strategy, precision=config.precision, max_steps=config.max_steps,
+        accumulate_grad_batches=config.gradient_accumulation, gradient_clip_val=MAX_GRAD_NORM,
+        use_distributed_sampler=False, limit_val_batches=0, num_sanity_val_steps=0,
+        log_every_n_steps=1, logger=logger, callbacks=[every_n_steps, *callbacks],
+        plugins=[AtomicCheckpointIO()], default_root_dir=checkpoint_dir,
+        enable_model_summary=False, **trainer_overrides)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=last_complete_checkpoint(checkpoint_dir))
+    if trainer_overrides.get("fast_dev_run"):
+        return ""
+    trainer.save_checkpoint(final)  # rank 0 writes; atomic through AtomicCheckpointIO
+    if trainer.is_global_zero:
+        prune_checkpoints(checkpoint_dir, config.keep_last_n_checkpoints)
+    return final
