@@ -145,7 +145,7 @@ def read_manifest(uri: str) -> Manifest:
 
 def derived_id(values: dict[str, Any]) -> str:
     """A stable id from the row's content, for rows that give none."""
-    content = {k: values.get(k) for k in sorted(values) if k != "id"}
+    content = {k: v for k, v in sorted(values.items()) if k != "id" and v is not None}
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
     return f"row-{digest[:16]}"
 

@@ -70,14 +70,16 @@ def sweep_flow(params: SweepParameters) -> SweepSummary:
     inputs = params.inputs()
     table, plan = plan_sweep_task(inputs)
     with tracking.start_run(params.experiment, "sweep", params.model_dump()) as run:
-        progress = create_progress_artifact(0.0, key="sweep-progress", description=params.out)
+        start = 0.0 if plan.pending_images else 100.0
+        progress = create_progress_artifact(start, key="sweep-progress", description=params.out)
         bar = _progress_bar(plan.pending_images, params.show_progress)
-        generated, seconds = 0, 0.0
+        generated, attempted, seconds = 0, 0, 0.0
         for batch in plan.batches:
             outcome = generate_batch(inputs, batch, run.info.run_id)
             generated, seconds = generated + outcome.ok, seconds + outcome.seconds
+            attempted += len(batch.images)
             bar.update(len(batch.images))
-            update_progress_artifact(progress, 100.0 * bar.n / max(1, plan.pending_images))
+            update_progress_artifact(progress, 100.0 * attempted / plan.pending_images)
         bar.close()
         summary = write_results(inputs, table, plan, generated)
         _log_to_mlflow(summary, plan.pending_images, generated, seconds)

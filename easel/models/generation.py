@@ -117,7 +117,10 @@ def model_facts(ref: str):
     resolved = resolve_model_reference(ref)
     detect_family(resolved.path)  # refuses pipelines easel does not run
     with open(os.path.join(resolved.path, "scheduler", "scheduler_config.json")) as f:
-        scheduler = scheduler_name_from_config(json.load(f))
+        config = json.load(f)
+    with open(os.path.join(resolved.path, "model_index.json")) as f:  # the class loaded
+        config["_class_name"] = json.load(f).get("scheduler", [None, config["_class_name"]])[1]
+    scheduler = scheduler_name_from_config(config)
     return ModelFacts(digest=resolved.digest, native_size=native_size(resolved.path),
                       default_scheduler=scheduler)
 

@@ -1,0 +1,36 @@
+# easel: `make demo` runs the main job on the embedded model; `make test` runs the tests.
+# Both create .venv and install everything from zero on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch first, pinned: on this CPU machine 2.13.0 is a local CPU build; a bare `torch`
+# requirement would pull a multi-GB CUDA build. GPU workers install their own CUDA torch.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install demo test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/easel quickstart
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check easel tests bench
+
+bench: install
+	$(PY) bench/bench_sweep.py
+
+clean:
+	rm -rf $(VENV) easel-out mlflow.db mlruns mlartifacts

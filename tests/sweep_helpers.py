@@ -1,0 +1,44 @@
+"""Helpers shared by the sweep tests: manifests, images, the `easel` command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+STEPS = 3  # denoising steps in tests: enough to exercise the schedulers, fast on CPU
+
+
+def write_manifest(path, rows, schema=None) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    rows = [{key: row.get(key) for key in columns} for row in rows]
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return str(path)
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def max_pixel_difference(a, b) -> int:
+    return int(np.abs(pixels(a) - pixels(b)).max()) if not isinstance(a, np.ndarray) else int(
+        np.abs(a.astype(np.int16) - b.astype(np.int16)).max()
+    )
+
+
+def read_results(out) -> list[dict]:
+    return pq.read_table(os.path.join(out, "results.parquet")).to_pylist()
+
+
+def easel(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
+    """Run the `easel` command in a subprocess (same interpreter, same environment)."""
+    return subprocess.run(
+        [sys.executable, "-m", "easel.flows.cli", *args], capture_output=True, text=True,
+        timeout=timeout, **kwargs,
+    )  # fmt: skip

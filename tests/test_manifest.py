@@ -1,0 +1,175 @@
+"""Manifest reading and row validation (SPEC §5), without any model."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from easel.data.manifest import SweepDefaults, read_manifest, validate_manifest
+from easel.errors import InvalidInput
+
+DEFAULTS = SweepDefaults(model="tiny-shapes", guidance_scale=7.5, num_inference_steps=20,
+                         max_pixels=512 * 512)  # fmt: skip
+
+
+def write(tmp_path, rows, name="manifest.parquet", schema=None):
+    path = tmp_path / name
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # union, in order
+    rows = [{key: row.get(key) for key in columns} for row in rows]
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return str(path)
+
+
+def validate(tmp_path, rows, roots=()):
+    return validate_manifest(read_manifest(write(tmp_path, rows)), DEFAULTS, list(roots))
+
+
+GOOD = {"id": "good", "prompt": "a red circle"}
+
+# (column, bad value, words the error must contain)
+BAD_VALUES = [
+    ("prompt", "", ["`prompt`", "''"]),
+    ("prompt", "   ", ["`prompt`"]),
+    ("id", "../escape", ["`id`", "'../escape'"]),
+    ("id", "a b", ["`id`", "'a b'"]),
+    ("id", "x" * 129, ["`id`"]),
+    ("seed", -1, ["`seed`", "-1"]),
+    ("num_images", 0, ["`num_images`", "0"]),
+    ("num_images", 65, ["`num_images`", "65"]),
+    ("guidance_scale", -0.5, ["`guidance_scale`", "-0.5"]),
+    ("num_inference_steps", 0, ["`num_inference_steps`", "0"]),
+    ("num_inference_steps", 501, ["`num_inference_steps`", "501"]),
+    ("width", 65, ["`width`", "65"]),
+    ("height", 4104, ["`height`", "4104"]),
+    ("scheduler", "magic", ["`scheduler`", "'magic'"]),
+    ("task", "paint", ["`task`", "'paint'"]),
+    ("task", "img2img", ["`task`", "init_image"]),
+    ("strength", 0.0, ["`strength`", "0.0"]),
+    ("strength", 1.5, ["`strength`", "1.5"]),
+    ("init_image", "../../etc/passwd", ["`init_image`", "outside"]),
+    ("mask_image", "/etc/hosts", ["`mask_image`", "outside"]),
+]
+
+
+@pytest.mark.parametrize(("column", "value", "words"), BAD_VALUES)
+def test_each_rule_fails_its_row_alone(tmp_path, column, value, words):
+    bad = {"id": "bad", "prompt": "a blue star", column: value}
+    if column == "id":
+        bad = {"prompt": "a blue star", "id": value}
+    jobs, failures = validate(tmp_path, [GOOD, bad, {"id": "also-good", "prompt": "a square"}])
+    assert [job.id for job in jobs] == ["good", "also-good"]
+    assert len(failures) == 1 and failures[0].row_index == 1
+    for word in words:
+        assert word in failures[0].error, failures[0].error
+
+
+def test_pixel_budget(tmp_path):
+    _, failures = validate(tmp_path, [GOOD, {"id": "big", "prompt": "p", "width": 4096, "height": 4096}])
+    assert len(failures) == 1 and "pixel budget" in failures[0].error
+    assert "4096x4096" in failures[0].error
+
+
+def test_defaults_fill_missing_and_null_columns(tmp_path):
+    jobs, failures = validate(tmp_path, [{"prompt": "a red star", "seed": None, "id": None}])
+    assert not failures
+    job = jobs[0]
+    assert job.id.startswith("row-") and job.num_images == 1 and job.task == "text2img"
+    assert job.guidance_scale == 7.5 and job.num_inference_steps == 20 and job.strength == 0.75
+    assert job.model == "tiny-shapes" and 0 <= job.seed < 2**32
+    again, _ = validate(tmp_path, [{"prompt": "a red star"}])
+    assert again[0].id == job.id and again[0].seed == job.seed  # derived from content
+
+
+def test_task_is_inferred_from_images(tmp_path):
+    (tmp_path / "init.png").write_bytes(b"")
+    rows = [
+        {"id": "a", "prompt": "p", "init_image": "init.png"},
+        {"id": "b", "prompt": "p", "init_image": "init.png", "mask_image": "init.png"},
+    ]
+    jobs, failures = validate(tmp_path, rows)
+    assert not failures
+    assert [j.task for j in jobs] == ["img2img", "inpaint"]
+    assert jobs[0].init_image == str(tmp_path / "init.png")
+
+
+def test_input_roots_allow_images_elsewhere(tmp_path):
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    rows = [{"id": "a", "prompt": "p", "init_image": str(other / "x.png")}]
+    manifest_dir = tmp_path / "m"
+    manifest_dir.mkdir()
+    _, failures = validate(manifest_dir, rows)
+    assert failures and "outside" in failures[0].error
+    jobs, failures = validate(manifest_dir, rows, roots=[str(other)])
+    assert not failures and jobs[0].init_image == str(other / "x.png")
+
+
+def test_real_world_parquet_types(tmp_path):
+    """pandas- and pyarrow-written files: int32, large_string, dictionary, nulls, extras."""
+    schema = pa.schema([
+        ("id", pa.large_string()), ("prompt", pa.dictionary(pa.int32(), pa.string())),
+        ("seed", pa.int32()), ("num_images", pa.int64()), ("guidance_scale", pa.float32()),
+        ("negative_prompt", pa.large_string()), ("team", pa.string()),
+    ])  # fmt: skip
+    rows = [
+        {"id": "a", "prompt": "a red circle", "seed": 7, "num_images": 2, "guidance_scale": 3.0,
+         "negative_prompt": None, "team": "x"},
+        {"id": "b", "prompt": "a red circle", "seed": None, "num_images": None,
+         "guidance_scale": None, "negative_prompt": "blue", "team": None},
+    ]  # fmt: skip
+    path = write(tmp_path, rows, schema=schema)
+    jobs, failures = validate_manifest(read_manifest(path), DEFAULTS)
+    assert not failures
+    assert (jobs[0].seed, jobs[0].num_images, jobs[0].guidance_scale) == (7, 2, 3.0)
+    assert jobs[1].negative_prompt == "blue" and jobs[1].num_images == 1
+
+    frame = pd.DataFrame({"prompt": ["a", "b"], "seed": pd.array([1, None], dtype="Int32"),
+                          "extra": [1.5, 2.5]})  # fmt: skip
+    frame.to_parquet(tmp_path / "pandas.parquet")
+    jobs, failures = validate_manifest(read_manifest(str(tmp_path / "pandas.parquet")), DEFAULTS)
+    assert not failures and jobs[0].seed == 1
+
+
+def test_folder_and_glob_of_files(tmp_path):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    write(folder, [{"id": "a", "prompt": "p", "seed": 1}], "part-0.parquet")
+    write(folder, [{"id": "b", "prompt": "q"}], "part-1.parquet",
+          schema=pa.schema([("id", pa.string()), ("prompt", pa.large_string())]))
+    for uri in (str(folder), str(folder / "part-*.parquet")):
+        manifest = read_manifest(uri)
+        assert manifest.table.num_rows == 2 and manifest.root == str(folder)
+
+
+def test_memory_filesystem(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    with fs.open("/manifests/m.parquet", "wb") as f:
+        pq.write_table(pa.Table.from_pylist([{"prompt": "p"}]), f)
+    assert read_manifest("memory://manifests/m.parquet").table.num_rows == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (None, ["does not exist"]),
+        (b"this is not parquet", ["not a readable Parquet"]),
+        ("no-prompt", ["no `prompt` column"]),
+        ("duplicates", ["duplicate", "'x'"]),
+    ],
+)
+def test_bad_manifest_as_a_whole(tmp_path, content, words):
+    path = tmp_path / "m.parquet"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content == "no-prompt":
+        write(tmp_path, [{"id": "a", "text": "p"}], "m.parquet")
+    elif content == "duplicates":
+        write(tmp_path, [{"id": "x", "prompt": "p"}, {"id": "x", "prompt": "q"}], "m.parquet")
+    with pytest.raises(InvalidInput) as error:
+        validate_manifest(read_manifest(str(path)), DEFAULTS)
+    for word in words:
+        assert word in str(error.value)

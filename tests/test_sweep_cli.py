@@ -1,0 +1,118 @@
+"""`easel sweep` as a user runs it: exit codes, messages, and a kill -9 in the middle."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+from sweep_helpers import STEPS, easel, read_results, write_manifest
+
+from easel.data.results import read_records
+from easel.flows.cli import main
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def assert_refused(returncode, stderr, out, *words):
+    assert returncode == 2, stderr
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert not os.path.exists(os.path.join(out, "images"))
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("missing", ["does not exist"]),
+        ("not-parquet", ["not a readable Parquet"]),
+        ("no-prompt", ["`prompt`"]),
+        ("duplicate-ids", ["duplicate", "'twin'"]),
+        ("bad-config", ["batch_size", "0"]),
+    ],
+)
+def test_invalid_manifest_or_invocation_exits_2(tmp_path, capsys, kind, words):
+    manifest, out, extra = tmp_path / "m.parquet", str(tmp_path / "out"), []
+    if kind == "not-parquet":
+        manifest.write_text("id,prompt\na,b\n")
+    elif kind == "no-prompt":
+        write_manifest(manifest, [{"id": "a", "caption": "a red circle"}])
+    elif kind == "duplicate-ids":
+        write_manifest(manifest, [{"id": "twin", "prompt": "a"}, {"id": "twin", "prompt": "b"}])
+    elif kind == "bad-config":
+        write_manifest(manifest, [{"id": "a", "prompt": "a"}])
+        extra = ["--batch-size", "0"]
+    returncode = main(["sweep", str(manifest), "--out", out, *extra])
+    assert_refused(returncode, capsys.readouterr().err, out, *words)
+
+
+def test_exit_2_from_a_real_process(tmp_path):
+    manifest, out = tmp_path / "m.parquet", str(tmp_path / "out")
+    manifest.write_bytes(b"PAR1 broken")
+    result = easel("sweep", str(manifest), "--out", out)
+    assert_refused(result.returncode, result.stderr, out, "not a readable Parquet")
+
+
+def test_a_bad_row_exits_1_and_the_rest_is_done(tmp_path):
+    manifest = write_manifest(tmp_path / "m.parquet", [
+        {"id": "fine", "prompt": "a red circle", "num_inference_steps": STEPS},
+        {"id": "bad", "prompt": "a red circle", "width": 65},
+    ])  # fmt: skip
+    out = str(tmp_path / "out")
+    result = easel("sweep", manifest, "--out", out)
+    assert result.returncode == 1, result.stderr
+    statuses = {r["id"]: (r["status"], r["error"]) for r in read_results(out)}
+    assert statuses["fine"] == ("ok", None)
+    assert statuses["bad"][0] == "failed" and "`width`" in statuses["bad"][1]
+    assert "results:" in result.stdout
+
+
+def test_kill_9_then_rerun_does_each_image_exactly_once(tmp_path):
+    rows = [{"id": f"r{i:02d}", "prompt": f"a red circle number {i}", "seed": i,
+             "num_inference_steps": 20} for i in range(16)]  # fmt: skip
+    manifest, out = write_manifest(tmp_path / "m.parquet", rows), str(tmp_path / "out")
+    command = [sys.executable, "-m", "easel.flows.cli", "sweep", manifest, "--out", out,
+               "--batch-size", "1"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = os.path.join(out, ".easel", "records")
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if os.path.isdir(records) and len(os.listdir(records)) >= 4:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the sweep finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not os.path.exists(os.path.join(out, "results.parquet"))
+    recorded = {r.id: r for r in read_records(out) if r.status == "ok"}
+    assert len(recorded) >= 4
+    stamps = {i: os.stat(r.image_uri).st_mtime_ns for i, r in recorded.items()}
+    assert_only_whole_pngs(out)
+
+    result = easel("sweep", manifest, "--out", out, "--batch-size", "1")
+    assert result.returncode == 0, result.stderr
+    results = read_results(out)
+    assert sorted(r["id"] for r in results) == [row["id"] for row in rows]  # each exactly once
+    assert all(r["status"] == "ok" for r in results)
+    for row in results:  # what the killed run recorded was kept, not generated again
+        if row["id"] in recorded:
+            assert row["mlflow_run_id"] == recorded[row["id"]].mlflow_run_id
+            assert os.stat(row["image_uri"]).st_mtime_ns == stamps[row["id"]]
+    assert len({r["mlflow_run_id"] for r in results}) == 2
+    assert_only_whole_pngs(out)
+
+
+def assert_only_whole_pngs(out):
+    """Every visible file under images/ is a complete PNG (temporary names are hidden)."""
+    for folder, _, files in os.walk(os.path.join(out, "images")):
+        for name in files:
+            if name.startswith("."):
+                continue
+            with Image.open(os.path.join(folder, name)) as image:
+                image.load()

@@ -1,0 +1,129 @@
+"""The sweep flow end to end on the embedded model: pixels, files, rows, MLflow, Prefect."""
+
+from __future__ import annotations
+
+import os
+
+import mlflow
+import pytest
+import torch
+from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+from sweep_helpers import STEPS, max_pixel_difference, read_results, write_manifest
+
+from easel.flows.sweep import SweepParameters, sweep_flow
+from easel.models.references import resolve_model_reference
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+PROMPTS = [
+    "a red circle on a blue background", "a green star on a white background",
+    "a yellow square on a black background", "a blue heart on a yellow background",
+    "a purple triangle on a orange background", "a white cross on a red background",
+    "a black star on a green background",
+]  # fmt: skip
+
+
+def run(tmp_path, name, rows, **params):
+    manifest = write_manifest(tmp_path / f"{name}.parquet", rows)
+    out = str(tmp_path / name)
+    values = {"num_inference_steps": STEPS, **params}
+    return sweep_flow(SweepParameters(manifest=manifest, out=out, **values)), out
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler_a"])
+def test_same_image_whatever_the_batch_and_as_bare_diffusers(tmp_path, scheduler):
+    row = {"id": "subject", "prompt": "a red star on a blue background", "seed": 42,
+           "negative_prompt": "green", "guidance_scale": 5.0, "scheduler": scheduler}  # fmt: skip
+    neighbours = [{"id": f"n{i}", "prompt": p, "seed": i, "guidance_scale": 5.0,
+                   "scheduler": scheduler} for i, p in enumerate(PROMPTS)]  # fmt: skip
+    _, alone = run(tmp_path, "alone", [row], batch_size=1)
+    _, crowd = run(tmp_path, "crowd", [*neighbours[:3], row, *neighbours[3:]], batch_size=8)
+    image = os.path.join("images", "subject", "0.png")
+    assert max_pixel_difference(f"{alone}/{image}", f"{crowd}/{image}") <= 2
+
+    pipe = StableDiffusionPipeline.from_pretrained(resolve_model_reference("tiny-shapes").path)
+    if scheduler == "euler_a":
+        pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+    direct = pipe(
+        row["prompt"], negative_prompt=row["negative_prompt"], guidance_scale=5.0,
+        num_inference_steps=STEPS, generator=torch.Generator().manual_seed(42),
+        output_type="np",
+    ).images[0]  # fmt: skip
+    ours = torch.tensor(read_png(f"{alone}/{image}"))
+    expected = torch.tensor((direct * 255).round().astype("int16"))
+    assert int((ours - expected).abs().max()) <= 2
+
+
+def read_png(path):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def test_bad_rows_fail_alone_and_everything_is_tracked(tmp_path):
+    rows = [
+        {"id": "ok-1", "prompt": PROMPTS[0], "num_images": 2, "team": "vision"},
+        {"id": "bad-steps", "prompt": PROMPTS[1], "num_inference_steps": 9999, "team": "x"},
+        {"id": "bad-model", "prompt": PROMPTS[2], "model": str(tmp_path / "nowhere")},
+        {"id": "ok-2", "prompt": PROMPTS[3], "scheduler": "dpmpp_2m"},
+    ]
+    summary, out = run(tmp_path, "mixed", rows)
+    assert (summary.images_ok, summary.rows_failed) == (3, 2)
+    results = read_results(out)
+    assert [(r["id"], r["image_index"], r["status"]) for r in results] == [
+        ("ok-1", 0, "ok"), ("ok-1", 1, "ok"), ("bad-steps", None, "failed"),
+        ("bad-model", None, "failed"), ("ok-2", 0, "ok"),
+    ]  # fmt: skip
+    errors = {r["id"]: r["error"] for r in results if r["status"] == "failed"}
+    assert "`num_inference_steps`" in errors["bad-steps"] and "9999" in errors["bad-steps"]
+    assert "`model`" in errors["bad-model"] and "nowhere" in errors["bad-model"]
+    ok = [r for r in results if r["status"] == "ok"]
+    assert all(os.path.exists(r["image_uri"]) for r in ok)
+    assert [r["seed"] for r in ok[:2]] == [ok[0]["seed"], ok[0]["seed"] + 1]
+    assert {r["scheduler"] for r in ok} == {"ddim", "dpmpp_2m"}
+    assert results[0]["team"] == "vision"  # pass-through column
+    assert all(len(r["image_sha256"]) == 64 and r["model_digest"] for r in ok)
+    assert os.path.exists(os.path.join(out, "contact_sheet.png"))
+
+    run_id = ok[0]["mlflow_run_id"]
+    client = mlflow.MlflowClient()
+    tracked = client.get_run(run_id)
+    assert tracked.data.params["manifest"].endswith("mixed.parquet")
+    assert tracked.data.metrics["images_ok"] == 3 and tracked.data.metrics["failures"] == 2
+    assert tracked.data.metrics["images_per_s"] > 0
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"results.parquet", "contact_sheet.png"} <= artifacts
+
+
+def test_prefect_artifacts_are_published(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": "a", "prompt": PROMPTS[0]}])
+    params = SweepParameters(manifest=manifest, out=str(tmp_path / "o"), num_inference_steps=STEPS)
+    state = sweep_flow(params, return_state=True)
+    assert state.is_completed()
+    run_filter = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=run_filter))
+    by_key = {a.key: a for a in found}
+    assert set(by_key) == {"sweep-results", "sweep-summary", "sweep-progress"}
+    assert "contact sheet" in by_key["sweep-summary"].data
+    assert by_key["sweep-progress"].data == 100.0
+
+
+def test_rerun_does_only_missing_or_changed_work(tmp_path):
+    rows = [{"id": "a", "prompt": PROMPTS[0]}, {"id": "b", "prompt": PROMPTS[1], "num_images": 2}]
+    first, out = run(tmp_path, "rerun", rows)
+    assert first.generated_now == 3
+    stamps = {p: os.stat(p).st_mtime_ns for p in (f"{out}/images/a/0.png", f"{out}/images/b/1.png")}
+    again, _ = run(tmp_path, "rerun", rows)
+    assert again.generated_now == 0 and again.images_ok == 3
+    assert {p: os.stat(p).st_mtime_ns for p in stamps} == stamps
+    rows[1]["prompt"] = PROMPTS[2]  # a changed row is generated again, the other is kept
+    changed, _ = run(tmp_path, "rerun", rows)
+    assert changed.generated_now == 2
+    assert os.stat(f"{out}/images/a/0.png").st_mtime_ns == stamps[f"{out}/images/a/0.png"]
+    assert len(read_results(out)) == 3
