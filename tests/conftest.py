@@ -34,3 +34,21 @@ def prefect_server():
         os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
         yield PREFECT_API_URL.value()
         os.environ.pop("PREFECT_API_URL", None)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible server (moto) on loopback; yields the endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
+                      AWS_DEFAULT_REGION="us-east-1", FSSPEC_S3_ENDPOINT_URL=endpoint)  # fmt: skip
+    import fsspec.config
+
+    fsspec.config.conf.setdefault("s3", {})["endpoint_url"] = endpoint  # this process
+    yield endpoint
+    server.stop()

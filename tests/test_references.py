@@ -1,0 +1,86 @@
+"""Model references (SPEC §4): embedded, local, fsspec URIs, hub ids, family, safetensors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import fsspec
+import pytest
+
+from easel.errors import ModelReferenceError
+from easel.models.loading import detect_family, load_model
+from easel.models.references import resolve_model_reference
+
+
+@pytest.fixture
+def tiny_copy(tmp_path):
+    path = tmp_path / "my-model"
+    shutil.copytree(resolve_model_reference("tiny-shapes").path, path)
+    return path
+
+
+def test_embedded_and_local_directory_share_a_digest(tiny_copy):
+    embedded = resolve_model_reference("tiny-shapes")
+    local = resolve_model_reference(str(tiny_copy))
+    assert local.path == str(tiny_copy) and local.digest == embedded.digest
+    assert resolve_model_reference(f"file://{tiny_copy}").digest == embedded.digest
+    (tiny_copy / "unet" / "config.json").write_text(
+        (tiny_copy / "unet" / "config.json").read_text().replace("}", ' , "extra": 1}', 1)
+    )
+    assert resolve_model_reference(str(tiny_copy)).digest != embedded.digest  # content-addressed
+
+
+def test_fsspec_uri_is_copied_once_into_the_cache(tiny_copy):
+    fs = fsspec.filesystem("memory")
+    fs.put(str(tiny_copy), "/bucket/models/tiny", recursive=True)
+    first = resolve_model_reference("memory://bucket/models/tiny")
+    assert os.path.exists(os.path.join(first.path, "model_index.json"))
+    stamp = os.stat(os.path.join(first.path, "unet", "config.json")).st_mtime_ns
+    second = resolve_model_reference("memory://bucket/models/tiny")
+    assert second.path == first.path and second.digest == first.digest
+    assert os.stat(os.path.join(second.path, "unet", "config.json")).st_mtime_ns == stamp
+    assert first.digest == resolve_model_reference("tiny-shapes").digest
+
+
+@pytest.mark.parametrize(
+    ("ref", "words"),
+    [
+        ("/no/such/model", ["/no/such/model", "not a known model"]),
+        ("someone/some-model", ["someone/some-model", "Hub", "HF_HUB_OFFLINE"]),
+        ("memory://nothing/here", ["memory://nothing/here"]),
+        ("", ["non-empty"]),
+    ],
+)
+def test_unresolvable_references_say_why(ref, words):
+    with pytest.raises(ModelReferenceError) as error:
+        resolve_model_reference(ref)
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_family_comes_from_model_index_not_name(tiny_copy, tmp_path):
+    assert detect_family(str(tiny_copy)) == "sd"
+    index = json.loads((tiny_copy / "model_index.json").read_text())
+    index["_class_name"] = "KandinskyV22Pipeline"
+    (tiny_copy / "model_index.json").write_text(json.dumps(index))
+    assert detect_family(str(tiny_copy)) == "kandinsky22"
+    index["_class_name"] = "FluxPipeline"
+    (tiny_copy / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelReferenceError, match="FluxPipeline"):
+        detect_family(str(tiny_copy))
+
+
+def test_pickle_weights_are_refused_without_the_trust_flag(tiny_copy):
+    import torch
+    from safetensors.torch import load_file
+
+    unet = tiny_copy / "unet"
+    weights = load_file(unet / "diffusion_pytorch_model.safetensors")
+    torch.save(weights, unet / "diffusion_pytorch_model.bin")
+    os.remove(unet / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(ModelReferenceError, match="trust"):
+        load_model(str(tiny_copy), device="cpu")
+    loaded = load_model(str(tiny_copy), device="cpu", trust_pickle=True)
+    assert loaded.family == "sd"
