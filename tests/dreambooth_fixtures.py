@@ -35,13 +35,13 @@ def make_workspace(root: str) -> dict[str, str]:
 
 
 def tiny_config(workspace: dict[str, str], output: str, **overrides) -> dict:
-    values = dict(
-        model=workspace["model"], instance_data=workspace["instance_data"],
-        class_data=workspace["class_data"], instance_prompt="a photo of sks shape",
-        class_prompt="a photo of shape", num_class_images=6, resolution=32, batch_size=1,
-        learning_rate=1e-3, max_steps=4, checkpoint_every_n_steps=2, keep_last_n_checkpoints=2,
-        accelerator="cpu", validation_prompts=["a photo of sks shape on the red background"],
-        validation_images_per_prompt=1, validation_inference_steps=2, output=output)
+    values = {
+        "model": workspace["model"], "instance_data": workspace["instance_data"],
+        "class_data": workspace["class_data"], "instance_prompt": "a photo of sks shape",
+        "class_prompt": "a photo of shape", "num_class_images": 6, "resolution": 32, "batch_size": 1,
+        "learning_rate": 1e-3, "max_steps": 4, "checkpoint_every_n_steps": 2, "keep_last_n_checkpoints": 2,
+        "accelerator": "cpu", "validation_prompts": ["a photo of sks shape on the red background"],
+        "validation_images_per_prompt": 1, "validation_inference_steps": 2, "output": output}
     values.update(overrides)
     return values
 
@@ -53,10 +53,10 @@ def train_logged(config_values: dict, tracking_uri: str, callbacks=()) -> str:
     from pytorch_lightning.loggers import MLFlowLogger
 
     from easel.data.dreambooth import list_images
-    from easel.models.dreambooth.config import parse_config
+    from easel.models.dreambooth.config import DreamBoothConfig
     from easel.models.dreambooth.training import train
 
-    config = parse_config(config_values)
+    config = DreamBoothConfig.model_validate(config_values)
     run_file = os.path.join(config.output, "run_id")
     if not os.path.exists(run_file):
         os.makedirs(config.output, exist_ok=True)

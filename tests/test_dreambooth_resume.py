@@ -11,7 +11,6 @@ import textwrap
 
 import pytest
 import torch
-
 from dreambooth_fixtures import make_workspace, tiny_config, train_logged
 
 RUNNER = textwrap.dedent('''
@@ -55,7 +54,7 @@ def _run(tmp_path, config: dict, kill_hook: str = "none", kill_step: int = -1) -
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
                PYTHONPATH=os.getcwd())
     tests_dir = os.path.dirname(__file__)
-    done = subprocess.run([sys.executable, str(runner), str(config_path), kill_hook, str(kill_step),
+    done = subprocess.run(check=False, args=[sys.executable, str(runner), str(config_path), kill_hook, str(kill_step),
                            tests_dir],
                           env=env, capture_output=True, text=True, timeout=300)
     if kill_hook == "none":
@@ -67,7 +66,8 @@ def _loss_curve(tmp_path, output: str) -> dict[int, list[float]]:
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    run_id = open(os.path.join(output, "run_id")).read()
+    with open(os.path.join(output, "run_id")) as f:
+        run_id = f.read()
     curve: dict[int, list[float]] = {}
     for metric in client.get_metric_history(run_id, "train/loss"):
         curve.setdefault(metric.step, []).append(metric.value)
@@ -76,8 +76,8 @@ def _loss_curve(tmp_path, output: str) -> dict[int, list[float]]:
 
 def test_kill_and_resume_matches_uninterrupted_run_bitwise(tmp_path):
     workspace = make_workspace(str(tmp_path / "ws"))
-    settings = dict(max_steps=8, gradient_accumulation=2, checkpoint_every_n_steps=2,
-                    keep_last_n_checkpoints=2)
+    settings = {"max_steps": 8, "gradient_accumulation": 2, "checkpoint_every_n_steps": 2,
+                    "keep_last_n_checkpoints": 2}
     straight = tiny_config(workspace, str(tmp_path / "straight"), **settings)
     resumed = tiny_config(workspace, str(tmp_path / "resumed"), **settings)
     train_logged(straight, f"sqlite:///{tmp_path}/mlflow.db")  # in this process: one import less

@@ -52,7 +52,7 @@ def check_instance_data(folder: str) -> list[str]:
         try:
             with Image.open(io.BytesIO(read_bytes(uri))) as image:
                 image.verify()
-        except Exception as error:  # PIL raises many types for a broken file
+        except Exception as error:  # noqa: BLE001 - PIL raises many types for a broken file
             raise InvalidInput(f"config field `instance_data`: image {uri!r} is unreadable "
                                f"({type(error).__name__})") from None
     return images
@@ -187,3 +187,23 @@ def _encode(module, uris: list[str], prompt: str, resolution: int, device,
                for i in range(0, len(uris), chunk)]  # a chunk at a time: bounded memory
     return LatentCache(mean=torch.cat([m for m, _ in moments]), std=torch.cat([s for _, s in moments]),
                        condition=module.encode_prompts([prompt], device))
+
+
+def write_shape_subject(folder: str, count: int = 5, shape: str = "circle", color: str = "green",
+                        seed: int = 0) -> str:
+    """`count` images of one subject from the shapes world (a `color` `shape` on varied
+    backgrounds, the same jittered colour each time), as instance data; returns `folder`."""
+    from dataclasses import replace
+
+    from easel.data import shapes
+    from easel.data.storage import join, write_png_atomic
+
+    rng = np.random.default_rng(seed)
+    backgrounds = [c for c in shapes.COLOR_NAMES if c != color]
+    subject = shapes.spec_for(shape, color, backgrounds[0], rng)
+    for i in range(count):
+        background = backgrounds[int(rng.integers(len(backgrounds)))]
+        pose = shapes.spec_for(shape, color, background, rng)
+        spec = replace(pose, color_offset=subject.color_offset)  # one subject: one exact colour
+        write_png_atomic(join(folder, f"{i:02d}.png"), shapes.render(spec))
+    return folder

@@ -9,12 +9,9 @@ otherwise the first word of `instance_prompt` that does not occur in `class_prom
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from easel.errors import InvalidInput
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                  "polynomial")
@@ -33,9 +30,9 @@ class DreamBoothConfig(BaseModel):
     # What to learn.
     model: str = "tiny-shapes"
     instance_data: str
-    instance_prompt: str
     class_prompt: str
     identifier: str | None = None
+    instance_prompt: str  # after class_prompt and identifier: its check reads them
     prior_preservation: bool = True
     prior_loss_weight: float = Field(1.0, ge=0)
     num_class_images: int = Field(100, ge=1, le=10_000)
@@ -93,21 +90,21 @@ class DreamBoothConfig(BaseModel):
             raise ValueError(f"must be NAME or NAME@ALIAS (letters, digits, ._-) but is {value!r}")
         return value
 
-    @model_validator(mode="after")
-    def _identifier_in_instance_prompt(self) -> DreamBoothConfig:
-        instance_words, class_words = _words(self.instance_prompt), set(_words(self.class_prompt))
-        if self.identifier is not None:
-            if self.identifier.lower() not in instance_words:
-                raise ValueError(f"identifier {self.identifier!r} must be a word of instance_prompt "
-                                 f"but instance_prompt is {self.instance_prompt!r}")
-            if self.identifier.lower() in class_words:
-                raise ValueError(f"identifier {self.identifier!r} must not occur in class_prompt "
-                                 f"{self.class_prompt!r}")
-        elif not any(word not in class_words for word in instance_words):
-            raise ValueError(f"instance_prompt {self.instance_prompt!r} has no identifier: every "
-                             f"word also occurs in class_prompt {self.class_prompt!r}; put a rare "
-                             "token in instance_prompt (e.g. 'a photo of sks shape') or set `identifier`")
-        return self
+    @field_validator("instance_prompt")
+    @classmethod
+    def _identifier_in_instance_prompt(cls, value: str, info: ValidationInfo) -> str:
+        if "class_prompt" not in info.data:  # class_prompt itself is invalid; reported there
+            return value
+        instance_words, class_words = _words(value), set(_words(info.data["class_prompt"]))
+        identifier = info.data.get("identifier")
+        if identifier is not None and identifier.lower() not in instance_words:
+            raise ValueError(f"must contain the identifier {identifier!r} as a word")
+        if identifier is not None and identifier.lower() in class_words:
+            raise ValueError(f"identifier {identifier!r} also occurs in class_prompt; pick a rare token")
+        if identifier is None and all(word in class_words for word in instance_words):
+            raise ValueError("has no identifier: every word also occurs in class_prompt; put a rare "
+                             "token in it (e.g. 'a photo of sks shape') or set `identifier`")
+        return value
 
     @property
     def subject_token(self) -> str:
@@ -116,50 +113,3 @@ class DreamBoothConfig(BaseModel):
             return self.identifier
         class_words = set(_words(self.class_prompt))
         return next(w for w in _words(self.instance_prompt) if w not in class_words)
-
-
-def _format_error(error: ValidationError) -> str:
-    first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "config"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        return f"unknown config key `{field}` (value {first['input']!r})"
-    if first["type"] == "missing":
-        return f"config field `{field}` is required"
-    if not first["loc"]:
-        return message
-    return f"config field `{field}` {message} (value {first['input']!r})"
-
-
-def parse_config(values: dict[str, Any]) -> DreamBoothConfig:
-    """Validate a mapping; a problem becomes one InvalidInput naming the field and value."""
-    try:
-        return DreamBoothConfig.model_validate(values)
-    except ValidationError as error:
-        raise InvalidInput(_format_error(error)) from None
-
-
-def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key=value` strings (the value read as YAML: numbers, booleans, lists)."""
-    values = dict(values)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise InvalidInput(f"--set expects key=value but got {item!r}")
-        values[key.strip()] = yaml.safe_load(raw) if raw else ""
-    return values
-
-
-def load_config(path: str, overrides: list[str] = ()) -> DreamBoothConfig:
-    """Read a YAML config (any fsspec URI), apply overrides, validate."""
-    from easel.data.storage import exists, read_bytes
-
-    if not exists(path):
-        raise InvalidInput(f"config file {path!r} does not exist")
-    try:
-        values = yaml.safe_load(read_bytes(path)) or {}
-    except yaml.YAMLError as error:
-        raise InvalidInput(f"config file {path!r} is not valid YAML: {error}".splitlines()[0]) from None
-    if not isinstance(values, dict):
-        raise InvalidInput(f"config file {path!r} must hold a mapping of keys to values")
-    return parse_config(apply_overrides(values, list(overrides)))

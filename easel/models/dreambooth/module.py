@@ -51,7 +51,7 @@ class DreamBoothModule(pl.LightningModule):
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        load = dict(use_safetensors=True)
+        load = {"use_safetensors": True}
         self.unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", **load).train()
         self.tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", **load)
@@ -67,8 +67,12 @@ class DreamBoothModule(pl.LightningModule):
         if train_text_encoder:
             self.text_encoder = text_encoder.train()
             if method == "lora":
+                from peft import (
+                    inject_adapter_in_model,  # transformers' add_adapter wants peft>=0.22
+                )
+
                 text_encoder.requires_grad_(False)
-                text_encoder.add_adapter(lora_config(lora_rank, LORA_TEXT_TARGETS))
+                inject_adapter_in_model(lora_config(lora_rank, LORA_TEXT_TARGETS), text_encoder)
         else:
             text_encoder.requires_grad_(False).eval()
         self._frozen = _FrozenEncoders(vae=vae, text_encoder=None if train_text_encoder else text_encoder)

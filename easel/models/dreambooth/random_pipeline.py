@@ -78,8 +78,8 @@ def build_random_pipeline(folder: str, size: str = "tiny", seed: int = 0,
                             block_out_channels=(16, 32), norm_num_groups=16, layers_per_block=1,
                             down_block_types=("DownEncoderBlock2D",) * 2,
                             up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32)
-        text_config = dict(hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, max_position_embeddings=max_length)
+        text_config = {"hidden_size": hidden, "intermediate_size": 64, "num_hidden_layers": 2,
+                           "num_attention_heads": 4, "max_position_embeddings": max_length}
     elif size == "sd15":
         max_length, hidden = 77, 768
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=hidden)  # SD 1.5 shapes
@@ -87,8 +87,8 @@ def build_random_pipeline(folder: str, size: str = "tiny", seed: int = 0,
                             down_block_types=("DownEncoderBlock2D",) * 4,
                             up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2,
                             sample_size=512)
-        text_config = dict(hidden_size=hidden, intermediate_size=3072, num_hidden_layers=12,
-                           num_attention_heads=12, max_position_embeddings=max_length)
+        text_config = {"hidden_size": hidden, "intermediate_size": 3072, "num_hidden_layers": 12,
+                           "num_attention_heads": 12, "max_position_embeddings": max_length}
     else:
         raise ValueError(f"`size` must be 'tiny' or 'sd15' but is {size!r}")
 

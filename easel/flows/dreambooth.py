@@ -1,0 +1,114 @@
+"""The DreamBooth flow (SPEC §6): validate → class priors → train → export → validation
+sweep → (register). Running the same command again resumes where it stopped."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import yaml
+from prefect import flow
+
+from easel import tracking
+from easel.errors import InvalidInput
+from easel.flows.config import load_parameters
+from easel.flows.sweep import SweepParameters, sweep_flow
+from easel.models.dreambooth.config import DreamBoothConfig
+from easel.tasks.dreambooth import (
+    check_inputs,
+    check_inputs_task,
+    class_images_task,
+    class_prior_rows,
+    export_task,
+    ok_images_task,
+    register_task,
+    resolve_model_task,
+    train_task,
+    validation_rows,
+    write_manifest_task,
+)
+
+EXPERIMENT = "easel-dreambooth"
+
+
+@dataclass(frozen=True)
+class DreamBoothResult:
+    pipeline: str  # the exported diffusers directory, usable as --model
+    checkpoint: str
+    identifier: str
+    validation_contact_sheet: str | None
+    registered: str | None  # models:/NAME/VERSION
+
+
+@flow(name="dreambooth", log_prints=True)
+def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
+    """Fine-tune `config.model` on the instance images, bound to the identifier."""
+    instance_images = check_inputs_task(config)
+    model_dir = resolve_model_task(config.model)
+    with tracking.start_run(EXPERIMENT, "dreambooth", config.model_dump()) as run:
+        class_images: list[str] = []
+        if config.prior_preservation and config.class_data:
+            class_images = class_images_task(config)
+        elif config.prior_preservation:
+            manifest = write_manifest_task(f"{config.output}/class_priors/manifest.parquet",
+                                           class_prior_rows(config))
+            priors = sweep_flow(SweepParameters(manifest=manifest, out=f"{config.output}/class_priors",
+                                                model=config.model, experiment=EXPERIMENT))
+            class_images = ok_images_task(priors.results_uri)
+        checkpoint = train_task(config, model_dir, instance_images, class_images, run.info.run_id)
+        pipeline = export_task(config, checkpoint, model_dir)
+        sheet = None
+        if config.validation_prompts:
+            manifest = write_manifest_task(f"{config.output}/validation/manifest.parquet",
+                                           validation_rows(config, pipeline))
+            validation = sweep_flow(SweepParameters(
+                manifest=manifest, out=f"{config.output}/validation", model=pipeline,
+                num_inference_steps=config.validation_inference_steps, experiment=EXPERIMENT))
+            sheet = validation.contact_sheet_uri
+            if sheet:
+                tracking.log_uri_artifact(sheet, "validation")
+        registered = register_task(pipeline, config.register_as) if config.register_as else None
+    return DreamBoothResult(pipeline=pipeline, checkpoint=checkpoint, identifier=config.subject_token,
+                            validation_contact_sheet=sheet, registered=registered)
+
+
+# --- CLI -----------------------------------------------------------------------------
+
+
+def add_command(subparsers) -> None:
+    parser = subparsers.add_parser("dreambooth", help="fine-tune a model on a subject (DreamBooth)")
+    parser.add_argument("--config", required=True, help="YAML config (any fsspec URI)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a config key; the value is read as YAML (repeatable)")
+    parser.set_defaults(run=run_dreambooth_command)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`key=value` strings as a mapping, each value read as YAML (numbers, booleans, lists)."""
+    values = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInput(f"--set expects KEY=VALUE but got {item!r}")
+        values[key.strip()] = yaml.safe_load(raw) if raw else ""
+    return values
+
+
+def load_config(config: str, overrides: list[str] = ()) -> DreamBoothConfig:
+    """Read, override and validate the config, then check its inputs; before any work."""
+    parsed = load_parameters(DreamBoothConfig, config, parse_overrides(list(overrides)))
+    check_inputs(parsed)
+    return parsed
+
+
+def run_dreambooth_command(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    result = dreambooth_flow(config)
+    print(f"pipeline:      {result.pipeline}  (use as --model; identifier {result.identifier!r})")
+    print(f"checkpoint:    {result.checkpoint}")
+    if result.validation_contact_sheet:
+        print(f"validation:    {result.validation_contact_sheet}")
+    if result.registered:
+        print(f"registered:    {result.registered}")
+    print(f"mlflow runs:   {tracking.tracking_uri()}")
+    return 0

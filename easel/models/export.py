@@ -1,0 +1,103 @@
+"""Exporting a DreamBooth checkpoint as a diffusers pipeline directory (safetensors).
+
+`full`: the base pipeline with the trained UNet (and text encoder). `lora`: the same, with the
+adapter fused in so `StableDiffusionPipeline.from_pretrained` loads it as is, plus the adapter
+itself under `lora/` (`pytorch_lora_weights.safetensors`, loadable with `load_lora_weights`)
+and `lora/base_model.json` naming the base model it applies to.
+
+The directory is assembled under a temporary name and renamed into place; its marker
+`easel_export.json` (which checkpoint it came from) is written inside before the rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+
+import torch
+
+EXPORT_MARKER = "easel_export.json"
+
+
+def exported_from(pipeline_dir: str) -> str | None:
+    """The checkpoint a finished export came from, or None if there is none."""
+    marker = os.path.join(pipeline_dir, EXPORT_MARKER)
+    if not os.path.exists(marker):
+        return None
+    with open(marker) as f:
+        return json.load(f)["checkpoint"]
+
+
+def export_pipeline(checkpoint_path: str, model_dir: str, base_reference: str,
+                    pipeline_dir: str) -> str:
+    """Write the pipeline trained in `checkpoint_path` to `pipeline_dir`; return it."""
+    if exported_from(pipeline_dir) == os.path.abspath(checkpoint_path):
+        return pipeline_dir
+    from diffusers import StableDiffusionPipeline
+
+    from easel.models.dreambooth.module import DreamBoothModule
+
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    module = DreamBoothModule(**{**checkpoint["hyper_parameters"], "model_dir": model_dir})
+    module.load_state_dict(checkpoint["state_dict"], strict=module.hparams.method == "full")
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        model_dir, use_safetensors=True, safety_checker=None, requires_safety_checker=False)
+    parent = os.path.dirname(os.path.abspath(pipeline_dir))
+    staging = os.path.join(parent, f".{os.path.basename(pipeline_dir)}.{uuid.uuid4().hex}")
+    try:
+        if module.hparams.method == "lora":
+            _fuse_lora(pipeline, module, staging, base_reference)
+        else:
+            for name, network in module.trained_networks().items():
+                getattr(pipeline, name).load_state_dict(network.state_dict())
+        pipeline.save_pretrained(staging, safe_serialization=True)
+        with open(os.path.join(staging, EXPORT_MARKER), "w") as f:
+            json.dump({"checkpoint": os.path.abspath(checkpoint_path), "base_model": base_reference,
+                       "method": module.hparams.method}, f, indent=2)
+        if os.path.exists(pipeline_dir):  # an older export: replace it
+            retired = f"{staging}.old"
+            os.rename(pipeline_dir, retired)
+            os.rename(staging, pipeline_dir)
+            shutil.rmtree(retired)
+        else:
+            os.rename(staging, pipeline_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return pipeline_dir
+
+
+def adapter_state_dict(network) -> dict:
+    """The LoRA weights of `network`, keyed as peft saves them (no adapter name)."""
+    return {key.replace(".default", ""): value for key, value in network.state_dict().items()
+            if "lora_" in key}
+
+
+def merged_state_dict(network) -> dict:
+    """`network`'s weights with its LoRA merged in, keyed like the plain network."""
+    from peft.tuners.lora import LoraLayer
+
+    for layer in network.modules():
+        if isinstance(layer, LoraLayer):
+            layer.merge()
+    return {key.replace(".base_layer", ""): value for key, value in network.state_dict().items()
+            if "lora_" not in key}
+
+
+def _fuse_lora(pipeline, module, staging: str, base_reference: str) -> None:
+    """Save the adapter under `staging/lora` (diffusers' LoRA format), then merge it into
+    `pipeline`'s networks."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    networks = module.trained_networks()
+    layers = {f"{name}_lora_layers": convert_state_dict_to_diffusers(adapter_state_dict(network))
+              for name, network in networks.items()}
+    lora_dir = os.path.join(staging, "lora")
+    StableDiffusionPipeline.save_lora_weights(lora_dir, **layers, safe_serialization=True)
+    with open(os.path.join(lora_dir, "base_model.json"), "w") as f:
+        json.dump({"base_model": base_reference, "rank": module.hparams.lora_rank,
+                   "networks": sorted(networks)}, f, indent=2)
+    for name, network in networks.items():
+        getattr(pipeline, name).load_state_dict(merged_state_dict(network))

@@ -1,0 +1,80 @@
+"""Bad DreamBooth configs: one clear error (field and value), exit code 2, before any work."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+from dreambooth_fixtures import write_images
+
+import easel.flows.dreambooth  # noqa: F401  Prefect sets up its log handler on import: not under capsys
+from easel.flows.cli import main
+from easel.models.dreambooth.config import DreamBoothConfig
+
+
+@pytest.fixture
+def valid(tmp_path) -> dict:
+    return {
+        "model": "tiny-shapes", "instance_data": write_images(str(tmp_path / "instance"), 4, seed=0),
+        "instance_prompt": "a photo of sks shape", "class_prompt": "a photo of shape",
+        "resolution": 32, "max_steps": 2, "output": str(tmp_path / "out"),
+    }
+
+
+def _cli(tmp_path, values: dict, *extra: str) -> int:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return main(["dreambooth", "--config", str(path), *extra])
+
+
+def _unreadable(tmp_path, valid):
+    with open(os.path.join(valid["instance_data"], "03.png"), "wb") as f:
+        f.write(b"not a png")
+    return {}
+
+
+def _too_few(tmp_path, valid):
+    folder = write_images(str(tmp_path / "two"), 2, seed=0)
+    return {"instance_data": folder}
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda tmp, v: {"learning_rat": 1e-4}, ["learning_rat", "0.0001"]),
+    (lambda tmp, v: {"instance_data": str(tmp / "missing")}, ["instance_data", "missing"]),
+    (_too_few, ["instance_data", "holds 2"]),
+    (_unreadable, ["instance_data", "03.png", "unreadable"]),
+    (lambda tmp, v: {"identifier": "zxq"}, ["instance_prompt", "zxq", "a photo of sks shape"]),
+    (lambda tmp, v: {"instance_prompt": "a photo of shape"}, ["instance_prompt", "no identifier"]),
+    (lambda tmp, v: {"resolution": 65}, ["resolution", "multiple of 8", "65"]),
+    (lambda tmp, v: {"method": "dora"}, ["method", "dora"]),
+], ids=["unknown-key", "missing-folder", "too-few-images", "unreadable-image",
+        "identifier-absent", "no-identifier", "resolution", "method"])
+def test_bad_config_is_one_clear_error_before_any_work(tmp_path, valid, capsys, change, expected):
+    values = {**valid, **change(tmp_path, valid)}
+    assert _cli(tmp_path, values) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for word in expected:
+        assert word in err, (word, err)
+    assert not os.path.exists(valid["output"])  # nothing was started
+
+
+def test_set_overrides_are_validated_too(tmp_path, valid, capsys):
+    assert _cli(tmp_path, valid, "--set", "resolution=12") == 2
+    assert "resolution" in capsys.readouterr().err
+
+
+def test_identifier_is_given_or_derived():
+    base = {"instance_data": "x", "output": "y", "class_prompt": "a photo of shape"}
+    derived = DreamBoothConfig(**base, instance_prompt="a photo of sks shape")
+    assert derived.subject_token == "sks"
+    given = DreamBoothConfig(**base, instance_prompt="a photo of zxq sks shape", identifier="sks")
+    assert given.subject_token == "sks"
+
+
+def test_preset_is_valid():
+    preset = os.path.join(os.path.dirname(__file__), "..", "easel", "configs", "dreambooth-tiny.yaml")
+    with open(preset) as f:
+        config = DreamBoothConfig.model_validate(yaml.safe_load(f))
+    assert config.subject_token == "sks" and config.resolution == 64
