@@ -18,6 +18,9 @@ from easel.errors import InvalidInput
 COMMAND_MODULES = [
     "easel.flows.quickstart",
     "easel.flows.sweep",
+    "easel.flows.dreambooth",
+    "easel.flows.bootstrap",
+    "easel.flows.evaluate",
 ]
 
 
