@@ -1,4 +1,4 @@
-"""The `easel` command line. Each flow module registers its own sub-command.
+"""The `easel` command line. Each module of `easel.flows` registers its own sub-command.
 
 A command module exposes `add_command(subparsers)`; the parser it adds sets `run`, a
 function of the parsed arguments that returns the exit code (SPEC §3: 0 all work
@@ -10,25 +10,28 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pkgutil
 import sys
 import warnings
 
 from easel.errors import InvalidInput
 
-COMMAND_MODULES = [
-    "easel.flows.quickstart",
-    "easel.flows.sweep",
-    "easel.flows.dreambooth",
-    "easel.flows.bootstrap",
-    "easel.flows.evaluate",
-]
+
+def command_modules() -> list[str]:
+    """Every module of `easel.flows` that registers a command (defines `add_command`)."""
+    import easel.flows
+
+    names = [info.name for info in pkgutil.iter_modules(easel.flows.__path__)]
+    return [f"easel.flows.{name}" for name in sorted(names) if name not in ("cli", "config")]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="easel", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_command(subparsers)
+    for name in command_modules():
+        module = importlib.import_module(name)
+        if hasattr(module, "add_command"):
+            module.add_command(subparsers)
     return parser
 
 

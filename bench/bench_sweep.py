@@ -1,0 +1,137 @@
+"""Sweep throughput: `easel sweep` against bare diffusers loops on the same 64 rows.
+
+    python bench/bench_sweep.py [--rows 64] [--steps 20] [--batch-size 8] [--model tiny-shapes]
+
+(a) a bare loop calling the pipeline once per row at batch size 1;
+(b) a bare loop calling it with easel's batching (same batches, same order);
+(c) the sweep flow in-process (planning, tasks, atomic writes, records, results, contact
+    sheet, MLflow, Prefect artifacts), against an already running Prefect server;
+and, on their own, the start-up of Prefect's temporary server and a whole `easel sweep`
+process. Each variant runs `--repeats` times, alternating; the best time counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+SHAPES = ["circle", "square", "triangle", "star", "heart", "cross"]
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
+
+
+def manifest_rows(n: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        shape, colour, ground = SHAPES[i % 6], COLOURS[i % 8], COLOURS[(i + 3) % 8]
+        rows.append({"id": f"row-{i:03d}", "prompt": f"a {colour} {shape} on a {ground} background",
+                     "seed": 1000 + i})  # fmt: skip
+    return rows
+
+
+def bare_loop(pipe, rows, steps, guidance, batch_size) -> float:
+    start = time.perf_counter()
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        pipe(
+            [r["prompt"] for r in chunk], num_inference_steps=steps, guidance_scale=guidance,
+            generator=[torch.Generator().manual_seed(r["seed"]) for r in chunk],
+        )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def easel_flow(manifest, out, args) -> float:
+    from easel.flows.sweep import SweepParameters, sweep_flow
+
+    params = SweepParameters(manifest=manifest, out=out, model=args.model,
+                             batch_size=args.batch_size, num_inference_steps=args.steps,
+                             guidance_scale=args.guidance, device=args.device)  # fmt: skip
+    start = time.perf_counter()
+    summary = sweep_flow(params)
+    assert summary.images_ok == args.rows, summary
+    return time.perf_counter() - start
+
+
+def prefect_startup() -> float:
+    from prefect.server.api.server import SubprocessASGIServer
+
+    start = time.perf_counter()
+    server = SubprocessASGIServer()
+    server.start(timeout=120)
+    seconds = time.perf_counter() - start
+    server.stop()
+    return seconds
+
+
+def whole_process(manifest, out, args) -> float:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "easel.flows.cli", "sweep", manifest, "--out", out,
+                    "--batch-size", str(args.batch_size), "--model", args.model],
+                   check=True, env=env, capture_output=True)  # fmt: skip
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--model", default="tiny-shapes")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", help="write the figures here too")
+    args = parser.parse_args()
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    from easel.models.loading import load_model
+
+    work = tempfile.mkdtemp(prefix="easel-bench-")
+    rows = manifest_rows(args.rows)
+    manifest = os.path.join(work, "manifest.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), manifest)
+    pipe = load_model(args.model, args.device).pipeline  # the same pipeline easel uses
+    pipe.set_progress_bar_config(disable=True)
+    sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
+    bare_loop(pipe, rows[:2], args.steps, args.guidance, 2)  # warm-up
+    times = {"a_bare_batch1": [], "b_bare_batched": [], "easel_flow": []}
+    with prefect_test_harness(server_startup_timeout=120):
+        for repeat in range(args.repeats):
+            times["a_bare_batch1"].append(bare_loop(pipe, rows, args.steps, args.guidance, 1))
+            sync()
+            times["b_bare_batched"].append(
+                bare_loop(pipe, rows, args.steps, args.guidance, args.batch_size)
+            )
+            sync()
+            times["easel_flow"].append(easel_flow(manifest, os.path.join(work, f"out{repeat}"), args))
+    best = {k: min(v) for k, v in times.items()}
+    figures = {
+        "rows": args.rows, "steps": args.steps, "batch_size": args.batch_size,
+        "device": str(pipe.device), "torch_threads": torch.get_num_threads(),
+        **{f"{k}_s": round(v, 2) for k, v in best.items()},
+        "images_per_s_easel": round(args.rows / best["easel_flow"], 2),
+        "speedup_vs_a": round(best["a_bare_batch1"] / best["easel_flow"], 2),
+        "ratio_vs_b": round(best["b_bare_batched"] / best["easel_flow"], 2),
+        "prefect_server_startup_s": round(prefect_startup(), 2),
+        "whole_easel_sweep_process_s": round(
+            whole_process(manifest, os.path.join(work, "cli"), args), 2
+        ),
+    }  # fmt: skip
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
