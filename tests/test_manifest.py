@@ -83,7 +83,9 @@ def test_defaults_fill_missing_and_null_columns(tmp_path):
 
 
 def test_task_is_inferred_from_images(tmp_path):
-    (tmp_path / "init.png").write_bytes(b"")
+    from PIL import Image
+
+    Image.new("RGB", (64, 48)).save(tmp_path / "init.png")
     rows = [
         {"id": "a", "prompt": "p", "init_image": "init.png"},
         {"id": "b", "prompt": "p", "init_image": "init.png", "mask_image": "init.png"},
@@ -92,11 +94,15 @@ def test_task_is_inferred_from_images(tmp_path):
     assert not failures
     assert [j.task for j in jobs] == ["img2img", "inpaint"]
     assert jobs[0].init_image == str(tmp_path / "init.png")
+    assert (jobs[0].width, jobs[0].height) == (64, 48)  # the init image's size
 
 
 def test_input_roots_allow_images_elsewhere(tmp_path):
     other = tmp_path / "elsewhere"
     other.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(other / "x.png")
     rows = [{"id": "a", "prompt": "p", "init_image": str(other / "x.png")}]
     manifest_dir = tmp_path / "m"
     manifest_dir.mkdir()

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from easel.data import storage
+from easel.data.images import ImageInputError, probe_edit_inputs
 from easel.errors import InvalidInput
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -214,6 +215,15 @@ def validate_row(
     strength = _float(values, "strength", defaults.strength)
     if not 0 < strength <= 1:
         raise RowError(f"`strength` must be in (0, 1] but is {strength!r}")
+    if task in ("img2img", "inpaint"):
+        own_width, own_height = _size(values, "width", None), _size(values, "height", None)
+        try:
+            width, height = probe_edit_inputs(
+                init_image, mask_image if task == "inpaint" else None, own_width, own_height,
+                defaults.max_pixels,
+            )  # fmt: skip
+        except ImageInputError as error:
+            raise RowError(str(error)) from None
     return RowJob(
         row_index=index, id=row_id, prompt=prompt, negative_prompt=negative, seed=seed,
         num_images=num_images, guidance_scale=guidance, num_inference_steps=steps, width=width,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+from PIL import Image, ImageDraw, ImageFilter
 
 from easel.data import storage
 from easel.data.results import parquet_bytes
@@ -21,6 +22,32 @@ SAMPLE_ROWS = [
 ]  # fmt: skip
 
 
-def write_sample_manifest(uri: str, rows: list[dict] = SAMPLE_ROWS) -> str:
-    storage.write_bytes_atomic(uri, parquet_bytes(pa.Table.from_pylist(rows)))
+EDIT_ROWS = [
+    {"id": "edit-img2img", "prompt": "a red star on a blue background", "seed": 6,
+     "init_image": "scene.png", "strength": 0.6},
+    {"id": "edit-inpaint", "prompt": "a green circle on a white background", "seed": 7,
+     "init_image": "scene.png", "mask_image": "centre-mask.png", "strength": 1.0},
+    {"id": "edit-inpaint-soft", "prompt": "a yellow circle on a white background", "seed": 7,
+     "init_image": "scene.png", "mask_image": "centre-mask-soft.png", "strength": 1.0},
+]  # fmt: skip
+
+
+def sample_inputs(size: int = 64) -> dict[str, Image.Image]:
+    """A scene (a white circle on black) and hard and soft masks over its centre."""
+    scene = Image.new("RGB", (size, size), "black")
+    ImageDraw.Draw(scene).ellipse((size // 4, size // 4, 3 * size // 4, 3 * size // 4), "white")
+    mask = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(mask).rectangle((size // 5, size // 5, 4 * size // 5, 4 * size // 5), 255)
+    soft = mask.filter(ImageFilter.GaussianBlur(size / 16))
+    return {"scene.png": scene, "centre-mask.png": mask, "centre-mask-soft.png": soft}
+
+
+def write_sample_manifest(uri: str, rows: list[dict] = SAMPLE_ROWS + EDIT_ROWS) -> str:
+    """The manifest and, beside it, the images its edit rows refer to."""
+    folder = uri.rsplit("/", 1)[0]
+    for name, image in sample_inputs().items():
+        storage.write_png_atomic(storage.join(folder, name), image)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    table = pa.Table.from_pylist([{key: row.get(key) for key in columns} for row in rows])
+    storage.write_bytes_atomic(uri, parquet_bytes(table))
     return uri

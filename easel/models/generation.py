@@ -7,14 +7,13 @@ calling the diffusers pipeline directly with one seeded generator.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 
 import torch
 from PIL import Image
 
-from easel.data import storage
+from easel.data import images
 from easel.data.jobs import BatchSettings, ImageRequest
 from easel.models.loading import LoadedModel
 from easel.models.schedulers import SCHEDULERS, build_scheduler, scheduler_name
@@ -50,61 +49,58 @@ def prompt_truncation_warning(loaded: LoadedModel, prompt: str) -> str | None:
     return None
 
 
-def task_pipeline(loaded: LoadedModel, settings: BatchSettings):
-    """A pipeline for the task sharing the loaded modules, with the requested scheduler."""
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+PIPELINES = {
+    "text2img": "StableDiffusionPipeline",
+    "img2img": "StableDiffusionImg2ImgPipeline",
+    "inpaint": "StableDiffusionInpaintPipeline",
+}
 
+
+def task_pipeline(loaded: LoadedModel, settings: BatchSettings):
+    """A pipeline for the task sharing the loaded modules, with the requested scheduler.
+
+    Inpainting runs through diffusers' inpaint pipeline: 9-channel inpainting UNets get the
+    masked image as extra input; ordinary 4-channel UNets blend latents under the mask."""
+    import diffusers
+
+    if loaded.family != "sd" or settings.task not in PIPELINES:
+        raise ValueError(f"`task` {settings.task!r} is not supported for a {loaded.family} model")
     base = loaded.pipeline
     components = dict(base.components)
     if settings.scheduler in SCHEDULERS:
         components["scheduler"] = build_scheduler(settings.scheduler, base.scheduler.config)
     else:  # the model's own scheduler, a fresh copy: schedulers hold per-call state
         components["scheduler"] = type(base.scheduler).from_config(base.scheduler.config)
-    cls = {"text2img": StableDiffusionPipeline, "img2img": StableDiffusionImg2ImgPipeline}.get(
-        settings.task
-    )
-    if loaded.family != "sd" or cls is None:
-        raise ValueError(f"`task` {settings.task!r} is not supported for a {loaded.family} model")
-    pipeline = cls(**components)
+    pipeline = getattr(diffusers, PIPELINES[settings.task])(**components)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
-
-
-def load_rgb(uri: str, column: str, size: tuple[int, int]) -> Image.Image:
-    """Open an input image; errors name the column and the value."""
-    try:
-        image = Image.open(io.BytesIO(storage.read_bytes(uri)))
-        image.load()
-    except FileNotFoundError:
-        raise ValueError(f"`{column}` {uri!r} does not exist") from None
-    except Exception as error:  # noqa: BLE001 - PIL raises many kinds
-        raise ValueError(f"`{column}` {uri!r} is not a readable image: {error}") from None
-    image = image.convert("RGB")
-    return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
 
 
 @torch.inference_mode()
 def generate(loaded: LoadedModel, settings: BatchSettings, requests: list[ImageRequest]) -> list[Image.Image]:
     """One pipeline call for all `requests`; returns one PIL image per request, in order."""
     pipeline = task_pipeline(loaded, settings)
-    generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in requests]
-    arguments = dict(
-        prompt=[r.prompt for r in requests],
-        negative_prompt=[r.negative_prompt or "" for r in requests],
-        guidance_scale=settings.guidance_scale,
-        num_inference_steps=settings.num_inference_steps,
-        generator=generators,
-        output_type="pil",
-    )
+    size = (settings.width, settings.height)
+    arguments = {
+        "prompt": [r.prompt for r in requests],
+        "negative_prompt": [r.negative_prompt or "" for r in requests],
+        "guidance_scale": settings.guidance_scale,
+        "num_inference_steps": settings.num_inference_steps,
+        "generator": [torch.Generator(device="cpu").manual_seed(r.seed) for r in requests],
+        "output_type": "pil",
+    }
     if settings.task == "text2img":
-        arguments.update(width=settings.width, height=settings.height)
-    else:
-        size = (settings.width, settings.height)
-        arguments.update(
-            image=[load_rgb(r.init_image, "init_image", size) for r in requests],
-            strength=settings.strength,
-        )
-    return pipeline(**arguments).images
+        return pipeline(**arguments, width=settings.width, height=settings.height).images
+    inits = [images.load_init_image(r.init_image, size) for r in requests]
+    arguments.update(image=inits, strength=settings.strength)
+    if settings.task == "img2img":
+        return pipeline(**arguments).images
+    masks = [images.load_mask(r.mask_image, size) for r in requests]
+    generated = pipeline(
+        **arguments, mask_image=[images.generation_mask(m) for m in masks],
+        width=settings.width, height=settings.height,
+    ).images  # fmt: skip
+    return [images.composite(i, g, m) for i, g, m in zip(inits, generated, masks, strict=True)]
 
 
 def model_facts(ref: str):

@@ -1,0 +1,111 @@
+"""Input images and masks for img2img and inpainting, and pixel-space compositing.
+
+The mask convention, everywhere in easel: the mask's luminance says how much of a pixel is
+repainted. White (255) repaints, black (0) keeps, grey repaints in proportion. Masks are
+read as greyscale; an RGBA mask whose colour channels are flat and whose meaning lies only
+in its alpha channel is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from easel.data import storage
+
+
+class ImageInputError(ValueError):
+    """An input image or mask a row cannot use; the message names the column and value."""
+
+
+def open_image(uri: str, column: str) -> Image.Image:
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise ImageInputError(f"`{column}` {uri!r} does not exist") from None
+    except OSError as error:
+        raise ImageInputError(f"`{column}` {uri!r} cannot be read: {error}") from None
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception:  # noqa: BLE001 - PIL raises many kinds for a non-image
+        raise ImageInputError(f"`{column}` {uri!r} is not an image easel can read") from None
+    return image
+
+
+def check_size(size: tuple[int, int], column: str, uri: str, max_pixels: int) -> None:
+    width, height = size
+    if width % 8 or height % 8 or not (8 <= width <= 4096 and 8 <= height <= 4096):
+        raise ImageInputError(
+            f"`{column}` {uri!r} is {width}x{height}; sides must be multiples of 8 in 8..4096 "
+            "(set `width` and `height` to resize it)"
+        )
+    if width * height > max_pixels:
+        raise ImageInputError(
+            f"`{column}` {uri!r} is {width}x{height}, over the pixel budget of {max_pixels}"
+        )
+
+
+def check_mask_mode(mask: Image.Image, uri: str) -> None:
+    """Refuse a mask that only means something through its alpha channel."""
+    if mask.mode not in ("RGBA", "LA", "PA") and "transparency" not in mask.info:
+        return
+    rgba = np.asarray(mask.convert("RGBA"))
+    colour_flat = int(rgba[..., :3].max()) == int(rgba[..., :3].min())
+    alpha_varies = int(rgba[..., 3].max()) != int(rgba[..., 3].min())
+    if colour_flat and alpha_varies:
+        raise ImageInputError(
+            f"`mask_image` {uri!r} carries its mask only in the alpha channel; easel reads masks "
+            "from luminance (white repaints, black keeps): save it as a greyscale image"
+        )
+
+
+def probe_edit_inputs(
+    init_uri: str, mask_uri: str | None, width: int | None, height: int | None, max_pixels: int
+) -> tuple[int, int]:
+    """Check a row's init image (and mask); return the size the row will generate at."""
+    init = open_image(init_uri, "init_image")
+    if width is None or height is None:
+        check_size(init.size, "init_image", init_uri, max_pixels)
+        width, height = width or init.width, height or init.height
+    if mask_uri:
+        mask = open_image(mask_uri, "mask_image")
+        if mask.size != init.size:
+            raise ImageInputError(
+                f"`mask_image` {mask_uri!r} is {mask.width}x{mask.height} but `init_image` is "
+                f"{init.width}x{init.height}; they must be the same size"
+            )
+        check_mask_mode(mask, mask_uri)
+    return width, height
+
+
+def load_init_image(uri: str, size: tuple[int, int]) -> Image.Image:
+    image = open_image(uri, "init_image").convert("RGB")
+    return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
+
+
+def load_mask(uri: str, size: tuple[int, int]) -> Image.Image:
+    """The mask as greyscale 'L' (255 repaints), at `size`."""
+    mask = open_image(uri, "mask_image")
+    check_mask_mode(mask, uri)
+    mask = mask.convert("L")
+    return mask if mask.size == size else mask.resize(size, Image.Resampling.BILINEAR)
+
+
+def generation_mask(mask: Image.Image) -> Image.Image:
+    """The region the model repaints: every pixel the soft mask touches at all."""
+    return mask.point(lambda value: 255 if value > 0 else 0)
+
+
+def composite(init: Image.Image, generated: Image.Image, mask: Image.Image) -> Image.Image:
+    """Blend in pixel space: out = init·(1−m) + generated·m, m = mask/255.
+
+    Where m = 0 the result equals the init image exactly; grey blends in proportion."""
+    m = np.asarray(mask, dtype=np.float32)[..., None] / 255.0  # (H, W, 1)
+    base = np.asarray(init.convert("RGB"), dtype=np.float32)
+    new = np.asarray(generated.convert("RGB").resize(init.size, Image.Resampling.BICUBIC),
+                     dtype=np.float32)  # fmt: skip
+    out = np.rint(base * (1.0 - m) + new * m).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(out, "RGB")
