@@ -1,0 +1,47 @@
+"""prefect.yaml (SPEC §7): every deployment points at a real flow with valid parameters."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOYMENTS = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+
+
+def load_flow(entrypoint: str):
+    path, name = entrypoint.split(":")
+    assert (ROOT / path).exists(), path
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    return getattr(module, name)
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
+def test_deployment_parameters_validate_against_the_flow(deployment):
+    flow = load_flow(deployment["entrypoint"])
+    validated = flow.validate_parameters(deployment.get("parameters", {}))
+    assert set(validated) == set(deployment["parameters"])
+    for schedule in deployment.get("schedules", []):
+        assert len(schedule["cron"].split()) == 5
+
+
+def test_every_flow_has_a_local_and_a_gpu_deployment():
+    pools: dict[str, set[str]] = {}
+    for deployment in DEPLOYMENTS:
+        pools.setdefault(deployment["entrypoint"], set()).add(deployment["work_pool"]["name"])
+    assert all(pool & {"gpu-docker", "gpu-k8s"} for pool in pools.values())
+    gpu = [d for d in DEPLOYMENTS if d["work_pool"]["name"] == "gpu-k8s"]
+    assert all(d["work_pool"]["job_variables"]["gpu_count"] >= 1 for d in gpu)
+    assert any(d.get("schedules") for d in DEPLOYMENTS)
+
+
+def test_kubernetes_template_requests_the_gpus_it_is_given():
+    template = json.loads((ROOT / "deploy" / "kubernetes-gpu-job-template.json").read_text())
+    assert "gpu_count" in template["variables"]["properties"]
+    container = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"][
+        "containers"][0]  # fmt: skip
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
