@@ -136,7 +136,7 @@ class MicroBatches(IterableDataset):
             "timesteps": torch.randint(0, self.num_train_timesteps, (shape[0],),
                                        generator=derived_generator(self.seed, "timestep", index)),
             "condition": condition,
-            "is_prior": torch.arange(shape[0]) >= self.batch_size,
+            "num_instance": self.batch_size,  # the first examples are instances, the rest class
         }
 
     def __iter__(self):
@@ -182,7 +182,7 @@ class DreamBoothDataModule(pl.LightningDataModule):
 
 
 def _encode(module, uris: list[str], prompt: str, resolution: int, device,
-            chunk: int = 16) -> LatentCache:
+            chunk: int = 4) -> LatentCache:
     moments = [module.encode_images(load_pixels(uris[i:i + chunk], resolution), device)
                for i in range(0, len(uris), chunk)]  # a chunk at a time: bounded memory
     return LatentCache(mean=torch.cat([m for m, _ in moments]), std=torch.cat([s for _, s in moments]),

@@ -88,7 +88,9 @@ class DreamBoothModule(pl.LightningModule):
         vae = self._frozen.vae.to(device)
         dist = vae.encode(pixels.to(device, vae.dtype)).latent_dist
         scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
-        return ((dist.mean - shift) * scale).float().cpu(), (dist.std * scale).float().cpu()
+        mean, std = ((dist.mean - shift) * scale).float().cpu(), (dist.std * scale).float().cpu()
+        vae.to("cpu")  # off the accelerator before training starts
+        return mean, std
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], device) -> torch.Tensor:
@@ -98,7 +100,9 @@ class DreamBoothModule(pl.LightningModule):
         if self.hparams.train_text_encoder:
             return ids
         text_encoder = self._frozen.text_encoder.to(device)
-        return text_encoder(ids.to(device))[0].float().cpu()
+        embeddings = text_encoder(ids.to(device))[0].float().cpu()
+        text_encoder.to("cpu")
+        return embeddings
 
     def release_frozen_encoders(self) -> None:
         """Drop the VAE (and frozen text encoder) once the caches exist: less memory."""
@@ -129,16 +133,22 @@ class DreamBoothModule(pl.LightningModule):
         if self.hparams.snr_gamma is not None:
             per_example = per_example * self._min_snr_weights(timesteps)
 
-        is_prior = batch["is_prior"]
-        instance_loss = per_example[~is_prior].mean()
+        n = batch["num_instance"]  # a Python int: slicing, unlike a mask, needs no device sync
+        instance_loss = per_example[:n].mean()
         loss = instance_loss
         self.log("train/instance_loss", instance_loss)
-        if is_prior.any():
-            prior_loss = per_example[is_prior].mean()
+        if n < per_example.shape[0]:
+            prior_loss = per_example[n:].mean()
             loss = loss + self.hparams.prior_loss_weight * prior_loss
             self.log("train/prior_loss", prior_loss)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Free the gradients now: Lightning zeroes them only after the next forward, so they
+        # would otherwise sit next to that forward's activations (a full copy of the weights).
+        optimizer.zero_grad(set_to_none=True)
 
     def configure_optimizers(self):
         from diffusers.optimization import get_scheduler

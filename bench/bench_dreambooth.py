@@ -1,0 +1,218 @@
+"""DreamBooth training throughput and peak memory: easel's Lightning module (latents and
+prompt embeddings cached once, frozen encoders released) against a straightforward loop in
+the style of diffusers' train_dreambooth.py (VAE encode + text encode every step).
+
+Same model, images, batch (instance + class), precision, optimizer and LR. Each variant runs
+in its own process so peak memory is its own.
+
+    python bench/bench_dreambooth.py --model tiny --resolution 32 --steps 60        # CPU
+    python bench/bench_dreambooth.py --model sd15 --resolution 512 --steps 40 \\
+        --precision 16-mixed                                                       # GPU
+
+`--model` is `tiny` or `sd15` (random weights with those shapes, built locally) or a
+diffusers directory / easel model reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+WARMUP_STEPS = 5
+
+
+def _peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _config(args, workdir: str):
+    from easel.models.dreambooth.config import DreamBoothConfig
+
+    return DreamBoothConfig(
+        model=args.model_dir, instance_data=os.path.join(workdir, "instance"),
+        class_data=os.path.join(workdir, "class"), instance_prompt="a photo of sks shape",
+        class_prompt="a photo of shape", resolution=args.resolution, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, max_steps=args.steps, precision=args.precision,
+        checkpoint_every_n_steps=10**6, keep_last_n_checkpoints=1, output=os.path.join(workdir, "out"),
+        accelerator="gpu" if args.device == "cuda" else "cpu", seed=0)
+
+
+def run_easel(args, workdir: str) -> dict:
+    import pytorch_lightning as pl
+
+    from easel.data.dreambooth import list_images
+    from easel.models.dreambooth.training import train
+
+    config = _config(args, workdir)
+    times, losses = [], []
+
+    class Clock(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            _sync(args.device)
+            times.append(time.perf_counter())
+            losses.append(float(outputs["loss"]))
+
+    checkpoints = os.path.join(workdir, "ckpt-easel")
+    shutil.rmtree(checkpoints, ignore_errors=True)  # a fresh run, not a resume
+    train(config, config.model, list_images(config.instance_data), list_images(config.class_data),
+          checkpoints, callbacks=[Clock()], enable_progress_bar=False)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return {"times": times, "losses": losses}
+
+
+def run_baseline(args, workdir: str) -> dict:
+    """One plain loop: every step encodes the images with the VAE and the prompts with the
+    text encoder, as diffusers' train_dreambooth.py does (not its code)."""
+    import torch.nn.functional as F
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers.optimization import get_scheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from easel.data.dreambooth import list_images, load_pixels
+    from easel.models.dreambooth.module import MAX_GRAD_NORM
+
+    config, device = _config(args, workdir), args.device
+    torch.manual_seed(0)
+    mixed = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(config.precision)
+    frozen_dtype = mixed or torch.float32
+    unet = UNet2DConditionModel.from_pretrained(config.model, subfolder="unet").to(device).train()
+    vae = AutoencoderKL.from_pretrained(config.model, subfolder="vae").to(device, frozen_dtype).requires_grad_(False)
+    text_encoder = CLIPTextModel.from_pretrained(config.model, subfolder="text_encoder").to(device, frozen_dtype)
+    text_encoder.requires_grad_(False)
+    tokenizer = CLIPTokenizer.from_pretrained(config.model, subfolder="tokenizer")
+    scheduler = DDPMScheduler.from_pretrained(config.model, subfolder="scheduler")
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate)
+    lr_schedule = get_scheduler(config.lr_scheduler, optimizer, num_training_steps=config.max_steps)
+    scaler = torch.amp.GradScaler(device, enabled=config.precision == "16-mixed")
+
+    instance = load_pixels(list_images(config.instance_data), config.resolution)
+    classes = load_pixels(list_images(config.class_data), config.resolution)
+    ids = tokenizer([config.instance_prompt, config.class_prompt], padding="max_length", truncation=True,
+                    max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    generator = torch.Generator().manual_seed(0)
+    b = config.batch_size
+    times, losses = [], []
+    for _ in range(config.max_steps):
+        pick_i = torch.randint(len(instance), (b,), generator=generator)
+        pick_c = torch.randint(len(classes), (b,), generator=generator)
+        pixels = torch.cat([instance[pick_i], classes[pick_c]]).to(device, frozen_dtype)
+        prompt_ids = torch.cat([ids[:1].expand(b, -1), ids[1:].expand(b, -1)]).to(device)
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+            condition = text_encoder(prompt_ids)[0]
+        latents = latents.float()
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (2 * b,), device=device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        with torch.autocast(device, dtype=mixed, enabled=mixed is not None):
+            prediction = unet(noisy, timesteps, encoder_hidden_states=condition).sample
+        per_example = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+        loss = per_example[:b].mean() + config.prior_loss_weight * per_example[b:].mean()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), MAX_GRAD_NORM)
+        scaler.step(optimizer)
+        scaler.update()
+        lr_schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        times.append(time.perf_counter())
+        losses.append(float(loss))
+    return {"times": times, "losses": losses}
+
+
+def _prepare(args, workdir: str) -> None:
+    from PIL import Image
+
+    from easel.models.dreambooth.random_pipeline import build_random_pipeline
+
+    if args.model in ("tiny", "sd15"):
+        args.model_dir = os.path.join(workdir, f"model-{args.model}")
+        if not os.path.exists(os.path.join(args.model_dir, "model_index.json")):
+            build_random_pipeline(args.model_dir, size=args.model)
+    elif os.path.isdir(args.model):
+        args.model_dir = args.model
+    else:
+        from easel.models.references import resolve_model_reference
+
+        args.model_dir = resolve_model_reference(args.model).path
+    g = torch.Generator().manual_seed(0)
+    for folder, count in (("instance", 5), ("class", 20)):
+        os.makedirs(os.path.join(workdir, folder), exist_ok=True)
+        for i in range(count):
+            pixels = (torch.rand(3, 1, 1, generator=g) * 255).expand(3, args.resolution, args.resolution)
+            image = Image.fromarray(pixels.permute(1, 2, 0).to(torch.uint8).numpy())
+            image.save(os.path.join(workdir, folder, f"{i:02d}.png"))
+
+
+def _summary(name: str, result: dict, args) -> dict:
+    times, losses = result["times"], result["losses"]
+    timed = len(times) - 1 - WARMUP_STEPS
+    steps_per_s = timed / (times[-1] - times[WARMUP_STEPS])
+    window = max(1, len(losses) // 4)
+    return {"variant": name, "steps_per_s": round(steps_per_s, 3),
+            "peak_memory_mb": round(result["peak_memory_mb"], 1),
+            "loss_first_quarter": round(sum(losses[:window]) / window, 4),
+            "loss_last_quarter": round(sum(losses[-window:]) / window, 4), "steps": len(losses)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--learning-rate", type=float, default=1e-5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--variant", choices=["easel", "baseline"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bench-dreambooth-")
+
+    if args.variant:  # one measurement, in this process
+        _prepare(args, workdir)
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        result = (run_easel if args.variant == "easel" else run_baseline)(args, workdir)
+        result["peak_memory_mb"] = _peak_memory_mb(args.device)
+        print("RESULT " + json.dumps(result))
+        return
+
+    rows = []
+    for variant in ("baseline", "easel"):
+        command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant, "--workdir", workdir]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            sys.exit(f"{variant} failed:\n{done.stderr[-4000:]}")
+        line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
+        rows.append(_summary(variant, json.loads(line[len("RESULT "):]), args))
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{torch.get_num_threads()}"
+    print(json.dumps({"device": device, "model": args.model, "resolution": args.resolution,
+                      "batch": f"{args.batch_size} instance + {args.batch_size} class",
+                      "precision": args.precision, "results": rows}, indent=1))
+    speedup = rows[1]["steps_per_s"] / rows[0]["steps_per_s"]
+    print(f"speedup easel/baseline: {speedup:.2f}x; peak memory easel/baseline: "
+          f"{rows[1]['peak_memory_mb'] / rows[0]['peak_memory_mb']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
