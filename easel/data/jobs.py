@@ -155,3 +155,16 @@ def build_plan(
     ]  # fmt: skip
     batches = plan_batches(runnable, facts, batch_size, done)
     return SweepPlan(jobs=runnable, failures=failures, facts=facts, batches=batches)
+
+
+def chunk_batches(batches: list[PlannedBatch], max_images: int) -> list[list[PlannedBatch]]:
+    """Consecutive batches grouped into chunks of about `max_images` images (one task each)."""
+    chunks: list[list[PlannedBatch]] = []
+    count = max_images
+    for batch in batches:
+        if count + len(batch.images) > max_images:
+            chunks.append([])
+            count = 0
+        chunks[-1].append(batch)
+        count += len(batch.images)
+    return chunks

@@ -52,10 +52,8 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
         os.makedirs(parent or ".", exist_ok=True)
         tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            with open(tmp, "wb") as f:  # no fsync: rename is atomic for readers and crashes
+                f.write(data)  # of the process; power-loss durability is the filesystem's
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -6,6 +6,7 @@ import argparse
 import base64
 import io
 import sys
+import time
 from typing import Literal
 
 from prefect import flow
@@ -19,12 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from easel import tracking
 from easel.data import storage
+from easel.data.jobs import chunk_batches
 from easel.data.manifest import SweepDefaults
 from easel.flows.config import load_parameters
 from easel.tasks.sweep import (
     SweepInputs,
     SweepSummary,
-    generate_batch,
+    generate_images,
     plan_sweep,
     plan_sweep_task,
     write_results,
@@ -50,6 +52,7 @@ class SweepParameters(BaseModel):
     trust_pickle: bool = False
     experiment: str = "easel-sweep"
     show_progress: bool = False
+    images_per_task: int = Field(256, ge=1, description="images per Prefect task (a retry unit)")
 
     def inputs(self) -> SweepInputs:
         defaults = SweepDefaults(
@@ -66,31 +69,47 @@ class SweepParameters(BaseModel):
 
 @flow(name="sweep", log_prints=True)
 def sweep_flow(params: SweepParameters) -> SweepSummary:
-    """Validate the manifest, generate the missing images batch by batch, record everything."""
+    """Validate the manifest, generate the missing images chunk by chunk, record everything."""
     inputs = params.inputs()
     table, plan = plan_sweep_task(inputs)
     with tracking.start_run(params.experiment, "sweep", params.model_dump()) as run:
-        start = 0.0 if plan.pending_images else 100.0
-        progress = create_progress_artifact(start, key="sweep-progress", description=params.out)
-        bar = _progress_bar(plan.pending_images, params.show_progress)
-        generated, attempted, seconds = 0, 0, 0.0
-        for batch in plan.batches:
-            outcome = generate_batch(inputs, batch, run.info.run_id)
+        progress = Progress(plan.pending_images, params.out, params.show_progress)
+        generated, seconds = 0, 0.0
+        for chunk in chunk_batches(plan.batches, params.images_per_task):
+            outcome = generate_images(inputs, chunk, run.info.run_id, progress.advance)
             generated, seconds = generated + outcome.ok, seconds + outcome.seconds
-            attempted += len(batch.images)
-            bar.update(len(batch.images))
-            update_progress_artifact(progress, 100.0 * attempted / plan.pending_images)
-        bar.close()
+        progress.close()
         summary = write_results(inputs, table, plan, generated)
         _log_to_mlflow(summary, plan.pending_images, generated, seconds)
     _publish_artifacts(summary)
     return summary
 
 
-def _progress_bar(total: int, show: bool):
-    from tqdm import tqdm
+class Progress:
+    """A terminal progress bar and the Prefect progress artifact, updated every ~2 s."""
 
-    return tqdm(total=total, unit="img", desc="sweep", disable=not show)
+    def __init__(self, total: int, description: str, show_bar: bool):
+        from tqdm import tqdm
+
+        self.total, self.done, self.reported_at = total, 0, time.monotonic()
+        self.bar = tqdm(total=total, unit="img", desc="sweep", disable=not show_bar)
+        start = 0.0 if total else 100.0
+        self.artifact = create_progress_artifact(start, key="sweep-progress", description=description)
+
+    def advance(self, images: int) -> None:
+        self.done += images
+        self.bar.update(images)
+        if time.monotonic() - self.reported_at > 2.0:
+            self._report()
+
+    def _report(self) -> None:
+        self.reported_at = time.monotonic()
+        update_progress_artifact(self.artifact, 100.0 * self.done / max(1, self.total))
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.total:
+            self._report()
 
 
 def _log_to_mlflow(summary: SweepSummary, pending: int, generated: int, seconds: float) -> None:

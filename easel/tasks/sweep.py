@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 
 from prefect import task
 from prefect.cache_policies import NONE
 
-from easel.data import contact_sheet, manifest, results, storage
+from easel.data import contact_sheet, manifest, results
 from easel.data.jobs import PlannedBatch, SweepPlan, build_plan, planned_images
 from easel.data.results import ImageRecord
+from easel.data.writer import BatchWriter
 from easel.errors import InvalidInput
 from easel.models.generation import (
     generate_each,
@@ -78,20 +78,36 @@ def plan_sweep_task(inputs: SweepInputs) -> tuple[manifest.Manifest, SweepPlan]:
     return plan_sweep(inputs)
 
 
-@task(name="generate-batch", retries=1, retry_delay_seconds=2, cache_policy=NONE,
+@task(name="generate-images", retries=1, retry_delay_seconds=2, cache_policy=NONE,
       persist_result=False)  # fmt: skip
-def generate_batch(inputs: SweepInputs, batch: PlannedBatch, run_id: str | None) -> BatchOutcome:
-    """Generate one batch, write its images, then its record shard (the marker, last)."""
+def generate_images(
+    inputs: SweepInputs, batches: list[PlannedBatch], run_id: str | None, on_batch=None
+) -> BatchOutcome:
+    """Generate a chunk of batches; a background writer stores each batch's images, then
+    its record shard (the marker, last), while the next batch is generated."""
     import torch
 
     dtype = getattr(torch, inputs.dtype) if inputs.dtype else None
-    loaded = load_model(batch.model, inputs.device, dtype, inputs.trust_pickle)
-    start = time.perf_counter()
-    outputs = generate_each(loaded, batch.settings, [image.request for image in batch.images])
-    seconds = time.perf_counter() - start
-    records = []
-    for image, output in zip(batch.images, outputs, strict=True):
-        record = ImageRecord(
+    seconds = 0.0
+    with BatchWriter(inputs.out) as writer:
+        for batch in batches:
+            loaded = load_model(batch.model, inputs.device, dtype, inputs.trust_pickle)
+            start = time.perf_counter()
+            outputs = generate_each(loaded, batch.settings, [i.request for i in batch.images])
+            elapsed = time.perf_counter() - start
+            seconds += elapsed
+            writer.submit(batch, outputs, pending_records(loaded, batch, elapsed, run_id))
+            if on_batch:
+                on_batch(len(batch.images))
+        records = writer.close()
+    ok = sum(r.status == "ok" for r in records)
+    return BatchOutcome(ok=ok, failed=len(records) - ok, seconds=seconds)
+
+
+def pending_records(loaded, batch: PlannedBatch, seconds: float, run_id: str | None) -> list[ImageRecord]:
+    """The records of a generated batch, before its images are written."""
+    return [
+        ImageRecord(
             id=image.row_id, request_key=image.request_key, image_index=image.image_index,
             image_uri=None, status="failed", error=None,
             warning=prompt_truncation_warning(loaded, image.request.prompt),
@@ -99,17 +115,8 @@ def generate_batch(inputs: SweepInputs, batch: PlannedBatch, run_id: str | None)
             scheduler=batch.settings.scheduler, duration_s=seconds / len(batch.images),
             image_sha256=None, mlflow_run_id=run_id,
         )  # fmt: skip
-        if isinstance(output, Exception):
-            record.error = str(output) or type(output).__name__
-        else:
-            uri = results.image_uri(inputs.out, image.row_id, image.image_index)
-            data = storage.write_png_atomic(uri, output)
-            record.image_uri, record.status = uri, "ok"
-            record.image_sha256 = hashlib.sha256(data).hexdigest()
-        records.append(record)
-    results.write_record_shard(inputs.out, batch.key, records)
-    ok = sum(r.status == "ok" for r in records)
-    return BatchOutcome(ok=ok, failed=len(records) - ok, seconds=seconds)
+        for image in batch.images
+    ]
 
 
 def final_records(table: manifest.Manifest, plan: SweepPlan, recorded: list[ImageRecord]):

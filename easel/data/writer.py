@@ -1,0 +1,59 @@
+"""Writing finished batches on a background thread, so that encoding and uploading images
+overlaps with generating the next batch.
+
+For each batch, in order: every image (atomically), then the batch's record shard, which
+vouches for them. At most `max_pending` batches wait in memory; `close()` waits for all
+and re-raises the first write error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+
+from easel.data import results, storage
+from easel.data.jobs import PlannedBatch
+from easel.data.results import ImageRecord
+
+
+def write_batch(out: str, batch: PlannedBatch, outputs: list, records: list[ImageRecord]) -> list[ImageRecord]:
+    """Write the batch's images, then its record shard. `records` hold everything but the
+    per-image outcome; `outputs` are PIL images or the exceptions that replaced them."""
+    written = []
+    for image, output, record in zip(batch.images, outputs, records, strict=True):
+        if isinstance(output, Exception):
+            written.append(replace(record, status="failed", error=str(output) or type(output).__name__))
+            continue
+        uri = results.image_uri(out, image.row_id, image.image_index)
+        data = storage.write_png_atomic(uri, output)
+        written.append(replace(record, status="ok", image_uri=uri,
+                               image_sha256=hashlib.sha256(data).hexdigest()))  # fmt: skip
+    results.write_record_shard(out, batch.key, written)
+    return written
+
+
+class BatchWriter:
+    def __init__(self, out: str, max_pending: int = 2):
+        self.out = out
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="easel-writer")
+        self._slots = threading.Semaphore(max_pending)
+        self._futures: list[Future] = []
+
+    def submit(self, batch: PlannedBatch, outputs: list, records: list[ImageRecord]) -> None:
+        self._slots.acquire()  # back-pressure: generation waits if writing falls behind
+        future = self._pool.submit(write_batch, self.out, batch, outputs, records)
+        future.add_done_callback(lambda _: self._slots.release())
+        self._futures.append(future)
+
+    def close(self) -> list[ImageRecord]:
+        """Wait for every write; the records written, or the first error raised."""
+        self._pool.shutdown(wait=True)
+        return [record for future in self._futures for record in future.result()]
+
+    def __enter__(self) -> BatchWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True)
