@@ -100,6 +100,8 @@ def test_kill_9_then_rerun_does_each_image_exactly_once(tmp_path):
     results = read_results(out)
     assert sorted(r["id"] for r in results) == [row["id"] for row in rows]  # each exactly once
     assert all(r["status"] == "ok" for r in results)
+    leftovers = [n for _, _, names in os.walk(out) for n in names if n.endswith(".tmp")]
+    assert leftovers == []  # what the killed run was writing is cleaned up
     for row in results:  # what the killed run recorded was kept, not generated again
         if row["id"] in recorded:
             assert row["mlflow_run_id"] == recorded[row["id"]].mlflow_run_id

@@ -88,3 +88,20 @@ def is_within(child: str, root: str) -> bool:
         return os.path.commonpath([path_c, path_r]) == path_r
     path_c, path_r = posixpath.normpath(path_c), posixpath.normpath(path_r)
     return path_c == path_r or path_c.startswith(path_r.rstrip("/") + "/")
+
+
+def remove_stale_temporaries(folder: str) -> int:
+    """Delete temporary files left under `folder` by writers that died (kill -9, OOM).
+
+    Only for local folders: object stores never show a partial upload. Call it when no other
+    writer works in `folder` (easel does not support two runs into one output at once)."""
+    fs, path = filesystem(folder)
+    if not isinstance(fs, LocalFileSystem) or not os.path.isdir(path):
+        return 0
+    removed = 0
+    for parent, _, names in os.walk(path):
+        for name in names:
+            if name.startswith(".") and name.endswith(".tmp"):
+                os.remove(os.path.join(parent, name))
+                removed += 1
+    return removed

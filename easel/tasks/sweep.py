@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from prefect import task
 from prefect.cache_policies import NONE
 
-from easel.data import contact_sheet, manifest, results
+from easel.data import contact_sheet, manifest, results, storage
 from easel.data.jobs import PlannedBatch, SweepPlan, build_plan, planned_images
 from easel.data.results import ImageRecord
 from easel.data.writer import BatchWriter
@@ -68,6 +68,7 @@ def plan_sweep(inputs: SweepInputs) -> tuple[manifest.Manifest, SweepPlan]:
     table = manifest.read_manifest(inputs.manifest)
     jobs, failures = manifest.validate_manifest(table, inputs.defaults, list(inputs.input_roots))
     done = results.done_request_keys(inputs.out)
+    storage.remove_stale_temporaries(inputs.out)  # what a killed run was writing
     plan = build_plan(jobs, failures, _facts_for, inputs.batch_size, done)
     return table, plan
 
