@@ -118,3 +118,19 @@ def test_bad_edit_inputs_fail_their_row_alone(tmp_path):
             assert word in errors[row_id], (row_id, errors[row_id])
     assert results[("good", 0)]["status"] == "ok" and results[("resized", 0)]["status"] == "ok"
     assert summary.rows_failed == len(expected)
+
+
+def test_a_request_failing_at_generation_fails_alone(tmp_path):
+    from easel.data.jobs import BatchSettings, ImageRequest
+    from easel.models.generation import generate_each
+    from easel.models.loading import load_model
+
+    init = str(tmp_path / scene(tmp_path / "init.png"))
+    settings = BatchSettings(task="img2img", scheduler="ddim", guidance_scale=5.0,
+                             num_inference_steps=STEPS, width=SIZE, height=SIZE, strength=0.5)  # fmt: skip
+    requests = [ImageRequest("a red circle", None, 1, init_image=init),
+                ImageRequest("a red circle", None, 2, init_image=str(tmp_path / "gone.png")),
+                ImageRequest("a red circle", None, 3, init_image=init)]  # fmt: skip
+    outputs = generate_each(load_model("tiny-shapes", device="cpu"), settings, requests)
+    assert isinstance(outputs[0], Image.Image) and isinstance(outputs[2], Image.Image)
+    assert isinstance(outputs[1], Exception) and "gone.png" in str(outputs[1])
