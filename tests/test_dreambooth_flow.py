@@ -30,7 +30,7 @@ def test_dreambooth_command_trains_exports_validates_and_registers(tmp_path, pre
     printed = capsys.readouterr().out
     assert "identifier 'sks'" in printed and "models:/sks-tiny/1" in printed
 
-    priors = sorted((out / "class_priors" / "images").rglob("*.png"))
+    priors = sorted((out / "class_priors").glob("*/images/*/*.png"))  # the content-addressed cache
     assert len(priors) == 3
     assert sorted(p.name for p in (out / "checkpoints").glob("*.ckpt")) == [
         "step=00000002.ckpt", "step=00000004.ckpt"]

@@ -12,15 +12,14 @@ from prefect import flow
 from easel import tracking
 from easel.errors import InvalidInput
 from easel.flows.config import load_parameters
+from easel.flows.priors import PriorsParameters, class_priors_flow
 from easel.flows.sweep import SweepParameters, sweep_flow
 from easel.models.dreambooth.config import DreamBoothConfig
 from easel.tasks.dreambooth import (
     check_inputs,
     check_inputs_task,
     class_images_task,
-    class_prior_rows,
     export_task,
-    ok_images_task,
     register_task,
     resolve_model_task,
     train_task,
@@ -50,11 +49,11 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
         if config.prior_preservation and config.class_data:
             class_images = class_images_task(config)
         elif config.prior_preservation:
-            manifest = write_manifest_task(f"{config.output}/class_priors/manifest.parquet",
-                                           class_prior_rows(config))
-            priors = sweep_flow(SweepParameters(manifest=manifest, out=f"{config.output}/class_priors",
-                                                model=config.model, experiment=EXPERIMENT))
-            class_images = ok_images_task(priors.results_uri)
+            priors = class_priors_flow(PriorsParameters(
+                class_prompt=config.class_prompt, num_images=config.num_class_images,
+                out=config.class_priors_dir or f"{config.output}/class_priors", model=config.model,
+                seed=config.seed, experiment=EXPERIMENT))
+            class_images = priors.image_uris
         checkpoint = train_task(config, model_dir, instance_images, class_images, run.info.run_id)
         pipeline = export_task(config, checkpoint, model_dir)
         sheet = None

@@ -2,7 +2,8 @@
 
 Layout under the config's `output` folder:
 `checkpoints/step=NNNNNNNN.ckpt` (+ `training_run_id`, the MLflow run a rerun continues),
-`pipeline/` (the exported diffusers directory), `class_priors/` and `validation/` (sweeps).
+`pipeline/` (the exported diffusers directory), `validation/` (a sweep), and `class_priors/`
+(the content-addressed class-prior cache, unless the config names another).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from easel.data.dreambooth import check_instance_data
 from easel.data.results import parquet_bytes
 from easel.errors import InvalidInput
 from easel.models.dreambooth.config import DreamBoothConfig
-
-PRIOR_ROW_IMAGES = 64  # the sweep's limit of images per row
 
 
 def checkpoint_dir(config: DreamBoothConfig) -> str:
@@ -66,17 +65,6 @@ def write_manifest_task(uri: str, rows: list[dict]) -> str:
     return uri
 
 
-def class_prior_rows(config: DreamBoothConfig) -> list[dict]:
-    """Sweep rows for `num_class_images` images of the class prompt, 64 per row at most."""
-    rows, remaining, index = [], config.num_class_images, 0
-    while remaining > 0:
-        count = min(PRIOR_ROW_IMAGES, remaining)
-        rows.append({"id": f"class-prior-{index:04d}", "prompt": config.class_prompt,
-                     "num_images": count, "seed": config.seed + index * PRIOR_ROW_IMAGES})
-        remaining, index = remaining - count, index + 1
-    return rows
-
-
 def validation_rows(config: DreamBoothConfig, trained_model: str) -> list[dict]:
     """Each validation prompt on the trained and the base model, same seeds."""
     rows = []
@@ -85,16 +73,6 @@ def validation_rows(config: DreamBoothConfig, trained_model: str) -> list[dict]:
             rows.append({"id": f"{tag}-{i:03d}", "prompt": prompt, "model": model, "seed": config.seed + i,
                          "num_images": config.validation_images_per_prompt})
     return rows
-
-
-@task
-def ok_images_task(results_uri: str) -> list[str]:
-    """The image URIs of the rows a sweep generated successfully."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(pa.BufferReader(storage.read_bytes(results_uri)))
-    return [uri for uri, status in zip(table["image_uri"].to_pylist(), table["status"].to_pylist())
-            if status == "ok"]
 
 
 @task

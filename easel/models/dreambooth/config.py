@@ -37,6 +37,7 @@ class DreamBoothConfig(BaseModel):
     prior_loss_weight: float = Field(1.0, ge=0)
     num_class_images: int = Field(100, ge=1, le=10_000)
     class_data: str | None = None  # a folder of class images to use instead of generating them
+    class_priors_dir: str | None = None  # the class-prior cache root; default <output>/class_priors
 
     # How to learn it.
     method: Literal["full", "lora"] = "full"
