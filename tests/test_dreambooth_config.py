@@ -78,3 +78,13 @@ def test_preset_is_valid():
     with open(preset) as f:
         config = DreamBoothConfig.model_validate(yaml.safe_load(f))
     assert config.subject_token == "sks" and config.resolution == 64
+
+
+def test_set_reads_yaml_values_and_null_resets(tmp_path, valid):
+    from easel.flows.dreambooth import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**valid, "register_as": "sks@candidate"}))
+    config = load_config(str(path), ["register_as=null", "max_steps=7", "validation_prompts=[a sks shape]"])
+    assert config.register_as is None and config.max_steps == 7
+    assert config.validation_prompts == ["a sks shape"]

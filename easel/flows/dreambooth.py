@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import yaml
 from prefect import flow
+from pydantic import ValidationError
 
 from easel import tracking
 from easel.errors import InvalidInput
-from easel.flows.config import load_parameters
+from easel.flows.config import read_yaml, validation_message
 from easel.flows.priors import PriorsParameters, class_priors_flow
 from easel.flows.sweep import SweepParameters, sweep_flow
 from easel.models.dreambooth.config import DreamBoothConfig
@@ -67,8 +68,25 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
             if sheet:
                 tracking.log_uri_artifact(sheet, "validation")
         registered = register_task(pipeline, config.register_as) if config.register_as else None
-    return DreamBoothResult(pipeline=pipeline, checkpoint=checkpoint, identifier=config.subject_token,
-                            validation_contact_sheet=sheet, registered=registered)
+    result = DreamBoothResult(pipeline=pipeline, checkpoint=checkpoint, identifier=config.subject_token,
+                              validation_contact_sheet=sheet, registered=registered)
+    _publish_summary(config, result)
+    return result
+
+
+def _publish_summary(config: DreamBoothConfig, result: DreamBoothResult) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    lines = [f"# DreamBooth: `{config.instance_prompt}`", "",
+             f"- identifier: `{result.identifier}` (use it in prompts, e.g. `{config.instance_prompt}`)",
+             f"- pipeline (use as `--model`): `{result.pipeline}`",
+             f"- final checkpoint: `{result.checkpoint}` ({config.max_steps} steps, method `{config.method}`)",
+             f"- MLflow: `{tracking.tracking_uri()}`"]
+    if result.registered:
+        lines.append(f"- registered: `{result.registered}`")
+    if result.validation_contact_sheet:
+        lines.append(f"- validation (trained vs base, same seeds): `{result.validation_contact_sheet}`")
+    create_markdown_artifact("\n".join(lines), key="dreambooth-summary", description="DreamBooth summary")
 
 
 # --- CLI -----------------------------------------------------------------------------
@@ -94,8 +112,13 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def load_config(config: str, overrides: list[str] = ()) -> DreamBoothConfig:
-    """Read, override and validate the config, then check its inputs; before any work."""
-    parsed = load_parameters(DreamBoothConfig, config, parse_overrides(list(overrides)))
+    """Read, override (`key=null` resets a key) and validate the config, then check its
+    inputs; all before any work."""
+    values = {**read_yaml(config), **parse_overrides(list(overrides))}
+    try:
+        parsed = DreamBoothConfig.model_validate(values)
+    except ValidationError as error:
+        raise InvalidInput(validation_message(error, f"{config}: ")) from None
     check_inputs(parsed)
     return parsed
 
