@@ -113,7 +113,9 @@ def main() -> None:
                 bare_loop(pipe, rows, args.steps, args.guidance, args.batch_size)
             )
             sync()
-            times["easel_flow"].append(easel_flow(manifest, os.path.join(work, f"out{repeat}"), args))
+            times["easel_flow"].append(
+                easel_flow(manifest, os.path.join(work, f"out{repeat}"), args)
+            )
     best = {k: min(v) for k, v in times.items()}
     figures = {
         "rows": args.rows, "steps": args.steps, "batch_size": args.batch_size,

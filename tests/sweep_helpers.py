@@ -27,8 +27,10 @@ def pixels(path) -> np.ndarray:
 
 
 def max_pixel_difference(a, b) -> int:
-    return int(np.abs(pixels(a) - pixels(b)).max()) if not isinstance(a, np.ndarray) else int(
-        np.abs(a.astype(np.int16) - b.astype(np.int16)).max()
+    return (
+        int(np.abs(pixels(a) - pixels(b)).max())
+        if not isinstance(a, np.ndarray)
+        else int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
     )
 
 

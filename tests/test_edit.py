@@ -126,8 +126,10 @@ def test_a_request_failing_at_generation_fails_alone(tmp_path):
     from easel.models.loading import load_model
 
     init = str(tmp_path / scene(tmp_path / "init.png"))
-    settings = BatchSettings(task="img2img", scheduler="ddim", guidance_scale=5.0,
-                             num_inference_steps=STEPS, width=SIZE, height=SIZE, strength=0.5)  # fmt: skip
+    settings = BatchSettings(
+        task="img2img", scheduler="ddim", guidance_scale=5.0, num_inference_steps=STEPS,
+        width=SIZE, height=SIZE, strength=0.5,
+    )  # fmt: skip
     requests = [ImageRequest("a red circle", None, 1, init_image=init),
                 ImageRequest("a red circle", None, 2, init_image=str(tmp_path / "gone.png")),
                 ImageRequest("a red circle", None, 3, init_image=init)]  # fmt: skip

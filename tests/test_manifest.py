@@ -66,7 +66,9 @@ def test_each_rule_fails_its_row_alone(tmp_path, column, value, words):
 
 
 def test_pixel_budget(tmp_path):
-    _, failures = validate(tmp_path, [GOOD, {"id": "big", "prompt": "p", "width": 4096, "height": 4096}])
+    _, failures = validate(
+        tmp_path, [GOOD, {"id": "big", "prompt": "p", "width": 4096, "height": 4096}]
+    )
     assert len(failures) == 1 and "pixel budget" in failures[0].error
     assert "4096x4096" in failures[0].error
 
@@ -142,8 +144,12 @@ def test_folder_and_glob_of_files(tmp_path):
     folder = tmp_path / "parts"
     folder.mkdir()
     write(folder, [{"id": "a", "prompt": "p", "seed": 1}], "part-0.parquet")
-    write(folder, [{"id": "b", "prompt": "q"}], "part-1.parquet",
-          schema=pa.schema([("id", pa.string()), ("prompt", pa.large_string())]))
+    write(
+        folder,
+        [{"id": "b", "prompt": "q"}],
+        "part-1.parquet",
+        schema=pa.schema([("id", pa.string()), ("prompt", pa.large_string())]),
+    )
     for uri in (str(folder), str(folder / "part-*.parquet")):
         manifest = read_manifest(uri)
         assert manifest.table.num_rows == 2 and manifest.root == str(folder)

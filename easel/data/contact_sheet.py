@@ -21,7 +21,7 @@ def contact_sheet(image_uris: list[str], labels: list[str], columns: int = 8) ->
     cell_h = THUMBNAIL + 14
     sheet = Image.new("RGB", (columns * THUMBNAIL, rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, (uri, label) in enumerate(zip(uris, labels)):
+    for i, (uri, label) in enumerate(zip(uris, labels, strict=False)):
         with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
             thumb = image.convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.NEAREST)
         x, y = (i % columns) * THUMBNAIL, (i // columns) * cell_h

@@ -129,11 +129,15 @@ def read_manifest(uri: str) -> Manifest:
             with fs.open(path, "rb") as f:
                 tables.append(pq.read_table(f))
         except (pa.ArrowInvalid, OSError) as error:
-            raise InvalidInput(f"manifest file {file_uri!r} is not a readable Parquet file: {error}")
+            raise InvalidInput(
+                f"manifest file {file_uri!r} is not a readable Parquet file: {error}"
+            ) from None
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-        raise InvalidInput(f"manifest {uri!r}: its files have incompatible schemas: {error}")
+        raise InvalidInput(
+            f"manifest {uri!r}: its files have incompatible schemas: {error}"
+        ) from None
     if "prompt" not in table.column_names:
         raise InvalidInput(
             f"manifest {uri!r} has no `prompt` column (columns: {', '.join(table.column_names)})"
@@ -167,7 +171,7 @@ def validate_manifest(
         raise InvalidInput(f"manifest {manifest.uri!r}: column `id` has duplicate values: {shown}")
     roots = [manifest.root, *input_roots]
     jobs, failures = [], []
-    for index, (values, row_id) in enumerate(zip(rows, ids)):
+    for index, (values, row_id) in enumerate(zip(rows, ids, strict=False)):
         try:
             jobs.append(validate_row(index, row_id, values, defaults, manifest.root, roots))
         except RowError as error:
@@ -208,7 +212,9 @@ def validate_row(
         )
     scheduler = _optional_str(values, "scheduler") or defaults.scheduler
     if scheduler is not None and scheduler not in SCHEDULER_NAMES:
-        raise RowError(f"`scheduler` must be one of {', '.join(SCHEDULER_NAMES)} but is {scheduler!r}")
+        raise RowError(
+            f"`scheduler` must be one of {', '.join(SCHEDULER_NAMES)} but is {scheduler!r}"
+        )
     init_image = _image_uri(values, "init_image", base, roots)
     mask_image = _image_uri(values, "mask_image", base, roots)
     task = _task(values, init_image, mask_image)

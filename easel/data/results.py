@@ -94,7 +94,9 @@ def done_request_keys(out: str) -> set[str]:
     }  # fmt: skip
 
 
-def assemble_results(manifest: pa.Table, row_indices: list[int], records: list[ImageRecord]) -> pa.Table:
+def assemble_results(
+    manifest: pa.Table, row_indices: list[int], records: list[ImageRecord]
+) -> pa.Table:
     """One output row per record: the manifest row's columns, then the result fields.
 
     `seed` and `scheduler` are replaced in place by their resolved values; every other

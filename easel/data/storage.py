@@ -47,7 +47,9 @@ def read_bytes(uri: str) -> bytes:
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write `data` to `uri` so that no reader ever sees a partial file."""
     fs, path = filesystem(uri)
-    parent = posixpath.dirname(path) if not isinstance(fs, LocalFileSystem) else os.path.dirname(path)
+    parent = (
+        posixpath.dirname(path) if not isinstance(fs, LocalFileSystem) else os.path.dirname(path)
+    )
     if isinstance(fs, LocalFileSystem):
         os.makedirs(parent or ".", exist_ok=True)
         tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")

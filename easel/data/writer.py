@@ -18,13 +18,17 @@ from easel.data.jobs import PlannedBatch
 from easel.data.results import ImageRecord
 
 
-def write_batch(out: str, batch: PlannedBatch, outputs: list, records: list[ImageRecord]) -> list[ImageRecord]:
+def write_batch(
+    out: str, batch: PlannedBatch, outputs: list, records: list[ImageRecord]
+) -> list[ImageRecord]:
     """Write the batch's images, then its record shard. `records` hold everything but the
     per-image outcome; `outputs` are PIL images or the exceptions that replaced them."""
     written = []
     for image, output, record in zip(batch.images, outputs, records, strict=True):
         if isinstance(output, Exception):
-            written.append(replace(record, status="failed", error=str(output) or type(output).__name__))
+            written.append(
+                replace(record, status="failed", error=str(output) or type(output).__name__)
+            )
             continue
         uri = results.image_uri(out, image.row_id, image.image_index)
         data = storage.write_png_atomic(uri, output)

@@ -23,7 +23,9 @@ def read_yaml(uri: str) -> dict:
     except yaml.YAMLError as error:
         raise InvalidInput(f"config file {uri!r} is not valid YAML: {error}") from None
     if not isinstance(content, dict):
-        raise InvalidInput(f"config file {uri!r} must hold a mapping of keys, not {type(content).__name__}")
+        raise InvalidInput(
+            f"config file {uri!r} must hold a mapping of keys, not {type(content).__name__}"
+        )
     return content
 
 

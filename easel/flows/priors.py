@@ -64,7 +64,9 @@ def resolve_prior_spec(params: PriorsParameters) -> PriorSpec:
 def write_prior_manifest(folder: str, spec: PriorSpec, num_images: int) -> str:
     """The sweep manifest of the set's first `num_images` images."""
     uri = storage.join(folder, f"manifest-{num_images}.parquet")
-    storage.write_bytes_atomic(uri, parquet_bytes(pa.Table.from_pylist(prior_rows(spec, num_images))))
+    storage.write_bytes_atomic(
+        uri, parquet_bytes(pa.Table.from_pylist(prior_rows(spec, num_images)))
+    )
     return uri
 
 
@@ -79,8 +81,13 @@ def class_priors_flow(params: PriorsParameters) -> ClassPriors:
         experiment=params.experiment, show_progress=params.show_progress,
     ))  # fmt: skip
     if summary.images_failed:
-        raise RuntimeError(f"{summary.images_failed} class-prior images failed; see {summary.results_uri}")
-    uris = [storage.join(folder, "images", row["id"], "0.png") for row in prior_rows(spec, params.num_images)]
+        raise RuntimeError(
+            f"{summary.images_failed} class-prior images failed; see {summary.results_uri}"
+        )
+    uris = [
+        storage.join(folder, "images", row["id"], "0.png")
+        for row in prior_rows(spec, params.num_images)
+    ]
     return ClassPriors(folder=folder, image_uris=uris, generated_now=summary.generated_now)
 
 
@@ -106,6 +113,8 @@ def run_priors_command(args: argparse.Namespace) -> int:
     }  # fmt: skip
     params = load_parameters(PriorsParameters, args.config, overrides)
     priors = class_priors_flow(params)
-    print(f"class priors:  {priors.folder}  ({len(priors.image_uris)} images, "
-          f"{priors.generated_now} generated now)")
+    print(
+        f"class priors:  {priors.folder}  ({len(priors.image_uris)} images, "
+        f"{priors.generated_now} generated now)"
+    )
     return 0

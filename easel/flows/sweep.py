@@ -94,7 +94,9 @@ class Progress:
         self.total, self.done, self.reported_at = total, 0, time.monotonic()
         self.bar = tqdm(total=total, unit="img", desc="sweep", disable=not show_bar)
         start = 0.0 if total else 100.0
-        self.artifact = create_progress_artifact(start, key="sweep-progress", description=description)
+        self.artifact = create_progress_artifact(
+            start, key="sweep-progress", description=description
+        )
 
     def advance(self, images: int) -> None:
         self.done += images
@@ -158,10 +160,18 @@ def add_command(subparsers) -> None:
     parser.add_argument("--model", help="model for rows without a `model` (default tiny-shapes)")
     parser.add_argument("--config", help="YAML file of sweep parameters")
     parser.add_argument("--batch-size", type=int, help="images per pipeline call")
-    parser.add_argument("--input-root", action="append", dest="input_roots",
-                        help="another folder init/mask images may come from (repeatable)")
-    parser.add_argument("--trust-pickle", action="store_true", default=None,
-                        help="allow loading pickle (.bin/.ckpt) weights")
+    parser.add_argument(
+        "--input-root",
+        action="append",
+        dest="input_roots",
+        help="another folder init/mask images may come from (repeatable)",
+    )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        default=None,
+        help="allow loading pickle (.bin/.ckpt) weights",
+    )
     parser.set_defaults(run=run_sweep_command)
 
 
@@ -184,8 +194,10 @@ def run_sweep(params: SweepParameters) -> SweepSummary:
 
 
 def print_summary(summary: SweepSummary) -> None:
-    print(f"images:        {summary.out}/images  ({summary.images_ok} ok, "
-          f"{summary.images_failed} failed, {summary.generated_now} generated now)")
+    print(
+        f"images:        {summary.out}/images  ({summary.images_ok} ok, "
+        f"{summary.images_failed} failed, {summary.generated_now} generated now)"
+    )
     print(f"results:       {summary.results_uri}")
     if summary.contact_sheet_uri:
         print(f"contact sheet: {summary.contact_sheet_uri}")

@@ -77,7 +77,9 @@ def task_pipeline(loaded: LoadedModel, settings: BatchSettings):
 
 
 @torch.inference_mode()
-def generate(loaded: LoadedModel, settings: BatchSettings, requests: list[ImageRequest]) -> list[Image.Image]:
+def generate(
+    loaded: LoadedModel, settings: BatchSettings, requests: list[ImageRequest]
+) -> list[Image.Image]:
     """One pipeline call for all `requests`; returns one PIL image per request, in order."""
     pipeline = task_pipeline(loaded, settings)
     size = (settings.width, settings.height)
@@ -117,11 +119,14 @@ def model_facts(ref: str):
     with open(os.path.join(resolved.path, "model_index.json")) as f:  # the class loaded
         config["_class_name"] = json.load(f).get("scheduler", [None, config["_class_name"]])[1]
     scheduler = scheduler_name_from_config(config)
-    return ModelFacts(digest=resolved.digest, native_size=native_size(resolved.path),
-                      default_scheduler=scheduler)
+    return ModelFacts(
+        digest=resolved.digest, native_size=native_size(resolved.path), default_scheduler=scheduler
+    )
 
 
-def generate_each(loaded: LoadedModel, settings: BatchSettings, requests: list[ImageRequest]) -> list:
+def generate_each(
+    loaded: LoadedModel, settings: BatchSettings, requests: list[ImageRequest]
+) -> list:
     """Images for `requests` in one pipeline call; if that call fails, one call per request so
     that a bad request fails alone. Each entry is a PIL image or the exception it raised."""
     try:

@@ -22,7 +22,10 @@ from easel.data import storage
 from easel.errors import ModelReferenceError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-EMBEDDED_MODELS = {"tiny-shapes": WEIGHTS_DIR / "tiny-shapes", "tiny-shapes-k22": WEIGHTS_DIR / "tiny-shapes-k22"}
+EMBEDDED_MODELS = {
+    "tiny-shapes": WEIGHTS_DIR / "tiny-shapes",
+    "tiny-shapes-k22": WEIGHTS_DIR / "tiny-shapes-k22",
+}
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 DIGESTED_SUFFIXES = (".json", ".safetensors", ".bin", ".ckpt", ".txt", ".model", ".pt")
 
@@ -104,15 +107,15 @@ def _copy_to_cache(uri: str) -> str:
     if not any(name.rstrip("/").endswith("/model_index.json") for name in listing):
         raise ModelReferenceError(f"model reference {uri!r} has no model_index.json")
     identity = json.dumps(
-        sorted((name[len(root):], info.get("size"), str(info.get("ETag") or info.get("mtime") or info.get("created")))
-               for name, info in listing.items()), default=str)  # fmt: skip
+        sorted(_file_identity(name[len(root) :], info) for name, info in listing.items())
+    )
     key = hashlib.sha256(f"{uri}\n{identity}".encode()).hexdigest()[:32]
     target = cache_dir() / "models" / key
     if (target / "model_index.json").exists():
         return str(target)
     staging = target.with_name(f".{key}.{uuid.uuid4().hex}")
     for name in listing:
-        local = staging / name[len(root):].lstrip("/")
+        local = staging / name[len(root) :].lstrip("/")
         local.parent.mkdir(parents=True, exist_ok=True)
         fs.get_file(name, str(local))
     try:
@@ -120,6 +123,14 @@ def _copy_to_cache(uri: str) -> str:
     except OSError:  # another process finished first
         shutil.rmtree(staging, ignore_errors=True)
     return str(target)
+
+
+def _file_identity(name: str, info: dict) -> tuple[str, str, str]:
+    """What changes when a remote file changes: its size and its ETag or modification time."""
+    version = (
+        info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created")
+    )
+    return name, str(info.get("size")), str(version)
 
 
 def _hub_snapshot(ref: str) -> str:
@@ -137,7 +148,9 @@ def _hub_snapshot(ref: str) -> str:
             "and HF_HUB_OFFLINE is set: copy the model to a local directory or fsspec URI"
         )
     try:
-        return snapshot_download(ref, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"])
+        return snapshot_download(
+            ref, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]
+        )
     except Exception as error:
         raise ModelReferenceError(
             f"model reference {ref!r} looks like a Hugging Face Hub id but could not be fetched "

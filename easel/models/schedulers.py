@@ -32,7 +32,9 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
 def scheduler_name(scheduler: SchedulerMixin) -> str:
     """The easel name of a scheduler instance (its class name if easel has none)."""
     for name, (cls, overrides) in SCHEDULERS.items():
-        if type(scheduler) is cls and all(scheduler.config.get(k) == v for k, v in overrides.items()):
+        if type(scheduler) is cls and all(
+            scheduler.config.get(k) == v for k, v in overrides.items()
+        ):
             return name
     return type(scheduler).__name__
 

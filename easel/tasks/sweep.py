@@ -105,16 +105,26 @@ def generate_images(
     return BatchOutcome(ok=ok, failed=len(records) - ok, seconds=seconds)
 
 
-def pending_records(loaded, batch: PlannedBatch, seconds: float, run_id: str | None) -> list[ImageRecord]:
+def pending_records(
+    loaded, batch: PlannedBatch, seconds: float, run_id: str | None
+) -> list[ImageRecord]:
     """The records of a generated batch, before its images are written."""
     return [
         ImageRecord(
-            id=image.row_id, request_key=image.request_key, image_index=image.image_index,
-            image_uri=None, status="failed", error=None,
+            id=image.row_id,
+            request_key=image.request_key,
+            image_index=image.image_index,
+            image_uri=None,
+            status="failed",
+            error=None,
             warning=prompt_truncation_warning(loaded, image.request.prompt),
-            seed=image.request.seed, model_ref=batch.model, model_digest=loaded.model.digest,
-            scheduler=batch.settings.scheduler, duration_s=seconds / len(batch.images),
-            image_sha256=None, mlflow_run_id=run_id,
+            seed=image.request.seed,
+            model_ref=batch.model,
+            model_digest=loaded.model.digest,
+            scheduler=batch.settings.scheduler,
+            duration_s=seconds / len(batch.images),
+            image_sha256=None,
+            mlflow_run_id=run_id,
         )  # fmt: skip
         for image in batch.images
     ]
