@@ -88,3 +88,16 @@ def test_set_reads_yaml_values_and_null_resets(tmp_path, valid):
     config = load_config(str(path), ["register_as=null", "max_steps=7", "validation_prompts=[a sks shape]"])
     assert config.register_as is None and config.max_steps == 7
     assert config.validation_prompts == ["a sks shape"]
+
+
+def test_instance_data_may_be_an_fsspec_uri(tmp_path):
+    import fsspec
+
+    from easel.data.dreambooth import check_instance_data, load_pixels
+
+    fs = fsspec.filesystem("memory")
+    for name in sorted(os.listdir(write_images(str(tmp_path / "local"), 3, seed=0))):
+        fs.pipe(f"/subject/{name}", (tmp_path / "local" / name).read_bytes())
+    images = check_instance_data("memory://subject")
+    assert len(images) == 3 and all(uri.startswith("memory://") for uri in images)
+    assert load_pixels(images, 16).shape == (3, 3, 16, 16)

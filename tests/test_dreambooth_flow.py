@@ -59,6 +59,19 @@ def test_dreambooth_command_trains_exports_validates_and_registers(tmp_path, pre
         resolved = resolve_model_reference(ref).path
         assert os.path.exists(os.path.join(resolved, "unet", "diffusion_pytorch_model.safetensors"))
 
+    # the registered pyfunc loads the exported pipeline and generates
+    import base64
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    pyfunc = mlflow.pyfunc.load_model("models:/sks-tiny@candidate")
+    predicted = pyfunc.predict(pd.DataFrame({"prompt": ["a photo of sks shape"]}),
+                               params={"num_inference_steps": 2})
+    png = base64.b64decode(predicted["image_png_base64"][0])
+    assert Image.open(io.BytesIO(png)).size == (16, 16)
+
     # the same command again: nothing left to train, same export
     before = (pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
     assert main(["dreambooth", "--config", str(config), "--set", "register_as=null"]) == 0
