@@ -47,12 +47,22 @@ def _config(args, workdir: str):
     from easel.models.dreambooth.config import DreamBoothConfig
 
     return DreamBoothConfig(
-        model=args.model_dir, instance_data=os.path.join(workdir, "instance"),
-        class_data=os.path.join(workdir, "class"), instance_prompt="a photo of sks shape",
-        class_prompt="a photo of shape", resolution=args.resolution, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, max_steps=args.steps, precision=args.precision,
-        checkpoint_every_n_steps=10**6, keep_last_n_checkpoints=1, output=os.path.join(workdir, "out"),
-        accelerator="gpu" if args.device == "cuda" else "cpu", seed=0)
+        model=args.model_dir,
+        instance_data=os.path.join(workdir, "instance"),
+        class_data=os.path.join(workdir, "class"),
+        instance_prompt="a photo of sks shape",
+        class_prompt="a photo of shape",
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        max_steps=args.steps,
+        precision=args.precision,
+        checkpoint_every_n_steps=10**6,
+        keep_last_n_checkpoints=1,
+        output=os.path.join(workdir, "out"),
+        accelerator="gpu" if args.device == "cuda" else "cpu",
+        seed=0,
+    )
 
 
 def run_easel(args, workdir: str) -> dict:
@@ -72,8 +82,15 @@ def run_easel(args, workdir: str) -> dict:
 
     checkpoints = os.path.join(workdir, "ckpt-easel")
     shutil.rmtree(checkpoints, ignore_errors=True)  # a fresh run, not a resume
-    train(config, config.model, list_images(config.instance_data), list_images(config.class_data),
-          checkpoints, callbacks=[Clock()], enable_progress_bar=False)
+    train(
+        config,
+        config.model,
+        list_images(config.instance_data),
+        list_images(config.class_data),
+        checkpoints,
+        callbacks=[Clock()],
+        enable_progress_bar=False,
+    )
     shutil.rmtree(checkpoints, ignore_errors=True)
     return {"times": times, "losses": losses}
 
@@ -94,8 +111,14 @@ def run_baseline(args, workdir: str) -> dict:
     mixed = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(config.precision)
     frozen_dtype = mixed or torch.float32
     unet = UNet2DConditionModel.from_pretrained(config.model, subfolder="unet").to(device).train()
-    vae = AutoencoderKL.from_pretrained(config.model, subfolder="vae").to(device, frozen_dtype).requires_grad_(False)
-    text_encoder = CLIPTextModel.from_pretrained(config.model, subfolder="text_encoder").to(device, frozen_dtype)
+    vae = (
+        AutoencoderKL.from_pretrained(config.model, subfolder="vae")
+        .to(device, frozen_dtype)
+        .requires_grad_(False)
+    )
+    text_encoder = CLIPTextModel.from_pretrained(config.model, subfolder="text_encoder").to(
+        device, frozen_dtype
+    )
     text_encoder.requires_grad_(False)
     tokenizer = CLIPTokenizer.from_pretrained(config.model, subfolder="tokenizer")
     scheduler = DDPMScheduler.from_pretrained(config.model, subfolder="scheduler")
@@ -105,8 +128,13 @@ def run_baseline(args, workdir: str) -> dict:
 
     instance = load_pixels(list_images(config.instance_data), config.resolution)
     classes = load_pixels(list_images(config.class_data), config.resolution)
-    ids = tokenizer([config.instance_prompt, config.class_prompt], padding="max_length", truncation=True,
-                    max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    ids = tokenizer(
+        [config.instance_prompt, config.class_prompt],
+        padding="max_length",
+        truncation=True,
+        max_length=tokenizer.model_max_length,
+        return_tensors="pt",
+    ).input_ids
     generator = torch.Generator().manual_seed(0)
     b = config.batch_size
     times, losses = [], []
@@ -124,7 +152,9 @@ def run_baseline(args, workdir: str) -> dict:
         noisy = scheduler.add_noise(latents, noise, timesteps)
         with torch.autocast(device, dtype=mixed, enabled=mixed is not None):
             prediction = unet(noisy, timesteps, encoder_hidden_states=condition).sample
-        per_example = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+        per_example = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(
+            dim=(1, 2, 3)
+        )
         loss = per_example[:b].mean() + config.prior_loss_weight * per_example[b:].mean()
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -158,7 +188,9 @@ def _prepare(args, workdir: str) -> None:
     for folder, count in (("instance", 5), ("class", 20)):
         os.makedirs(os.path.join(workdir, folder), exist_ok=True)
         for i in range(count):
-            pixels = (torch.rand(3, 1, 1, generator=g) * 255).expand(3, args.resolution, args.resolution)
+            pixels = (torch.rand(3, 1, 1, generator=g) * 255).expand(
+                3, args.resolution, args.resolution
+            )
             image = Image.fromarray(pixels.permute(1, 2, 0).to(torch.uint8).numpy())
             image.save(os.path.join(workdir, folder, f"{i:02d}.png"))
 
@@ -168,10 +200,14 @@ def _summary(name: str, result: dict, args) -> dict:
     timed = len(times) - 1 - WARMUP_STEPS
     steps_per_s = timed / (times[-1] - times[WARMUP_STEPS])
     window = max(1, len(losses) // 4)
-    return {"variant": name, "steps_per_s": round(steps_per_s, 3),
-            "peak_memory_mb": round(result["peak_memory_mb"], 1),
-            "loss_first_quarter": round(sum(losses[:window]) / window, 4),
-            "loss_last_quarter": round(sum(losses[-window:]) / window, 4), "steps": len(losses)}
+    return {
+        "variant": name,
+        "steps_per_s": round(steps_per_s, 3),
+        "peak_memory_mb": round(result["peak_memory_mb"], 1),
+        "loss_first_quarter": round(sum(losses[:window]) / window, 4),
+        "loss_last_quarter": round(sum(losses[-window:]) / window, 4),
+        "steps": len(losses),
+    }
 
 
 def main() -> None:
@@ -199,19 +235,41 @@ def main() -> None:
 
     rows = []
     for variant in ("baseline", "easel"):
-        command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant, "--workdir", workdir]
+        command = [
+            sys.executable,
+            __file__,
+            *sys.argv[1:],
+            "--variant",
+            variant,
+            "--workdir",
+            workdir,
+        ]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             sys.exit(f"{variant} failed:\n{done.stderr[-4000:]}")
         line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
-        rows.append(_summary(variant, json.loads(line[len("RESULT "):]), args))
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{torch.get_num_threads()}"
-    print(json.dumps({"device": device, "model": args.model, "resolution": args.resolution,
-                      "batch": f"{args.batch_size} instance + {args.batch_size} class",
-                      "precision": args.precision, "results": rows}, indent=1))
+        rows.append(_summary(variant, json.loads(line[len("RESULT ") :]), args))
+    device = (
+        torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{torch.get_num_threads()}"
+    )
+    print(
+        json.dumps(
+            {
+                "device": device,
+                "model": args.model,
+                "resolution": args.resolution,
+                "batch": f"{args.batch_size} instance + {args.batch_size} class",
+                "precision": args.precision,
+                "results": rows,
+            },
+            indent=1,
+        )
+    )
     speedup = rows[1]["steps_per_s"] / rows[0]["steps_per_s"]
-    print(f"speedup easel/baseline: {speedup:.2f}x; peak memory easel/baseline: "
-          f"{rows[1]['peak_memory_mb'] / rows[0]['peak_memory_mb']:.2f}")
+    print(
+        f"speedup easel/baseline: {speedup:.2f}x; peak memory easel/baseline: "
+        f"{rows[1]['peak_memory_mb'] / rows[0]['peak_memory_mb']:.2f}"
+    )
 
 
 if __name__ == "__main__":

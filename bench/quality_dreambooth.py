@@ -33,14 +33,17 @@ GUIDANCE, STEPS = 7.5, 20
 def _generate(pipeline, prompt: str, count: int, seed: int):
     from easel.models.evaluation import generate_images
 
-    return generate_images(pipeline, [prompt] * count, [seed + k for k in range(count)], GUIDANCE, STEPS)
+    return generate_images(
+        pipeline, [prompt] * count, [seed + k for k in range(count)], GUIDANCE, STEPS
+    )
 
 
 def _load(path: str):
     from diffusers import StableDiffusionPipeline
 
-    pipeline = StableDiffusionPipeline.from_pretrained(path, use_safetensors=True, safety_checker=None,
-                                                       requires_safety_checker=False)
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        path, use_safetensors=True, safety_checker=None, requires_safety_checker=False
+    )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -52,13 +55,30 @@ def _train(base_dir: str, work: str, name: str, instance: str, class_dir: str | 
     from easel.models.export import export_pipeline
 
     config = DreamBoothConfig(
-        model=base_dir, instance_data=instance, instance_prompt=INSTANCE_PROMPT, class_prompt=CLASS_PROMPT,
-        prior_preservation=class_dir is not None, class_data=class_dir, resolution=64,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, max_steps=args.steps,
-        checkpoint_every_n_steps=args.steps, keep_last_n_checkpoints=1, accelerator="cpu",
-        output=os.path.join(work, name), seed=0)
-    final = train(config, base_dir, list_images(instance), list_images(class_dir) if class_dir else None,
-                  os.path.join(config.output, "checkpoints"), enable_progress_bar=False)
+        model=base_dir,
+        instance_data=instance,
+        instance_prompt=INSTANCE_PROMPT,
+        class_prompt=CLASS_PROMPT,
+        prior_preservation=class_dir is not None,
+        class_data=class_dir,
+        resolution=64,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        max_steps=args.steps,
+        checkpoint_every_n_steps=args.steps,
+        keep_last_n_checkpoints=1,
+        accelerator="cpu",
+        output=os.path.join(work, name),
+        seed=0,
+    )
+    final = train(
+        config,
+        base_dir,
+        list_images(instance),
+        list_images(class_dir) if class_dir else None,
+        os.path.join(config.output, "checkpoints"),
+        enable_progress_bar=False,
+    )
     return export_pipeline(final, base_dir, "tiny-shapes", os.path.join(config.output, "pipeline"))
 
 
@@ -74,14 +94,18 @@ def _scores(pipeline, judge, instance_features, base_class_features, args) -> di
     read_class = judge.predict(klass)
     scores = {
         "subject_feature_similarity": float(similarity.mean()),
-        "subject_read_as_green_circle": sum(p["shape"] == "circle" and p["color"] == "green"
-                                            for p in read_subject) / len(subject),
+        "subject_read_as_green_circle": sum(
+            p["shape"] == "circle" and p["color"] == "green" for p in read_subject
+        )
+        / len(subject),
         "class_read_as_green": sum(p["color"] == "green" for p in read_class) / len(klass),
         "class_read_as_circle": sum(p["shape"] == "circle" for p in read_class) / len(klass),
         "class_diversity": mean_pairwise_cosine_distance(class_features),
     }
     if base_class_features is not None:
-        scores["class_shift_from_base"] = float((class_features.mean(0) - base_class_features.mean(0)).norm())
+        scores["class_shift_from_base"] = float(
+            (class_features.mean(0) - base_class_features.mean(0)).norm()
+        )
     return scores, class_features
 
 
@@ -107,7 +131,9 @@ def main() -> None:
     instance = write_shape_subject(os.path.join(work, "instance"), count=5, seed=0)
     from PIL import Image
 
-    instance_features = judge.features([Image.open(p).convert("RGB") for p in list_images(instance)])
+    instance_features = judge.features(
+        [Image.open(p).convert("RGB") for p in list_images(instance)]
+    )
 
     base = _load(base_dir)
     class_dir = os.path.join(work, "class")
@@ -120,9 +146,17 @@ def main() -> None:
     results["base"]["class_shift_from_base"] = 0.0
     for name, priors in (("dreambooth_no_prior", None), ("dreambooth_prior", class_dir)):
         exported = _train(base_dir, work, name, instance, priors, args)
-        results[name], _ = _scores(_load(exported), judge, instance_features, base_class_features, args)
-    report = {"model": args.model, "steps": args.steps, "batch_size": args.batch_size,
-              "learning_rate": args.learning_rate, "images_per_prompt": args.images, "results": results}
+        results[name], _ = _scores(
+            _load(exported), judge, instance_features, base_class_features, args
+        )
+    report = {
+        "model": args.model,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "images_per_prompt": args.images,
+        "results": results,
+    }
     print(json.dumps(report, indent=1))
     with open(os.path.join(work, "quality.json"), "w") as f:
         json.dump(report, f, indent=1)

@@ -17,7 +17,7 @@ def write_images(folder: str, count: int, seed: int, size: int = 40) -> str:
     for i in range(count):
         pixels = np.full((size, size, 3), rng.integers(0, 256, 3), dtype=np.uint8)
         x, y = rng.integers(0, size // 2, 2)
-        pixels[y:y + size // 2, x:x + size // 2] = rng.integers(0, 256, 3)
+        pixels[y : y + size // 2, x : x + size // 2] = rng.integers(0, 256, 3)
         Image.fromarray(pixels).save(os.path.join(folder, f"{i:02d}.png"))
     return folder
 
@@ -36,12 +36,24 @@ def make_workspace(root: str) -> dict[str, str]:
 
 def tiny_config(workspace: dict[str, str], output: str, **overrides) -> dict:
     values = {
-        "model": workspace["model"], "instance_data": workspace["instance_data"],
-        "class_data": workspace["class_data"], "instance_prompt": "a photo of sks shape",
-        "class_prompt": "a photo of shape", "num_class_images": 6, "resolution": 32, "batch_size": 1,
-        "learning_rate": 1e-3, "max_steps": 4, "checkpoint_every_n_steps": 2, "keep_last_n_checkpoints": 2,
-        "accelerator": "cpu", "validation_prompts": ["a photo of sks shape on the red background"],
-        "validation_images_per_prompt": 1, "validation_inference_steps": 2, "output": output}
+        "model": workspace["model"],
+        "instance_data": workspace["instance_data"],
+        "class_data": workspace["class_data"],
+        "instance_prompt": "a photo of sks shape",
+        "class_prompt": "a photo of shape",
+        "num_class_images": 6,
+        "resolution": 32,
+        "batch_size": 1,
+        "learning_rate": 1e-3,
+        "max_steps": 4,
+        "checkpoint_every_n_steps": 2,
+        "keep_last_n_checkpoints": 2,
+        "accelerator": "cpu",
+        "validation_prompts": ["a photo of sks shape on the red background"],
+        "validation_images_per_prompt": 1,
+        "validation_inference_steps": 2,
+        "output": output,
+    }
     values.update(overrides)
     return values
 
@@ -62,11 +74,20 @@ def train_logged(config_values: dict, tracking_uri: str, callbacks=()) -> str:
         os.makedirs(config.output, exist_ok=True)
         client = mlflow.MlflowClient(tracking_uri)
         experiment = client.get_experiment_by_name("dreambooth-test")
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment("dreambooth-test")
+        experiment_id = (
+            experiment.experiment_id if experiment else client.create_experiment("dreambooth-test")
+        )
         with open(run_file, "w") as f:
             f.write(client.create_run(experiment_id).info.run_id)
     with open(run_file) as f:
         logger = MLFlowLogger(tracking_uri=tracking_uri, run_id=f.read())
-    return train(config, config.model, list_images(config.instance_data),
-                 list_images(config.class_data), os.path.join(config.output, "checkpoints"),
-                 logger=logger, callbacks=list(callbacks), enable_progress_bar=False)
+    return train(
+        config,
+        config.model,
+        list_images(config.instance_data),
+        list_images(config.class_data),
+        os.path.join(config.output, "checkpoints"),
+        logger=logger,
+        callbacks=list(callbacks),
+        enable_progress_bar=False,
+    )

@@ -16,9 +16,13 @@ from easel.models.dreambooth.config import DreamBoothConfig
 @pytest.fixture
 def valid(tmp_path) -> dict:
     return {
-        "model": "tiny-shapes", "instance_data": write_images(str(tmp_path / "instance"), 4, seed=0),
-        "instance_prompt": "a photo of sks shape", "class_prompt": "a photo of shape",
-        "resolution": 32, "max_steps": 2, "output": str(tmp_path / "out"),
+        "model": "tiny-shapes",
+        "instance_data": write_images(str(tmp_path / "instance"), 4, seed=0),
+        "instance_prompt": "a photo of sks shape",
+        "class_prompt": "a photo of shape",
+        "resolution": 32,
+        "max_steps": 2,
+        "output": str(tmp_path / "out"),
     }
 
 
@@ -39,17 +43,32 @@ def _too_few(tmp_path, valid):
     return {"instance_data": folder}
 
 
-@pytest.mark.parametrize(("change", "expected"), [
-    (lambda tmp, v: {"learning_rat": 1e-4}, ["learning_rat", "0.0001"]),
-    (lambda tmp, v: {"instance_data": str(tmp / "missing")}, ["instance_data", "missing"]),
-    (_too_few, ["instance_data", "holds 2"]),
-    (_unreadable, ["instance_data", "03.png", "unreadable"]),
-    (lambda tmp, v: {"identifier": "zxq"}, ["instance_prompt", "zxq", "a photo of sks shape"]),
-    (lambda tmp, v: {"instance_prompt": "a photo of shape"}, ["instance_prompt", "no identifier"]),
-    (lambda tmp, v: {"resolution": 65}, ["resolution", "multiple of 8", "65"]),
-    (lambda tmp, v: {"method": "dora"}, ["method", "dora"]),
-], ids=["unknown-key", "missing-folder", "too-few-images", "unreadable-image",
-        "identifier-absent", "no-identifier", "resolution", "method"])
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda tmp, v: {"learning_rat": 1e-4}, ["learning_rat", "0.0001"]),
+        (lambda tmp, v: {"instance_data": str(tmp / "missing")}, ["instance_data", "missing"]),
+        (_too_few, ["instance_data", "holds 2"]),
+        (_unreadable, ["instance_data", "03.png", "unreadable"]),
+        (lambda tmp, v: {"identifier": "zxq"}, ["instance_prompt", "zxq", "a photo of sks shape"]),
+        (
+            lambda tmp, v: {"instance_prompt": "a photo of shape"},
+            ["instance_prompt", "no identifier"],
+        ),
+        (lambda tmp, v: {"resolution": 65}, ["resolution", "multiple of 8", "65"]),
+        (lambda tmp, v: {"method": "dora"}, ["method", "dora"]),
+    ],
+    ids=[
+        "unknown-key",
+        "missing-folder",
+        "too-few-images",
+        "unreadable-image",
+        "identifier-absent",
+        "no-identifier",
+        "resolution",
+        "method",
+    ],
+)
 def test_bad_config_is_one_clear_error_before_any_work(tmp_path, valid, capsys, change, expected):
     values = {**valid, **change(tmp_path, valid)}
     assert _cli(tmp_path, values) == 2
@@ -73,11 +92,13 @@ def test_identifier_is_given_or_derived():
     assert given.subject_token == "sks"
 
 
-def test_preset_is_valid():
-    preset = os.path.join(os.path.dirname(__file__), "..", "easel", "configs", "dreambooth-tiny.yaml")
-    with open(preset) as f:
-        config = DreamBoothConfig.model_validate(yaml.safe_load(f))
-    assert config.subject_token == "sks" and config.resolution == 64
+def test_preset_is_valid_and_ready_made_for_tiny_shapes(tmp_path):
+    from easel.flows.dreambooth import tiny_shapes_config
+    from easel.tasks.dreambooth import check_inputs
+
+    config = tiny_shapes_config(str(tmp_path / "db"), max_steps=3)
+    assert config.subject_token == "sks" and config.resolution == 64 and config.max_steps == 3
+    assert len(check_inputs(config)) == 5
 
 
 def test_set_reads_yaml_values_and_null_resets(tmp_path, valid):
@@ -85,7 +106,9 @@ def test_set_reads_yaml_values_and_null_resets(tmp_path, valid):
 
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({**valid, "register_as": "sks@candidate"}))
-    config = load_config(str(path), ["register_as=null", "max_steps=7", "validation_prompts=[a sks shape]"])
+    config = load_config(
+        str(path), ["register_as=null", "max_steps=7", "validation_prompts=[a sks shape]"]
+    )
     assert config.register_as is None and config.max_steps == 7
     assert config.validation_prompts == ["a sks shape"]
 

@@ -13,13 +13,17 @@ from dreambooth_fixtures import make_workspace, tiny_config
 from easel.flows.cli import main
 
 
-def test_dreambooth_command_trains_exports_validates_and_registers(tmp_path, prefect_server, capsys):
+def test_dreambooth_command_trains_exports_validates_and_registers(
+    tmp_path, prefect_server, capsys
+):
     from diffusers import StableDiffusionPipeline
 
     from easel.models.references import resolve_model_reference
 
     workspace = make_workspace(str(tmp_path / "ws"))
-    values = tiny_config(workspace, str(tmp_path / "out"), max_steps=4, register_as="sks-tiny@candidate")
+    values = tiny_config(
+        workspace, str(tmp_path / "out"), max_steps=4, register_as="sks-tiny@candidate"
+    )
     del values["class_data"]  # generate the class priors
     values["num_class_images"] = 3
     config = tmp_path / "dreambooth.yaml"
@@ -33,18 +37,30 @@ def test_dreambooth_command_trains_exports_validates_and_registers(tmp_path, pre
     priors = sorted((out / "class_priors").glob("*/images/*/*.png"))  # the content-addressed cache
     assert len(priors) == 3
     assert sorted(p.name for p in (out / "checkpoints").glob("*.ckpt")) == [
-        "step=00000002.ckpt", "step=00000004.ckpt"]
+        "step=00000002.ckpt",
+        "step=00000004.ckpt",
+    ]
     pipeline_dir = out / "pipeline"
     weights = [p.name for p in pipeline_dir.rglob("*") if p.is_file()]
-    assert "diffusion_pytorch_model.safetensors" in weights and not any(w.endswith(".bin") for w in weights)
+    assert "diffusion_pytorch_model.safetensors" in weights and not any(
+        w.endswith(".bin") for w in weights
+    )
     assert (out / "validation" / "contact_sheet.png").exists()
 
     # the export is a plain diffusers pipeline with the trained UNet
     pipeline = StableDiffusionPipeline.from_pretrained(str(pipeline_dir), use_safetensors=True)
-    image = pipeline("a photo of sks shape", num_inference_steps=2, height=16, width=16,
-                     generator=torch.Generator().manual_seed(0), output_type="np").images
+    image = pipeline(
+        "a photo of sks shape",
+        num_inference_steps=2,
+        height=16,
+        width=16,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
     assert image.shape == (1, 16, 16, 3)
-    trained = torch.load(out / "checkpoints" / "step=00000004.ckpt", weights_only=True)["state_dict"]
+    trained = torch.load(out / "checkpoints" / "step=00000004.ckpt", weights_only=True)[
+        "state_dict"
+    ]
     assert torch.equal(pipeline.unet.conv_in.weight, trained["unet.conv_in.weight"])
 
     # MLflow: the flow's run, with the training run nested under it and its loss curve
@@ -52,7 +68,12 @@ def test_dreambooth_command_trains_exports_validates_and_registers(tmp_path, pre
     training_run_id = (out / "checkpoints" / "training_run_id").read_text()
     training = client.get_run(training_run_id)
     assert "mlflow.parentRunId" in training.data.tags
-    assert [m.step for m in client.get_metric_history(training_run_id, "train/loss")] == [0, 1, 2, 3]
+    assert [m.step for m in client.get_metric_history(training_run_id, "train/loss")] == [
+        0,
+        1,
+        2,
+        3,
+    ]
 
     # registry references resolve to the exported pipeline
     for ref in ("models:/sks-tiny@candidate", "models:/sks-tiny/1"):
@@ -67,12 +88,15 @@ def test_dreambooth_command_trains_exports_validates_and_registers(tmp_path, pre
     from PIL import Image
 
     pyfunc = mlflow.pyfunc.load_model("models:/sks-tiny@candidate")
-    predicted = pyfunc.predict(pd.DataFrame({"prompt": ["a photo of sks shape"]}),
-                               params={"num_inference_steps": 2})
+    predicted = pyfunc.predict(
+        pd.DataFrame({"prompt": ["a photo of sks shape"]}), params={"num_inference_steps": 2}
+    )
     png = base64.b64decode(predicted["image_png_base64"][0])
     assert Image.open(io.BytesIO(png)).size == (16, 16)
 
     # the same command again: nothing left to train, same export
     before = (pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
     assert main(["dreambooth", "--config", str(config), "--set", "register_as=null"]) == 0
-    assert (pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
+    assert (
+        pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors"
+    ).stat().st_mtime_ns == before

@@ -38,7 +38,8 @@ RUNNER = textwrap.dedent('''
         def on_save_checkpoint(self, trainer, *args):
             if kill_hook == "during_checkpoint_write" and trainer.global_step == kill_step:
                 folder = os.path.join(values["output"], "checkpoints")
-                with open(os.path.join(folder, f".step={kill_step:08d}.ckpt.partial.tmp"), "wb") as f:
+                partial = os.path.join(folder, f".step={kill_step:08d}.ckpt.partial.tmp")
+                with open(partial, "wb") as f:
                     f.write(b"half a checkpoint")
                 os.kill(os.getpid(), signal.SIGKILL)
 
@@ -51,12 +52,18 @@ def _run(tmp_path, config: dict, kill_hook: str = "none", kill_step: int = -1) -
     config_path.write_text(json.dumps(config))
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
-               PYTHONPATH=os.getcwd())
+    env = dict(
+        os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", PYTHONPATH=os.getcwd()
+    )
     tests_dir = os.path.dirname(__file__)
-    done = subprocess.run(check=False, args=[sys.executable, str(runner), str(config_path), kill_hook, str(kill_step),
-                           tests_dir],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        check=False,
+        args=[sys.executable, str(runner), str(config_path), kill_hook, str(kill_step), tests_dir],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if kill_hook == "none":
         assert done.returncode == 0, done.stderr[-3000:]
     return done.returncode
@@ -76,21 +83,33 @@ def _loss_curve(tmp_path, output: str) -> dict[int, list[float]]:
 
 def test_kill_and_resume_matches_uninterrupted_run_bitwise(tmp_path):
     workspace = make_workspace(str(tmp_path / "ws"))
-    settings = {"max_steps": 8, "gradient_accumulation": 2, "checkpoint_every_n_steps": 2,
-                    "keep_last_n_checkpoints": 2}
+    settings = {
+        "max_steps": 8,
+        "gradient_accumulation": 2,
+        "checkpoint_every_n_steps": 2,
+        "keep_last_n_checkpoints": 2,
+    }
     straight = tiny_config(workspace, str(tmp_path / "straight"), **settings)
     resumed = tiny_config(workspace, str(tmp_path / "resumed"), **settings)
     train_logged(straight, f"sqlite:///{tmp_path}/mlflow.db")  # in this process: one import less
 
-    kills = [("before_optimizer_step", 3), ("second_micro_batch", 5), ("during_checkpoint_write", 6)]
+    kills = [
+        ("before_optimizer_step", 3),
+        ("second_micro_batch", 5),
+        ("during_checkpoint_write", 6),
+    ]
     for hook, step in kills:
         assert _run(tmp_path, resumed, hook, step) == -9, f"{hook} at {step} did not kill"
     checkpoints = tmp_path / "resumed" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir() if not p.name.startswith(".")) == [
-        "step=00000002.ckpt", "step=00000004.ckpt"]  # retention kept 2; step 6 never landed
+        "step=00000002.ckpt",
+        "step=00000004.ckpt",
+    ]  # retention kept 2; step 6 never landed
     _run(tmp_path, resumed)  # resumes from step 4, past the half-written step-6 temp file
 
-    final_straight = torch.load(tmp_path / "straight/checkpoints/step=00000008.ckpt", weights_only=False)
+    final_straight = torch.load(
+        tmp_path / "straight/checkpoints/step=00000008.ckpt", weights_only=False
+    )
     final_resumed = torch.load(checkpoints / "step=00000008.ckpt", weights_only=False)
     assert final_resumed["global_step"] == 8
     straight_weights, resumed_weights = final_straight["state_dict"], final_resumed["state_dict"]
@@ -98,7 +117,9 @@ def test_kill_and_resume_matches_uninterrupted_run_bitwise(tmp_path):
     for name, tensor in straight_weights.items():
         assert torch.equal(tensor, resumed_weights[name]), name
     assert sorted(p.name for p in checkpoints.iterdir() if not p.name.startswith(".")) == [
-        "step=00000006.ckpt", "step=00000008.ckpt"]
+        "step=00000006.ckpt",
+        "step=00000008.ckpt",
+    ]
 
     curve_straight = _loss_curve(tmp_path, straight["output"])
     curve_resumed = _loss_curve(tmp_path, resumed["output"])

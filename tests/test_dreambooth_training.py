@@ -22,27 +22,48 @@ def workspace(tmp_path_factory):
 
 def _train(workspace, output, **overrides) -> str:
     config = DreamBoothConfig.model_validate(tiny_config(workspace, output, **overrides))
-    return train(config, config.model, list_images(config.instance_data),
-                 list_images(config.class_data), os.path.join(output, "checkpoints"),
-                 enable_progress_bar=False, **overrides.get("trainer", {}))
+    return train(
+        config,
+        config.model,
+        list_images(config.instance_data),
+        list_images(config.class_data),
+        os.path.join(output, "checkpoints"),
+        enable_progress_bar=False,
+        **overrides.get("trainer", {}),
+    )
 
 
-@pytest.mark.parametrize("variant", [
-    {},
-    {"train_text_encoder": True, "snr_gamma": 5.0, "offset_noise": 0.1},
-    {"method": "lora", "train_text_encoder": True, "prior_preservation": False},
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"train_text_encoder": True, "snr_gamma": 5.0, "offset_noise": 0.1},
+        {"method": "lora", "train_text_encoder": True, "prior_preservation": False},
+    ],
+)
 def test_fast_dev_run(workspace, tmp_path, variant):
     config = DreamBoothConfig.model_validate(tiny_config(workspace, str(tmp_path), **variant))
-    assert train(config, config.model, list_images(config.instance_data), list_images(config.class_data),
-                 str(tmp_path / "checkpoints"), fast_dev_run=True, enable_progress_bar=False) == ""
+    assert (
+        train(
+            config,
+            config.model,
+            list_images(config.instance_data),
+            list_images(config.class_data),
+            str(tmp_path / "checkpoints"),
+            fast_dev_run=True,
+            enable_progress_bar=False,
+        )
+        == ""
+    )
 
 
 def test_v_prediction_model_trains(tmp_path, workspace):
     v_model = build_random_pipeline(str(tmp_path / "v-model"), prediction_type="v_prediction")
     final = _train({**workspace, "model": v_model}, str(tmp_path / "out"), max_steps=2)
     state = torch.load(final, weights_only=True)
-    assert state["global_step"] == 2 and all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    assert state["global_step"] == 2 and all(
+        torch.isfinite(v).all() for v in state["state_dict"].values()
+    )
 
 
 def test_micro_batches_are_a_function_of_their_number_and_rank():
@@ -52,11 +73,22 @@ def test_micro_batches_are_a_function_of_their_number_and_rank():
         return LatentCache(mean, torch.full_like(mean, std), torch.zeros(1, 3, 5))
 
     def batches(rank=0, start=0, std=1.0):
-        return list(MicroBatches(cache(3, 0, std), cache(5, 1, std), batch_size=2, num_train_timesteps=1000,
-                                 seed=7, start=start, stop=6, rank=rank, world_size=2))
+        return list(
+            MicroBatches(
+                cache(3, 0, std),
+                cache(5, 1, std),
+                batch_size=2,
+                num_train_timesteps=1000,
+                seed=7,
+                start=start,
+                stop=6,
+                rank=rank,
+                world_size=2,
+            )
+        )
 
     full, resumed, other_rank = batches(), batches(start=4), batches(rank=1)
-    for a, b in zip(full[4:], resumed):
+    for a, b in zip(full[4:], resumed, strict=True):
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
     assert not torch.equal(full[0]["noise"], other_rank[0]["noise"])
@@ -83,12 +115,20 @@ def test_lora_export_is_loadable_and_names_its_base(tmp_path, workspace):
     assert os.path.exists(os.path.join(exported, "lora", "pytorch_lora_weights.safetensors"))
     with open(os.path.join(exported, "lora", "base_model.json")) as f:
         assert json.load(f)["base_model"] == "base-ref"
-    assert not any(name.endswith((".bin", ".ckpt")) for _, _, files in os.walk(exported) for name in files)
+    assert not any(
+        name.endswith((".bin", ".ckpt")) for _, _, files in os.walk(exported) for name in files
+    )
 
     fused = StableDiffusionPipeline.from_pretrained(exported, use_safetensors=True)
     base = StableDiffusionPipeline.from_pretrained(workspace["model"], use_safetensors=True)
     base.load_lora_weights(os.path.join(exported, "lora"))
-    kwargs = {"prompt": "a photo of sks shape", "num_inference_steps": 2, "output_type": "np", "height": 16, "width": 16}
+    kwargs = {
+        "prompt": "a photo of sks shape",
+        "num_inference_steps": 2,
+        "output_type": "np",
+        "height": 16,
+        "width": 16,
+    }
     image_fused = fused(**kwargs, generator=torch.Generator().manual_seed(0)).images
     image_adapter = base(**kwargs, generator=torch.Generator().manual_seed(0)).images
     assert abs(image_fused - image_adapter).max() < 1e-3  # the fused export = base + adapter

@@ -42,19 +42,25 @@ def check_instance_data(folder: str) -> list[str]:
     """The instance image URIs, or one InvalidInput naming `instance_data` and the problem."""
     fs, path = filesystem(folder)
     if not fs.isdir(path):
-        raise InvalidInput(f"config field `instance_data` must be a folder of images but "
-                           f"{folder!r} does not exist or is not a folder")
+        raise InvalidInput(
+            f"config field `instance_data` must be a folder of images but "
+            f"{folder!r} does not exist or is not a folder"
+        )
     images = list_images(folder)
     if not MIN_INSTANCE_IMAGES <= len(images) <= MAX_INSTANCE_IMAGES:
-        raise InvalidInput(f"config field `instance_data` must hold {MIN_INSTANCE_IMAGES} to "
-                           f"{MAX_INSTANCE_IMAGES} images but {folder!r} holds {len(images)}")
+        raise InvalidInput(
+            f"config field `instance_data` must hold {MIN_INSTANCE_IMAGES} to "
+            f"{MAX_INSTANCE_IMAGES} images but {folder!r} holds {len(images)}"
+        )
     for uri in images:
         try:
             with Image.open(io.BytesIO(read_bytes(uri))) as image:
                 image.verify()
         except Exception as error:  # noqa: BLE001 - PIL raises many types for a broken file
-            raise InvalidInput(f"config field `instance_data`: image {uri!r} is unreadable "
-                               f"({type(error).__name__})") from None
+            raise InvalidInput(
+                f"config field `instance_data`: image {uri!r} is unreadable "
+                f"({type(error).__name__})"
+            ) from None
     return images
 
 
@@ -68,7 +74,10 @@ def load_pixels(uris: list[str], resolution: int) -> torch.Tensor:
         with Image.open(io.BytesIO(read_bytes(uri))) as image:
             image = image.convert("RGB")
             scale = resolution / min(image.size)
-            w, h = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
+            w, h = (
+                max(resolution, round(image.width * scale)),
+                max(resolution, round(image.height * scale)),
+            )
             image = image.resize((w, h), Image.Resampling.BICUBIC)
             left, top = (w - resolution) // 2, (h - resolution) // 2
             image = image.crop((left, top, left + resolution, top + resolution))
@@ -101,7 +110,9 @@ class LatentCache:
 
     mean: torch.Tensor  # (N, C, h, w)
     std: torch.Tensor  # (N, C, h, w)
-    condition: torch.Tensor  # (1, L, D) embeddings, or (1, L) token ids when the text encoder trains
+    condition: (
+        torch.Tensor
+    )  # (1, L, D) embeddings, or (1, L) token ids when the text encoder trains
 
     def __len__(self) -> int:
         return self.mean.shape[0]
@@ -110,9 +121,18 @@ class LatentCache:
 class MicroBatches(IterableDataset):
     """Micro-batches number `start` .. `stop - 1` of this rank, each a dict of tensors."""
 
-    def __init__(self, instance: LatentCache, prior: LatentCache | None, batch_size: int,
-                 num_train_timesteps: int, seed: int, start: int, stop: int, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(
+        self,
+        instance: LatentCache,
+        prior: LatentCache | None,
+        batch_size: int,
+        num_train_timesteps: int,
+        seed: int,
+        start: int,
+        stop: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.instance, self.prior, self.batch_size = instance, prior, batch_size
         self.num_train_timesteps, self.seed = num_train_timesteps, seed
         self.start, self.stop, self.rank, self.world_size = start, stop, rank, world_size
@@ -121,20 +141,30 @@ class MicroBatches(IterableDataset):
         """Micro-batch `number` of this rank: instance examples first, then class examples."""
         index = number * self.world_size + self.rank  # unique across ranks
         positions = range(index * self.batch_size, (index + 1) * self.batch_size)
-        parts = [(self.instance, _epoch_order(self.seed, "instance", len(self.instance), positions))]
+        parts = [
+            (self.instance, _epoch_order(self.seed, "instance", len(self.instance), positions))
+        ]
         if self.prior is not None:
             parts.append((self.prior, _epoch_order(self.seed, "class", len(self.prior), positions)))
         mean = torch.cat([cache.mean[idx] for cache, idx in parts])
         std = torch.cat([cache.std[idx] for cache, idx in parts])
-        condition = torch.cat([cache.condition.expand(len(idx), *cache.condition.shape[1:])
-                               for cache, idx in parts])
+        condition = torch.cat(
+            [cache.condition.expand(len(idx), *cache.condition.shape[1:]) for cache, idx in parts]
+        )
         shape = mean.shape
         return {
-            "latents": mean + std * torch.randn(shape, generator=derived_generator(self.seed, "vae", index)),
+            "latents": mean
+            + std * torch.randn(shape, generator=derived_generator(self.seed, "vae", index)),
             "noise": torch.randn(shape, generator=derived_generator(self.seed, "noise", index)),
-            "offset": torch.randn(shape[:2] + (1, 1), generator=derived_generator(self.seed, "offset", index)),
-            "timesteps": torch.randint(0, self.num_train_timesteps, (shape[0],),
-                                       generator=derived_generator(self.seed, "timestep", index)),
+            "offset": torch.randn(
+                shape[:2] + (1, 1), generator=derived_generator(self.seed, "offset", index)
+            ),
+            "timesteps": torch.randint(
+                0,
+                self.num_train_timesteps,
+                (shape[0],),
+                generator=derived_generator(self.seed, "timestep", index),
+            ),
             "condition": condition,
             "num_instance": self.batch_size,  # the first examples are instances, the rest class
         }
@@ -147,9 +177,18 @@ class MicroBatches(IterableDataset):
 class DreamBoothDataModule(pl.LightningDataModule):
     """Instance (and class) images, encoded once in `setup`, served by `MicroBatches`."""
 
-    def __init__(self, instance_images: list[str], instance_prompt: str, resolution: int,
-                 batch_size: int, max_steps: int, gradient_accumulation: int, seed: int,
-                 class_images: list[str] | None = None, class_prompt: str | None = None):
+    def __init__(
+        self,
+        instance_images: list[str],
+        instance_prompt: str,
+        resolution: int,
+        batch_size: int,
+        max_steps: int,
+        gradient_accumulation: int,
+        seed: int,
+        class_images: list[str] | None = None,
+        class_prompt: str | None = None,
+    ):
         super().__init__()
         self.instance_images, self.instance_prompt = instance_images, instance_prompt
         self.class_images, self.class_prompt = class_images, class_prompt
@@ -163,34 +202,48 @@ class DreamBoothDataModule(pl.LightningDataModule):
             return
         module = self.trainer.lightning_module
         device = self.trainer.strategy.root_device
-        self.instance_cache = _encode(module, self.instance_images, self.instance_prompt,
-                                      self.resolution, device)
+        self.instance_cache = _encode(
+            module, self.instance_images, self.instance_prompt, self.resolution, device
+        )
         if self.class_images:
-            self.prior_cache = _encode(module, self.class_images, self.class_prompt,
-                                       self.resolution, device)
+            self.prior_cache = _encode(
+                module, self.class_images, self.class_prompt, self.resolution, device
+            )
         module.release_frozen_encoders()
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         dataset = MicroBatches(
-            self.instance_cache, self.prior_cache, self.batch_size,
-            num_train_timesteps=trainer.lightning_module.num_train_timesteps, seed=self.seed,
+            self.instance_cache,
+            self.prior_cache,
+            self.batch_size,
+            num_train_timesteps=trainer.lightning_module.num_train_timesteps,
+            seed=self.seed,
             start=trainer.global_step * self.gradient_accumulation,  # resume point, exact
             stop=self.max_steps * self.gradient_accumulation,
-            rank=trainer.global_rank, world_size=trainer.world_size)
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+        )
         return DataLoader(dataset, batch_size=None, num_workers=0)
 
 
-def _encode(module, uris: list[str], prompt: str, resolution: int, device,
-            chunk: int = 4) -> LatentCache:
-    moments = [module.encode_images(load_pixels(uris[i:i + chunk], resolution), device)
-               for i in range(0, len(uris), chunk)]  # a chunk at a time: bounded memory
-    return LatentCache(mean=torch.cat([m for m, _ in moments]), std=torch.cat([s for _, s in moments]),
-                       condition=module.encode_prompts([prompt], device))
+def _encode(
+    module, uris: list[str], prompt: str, resolution: int, device, chunk: int = 4
+) -> LatentCache:
+    moments = [
+        module.encode_images(load_pixels(uris[i : i + chunk], resolution), device)
+        for i in range(0, len(uris), chunk)
+    ]  # a chunk at a time: bounded memory
+    return LatentCache(
+        mean=torch.cat([m for m, _ in moments]),
+        std=torch.cat([s for _, s in moments]),
+        condition=module.encode_prompts([prompt], device),
+    )
 
 
-def write_shape_subject(folder: str, count: int = 5, shape: str = "circle", color: str = "green",
-                        seed: int = 0) -> str:
+def write_shape_subject(
+    folder: str, count: int = 5, shape: str = "circle", color: str = "green", seed: int = 0
+) -> str:
     """`count` images of one subject from the shapes world (a `color` `shape` on varied
     backgrounds, the same jittered colour each time), as instance data; returns `folder`."""
     from dataclasses import replace

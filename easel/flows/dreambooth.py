@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 from prefect import flow
@@ -50,26 +51,44 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
         if config.prior_preservation and config.class_data:
             class_images = class_images_task(config)
         elif config.prior_preservation:
-            priors = class_priors_flow(PriorsParameters(
-                class_prompt=config.class_prompt, num_images=config.num_class_images,
-                out=config.class_priors_dir or f"{config.output}/class_priors", model=config.model,
-                seed=config.seed, experiment=EXPERIMENT))
+            priors = class_priors_flow(
+                PriorsParameters(
+                    class_prompt=config.class_prompt,
+                    num_images=config.num_class_images,
+                    out=config.class_priors_dir or f"{config.output}/class_priors",
+                    model=config.model,
+                    seed=config.seed,
+                    experiment=EXPERIMENT,
+                )
+            )
             class_images = priors.image_uris
         checkpoint = train_task(config, model_dir, instance_images, class_images, run.info.run_id)
         pipeline = export_task(config, checkpoint, model_dir)
         sheet = None
         if config.validation_prompts:
-            manifest = write_manifest_task(f"{config.output}/validation/manifest.parquet",
-                                           validation_rows(config, pipeline))
-            validation = sweep_flow(SweepParameters(
-                manifest=manifest, out=f"{config.output}/validation", model=pipeline,
-                num_inference_steps=config.validation_inference_steps, experiment=EXPERIMENT))
+            manifest = write_manifest_task(
+                f"{config.output}/validation/manifest.parquet", validation_rows(config, pipeline)
+            )
+            validation = sweep_flow(
+                SweepParameters(
+                    manifest=manifest,
+                    out=f"{config.output}/validation",
+                    model=pipeline,
+                    num_inference_steps=config.validation_inference_steps,
+                    experiment=EXPERIMENT,
+                )
+            )
             sheet = validation.contact_sheet_uri
             if sheet:
                 tracking.log_uri_artifact(sheet, "validation")
         registered = register_task(pipeline, config.register_as) if config.register_as else None
-    result = DreamBoothResult(pipeline=pipeline, checkpoint=checkpoint, identifier=config.subject_token,
-                              validation_contact_sheet=sheet, registered=registered)
+    result = DreamBoothResult(
+        pipeline=pipeline,
+        checkpoint=checkpoint,
+        identifier=config.subject_token,
+        validation_contact_sheet=sheet,
+        registered=registered,
+    )
     _publish_summary(config, result)
     return result
 
@@ -77,16 +96,37 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
 def _publish_summary(config: DreamBoothConfig, result: DreamBoothResult) -> None:
     from prefect.artifacts import create_markdown_artifact
 
-    lines = [f"# DreamBooth: `{config.instance_prompt}`", "",
-             f"- identifier: `{result.identifier}` (use it in prompts, e.g. `{config.instance_prompt}`)",
-             f"- pipeline (use as `--model`): `{result.pipeline}`",
-             f"- final checkpoint: `{result.checkpoint}` ({config.max_steps} steps, method `{config.method}`)",
-             f"- MLflow: `{tracking.tracking_uri()}`"]
+    lines = [
+        f"# DreamBooth: `{config.instance_prompt}`",
+        "",
+        f"- identifier: `{result.identifier}` (use it in prompts, e.g. `{config.instance_prompt}`)",
+        f"- pipeline (use as `--model`): `{result.pipeline}`",
+        f"- final checkpoint: `{result.checkpoint}` ({config.max_steps} steps, "
+        f"method `{config.method}`)",
+        f"- MLflow: `{tracking.tracking_uri()}`",
+    ]
     if result.registered:
         lines.append(f"- registered: `{result.registered}`")
     if result.validation_contact_sheet:
-        lines.append(f"- validation (trained vs base, same seeds): `{result.validation_contact_sheet}`")
-    create_markdown_artifact("\n".join(lines), key="dreambooth-summary", description="DreamBooth summary")
+        lines.append(
+            f"- validation (trained vs base, same seeds): `{result.validation_contact_sheet}`"
+        )
+    create_markdown_artifact(
+        "\n".join(lines), key="dreambooth-summary", description="DreamBooth summary"
+    )
+
+
+PRESET = Path(__file__).resolve().parents[1] / "configs" / "dreambooth-tiny.yaml"
+
+
+def tiny_shapes_config(out: str, **overrides) -> DreamBoothConfig:
+    """The `dreambooth-tiny` preset with its subject images written under `out/instance`
+    and its output under `out`: a ready-made short run on tiny-shapes (for the quickstart)."""
+    from easel.data.dreambooth import write_shape_subject
+
+    instance = write_shape_subject(f"{out}/instance")
+    values = {**read_yaml(str(PRESET)), "instance_data": instance, "output": out, **overrides}
+    return DreamBoothConfig.model_validate(values)
 
 
 # --- CLI -----------------------------------------------------------------------------
@@ -95,8 +135,14 @@ def _publish_summary(config: DreamBoothConfig, result: DreamBoothResult) -> None
 def add_command(subparsers) -> None:
     parser = subparsers.add_parser("dreambooth", help="fine-tune a model on a subject (DreamBooth)")
     parser.add_argument("--config", required=True, help="YAML config (any fsspec URI)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="override a config key; the value is read as YAML (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a config key; the value is read as YAML (repeatable)",
+    )
     parser.set_defaults(run=run_dreambooth_command)
 
 

@@ -30,8 +30,9 @@ def exported_from(pipeline_dir: str) -> str | None:
         return json.load(f)["checkpoint"]
 
 
-def export_pipeline(checkpoint_path: str, model_dir: str, base_reference: str,
-                    pipeline_dir: str) -> str:
+def export_pipeline(
+    checkpoint_path: str, model_dir: str, base_reference: str, pipeline_dir: str
+) -> str:
     """Write the pipeline trained in `checkpoint_path` to `pipeline_dir`; return it."""
     if exported_from(pipeline_dir) == os.path.abspath(checkpoint_path):
         return pipeline_dir
@@ -43,7 +44,8 @@ def export_pipeline(checkpoint_path: str, model_dir: str, base_reference: str,
     module = DreamBoothModule(**{**checkpoint["hyper_parameters"], "model_dir": model_dir})
     module.load_state_dict(checkpoint["state_dict"], strict=module.hparams.method == "full")
     pipeline = StableDiffusionPipeline.from_pretrained(
-        model_dir, use_safetensors=True, safety_checker=None, requires_safety_checker=False)
+        model_dir, use_safetensors=True, safety_checker=None, requires_safety_checker=False
+    )
     parent = os.path.dirname(os.path.abspath(pipeline_dir))
     staging = os.path.join(parent, f".{os.path.basename(pipeline_dir)}.{uuid.uuid4().hex}")
     try:
@@ -54,8 +56,15 @@ def export_pipeline(checkpoint_path: str, model_dir: str, base_reference: str,
                 getattr(pipeline, name).load_state_dict(network.state_dict())
         pipeline.save_pretrained(staging, safe_serialization=True)
         with open(os.path.join(staging, EXPORT_MARKER), "w") as f:
-            json.dump({"checkpoint": os.path.abspath(checkpoint_path), "base_model": base_reference,
-                       "method": module.hparams.method}, f, indent=2)
+            json.dump(
+                {
+                    "checkpoint": os.path.abspath(checkpoint_path),
+                    "base_model": base_reference,
+                    "method": module.hparams.method,
+                },
+                f,
+                indent=2,
+            )
         if os.path.exists(pipeline_dir):  # an older export: replace it
             retired = f"{staging}.old"
             os.rename(pipeline_dir, retired)
@@ -70,8 +79,11 @@ def export_pipeline(checkpoint_path: str, model_dir: str, base_reference: str,
 
 def adapter_state_dict(network) -> dict:
     """The LoRA weights of `network`, keyed as peft saves them (no adapter name)."""
-    return {key.replace(".default", ""): value for key, value in network.state_dict().items()
-            if "lora_" in key}
+    return {
+        key.replace(".default", ""): value
+        for key, value in network.state_dict().items()
+        if "lora_" in key
+    }
 
 
 def merged_state_dict(network) -> dict:
@@ -81,8 +93,11 @@ def merged_state_dict(network) -> dict:
     for layer in network.modules():
         if isinstance(layer, LoraLayer):
             layer.merge()
-    return {key.replace(".base_layer", ""): value for key, value in network.state_dict().items()
-            if "lora_" not in key}
+    return {
+        key.replace(".base_layer", ""): value
+        for key, value in network.state_dict().items()
+        if "lora_" not in key
+    }
 
 
 def _fuse_lora(pipeline, module, staging: str, base_reference: str) -> None:
@@ -92,12 +107,21 @@ def _fuse_lora(pipeline, module, staging: str, base_reference: str) -> None:
     from diffusers.utils import convert_state_dict_to_diffusers
 
     networks = module.trained_networks()
-    layers = {f"{name}_lora_layers": convert_state_dict_to_diffusers(adapter_state_dict(network))
-              for name, network in networks.items()}
+    layers = {
+        f"{name}_lora_layers": convert_state_dict_to_diffusers(adapter_state_dict(network))
+        for name, network in networks.items()
+    }
     lora_dir = os.path.join(staging, "lora")
     StableDiffusionPipeline.save_lora_weights(lora_dir, **layers, safe_serialization=True)
     with open(os.path.join(lora_dir, "base_model.json"), "w") as f:
-        json.dump({"base_model": base_reference, "rank": module.hparams.lora_rank,
-                   "networks": sorted(networks)}, f, indent=2)
+        json.dump(
+            {
+                "base_model": base_reference,
+                "rank": module.hparams.lora_rank,
+                "networks": sorted(networks),
+            },
+            f,
+            indent=2,
+        )
     for name, network in networks.items():
         getattr(pipeline, name).load_state_dict(merged_state_dict(network))

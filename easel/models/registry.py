@@ -31,8 +31,11 @@ class DiffusersPipelineModel(mlflow.pyfunc.PythonModel):
         from diffusers import StableDiffusionPipeline
 
         self.pipeline = StableDiffusionPipeline.from_pretrained(
-            context.artifacts[PIPELINE_ARTIFACT], use_safetensors=True, safety_checker=None,
-            requires_safety_checker=False)
+            context.artifacts[PIPELINE_ARTIFACT],
+            use_safetensors=True,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
@@ -42,8 +45,9 @@ class DiffusersPipelineModel(mlflow.pyfunc.PythonModel):
         images = []
         for i, prompt in enumerate(model_input["prompt"]):
             seed = int(model_input["seed"].iloc[i]) if "seed" in model_input else i
-            image = self.pipeline(prompt, num_inference_steps=steps,
-                                  generator=torch.Generator().manual_seed(seed)).images[0]
+            image = self.pipeline(
+                prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed)
+            ).images[0]
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
             images.append(base64.b64encode(buffer.getvalue()).decode())
@@ -55,9 +59,12 @@ def register_pipeline(pipeline_dir: str, register_as: str) -> str:
     active MLflow run; return the reference `models:/NAME/VERSION`."""
     name, _, alias = register_as.partition("@")
     info = mlflow.pyfunc.log_model(
-        name="model", python_model=DiffusersPipelineModel(),
-        artifacts={PIPELINE_ARTIFACT: pipeline_dir}, registered_model_name=name,
-        pip_requirements=["torch", "diffusers", "transformers", "safetensors"])
+        name="model",
+        python_model=DiffusersPipelineModel(),
+        artifacts={PIPELINE_ARTIFACT: pipeline_dir},
+        registered_model_name=name,
+        pip_requirements=["torch", "diffusers", "transformers", "safetensors"],
+    )
     version = info.registered_model_version
     if alias:
         mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
@@ -71,25 +78,31 @@ def resolve_registry_reference(ref: str) -> str:
 
     match = _REFERENCE.match(ref)
     if not match:
-        raise ModelReferenceError(f"registry reference must be models:/NAME@ALIAS or "
-                                  f"models:/NAME/VERSION but is {ref!r}")
+        raise ModelReferenceError(
+            f"registry reference must be models:/NAME@ALIAS or models:/NAME/VERSION but is {ref!r}"
+        )
     configure_mlflow()
     client = mlflow.MlflowClient()
     name = match["name"]
     try:
-        version = (client.get_model_version_by_alias(name, match["alias"]) if match["alias"]
-                   else client.get_model_version(name, match["version"]))
+        version = (
+            client.get_model_version_by_alias(name, match["alias"])
+            if match["alias"]
+            else client.get_model_version(name, match["version"])
+        )
     except mlflow.exceptions.MlflowException as error:
-        raise ModelReferenceError(f"registry reference {ref!r} not found: "
-                                  f"{str(error).splitlines()[0]}") from None
+        raise ModelReferenceError(
+            f"registry reference {ref!r} not found: {str(error).splitlines()[0]}"
+        ) from None
     target = cache_dir() / "registry" / name / str(version.version)
     pipeline = target / "artifacts" / PIPELINE_ARTIFACT
     if not (pipeline / "model_index.json").exists():
         staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
         staging.mkdir(parents=True)
         try:
-            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version.version}",
-                                                dst_path=str(staging))
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version.version}", dst_path=str(staging)
+            )
             if target.exists():
                 shutil.rmtree(target)
             os.rename(staging, target)

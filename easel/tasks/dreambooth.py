@@ -32,15 +32,19 @@ def pipeline_dir(config: DreamBoothConfig) -> str:
 def check_inputs(config: DreamBoothConfig) -> list[str]:
     """Everything about the config that needs I/O; returns the instance image URIs."""
     if not storage.is_local(config.output) or "://" in config.output:
-        raise InvalidInput(f"config field `output` must be a local folder (checkpoints are renamed "
-                           f"into place) but is {config.output!r}")
+        raise InvalidInput(
+            f"config field `output` must be a local folder (checkpoints are renamed "
+            f"into place) but is {config.output!r}"
+        )
     images = check_instance_data(config.instance_data)
     if config.class_data is not None and config.prior_preservation:
         from easel.data.dreambooth import list_images
 
         if not storage.exists(config.class_data) or not list_images(config.class_data):
-            raise InvalidInput(f"config field `class_data` must be a folder of images but "
-                               f"{config.class_data!r} holds none")
+            raise InvalidInput(
+                f"config field `class_data` must be a folder of images but "
+                f"{config.class_data!r} holds none"
+            )
     return images
 
 
@@ -70,8 +74,15 @@ def validation_rows(config: DreamBoothConfig, trained_model: str) -> list[dict]:
     rows = []
     for i, prompt in enumerate(config.validation_prompts):
         for tag, model in (("trained", trained_model), ("base", config.model)):
-            rows.append({"id": f"{tag}-{i:03d}", "prompt": prompt, "model": model, "seed": config.seed + i,
-                         "num_images": config.validation_images_per_prompt})
+            rows.append(
+                {
+                    "id": f"{tag}-{i:03d}",
+                    "prompt": prompt,
+                    "model": model,
+                    "seed": config.seed + i,
+                    "num_images": config.validation_images_per_prompt,
+                }
+            )
     return rows
 
 
@@ -93,7 +104,11 @@ def _training_run_id(config: DreamBoothConfig, parent_run_id: str | None) -> str
             return f.read().strip()
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_run_id) if parent_run_id else None
-    experiment_id = parent.info.experiment_id if parent else mlflow.set_experiment("easel-dreambooth").experiment_id
+    experiment_id = (
+        parent.info.experiment_id
+        if parent
+        else mlflow.set_experiment("easel-dreambooth").experiment_id
+    )
     tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
     run = client.create_run(experiment_id, run_name="training", tags=tags)
     storage.write_text_atomic(run_file, run.info.run_id)
@@ -101,17 +116,31 @@ def _training_run_id(config: DreamBoothConfig, parent_run_id: str | None) -> str
 
 
 @task
-def train_task(config: DreamBoothConfig, model_dir: str, instance_images: list[str],
-               class_images: list[str], parent_run_id: str | None) -> str:
+def train_task(
+    config: DreamBoothConfig,
+    model_dir: str,
+    instance_images: list[str],
+    class_images: list[str],
+    parent_run_id: str | None,
+) -> str:
     """Train or resume to `max_steps`; return the final checkpoint path."""
     from pytorch_lightning.loggers import MLFlowLogger
 
     from easel.models.dreambooth.training import train
     from easel.tracking import tracking_uri
 
-    logger = MLFlowLogger(tracking_uri=tracking_uri(), run_id=_training_run_id(config, parent_run_id))
-    return train(config, model_dir, instance_images, class_images or None, checkpoint_dir(config),
-                 logger=logger, enable_progress_bar=sys.stderr.isatty())
+    logger = MLFlowLogger(
+        tracking_uri=tracking_uri(), run_id=_training_run_id(config, parent_run_id)
+    )
+    return train(
+        config,
+        model_dir,
+        instance_images,
+        class_images or None,
+        checkpoint_dir(config),
+        logger=logger,
+        enable_progress_bar=sys.stderr.isatty(),
+    )
 
 
 @task

@@ -13,8 +13,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
-                 "polynomial")
+LR_SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+)
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")
 
 
@@ -101,10 +107,14 @@ class DreamBoothConfig(BaseModel):
         if identifier is not None and identifier.lower() not in instance_words:
             raise ValueError(f"must contain the identifier {identifier!r} as a word")
         if identifier is not None and identifier.lower() in class_words:
-            raise ValueError(f"identifier {identifier!r} also occurs in class_prompt; pick a rare token")
+            raise ValueError(
+                f"identifier {identifier!r} also occurs in class_prompt; pick a rare token"
+            )
         if identifier is None and all(word in class_words for word in instance_words):
-            raise ValueError("has no identifier: every word also occurs in class_prompt; put a rare "
-                             "token in it (e.g. 'a photo of sks shape') or set `identifier`")
+            raise ValueError(
+                "has no identifier: every word also occurs in class_prompt; put a rare "
+                "token in it (e.g. 'a photo of sks shape') or set `identifier`"
+            )
         return value
 
     @property

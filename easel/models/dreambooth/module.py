@@ -41,18 +41,29 @@ def lora_config(rank: int, targets: list[str]):
 
 
 class DreamBoothModule(pl.LightningModule):
-    def __init__(self, model_dir: str, method: str = "full", lora_rank: int = 4,
-                 train_text_encoder: bool = False, learning_rate: float = 5e-6,
-                 lr_scheduler: str = "constant", lr_warmup_steps: int = 0, max_steps: int = 400,
-                 prior_loss_weight: float = 1.0, snr_gamma: float | None = None,
-                 offset_noise: float = 0.0):
+    def __init__(
+        self,
+        model_dir: str,
+        method: str = "full",
+        lora_rank: int = 4,
+        train_text_encoder: bool = False,
+        learning_rate: float = 5e-6,
+        lr_scheduler: str = "constant",
+        lr_warmup_steps: int = 0,
+        max_steps: int = 400,
+        prior_loss_weight: float = 1.0,
+        snr_gamma: float | None = None,
+        offset_noise: float = 0.0,
+    ):
         super().__init__()
         self.save_hyperparameters()
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
         load = {"use_safetensors": True}
-        self.unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", **load).train()
+        self.unet = UNet2DConditionModel.from_pretrained(
+            model_dir, subfolder="unet", **load
+        ).train()
         self.tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", **load)
         vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", **load)
@@ -75,7 +86,9 @@ class DreamBoothModule(pl.LightningModule):
                 inject_adapter_in_model(lora_config(lora_rank, LORA_TEXT_TARGETS), text_encoder)
         else:
             text_encoder.requires_grad_(False).eval()
-        self._frozen = _FrozenEncoders(vae=vae, text_encoder=None if train_text_encoder else text_encoder)
+        self._frozen = _FrozenEncoders(
+            vae=vae, text_encoder=None if train_text_encoder else text_encoder
+        )
 
     # ---- encoders, called once by the DataModule ---------------------------------------
     @property
@@ -95,8 +108,13 @@ class DreamBoothModule(pl.LightningModule):
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], device) -> torch.Tensor:
         """Token ids (1, L) when the text encoder trains, else its embeddings (1, L, D)."""
-        ids = self.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt",
-                             max_length=self.tokenizer.model_max_length).input_ids
+        ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+            max_length=self.tokenizer.model_max_length,
+        ).input_ids
         if self.hparams.train_text_encoder:
             return ids
         text_encoder = self._frozen.text_encoder.to(device)
@@ -129,7 +147,9 @@ class DreamBoothModule(pl.LightningModule):
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(
+            dim=(1, 2, 3)
+        )
         if self.hparams.snr_gamma is not None:
             per_example = per_example * self._min_snr_weights(timesteps)
 
@@ -155,19 +175,31 @@ class DreamBoothModule(pl.LightningModule):
 
         parameters = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=self.hparams.learning_rate)
-        schedule = get_scheduler(self.hparams.lr_scheduler, optimizer,
-                                 num_warmup_steps=self.hparams.lr_warmup_steps,
-                                 num_training_steps=self.hparams.max_steps)
+        schedule = get_scheduler(
+            self.hparams.lr_scheduler,
+            optimizer,
+            num_warmup_steps=self.hparams.lr_warmup_steps,
+            num_training_steps=self.hparams.max_steps,
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # ---- checkpoints: trainable weights only, plus the RNG streams -----------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.hparams.method == "lora":
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if "lora_" in k}
+            checkpoint["state_dict"] = {
+                k: v for k, v in checkpoint["state_dict"].items() if "lora_" in k
+            }
         name, keys, position, has_gauss, cached_gauss = np.random.get_state()
         checkpoint["rng_streams"] = {  # plain types and tensors: loadable with weights_only
-            "torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gauss],
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": [
+                name,
+                torch.from_numpy(keys.astype(np.int64)),
+                position,
+                has_gauss,
+                cached_gauss,
+            ],
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
 
@@ -177,7 +209,9 @@ class DreamBoothModule(pl.LightningModule):
             return
         torch.set_rng_state(streams["torch"])
         name, keys, position, has_gauss, cached_gauss = streams["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
+        np.random.set_state(
+            (name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gauss)
+        )
         random.setstate(streams["python"])
         if streams["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(streams["cuda"])

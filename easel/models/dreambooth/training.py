@@ -56,9 +56,15 @@ class StepCheckpoint(pl.callbacks.ModelCheckpoint):
     """
 
     def __init__(self, dirpath: str, every_n_steps: int, keep_last_n: int):
-        super().__init__(dirpath=dirpath, filename="step={step:08d}", auto_insert_metric_name=False,
-                         every_n_train_steps=every_n_steps, monitor="step", mode="max",
-                         save_top_k=keep_last_n)
+        super().__init__(
+            dirpath=dirpath,
+            filename="step={step:08d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=every_n_steps,
+            monitor="step",
+            mode="max",
+            save_top_k=keep_last_n,
+        )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -69,41 +75,67 @@ def last_complete_checkpoint(folder: str) -> str | None:
     """The checkpoint with the highest step in `folder`, or None."""
     if not os.path.isdir(folder):
         return None
-    steps = [(int(m.group(1)), name) for name in os.listdir(folder)
-             if (m := _CHECKPOINT_NAME.match(name))]
+    steps = [
+        (int(m.group(1)), name)
+        for name in os.listdir(folder)
+        if (m := _CHECKPOINT_NAME.match(name))
+    ]
     return os.path.join(folder, max(steps)[1]) if steps else None
 
 
 def prune_checkpoints(folder: str, keep: int) -> None:
     """Delete all but the `keep` highest-step checkpoints in `folder`."""
-    steps = sorted((int(m.group(1)), name) for name in os.listdir(folder)
-                   if (m := _CHECKPOINT_NAME.match(name)))
+    steps = sorted(
+        (int(m.group(1)), name)
+        for name in os.listdir(folder)
+        if (m := _CHECKPOINT_NAME.match(name))
+    )
     for _, name in steps[:-keep]:
         os.remove(os.path.join(folder, name))
 
 
 def build_module(config: DreamBoothConfig, model_dir: str) -> DreamBoothModule:
     return DreamBoothModule(
-        model_dir, method=config.method, lora_rank=config.lora_rank,
-        train_text_encoder=config.train_text_encoder, learning_rate=config.learning_rate,
-        lr_scheduler=config.lr_scheduler, lr_warmup_steps=config.lr_warmup_steps,
-        max_steps=config.max_steps, prior_loss_weight=config.prior_loss_weight,
-        snr_gamma=config.snr_gamma, offset_noise=config.offset_noise)
+        model_dir,
+        method=config.method,
+        lora_rank=config.lora_rank,
+        train_text_encoder=config.train_text_encoder,
+        learning_rate=config.learning_rate,
+        lr_scheduler=config.lr_scheduler,
+        lr_warmup_steps=config.lr_warmup_steps,
+        max_steps=config.max_steps,
+        prior_loss_weight=config.prior_loss_weight,
+        snr_gamma=config.snr_gamma,
+        offset_noise=config.offset_noise,
+    )
 
 
-def build_datamodule(config: DreamBoothConfig, instance_images: list[str],
-                     class_images: list[str] | None) -> DreamBoothDataModule:
+def build_datamodule(
+    config: DreamBoothConfig, instance_images: list[str], class_images: list[str] | None
+) -> DreamBoothDataModule:
     return DreamBoothDataModule(
-        instance_images, config.instance_prompt, resolution=config.resolution,
-        batch_size=config.batch_size, max_steps=config.max_steps,
-        gradient_accumulation=config.gradient_accumulation, seed=config.seed,
+        instance_images,
+        config.instance_prompt,
+        resolution=config.resolution,
+        batch_size=config.batch_size,
+        max_steps=config.max_steps,
+        gradient_accumulation=config.gradient_accumulation,
+        seed=config.seed,
         class_images=class_images if config.prior_preservation else None,
-        class_prompt=config.class_prompt)
+        class_prompt=config.class_prompt,
+    )
 
 
-def train(config: DreamBoothConfig, model_dir: str, instance_images: list[str],
-          class_images: list[str] | None, checkpoint_dir: str, logger: Any = False,
-          callbacks: Sequence[pl.Callback] = (), **trainer_overrides: Any) -> str:
+def train(
+    config: DreamBoothConfig,
+    model_dir: str,
+    instance_images: list[str],
+    class_images: list[str] | None,
+    checkpoint_dir: str,
+    logger: Any = False,
+    callbacks: Sequence[pl.Callback] = (),
+    **trainer_overrides: Any,
+) -> str:
     """Train (or resume) to `config.max_steps`; return the path of the final checkpoint."""
     final = os.path.join(checkpoint_dir, checkpoint_name(config.max_steps))
     if os.path.exists(final):
@@ -111,16 +143,29 @@ def train(config: DreamBoothConfig, model_dir: str, instance_images: list[str],
     pl.seed_everything(config.seed, workers=True, verbose=False)  # LoRA init draws from it
     module = build_module(config, model_dir)
     datamodule = build_datamodule(config, instance_images, class_images)
-    every_n_steps = StepCheckpoint(checkpoint_dir, config.checkpoint_every_n_steps,
-                                   config.keep_last_n_checkpoints)
+    every_n_steps = StepCheckpoint(
+        checkpoint_dir, config.checkpoint_every_n_steps, config.keep_last_n_checkpoints
+    )
     trainer = pl.Trainer(
-        accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
-        strategy=config.strategy, precision=config.precision, max_steps=config.max_steps,
-        accumulate_grad_batches=config.gradient_accumulation, gradient_clip_val=MAX_GRAD_NORM,
-        use_distributed_sampler=False, limit_val_batches=0, num_sanity_val_steps=0,
-        log_every_n_steps=1, logger=logger, callbacks=[every_n_steps, *callbacks],
-        plugins=[AtomicCheckpointIO()], default_root_dir=checkpoint_dir,
-        enable_model_summary=False, **trainer_overrides)
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=config.precision,
+        max_steps=config.max_steps,
+        accumulate_grad_batches=config.gradient_accumulation,
+        gradient_clip_val=MAX_GRAD_NORM,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        logger=logger,
+        callbacks=[every_n_steps, *callbacks],
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=checkpoint_dir,
+        enable_model_summary=False,
+        **trainer_overrides,
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=last_complete_checkpoint(checkpoint_dir))
     if trainer_overrides.get("fast_dev_run"):
         return ""
