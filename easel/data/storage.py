@@ -66,10 +66,10 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     fs.pipe_file(path, data)
 
 
-def write_png_atomic(uri: str, image: Any) -> bytes:
+def write_png_atomic(uri: str, image: Any, compress_level: int = 6) -> bytes:
     """Encode a PIL image as PNG, write it atomically, return the encoded bytes."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=compress_level)
     data = buffer.getvalue()
     write_bytes_atomic(uri, data)
     return data

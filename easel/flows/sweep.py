@@ -86,7 +86,7 @@ def sweep_flow(params: SweepParameters) -> SweepSummary:
 
 
 class Progress:
-    """A terminal progress bar and the Prefect progress artifact, updated every ~2 s."""
+    """A terminal progress bar, and the Prefect progress artifact updated every ~10 s."""
 
     def __init__(self, total: int, description: str, show_bar: bool):
         from tqdm import tqdm
@@ -101,7 +101,7 @@ class Progress:
     def advance(self, images: int) -> None:
         self.done += images
         self.bar.update(images)
-        if time.monotonic() - self.reported_at > 2.0:
+        if time.monotonic() - self.reported_at > 10.0:  # each update is an API call
             self._report()
 
     def _report(self) -> None:
