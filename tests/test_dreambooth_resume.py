@@ -33,8 +33,6 @@ RUNNER = textwrap.dedent('''
             self.micro_batches += 1
             if self.micro_batches % 2 == 0:  # the second micro-batch of an accumulation
                 self._maybe_kill(trainer, "second_micro_batch")
-        def on_before_optimizer_step(self, trainer, *args):
-            self._maybe_kill(trainer, "before_optimizer_step")
         def on_save_checkpoint(self, trainer, *args):
             if kill_hook == "during_checkpoint_write" and trainer.global_step == kill_step:
                 folder = os.path.join(values["output"], "checkpoints")
@@ -93,9 +91,8 @@ def test_kill_and_resume_matches_uninterrupted_run_bitwise(tmp_path):
     resumed = tiny_config(workspace, str(tmp_path / "resumed"), **settings)
     train_logged(straight, f"sqlite:///{tmp_path}/mlflow.db")  # in this process: one import less
 
-    kills = [
-        ("before_optimizer_step", 3),
-        ("second_micro_batch", 5),
+    kills = [  # mid-accumulation (resumes from step 2), then mid-write of step 6's checkpoint
+        ("second_micro_batch", 3),
         ("during_checkpoint_write", 6),
     ]
     for hook, step in kills:
