@@ -190,6 +190,11 @@ class DreamBoothModule(pl.LightningModule):
                 k: v for k, v in checkpoint["state_dict"].items() if "lora_" in k
             }
         name, keys, position, has_gauss, cached_gauss = np.random.get_state()
+        # The data position is a function of the step (see easel.data.dreambooth); recorded
+        # for whoever reads the checkpoint, not needed to resume.
+        checkpoint["data_position"] = {
+            "micro_batch": self.trainer.global_step * self.trainer.accumulate_grad_batches
+        }
         checkpoint["rng_streams"] = {  # plain types and tensors: loadable with weights_only
             "torch": torch.get_rng_state(),
             "python": random.getstate(),
