@@ -1,0 +1,308 @@
+"""Training `tiny-shapes` from nothing: first the VAE, then text encoder and UNet together.
+
+Both stages are LightningModules driven by `fit` (one Lightning Trainer recipe: seeded,
+deterministic, resumable from `last.ckpt`). The data are rendered on the fly from the
+shapes world's training split, so a run needs no files and two runs with the same config
+give the same weights on the same device.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from easel.data import shapes
+from easel.models import tiny_shapes
+
+# caption variants a training image is shown with, and their probabilities: the full
+# caption, three partial ones (so prompts that leave an attribute out still work), and the
+# empty prompt (so classifier-free guidance has an unconditional model)
+CAPTION_VARIANTS = ("full", "no_background", "no_color", "generic_shape", "empty")
+
+
+@dataclass(frozen=True)
+class TrainingSchedule:
+    steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int = 100
+
+
+@dataclass(frozen=True)
+class TinyShapesTraining:
+    architecture: tiny_shapes.TinyShapesArchitecture = tiny_shapes.TinyShapesArchitecture()  # noqa: RUF009 (frozen)
+    vae: TrainingSchedule = TrainingSchedule(
+        steps=600, batch_size=32, learning_rate=3e-3, warmup_steps=50
+    )
+    vae_images: int = 4000
+    # stage 1b: the decoder alone, longer, so images are sharper (the latents do not move)
+    decoder: TrainingSchedule = TrainingSchedule(
+        steps=1000, batch_size=32, learning_rate=2e-3, warmup_steps=50
+    )
+    vae_crop: int = 32  # the VAE is fully convolutional: crops teach it at a quarter of the cost
+    kl_weight: float = 1e-6
+    diffusion: TrainingSchedule = TrainingSchedule(
+        steps=3000, batch_size=64, learning_rate=1.5e-3, warmup_steps=150
+    )
+    diffusion_images: int = 20000
+    caption_probabilities: tuple[float, ...] = (0.75, 0.05, 0.05, 0.05, 0.10)
+    seed: int = 0
+    extra_words: tuple[str, ...] = field(default_factory=tuple)
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def warmup_cosine(schedule: TrainingSchedule):
+    def factor(step: int) -> float:
+        if step < schedule.warmup_steps:
+            return (step + 1) / schedule.warmup_steps
+        progress = (step - schedule.warmup_steps) / max(1, schedule.steps - schedule.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def adamw_warmup_cosine(module: pl.LightningModule, schedule: TrainingSchedule):
+    optimizer = torch.optim.AdamW(module.parameters(), lr=schedule.learning_rate, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(schedule))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class VaeModule(pl.LightningModule):
+    """The autoencoder; with `train_encoder=False` only the decoder learns (stage 1b: the
+    latents, and so everything trained on them, stay exactly as they were)."""
+
+    def __init__(self, architecture: dict, schedule: dict, kl_weight: float, crop: int, train_encoder: bool = True,
+                 l1_weight: float = 0.0):  # fmt: skip
+        super().__init__()
+        self.save_hyperparameters()
+        self.vae = tiny_shapes.build_vae(tiny_shapes.TinyShapesArchitecture(**architecture))
+        if not train_encoder:
+            for part in (self.vae.encoder, self.vae.quant_conv):
+                part.requires_grad_(False)
+
+    def training_step(self, batch, batch_idx):
+        (images,) = batch  # (B, 3, 64, 64) in [-1, 1]
+        crop = self.hparams.crop
+        top, left = torch.randint(0, images.shape[-1] - crop + 1, (2,)).tolist()
+        images = images[..., top : top + crop, left : left + crop]
+        with torch.set_grad_enabled(self.hparams.train_encoder):
+            posterior = self.vae.encode(images).latent_dist
+        # decode the posterior mean: a near-deterministic autoencoder learns in hundreds of
+        # steps, not thousands; the tiny KL term only keeps the latents bounded
+        reconstruction = self.vae.decode(posterior.mode()).sample
+        mse = F.mse_loss(reconstruction, images)
+        l1 = F.l1_loss(reconstruction, images)  # in stage 1b: sharper edges than MSE alone
+        kl = posterior.kl().mean() / images[0].numel()
+        loss = mse + self.hparams.l1_weight * l1 + self.hparams.kl_weight * kl
+        self.log_dict({"vae/mse": mse, "vae/loss": loss}, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return adamw_warmup_cosine(self, TrainingSchedule(**self.hparams.schedule))
+
+
+class DiffusionModule(pl.LightningModule):
+    """Text encoder and UNet trained together on VAE latents with the epsilon objective."""
+
+    def __init__(
+        self,
+        architecture: dict,
+        schedule: dict,
+        words: list[str],
+        caption_probabilities: list[float],
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        arch = tiny_shapes.TinyShapesArchitecture(**architecture)
+        self.tokenizer = tiny_shapes.build_tokenizer(words, arch.max_length)
+        self.text_encoder = tiny_shapes.build_text_encoder(arch, self.tokenizer)
+        self.unet = tiny_shapes.build_unet(arch)
+        self.noise_scheduler = tiny_shapes.noise_scheduler()
+        self.register_buffer(
+            "alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone(), persistent=False
+        )
+
+    def training_step(self, batch, batch_idx):
+        latents, caption_ids = batch  # (B, 4, h, w) scaled latents; (B, variants, max_length)
+        probabilities = torch.tensor(self.hparams.caption_probabilities)
+        variant = torch.multinomial(probabilities, latents.shape[0], replacement=True).to(
+            self.device
+        )
+        input_ids = caption_ids[torch.arange(latents.shape[0], device=self.device), variant]
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(
+            0, len(self.alphas_cumprod), (latents.shape[0],), device=self.device
+        )
+        alpha_bar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+        noisy = alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
+        text = self.text_encoder(input_ids).last_hidden_state  # (B, max_length, text_width)
+        predicted = self.unet(noisy, timesteps, text).sample
+        loss = F.mse_loss(predicted, noise)
+        self.log("diffusion/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return adamw_warmup_cosine(self, TrainingSchedule(**self.hparams.schedule))
+
+
+def caption_variants(spec: shapes.ShapeSpec) -> list[str]:
+    """The prompts of CAPTION_VARIANTS for one image, in that order."""
+    return [
+        shapes.caption(spec),
+        shapes.prompt_for(spec.shape, spec.color, None),
+        shapes.prompt_for(spec.shape, None, spec.background),
+        shapes.prompt_for(None, spec.color, spec.background),
+        "",
+    ]
+
+
+class PrintProgress(pl.Callback):
+    """One line per `every` steps (step, loss, seconds so far): progress for logs and pipes."""
+
+    def __init__(self, every: int = 100):
+        self.every, self.started = every, time.time()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step % self.every == 0 or step == trainer.max_steps:
+            loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
+            print(f"{type(pl_module).__name__} step {step}/{trainer.max_steps} loss {loss:.4f} "
+                  f"{time.time() - self.started:.0f}s", flush=True)  # fmt: skip
+
+
+def fit(
+    module: pl.LightningModule,
+    loader: DataLoader,
+    steps: int,
+    work_dir: str,
+    logger=None,
+    progress: bool = True,
+    max_time: str | None = None,
+):
+    """Train `module` for `steps` optimizer steps (or until `max_time`, "DD:HH:MM:SS"), checkpointing to `work_dir` every 250
+    steps; a rerun with the same `work_dir` resumes from its `last.ckpt`."""
+    checkpoint = pl.callbacks.ModelCheckpoint(
+        dirpath=work_dir, every_n_train_steps=250, save_last=True, save_top_k=0
+    )
+    trainer = pl.Trainer(
+        max_steps=steps,
+        max_time=max_time,
+        accelerator="auto",
+        devices=1,
+        precision="32-true",
+        logger=logger if logger is not None else False,
+        callbacks=[checkpoint] if progress else [checkpoint, PrintProgress()],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=25,
+        gradient_clip_val=1.0,
+        deterministic="warn",
+        default_root_dir=work_dir,
+    )
+    last = os.path.join(work_dir, "last.ckpt")
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=last if os.path.exists(last) else None)
+    trainer.save_checkpoint(last)  # the final state, so a rerun (or a later stage) starts from it
+    return module
+
+
+def shuffled_loader(tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        TensorDataset(*tensors),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=generator,
+    )
+
+
+def train_vae(config: TinyShapesTraining, work_dir: str, logger=None, progress: bool = True):
+    """Stage 1: the AutoencoderKL, on random crops of training-split images."""
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    images = images_to_tensor(
+        shapes.render_array(shapes.sample_specs(config.vae_images, config.seed, "train"))
+    )
+    module = VaeModule(
+        asdict(config.architecture), asdict(config.vae), config.kl_weight, config.vae_crop
+    )
+    loader = shuffled_loader((images,), config.vae.batch_size, config.seed)
+    fit(module, loader, config.vae.steps, work_dir, logger, progress)
+    vae = module.vae.eval()
+    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, images[:512]))
+    return vae
+
+
+def refine_decoder(
+    config: TinyShapesTraining, vae, work_dir: str, logger=None, progress: bool = True
+):
+    """Stage 1b: continue training `vae`'s decoder alone on full-image crops."""
+    pl.seed_everything(config.seed + 3, workers=True, verbose=False)
+    images = images_to_tensor(
+        shapes.render_array(shapes.sample_specs(config.vae_images, config.seed + 3, "train"))
+    )
+    module = VaeModule(asdict(config.architecture), asdict(config.decoder), config.kl_weight, config.vae_crop,
+                       train_encoder=False, l1_weight=1.0)  # fmt: skip
+    module.vae.load_state_dict(vae.state_dict())
+    fit(module, shuffled_loader((images,), config.decoder.batch_size, config.seed + 3), config.decoder.steps,
+        work_dir, logger, progress)  # fmt: skip
+    refined = module.vae.eval()
+    refined.register_to_config(scaling_factor=vae.config.scaling_factor)
+    return refined
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae, images: torch.Tensor) -> float:
+    """1 / std of the latents, so the UNet sees unit-variance inputs (SD's 0.18215)."""
+    return float(1.0 / vae.encode(images).latent_dist.mode().std())
+
+
+@torch.no_grad()
+def encode(vae, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Scaled posterior means of `images`, (N, latent_channels, h, w)."""
+    chunks = [
+        vae.encode(images[i : i + batch_size]).latent_dist.mode()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(chunks) * vae.config.scaling_factor
+
+
+def train_diffusion(
+    config: TinyShapesTraining,
+    vae,
+    work_dir: str,
+    logger=None,
+    progress: bool = True,
+    max_time: str | None = None,
+):
+    """Stage 2: text encoder and UNet on the frozen VAE's latents; returns the module."""
+    pl.seed_everything(config.seed + 1, workers=True, verbose=False)
+    specs = shapes.sample_specs(config.diffusion_images, config.seed + 1, "train")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    latents = encode(vae.to(device), images_to_tensor(shapes.render_array(specs)).to(device)).cpu()
+    vae.to("cpu")
+    words = sorted({*shapes.vocabulary(), *config.extra_words})
+    module = DiffusionModule(
+        asdict(config.architecture),
+        asdict(config.diffusion),
+        words,
+        list(config.caption_probabilities),
+    )
+    prompts = [prompt for spec in specs for prompt in caption_variants(spec)]
+    caption_ids = tiny_shapes.tokenize(module.tokenizer, prompts).view(
+        len(specs), len(CAPTION_VARIANTS), -1
+    )
+    loader = shuffled_loader((latents, caption_ids), config.diffusion.batch_size, config.seed + 1)
+    fit(module, loader, config.diffusion.steps, work_dir, logger, progress, max_time)
+    return module.to("cpu").eval()
