@@ -1,0 +1,147 @@
+"""`easel bootstrap`: retrain the embedded model `tiny-shapes` and the judge from scratch
+(SPEC §8). Deterministic: the same parameters on the same machine and thread count give
+the same weights. The committed weights under `easel/models/weights/` are its output."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from prefect import flow
+from pydantic import BaseModel, ConfigDict, Field
+
+from easel import tracking
+from easel.flows.config import load_parameters
+from easel.models import tiny_shapes_training as training
+from easel.models.judge import JudgeTraining
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
+_MODEL, _JUDGE = training.TinyShapesTraining(), JudgeTraining()
+
+
+class BootstrapParameters(BaseModel):
+    """Sizes and lengths of the bootstrap; the defaults made the committed weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out: str = Field(str(WEIGHTS_DIR), description="folder receiving tiny-shapes/ and judge/")
+    work_dir: str = Field(
+        "easel-out/bootstrap", description="checkpoints; a rerun resumes from them"
+    )
+    seed: int = _MODEL.seed
+    threads: int | None = Field(1, ge=1, description="torch CPU threads; None: torch's default")
+    vae_steps: int = Field(_MODEL.vae.steps, ge=1)
+    vae_images: int = Field(_MODEL.vae_images, ge=1)
+    decoder_steps: int = Field(_MODEL.decoder.steps, ge=1)
+    diffusion_steps: int = Field(_MODEL.diffusion.steps, ge=1)
+    diffusion_images: int = Field(_MODEL.diffusion_images, ge=1)
+    diffusion_batch_size: int = Field(_MODEL.diffusion.batch_size, ge=1)
+    judge_steps: int = Field(_JUDGE.steps, ge=1)
+    judge_images: int = Field(_JUDGE.images, ge=1)
+    judge_batch_size: int = Field(_JUDGE.batch_size, ge=1)
+    sample_steps: int = Field(20, ge=1, description="denoising steps of the sample grid")
+    experiment: str = "easel-bootstrap"
+    show_progress: bool = False
+
+    def model_training(self) -> training.TinyShapesTraining:
+        return replace(
+            _MODEL,
+            seed=self.seed,
+            vae=replace(
+                _MODEL.vae,
+                steps=self.vae_steps,
+                warmup_steps=min(_MODEL.vae.warmup_steps, self.vae_steps),
+            ),
+            vae_images=self.vae_images,
+            decoder=replace(
+                _MODEL.decoder,
+                steps=self.decoder_steps,
+                warmup_steps=min(_MODEL.decoder.warmup_steps, self.decoder_steps),
+            ),
+            diffusion=replace(
+                _MODEL.diffusion,
+                steps=self.diffusion_steps,
+                batch_size=self.diffusion_batch_size,
+                warmup_steps=min(_MODEL.diffusion.warmup_steps, self.diffusion_steps),
+            ),
+            diffusion_images=self.diffusion_images,
+        )
+
+    def judge_training(self) -> JudgeTraining:
+        return replace(
+            _JUDGE,
+            seed=self.seed,
+            steps=self.judge_steps,
+            images=self.judge_images,
+            batch_size=self.judge_batch_size,
+        )
+
+
+@flow(name="bootstrap")
+def bootstrap_flow(params: BootstrapParameters) -> dict[str, str]:
+    """VAE, its decoder alone, then text encoder + UNet, then the judge; a sample grid;
+    publish both folders."""
+    import mlflow
+    import torch
+
+    from easel.tasks.tiny_shapes import (
+        publish_task,
+        refine_decoder_task,
+        sample_grid_task,
+        train_judge_task,
+        train_text_to_image_task,
+        train_vae_task,
+    )
+
+    if params.threads:
+        torch.set_num_threads(params.threads)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on GPUs
+    tracking.configure_mlflow()
+    mlflow.set_experiment(params.experiment)
+    with mlflow.start_run(run_name="bootstrap") as run:
+        mlflow.log_params({k: v for k, v in params.model_dump().items() if k != "show_progress"})
+        run_id, work, progress = run.info.run_id, params.work_dir, params.show_progress
+        model_config = params.model_training()
+        vae_dir = train_vae_task(model_config, work, run_id, progress)
+        vae_dir = refine_decoder_task(model_config, vae_dir, work, run_id, progress)
+        pipeline_dir = train_text_to_image_task(model_config, vae_dir, work, run_id, progress)
+        judge_dir = train_judge_task(params.judge_training(), work, run_id, progress)
+        grid = sample_grid_task(
+            pipeline_dir, os.path.join(work, "samples.png"), steps=params.sample_steps
+        )
+        mlflow.log_artifact(grid)
+        model_out = publish_task(pipeline_dir, os.path.join(params.out, "tiny-shapes"))
+        judge_out = publish_task(judge_dir, os.path.join(params.out, "judge"))
+    return {"model": model_out, "judge": judge_out, "samples": grid, "mlflow_run_id": run_id}
+
+
+def add_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bootstrap", help="retrain the embedded model tiny-shapes and the judge"
+    )
+    parser.add_argument("--config", help="YAML file of bootstrap parameters")
+    parser.add_argument(
+        "--out", help="folder receiving tiny-shapes/ and judge/ (default: the package's weights)"
+    )
+    parser.add_argument("--work-dir", help="checkpoint folder; rerunning resumes from it")
+    parser.add_argument("--seed", type=int)
+    parser.set_defaults(run=run_bootstrap_command)
+
+
+def run_bootstrap_command(args: argparse.Namespace) -> int:
+    overrides = {
+        "out": args.out,
+        "work_dir": args.work_dir,
+        "seed": args.seed,
+        "show_progress": sys.stderr.isatty(),
+    }
+    params = load_parameters(BootstrapParameters, args.config, overrides)
+    result = bootstrap_flow(params)
+    print(f"model:       {result['model']}")
+    print(f"judge:       {result['judge']}")
+    print(f"samples:     {result['samples']}")
+    print(f"mlflow runs: {tracking.tracking_uri()} (run {result['mlflow_run_id']})")
+    return 0
