@@ -62,7 +62,8 @@ def main() -> None:
         )
         judge_config = replace(judge_config, images=64, steps=3, batch_size=8)
         settings = replace(settings, num_inference_steps=2, adherence_images=4, guidance_images=2,
-                           negative_images=2, diversity_prompts=2, diversity_seeds=2, judge_images=20)  # fmt: skip
+                           negative_images=2, diversity_prompts=2, diversity_seeds=2,
+                           judge_images=20)  # fmt: skip
     report: dict = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "seed": args.seed,

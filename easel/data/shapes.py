@@ -125,7 +125,7 @@ def vocabulary() -> list[str]:
 
 
 def _rgb(name: str, offset: tuple[int, int, int]) -> tuple[int, int, int]:
-    return tuple(int(np.clip(c + o, 0, 255)) for c, o in zip(COLORS[name], offset))
+    return tuple(int(np.clip(c + o, 0, 255)) for c, o in zip(COLORS[name], offset, strict=True))
 
 
 def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
@@ -151,7 +151,7 @@ def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
         x = 16 * np.sin(t) ** 3
         y = 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
         scale = r / 16.5
-        return [(cx + scale * xi, cy - scale * (yi + 2.5)) for xi, yi in zip(x, y)]
+        return [(cx + scale * xi, cy - scale * (yi + 2.5)) for xi, yi in zip(x, y, strict=True)]
     if shape == "cross":
         w = r * 0.36
         return [

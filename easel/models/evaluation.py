@@ -122,7 +122,7 @@ def _targets(split: shapes.Split, n: int, seed: int) -> list[dict]:
     """`n` (shape, colour, background) targets cycling through a seeded shuffle of `split`."""
     triples = shapes.combinations(split)
     order = np.random.default_rng(seed).permutation(len(triples))
-    return [dict(zip(ATTRIBUTES, triples[order[i % len(triples)]])) for i in range(n)]
+    return [dict(zip(ATTRIBUTES, triples[order[i % len(triples)]], strict=True)) for i in range(n)]
 
 
 def _prompt(target: dict) -> str:

@@ -83,8 +83,15 @@ class VaeModule(pl.LightningModule):
     """The autoencoder; with `train_encoder=False` only the decoder learns (stage 1b: the
     latents, and so everything trained on them, stay exactly as they were)."""
 
-    def __init__(self, architecture: dict, schedule: dict, kl_weight: float, crop: int, train_encoder: bool = True,
-                 l1_weight: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        architecture: dict,
+        schedule: dict,
+        kl_weight: float,
+        crop: int,
+        train_encoder: bool = True,
+        l1_weight: float = 0.0,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.vae = tiny_shapes.build_vae(tiny_shapes.TinyShapesArchitecture(**architecture))
@@ -191,8 +198,9 @@ def fit(
     progress: bool = True,
     max_time: str | None = None,
 ):
-    """Train `module` for `steps` optimizer steps (or until `max_time`, "DD:HH:MM:SS"), checkpointing to `work_dir` every 250
-    steps; a rerun with the same `work_dir` resumes from its `last.ckpt`."""
+    """Train `module` for `steps` optimizer steps (or until `max_time`, "DD:HH:MM:SS"),
+    checkpointing to `work_dir` every 250 steps; a rerun with the same `work_dir` resumes
+    from its `last.ckpt`."""
     checkpoint = pl.callbacks.ModelCheckpoint(
         dirpath=work_dir, every_n_train_steps=250, save_last=True, save_top_k=0
     )
@@ -252,11 +260,17 @@ def refine_decoder(
     images = images_to_tensor(
         shapes.render_array(shapes.sample_specs(config.vae_images, config.seed + 3, "train"))
     )
-    module = VaeModule(asdict(config.architecture), asdict(config.decoder), config.kl_weight, config.vae_crop,
-                       train_encoder=False, l1_weight=1.0)  # fmt: skip
+    module = VaeModule(
+        asdict(config.architecture),
+        asdict(config.decoder),
+        config.kl_weight,
+        config.vae_crop,
+        train_encoder=False,
+        l1_weight=1.0,
+    )
     module.vae.load_state_dict(vae.state_dict())
-    fit(module, shuffled_loader((images,), config.decoder.batch_size, config.seed + 3), config.decoder.steps,
-        work_dir, logger, progress)  # fmt: skip
+    loader = shuffled_loader((images,), config.decoder.batch_size, config.seed + 3)
+    fit(module, loader, config.decoder.steps, work_dir, logger, progress)
     refined = module.vae.eval()
     refined.register_to_config(scaling_factor=vae.config.scaling_factor)
     return refined
