@@ -86,6 +86,14 @@ def test_bad_rows_fail_alone_and_everything_is_tracked(tmp_path):
     assert results[0]["team"] == "vision"  # pass-through column
     assert all(len(r["image_sha256"]) == 64 and r["model_digest"] for r in ok)
     assert os.path.exists(os.path.join(out, "contact_sheet.png"))
+    assert results[0]["warning"] is None
+
+
+def test_overlong_prompt_is_truncated_with_a_warning(tmp_path):
+    words = " ".join(["a red circle on a blue background"] * 4)  # past tiny-shapes' 16 tokens
+    _, out = run(tmp_path, "long", [{"id": "long", "prompt": words}])
+    (row,) = read_results(out)
+    assert row["status"] == "ok" and "truncated" in row["warning"]
 
     run_id = ok[0]["mlflow_run_id"]
     client = mlflow.MlflowClient()

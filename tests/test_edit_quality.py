@@ -1,0 +1,84 @@
+"""img2img and inpainting on the trained tiny-shapes, checked with the judge (issue 5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from sweep_helpers import pixels, read_results, write_manifest
+
+from easel.data import shapes
+from easel.flows.sweep import SweepParameters, sweep_flow
+from easel.models.judge import Judge
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+SCENES = [("circle", "red", "blue"), ("square", "yellow", "black"), ("star", "white", "green"),
+          ("heart", "red", "white"), ("cross", "blue", "yellow"), ("triangle", "green", "purple"),
+          ("square", "orange", "blue"), ("star", "black", "white")]  # fmt: skip
+NEW_COLOUR = {"red": "green", "yellow": "purple", "white": "orange", "blue": "red",
+              "green": "yellow", "orange": "blue", "black": "yellow"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return Judge.load()
+
+
+def write_scenes(folder) -> list[tuple[str, shapes.ShapeSpec]]:
+    rng = np.random.default_rng(0)
+    scenes = []
+    for i, (shape, colour, ground) in enumerate(SCENES):
+        spec = shapes.spec_for(shape, colour, ground, rng)
+        shapes.render(spec).save(folder / f"scene-{i}.png")
+        scenes.append((f"scene-{i}.png", spec))
+    return scenes
+
+
+def run(tmp_path, name, rows):
+    manifest = write_manifest(tmp_path / f"{name}.parquet", rows)
+    summary = sweep_flow(SweepParameters(manifest=manifest, out=str(tmp_path / name)))
+    assert summary.rows_failed == 0
+    return {r["id"]: r for r in read_results(tmp_path / name)}
+
+
+def test_strength_is_monotonic_and_low_strength_keeps_the_subject(tmp_path, judge):
+    scenes = write_scenes(tmp_path)
+    strengths = (0.2, 0.5, 0.8, 1.0)
+    rows = [{"id": f"{i}-{s}", "prompt": shapes.caption(spec), "init_image": file, "strength": s,
+             "seed": i} for i, (file, spec) in enumerate(scenes) for s in strengths]  # fmt: skip
+    results = run(tmp_path, "strength", rows)
+
+    def distance(strength: float) -> float:
+        return float(np.mean([
+            np.abs(pixels(results[f"{i}-{strength}"]["image_uri"]) - pixels(tmp_path / file)).mean()
+            for i, (file, _) in enumerate(scenes)
+        ]))  # fmt: skip
+
+    distances = [distance(s) for s in strengths]
+    assert distances == sorted(distances), distances
+    low = [Image.open(results[f"{i}-0.2"]["image_uri"]) for i in range(len(scenes))]
+    kept = [p == {"shape": spec.shape, "color": spec.color, "background": spec.background}
+            for p, (_, spec) in zip(judge.predict(low), scenes, strict=False)]  # fmt: skip
+    assert sum(kept) >= 0.75 * len(scenes), kept
+
+
+def test_inpainting_the_shape_in_another_colour_changes_the_judged_colour(tmp_path, judge):
+    scenes = write_scenes(tmp_path)
+    rows = []
+    for i, (file, spec) in enumerate(scenes):
+        mask = Image.new("L", (shapes.IMAGE_SIZE,) * 2, 0)
+        (cx, cy), r = spec.center, spec.radius + 3
+        ImageDraw.Draw(mask).rectangle((cx - r, cy - r, cx + r, cy + r), fill=255)
+        mask.save(tmp_path / f"mask-{i}.png")
+        prompt = f"a {NEW_COLOUR[spec.color]} {spec.shape} on a {spec.background} background"
+        rows.append({"id": str(i), "prompt": prompt, "init_image": file,
+                     "mask_image": f"mask-{i}.png", "strength": 1.0, "seed": i})  # fmt: skip
+    results = run(tmp_path, "inpaint", rows)
+    images = [Image.open(results[str(i)]["image_uri"]) for i in range(len(scenes))]
+    judged = [p["color"] for p in judge.predict(images)]
+    changed = [
+        colour == NEW_COLOUR[spec.color] for colour, (_, spec) in zip(judged, scenes, strict=False)
+    ]
+    assert sum(changed) > len(scenes) / 2, list(
+        zip(judged, [s.color for _, s in scenes], strict=False)
+    )
