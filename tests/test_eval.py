@@ -177,6 +177,21 @@ def test_bootstrap_command_builds_loadable_model_and_judge(tmp_path, prefect_ser
     assert image.size == (64, 64)
     assert len(Judge.load(out / "judge").predict([image])) == 1
     assert (tmp_path / "work" / "samples.png").exists()
+    # deterministic: a second bootstrap from scratch writes the same weights, byte for byte
+    again = tmp_path / "again"
+    args = [
+        "bootstrap",
+        "--config",
+        str(config),
+        "--out",
+        str(again),
+        "--work-dir",
+        str(tmp_path / "work2"),
+    ]
+    assert main(args) == 0
+    weights = sorted(p.relative_to(out) for p in out.rglob("*.safetensors"))
+    assert len(weights) == 4  # text encoder, UNet, VAE, judge
+    assert all((out / w).read_bytes() == (again / w).read_bytes() for w in weights)
 
 
 def test_eval_settings_can_be_extended():
