@@ -88,13 +88,6 @@ def test_bad_rows_fail_alone_and_everything_is_tracked(tmp_path):
     assert os.path.exists(os.path.join(out, "contact_sheet.png"))
     assert results[0]["warning"] is None
 
-
-def test_overlong_prompt_is_truncated_with_a_warning(tmp_path):
-    words = " ".join(["a red circle on a blue background"] * 4)  # past tiny-shapes' 16 tokens
-    _, out = run(tmp_path, "long", [{"id": "long", "prompt": words}])
-    (row,) = read_results(out)
-    assert row["status"] == "ok" and "truncated" in row["warning"]
-
     run_id = ok[0]["mlflow_run_id"]
     client = mlflow.MlflowClient()
     tracked = client.get_run(run_id)
@@ -103,6 +96,13 @@ def test_overlong_prompt_is_truncated_with_a_warning(tmp_path):
     assert tracked.data.metrics["images_per_s"] > 0
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"results.parquet", "contact_sheet.png"} <= artifacts
+
+
+def test_overlong_prompt_is_truncated_with_a_warning(tmp_path):
+    words = " ".join(["a red circle on a blue background"] * 4)  # past tiny-shapes' 16 tokens
+    _, out = run(tmp_path, "long", [{"id": "long", "prompt": words}])
+    (row,) = read_results(out)
+    assert row["status"] == "ok" and "truncated" in row["warning"]
 
 
 def test_prefect_artifacts_are_published(tmp_path):
