@@ -1,14 +1,14 @@
 """DreamBooth training data: instance and class images, cached once as latents, served as
 micro-batches that are pure functions of (seed, micro-batch number, rank).
 
-Because every micro-batch (which images, the VAE sample, the noise, the timesteps) is derived
+Because every micro-batch (which images, the noise, the timesteps) is derived
 from its number alone, resuming needs nothing but the global step: the loader restarts at
 micro-batch `global_step * gradient_accumulation` and produces exactly what an uninterrupted
 run would have produced. No sampler state, no generator state.
 
 The frozen encoders belong to the model; the DataModule calls
 `trainer.lightning_module.encode_images` / `encode_prompts` once in `setup` and keeps the
-results (latent mean and std per image, one conditioning tensor per prompt).
+results (latents per image, one conditioning tensor per prompt).
 """
 
 from __future__ import annotations
@@ -105,17 +105,14 @@ def _epoch_order(seed: int, stream: str, count: int, positions: range) -> list[i
 
 @dataclass(frozen=True)
 class LatentCache:
-    """Per-image latent distribution (already scaled to the UNet's latent space) and the
-    conditioning for the prompt that goes with these images."""
+    """Per-image latents (posterior means, in the UNet's latent scale) and the conditioning
+    for the prompt that goes with these images."""
 
-    mean: torch.Tensor  # (N, C, h, w)
-    std: torch.Tensor  # (N, C, h, w)
-    condition: (
-        torch.Tensor
-    )  # (1, L, D) embeddings, or (1, L) token ids when the text encoder trains
+    latents: torch.Tensor  # (N, C, h, w)
+    condition: torch.Tensor  # (1, L, D) embeddings, or (1, L) ids when the text encoder trains
 
     def __len__(self) -> int:
-        return self.mean.shape[0]
+        return self.latents.shape[0]
 
 
 class MicroBatches(IterableDataset):
@@ -146,15 +143,13 @@ class MicroBatches(IterableDataset):
         ]
         if self.prior is not None:
             parts.append((self.prior, _epoch_order(self.seed, "class", len(self.prior), positions)))
-        mean = torch.cat([cache.mean[idx] for cache, idx in parts])
-        std = torch.cat([cache.std[idx] for cache, idx in parts])
+        latents = torch.cat([cache.latents[idx] for cache, idx in parts])
         condition = torch.cat(
             [cache.condition.expand(len(idx), *cache.condition.shape[1:]) for cache, idx in parts]
         )
-        shape = mean.shape
+        shape = latents.shape
         return {
-            "latents": mean
-            + std * torch.randn(shape, generator=derived_generator(self.seed, "vae", index)),
+            "latents": latents,
             "noise": torch.randn(shape, generator=derived_generator(self.seed, "noise", index)),
             "offset": torch.randn(
                 shape[:2] + (1, 1), generator=derived_generator(self.seed, "offset", index)
@@ -230,14 +225,12 @@ class DreamBoothDataModule(pl.LightningDataModule):
 def _encode(
     module, uris: list[str], prompt: str, resolution: int, device, chunk: int = 4
 ) -> LatentCache:
-    moments = [
+    latents = [  # a chunk at a time: bounded memory
         module.encode_images(load_pixels(uris[i : i + chunk], resolution), device)
         for i in range(0, len(uris), chunk)
-    ]  # a chunk at a time: bounded memory
+    ]
     return LatentCache(
-        mean=torch.cat([m for m, _ in moments]),
-        std=torch.cat([s for _, s in moments]),
-        condition=module.encode_prompts([prompt], device),
+        latents=torch.cat(latents), condition=module.encode_prompts([prompt], device)
     )
 
 

@@ -96,14 +96,19 @@ class DreamBoothModule(pl.LightningModule):
         return self.noise_scheduler.config.num_train_timesteps
 
     @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent mean and std of (N, 3, H, W) pixels in [-1, 1], in the UNet's latent scale."""
+    def encode_images(self, pixels: torch.Tensor, device) -> torch.Tensor:
+        """Latent posterior means of (N, 3, H, W) pixels in [-1, 1], in the UNet's scale.
+
+        The mean, not a sample: it is what a UNet trained on deterministic latents saw, and a
+        VAE whose posterior variance stayed large (tiny-shapes': std about 1 against means
+        about 2) would otherwise feed the UNet noise it never learned from.
+        """
         vae = self._frozen.vae.to(device)
-        dist = vae.encode(pixels.to(device, vae.dtype)).latent_dist
+        mean = vae.encode(pixels.to(device, vae.dtype)).latent_dist.mean
         scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
-        mean, std = ((dist.mean - shift) * scale).float().cpu(), (dist.std * scale).float().cpu()
+        latents = ((mean - shift) * scale).float().cpu()
         vae.to("cpu")  # off the accelerator before training starts
-        return mean, std
+        return latents
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], device) -> torch.Tensor:
