@@ -32,6 +32,16 @@ EDIT_ROWS = [
 ]  # fmt: skip
 
 
+def subject_rows(model: str, identifier: str) -> list[dict]:
+    """Rows that place the fine-tuned subject in new prompts, on the fine-tuned model."""
+    return [
+        {"id": "subject-white", "prompt": f"a {identifier} circle on a white background",
+         "seed": 8, "num_images": 2, "model": model},
+        {"id": "subject-black", "prompt": f"a {identifier} circle on a black background",
+         "seed": 9, "model": model},
+    ]  # fmt: skip
+
+
 def sample_inputs(size: int = 64) -> dict[str, Image.Image]:
     """A scene (a white circle on black) and hard and soft masks over its centre."""
     scene = Image.new("RGB", (size, size), "black")

@@ -1,23 +1,49 @@
-"""`easel quickstart`: the main job end to end on the embedded model."""
+"""`easel quickstart`: the main job end to end on the embedded model.
+
+1. DreamBooth on tiny-shapes: class priors (through the sweep engine, cached by content), a
+   short Lightning run with checkpoints, the exported pipeline;
+2. a sweep over a sample manifest: text2img with negative prompts, several guidance scales
+   and schedulers, img2img, inpainting, and rows that use the new subject token on the
+   fine-tuned model. Everything is tracked in MLflow.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from easel import tracking
 from easel.data import storage
-from easel.data.samples import write_sample_manifest
+from easel.data.samples import EDIT_ROWS, SAMPLE_ROWS, subject_rows, write_sample_manifest
 from easel.flows.sweep import SweepParameters, print_summary, run_sweep
+
+QUICK_DREAMBOOTH = {  # a short run: enough to show the stages, minutes on a CPU
+    "max_steps": 60,
+    "checkpoint_every_n_steps": 20,
+    "num_class_images": 16,
+    "validation_prompts": [],
+}
 
 
 def add_command(subparsers) -> None:
     parser = subparsers.add_parser("quickstart", help="run the main job on the embedded model")
     parser.add_argument("--out", default="easel-out", help="output folder (default easel-out)")
+    parser.add_argument(
+        "--skip-dreambooth", action="store_true", help="only the sweep (no fine-tuning stage)"
+    )
     parser.set_defaults(run=run_quickstart)
 
 
 def run_quickstart(args: argparse.Namespace) -> int:
-    manifest = write_sample_manifest(storage.join(args.out, "inputs", "manifest.parquet"))
+    rows = SAMPLE_ROWS + EDIT_ROWS
+    if not args.skip_dreambooth:
+        from easel.flows.dreambooth import dreambooth_flow, tiny_shapes_config
+
+        config = tiny_shapes_config(storage.join(args.out, "dreambooth"), **QUICK_DREAMBOOTH)
+        result = dreambooth_flow(config)
+        print(f"dreambooth:      {result.pipeline}  (identifier {result.identifier!r})")
+        rows = rows + subject_rows(result.pipeline, result.identifier)
+    manifest = write_sample_manifest(storage.join(args.out, "inputs", "manifest.parquet"), rows)
     params = SweepParameters(
         manifest=manifest, out=storage.join(args.out, "sweep"), model="tiny-shapes",
         show_progress=sys.stderr.isatty(), experiment="easel-quickstart",
@@ -25,4 +51,5 @@ def run_quickstart(args: argparse.Namespace) -> int:
     summary = run_sweep(params)
     print(f"sample manifest: {manifest}")
     print_summary(summary)
+    print(f"see the runs:    mlflow ui --backend-store-uri {tracking.tracking_uri()}")
     return 1 if summary.rows_failed else 0
