@@ -9,6 +9,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import prefect  # noqa: E402, F401 - before any capsys test: Prefect's log handler binds stderr once
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
