@@ -16,7 +16,7 @@ from PIL import Image
 from easel.data import images
 from easel.data.jobs import BatchSettings, ImageRequest
 from easel.models.loading import LoadedModel
-from easel.models.schedulers import SCHEDULERS, build_scheduler, scheduler_name
+from easel.models.schedulers import SCHEDULERS, build_scheduler
 
 
 def native_size(model_path: str) -> int:
@@ -31,10 +31,6 @@ def native_size(model_path: str) -> int:
     with open(os.path.join(model_path, vae_folder, "config.json")) as f:
         vae_scale = 2 ** (len(json.load(f)["block_out_channels"]) - 1)
     return int(sample_size) * vae_scale
-
-
-def resolved_scheduler_name(loaded: LoadedModel, name: str | None) -> str:
-    return name or scheduler_name(loaded.pipeline.scheduler)
 
 
 def prompt_truncation_warning(loaded: LoadedModel, prompt: str) -> str | None:

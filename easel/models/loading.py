@@ -34,7 +34,8 @@ class LoadedModel:
     pipeline: object  # a diffusers DiffusionPipeline
 
 
-_CACHE: dict[tuple, LoadedModel] = {}
+_CACHE: dict[tuple, LoadedModel] = {}  # by content digest
+_BY_REFERENCE: dict[tuple, LoadedModel] = {}
 _LOCK = threading.Lock()
 
 
@@ -62,16 +63,20 @@ def load_model(
     ref: str, device: str | None = None, dtype: torch.dtype | None = None,
     trust_pickle: bool = False,
 ) -> LoadedModel:  # fmt: skip
-    """Resolve and load `ref`; the same (model, device, dtype) is loaded once per process."""
-    resolved = resolve_model_reference(ref)
+    """Resolve and load `ref` once per process and (device, dtype): later calls, one per
+    batch, neither list a remote model again nor re-digest its files."""
     device = device or default_device()
     dtype = dtype or default_dtype(device)
-    key = (resolved.digest, device, dtype)
     with _LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = _load(resolved, device, dtype, trust_pickle)
-        loaded = _CACHE[key]
-    return LoadedModel(model=resolved, family=loaded.family, pipeline=loaded.pipeline)
+        by_ref = (ref, device, dtype, trust_pickle)
+        if by_ref not in _BY_REFERENCE:
+            resolved = resolve_model_reference(ref)
+            by_content = (resolved.digest, device, dtype)  # two references, one model
+            if by_content not in _CACHE:
+                _CACHE[by_content] = _load(resolved, device, dtype, trust_pickle)
+            loaded = _CACHE[by_content]
+            _BY_REFERENCE[by_ref] = LoadedModel(resolved, loaded.family, loaded.pipeline)
+        return _BY_REFERENCE[by_ref]
 
 
 def _load(resolved: ResolvedModel, device: str, dtype: torch.dtype, trust_pickle: bool):
@@ -93,8 +98,3 @@ def _load(resolved: ResolvedModel, device: str, dtype: torch.dtype, trust_pickle
         raise ModelReferenceError(f"model {resolved.ref!r} could not be loaded: {error}") from error
     pipeline.set_progress_bar_config(disable=True)
     return LoadedModel(model=resolved, family=family, pipeline=pipeline.to(device))
-
-
-def clear_cache() -> None:
-    with _LOCK:
-        _CACHE.clear()

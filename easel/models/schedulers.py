@@ -29,16 +29,6 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
 }
 
 
-def scheduler_name(scheduler: SchedulerMixin) -> str:
-    """The easel name of a scheduler instance (its class name if easel has none)."""
-    for name, (cls, overrides) in SCHEDULERS.items():
-        if type(scheduler) is cls and all(
-            scheduler.config.get(k) == v for k, v in overrides.items()
-        ):
-            return name
-    return type(scheduler).__name__
-
-
 def build_scheduler(name: str, base_config) -> SchedulerMixin:
     """A fresh scheduler `name` sharing the model's betas and prediction type."""
     cls, overrides = SCHEDULERS[name]
