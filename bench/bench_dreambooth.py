@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 WARMUP_STEPS = 5
+VARIANTS = ("baseline", "easel", "easel-compile")
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -62,6 +63,7 @@ def _config(args, workdir: str):
         output=os.path.join(workdir, "out"),
         accelerator="gpu" if args.device == "cuda" else "cpu",
         seed=0,
+        compile_unet=args.variant == "easel-compile",
     )
 
 
@@ -72,9 +74,13 @@ def run_easel(args, workdir: str) -> dict:
     from easel.models.dreambooth.training import train
 
     config = _config(args, workdir)
-    times, losses = [], []
+    times, losses, started = [], [], []
 
     class Clock(pl.Callback):
+        def on_train_start(self, trainer, module):
+            _sync(args.device)
+            started.append(time.perf_counter())
+
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             _sync(args.device)
             times.append(time.perf_counter())
@@ -92,7 +98,7 @@ def run_easel(args, workdir: str) -> dict:
         enable_progress_bar=False,
     )
     shutil.rmtree(checkpoints, ignore_errors=True)
-    return {"times": times, "losses": losses}
+    return {"times": times, "losses": losses, "started": started[0]}
 
 
 def run_baseline(args, workdir: str) -> dict:
@@ -138,6 +144,7 @@ def run_baseline(args, workdir: str) -> dict:
     generator = torch.Generator().manual_seed(0)
     b = config.batch_size
     times, losses = [], []
+    started = time.perf_counter()
     for _ in range(config.max_steps):
         pick_i = torch.randint(len(instance), (b,), generator=generator)
         pick_c = torch.randint(len(classes), (b,), generator=generator)
@@ -166,7 +173,7 @@ def run_baseline(args, workdir: str) -> dict:
         _sync(device)
         times.append(time.perf_counter())
         losses.append(float(loss))
-    return {"times": times, "losses": losses}
+    return {"times": times, "losses": losses, "started": started}
 
 
 def _prepare(args, workdir: str) -> None:
@@ -203,6 +210,7 @@ def _summary(name: str, result: dict, args) -> dict:
     return {
         "variant": name,
         "steps_per_s": round(steps_per_s, 3),
+        "warmup_s": round(times[WARMUP_STEPS] - result["started"], 1),  # incl. any compile
         "peak_memory_mb": round(result["peak_memory_mb"], 1),
         "loss_first_quarter": round(sum(losses[:window]) / window, 4),
         "loss_last_quarter": round(sum(losses[-window:]) / window, 4),
@@ -220,7 +228,12 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--variant", choices=["easel", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--variants",
+        default="baseline,easel",
+        help="comma-separated, in order: baseline, easel, easel-compile (torch.compile'd UNet)",
+    )
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-dreambooth-")
 
@@ -228,13 +241,16 @@ def main() -> None:
         _prepare(args, workdir)
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        result = (run_easel if args.variant == "easel" else run_baseline)(args, workdir)
+        result = (run_baseline if args.variant == "baseline" else run_easel)(args, workdir)
         result["peak_memory_mb"] = _peak_memory_mb(args.device)
         print("RESULT " + json.dumps(result))
         return
 
+    variants = args.variants.split(",")
+    if unknown := sorted(set(variants) - set(VARIANTS)):
+        parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     rows = []
-    for variant in ("baseline", "easel"):
+    for variant in variants:
         command = [
             sys.executable,
             __file__,
@@ -265,11 +281,13 @@ def main() -> None:
             indent=1,
         )
     )
-    speedup = rows[1]["steps_per_s"] / rows[0]["steps_per_s"]
-    print(
-        f"speedup easel/baseline: {speedup:.2f}x; peak memory easel/baseline: "
-        f"{rows[1]['peak_memory_mb'] / rows[0]['peak_memory_mb']:.2f}"
-    )
+    baseline = next((row for row in rows if row["variant"] == "baseline"), None)
+    for row in rows:
+        if baseline and row is not baseline:
+            print(
+                f"{row['variant']}/baseline: {row['steps_per_s'] / baseline['steps_per_s']:.2f}x "
+                f"steps/s, {row['peak_memory_mb'] / baseline['peak_memory_mb']:.2f}x peak memory"
+            )
 
 
 if __name__ == "__main__":

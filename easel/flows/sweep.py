@@ -23,14 +23,8 @@ from easel.data import storage
 from easel.data.jobs import chunk_batches
 from easel.data.manifest import SweepDefaults
 from easel.flows.config import load_parameters
-from easel.tasks.sweep import (
-    SweepInputs,
-    SweepSummary,
-    generate_images,
-    plan_sweep,
-    plan_sweep_task,
-    write_results,
-)
+from easel.models.sweep_engine import SweepInputs, plan_sweep
+from easel.tasks.sweep import SweepSummary, generate_images, plan_sweep_task, write_results
 
 
 class SweepParameters(BaseModel):

@@ -107,6 +107,7 @@ def build_module(config: DreamBoothConfig, model_dir: str) -> DreamBoothModule:
         prior_loss_weight=config.prior_loss_weight,
         snr_gamma=config.snr_gamma,
         offset_noise=config.offset_noise,
+        compile_unet=config.compile_unet,
     )
 
 

@@ -1,0 +1,154 @@
+"""Sweep engine throughput at Stable Diffusion 1.5 size: easel's planning, batching,
+per-image generators and background writer against bare diffusers loops, no orchestration.
+
+    python bench/bench_sweep_engine.py --model sd15 --rows 32 --batch-size 8   # GPU
+    python bench/bench_sweep_engine.py --model tiny-shapes --rows 16           # CPU
+
+`--model sd15` builds random weights with SD1.5's shapes (nothing is downloaded); any easel
+model reference works too. Variants, on the same loaded pipeline and the same rows:
+(a) a bare loop, one pipeline call per row (batch 1); (b) a bare loop with easel's batches;
+(c) easel's engine (`easel.models.sweep_engine`: validate the manifest, plan, generate,
+write PNGs and record shards), and (d) the same command again into the same output,
+which finds everything recorded and generates nothing. The Prefect flow adds its server
+and task overhead on top; bench/bench_sweep.py measures that on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+SHAPES = ["circle", "square", "triangle", "star", "heart", "cross"]
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
+
+
+def manifest_rows(n: int) -> list[dict]:
+    return [
+        {
+            "id": f"row-{i:03d}",
+            "prompt": f"a {COLOURS[i % 8]} {SHAPES[i % 6]} on a {COLOURS[(i + 3) % 8]} background",
+            "seed": 1000 + i,
+        }
+        for i in range(n)
+    ]
+
+
+def timed(function, sync) -> float:
+    start = time.perf_counter()
+    function()
+    sync()
+    return time.perf_counter() - start
+
+
+def bare_loop(pipe, rows, args, batch_size) -> None:
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        pipe(
+            [r["prompt"] for r in chunk],
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            generator=[torch.Generator().manual_seed(r["seed"]) for r in chunk],
+        )
+
+
+def engine_inputs(manifest: str, out: str, model: str, args):
+    from easel.data.manifest import SweepDefaults
+    from easel.models.sweep_engine import SweepInputs
+
+    defaults = SweepDefaults(
+        model=model,
+        guidance_scale=args.guidance,
+        num_inference_steps=args.steps,
+        max_pixels=4096 * 4096,
+    )
+    return SweepInputs(
+        manifest=manifest,
+        out=out,
+        defaults=defaults,
+        input_roots=(),
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=None,
+        trust_pickle=False,
+    )
+
+
+def run_engine(inputs) -> int:
+    from easel.models.sweep_engine import generate_batches, plan_sweep
+
+    _, plan = plan_sweep(inputs)
+    return generate_batches(inputs, plan.batches, run_id=None).ok
+
+
+def model_path(args, work: str) -> str:
+    if args.model != "sd15":
+        return args.model
+    from easel.models.dreambooth.random_pipeline import build_random_pipeline
+
+    folder = os.path.join(work, "sd15")
+    build_random_pipeline(folder, size="sd15")
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny-shapes")
+    parser.add_argument("--rows", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", help="write the figures here too")
+    args = parser.parse_args()
+
+    from easel.models.loading import load_model
+
+    work = tempfile.mkdtemp(prefix="easel-bench-engine-")
+    model = model_path(args, work)
+    rows = manifest_rows(args.rows)
+    manifest = os.path.join(work, "manifest.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), manifest)
+    pipe = load_model(model, args.device).pipeline  # the pipeline the engine will use
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    timed(lambda: bare_loop(pipe, rows[:2], args, 2), sync)  # warm-up
+    out = os.path.join(work, "out")
+    inputs = engine_inputs(manifest, out, model, args)
+    seconds = {
+        "a_bare_batch1": timed(lambda: bare_loop(pipe, rows, args, 1), sync),
+        "b_bare_batched": timed(lambda: bare_loop(pipe, rows, args, args.batch_size), sync),
+        "c_easel_engine": timed(lambda: run_engine(inputs), sync),
+        "d_easel_rerun_nothing_to_do": timed(lambda: run_engine(inputs), sync),
+    }
+    images = len(os.listdir(os.path.join(out, "images")))
+    figures = {
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "model": args.model,
+        "dtype": str(pipe.unet.dtype),
+        "size": pipe.unet.config.sample_size * pipe.vae_scale_factor,
+        "rows": args.rows,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "row_folders_written": images,
+        **{f"{name}_s": round(value, 2) for name, value in seconds.items()},
+        "images_per_s_easel": round(args.rows / seconds["c_easel_engine"], 2),
+        "speedup_vs_a": round(seconds["a_bare_batch1"] / seconds["c_easel_engine"], 2),
+        "ratio_vs_b": round(seconds["b_bare_batched"] / seconds["c_easel_engine"], 2),
+    }
+    print(json.dumps(figures, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
