@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One lent-GPU session's measurements, in priority order, each part under its own timeout
+# so a slow part cannot starve the rest. Results go to $OUT (or ./gpu-results).
+#   bash bench/gpu_session.sh
+# Wheels for what the GPU image lacks (diffusers, pydantic, ...) may sit in .whl/.
+set -u
+OUT=${OUT:-gpu-results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+PY=python3
+
+install_missing() {  # module wheel-glob...
+  local module=$1; shift
+  $PY -c "import $module" 2>/dev/null || $PY -m pip install -q --no-deps --no-index "$@"
+}
+if [ -d .whl ]; then
+  install_missing diffusers .whl/diffusers-*.whl
+  install_missing importlib_metadata .whl/importlib_metadata-*.whl
+  install_missing pydantic .whl/pydantic-*.whl .whl/pydantic_core-*.whl \
+    .whl/annotated_types-*.whl .whl/typing_inspection-*.whl
+fi
+$PY -c "import torch, diffusers, transformers, pytorch_lightning, peft, pydantic
+print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers',
+      transformers.__version__, 'lightning', pytorch_lightning.__version__,
+      torch.cuda.get_device_name())" 2>&1 | tee "$OUT/versions.txt"
+
+WORK=/tmp/easel-bench
+mkdir -p "$WORK"
+part() {  # name seconds command...
+  local name=$1 seconds=$2; shift 2
+  echo "=== $name ($(date +%T))"
+  timeout "$seconds" "$@" > "$OUT/$name.txt" 2>&1
+  echo "rc=$?" >> "$OUT/$name.txt"
+  grep -v -E "Warning|warn|deprecat|^\s*$" "$OUT/$name.txt" | tail -n 40
+}
+
+part dreambooth_fp16_b1 300 $PY bench/bench_dreambooth.py --model sd15 --resolution 512 \
+  --steps 40 --precision 16-mixed --variants baseline,easel,easel-compile --workdir "$WORK/db"
+part sweep_engine_sd15 120 $PY bench/bench_sweep_engine.py --model "$WORK/db/model-sd15" \
+  --rows 32 --batch-size 8 --steps 20 --json "$OUT/sweep_engine_sd15.json"
+part dreambooth_bf16_b2 165 $PY bench/bench_dreambooth.py --model sd15 --resolution 512 \
+  --steps 40 --precision bf16-mixed --batch-size 2 --variants baseline,easel-compile \
+  --workdir "$WORK/db"
+echo "=== done ($(date +%T))"
