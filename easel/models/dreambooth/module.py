@@ -182,9 +182,7 @@ class DreamBoothModule(pl.LightningModule):
         from diffusers.optimization import get_scheduler
 
         parameters = [p for p in self.parameters() if p.requires_grad]
-        # One fused kernel for the whole update on CUDA instead of a few per parameter group.
-        fused = all(p.is_cuda for p in parameters)
-        optimizer = torch.optim.AdamW(parameters, lr=self.hparams.learning_rate, fused=fused)
+        optimizer = torch.optim.AdamW(parameters, lr=self.hparams.learning_rate)
         schedule = get_scheduler(
             self.hparams.lr_scheduler,
             optimizer,
