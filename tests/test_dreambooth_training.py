@@ -122,3 +122,15 @@ def test_lora_export_is_loadable_and_names_its_base(tmp_path, workspace):
     image_fused = fused(**kwargs, generator=torch.Generator().manual_seed(0)).images
     image_adapter = base(**kwargs, generator=torch.Generator().manual_seed(0)).images
     assert abs(image_fused - image_adapter).max() < 1e-3  # the fused export = base + adapter
+
+
+def test_compiled_unet_keeps_parameter_names(workspace):
+    """`compile_unet` compiles in place: checkpoints and exports see the same names."""
+    from easel.models.dreambooth.module import DreamBoothModule
+
+    plain = DreamBoothModule(workspace["model"])
+    compiled = DreamBoothModule(workspace["model"], compile_unet=True)
+    assert compiled.unet._compiled_call_impl is not None
+    assert plain.unet._compiled_call_impl is None
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    assert not any("_orig_mod" in name for name in compiled.state_dict())
