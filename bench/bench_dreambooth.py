@@ -64,6 +64,8 @@ def _config(args, workdir: str):
         accelerator="gpu" if args.device == "cuda" else "cpu",
         seed=0,
         compile_unet=args.variant == "easel-compile",
+        method=args.method,
+        lora_rank=args.lora_rank,
     )
 
 
@@ -117,6 +119,11 @@ def run_baseline(args, workdir: str) -> dict:
     mixed = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(config.precision)
     frozen_dtype = mixed or torch.float32
     unet = UNet2DConditionModel.from_pretrained(config.model, subfolder="unet").to(device).train()
+    if config.method == "lora":  # the same adapter as easel's: rank, targets, init
+        from easel.models.dreambooth.module import LORA_UNET_TARGETS, lora_config
+
+        unet.requires_grad_(False)
+        unet.add_adapter(lora_config(config.lora_rank, LORA_UNET_TARGETS))
     vae = (
         AutoencoderKL.from_pretrained(config.model, subfolder="vae")
         .to(device, frozen_dtype)
@@ -128,7 +135,8 @@ def run_baseline(args, workdir: str) -> dict:
     text_encoder.requires_grad_(False)
     tokenizer = CLIPTokenizer.from_pretrained(config.model, subfolder="tokenizer")
     scheduler = DDPMScheduler.from_pretrained(config.model, subfolder="scheduler")
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate)
+    trainable = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
     lr_schedule = get_scheduler(config.lr_scheduler, optimizer, num_training_steps=config.max_steps)
     scaler = torch.amp.GradScaler(device, enabled=config.precision == "16-mixed")
 
@@ -165,7 +173,7 @@ def run_baseline(args, workdir: str) -> dict:
         loss = per_example[:b].mean() + config.prior_loss_weight * per_example[b:].mean()
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), MAX_GRAD_NORM)
+        torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
         scaler.step(optimizer)
         scaler.update()
         lr_schedule.step()
@@ -226,6 +234,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--learning-rate", type=float, default=1e-5)
+    parser.add_argument("--method", choices=["full", "lora"], default="full")
+    parser.add_argument("--lora-rank", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workdir", default=None)
     parser.add_argument(
@@ -276,6 +286,7 @@ def main() -> None:
                 "resolution": args.resolution,
                 "batch": f"{args.batch_size} instance + {args.batch_size} class",
                 "precision": args.precision,
+                "method": args.method,
                 "results": rows,
             },
             indent=1,

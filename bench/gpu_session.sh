@@ -34,11 +34,12 @@ part() {  # name seconds command...
   grep -v -E "Warning|warn|deprecat|^\s*$" "$OUT/$name.txt" | tail -n 40
 }
 
-part dreambooth_fp16_b1 300 $PY bench/bench_dreambooth.py --model sd15 --resolution 512 \
-  --steps 40 --precision 16-mixed --variants baseline,easel,easel-compile --workdir "$WORK/db"
+# Measured 2026-11-26 (bench/README.md, BENCHMARKS.md): full fp16 1+1 with and without
+# compile, and the sweep engine. Still to measure, in this order:
+part dreambooth_lora_fp16_b1 200 $PY bench/bench_dreambooth.py --model sd15 --resolution 512 \
+  --steps 40 --precision 16-mixed --method lora --variants baseline,easel --workdir "$WORK/db"
+part dreambooth_bf16_b2 200 $PY bench/bench_dreambooth.py --model sd15 --resolution 512 \
+  --steps 40 --precision bf16-mixed --batch-size 2 --variants baseline,easel --workdir "$WORK/db"
 part sweep_engine_sd15 120 $PY bench/bench_sweep_engine.py --model "$WORK/db/model-sd15" \
   --rows 32 --batch-size 8 --steps 20 --json "$OUT/sweep_engine_sd15.json"
-part dreambooth_bf16_b2 165 $PY bench/bench_dreambooth.py --model sd15 --resolution 512 \
-  --steps 40 --precision bf16-mixed --batch-size 2 --variants baseline,easel-compile \
-  --workdir "$WORK/db"
 echo "=== done ($(date +%T))"
