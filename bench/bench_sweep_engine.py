@@ -27,20 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-SHAPES = ["circle", "square", "triangle", "star", "heart", "cross"]
-COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
-
-
-def manifest_rows(n: int) -> list[dict]:
-    return [
-        {
-            "id": f"row-{i:03d}",
-            "prompt": f"a {COLOURS[i % 8]} {SHAPES[i % 6]} on a {COLOURS[(i + 3) % 8]} background",
-            "seed": 1000 + i,
-        }
-        for i in range(n)
-    ]
+from bench_sweep import manifest_rows  # noqa: E402  the same 64-row manifest
 
 
 def timed(function, sync) -> float:
