@@ -13,6 +13,7 @@ import json
 import math
 import posixpath
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,16 +160,30 @@ def derived_seed(row_id: str) -> int:
     return int(hashlib.sha256(row_id.encode()).hexdigest()[:8], 16)
 
 
+def check_manifest(uri: str) -> Manifest:
+    """Read the manifest and check what invalidates it as a whole (files, schema, `prompt`
+    column, duplicate ids), without validating its rows one by one."""
+    manifest = read_manifest(uri)
+    unique_row_ids(manifest.table.to_pylist(), manifest.uri)
+    return manifest
+
+
+def unique_row_ids(rows: list[dict[str, Any]], uri: str) -> list[str]:
+    """Each row's id, given or derived; `InvalidInput` if two rows share one."""
+    ids = [_row_id(values) for values in rows]
+    duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if duplicates:
+        shown = ", ".join(repr(i) for i in duplicates[:5])
+        raise InvalidInput(f"manifest {uri!r}: column `id` has duplicate values: {shown}")
+    return ids
+
+
 def validate_manifest(
     manifest: Manifest, defaults: SweepDefaults, input_roots: list[str] = ()
 ) -> tuple[list[RowJob], list[RowFailure]]:
     """Validate every row. Duplicate ids invalidate the manifest as a whole."""
     rows = manifest.table.to_pylist()
-    ids = [_row_id(values) for values in rows]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        shown = ", ".join(repr(i) for i in duplicates[:5])
-        raise InvalidInput(f"manifest {manifest.uri!r}: column `id` has duplicate values: {shown}")
+    ids = unique_row_ids(rows, manifest.uri)
     roots = [manifest.root, *input_roots]
     jobs, failures = [], []
     for index, (values, row_id) in enumerate(zip(rows, ids, strict=False)):

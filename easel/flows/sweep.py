@@ -19,11 +19,11 @@ from prefect.artifacts import (
 from pydantic import BaseModel, ConfigDict, Field
 
 from easel import tracking
-from easel.data import storage
+from easel.data import manifest, storage
 from easel.data.jobs import chunk_batches
 from easel.data.manifest import SweepDefaults
 from easel.flows.config import load_parameters
-from easel.models.sweep_engine import SweepInputs, plan_sweep
+from easel.models.sweep_engine import SweepInputs
 from easel.tasks.sweep import SweepSummary, generate_images, plan_sweep_task, write_results
 
 
@@ -182,8 +182,9 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 
 def run_sweep(params: SweepParameters) -> SweepSummary:
-    """Check the manifest as a whole first (exit 2, nothing generated), then run the flow."""
-    plan_sweep(params.inputs())
+    """Check the manifest as a whole first (exit 2, no flow run, nothing generated), then run
+    the flow, which validates each row (a bad row fails alone)."""
+    manifest.check_manifest(params.manifest)
     return sweep_flow(params)
 
 
