@@ -1,18 +1,16 @@
 """Random-weight Stable Diffusion pipelines built from config, for tests and benchmarks.
 
-Nothing is downloaded: the tokenizer's vocabulary is written here (a byte-level BPE over
-single characters plus whole words the tests use), the networks get random weights.
+Nothing is downloaded: the tokenizer is tiny-shapes' kind (byte-level BPE, whole words for
+the words the tests use), the networks get random weights.
 `tiny` is a few hundred thousand parameters for CPU tests; `sd15` has the shapes of
 Stable Diffusion 1.5 for benchmarks on an accelerator.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-
 import torch
+
+from easel.models.tiny_shapes import build_tokenizer
 
 # Words that get a single token each, so prompts like "a photo of sks shape" are short.
 _WORDS = [
@@ -37,47 +35,6 @@ _WORDS = [
 ]
 
 
-def _byte_symbols() -> list[str]:
-    """The 256 printable characters byte-level BPE uses for the bytes 0..255 (GPT-2 scheme:
-    printable Latin-1 bytes stand for themselves, the rest map to code points from 256)."""
-    printable = (
-        set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    )
-    extra = iter(range(256, 512))
-    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
-
-
-def _write_tokenizer(folder: str, max_length: int) -> None:
-    symbols = _byte_symbols()
-    vocab: dict[str, int] = {}
-    for symbol in symbols:
-        vocab.setdefault(symbol, len(vocab))
-        vocab.setdefault(symbol + "</w>", len(vocab))
-    merges = []
-    for word in _WORDS:
-        # Merge left to right: "sks</w>" <- "s" + "k" -> "sk" + "s</w>".
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(pieces) > 1:
-            merges.append(f"{pieces[0]} {pieces[1]}")
-            pieces = [pieces[0] + pieces[1]] + pieces[2:]
-            vocab.setdefault(pieces[0], len(vocab))
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "vocab.json"), "w") as f:
-        json.dump(vocab, f)
-    with open(os.path.join(folder, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
-    from transformers import CLIPTokenizer
-
-    tokenizer = CLIPTokenizer(
-        os.path.join(folder, "vocab.json"),
-        os.path.join(folder, "merges.txt"),
-        model_max_length=max_length,
-    )
-    tokenizer.save_pretrained(folder)
-
-
 def build_random_pipeline(
     folder: str, size: str = "tiny", seed: int = 0, prediction_type: str = "epsilon"
 ) -> str:
@@ -88,7 +45,7 @@ def build_random_pipeline(
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     if size == "tiny":
@@ -144,10 +101,15 @@ def build_random_pipeline(
     else:
         raise ValueError(f"`size` must be 'tiny' or 'sd15' but is {size!r}")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        _write_tokenizer(tmp, max_length)
-        tokenizer = CLIPTokenizer.from_pretrained(tmp)
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), **text_config))
+    tokenizer = build_tokenizer(_WORDS, max_length)
+    special_ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(vocab_size=len(tokenizer), **special_ids, **text_config)
+    )
     scheduler = DDPMScheduler(
         beta_schedule="scaled_linear",
         beta_start=0.00085,
