@@ -2,7 +2,11 @@
 
 Each suite of `easel.models.evaluation.EVAL_SUITES` runs as one task; the report is a table
 on the terminal, `report.json` in `--out`, and an MLflow run with every metric and the
-suites' sample grids."""
+suites' sample grids.
+
+The DreamBooth suites (`evaluation.SUBJECT_SUITES`) score a fine-tuned `model` against
+`base_model` on the subject it was taught (`instance_data`, `instance_prompt`,
+`class_prompt`); they are the default when `instance_data` is given."""
 
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ import os
 from dataclasses import replace
 
 from prefect import flow
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from easel import tracking
+from easel.errors import InvalidInput
 from easel.flows.config import load_parameters
 from easel.models import evaluation
 
@@ -24,7 +29,10 @@ QUICK = {
     "diversity_prompts": 2,
     "diversity_seeds": 3,
     "judge_images": 100,
+    "subject_images": 8,
+    "world_images": 128,
 }
+SUBJECT_FIELDS = ("base_model", "instance_data", "instance_prompt", "class_prompt")
 
 
 class EvalParameters(BaseModel):
@@ -33,7 +41,16 @@ class EvalParameters(BaseModel):
     model: str = Field("tiny-shapes", description="model reference (SPEC §4)")
     judge: str | None = Field(None, description="judge folder (default: the committed judge)")
     out: str = Field("easel-out/eval", description="folder for report.json and sample grids")
-    suites: list[str] = Field(default_factory=lambda: list(evaluation.EVAL_SUITES))
+    suites: list[str] | None = Field(
+        None, description="default: the DreamBooth suites with `instance_data`, else the others"
+    )
+    base_model: str | None = Field(None, description="the model `model` was fine-tuned from")
+    instance_data: str | None = Field(None, description="folder of the subject's images")
+    instance_prompt: str | None = Field(None, description="with the identifier: 'a sks circle'")
+    class_prompt: str | None = Field(None, description="without it: 'a circle'")
+    subject_images: int = Field(
+        evaluation.EvalSettings.subject_images, ge=2, le=4096, description="per prompt and model"
+    )
     guidance_scale: float = Field(evaluation.EvalSettings.guidance_scale, ge=0)
     num_inference_steps: int = Field(evaluation.EvalSettings.num_inference_steps, ge=1, le=500)
     seed: int = 0
@@ -42,17 +59,47 @@ class EvalParameters(BaseModel):
 
     @field_validator("suites")
     @classmethod
-    def _known_suites(cls, suites: list[str]) -> list[str]:
-        unknown = [s for s in suites if s not in evaluation.EVAL_SUITES]
+    def _known_suites(cls, suites: list[str] | None) -> list[str] | None:
+        unknown = [s for s in suites or [] if s not in evaluation.EVAL_SUITES]
         if unknown:
             raise ValueError(f"unknown suites {unknown}; known: {list(evaluation.EVAL_SUITES)}")
         return suites
+
+    @model_validator(mode="after")
+    def _default_suites(self) -> EvalParameters:
+        if self.suites is None:
+            chosen = evaluation.SUBJECT_SUITES if self.instance_data else evaluation.MODEL_SUITES
+            self.suites = list(chosen)
+        return self
+
+    def subject(self) -> dict[str, str] | None:
+        """`instance_data`, `instance_prompt`, `class_prompt` when a DreamBooth suite is chosen
+        (None otherwise); one InvalidInput naming the first missing field or empty folder."""
+        chosen = [s for s in self.suites if s in evaluation.SUBJECT_SUITES]
+        if not chosen:
+            return None
+        for name in SUBJECT_FIELDS:
+            if not getattr(self, name):
+                raise InvalidInput(
+                    f"suite {chosen[0]!r} needs `{name}` (--{name.replace('_', '-')}) but it "
+                    f"is not set"
+                )
+        from easel.data import storage
+        from easel.data.dreambooth import list_images
+
+        if not storage.exists(self.instance_data) or not list_images(self.instance_data):
+            raise InvalidInput(
+                f"`instance_data` must be a folder of images but {self.instance_data!r} "
+                f"does not exist or holds none"
+            )
+        return {name: getattr(self, name) for name in SUBJECT_FIELDS[1:]}
 
     def settings(self) -> evaluation.EvalSettings:
         settings = evaluation.EvalSettings(
             guidance_scale=self.guidance_scale,
             num_inference_steps=self.num_inference_steps,
             seed=self.seed,
+            subject_images=self.subject_images,
         )
         return replace(settings, **QUICK) if self.quick else settings
 
@@ -66,6 +113,8 @@ def eval_flow(params: EvalParameters) -> dict:
     from easel.tasks.tiny_shapes import eval_suite_task, write_report_task
 
     resolved = resolve_model_reference(params.model)
+    subject = params.subject()
+    base = resolve_model_reference(params.base_model) if subject else None
     settings = params.settings()
     tracking.configure_mlflow()
     mlflow.set_experiment(params.experiment)
@@ -76,10 +125,20 @@ def eval_flow(params: EvalParameters) -> dict:
                 "model_digest": resolved.digest,
                 "judge": params.judge or "committed",
             }
+            | ({"base_model": params.base_model, "base_model_digest": base.digest} if base else {})
+            | (subject or {})
             | {f"settings.{k}": v for k, v in settings.__dict__.items()}
         )
         suites = {
-            name: eval_suite_task(name, resolved.path, params.judge, settings, params.out)
+            name: eval_suite_task(
+                name,
+                resolved.path,
+                params.judge,
+                settings,
+                params.out,
+                base_model_path=base.path if base else None,
+                subject=subject,
+            )
             for name in params.suites
         }
         metrics = {k: v for suite in suites.values() for k, v in suite["metrics"].items()}
@@ -87,6 +146,8 @@ def eval_flow(params: EvalParameters) -> dict:
         report = {
             "model": params.model,
             "model_digest": resolved.digest,
+            "base_model": params.base_model if base else None,
+            "subject": subject,
             "settings": settings.__dict__,
             "metrics": metrics,
             "rows": [row for suite in suites.values() for row in suite["rows"]],
@@ -120,13 +181,27 @@ def add_command(subparsers) -> None:
     parser.add_argument("--out", help="folder for report.json and grids (default easel-out/eval)")
     parser.add_argument("--config", help="YAML file of eval parameters")
     parser.add_argument(
-        "--suite", action="append", dest="suites", help="a suite to run (repeatable; default all)"
+        "--suite",
+        action="append",
+        dest="suites",
+        help="a suite to run (repeatable; default: the DreamBooth suites with --instance-data, "
+        "else the model suites)",
     )
     parser.add_argument("--guidance-scale", type=float)
     parser.add_argument("--steps", type=int, dest="num_inference_steps")
     parser.add_argument("--seed", type=int)
     parser.add_argument(
         "--quick", action="store_true", default=None, help="small samples (a smoke check)"
+    )
+    subject = parser.add_argument_group(
+        "DreamBooth suites", "score a fine-tuned --model against --base-model on its subject"
+    )
+    subject.add_argument("--base-model", help="the model --model was fine-tuned from")
+    subject.add_argument("--instance-data", help="folder of the subject's instance images")
+    subject.add_argument("--instance-prompt", help="prompt with the identifier: 'a sks circle'")
+    subject.add_argument("--class-prompt", help="prompt of the class: 'a circle'")
+    subject.add_argument(
+        "--subject-images", type=int, help="generations per prompt and model (default 48)"
     )
     parser.set_defaults(run=run_eval_command)
 
@@ -141,6 +216,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
         "num_inference_steps",
         "seed",
         "quick",
+        *SUBJECT_FIELDS,
+        "subject_images",
     )
     params = load_parameters(EvalParameters, args.config, {k: getattr(args, k) for k in keys})
     if params.judge is not None and not os.path.exists(os.path.join(params.judge, "config.json")):
@@ -150,6 +227,11 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from easel.models.references import resolve_model_reference
 
     resolve_model_reference(params.model)  # a bad reference fails here: exit 2, nothing generated
+    if params.subject():
+        try:
+            resolve_model_reference(params.base_model)
+        except InvalidInput as error:
+            raise InvalidInput(f"`base_model`: {error}") from None
     report = eval_flow(params)
     print(format_table(report["rows"]))
     print(f"report:      {report['report_path']}")

@@ -197,6 +197,14 @@ def _load_pipeline(model_path: str):
     return pipeline.to("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _load_subject(instance_data: str, instance_prompt: str, class_prompt: str):
+    from easel.data.dreambooth import list_images
+    from easel.data.images import open_image
+
+    images = [open_image(uri, "instance_data").convert("RGB") for uri in list_images(instance_data)]
+    return evaluation.Subject(images, instance_prompt, class_prompt)
+
+
 @task(name="eval-suite")
 def eval_suite_task(
     name: str,
@@ -204,9 +212,20 @@ def eval_suite_task(
     judge_path: str | None,
     settings: evaluation.EvalSettings,
     out_dir: str,
+    base_model_path: str | None = None,
+    subject: dict[str, str] | None = None,
 ) -> dict:
-    """Run one suite; write its sample grid to `out_dir/<name>.png`; return metrics and rows."""
-    context = evaluation.EvalContext(_load_pipeline(model_path), Judge.load(judge_path), settings)
+    """Run one suite; write its sample grid to `out_dir/<name>.png`; return metrics and rows.
+
+    The DreamBooth suites also take the base model and `subject`: `instance_data`,
+    `instance_prompt` and `class_prompt`."""
+    context = evaluation.EvalContext(
+        _load_pipeline(model_path),
+        Judge.load(judge_path),
+        settings,
+        base_pipeline=_load_pipeline(base_model_path) if base_model_path else None,
+        subject=_load_subject(**subject) if subject else None,
+    )
     result = evaluation.run_suites(context, [name])[name]
     grid = None
     if result.images:
