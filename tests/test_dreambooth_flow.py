@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import mlflow
+import pyarrow.parquet as pq
 import torch
 import yaml
 from dreambooth_fixtures import make_workspace, tiny_config
@@ -36,6 +37,8 @@ def test_dreambooth_command_trains_exports_validates_and_registers(
 
     priors = sorted((out / "class_priors").glob("*/images/*/*.png"))  # the content-addressed cache
     assert len(priors) == 3
+    results = pq.read_table(next((out / "class_priors").glob("*/results.parquet")))
+    assert set(results.column("guidance_scale").to_pylist()) == {1.0}  # class_guidance_scale
     assert sorted(p.name for p in (out / "checkpoints").glob("*.ckpt")) == [
         "step=00000002.ckpt",
         "step=00000004.ckpt",

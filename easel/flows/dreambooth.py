@@ -55,6 +55,7 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
                 PriorsParameters(
                     class_prompt=config.class_prompt,
                     num_images=config.num_class_images,
+                    guidance_scale=config.class_guidance_scale,
                     out=config.class_priors_dir or f"{config.output}/class_priors",
                     model=config.model,
                     seed=config.seed,

@@ -28,7 +28,9 @@ class PriorsParameters(BaseModel):
     negative_prompt: str | None = None
     scheduler: str | None = None
     num_inference_steps: int = Field(20, ge=1, le=500)
-    guidance_scale: float = Field(7.5, ge=0)
+    # 1: no guidance, so the images are samples of the model's own class distribution, the
+    # one DreamBooth's prior loss should preserve (see DreamBoothConfig.class_guidance_scale)
+    guidance_scale: float = Field(1.0, ge=0)
     width: int | None = Field(None, ge=8, le=4096, multiple_of=8)
     height: int | None = Field(None, ge=8, le=4096, multiple_of=8)
     seed: int = Field(0, ge=0)

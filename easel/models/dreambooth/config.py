@@ -42,6 +42,11 @@ class DreamBoothConfig(BaseModel):
     prior_preservation: bool = True
     prior_loss_weight: float = Field(1.0, ge=0)
     num_class_images: int = Field(100, ge=1, le=10_000)
+    # Class images are sampled without guidance by default: then they are samples of the
+    # model's own "class_prompt" distribution, which the prior loss keeps where it is. Guided
+    # samples (e.g. 7.5) are a sharper distribution; training on them moves the class prompt
+    # towards it and guidance at inference sharpens it again (bench/README.md measures this).
+    class_guidance_scale: float = Field(1.0, ge=0)
     class_data: str | None = None  # a folder of class images to use instead of generating them
     class_priors_dir: str | None = None  # the class-prior cache root; default <output>/class_priors
 
