@@ -1,17 +1,19 @@
-"""DreamBooth quality on tiny-shapes, scored by the judge: subject fidelity and prior
-preservation, for the base model and DreamBooth with and without the prior loss.
+"""DreamBooth quality on tiny-shapes, through the real commands: `easel dreambooth` trains
+each variant, `easel eval` scores it against the base model with the judge (the DreamBooth
+suites `subject_fidelity`, `prior_preservation`, `dreambooth_diversity`; definitions in
+docs/tiny-shapes.md). This script only writes the subject's images, runs the commands and
+gathers their `report.json` files into one table.
 
-The subject is a green circle (a pair tiny-shapes never saw together) bound to "sks":
-instance prompt "a sks circle", class prompt "a circle".
+Subject: a `--color` `--shape` (default a blue star, a pair tiny-shapes never saw together)
+on varied backgrounds, 5 images, bound to "sks": instance prompt "a sks star", class prompt
+"a star". Variants, all from the `dreambooth-tiny` preset:
 
-- subject fidelity: for "a sks circle", the mean cosine similarity of the judge features of
-  generations to the mean feature of the instance images, and the fraction the judge reads
-  as a green circle;
-- prior preservation: for "a circle", the distance of the mean judge feature from the base
-  model's (same seeds), the fraction read as green (the subject leaking into its class) and
-  the diversity (mean pairwise cosine distance of features).
+- `no_prior`: instance loss only;
+- `prior`: plus the prior loss on class images sampled without guidance (the default);
+- `prior_guided_classes`: the same with class images sampled at guidance 7.5.
 
-    python bench/quality_dreambooth.py [--steps 150] [--images 48] [--out DIR]
+    python bench/quality_dreambooth.py [--out DIR] [--steps 400] [--class-images 400]
+                                       [--images 48] [--shape circle --color green]
 """
 
 from __future__ import annotations
@@ -19,147 +21,113 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import subprocess
 import sys
-import tempfile
 
-import torch
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, REPO)
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+PRESET = os.path.join(REPO, "easel", "configs", "dreambooth-tiny.yaml")
+VARIANTS = {
+    "no_prior": ["prior_preservation=false"],
+    "prior": [],
+    "prior_guided_classes": ["class_guidance_scale=7.5"],
+}
+COLUMNS = {  # table column -> metric under the report's metrics, {case} filled per row
+    "subject feature sim": "subject_fidelity/{case}/feature_similarity",
+    "read as subject": "subject_fidelity/{case}/subject_rate",
+    "class: sim to base, same seed": "prior_preservation/{case}/base_similarity",
+    "class: attribute shift": "prior_preservation/{case}/attribute_shift",
+    "class: PRES": "prior_preservation/{case}/subject_similarity",
+    "class: DIV": "dreambooth_diversity/class/{case}/feature_distance",
+    "subject: DIV": "dreambooth_diversity/instance/{case}/feature_distance",
+}
 
-INSTANCE_PROMPT, CLASS_PROMPT = "a sks circle", "a circle"
-GUIDANCE, STEPS = 7.5, 20
+
+def run(command: list[str]) -> None:
+    print("$", shlex.join(command), flush=True)
+    subprocess.run(command, check=True, cwd=REPO)
 
 
-def _generate(pipeline, prompt: str, count: int, seed: int):
-    from easel.models.evaluation import generate_images
+def train(args, name: str, instance: str) -> str:
+    """`easel dreambooth` on the preset with this variant's overrides; the pipeline folder."""
+    output = os.path.join(args.out, name)
+    overrides = [
+        f"instance_data={instance}",
+        f"instance_prompt=a sks {args.shape}",
+        f"class_prompt=a {args.shape}",
+        f"max_steps={args.steps}",
+        f"checkpoint_every_n_steps={args.steps}",
+        f"num_class_images={args.class_images}",
+        f"learning_rate={args.learning_rate}",
+        f"class_priors_dir={os.path.join(args.out, 'class_priors')}",
+        "validation_prompts=[]",
+        f"output={output}",
+        *VARIANTS[name],
+    ]
+    run(["easel", "dreambooth", "--config", PRESET, *[a for o in overrides for a in ("--set", o)]])
+    return os.path.join(output, "pipeline")
 
-    return generate_images(
-        pipeline, [prompt] * count, [seed + k for k in range(count)], GUIDANCE, STEPS
+
+def evaluate(args, name: str, pipeline: str, instance: str) -> dict:
+    """`easel eval` of the DreamBooth suites against tiny-shapes; its report."""
+    out = os.path.join(args.out, name, "eval")
+    run(
+        ["easel", "eval", "--model", pipeline, "--base-model", "tiny-shapes", "--out", out]
+        + ["--instance-data", instance, "--instance-prompt", f"a sks {args.shape}"]
+        + ["--class-prompt", f"a {args.shape}", "--subject-images", str(args.images)]
     )
+    with open(os.path.join(out, "report.json")) as f:
+        return json.load(f)
 
 
-def _load(path: str):
-    from diffusers import StableDiffusionPipeline
-
-    pipeline = StableDiffusionPipeline.from_pretrained(
-        path, use_safetensors=True, safety_checker=None, requires_safety_checker=False
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def _train(base_dir: str, work: str, name: str, instance: str, class_dir: str | None, args) -> str:
-    from easel.data.dreambooth import list_images
-    from easel.models.dreambooth.config import DreamBoothConfig
-    from easel.models.dreambooth.training import train
-    from easel.models.export import export_pipeline
-
-    config = DreamBoothConfig(
-        model=base_dir,
-        instance_data=instance,
-        instance_prompt=INSTANCE_PROMPT,
-        class_prompt=CLASS_PROMPT,
-        prior_preservation=class_dir is not None,
-        class_data=class_dir,
-        resolution=64,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        max_steps=args.steps,
-        checkpoint_every_n_steps=args.steps,
-        keep_last_n_checkpoints=1,
-        accelerator="cpu",
-        output=os.path.join(work, name),
-        seed=0,
-    )
-    final = train(
-        config,
-        base_dir,
-        list_images(instance),
-        list_images(class_dir) if class_dir else None,
-        os.path.join(config.output, "checkpoints"),
-        enable_progress_bar=False,
-    )
-    return export_pipeline(final, base_dir, "tiny-shapes", os.path.join(config.output, "pipeline"))
-
-
-def _scores(pipeline, judge, instance_features, base_class_features, args) -> dict:
-    from easel.models.evaluation import mean_pairwise_cosine_distance
-
-    subject = _generate(pipeline, INSTANCE_PROMPT, args.images, seed=10_000)
-    klass = _generate(pipeline, CLASS_PROMPT, args.images, seed=20_000)
-    subject_features, class_features = judge.features(subject), judge.features(klass)
-    target = torch.nn.functional.normalize(instance_features.mean(0), dim=0)
-    similarity = torch.nn.functional.normalize(subject_features, dim=-1) @ target
-    read_subject = judge.predict(subject)
-    read_class = judge.predict(klass)
-    scores = {
-        "subject_feature_similarity": float(similarity.mean()),
-        "subject_read_as_green_circle": sum(
-            p["shape"] == "circle" and p["color"] == "green" for p in read_subject
+def table(reports: dict[str, dict]) -> str:
+    """Markdown: the base model (from the first report), then one row per variant."""
+    first = next(iter(reports.values()))["metrics"]
+    rows = [("base tiny-shapes", first, "base")]
+    rows += [(name, report["metrics"], "fine_tuned") for name, report in reports.items()]
+    lines = ["| model | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for label, metrics, case in rows:
+        cells = [metrics.get(key.format(case=case)) for key in COLUMNS.values()]
+        lines.append(
+            f"| {label} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells) + " |"
         )
-        / len(subject),
-        "class_read_as_green": sum(p["color"] == "green" for p in read_class) / len(klass),
-        "class_read_as_circle": sum(p["shape"] == "circle" for p in read_class) / len(klass),
-        "class_diversity": mean_pairwise_cosine_distance(class_features),
-    }
-    if base_class_features is not None:
-        scores["class_shift_from_base"] = float(
-            (class_features.mean(0) - base_class_features.mean(0)).norm()
-        )
-    return scores, class_features
+    floor = first["prior_preservation/base_other_seeds/attribute_shift"]
+    unrelated = first["prior_preservation/base_other_seeds/base_similarity"]
+    lines.append(
+        f"\nReference, the base model with other seeds: class attribute shift {floor:.3f} "
+        f"(sampling noise), similarity of unrelated pairs {unrelated:.3f}; instance images "
+        f"against each other: {first['subject_fidelity/instance_images/feature_similarity']:.3f}."
+    )
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny-shapes")
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--out", default="easel-out/quality-dreambooth")
+    parser.add_argument("--shape", default="star")
+    parser.add_argument("--color", default="blue")
+    parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--images", type=int, default=48, help="generations per prompt and model")
-    parser.add_argument("--class-images", type=int, default=48)
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--class-images", type=int, default=400)
+    parser.add_argument("--images", type=int, default=48, help="generations per prompt, model")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
-    work = args.out or tempfile.mkdtemp(prefix="quality-dreambooth-")
+    args.out = os.path.abspath(args.out)
 
-    from easel.data.dreambooth import list_images, write_shape_subject
-    from easel.data.storage import write_png_atomic
-    from easel.models.judge import Judge
-    from easel.models.references import resolve_model_reference
+    from easel.data.dreambooth import write_shape_subject
 
-    base_dir = resolve_model_reference(args.model).path
-    judge = Judge.load()
-    instance = write_shape_subject(os.path.join(work, "instance"), count=5, seed=0)
-    from PIL import Image
-
-    instance_features = judge.features(
-        [Image.open(p).convert("RGB") for p in list_images(instance)]
+    instance = write_shape_subject(
+        os.path.join(args.out, "instance"), shape=args.shape, color=args.color
     )
-
-    base = _load(base_dir)
-    class_dir = os.path.join(work, "class")
-    if len(list_images(class_dir) if os.path.isdir(class_dir) else []) < args.class_images:
-        for k, image in enumerate(_generate(base, CLASS_PROMPT, args.class_images, seed=30_000)):
-            write_png_atomic(os.path.join(class_dir, f"{k:04d}.png"), image)
-
-    results = {}
-    results["base"], base_class_features = _scores(base, judge, instance_features, None, args)
-    results["base"]["class_shift_from_base"] = 0.0
-    for name, priors in (("dreambooth_no_prior", None), ("dreambooth_prior", class_dir)):
-        exported = _train(base_dir, work, name, instance, priors, args)
-        results[name], _ = _scores(
-            _load(exported), judge, instance_features, base_class_features, args
-        )
-    report = {
-        "model": args.model,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate,
-        "images_per_prompt": args.images,
-        "results": results,
-    }
-    print(json.dumps(report, indent=1))
-    with open(os.path.join(work, "quality.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    reports = {}
+    for name in args.variants:
+        reports[name] = evaluate(args, name, train(args, name, instance), instance)
+    summary = table(reports)
+    print(summary)
+    with open(os.path.join(args.out, "quality.md"), "w") as f:
+        f.write(summary + "\n")
 
 
 if __name__ == "__main__":
