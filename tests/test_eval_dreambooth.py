@@ -78,7 +78,7 @@ def test_attribute_shift_is_total_variation_averaged_over_attributes():
 def test_subject_reading_and_rate(subject):
     judge = Judge.load()
     reading = evaluation.subject_reading(judge, subject.instance_images)
-    assert reading == ("circle", "green")  # write_shape_subject's default subject
+    assert reading == ("star", "blue")  # write_shape_subject's default subject
     predictions = judge.predict(subject.instance_images)
     assert evaluation.subject_rate(predictions, reading) == 1.0
     assert evaluation.subject_rate(predictions, ("star", "green")) == 0.0

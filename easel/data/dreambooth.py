@@ -235,7 +235,7 @@ def _encode(
 
 
 def write_shape_subject(
-    folder: str, count: int = 5, shape: str = "circle", color: str = "green", seed: int = 0
+    folder: str, count: int = 5, shape: str = "star", color: str = "blue", seed: int = 0
 ) -> str:
     """`count` images of one subject from the shapes world (a `color` `shape` on varied
     backgrounds, the same jittered colour each time), as instance data; returns `folder`."""

@@ -35,9 +35,9 @@ EDIT_ROWS = [
 def subject_rows(model: str, identifier: str) -> list[dict]:
     """Rows that place the fine-tuned subject in new prompts, on the fine-tuned model."""
     return [
-        {"id": "subject-white", "prompt": f"a {identifier} circle on a white background",
+        {"id": "subject-white", "prompt": f"a {identifier} star on a white background",
          "seed": 8, "num_images": 2, "model": model},
-        {"id": "subject-black", "prompt": f"a {identifier} circle on a black background",
+        {"id": "subject-black", "prompt": f"a {identifier} star on a black background",
          "seed": 9, "model": model},
     ]  # fmt: skip
 
