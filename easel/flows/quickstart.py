@@ -17,10 +17,10 @@ from easel.data import storage
 from easel.data.samples import EDIT_ROWS, SAMPLE_ROWS, subject_rows, write_sample_manifest
 from easel.flows.sweep import SweepParameters, print_summary, run_sweep
 
-QUICK_DREAMBOOTH = {  # a short run: enough to show the stages, minutes on a CPU
-    "max_steps": 60,
-    "checkpoint_every_n_steps": 20,
-    "num_class_images": 16,
+QUICK_DREAMBOOTH = {  # a short run: the stages, and star shapes for "sks star", in about a minute
+    "max_steps": 240,
+    "checkpoint_every_n_steps": 80,
+    "num_class_images": 96,
     "validation_prompts": [],
 }
 
