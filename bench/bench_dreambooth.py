@@ -44,6 +44,38 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+class StepProfiler:
+    """torch.profiler over steps [WARMUP_STEPS, WARMUP_STEPS + n) when `--profile n`; writes
+    the op tables (by device time and by CPU time) to `<workdir>/profile-<variant>.txt`."""
+
+    def __init__(self, args, workdir: str):
+        self.steps, self.profiler = args.profile, None
+        self.path = os.path.join(workdir, f"profile-{args.variant}.txt")
+
+    def step(self, index: int) -> None:  # call before step `index` runs
+        if not self.steps:
+            return
+        from torch.profiler import ProfilerActivity, profile
+
+        if index == WARMUP_STEPS:
+            activities = [ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(ProfilerActivity.CUDA)
+            self.profiler = profile(activities=activities)
+            self.profiler.__enter__()
+        elif index == WARMUP_STEPS + self.steps and self.profiler is not None:
+            self.profiler.__exit__(None, None, None)
+            table = self.profiler.key_averages()
+            device_sort = (
+                "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+            )
+            with open(self.path, "w") as f:
+                f.write(f"{self.steps} steps\n")
+                f.write(table.table(sort_by=device_sort, row_limit=30) + "\n")
+                f.write(table.table(sort_by="cpu_time_total", row_limit=30) + "\n")
+            self.profiler = None
+
+
 def _config(args, workdir: str):
     from easel.models.dreambooth.config import DreamBoothConfig
 
@@ -77,11 +109,15 @@ def run_easel(args, workdir: str) -> dict:
 
     config = _config(args, workdir)
     times, losses, started = [], [], []
+    profiler = StepProfiler(args, workdir)
 
     class Clock(pl.Callback):
         def on_train_start(self, trainer, module):
             _sync(args.device)
             started.append(time.perf_counter())
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            profiler.step(trainer.global_step)
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             _sync(args.device)
@@ -152,8 +188,10 @@ def run_baseline(args, workdir: str) -> dict:
     generator = torch.Generator().manual_seed(0)
     b = config.batch_size
     times, losses = [], []
+    profiler = StepProfiler(args, workdir)
     started = time.perf_counter()
-    for _ in range(config.max_steps):
+    for step in range(config.max_steps):
+        profiler.step(step)
         pick_i = torch.randint(len(instance), (b,), generator=generator)
         pick_c = torch.randint(len(classes), (b,), generator=generator)
         pixels = torch.cat([instance[pick_i], classes[pick_c]]).to(device, frozen_dtype)
@@ -238,6 +276,9 @@ def main() -> None:
     parser.add_argument("--lora-rank", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument(
+        "--profile", type=int, default=0, help="profile this many steps after the warm-up"
+    )
     parser.add_argument(
         "--variants",
         default="baseline,easel",

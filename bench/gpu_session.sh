@@ -7,7 +7,7 @@ set -u
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-PY=python3
+PY=${PY:-python3}
 
 install_missing() {  # module wheel-glob...
   local module=$1; shift
@@ -26,9 +26,14 @@ print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transform
 
 WORK=/tmp/easel-bench
 mkdir -p "$WORK"
+BUDGET=${BUDGET:-460}  # seconds for all parts together; each part gets at most what is left
+STARTED=$SECONDS
 part() {  # name seconds command...
   local name=$1 seconds=$2; shift 2
-  echo "=== $name ($(date +%T))"
+  local left=$((BUDGET - (SECONDS - STARTED)))
+  [ "$left" -lt "$seconds" ] && seconds=$left
+  [ "$seconds" -lt 20 ] && { echo "=== $name skipped: out of time"; return; }
+  echo "=== $name ($(date +%T), up to ${seconds}s)"
   timeout "$seconds" "$@" > "$OUT/$name.txt" 2>&1
   echo "rc=$?" >> "$OUT/$name.txt"
   grep -v -E "Warning|warn|deprecat|^\s*$" "$OUT/$name.txt" | tail -n 40
@@ -36,10 +41,13 @@ part() {  # name seconds command...
 
 # Measured 2026-11-26 (bench/README.md, BENCHMARKS.md): full fp16 1+1 with and without
 # compile, and the sweep engine. Still to measure, in this order:
-part dreambooth_lora_fp16_b1 200 $PY bench/bench_dreambooth.py --model sd15 --resolution 512 \
+SIZE=${SIZE:-sd15} RES=${RES:-512}  # SIZE=tiny RES=32: a CPU dry run of this script
+MODEL="$WORK/db/model-$SIZE"
+part build_sd15 120 $PY -c "from easel.models.dreambooth.random_pipeline import build_random_pipeline
+build_random_pipeline('$MODEL', size='$SIZE')"
+part step_breakdown 120 $PY bench/dreambooth_step_breakdown.py --model-dir "$MODEL" --resolution $RES
+part dreambooth_lora_fp16_b1 220 $PY bench/bench_dreambooth.py --model "$MODEL" --resolution $RES \
   --steps 40 --precision 16-mixed --method lora --variants baseline,easel --workdir "$WORK/db"
-part dreambooth_bf16_b2 200 $PY bench/bench_dreambooth.py --model sd15 --resolution 512 \
+part dreambooth_bf16_b2 200 $PY bench/bench_dreambooth.py --model "$MODEL" --resolution $RES \
   --steps 40 --precision bf16-mixed --batch-size 2 --variants baseline,easel --workdir "$WORK/db"
-part sweep_engine_sd15 120 $PY bench/bench_sweep_engine.py --model "$WORK/db/model-sd15" \
-  --rows 32 --batch-size 8 --steps 20 --json "$OUT/sweep_engine_sd15.json"
 echo "=== done ($(date +%T))"

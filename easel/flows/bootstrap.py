@@ -39,6 +39,7 @@ class BootstrapParameters(BaseModel):
     diffusion_steps: int = Field(_MODEL.diffusion.steps, ge=1)
     diffusion_images: int = Field(_MODEL.diffusion_images, ge=1)
     diffusion_batch_size: int = Field(_MODEL.diffusion.batch_size, ge=1)
+    diffusion_ema_decay: float = Field(_MODEL.diffusion_ema_decay, ge=0, lt=1)
     judge_steps: int = Field(_JUDGE.steps, ge=1)
     judge_images: int = Field(_JUDGE.images, ge=1)
     judge_batch_size: int = Field(_JUDGE.batch_size, ge=1)
@@ -68,6 +69,7 @@ class BootstrapParameters(BaseModel):
                 warmup_steps=min(_MODEL.diffusion.warmup_steps, self.diffusion_steps),
             ),
             diffusion_images=self.diffusion_images,
+            diffusion_ema_decay=self.diffusion_ema_decay,
         )
 
     def judge_training(self) -> JudgeTraining:

@@ -59,6 +59,9 @@ class TinyShapesTraining:
         steps=3000, batch_size=64, learning_rate=1.5e-3, warmup_steps=150
     )
     diffusion_images: int = 20000
+    # decay of an exponential moving average of the text encoder and UNet weights, which is
+    # what gets saved (0: the last weights)
+    diffusion_ema_decay: float = 0.0
     caption_probabilities: tuple[float, ...] = (0.75, 0.05, 0.05, 0.05, 0.10)
     seed: int = 0
     extra_words: tuple[str, ...] = field(default_factory=tuple)
@@ -215,13 +218,22 @@ def fit(
     logger=None,
     progress: bool = True,
     max_time: str | None = None,
+    ema_decay: float = 0.0,
 ):
     """Train `module` for `steps` optimizer steps (or until `max_time`, "DD:HH:MM:SS"),
     checkpointing to `work_dir` every 250 steps; a rerun with the same `work_dir` resumes
-    from its `last.ckpt`."""
+    from its `last.ckpt`. With `ema_decay`, the module ends with its weights' exponential
+    moving average (Lightning's WeightAveraging; checkpoints hold both)."""
     checkpoint = pl.callbacks.ModelCheckpoint(
         dirpath=work_dir, every_n_train_steps=250, save_last=True, save_top_k=0
     )
+    callbacks = [checkpoint] if progress else [checkpoint, PrintProgress()]
+    if ema_decay:
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        callbacks.append(
+            pl.callbacks.WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
+        )
     trainer = pl.Trainer(
         max_steps=steps,
         max_time=max_time,
@@ -229,7 +241,7 @@ def fit(
         devices=1,
         precision="32-true",
         logger=logger if logger is not None else False,
-        callbacks=[checkpoint] if progress else [checkpoint, PrintProgress()],
+        callbacks=callbacks,
         enable_progress_bar=progress,
         enable_model_summary=False,
         log_every_n_steps=25,
@@ -341,5 +353,14 @@ def train_diffusion(
         len(specs), len(CAPTION_VARIANTS), -1
     )
     loader = shuffled_loader((latents, caption_ids), config.diffusion.batch_size, config.seed + 1)
-    fit(module, loader, config.diffusion.steps, work_dir, logger, progress, max_time)
+    fit(
+        module,
+        loader,
+        config.diffusion.steps,
+        work_dir,
+        logger,
+        progress,
+        max_time,
+        ema_decay=config.diffusion_ema_decay,
+    )
     return module.to("cpu").eval()
