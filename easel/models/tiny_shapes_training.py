@@ -231,9 +231,7 @@ def fit(
     if ema_decay:
         from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-        callbacks.append(
-            pl.callbacks.WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
-        )
+        callbacks.append(pl.callbacks.WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(ema_decay)))
     trainer = pl.Trainer(
         max_steps=steps,
         max_time=max_time,

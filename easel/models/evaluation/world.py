@@ -1,0 +1,195 @@
+"""Suites that score one model on the shapes world: adherence, guidance, negative prompt,
+diversity, and the judge itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from easel.data import shapes
+from easel.models.evaluation.common import (
+    ATTRIBUTES,
+    EvalContext,
+    SuiteResult,
+    adherence,
+    generate_images,
+    mean_pairwise_cosine_distance,
+    mean_pairwise_pixel_distance,
+)
+from easel.models.judge import accuracy
+
+# -- suites --------------------------------------------------------------------------------
+
+
+def _targets(split: shapes.Split, n: int, seed: int) -> list[dict]:
+    """`n` (shape, colour, background) targets cycling through a seeded shuffle of `split`."""
+    triples = shapes.combinations(split)
+    order = np.random.default_rng(seed).permutation(len(triples))
+    return [dict(zip(ATTRIBUTES, triples[order[i % len(triples)]], strict=True)) for i in range(n)]
+
+
+def _prompt(target: dict) -> str:
+    return shapes.prompt_for(target.get("shape"), target.get("color"), target.get("background"))
+
+
+def _score(
+    context: EvalContext,
+    targets: list[dict],
+    guidance: float,
+    seed: int,
+    negative: str | None = None,
+):
+    s = context.settings
+    prompts = [_prompt(t) for t in targets]
+    seeds = [seed + i for i in range(len(targets))]
+    negatives = [negative] * len(prompts) if negative is not None else None
+    images = generate_images(
+        context.pipeline, prompts, seeds, guidance, s.num_inference_steps, negatives, s.batch_size
+    )
+    return images, context.judge.predict(images)
+
+
+def adherence_suite(context: EvalContext) -> SuiteResult:
+    """Prompt adherence at the default guidance, on seen and on held-out combinations."""
+    s = context.settings
+    result = SuiteResult(metrics={})
+    for split, name in (("train", "seen"), ("held_out", "held_out")):
+        targets = _targets(split, s.adherence_images, s.seed)
+        images, predictions = _score(context, targets, s.guidance_scale, s.seed)
+        scores = adherence(predictions, targets)
+        result.metrics |= {f"adherence/{name}/{k}": v for k, v in scores.items()}
+        result.rows.append({"suite": "adherence", "case": name, "images": len(targets)} | scores)
+        result.images += images[:8]
+    return result
+
+
+def guidance_suite(context: EvalContext) -> SuiteResult:
+    """Adherence on seen combinations at each guidance scale (same prompts and seeds)."""
+    s = context.settings
+    targets = _targets("train", s.guidance_images, s.seed + 1)
+    result = SuiteResult(metrics={})
+    for scale in s.guidance_scales:
+        images, predictions = _score(context, targets, scale, s.seed + 1)
+        scores = adherence(predictions, targets)
+        result.metrics |= {f"guidance/{scale:g}/{k}": v for k, v in scores.items()}
+        result.rows.append(
+            {"suite": "guidance", "case": f"guidance {scale:g}", "images": len(targets)} | scores
+        )
+        result.images += images[:4]
+    return result
+
+
+def negative_prompt_suite(context: EvalContext) -> SuiteResult:
+    """Prompts that leave the shape colour open, without and with the negative prompt
+    `negative_attribute`: how often, and how strongly, the judge sees that colour."""
+    s = context.settings
+    colour = s.negative_attribute
+    open_targets = [
+        {"shape": t["shape"], "color": None, "background": t["background"]}
+        for t in _targets("all", s.negative_images * 4, s.seed + 2)
+        if t["background"] != colour
+    ][: s.negative_images]
+    result = SuiteResult(metrics={})
+    for case, negative in (("without", None), ("with", colour)):
+        images, predictions = _score(context, open_targets, s.guidance_scale, s.seed + 2, negative)
+        probability = context.judge.probabilities(images)["color"][
+            :, shapes.COLOR_NAMES.index(colour)
+        ]
+        rate = float(np.mean([p["color"] == colour for p in predictions]))
+        metrics = {"rate": rate, "mean_probability": float(probability.mean())}
+        metrics |= adherence(predictions, open_targets)
+        result.metrics |= {f"negative_prompt/{case}/{k}": v for k, v in metrics.items()}
+        result.rows.append(
+            {
+                "suite": "negative prompt",
+                "case": f"{case} '{colour}'",
+                "images": len(images),
+                f"{colour}_rate": rate,
+                f"p({colour})": metrics["mean_probability"],
+            }
+        )
+        result.images += images[:4]
+    without, with_ = (result.metrics[f"negative_prompt/{c}/rate"] for c in ("without", "with"))
+    result.metrics["negative_prompt/rate_drop"] = without - with_
+    return result
+
+
+def diversity_suite(context: EvalContext) -> SuiteResult:
+    """Spread across seeds of one prompt (judge features and pixels), against the spread of
+    real renders of the same prompts (the world's own variety in size and position)."""
+    s = context.settings
+    targets = _targets("train", s.diversity_prompts, s.seed + 3)
+    rng = np.random.default_rng(s.seed + 3)
+    generated_features, generated_pixels, real_features, real_pixels = [], [], [], []
+    result = SuiteResult(metrics={})
+    for index, target in enumerate(targets):
+        prompts = [_prompt(target)] * s.diversity_seeds
+        seeds = [s.seed + 1000 * index + k for k in range(s.diversity_seeds)]
+        images = generate_images(
+            context.pipeline,
+            prompts,
+            seeds,
+            s.guidance_scale,
+            s.num_inference_steps,
+            None,
+            s.batch_size,
+        )
+        real = [
+            shapes.render(
+                shapes.spec_for(target["shape"], target["color"], target["background"], rng)
+            )
+            for _ in seeds
+        ]
+        generated_features.append(mean_pairwise_cosine_distance(context.judge.features(images)))
+        real_features.append(mean_pairwise_cosine_distance(context.judge.features(real)))
+        generated_pixels.append(mean_pairwise_pixel_distance(images))
+        real_pixels.append(mean_pairwise_pixel_distance(real))
+        result.images += images[:2]
+    result.metrics = {
+        "diversity/feature_distance": float(np.mean(generated_features)),
+        "diversity/pixel_distance": float(np.mean(generated_pixels)),
+        "diversity/real_feature_distance": float(np.mean(real_features)),
+        "diversity/real_pixel_distance": float(np.mean(real_pixels)),
+    }
+    result.rows.append(
+        {"suite": "diversity", "case": f"{s.diversity_seeds} seeds x {len(targets)} prompts"}
+        | {
+            "feature_dist": result.metrics["diversity/feature_distance"],
+            "real_feature_dist": result.metrics["diversity/real_feature_distance"],
+            "pixel_dist": result.metrics["diversity/pixel_distance"],
+            "real_pixel_dist": result.metrics["diversity/real_pixel_distance"],
+        }
+    )
+    return result
+
+
+def judge_suite(context: EvalContext) -> SuiteResult:
+    """The examiner's own accuracy per attribute, on fresh renders of every combination;
+    and on the same renders passed through the model's VAE: the ceiling of adherence that
+    the autoencoder leaves to the UNet."""
+    s = context.settings
+    result = SuiteResult(metrics={})
+    cases = (
+        ("fresh renders", "accuracy", None),
+        ("VAE round trip", "vae_round_trip", _vae_round_trip(context)),
+    )
+    for case, key, transform in cases:
+        scores = accuracy(context.judge, s.judge_images, s.seed + 4, transform)
+        result.metrics |= {f"judge/{key}/{k}": v for k, v in scores.items()}
+        result.rows.append({"suite": "judge", "case": case, "images": s.judge_images} | scores)
+    return result
+
+
+def _vae_round_trip(context: EvalContext):
+    vae = context.pipeline.vae
+
+    @torch.no_grad()
+    def round_trip(images: list[Image.Image]) -> list[Image.Image]:
+        x = torch.from_numpy(np.stack([np.asarray(i) for i in images])).permute(0, 3, 1, 2)
+        x = x.to(vae.device, vae.dtype) / 127.5 - 1
+        decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        pixels = ((decoded + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(p) for p in pixels]
+
+    return round_trip
