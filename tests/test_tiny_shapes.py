@@ -98,3 +98,29 @@ def test_unknown_words_and_sks_still_generate(pipeline):
         generator=torch.Generator().manual_seed(0),
     ).images[0]
     assert image.size == (64, 64)
+
+
+def test_diffusion_stage_saves_the_moving_average_and_a_rerun_keeps_it(tmp_path):
+    from dataclasses import replace
+
+    from easel.models import tiny_shapes_training as training
+
+    base = training.TinyShapesTraining()
+    schedule = replace(base.diffusion, steps=4, batch_size=8, warmup_steps=1)
+    config = replace(base, diffusion=schedule, diffusion_images=16)
+    vae = tiny_shapes.build_vae(base.architecture)
+
+    def unet_weights(ema_decay: float, folder: str) -> dict[str, torch.Tensor]:
+        module = training.train_diffusion(
+            replace(config, diffusion_ema_decay=ema_decay), vae, str(tmp_path / folder)
+        )
+        return {k: v.clone() for k, v in module.unet.state_dict().items()}
+
+    last = unet_weights(0.0, "last")
+    nearly_last = unet_weights(1e-9, "nearly-last")  # an average that forgets at once
+    averaged = unet_weights(0.9, "ema")
+    rerun = unet_weights(0.9, "ema")  # resumes from the finished checkpoint
+    name = "conv_in.weight"
+    assert torch.allclose(nearly_last[name], last[name], atol=1e-6)
+    assert not torch.allclose(averaged[name], last[name], atol=1e-6)
+    assert all(torch.equal(rerun[k], averaged[k]) for k in averaged)
