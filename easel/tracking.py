@@ -12,6 +12,15 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def lightning_logger(run_id: str, uri: str | None = None):
+    """Lightning's MLflow logger writing to the existing run `run_id`. Metrics are queued and
+    sent in the background (a blocking call per step costs tens of milliseconds against a
+    tracking server: bench/README.md); `mlflow.flush_async_logging()` waits for them."""
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    return MLFlowLogger(tracking_uri=uri or tracking_uri(), run_id=run_id, synchronous=False)
+
+
 def configure_mlflow() -> str:
     """Point the mlflow client at the configured tracking URI and return it."""
     import mlflow

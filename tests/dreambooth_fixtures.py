@@ -62,11 +62,11 @@ def train_logged(config_values: dict, tracking_uri: str, callbacks=()) -> str:
     """Train (or resume) with an MLflow logger whose run id is kept in the output folder,
     as a rerun of the same command would; returns the final checkpoint path."""
     import mlflow
-    from pytorch_lightning.loggers import MLFlowLogger
 
     from easel.data.dreambooth import list_images
     from easel.models.dreambooth.config import DreamBoothConfig
     from easel.models.dreambooth.training import train
+    from easel.tracking import lightning_logger
 
     config = DreamBoothConfig.model_validate(config_values)
     run_file = os.path.join(config.output, "run_id")
@@ -80,7 +80,7 @@ def train_logged(config_values: dict, tracking_uri: str, callbacks=()) -> str:
         with open(run_file, "w") as f:
             f.write(client.create_run(experiment_id).info.run_id)
     with open(run_file) as f:
-        logger = MLFlowLogger(tracking_uri=tracking_uri, run_id=f.read())
+        logger = lightning_logger(f.read(), tracking_uri)  # the flow's logger
     return train(
         config,
         config.model,

@@ -124,14 +124,10 @@ def train_task(
     parent_run_id: str | None,
 ) -> str:
     """Train or resume to `max_steps`; return the final checkpoint path."""
-    from pytorch_lightning.loggers import MLFlowLogger
-
     from easel.models.dreambooth.training import train
-    from easel.tracking import tracking_uri
+    from easel.tracking import lightning_logger
 
-    logger = MLFlowLogger(
-        tracking_uri=tracking_uri(), run_id=_training_run_id(config, parent_run_id)
-    )
+    logger = lightning_logger(_training_run_id(config, parent_run_id))
     return train(
         config,
         model_dir,

@@ -16,6 +16,7 @@ from dataclasses import asdict
 import torch
 from prefect import task
 
+from easel import tracking
 from easel.data import storage
 from easel.models import evaluation, tiny_shapes, tiny_shapes_training
 from easel.models.judge import Judge, JudgeTraining, train_judge
@@ -53,9 +54,8 @@ def lightning_logger(run_id: str | None):
     if run_id is None:
         return None
     import mlflow
-    from pytorch_lightning.loggers import MLFlowLogger
 
-    return MLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=run_id)
+    return tracking.lightning_logger(run_id, mlflow.get_tracking_uri())
 
 
 def _finish(run_id: str | None, params: dict) -> None:

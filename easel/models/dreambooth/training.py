@@ -70,6 +70,14 @@ class StepCheckpoint(pl.callbacks.ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         self._last_global_step_saved = trainer.global_step
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        # Metrics go to MLflow in the background (synchronous=False); what a checkpoint
+        # covers must be logged before it exists, as it was with blocking calls.
+        import mlflow
+
+        mlflow.flush_async_logging()
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
 
 def last_complete_checkpoint(folder: str) -> str | None:
     """The checkpoint with the highest step in `folder`, or None."""
