@@ -82,12 +82,6 @@ def test_prompt_adherence_on_seen_and_held_out_combinations(adherence_metrics):
     assert adherence_metrics["adherence/held_out/all"] >= 0.5, adherence_metrics
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 3 asks for 80% on seen combinations; the committed model is on the edge: 79.9% "
-    "over 576 images (docs/tiny-shapes.md), below 80% on this 24-image sample; the VAE's encoder "
-    "caps it (the judge reads 88% of colours right after a VAE round trip of real renders)",
-)
 def test_prompt_adherence_on_seen_combinations_reaches_80_percent(adherence_metrics):
     assert adherence_metrics["adherence/seen/all"] >= 0.8, adherence_metrics
 
@@ -98,7 +92,10 @@ def test_adherence_rises_with_guidance(context):
 
 
 def test_negative_prompt_pushes_its_colour_away(context):
-    metrics = evaluation.negative_prompt_suite(context).metrics
+    # the colour the model draws most often when the prompt leaves it open: on a small
+    # sample a fixed colour may not appear at all, and then there is nothing to push away
+    settings = replace(context.settings, negative_attribute=None, negative_images=24)
+    metrics = evaluation.negative_prompt_suite(replace(context, settings=settings)).metrics
     assert (
         metrics["negative_prompt/with/mean_probability"]
         < metrics["negative_prompt/without/mean_probability"]

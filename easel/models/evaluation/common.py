@@ -24,7 +24,7 @@ class EvalSettings:
     guidance_scales: tuple[float, ...] = (0.0, 1.0, 3.0, 5.0, 7.5)
     guidance_images: int = 96  # per scale
     negative_images: int = 96  # per arm (without / with the negative prompt)
-    negative_attribute: str = "red"
+    negative_attribute: str | None = "red"  # None: the colour drawn most often unasked
     diversity_prompts: int = 8
     diversity_seeds: int = 4
     judge_images: int = 600  # fresh renders for the judge's own accuracy

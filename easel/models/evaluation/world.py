@@ -3,6 +3,8 @@ diversity, and the judge itself."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import torch
 from PIL import Image
@@ -82,14 +84,17 @@ def guidance_suite(context: EvalContext) -> SuiteResult:
 
 def negative_prompt_suite(context: EvalContext) -> SuiteResult:
     """Prompts that leave the shape colour open, without and with the negative prompt
-    `negative_attribute`: how often, and how strongly, the judge sees that colour."""
+    `negative_attribute` (None: the colour the model draws most often on them): how often,
+    and how strongly, the judge sees that colour."""
     s = context.settings
+    targets = _targets("all", s.negative_images * 4, s.seed + 2)
     colour = s.negative_attribute
-    open_targets = [
-        {"shape": t["shape"], "color": None, "background": t["background"]}
-        for t in _targets("all", s.negative_images * 4, s.seed + 2)
-        if t["background"] != colour
-    ][: s.negative_images]
+    if colour is None:
+        free = [{**t, "color": None} for t in targets[: s.negative_images]]
+        _, predictions = _score(context, free, s.guidance_scale, s.seed + 2)
+        colour = Counter(p["color"] for p in predictions).most_common(1)[0][0]
+    open_targets = [{**t, "color": None} for t in targets if t["background"] != colour]
+    open_targets = open_targets[: s.negative_images]
     result = SuiteResult(metrics={})
     for case, negative in (("without", None), ("with", colour)):
         images, predictions = _score(context, open_targets, s.guidance_scale, s.seed + 2, negative)
@@ -105,8 +110,8 @@ def negative_prompt_suite(context: EvalContext) -> SuiteResult:
                 "suite": "negative prompt",
                 "case": f"{case} '{colour}'",
                 "images": len(images),
-                f"{colour}_rate": rate,
-                f"p({colour})": metrics["mean_probability"],
+                "colour_rate": rate,
+                "p(colour)": metrics["mean_probability"],
             }
         )
         result.images += images[:4]
