@@ -72,10 +72,14 @@ class StepCheckpoint(pl.callbacks.ModelCheckpoint):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         # Metrics go to MLflow in the background (synchronous=False); what a checkpoint
-        # covers must be logged before it exists, as it was with blocking calls.
-        import mlflow
+        # covers must be logged before it exists, as it was with blocking calls. Only where
+        # an MLflow logger runs: flushing also opens the tracking store.
+        from pytorch_lightning.loggers import MLFlowLogger
 
-        mlflow.flush_async_logging()
+        if trainer.is_global_zero and any(isinstance(x, MLFlowLogger) for x in trainer.loggers):
+            import mlflow
+
+            mlflow.flush_async_logging()
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
 
 
