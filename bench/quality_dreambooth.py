@@ -10,7 +10,8 @@ on varied backgrounds, 5 images, bound to "sks": instance prompt "a sks star", c
 
 - `no_prior`: instance loss only;
 - `prior`: plus the prior loss on class images sampled without guidance (the default);
-- `prior_guided_classes`: the same with class images sampled at guidance 7.5.
+- `prior_guided_classes`: the same with class images sampled at guidance 7.5;
+- `prior_classes_guidance_3`: the same at guidance 3.
 
     python bench/quality_dreambooth.py [--out DIR] [--steps 400] [--class-images 400]
                                        [--images 48] [--shape circle --color green]
@@ -33,6 +34,7 @@ VARIANTS = {
     "no_prior": ["prior_preservation=false"],
     "prior": [],
     "prior_guided_classes": ["class_guidance_scale=7.5"],
+    "prior_classes_guidance_3": ["class_guidance_scale=3"],
 }
 COLUMNS = {  # table column -> metric under the report's metrics, {case} filled per row
     "subject feature sim": "subject_fidelity/{case}/feature_similarity",

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from diffusers import StableDiffusionPipeline
 from PIL import Image, ImageDraw
 from sweep_helpers import pixels, read_results, write_manifest
 
 from easel.data import shapes
 from easel.flows.sweep import SweepParameters, sweep_flow
+from easel.models.evaluation import vae_round_trip
 from easel.models.judge import Judge
+from easel.models.references import resolve_model_reference
+
+WEIGHTS = resolve_model_reference("tiny-shapes").path
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SCENES = [("circle", "red", "blue"), ("square", "yellow", "black"), ("star", "white", "green"),
           ("heart", "red", "white"), ("cross", "blue", "yellow"), ("triangle", "green", "purple"),
           ("square", "orange", "blue"), ("star", "black", "white")]  # fmt: skip
+# never the scene's background: a shape in its background's colour is outside the world
 NEW_COLOUR = {"red": "green", "yellow": "purple", "white": "orange", "blue": "red",
-              "green": "yellow", "orange": "blue", "black": "yellow"}  # fmt: skip
+              "green": "yellow", "orange": "purple", "black": "yellow"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +62,13 @@ def test_strength_is_monotonic_and_low_strength_keeps_the_subject(tmp_path, judg
 
     distances = [distance(s) for s in strengths]
     assert distances == sorted(distances), distances
+    # at low strength the judge reads what it reads in the init image after the model's own
+    # VAE round trip (what any latent-space edit keeps at best: the VAE confuses orange
+    # with yellow and black with green now and then)
     low = [Image.open(results[f"{i}-0.2"]["image_uri"]) for i in range(len(scenes))]
-    kept = [p == {"shape": spec.shape, "color": spec.color, "background": spec.background}
-            for p, (_, spec) in zip(judge.predict(low), scenes, strict=False)]  # fmt: skip
+    vae = StableDiffusionPipeline.from_pretrained(WEIGHTS, local_files_only=True).vae
+    inits = vae_round_trip(vae, [Image.open(tmp_path / file) for file, _ in scenes])
+    kept = [a == b for a, b in zip(judge.predict(low), judge.predict(inits), strict=True)]
     assert sum(kept) >= 0.75 * len(scenes), kept
 
 

@@ -26,6 +26,7 @@ from easel.models.evaluation.common import (  # noqa: F401 (the package's interf
     image_grid,
     mean_pairwise_cosine_distance,
     mean_pairwise_pixel_distance,
+    vae_round_trip,
 )
 from easel.models.evaluation.subject import (  # noqa: F401
     attribute_shift,

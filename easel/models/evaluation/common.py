@@ -122,6 +122,17 @@ def mean_pairwise_pixel_distance(images: list[Image.Image]) -> float:
     return float(np.mean([np.abs(a - b).mean() for a, b in pairs]))
 
 
+@torch.no_grad()
+def vae_round_trip(vae, images: list[Image.Image]) -> list[Image.Image]:
+    """`images` encoded (posterior mean) and decoded by `vae`: what any edit in its latent
+    space can keep of them at best."""
+    x = torch.from_numpy(np.stack([np.asarray(i.convert("RGB")) for i in images]))
+    x = x.permute(0, 3, 1, 2).to(vae.device, vae.dtype) / 127.5 - 1
+    decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+    pixels = ((decoded + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(p) for p in pixels]
+
+
 def image_grid(images: list[Image.Image], columns: int = 8) -> Image.Image:
     """Images (same size) tiled row by row, `columns` wide."""
     assert images, "image_grid needs at least one image"

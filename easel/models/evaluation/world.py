@@ -4,10 +4,9 @@ diversity, and the judge itself."""
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 
 import numpy as np
-import torch
-from PIL import Image
 
 from easel.data import shapes
 from easel.models.evaluation.common import (
@@ -18,6 +17,7 @@ from easel.models.evaluation.common import (
     generate_images,
     mean_pairwise_cosine_distance,
     mean_pairwise_pixel_distance,
+    vae_round_trip,
 )
 from easel.models.judge import accuracy
 
@@ -177,24 +177,10 @@ def judge_suite(context: EvalContext) -> SuiteResult:
     result = SuiteResult(metrics={})
     cases = (
         ("fresh renders", "accuracy", None),
-        ("VAE round trip", "vae_round_trip", _vae_round_trip(context)),
+        ("VAE round trip", "vae_round_trip", partial(vae_round_trip, context.pipeline.vae)),
     )
     for case, key, transform in cases:
         scores = accuracy(context.judge, s.judge_images, s.seed + 4, transform)
         result.metrics |= {f"judge/{key}/{k}": v for k, v in scores.items()}
         result.rows.append({"suite": "judge", "case": case, "images": s.judge_images} | scores)
     return result
-
-
-def _vae_round_trip(context: EvalContext):
-    vae = context.pipeline.vae
-
-    @torch.no_grad()
-    def round_trip(images: list[Image.Image]) -> list[Image.Image]:
-        x = torch.from_numpy(np.stack([np.asarray(i) for i in images])).permute(0, 3, 1, 2)
-        x = x.to(vae.device, vae.dtype) / 127.5 - 1
-        decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
-        pixels = ((decoded + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-        return [Image.fromarray(p) for p in pixels]
-
-    return round_trip
