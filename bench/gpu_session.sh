@@ -39,8 +39,8 @@ part() {  # name seconds command...
   grep -v -E "Warning|warn|deprecat|^\s*$" "$OUT/$name.txt" | tail -n 40
 }
 
-# Measured 2026-11-26 (bench/README.md, BENCHMARKS.md): full fp16 1+1 with and without
-# compile, and the sweep engine. Still to measure, in this order:
+# All measured on 2026-11-26 (bench/README.md): the step breakdown, LoRA fp16 1+1, full bf16
+# 2+2. Next candidates: `--profile` runs with compile_unet, CUDA graphs, larger batches.
 SIZE=${SIZE:-sd15} RES=${RES:-512}  # SIZE=tiny RES=32: a CPU dry run of this script
 MODEL="$WORK/db/model-$SIZE"
 part build_sd15 120 $PY -c "from easel.models.dreambooth.random_pipeline import build_random_pipeline
