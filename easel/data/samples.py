@@ -10,8 +10,10 @@ from easel.data.results import parquet_bytes
 
 SAMPLE_ROWS = [
     {"id": "red-circle", "prompt": "a red circle on a blue background", "seed": 1, "num_images": 2},
+    # a colour as the negative of a prompt that names another colour drives tiny-shapes'
+    # shape toward black (green star, negative "red": 0 of 8 judged green); a shape does not
     {"id": "green-star", "prompt": "a green star on a white background", "seed": 2,
-     "negative_prompt": "red", "scheduler": "euler"},
+     "negative_prompt": "circle", "scheduler": "euler"},
     {"id": "yellow-square-g3", "prompt": "a yellow square on a black background", "seed": 3,
      "guidance_scale": 3.0},
     {"id": "yellow-square-g7", "prompt": "a yellow square on a black background", "seed": 3,
