@@ -52,7 +52,7 @@ class TinyShapesTraining:
     # shape pixels count 1 + this in the losses of stage 1 and stage 1b (the shape is a small
     # part of the image but carries two of its three attributes). Off by default: a weight of
     # 4 in stage 1 keeps colours better but the UNet learns the richer latents worse
-    # (docs/tiny-shapes.md, "Where adherence is lost")
+    # (docs/tiny-shapes.md, "Where adherence was lost with 3000 UNet steps")
     vae_foreground_weight: float = 0.0
     decoder_foreground_weight: float = 0.0
     # 6000 steps: at 3000 the UNet was the limit (seen adherence 75-80%, shapes often
