@@ -197,7 +197,10 @@ def run_baseline(args, workdir: str) -> dict:
         pixels = torch.cat([instance[pick_i], classes[pick_c]]).to(device, frozen_dtype)
         prompt_ids = torch.cat([ids[:1].expand(b, -1), ids[1:].expand(b, -1)]).to(device)
         with torch.no_grad():
-            latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+            # The posterior mean, as easel trains on (train_dreambooth.py samples; same cost).
+            # On tiny-shapes the posterior std is about 1, so sampled latents would be
+            # another objective and the two loss curves could not be compared.
+            latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
             condition = text_encoder(prompt_ids)[0]
         latents = latents.float()
         noise = torch.randn_like(latents)

@@ -134,3 +134,38 @@ def test_compiled_unet_keeps_parameter_names(workspace):
     assert plain.unet._compiled_call_impl is None
     assert list(compiled.state_dict()) == list(plain.state_dict())
     assert not any("_orig_mod" in name for name in compiled.state_dict())
+
+
+def test_fused_optimizer_is_clipped_on_true_gradients_under_fp16_scaling(workspace):
+    """Under 16-mixed a fused AdamW unscales inside its step, so Lightning's precision plugin
+    leaves the unscaling to it; the module must unscale before clipping, and the step must
+    then not unscale again. Checked against the plain recipe: clip the true gradients, then
+    take an unfused AdamW step."""
+    from types import SimpleNamespace
+
+    from easel.models.dreambooth.module import DreamBoothModule
+
+    true_grads = [torch.randn(64, 64, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    scale = 2.0**16
+
+    def step(fused: bool, module=None) -> list[torch.Tensor]:
+        params = [torch.nn.Parameter(torch.ones(64, 64)) for _ in true_grads]
+        optimizer = torch.optim.AdamW(params, lr=0.1, fused=fused)
+        if module is None:  # the reference
+            for p, g in zip(params, true_grads, strict=True):
+                p.grad = g.clone()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            return params
+        scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+        scaler.scale(torch.ones(()))  # the scaler starts with the first scaled loss
+        module.trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler))
+        for p, g in zip(params, true_grads, strict=True):
+            p.grad = g * scale  # what backward leaves under the scaler
+        module.configure_gradient_clipping(optimizer, gradient_clip_val=1.0)
+        scaler.step(optimizer)
+        return params
+
+    module = DreamBoothModule(workspace["model"])
+    for got, want in zip(step(True, module), step(False), strict=True):
+        assert torch.allclose(got, want, rtol=0, atol=1e-6)

@@ -7,11 +7,13 @@ object stores (s3, gcs, memory) a single PUT is already atomic, so we upload in 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import posixpath
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -44,23 +46,35 @@ def read_bytes(uri: str) -> bytes:
     return fs.cat_file(path)
 
 
+@contextlib.contextmanager
+def local_atomic_writer(path: str, fsync: bool = False) -> Iterator[BinaryIO]:
+    """A binary file to stream into; it appears at local `path` whole, renamed from a hidden
+    temporary name in the same folder, only if the block ends without an error. Without
+    `fsync` the rename is atomic for readers and for crashes of the process; with it, also
+    for a power loss (the data reaches the disk before the name does)."""
+    parent = os.path.dirname(path) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write `data` to `uri` so that no reader ever sees a partial file."""
     fs, path = filesystem(uri)
-    parent = (
-        posixpath.dirname(path) if not isinstance(fs, LocalFileSystem) else os.path.dirname(path)
-    )
     if isinstance(fs, LocalFileSystem):
-        os.makedirs(parent or ".", exist_ok=True)
-        tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as f:  # no fsync: rename is atomic for readers and crashes
-                f.write(data)  # of the process; power-loss durability is the filesystem's
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with local_atomic_writer(path) as f:
+            f.write(data)
         return
+    parent = posixpath.dirname(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)
     fs.pipe_file(path, data)
