@@ -1,11 +1,14 @@
-"""Host memory and time to write one checkpoint: Lightning's TorchCheckpointIO against
-easel's AtomicCheckpointIO (streamed to a temporary file, fsynced, renamed).
+"""Host memory and time to write and read back one checkpoint: Lightning's TorchCheckpointIO
+against easel's AtomicCheckpointIO (streamed to a temporary file, fsynced, renamed; read
+back memory-mapped).
 
     python bench/bench_checkpoint_io.py --gb 2
 
 The checkpoint is a dict of float32 tensors of that total size (a stand-in for weights and
-AdamW state). Each writer runs in its own process; "extra" is the peak resident memory
-during the save minus the resident memory just before it.
+AdamW state). Each writer runs in its own process. Saving: "extra" is the peak resident
+memory after the save minus the peak before it. Loading, as a resume does
+(read, then copy into the live tensors): "extra" is the anonymous (not file-backed, so not
+reclaimable) resident memory after the copy, the loaded checkpoint still held, minus before.
 """
 
 from __future__ import annotations
@@ -24,9 +27,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 WRITERS = ("lightning", "easel")
 
 
-def _rss_mb() -> float:
+def _peak_mb() -> float:
+    """Peak resident memory so far. Peak to peak, not from the current figure: a library page
+    evicted under memory pressure and read back during the save would count otherwise."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _anonymous_mb() -> float:
+    """Resident memory that is not file-backed (/proc/self/status RssAnon)."""
     with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith("VmRSS:"))
+        line = next(line for line in f if line.startswith("RssAnon:"))
     return int(line.split()[1]) / 1024
 
 
@@ -41,18 +51,29 @@ def measure(writer: str, gigabytes: float, folder: str) -> dict:
     checkpoint = {"state_dict": {f"w{i}": torch.ones(per_tensor) for i in range(count)}}
     io = TorchCheckpointIO() if writer == "lightning" else AtomicCheckpointIO()
     path = os.path.join(folder, f"{writer}.ckpt")
-    before = _rss_mb()
+    before = _peak_mb()
     started = time.perf_counter()
     io.save_checkpoint(checkpoint, path)
-    seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    save_seconds = time.perf_counter() - started
+    save_extra = _peak_mb() - before
+
+    before = _anonymous_mb()
+    started = time.perf_counter()
+    loaded = io.load_checkpoint(path)
+    for name, tensor in checkpoint["state_dict"].items():  # as load_state_dict does
+        tensor.copy_(loaded["state_dict"][name])
+    load_seconds = time.perf_counter() - started
+    load_extra = _anonymous_mb() - before
     size = os.path.getsize(path) / 2**20
+    del loaded
     os.remove(path)
     return {
         "writer": writer,
         "checkpoint_mb": round(size),
-        "extra_host_memory_mb": round(peak - before),
-        "seconds": round(seconds, 2),
+        "save_extra_host_memory_mb": round(save_extra),
+        "save_seconds": round(save_seconds, 2),
+        "load_extra_anonymous_memory_mb": round(load_extra),
+        "load_seconds": round(load_seconds, 2),
     }
 
 

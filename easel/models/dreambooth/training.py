@@ -31,7 +31,8 @@ def checkpoint_name(step: int) -> str:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Torch checkpoints streamed to a temporary name, fsynced, then renamed into place.
+    """Torch checkpoints streamed to a temporary name, fsynced, then renamed into place,
+    and read back memory-mapped.
 
     Streamed: Lightning's own writer serialises the whole checkpoint into memory and then
     copies that buffer, so saving needs up to twice the checkpoint's size in host memory on
@@ -43,6 +44,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         with local_atomic_writer(os.fspath(path), fsync=True) as f:
             torch.save(checkpoint, f)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        """Memory-mapped, on the CPU: tensors are read from the file as the model and the
+        optimizer copy them in, not all into host memory first (on resume, that would be
+        a second copy of the whole training state)."""
+        return torch.load(
+            os.fspath(path),
+            map_location=map_location or "cpu",
+            weights_only=weights_only,
+            mmap=True,
+        )
 
 
 class StepCheckpoint(pl.callbacks.ModelCheckpoint):
