@@ -44,7 +44,7 @@ def measure(writer: str, gigabytes: float, folder: str) -> dict:
     import torch
     from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-    from easel.models.dreambooth.training import AtomicCheckpointIO
+    from easel.models.checkpoint_io import AtomicCheckpointIO
 
     per_tensor = 64 * 2**20 // 4  # 64 MiB tensors
     count = max(1, round(gigabytes * 2**30 / (per_tensor * 4)))

@@ -138,7 +138,7 @@ def test_half_written_checkpoint_is_never_picked(tmp_path, leftover):
 
 CHECKPOINT_ROUND_TRIP = textwrap.dedent("""
     import resource, sys, torch
-    from easel.models.dreambooth.training import AtomicCheckpointIO
+    from easel.models.checkpoint_io import AtomicCheckpointIO
 
     def resident_mb(kind):  # from /proc/self/status
         with open("/proc/self/status") as f:
@@ -177,7 +177,7 @@ def test_checkpoints_take_no_second_copy_of_the_state_in_memory(tmp_path):
 
 
 def test_a_checkpoint_that_fails_to_serialise_leaves_nothing(tmp_path):
-    from easel.models.dreambooth.training import AtomicCheckpointIO
+    from easel.models.checkpoint_io import AtomicCheckpointIO
 
     path = tmp_path / "step=00000002.ckpt"
     with pytest.raises(TypeError, match="pickle"):

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from easel.data import shapes
 from easel.models import judge, tiny_shapes
+from easel.models.checkpoint_io import AtomicCheckpointIO
 
 # caption variants a training image is shown with, and their probabilities: the full
 # caption, three partial ones (so prompts that leave an attribute out still work), and the
@@ -248,6 +249,7 @@ def fit(
         log_every_n_steps=25,
         gradient_clip_val=1.0,
         deterministic="warn",
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=work_dir,
     )
     last = os.path.join(work_dir, "last.ckpt")

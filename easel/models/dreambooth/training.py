@@ -15,11 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from easel.data.dreambooth import DreamBoothDataModule
-from easel.data.storage import local_atomic_writer
+from easel.models.checkpoint_io import AtomicCheckpointIO
 from easel.models.dreambooth.config import DreamBoothConfig
 from easel.models.dreambooth.module import MAX_GRAD_NORM, DreamBoothModule
 
@@ -28,33 +26,6 @@ _CHECKPOINT_NAME = re.compile(r"^step=(\d+)\.ckpt$")
 
 def checkpoint_name(step: int) -> str:
     return f"step={step:08d}.ckpt"
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Torch checkpoints streamed to a temporary name, fsynced, then renamed into place,
-    and read back memory-mapped.
-
-    Streamed: Lightning's own writer serialises the whole checkpoint into memory and then
-    copies that buffer, so saving needs up to twice the checkpoint's size in host memory on
-    top of the training state (SD1.5 full fine-tuning with AdamW: about 10 GB a checkpoint).
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options")
-        with local_atomic_writer(os.fspath(path), fsync=True) as f:
-            torch.save(checkpoint, f)
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
-        """Memory-mapped, on the CPU: tensors are read from the file as the model and the
-        optimizer copy them in, not all into host memory first (on resume, that would be
-        a second copy of the whole training state)."""
-        return torch.load(
-            os.fspath(path),
-            map_location=map_location or "cpu",
-            weights_only=weights_only,
-            mmap=True,
-        )
 
 
 class StepCheckpoint(pl.callbacks.ModelCheckpoint):
