@@ -98,6 +98,7 @@ def _config(args, workdir: str):
         accelerator="gpu" if args.device == "cuda" else "cpu",
         seed=0,
         compile_unet=args.variant == "easel-compile",
+        gradient_checkpointing=args.gradient_checkpointing,
         method=args.method,
         lora_rank=args.lora_rank,
     )
@@ -162,6 +163,8 @@ def run_baseline(args, workdir: str) -> dict:
 
         unet.requires_grad_(False)
         unet.add_adapter(lora_config(config.lora_rank, LORA_UNET_TARGETS))
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
     vae = (
         AutoencoderKL.from_pretrained(config.model, subfolder="vae")
         .to(device, frozen_dtype)
@@ -282,6 +285,9 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-5)
     parser.add_argument("--method", choices=["full", "lora"], default="full")
     parser.add_argument("--lora-rank", type=int, default=4)
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="in both variants: less memory"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workdir", default=None)
     parser.add_argument(
@@ -336,6 +342,7 @@ def main() -> None:
                 "batch": f"{args.batch_size} instance + {args.batch_size} class",
                 "precision": args.precision,
                 "method": args.method,
+                "gradient_checkpointing": args.gradient_checkpointing,
                 "results": rows,
             },
             indent=1,

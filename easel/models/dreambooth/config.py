@@ -66,6 +66,9 @@ class DreamBoothConfig(BaseModel):
     snr_gamma: float | None = Field(None, gt=0)  # min-SNR loss weighting; None disables it
     offset_noise: float = Field(0.0, ge=0)
     compile_unet: bool = False  # torch.compile the UNet: faster GPU steps after a one-off compile
+    # Recompute activations in the backward pass instead of keeping them: less memory, a
+    # slower step (bench/README.md measures both)
+    gradient_checkpointing: bool = False
 
     # Where it runs (Lightning's own names and values).
     accelerator: str = "auto"

@@ -56,6 +56,7 @@ class DreamBoothModule(pl.LightningModule):
         snr_gamma: float | None = None,
         offset_noise: float = 0.0,
         compile_unet: bool = False,
+        gradient_checkpointing: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -88,6 +89,12 @@ class DreamBoothModule(pl.LightningModule):
                 inject_adapter_in_model(lora_config(lora_rank, LORA_TEXT_TARGETS), text_encoder)
         else:
             text_encoder.requires_grad_(False).eval()
+        if gradient_checkpointing:  # activations recomputed in the backward: less memory
+            self.unet.enable_gradient_checkpointing()
+            if train_text_encoder:
+                text_encoder.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
         if compile_unet:  # in place: parameter names, so checkpoints and export, unchanged
             self.unet.compile()
         self._frozen = _FrozenEncoders(

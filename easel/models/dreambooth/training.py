@@ -101,6 +101,7 @@ def build_module(config: DreamBoothConfig, model_dir: str) -> DreamBoothModule:
         snr_gamma=config.snr_gamma,
         offset_noise=config.offset_noise,
         compile_unet=config.compile_unet,
+        gradient_checkpointing=config.gradient_checkpointing,
     )
 
 
