@@ -53,4 +53,6 @@ part dreambooth_bf16_b2 150 $PY bench/bench_dreambooth.py --model "$MODEL" --res
 part dreambooth_fp16_b1_compile 240 $PY bench/bench_dreambooth.py --model "$MODEL" \
   --resolution $RES --steps 40 --precision 16-mixed --variants baseline,easel-compile \
   --workdir "$WORK/db"
+part activation_memory 90 $PY bench/bench_activation_memory.py --device cuda --resolution $RES \
+  --batch-size 2
 echo "=== done ($(date +%T))"

@@ -14,7 +14,10 @@ on varied backgrounds, 5 images, bound to "sks": instance prompt "a sks star", c
 - `prior_classes_guidance_3`: the same at guidance 3.
 
     python bench/quality_dreambooth.py [--out DIR] [--steps 400] [--class-images 400]
-                                       [--images 48] [--shape circle --color green]
+                                       [--images 48] [--shape circle --color green] [--seed 0]
+
+`--seed` is the training seed (DreamBooth's `seed`, which also seeds the class images:
+image i has seed `seed + i`), so repeated runs with other seeds measure the spread.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def train(args, name: str, instance: str) -> str:
         f"checkpoint_every_n_steps={args.steps}",
         f"num_class_images={args.class_images}",
         f"learning_rate={args.learning_rate}",
+        f"seed={args.seed}",
         f"class_priors_dir={os.path.join(args.out, 'class_priors')}",
         "validation_prompts=[]",
         f"output={output}",
@@ -113,6 +117,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--class-images", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0, help="training seed (DreamBooth `seed`)")
     parser.add_argument("--images", type=int, default=48, help="generations per prompt, model")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
