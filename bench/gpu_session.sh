@@ -41,18 +41,19 @@ part() {  # name seconds command...
 
 # Measured on 2026-11-26 (bench/README.md): the step breakdown, LoRA fp16 1+1, full bf16 2+2,
 # all with the foreach AdamW. Since then easel steps with the fused AdamW (11.7 ms against
-# 29.7 ms in the breakdown): these parts measure what that gives, alone and with compile.
+# 29.7 ms in the breakdown): these parts measure what that gives, alone and with compile
+# (most likely to reach 1.5x), then gradient checkpointing's memory, then bf16 2+2.
 SIZE=${SIZE:-sd15} RES=${RES:-512}  # SIZE=tiny RES=32: a CPU dry run of this script
 MODEL="$WORK/db/model-$SIZE"
 part build_sd15 120 $PY -c "from easel.models.dreambooth.random_pipeline import build_random_pipeline
 build_random_pipeline('$MODEL', size='$SIZE')"
 part dreambooth_fp16_b1 150 $PY bench/bench_dreambooth.py --model "$MODEL" --resolution $RES \
   --steps 40 --precision 16-mixed --variants baseline,easel --workdir "$WORK/db"
-part dreambooth_bf16_b2 150 $PY bench/bench_dreambooth.py --model "$MODEL" --resolution $RES \
-  --steps 40 --precision bf16-mixed --batch-size 2 --variants baseline,easel --workdir "$WORK/db"
 part dreambooth_fp16_b1_compile 240 $PY bench/bench_dreambooth.py --model "$MODEL" \
   --resolution $RES --steps 40 --precision 16-mixed --variants baseline,easel-compile \
   --workdir "$WORK/db"
 part activation_memory 90 $PY bench/bench_activation_memory.py --device cuda --resolution $RES \
   --batch-size 2
+part dreambooth_bf16_b2 150 $PY bench/bench_dreambooth.py --model "$MODEL" --resolution $RES \
+  --steps 40 --precision bf16-mixed --batch-size 2 --variants baseline,easel --workdir "$WORK/db"
 echo "=== done ($(date +%T))"
