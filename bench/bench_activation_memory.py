@@ -13,18 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
 
+import isolated  # beside this file
 import torch
-
-
-def _peak_mb(device: str) -> float:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(checkpointing: bool, resolution: int, batch: int, device: str) -> dict:
@@ -37,7 +30,7 @@ def measure(checkpointing: bool, resolution: int, batch: int, device: str) -> di
     latents = torch.randn(batch, 4, resolution // 8, resolution // 8, device=device)
     condition = torch.randn(batch, 77, 768, device=device)
     timesteps = torch.randint(0, 1000, (batch,), device=device)
-    before = _peak_mb(device)
+    before = isolated.peak_memory_mb(device)
     started = time.perf_counter()
     prediction = unet(latents, timesteps, encoder_hidden_states=condition).sample
     prediction.float().pow(2).mean().backward()
@@ -46,7 +39,7 @@ def measure(checkpointing: bool, resolution: int, batch: int, device: str) -> di
     return {
         "gradient_checkpointing": checkpointing,
         "forward_backward_s": round(time.perf_counter() - started, 2),
-        "activations_and_gradients_mb": round(_peak_mb(device) - before),
+        "activations_and_gradients_mb": round(isolated.peak_memory_mb(device) - before),
     }
 
 
@@ -59,16 +52,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.checkpointing:
         result = measure(args.checkpointing == "on", args.resolution, args.batch_size, args.device)
-        print("RESULT " + json.dumps(result))
+        isolated.report(result)
         return
-    rows = []
-    for setting in ("off", "on"):
-        done = subprocess.run(
-            [sys.executable, __file__, *sys.argv[1:], "--checkpointing", setting],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
-        rows.append(json.loads(line[len("RESULT ") :]))
+    rows = [
+        isolated.run(__file__, *sys.argv[1:], "--checkpointing", setting, label=setting)
+        for setting in ("off", "on")
+    ]
     print(json.dumps({"resolution": args.resolution, "batch": args.batch_size, "rows": rows}))
 
 

@@ -16,21 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+import isolated  # noqa: E402 (beside this file)
+
 WRITERS = ("lightning", "easel")
-
-
-def _peak_mb() -> float:
-    """Peak resident memory so far. Peak to peak, not from the current figure: a library page
-    evicted under memory pressure and read back during the save would count otherwise."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _anonymous_mb() -> float:
@@ -51,11 +45,13 @@ def measure(writer: str, gigabytes: float, folder: str) -> dict:
     checkpoint = {"state_dict": {f"w{i}": torch.ones(per_tensor) for i in range(count)}}
     io = TorchCheckpointIO() if writer == "lightning" else AtomicCheckpointIO()
     path = os.path.join(folder, f"{writer}.ckpt")
-    before = _peak_mb()
+    # peak to peak, not from the current figure: a library page evicted under memory
+    # pressure and read back during the save would count otherwise
+    before = isolated.peak_memory_mb()
     started = time.perf_counter()
     io.save_checkpoint(checkpoint, path)
     save_seconds = time.perf_counter() - started
-    save_extra = _peak_mb() - before
+    save_extra = isolated.peak_memory_mb() - before
 
     before = _anonymous_mb()
     started = time.perf_counter()
@@ -85,16 +81,10 @@ def main() -> None:
     args = parser.parse_args()
     folder = args.folder or tempfile.mkdtemp(prefix="bench-ckpt-")
     if args.writer:
-        print("RESULT " + json.dumps(measure(args.writer, args.gb, folder)))
+        isolated.report(measure(args.writer, args.gb, folder))
         return
-    rows = []
-    for writer in WRITERS:
-        command = [sys.executable, __file__, "--gb", str(args.gb), "--folder", folder]
-        done = subprocess.run(
-            [*command, "--writer", writer], capture_output=True, text=True, check=True
-        )
-        line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
-        rows.append(json.loads(line[len("RESULT ") :]))
+    arguments = ["--gb", str(args.gb), "--folder", folder]
+    rows = [isolated.run(__file__, *arguments, "--writer", w, label=w) for w in WRITERS]
     print(json.dumps(rows, indent=1))
 
 

@@ -19,10 +19,8 @@ import argparse
 import itertools
 import json
 import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,14 +29,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+import isolated  # noqa: E402 (beside this file)
+
 WARMUP_STEPS = 5
 VARIANTS = ("baseline", "easel", "easel-compile")
-
-
-def _peak_memory_mb(device: str) -> float:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _sync(device: str) -> None:
@@ -307,8 +301,8 @@ def main() -> None:
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         result = (run_baseline if args.variant == "baseline" else run_easel)(args, workdir)
-        result["peak_memory_mb"] = _peak_memory_mb(args.device)
-        print("RESULT " + json.dumps(result))
+        result["peak_memory_mb"] = isolated.peak_memory_mb(args.device)
+        isolated.report(result)
         return
 
     variants = args.variants.split(",")
@@ -316,20 +310,9 @@ def main() -> None:
         parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     rows = []
     for variant in variants:
-        command = [
-            sys.executable,
-            __file__,
-            *sys.argv[1:],
-            "--variant",
-            variant,
-            "--workdir",
-            workdir,
-        ]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            sys.exit(f"{variant} failed:\n{done.stderr[-4000:]}")
-        line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
-        rows.append(_summary(variant, json.loads(line[len("RESULT ") :]), args))
+        arguments = [*sys.argv[1:], "--variant", variant, "--workdir", workdir]
+        result = isolated.run(__file__, *arguments, label=variant)
+        rows.append(_summary(variant, result, args))
     device = (
         torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{torch.get_num_threads()}"
     )
