@@ -2,6 +2,9 @@
 
     python bench/bench_sweep.py [--rows 64] [--steps 20] [--batch-size 8] [--model tiny-shapes]
 
+`--model` takes any reference, a Kandinsky 2.2 folder too (the bare loops then call the
+combined pipeline, whose prior runs batched; easel runs each image's prior alone).
+
 (a) a bare loop calling the pipeline once per row at batch size 1;
 (b) a bare loop calling it with easel's batching (same batches, same order);
 (c) the sweep flow in-process (planning, tasks, atomic writes, records, results, contact
@@ -37,13 +40,14 @@ def manifest_rows(n: int) -> list[dict]:
     return rows
 
 
-def bare_loop(pipe, rows, steps, guidance, batch_size) -> float:
+def bare_loop(pipe, rows, steps, guidance, batch_size, size) -> float:
     start = time.perf_counter()
     for i in range(0, len(rows), batch_size):
         chunk = rows[i : i + batch_size]
         pipe(
             [r["prompt"] for r in chunk], num_inference_steps=steps, guidance_scale=guidance,
             generator=[torch.Generator().manual_seed(r["seed"]) for r in chunk],
+            width=size, height=size,
         )  # fmt: skip
     return time.perf_counter() - start
 
@@ -96,23 +100,26 @@ def main() -> None:
 
     from prefect.testing.utilities import prefect_test_harness
 
+    from easel.models.generation import native_size
     from easel.models.loading import load_model
 
     work = tempfile.mkdtemp(prefix="easel-bench-")
     rows = manifest_rows(args.rows)
     manifest = os.path.join(work, "manifest.parquet")
     pq.write_table(pa.Table.from_pylist(rows), manifest)
-    pipe = load_model(args.model, args.device).pipeline  # the same pipeline easel uses
+    loaded = load_model(args.model, args.device)
+    pipe = loaded.pipeline  # the same pipeline easel uses (Kandinsky 2.2: the combined one)
+    size = native_size(loaded.model.path)
     pipe.set_progress_bar_config(disable=True)
     sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
-    bare_loop(pipe, rows[:2], args.steps, args.guidance, 2)  # warm-up
+    bare_loop(pipe, rows[:2], args.steps, args.guidance, 2, size)  # warm-up
     times = {"a_bare_batch1": [], "b_bare_batched": [], "easel_flow": []}
     with prefect_test_harness(server_startup_timeout=120):
         for repeat in range(args.repeats):
-            times["a_bare_batch1"].append(bare_loop(pipe, rows, args.steps, args.guidance, 1))
+            times["a_bare_batch1"].append(bare_loop(pipe, rows, args.steps, args.guidance, 1, size))
             sync()
             times["b_bare_batched"].append(
-                bare_loop(pipe, rows, args.steps, args.guidance, args.batch_size)
+                bare_loop(pipe, rows, args.steps, args.guidance, args.batch_size, size)
             )
             sync()
             times["easel_flow"].append(
@@ -120,7 +127,8 @@ def main() -> None:
             )
     best = {k: min(v) for k, v in times.items()}
     figures = {
-        "rows": args.rows, "steps": args.steps, "batch_size": args.batch_size,
+        "model": args.model, "rows": args.rows, "steps": args.steps,
+        "batch_size": args.batch_size, "size": size,
         "device": str(pipe.device), "torch_threads": torch.get_num_threads(),
         **{f"{k}_s": round(v, 2) for k, v in best.items()},
         "images_per_s_easel": round(args.rows / best["easel_flow"], 2),

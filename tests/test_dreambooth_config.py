@@ -38,6 +38,12 @@ def _unreadable(tmp_path, valid):
     return {}
 
 
+def _kandinsky(tmp_path, valid):
+    from easel.models.tiny_kandinsky import build_random_kandinsky22
+
+    return {"model": build_random_kandinsky22(str(tmp_path / "k22"))}
+
+
 def _too_few(tmp_path, valid):
     folder = write_images(str(tmp_path / "two"), 2, seed=0)
     return {"instance_data": folder}
@@ -57,6 +63,7 @@ def _too_few(tmp_path, valid):
         ),
         (lambda tmp, v: {"resolution": 65}, ["resolution", "multiple of 8", "65"]),
         (lambda tmp, v: {"method": "dora"}, ["method", "dora"]),
+        (_kandinsky, ["`model`", "Kandinsky 2.2", "Stable Diffusion"]),
     ],
     ids=[
         "unknown-key",
@@ -67,10 +74,12 @@ def _too_few(tmp_path, valid):
         "no-identifier",
         "resolution",
         "method",
+        "kandinsky-model",
     ],
 )
 def test_bad_config_is_one_clear_error_before_any_work(tmp_path, valid, capsys, change, expected):
     values = {**valid, **change(tmp_path, valid)}
+    capsys.readouterr()  # what building the inputs printed
     assert _cli(tmp_path, values) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err

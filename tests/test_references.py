@@ -63,9 +63,13 @@ def test_unresolvable_references_say_why(ref, words):
 def test_family_comes_from_model_index_not_name(tiny_copy, tmp_path):
     assert detect_family(str(tiny_copy)) == "sd"
     index = json.loads((tiny_copy / "model_index.json").read_text())
-    index["_class_name"] = "KandinskyV22Pipeline"
+    index["_class_name"] = "KandinskyV22CombinedPipeline"
     (tiny_copy / "model_index.json").write_text(json.dumps(index))
     assert detect_family(str(tiny_copy)) == "kandinsky22"
+    index["_class_name"] = "KandinskyV22Pipeline"  # a decoder without its prior
+    (tiny_copy / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelReferenceError, match="without its diffusion prior"):
+        detect_family(str(tiny_copy))
     index["_class_name"] = "FluxPipeline"
     (tiny_copy / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ModelReferenceError, match="FluxPipeline"):

@@ -65,6 +65,38 @@ class ModelFacts:
     digest: str
     native_size: int
     default_scheduler: str
+    family: str = "sd"
+    tasks: tuple[str, ...] = ("text2img", "img2img", "inpaint")
+    schedulers: tuple[str, ...] | None = None  # None: every scheduler a manifest may name
+    size_multiple: int = 8  # image sides the model generates exactly
+
+
+FAMILY_NAMES = {"sd": "Stable Diffusion", "kandinsky22": "Kandinsky 2.2"}
+
+
+def unsupported(job: RowJob, facts: ModelFacts) -> str | None:
+    """Why the row's model cannot run it, naming the column and value; None if it can."""
+    model = f"{FAMILY_NAMES.get(facts.family, facts.family)} model {job.model!r}"
+    if job.task not in facts.tasks:
+        runs = ", ".join(facts.tasks)
+        return f"`task` {job.task!r} is not supported by {model}, which runs {runs}"
+    settings = row_settings(job, facts)
+    if facts.schedulers is not None and settings.scheduler not in facts.schedulers:
+        return (
+            f"`scheduler` {settings.scheduler!r} does not work with {model}; "
+            f"use one of {', '.join(facts.schedulers)}"
+        )
+    for column in ("width", "height"):
+        side = getattr(settings, column)
+        if side % facts.size_multiple:
+            hint = ""
+            if job.task in ("img2img", "inpaint"):
+                hint = " (an edit row without `width` and `height` takes `init_image`'s size)"
+            return (
+                f"`{column}` must be a multiple of {facts.size_multiple} for {model} "
+                f"but is {side}{hint}"
+            )
+    return None
 
 
 def row_settings(job: RowJob, facts: ModelFacts) -> BatchSettings:
@@ -148,11 +180,16 @@ def build_plan(
             facts[ref] = facts_for(ref)
         except ValueError as error:
             bad_models[ref] = f"`model` {ref!r}: {error}"
-    runnable = [job for job in jobs if job.model in facts]
     failures = failures + [
         RowFailure(row_index=job.row_index, id=job.id, error=bad_models[job.model])
         for job in jobs if job.model in bad_models
     ]  # fmt: skip
+    runnable = []
+    for job in (job for job in jobs if job.model in facts):
+        if error := unsupported(job, facts[job.model]):
+            failures.append(RowFailure(row_index=job.row_index, id=job.id, error=error))
+        else:
+            runnable.append(job)
     batches = plan_batches(runnable, facts, batch_size, done)
     return SweepPlan(jobs=runnable, failures=failures, facts=facts, batches=batches)
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from easel.data import storage
-from easel.data.images import ImageInputError, probe_edit_inputs
+from easel.data.images import ImageInputError, open_image, probe_edit_inputs
 from easel.errors import InvalidInput
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -245,6 +245,11 @@ def validate_row(
             )  # fmt: skip
         except ImageInputError as error:
             raise RowError(str(error)) from None
+    if task == "fusion":  # the prior's image encoder resizes it: any readable image
+        try:
+            open_image(init_image, "init_image")
+        except ImageInputError as error:
+            raise RowError(str(error)) from None
     return RowJob(
         row_index=index, id=row_id, prompt=prompt, negative_prompt=negative, seed=seed,
         num_images=num_images, guidance_scale=guidance, num_inference_steps=steps, width=width,
@@ -305,7 +310,7 @@ def _task(values: dict[str, Any], init_image: str | None, mask_image: str | None
         return "inpaint" if mask_image else "img2img" if init_image else "text2img"
     if task not in TASKS:
         raise RowError(f"`task` must be one of {', '.join(TASKS)} but is {task!r}")
-    if task in ("img2img", "inpaint") and not init_image:
+    if task in ("img2img", "inpaint", "fusion") and not init_image:
         raise RowError(f"`task` {task!r} needs `init_image`, which is empty")
     if task == "inpaint" and not mask_image:
         raise RowError("`task` 'inpaint' needs `mask_image`, which is empty")

@@ -15,27 +15,41 @@ from PIL import Image
 
 from easel.data import images
 from easel.data.jobs import BatchSettings, ImageRequest
+from easel.models import kandinsky
 from easel.models.loading import LoadedModel
-from easel.models.schedulers import SCHEDULERS, build_scheduler
+from easel.models.schedulers import fresh_scheduler
+
+SD_TASKS = ("text2img", "img2img", "inpaint")
+DEFAULT_SIDE = 512  # diffusers' default when a UNet config gives no sample size
+
+
+def _config(model_path: str, *names: str) -> dict:
+    """The first of `names` (paths under the model folder) that exists, parsed."""
+    for name in names:
+        path = os.path.join(model_path, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+    raise FileNotFoundError(f"{model_path!r} has none of {', '.join(names)}")
 
 
 def native_size(model_path: str) -> int:
     """The model's native image side in pixels, read from its configs (no weights loaded)."""
-    for unet_folder in ("unet", "decoder"):
-        unet_config = os.path.join(model_path, unet_folder, "config.json")
-        if os.path.exists(unet_config):
-            break
-    vae_folder = "vae" if os.path.exists(os.path.join(model_path, "vae")) else "movq"
-    with open(unet_config) as f:
-        sample_size = json.load(f)["sample_size"]
-    with open(os.path.join(model_path, vae_folder, "config.json")) as f:
-        vae_scale = 2 ** (len(json.load(f)["block_out_channels"]) - 1)
-    return int(sample_size) * vae_scale
+    sample_size = _config(model_path, "unet/config.json")["sample_size"]
+    autoencoder = _config(model_path, "vae/config.json", "movq/config.json")
+    scale = 2 ** (len(autoencoder["block_out_channels"]) - 1)
+    return int(sample_size) * scale if sample_size else DEFAULT_SIDE
+
+
+def family_tasks(family: str, unet_config) -> tuple[str, ...]:
+    return kandinsky.supported_tasks(unet_config) if family == "kandinsky22" else SD_TASKS
 
 
 def prompt_truncation_warning(loaded: LoadedModel, prompt: str) -> str | None:
-    """A warning if the tokenizer will cut `prompt` (SD: CLIP's model_max_length)."""
-    tokenizer = getattr(loaded.pipeline, "tokenizer", None)
+    """A warning if the tokenizer will cut `prompt` (CLIP's model_max_length; for Kandinsky,
+    the prior's)."""
+    pipeline = loaded.pipeline
+    tokenizer = getattr(pipeline, "tokenizer", None) or getattr(pipeline, "prior_tokenizer", None)
     if tokenizer is None:
         return None
     length = len(tokenizer(prompt, truncation=False).input_ids)
@@ -52,33 +66,21 @@ PIPELINES = {
 }
 
 
-def task_pipeline(loaded: LoadedModel, settings: BatchSettings):
-    """A pipeline for the task sharing the loaded modules, with the requested scheduler.
+def sd_pipeline(loaded: LoadedModel, settings: BatchSettings):
+    """The Stable Diffusion pipeline for the task, sharing the loaded modules.
 
     Inpainting runs through diffusers' inpaint pipeline: 9-channel inpainting UNets get the
     masked image as extra input; ordinary 4-channel UNets blend latents under the mask."""
     import diffusers
 
-    if loaded.family != "sd" or settings.task not in PIPELINES:
-        raise ValueError(f"`task` {settings.task!r} is not supported for a {loaded.family} model")
-    base = loaded.pipeline
-    components = dict(base.components)
-    if settings.scheduler in SCHEDULERS:
-        components["scheduler"] = build_scheduler(settings.scheduler, base.scheduler.config)
-    else:  # the model's own scheduler, a fresh copy: schedulers hold per-call state
-        components["scheduler"] = type(base.scheduler).from_config(base.scheduler.config)
+    components = dict(loaded.pipeline.components)
+    components["scheduler"] = fresh_scheduler(loaded.pipeline.scheduler, settings.scheduler)
     pipeline = getattr(diffusers, PIPELINES[settings.task])(**components)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
 
-@torch.inference_mode()
-def generate(
-    loaded: LoadedModel, settings: BatchSettings, requests: list[ImageRequest]
-) -> list[Image.Image]:
-    """One pipeline call for all `requests`; returns one PIL image per request, in order."""
-    pipeline = task_pipeline(loaded, settings)
-    size = (settings.width, settings.height)
+def _generate_sd(loaded, settings: BatchSettings, requests, inits, masks) -> list:
     arguments = {
         "prompt": [r.prompt for r in requests],
         "negative_prompt": [r.negative_prompt or "" for r in requests],
@@ -87,37 +89,62 @@ def generate(
         "generator": [torch.Generator(device="cpu").manual_seed(r.seed) for r in requests],
         "output_type": "pil",
     }
-    if settings.task == "text2img":
-        return pipeline(**arguments, width=settings.width, height=settings.height).images
-    inits = [images.load_init_image(r.init_image, size) for r in requests]
-    arguments.update(image=inits, strength=settings.strength)
-    if settings.task == "img2img":
-        return pipeline(**arguments).images
-    masks = [images.load_mask(r.mask_image, size) for r in requests]
-    generated = pipeline(
-        **arguments, mask_image=[images.generation_mask(m) for m in masks],
-        width=settings.width, height=settings.height,
-    ).images  # fmt: skip
+    if settings.task != "img2img":
+        arguments.update(width=settings.width, height=settings.height)
+    if inits:
+        arguments.update(image=inits, strength=settings.strength)
+    if masks:
+        arguments.update(mask_image=[images.generation_mask(m) for m in masks])
+    return sd_pipeline(loaded, settings)(**arguments).images
+
+
+@torch.inference_mode()
+def generate(
+    loaded: LoadedModel, settings: BatchSettings, requests: list[ImageRequest]
+) -> list[Image.Image]:
+    """One batch for all `requests`; returns one PIL image per request, in order.
+
+    Inpainted images are composited in pixel space: outside the mask, the init image."""
+    size = (settings.width, settings.height)
+    inits = masks = None
+    if settings.task != "text2img":
+        inits = [images.load_init_image(r.init_image, size) for r in requests]
+    if settings.task == "inpaint":
+        masks = [images.load_mask(r.mask_image, size) for r in requests]
+    if settings.task not in family_tasks(loaded.family, loaded.pipeline.unet.config):
+        raise ValueError(f"`task` {settings.task!r} is not supported for a {loaded.family} model")
+    if loaded.family == "kandinsky22":
+        generated = kandinsky.generate(loaded.pipeline, settings, requests, inits, masks)
+    else:
+        generated = _generate_sd(loaded, settings, requests, inits, masks)
+    if masks is None:
+        return generated
     return [images.composite(i, g, m) for i, g, m in zip(inits, generated, masks, strict=True)]
 
 
 def model_facts(ref: str):
-    """Digest, native size and default scheduler of `ref`, without loading its weights."""
+    """What planning needs to know of `ref` (digest, family, native size, default scheduler,
+    tasks, schedulers, size step), from its configs, without loading its weights."""
     from easel.data.jobs import ModelFacts
     from easel.models.loading import detect_family
     from easel.models.references import resolve_model_reference
     from easel.models.schedulers import scheduler_name_from_config
 
     resolved = resolve_model_reference(ref)
-    detect_family(resolved.path)  # refuses pipelines easel does not run
-    with open(os.path.join(resolved.path, "scheduler", "scheduler_config.json")) as f:
-        config = json.load(f)
-    with open(os.path.join(resolved.path, "model_index.json")) as f:  # the class loaded
-        config["_class_name"] = json.load(f).get("scheduler", [None, config["_class_name"]])[1]
-    scheduler = scheduler_name_from_config(config)
-    return ModelFacts(
-        digest=resolved.digest, native_size=native_size(resolved.path), default_scheduler=scheduler
-    )
+    family = detect_family(resolved.path)  # refuses pipelines easel does not run
+    scheduler = _config(resolved.path, "scheduler/scheduler_config.json")
+    index = _config(resolved.path, "model_index.json")
+    scheduler["_class_name"] = index.get("scheduler", [None, scheduler["_class_name"]])[1]
+    unet = _config(resolved.path, "unet/config.json")
+    facts = {
+        "digest": resolved.digest, "family": family, "native_size": native_size(resolved.path),
+        "default_scheduler": scheduler_name_from_config(scheduler),
+        "tasks": family_tasks(family, unet),
+    }  # fmt: skip
+    if family == "kandinsky22":
+        scale = kandinsky.movq_scale_factor(_config(resolved.path, "movq/config.json"))
+        facts.update(schedulers=kandinsky.DECODER_SCHEDULERS, size_multiple=scale * scale)
+    return ModelFacts(**facts)
 
 
 def generate_each(

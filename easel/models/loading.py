@@ -20,11 +20,14 @@ FAMILIES = {
     "StableDiffusionPipeline": "sd",
     "StableDiffusionImg2ImgPipeline": "sd",
     "StableDiffusionInpaintPipeline": "sd",
-    "KandinskyV22Pipeline": "kandinsky22",
     "KandinskyV22CombinedPipeline": "kandinsky22",
     "KandinskyV22Img2ImgCombinedPipeline": "kandinsky22",
     "KandinskyV22InpaintCombinedPipeline": "kandinsky22",
 }
+
+DECODER_ONLY = (
+    "KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline", "KandinskyV22InpaintPipeline"
+)  # fmt: skip
 
 
 @dataclass
@@ -44,6 +47,12 @@ def detect_family(path: str) -> str:
     index_file = os.path.join(path, "model_index.json")
     with open(index_file) as f:
         class_name = json.load(f).get("_class_name")
+    if class_name in DECODER_ONLY:
+        raise ModelReferenceError(
+            f"model at {path!r} is a {class_name!r}, a Kandinsky 2.2 decoder without its "
+            "diffusion prior; easel needs both in one folder, as "
+            "KandinskyV22CombinedPipeline.save_pretrained writes them"
+        )
     if class_name not in FAMILIES:
         raise ModelReferenceError(
             f"model at {path!r} is a {class_name!r}; easel runs {', '.join(sorted(FAMILIES))}"
@@ -80,10 +89,10 @@ def load_model(
 
 
 def _load(resolved: ResolvedModel, device: str, dtype: torch.dtype, trust_pickle: bool):
-    from diffusers import AutoPipelineForText2Image, StableDiffusionPipeline
+    from diffusers import KandinskyV22CombinedPipeline, StableDiffusionPipeline
 
     family = detect_family(resolved.path)
-    cls = StableDiffusionPipeline if family == "sd" else AutoPipelineForText2Image
+    cls = StableDiffusionPipeline if family == "sd" else KandinskyV22CombinedPipeline
     options = {"torch_dtype": dtype, "use_safetensors": None if trust_pickle else True}
     if family == "sd":
         options.update(safety_checker=None, requires_safety_checker=False)

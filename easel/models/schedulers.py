@@ -35,6 +35,15 @@ def build_scheduler(name: str, base_config) -> SchedulerMixin:
     return cls.from_config(base_config, **overrides)
 
 
+def fresh_scheduler(current: SchedulerMixin, name: str | None, drop: tuple[str, ...] = ()):
+    """Scheduler `name` from `current`'s config less the `drop` keys, or a fresh copy of
+    `current` for a name easel does not know: schedulers hold per-call state, so every
+    pipeline call gets its own."""
+    if name not in SCHEDULERS:
+        return type(current).from_config(current.config)
+    return build_scheduler(name, {k: v for k, v in current.config.items() if k not in drop})
+
+
 def scheduler_name_from_config(config: dict) -> str:
     """The easel name for a saved scheduler config (its `_class_name` and options)."""
     for name, (cls, overrides) in SCHEDULERS.items():

@@ -56,10 +56,19 @@ def check_inputs_task(config: DreamBoothConfig) -> list[str]:
 
 @task
 def resolve_model_task(model: str) -> str:
-    """The local diffusers directory of a model reference."""
+    """The local diffusers directory of a model reference, refused unless Stable Diffusion."""
+    from easel.data.jobs import FAMILY_NAMES
+    from easel.errors import ModelReferenceError
+    from easel.models.loading import detect_family
     from easel.models.references import resolve_model_reference
 
-    return resolve_model_reference(model).path
+    path = resolve_model_reference(model).path
+    if (family := detect_family(path)) != "sd":
+        raise ModelReferenceError(
+            f"`model` {model!r} is a {FAMILY_NAMES[family]} model; DreamBooth fine-tuning "
+            "runs on Stable Diffusion 1.x/2.x models"
+        )
+    return path
 
 
 @task

@@ -1,0 +1,108 @@
+"""Kandinsky 2.2 generation: prompt → diffusion prior → CLIP image embedding → decoder → MOVQ.
+
+A model is one folder holding prior and decoder, as `KandinskyV22CombinedPipeline`
+saves it. Each request's prior runs alone with the request's own generator; the decoder
+then runs the whole batch, each image continuing its own generator. That is exactly the
+random draws of one `KandinskyV22CombinedPipeline` call per request (the prior doubles
+its batch for a negative prompt, which a list of generators cannot follow), so an image
+never depends on the batch it shares.
+
+`fusion` mixes the CLIP embeddings of the prompt and of `init_image` in the prior
+(`KandinskyV22PriorPipeline.interpolate`), the image weighing `strength` and the prompt
+`1 - strength`. Row guidance and steps drive the decoder; the prior keeps diffusers'
+defaults (25 steps, guidance 4), as the combined pipelines do.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from easel.data.jobs import BatchSettings, ImageRequest
+from easel.models.schedulers import fresh_scheduler
+
+DECODERS = {
+    "text2img": "KandinskyV22Pipeline",
+    "fusion": "KandinskyV22Pipeline",
+    "img2img": "KandinskyV22Img2ImgPipeline",
+    "inpaint": "KandinskyV22InpaintPipeline",
+}
+INPAINT_UNET_CHANNELS = 9  # latents + masked-image latents + mask
+# The decoder passes its generator to `step` and never calls `scale_model_input`: pndm,
+# unipc, lms and heun take no generator, euler and euler_a would denoise unscaled inputs.
+DECODER_SCHEDULERS = ("ddpm", "ddim", "dpmpp_2m")
+
+
+def movq_scale_factor(movq_config: dict) -> int:
+    return 2 ** (len(movq_config["block_out_channels"]) - 1)
+
+
+def supported_tasks(unet_config: dict) -> tuple[str, ...]:
+    """Kandinsky's inpaint decoder takes the masked image as extra UNet input channels."""
+    if unet_config.get("in_channels") == INPAINT_UNET_CHANNELS:
+        return ("inpaint",)
+    return ("text2img", "img2img", "fusion")
+
+
+def decoder_scheduler(current, name: str | None):
+    """The decoder predicts noise and a learned variance. Only DDPM steps with that
+    variance; any other scheduler gets the config without `variance_type`, so the decoder
+    splits the variance off itself (DDIM would get both halves, DPM-Solver would read the
+    variance as 3 pixel channels, DeepFloyd IF's)."""
+    return fresh_scheduler(current, name, drop=() if name == "ddpm" else ("variance_type",))
+
+
+def decoder_pipeline(combined, task: str, scheduler):
+    import diffusers
+
+    cls = getattr(diffusers, DECODERS[task])
+    pipeline = cls(unet=combined.unet, scheduler=scheduler, movq=combined.movq)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def image_embeddings(prior, request: ImageRequest, settings: BatchSettings, generator, init):
+    """(embedding, negative embedding) of one request, drawn from its generator."""
+    if settings.task == "fusion":
+        output = prior.interpolate(
+            [request.prompt, init], [1.0 - settings.strength, settings.strength],
+            generator=generator, negative_prior_prompt=request.negative_prompt,
+        )  # fmt: skip
+    else:
+        output = prior(
+            prompt=request.prompt, negative_prompt=request.negative_prompt,
+            generator=generator, output_type="pt",
+        )  # fmt: skip
+    return output.image_embeds, output.negative_image_embeds
+
+
+def generate(combined, settings: BatchSettings, requests: list[ImageRequest],
+             inits: list | None, masks: list | None) -> list:  # fmt: skip
+    """One image per request (PIL), in order; `inits`/`masks` as the task needs them."""
+    prior = combined.prior_pipe
+    prior.set_progress_bar_config(disable=True)
+    generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in requests]
+    pairs = [
+        image_embeddings(prior, r, settings, g, inits[i] if inits else None)
+        for i, (r, g) in enumerate(zip(requests, generators, strict=True))
+    ]
+    arguments = {
+        "image_embeds": torch.cat([p[0] for p in pairs]),
+        "negative_image_embeds": torch.cat([p[1] for p in pairs]),
+        "guidance_scale": settings.guidance_scale,
+        "num_inference_steps": settings.num_inference_steps,
+        "width": settings.width, "height": settings.height,
+        "generator": generators, "output_type": "pil",
+    }  # fmt: skip
+    scheduler = decoder_scheduler(combined.scheduler, settings.scheduler)
+    decoder = decoder_pipeline(combined, settings.task, scheduler)
+    if settings.task == "img2img":
+        arguments.update(image=inits, strength=settings.strength)
+    if settings.task != "inpaint":
+        return decoder(**arguments).images
+    # diffusers' Kandinsky inpaint blends every image with the first init image and mask,
+    # so each inpainting request gets its own decoder call.
+    return [
+        decoder(**{**arguments, "image_embeds": e, "negative_image_embeds": n,
+                   "generator": g, "image": init, "mask_image": mask}).images[0]
+        for (e, n), g, init, mask in zip(pairs, generators, inits, masks, strict=True)
+    ]  # fmt: skip

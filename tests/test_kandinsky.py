@@ -1,0 +1,195 @@
+"""Kandinsky 2.2 sweeps (SPEC §4, §5): text2img, img2img, inpaint and fusion through the
+prior and the decoder, on random-weight pipelines built from config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    KandinskyV22CombinedPipeline,
+    KandinskyV22Img2ImgCombinedPipeline,
+    KandinskyV22InpaintCombinedPipeline,
+    KandinskyV22Pipeline,
+)
+from PIL import Image, ImageDraw
+from sweep_helpers import STEPS, max_pixel_difference, pixels, read_results, write_manifest
+
+from easel.data.jobs import ModelFacts, unsupported
+from easel.data.manifest import RowJob
+from easel.flows.sweep import SweepParameters, sweep_flow
+from easel.models.generation import model_facts
+from easel.models.tiny_kandinsky import build_random_kandinsky22
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+SIZE = 16  # the tiny decoder's native side
+PROMPTS = ["a red circle", "a blue square on a white background", "a green star", "a circle"]
+
+
+@pytest.fixture(scope="module")
+def k22(tmp_path_factory) -> str:
+    return build_random_kandinsky22(str(tmp_path_factory.mktemp("k22") / "model"))
+
+
+@pytest.fixture(scope="module")
+def k22_inpaint(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("k22-inpaint") / "model"
+    return build_random_kandinsky22(str(folder), seed=1, inpaint=True)
+
+
+def run(tmp_path, name, rows, model, **params):
+    manifest = write_manifest(tmp_path / f"{name}.parquet", rows)
+    out = tmp_path / name
+    values = {"num_inference_steps": STEPS, "model": model, **params}
+    summary = sweep_flow(SweepParameters(manifest=manifest, out=str(out), **values))
+    return summary, {(r["id"], r["image_index"]): r for r in read_results(out)}
+
+
+def scene(path, colour, ground) -> str:
+    image = Image.new("RGB", (SIZE, SIZE), ground)
+    ImageDraw.Draw(image).ellipse((4, 4, 12, 12), fill=colour)
+    image.save(path)
+    return path.name
+
+
+def direct(cls, model, row, **arguments):
+    """The bare diffusers call a user would make for `row`, as uint8 pixels."""
+    pipe = cls.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(
+        row["prompt"], negative_prompt=row.get("negative_prompt"),
+        guidance_scale=row["guidance_scale"], num_inference_steps=STEPS, height=SIZE,
+        width=SIZE, generator=torch.Generator().manual_seed(row["seed"]), output_type="np",
+        **arguments,
+    ).images[0]  # fmt: skip
+    return (image * 255).round().astype(np.uint8)
+
+
+def test_text2img_same_image_whatever_the_batch_and_as_bare_diffusers(tmp_path, k22):
+    row = {"id": "subject", "prompt": "a red star on a blue background", "seed": 42,
+           "negative_prompt": "green", "guidance_scale": 5.0}  # fmt: skip
+    neighbours = [
+        {"id": f"n{i}", "prompt": p, "seed": i, "guidance_scale": 5.0,
+         "negative_prompt": "blue" if i % 2 else None}
+        for i, p in enumerate(PROMPTS)
+    ]  # fmt: skip
+    summary, alone = run(tmp_path, "alone", [row], k22, batch_size=1)
+    _, crowd = run(tmp_path, "crowd", [*neighbours[:2], row, *neighbours[2:]], k22, batch_size=8)
+    assert summary.rows_failed == 0 and alone[("subject", 0)]["scheduler"] == "ddpm"
+    ours = alone[("subject", 0)]["image_uri"]
+    assert max_pixel_difference(ours, crowd[("subject", 0)]["image_uri"]) <= 2
+    expected = direct(KandinskyV22CombinedPipeline, k22, row)
+    assert max_pixel_difference(pixels(ours), expected) <= 2
+    # the negative prompt reaches the prior: without it, another image
+    _, plain = run(tmp_path, "plain", [{**row, "negative_prompt": None}], k22)
+    assert max_pixel_difference(ours, plain[("subject", 0)]["image_uri"]) > 10
+
+
+def test_img2img_follows_its_own_init_image_in_a_batch(tmp_path, k22):
+    first = scene(tmp_path / "first.png", "red", "blue")
+    second = scene(tmp_path / "second.png", "yellow", "black")
+    rows = [{"id": name, "prompt": "a circle", "init_image": image, "strength": 0.5,
+             "seed": 7, "guidance_scale": 4.0} for name, image in
+            (("first", first), ("second", second))]  # fmt: skip
+    _, together = run(tmp_path, "together", rows, k22, batch_size=2)
+    _, alone = run(tmp_path, "alone", rows[1:], k22, batch_size=1)
+    ours = together[("second", 0)]["image_uri"]
+    assert max_pixel_difference(ours, alone[("second", 0)]["image_uri"]) <= 2
+    init = Image.open(tmp_path / second).convert("RGB")
+    expected = direct(KandinskyV22Img2ImgCombinedPipeline, k22, rows[1], image=init, strength=0.5)
+    assert max_pixel_difference(pixels(ours), expected) <= 2
+
+
+def test_inpaint_keeps_unmasked_pixels_and_each_row_its_own_image(tmp_path, k22_inpaint):
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    ImageDraw.Draw(mask).rectangle((4, 4, 11, 11), fill=255)
+    mask.save(tmp_path / "mask.png")
+    rows = [
+        {"id": name, "prompt": "a green square", "init_image": scene(tmp_path / f"{name}.png",
+         colour, ground), "mask_image": "mask.png", "seed": 3, "guidance_scale": 4.0}
+        for name, colour, ground in (("a", "red", "blue"), ("b", "white", "black"))
+    ]  # fmt: skip
+    summary, together = run(tmp_path, "together", rows, k22_inpaint, batch_size=2)
+    _, alone = run(tmp_path, "alone", rows[1:], k22_inpaint, batch_size=1)
+    assert summary.rows_failed == 0
+    keep = np.asarray(mask) == 0
+    for name in ("a", "b"):
+        out = pixels(together[(name, 0)]["image_uri"])
+        assert np.array_equal(out[keep], pixels(tmp_path / f"{name}.png")[keep])
+    # diffusers' Kandinsky inpaint would blend row b's latents with row a's image
+    assert max_pixel_difference(
+        together[("b", 0)]["image_uri"], alone[("b", 0)]["image_uri"]
+    ) <= 2  # fmt: skip
+    init = Image.open(tmp_path / "b.png").convert("RGB")
+    generated = direct(KandinskyV22InpaintCombinedPipeline, k22_inpaint, rows[1], image=init,
+                       mask_image=mask)  # fmt: skip
+    ours = pixels(together[("b", 0)]["image_uri"])
+    assert max_pixel_difference(ours[~keep], generated[~keep].astype(np.int16)) <= 2
+
+
+def test_fusion_mixes_prompt_and_image_by_strength(tmp_path, k22):
+    image = scene(tmp_path / "style.png", "red", "white")
+    row = {"id": "mix", "prompt": "a blue square", "task": "fusion", "init_image": image,
+           "strength": 0.3, "seed": 11, "guidance_scale": 4.0}  # fmt: skip
+    summary, results = run(tmp_path, "fusion", [row, {**row, "id": "heavy", "strength": 0.9}], k22)
+    assert summary.rows_failed == 0
+    ours = results[("mix", 0)]["image_uri"]
+    assert max_pixel_difference(ours, results[("heavy", 0)]["image_uri"]) > 10
+
+    combined = KandinskyV22CombinedPipeline.from_pretrained(k22)
+    generator = torch.Generator().manual_seed(11)
+    embeddings = combined.prior_pipe.interpolate(
+        ["a blue square", Image.open(tmp_path / image).convert("RGB")], [0.7, 0.3],
+        generator=generator,
+    )  # fmt: skip
+    decoder = KandinskyV22Pipeline(unet=combined.unet, scheduler=combined.scheduler,
+                                   movq=combined.movq)  # fmt: skip
+    expected = decoder(
+        image_embeds=embeddings.image_embeds,
+        negative_image_embeds=embeddings.negative_image_embeds, guidance_scale=4.0,
+        num_inference_steps=STEPS, height=SIZE, width=SIZE, generator=generator,
+        output_type="np",
+    ).images[0]  # fmt: skip
+    assert max_pixel_difference(pixels(ours), (expected * 255).round().astype(np.uint8)) <= 2
+
+
+def test_rows_a_model_cannot_run_fail_alone_naming_column_and_value(tmp_path, k22):
+    image = scene(tmp_path / "init.png", "red", "blue")
+    rows = [
+        {"id": "dpm", "prompt": "a circle", "scheduler": "dpmpp_2m", "guidance_scale": 4.0},
+        {"id": "ddim", "prompt": "a circle", "scheduler": "ddim", "guidance_scale": 4.0},
+        {"id": "sd-fusion", "prompt": "a circle", "task": "fusion", "init_image": image,
+         "model": "tiny-shapes"},
+        {"id": "k22-inpaint", "prompt": "a circle", "init_image": image, "mask_image": image},
+        {"id": "k22-euler", "prompt": "a circle", "scheduler": "euler"},
+        {"id": "no-image", "prompt": "a circle", "task": "fusion"},
+    ]  # fmt: skip
+    summary, results = run(tmp_path, "mixed", rows, k22)
+    errors = {key[0]: r["error"] for key, r in results.items() if r["status"] == "failed"}
+    assert set(errors) == {"sd-fusion", "k22-inpaint", "k22-euler", "no-image"}, errors
+    assert "`task` 'fusion'" in errors["sd-fusion"] and "Stable Diffusion" in errors["sd-fusion"]
+    assert "`task` 'inpaint'" in errors["k22-inpaint"] and "Kandinsky 2.2" in errors["k22-inpaint"]
+    assert "`scheduler` 'euler'" in errors["k22-euler"] and "ddim" in errors["k22-euler"]
+    assert "needs `init_image`" in errors["no-image"]
+    assert summary.rows_failed == 4
+    dpm, ddim = (results[(name, 0)]["image_uri"] for name in ("dpm", "ddim"))
+    assert max_pixel_difference(dpm, ddim) > 0
+
+
+def test_model_facts_and_the_size_rule(k22, k22_inpaint):
+    facts = model_facts(k22)
+    assert (facts.family, facts.native_size, facts.default_scheduler) == ("kandinsky22", 16, "ddpm")
+    assert facts.tasks == ("text2img", "img2img", "fusion") and facts.size_multiple == 4
+    assert model_facts(k22_inpaint).tasks == ("inpaint",)
+    # a real Kandinsky 2.2 MOVQ downsamples 8x; the decoder works in blocks of 64 pixels
+    real = ModelFacts(digest="d", native_size=768, default_scheduler="ddpm",
+                      family="kandinsky22", tasks=facts.tasks, size_multiple=64)  # fmt: skip
+    job = RowJob(row_index=0, id="r", prompt="p", negative_prompt=None, seed=0, num_images=1,
+                 guidance_scale=4.0, num_inference_steps=2, width=520, height=512,
+                 scheduler=None, model="k22", task="text2img", init_image=None,
+                 mask_image=None, strength=1.0)  # fmt: skip
+    assert unsupported(job, real) == (
+        "`width` must be a multiple of 64 for Kandinsky 2.2 model 'k22' but is 520"
+    )
+    sd = ModelFacts(digest="d", native_size=512, default_scheduler="pndm")
+    assert unsupported(job, sd) is None
