@@ -66,23 +66,26 @@ def direct(cls, model, row, **arguments):
 
 
 def test_text2img_same_image_whatever_the_batch_and_as_bare_diffusers(tmp_path, k22):
-    row = {"id": "subject", "prompt": "a red star on a blue background", "seed": 42,
-           "negative_prompt": "green", "guidance_scale": 5.0}  # fmt: skip
+    subject = {"id": "subject", "prompt": "a red star on a blue background", "seed": 42,
+               "negative_prompt": "green", "guidance_scale": 5.0}  # fmt: skip
+    plain = {**subject, "id": "plain", "negative_prompt": None}  # shares a prior call
     neighbours = [
         {"id": f"n{i}", "prompt": p, "seed": i, "guidance_scale": 5.0,
          "negative_prompt": "blue" if i % 2 else None}
         for i, p in enumerate(PROMPTS)
     ]  # fmt: skip
-    summary, alone = run(tmp_path, "alone", [row], k22, batch_size=1)
-    _, crowd = run(tmp_path, "crowd", [*neighbours[:2], row, *neighbours[2:]], k22, batch_size=8)
+    summary, alone = run(tmp_path, "alone", [subject, plain], k22, batch_size=1)
+    crowd_rows = [*neighbours[:2], subject, *neighbours[2:], plain]
+    _, crowd = run(tmp_path, "crowd", crowd_rows, k22, batch_size=8)
     assert summary.rows_failed == 0 and alone[("subject", 0)]["scheduler"] == "ddpm"
-    ours = alone[("subject", 0)]["image_uri"]
-    assert max_pixel_difference(ours, crowd[("subject", 0)]["image_uri"]) <= 2
-    expected = direct(KandinskyV22CombinedPipeline, k22, row)
-    assert max_pixel_difference(pixels(ours), expected) <= 2
+    for row in (subject, plain):
+        ours = alone[(row["id"], 0)]["image_uri"]
+        assert max_pixel_difference(ours, crowd[(row["id"], 0)]["image_uri"]) <= 2
+        expected = direct(KandinskyV22CombinedPipeline, k22, row)
+        assert max_pixel_difference(pixels(ours), expected) <= 2
     # the negative prompt reaches the prior: without it, another image
-    _, plain = run(tmp_path, "plain", [{**row, "negative_prompt": None}], k22)
-    assert max_pixel_difference(ours, plain[("subject", 0)]["image_uri"]) > 10
+    images = [alone[(name, 0)]["image_uri"] for name in ("subject", "plain")]
+    assert max_pixel_difference(*images) > 10
 
 
 def test_img2img_follows_its_own_init_image_in_a_batch(tmp_path, k22):

@@ -1,11 +1,12 @@
 """Kandinsky 2.2 generation: prompt → diffusion prior → CLIP image embedding → decoder → MOVQ.
 
 A model is one folder holding prior and decoder, as `KandinskyV22CombinedPipeline`
-saves it. Each request's prior runs alone with the request's own generator; the decoder
-then runs the whole batch, each image continuing its own generator. That is exactly the
-random draws of one `KandinskyV22CombinedPipeline` call per request (the prior doubles
-its batch for a negative prompt, which a list of generators cannot follow), so an image
-never depends on the batch it shares.
+saves it. Every image has its own generator, which first the prior and then the decoder
+draw from, row by row: exactly the random draws of one `KandinskyV22CombinedPipeline`
+call per request, so an image never depends on the batch it shares. Requests without a
+negative prompt share one prior call; the prior doubles its batch for a negative prompt
+(prompt rows, then negative rows, drawn from one generator at once), which a list of
+generators cannot follow, so those requests, and fusion's, get a prior call each.
 
 `fusion` mixes the CLIP embeddings of the prompt and of `init_image` in the prior
 (`KandinskyV22PriorPipeline.interpolate`), the image weighing `strength` and the prompt
@@ -60,7 +61,24 @@ def decoder_pipeline(combined, task: str, scheduler):
     return pipeline
 
 
-def image_embeddings(prior, request: ImageRequest, settings: BatchSettings, generator, init):
+def image_embeddings(prior, settings: BatchSettings, requests, generators, inits):
+    """(embeddings, negative embeddings), (N, D) each, every row from its own generator."""
+    rows: list = [None] * len(requests)
+    shared = [i for i, r in enumerate(requests) if r.negative_prompt is None]
+    if shared and settings.task != "fusion":
+        output = prior(
+            prompt=[requests[i].prompt for i in shared],
+            generator=[generators[i] for i in shared], output_type="pt",
+        )  # fmt: skip
+        for k, i in enumerate(shared):
+            rows[i] = (output.image_embeds[k : k + 1], output.negative_image_embeds[k : k + 1])
+    for i in (i for i, row in enumerate(rows) if row is None):
+        init = inits[i] if inits else None
+        rows[i] = request_embeddings(prior, requests[i], settings, generators[i], init)
+    return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
+
+
+def request_embeddings(prior, request: ImageRequest, settings: BatchSettings, generator, init):
     """(embedding, negative embedding) of one request, drawn from its generator."""
     if settings.task == "fusion":
         output = prior.interpolate(
@@ -81,13 +99,10 @@ def generate(combined, settings: BatchSettings, requests: list[ImageRequest],
     prior = combined.prior_pipe
     prior.set_progress_bar_config(disable=True)
     generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in requests]
-    pairs = [
-        image_embeddings(prior, r, settings, g, inits[i] if inits else None)
-        for i, (r, g) in enumerate(zip(requests, generators, strict=True))
-    ]
+    embeds, negative_embeds = image_embeddings(prior, settings, requests, generators, inits)
     arguments = {
-        "image_embeds": torch.cat([p[0] for p in pairs]),
-        "negative_image_embeds": torch.cat([p[1] for p in pairs]),
+        "image_embeds": embeds,
+        "negative_image_embeds": negative_embeds,
         "guidance_scale": settings.guidance_scale,
         "num_inference_steps": settings.num_inference_steps,
         "width": settings.width, "height": settings.height,
@@ -102,7 +117,8 @@ def generate(combined, settings: BatchSettings, requests: list[ImageRequest],
     # diffusers' Kandinsky inpaint blends every image with the first init image and mask,
     # so each inpainting request gets its own decoder call.
     return [
-        decoder(**{**arguments, "image_embeds": e, "negative_image_embeds": n,
-                   "generator": g, "image": init, "mask_image": mask}).images[0]
-        for (e, n), g, init, mask in zip(pairs, generators, inits, masks, strict=True)
+        decoder(**{**arguments, "image_embeds": embeds[i : i + 1], "generator": generators[i],
+                   "negative_image_embeds": negative_embeds[i : i + 1], "image": inits[i],
+                   "mask_image": masks[i]}).images[0]
+        for i in range(len(requests))
     ]  # fmt: skip
