@@ -5,12 +5,13 @@ per-image generators and background writer against bare diffusers loops, no orch
     python bench/bench_sweep_engine.py --model tiny-shapes --rows 16           # CPU
 
 `--model sd15` builds random weights with SD1.5's shapes (nothing is downloaded); any easel
-model reference works too. Variants, on the same loaded pipeline and the same rows:
-(a) a bare loop, one pipeline call per row (batch 1); (b) a bare loop with easel's batches;
-(c) easel's engine (`easel.models.sweep_engine`: validate the manifest, plan, generate,
-write PNGs and record shards), and (d) the same command again into the same output,
-which finds everything recorded and generates nothing. The Prefect flow adds its server
-and task overhead on top; bench/bench_sweep.py measures that on CPU.
+model reference works too, a Kandinsky 2.2 folder included. Variants, on the same loaded
+pipeline and the same rows: (a) a bare loop, one pipeline call per row (batch 1); (b) a
+bare loop with easel's batches; (c) easel's engine (`easel.models.sweep_engine`: validate
+the manifest, plan, generate, write PNGs and record shards), and (d) the same command
+again into the same output, which finds everything recorded and generates nothing. The
+Prefect flow adds its server and task overhead on top; bench/bench_sweep.py measures that
+on CPU.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from bench_sweep import manifest_rows  # noqa: E402  the same 64-row manifest
+from bench_sweep import bare_loop, manifest_rows  # noqa: E402  the same rows, the same loop
 
 
 def timed(function, sync) -> float:
@@ -35,17 +36,6 @@ def timed(function, sync) -> float:
     function()
     sync()
     return time.perf_counter() - start
-
-
-def bare_loop(pipe, rows, args, batch_size) -> None:
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i : i + batch_size]
-        pipe(
-            [r["prompt"] for r in chunk],
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            generator=[torch.Generator().manual_seed(r["seed"]) for r in chunk],
-        )
 
 
 def engine_inputs(manifest: str, out: str, model: str, args):
@@ -98,6 +88,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
 
+    from easel.models.generation import native_size
     from easel.models.loading import load_model
 
     work = tempfile.mkdtemp(prefix="easel-bench-engine-")
@@ -105,14 +96,19 @@ def main() -> None:
     rows = manifest_rows(args.rows)
     manifest = os.path.join(work, "manifest.parquet")
     pq.write_table(pa.Table.from_pylist(rows), manifest)
-    pipe = load_model(model, args.device).pipeline  # the pipeline the engine will use
+    loaded = load_model(model, args.device)
+    pipe = loaded.pipeline  # the pipeline the engine will use (Kandinsky: the combined one)
+    size = native_size(loaded.model.path)
+    loop = lambda batch_size, chunk=rows: bare_loop(  # noqa: E731
+        pipe, chunk, args.steps, args.guidance, batch_size, size
+    )
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    timed(lambda: bare_loop(pipe, rows[:2], args, 2), sync)  # warm-up
+    timed(lambda: loop(2, rows[:2]), sync)  # warm-up
     out = os.path.join(work, "out")
     inputs = engine_inputs(manifest, out, model, args)
     seconds = {
-        "a_bare_batch1": timed(lambda: bare_loop(pipe, rows, args, 1), sync),
-        "b_bare_batched": timed(lambda: bare_loop(pipe, rows, args, args.batch_size), sync),
+        "a_bare_batch1": timed(lambda: loop(1), sync),
+        "b_bare_batched": timed(lambda: loop(args.batch_size), sync),
         "c_easel_engine": timed(lambda: run_engine(inputs), sync),
         "d_easel_rerun_nothing_to_do": timed(lambda: run_engine(inputs), sync),
     }
@@ -121,7 +117,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "model": args.model,
         "dtype": str(pipe.unet.dtype),
-        "size": pipe.unet.config.sample_size * pipe.vae_scale_factor,
+        "size": size,
         "rows": args.rows,
         "steps": args.steps,
         "batch_size": args.batch_size,
