@@ -208,3 +208,30 @@ def test_class_priors_run_on_a_kandinsky_model(tmp_path, k22):
     first, second = (pixels(uri) for uri in priors.image_uris)
     assert first.shape == (SIZE, SIZE, 3) and max_pixel_difference(first, second) > 0
     assert class_priors_flow(params).generated_now == 0  # cached by content
+
+
+def test_a_decoder_folder_naming_its_prior_runs_like_the_combined_folder(tmp_path, k22):
+    """The hub's layout: kandinsky-2-2-decoder's model card names kandinsky-2-2-prior."""
+    from easel.errors import ModelReferenceError
+    from easel.models.references import resolve_model_reference
+
+    combined = KandinskyV22CombinedPipeline.from_pretrained(k22)
+    combined.prior_pipe.save_pretrained(tmp_path / "prior")
+    combined.decoder_pipe.save_pretrained(tmp_path / "decoder")
+    card = tmp_path / "decoder" / "README.md"
+    card.write_text("---\nprior:\n- ../prior\n---\nA Kandinsky 2.2 decoder.\n")
+    row = {"id": "r", "prompt": "a green star", "seed": 5, "guidance_scale": 4.0,
+           "negative_prompt": "red"}  # fmt: skip
+    _, split = run(tmp_path, "split", [row], str(tmp_path / "decoder"))
+    _, whole = run(tmp_path, "whole", [row], k22)
+    assert split[("r", 0)]["status"] == "ok"
+    assert max_pixel_difference(split[("r", 0)]["image_uri"], whole[("r", 0)]["image_uri"]) == 0
+
+    before = resolve_model_reference(str(tmp_path / "decoder")).digest
+    config = tmp_path / "prior" / "scheduler" / "scheduler_config.json"
+    config.write_text(config.read_text().replace("10.0", "9.0"))  # clip_sample_range
+    assert resolve_model_reference(str(tmp_path / "decoder")).digest != before  # covers the prior
+
+    card.write_text("---\nprior: tiny-shapes\n---\n")
+    with pytest.raises(ModelReferenceError, match="not a KandinskyV22PriorPipeline"):
+        resolve_model_reference(str(tmp_path / "decoder"))

@@ -14,7 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from easel.errors import ModelReferenceError
-from easel.models.references import ResolvedModel, resolve_model_reference
+from easel.models.references import (
+    KANDINSKY_DECODERS,
+    ResolvedModel,
+    connected_prior,
+    resolve_model_reference,
+)
 
 FAMILIES = {
     "StableDiffusionPipeline": "sd",
@@ -24,10 +29,6 @@ FAMILIES = {
     "KandinskyV22Img2ImgCombinedPipeline": "kandinsky22",
     "KandinskyV22InpaintCombinedPipeline": "kandinsky22",
 }
-
-DECODER_ONLY = (
-    "KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline", "KandinskyV22InpaintPipeline"
-)  # fmt: skip
 
 
 @dataclass
@@ -47,12 +48,15 @@ def detect_family(path: str) -> str:
     index_file = os.path.join(path, "model_index.json")
     with open(index_file) as f:
         class_name = json.load(f).get("_class_name")
-    if class_name in DECODER_ONLY:
-        raise ModelReferenceError(
-            f"model at {path!r} is a {class_name!r}, a Kandinsky 2.2 decoder without its "
-            "diffusion prior; easel needs both in one folder, as "
-            "KandinskyV22CombinedPipeline.save_pretrained writes them"
-        )
+    if class_name in KANDINSKY_DECODERS:
+        if connected_prior(path) is None:
+            raise ModelReferenceError(
+                f"model at {path!r} is a {class_name!r}, a Kandinsky 2.2 decoder without its "
+                "diffusion prior: name the prior in its README.md (`prior: REF`), as the hub's "
+                "kandinsky-2-2-decoder does, or save both with "
+                "KandinskyV22CombinedPipeline.save_pretrained"
+            )
+        return "kandinsky22"
     if class_name not in FAMILIES:
         raise ModelReferenceError(
             f"model at {path!r} is a {class_name!r}; easel runs {', '.join(sorted(FAMILIES))}"
@@ -97,7 +101,10 @@ def _load(resolved: ResolvedModel, device: str, dtype: torch.dtype, trust_pickle
     if family == "sd":
         options.update(safety_checker=None, requires_safety_checker=False)
     try:
-        pipeline = cls.from_pretrained(resolved.path, **options)
+        if resolved.prior is None:
+            pipeline = cls.from_pretrained(resolved.path, **options)
+        else:
+            pipeline = _decoder_with_prior(resolved, options)
     except OSError as error:
         if not trust_pickle and "safetensors" in str(error).lower():
             raise ModelReferenceError(
@@ -107,3 +114,17 @@ def _load(resolved: ResolvedModel, device: str, dtype: torch.dtype, trust_pickle
         raise ModelReferenceError(f"model {resolved.ref!r} could not be loaded: {error}") from error
     pipeline.set_progress_bar_config(disable=True)
     return LoadedModel(model=resolved, family=family, pipeline=pipeline.to(device))
+
+
+def _decoder_with_prior(resolved: ResolvedModel, options: dict):
+    """A combined Kandinsky 2.2 pipeline from a decoder folder and its resolved prior."""
+    from diffusers import (
+        KandinskyV22CombinedPipeline,
+        KandinskyV22Pipeline,
+        KandinskyV22PriorPipeline,
+    )
+
+    prior = KandinskyV22PriorPipeline.from_pretrained(resolved.prior.path, **options)
+    decoder = KandinskyV22Pipeline.from_pretrained(resolved.path, **options)
+    prior_components = {f"prior_{name}": c for name, c in prior.components.items()}
+    return KandinskyV22CombinedPipeline(**prior_components, **decoder.components)

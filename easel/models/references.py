@@ -5,6 +5,10 @@
 - an fsspec URI of such a directory, copied once into a local content-addressed cache;
 - `models:/NAME@ALIAS` or `models:/NAME/VERSION` from the MLflow registry;
 - a hub id (`org/name`), only from the local Hugging Face cache or with network.
+
+A Kandinsky 2.2 decoder whose model card (README.md) names its `prior`, as the hub's
+`kandinsky-2-2-decoder` does, resolves with that prior: the card's value is itself a
+reference (or a folder relative to the decoder's), and the digest covers both.
 """
 
 from __future__ import annotations
@@ -28,13 +32,18 @@ EMBEDDED_MODELS = {
 }
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 DIGESTED_SUFFIXES = (".json", ".safetensors", ".bin", ".ckpt", ".txt", ".model", ".pt")
+KANDINSKY_DECODERS = (
+    "KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline", "KandinskyV22InpaintPipeline"
+)  # fmt: skip
+KANDINSKY_PRIOR = "KandinskyV22PriorPipeline"
 
 
 @dataclass(frozen=True)
 class ResolvedModel:
     ref: str  # what the user wrote
     path: str  # local diffusers-format directory
-    digest: str  # sha256 over the model's files: names and contents
+    digest: str  # sha256 over the model's files (names and contents), and its prior's
+    prior: ResolvedModel | None = None  # a Kandinsky decoder's connected prior
 
 
 def cache_dir() -> Path:
@@ -70,7 +79,37 @@ def resolve_model_reference(ref: str) -> ResolvedModel:
 
 
 def _resolved(ref: str, path: str) -> ResolvedModel:
-    return ResolvedModel(ref=ref, path=path, digest=model_digest(path))
+    prior_ref = connected_prior(path)
+    if prior_ref is None:
+        return ResolvedModel(ref=ref, path=path, digest=model_digest(path))
+    prior = resolve_model_reference(prior_ref)
+    if _class_name(prior.path) != KANDINSKY_PRIOR:
+        raise ModelReferenceError(
+            f"model {ref!r} names {prior_ref!r} as its prior (README.md), but that is a "
+            f"{_class_name(prior.path)!r}, not a {KANDINSKY_PRIOR}"
+        )
+    digest = hashlib.sha256(f"{model_digest(path)}\nprior {prior.digest}".encode()).hexdigest()
+    return ResolvedModel(ref=ref, path=path, digest=digest, prior=prior)
+
+
+def _class_name(path: str) -> str | None:
+    with open(os.path.join(path, "model_index.json")) as f:
+        return json.load(f).get("_class_name")
+
+
+def connected_prior(path: str) -> str | None:
+    """The prior a Kandinsky 2.2 decoder folder names in its model card, as a reference."""
+    card = os.path.join(path, "README.md")
+    if _class_name(path) not in KANDINSKY_DECODERS or not os.path.isfile(card):
+        return None
+    from huggingface_hub import ModelCard
+
+    value = ModelCard.load(card).data.to_dict().get("prior")
+    value = value[0] if isinstance(value, list) and value else value
+    if not isinstance(value, str) or not value:
+        return None
+    beside = os.path.join(path, value)  # a folder next to the decoder's, as shipped together
+    return os.path.abspath(beside) if os.path.isdir(beside) else value
 
 
 def model_digest(path: str) -> str:
@@ -149,7 +188,7 @@ def _hub_snapshot(ref: str) -> str:
         )
     try:
         return snapshot_download(
-            ref, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]
+            ref, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model", "README.md"]
         )
     except Exception as error:
         raise ModelReferenceError(
