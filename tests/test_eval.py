@@ -195,3 +195,19 @@ def test_eval_settings_can_be_extended():
     # a later suite adds a settings field and a registry entry; nothing else changes
     assert replace(SMALL, seed=3).seed == 3
     assert list(evaluation.EVAL_SUITES)[:1] == ["judge"]
+
+
+def test_bootstrap_k22_grows_a_kandinsky_model_from_tiny_shapes(tmp_path, prefect_server):
+    from easel.models.generation import model_facts
+
+    config = tmp_path / "tiny-k22.yaml"
+    config.write_text(
+        "images: 32\nimage_encoder_steps: 2\nprior_steps: 2\ndecoder_steps: 2\nsample_steps: 1\n"
+    )
+    out, work = tmp_path / "weights", tmp_path / "work"
+    args = ["bootstrap", "--model", "tiny-shapes-k22", "--config", str(config), "--out", str(out),
+            "--work-dir", str(work)]  # fmt: skip
+    assert main(args) == 0
+    facts = model_facts(str(out / "tiny-shapes-k22"))
+    assert (facts.family, facts.native_size, facts.default_scheduler) == ("kandinsky22", 64, "ddim")
+    assert (work / "samples-k22.png").exists()

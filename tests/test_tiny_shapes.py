@@ -124,3 +124,22 @@ def test_diffusion_stage_saves_the_moving_average_and_a_rerun_keeps_it(tmp_path)
     assert torch.allclose(nearly_last[name], last[name], atol=1e-6)
     assert not torch.allclose(averaged[name], last[name], atol=1e-6)
     assert all(torch.equal(rerun[k], averaged[k]) for k in averaged)
+
+
+def test_movq_of_tiny_shapes_k22_is_the_vae_exactly():
+    """Kandinsky's MOVQ latents are tiny-shapes' scaled posterior means; decoding matches."""
+    from diffusers import AutoencoderKL
+
+    from easel.models.tiny_shapes_k22 import movq_from_vae
+    from easel.models.tiny_shapes_training import images_to_tensor
+
+    base = resolve_model_reference("tiny-shapes").path
+    vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
+    movq = movq_from_vae(vae)
+    pixels = images_to_tensor(shapes.render_array(shapes.sample_specs(4, seed=9)))
+    with torch.no_grad():
+        mean = vae.encode(pixels).latent_dist.mode()
+        latents = movq.encode(pixels).latents
+        assert torch.allclose(latents, mean * vae.config.scaling_factor, atol=1e-5)
+        decoded = movq.decode(latents, force_not_quantize=True).sample
+        assert torch.allclose(decoded, vae.decode(mean).sample, atol=1e-4)

@@ -1,6 +1,7 @@
 """`easel bootstrap`: retrain the embedded model `tiny-shapes` and the judge from scratch
-(SPEC §8). Deterministic: the same parameters on the same machine and thread count give
-the same weights. The committed weights under `easel/models/weights/` are its output."""
+(SPEC §8); `easel bootstrap --model tiny-shapes-k22` grows its Kandinsky 2.2 sibling from
+it. Deterministic: the same parameters on the same machine and thread count give the same
+weights. The committed weights under `easel/models/weights/` are their output."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from easel import tracking
 from easel.flows.config import load_parameters
+from easel.models import tiny_shapes_k22
 from easel.models import tiny_shapes_training as training
 from easel.models.judge import JudgeTraining
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
 _MODEL, _JUDGE = training.TinyShapesTraining(), JudgeTraining()
+_K22 = tiny_shapes_k22.TinyShapesK22Training()
 
 
 class BootstrapParameters(BaseModel):
@@ -82,12 +85,56 @@ class BootstrapParameters(BaseModel):
         )
 
 
+class BootstrapK22Parameters(BaseModel):
+    """Lengths of the tiny-shapes-k22 recipe; the defaults made the committed weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out: str = Field(str(WEIGHTS_DIR), description="folder receiving tiny-shapes-k22/")
+    base: str = Field("tiny-shapes", description="the tiny-shapes model it grows from")
+    work_dir: str = Field("easel-out/bootstrap-k22", description="checkpoints; a rerun resumes")
+    seed: int = _K22.seed
+    threads: int | None = Field(1, ge=1, description="torch CPU threads; None: torch's default")
+    images: int = Field(_K22.images, ge=1)
+    image_encoder_steps: int = Field(_K22.image_encoder.steps, ge=1)
+    prior_steps: int = Field(_K22.prior.steps, ge=1)
+    decoder_steps: int = Field(_K22.decoder.steps, ge=1)
+    sample_steps: int = Field(20, ge=1, description="denoising steps of the sample grid")
+    experiment: str = "easel-bootstrap"
+    show_progress: bool = False
+
+    def training(self) -> tiny_shapes_k22.TinyShapesK22Training:
+        def schedule(base: training.TrainingSchedule, steps: int) -> training.TrainingSchedule:
+            return replace(base, steps=steps, warmup_steps=min(base.warmup_steps, steps))
+
+        return replace(
+            _K22, seed=self.seed, images=self.images,
+            image_encoder=schedule(_K22.image_encoder, self.image_encoder_steps),
+            prior=schedule(_K22.prior, self.prior_steps),
+            decoder=schedule(_K22.decoder, self.decoder_steps),
+        )  # fmt: skip
+
+
+def _start_run(params, run_name: str):
+    """Threads, deterministic cuBLAS, and the flow's MLflow run (with its parameters)."""
+    import mlflow
+    import torch
+
+    if params.threads:
+        torch.set_num_threads(params.threads)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on GPUs
+    tracking.configure_mlflow()
+    mlflow.set_experiment(params.experiment)
+    run = mlflow.start_run(run_name=run_name)
+    mlflow.log_params({k: v for k, v in params.model_dump().items() if k != "show_progress"})
+    return run
+
+
 @flow(name="bootstrap")
 def bootstrap_flow(params: BootstrapParameters) -> dict[str, str]:
     """VAE, its decoder alone, then text encoder + UNet, then the judge; a sample grid;
     publish both folders."""
     import mlflow
-    import torch
 
     from easel.tasks.tiny_shapes import (
         publish_task,
@@ -98,13 +145,7 @@ def bootstrap_flow(params: BootstrapParameters) -> dict[str, str]:
         train_vae_task,
     )
 
-    if params.threads:
-        torch.set_num_threads(params.threads)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on GPUs
-    tracking.configure_mlflow()
-    mlflow.set_experiment(params.experiment)
-    with mlflow.start_run(run_name="bootstrap") as run:
-        mlflow.log_params({k: v for k, v in params.model_dump().items() if k != "show_progress"})
+    with _start_run(params, "bootstrap") as run:
         run_id, work, progress = run.info.run_id, params.work_dir, params.show_progress
         model_config = params.model_training()
         vae_dir = train_vae_task(model_config, work, run_id, progress)
@@ -120,10 +161,41 @@ def bootstrap_flow(params: BootstrapParameters) -> dict[str, str]:
     return {"model": model_out, "judge": judge_out, "samples": grid, "mlflow_run_id": run_id}
 
 
+@flow(name="bootstrap-k22")
+def bootstrap_k22_flow(params: BootstrapK22Parameters) -> dict[str, str]:
+    """Image encoder, prior and decoder grown from tiny-shapes; a sample grid; publish."""
+    import mlflow
+
+    from easel.models.references import resolve_model_reference
+    from easel.tasks.tiny_shapes import (
+        publish_task,
+        sample_grid_task,
+        train_tiny_shapes_k22_task,
+    )
+
+    base_dir = resolve_model_reference(params.base).path
+    with _start_run(params, "bootstrap-k22") as run:
+        run_id, work = run.info.run_id, params.work_dir
+        pipeline_dir = train_tiny_shapes_k22_task(
+            params.training(), base_dir, work, run_id, params.show_progress
+        )
+        grid = sample_grid_task(
+            pipeline_dir, os.path.join(work, "samples-k22.png"), steps=params.sample_steps,
+            guidance_scale=4.0,
+        )  # fmt: skip
+        mlflow.log_artifact(grid)
+        model_out = publish_task(pipeline_dir, os.path.join(params.out, "tiny-shapes-k22"))
+    return {"model": model_out, "samples": grid, "mlflow_run_id": run_id}
+
+
 def add_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "bootstrap", help="retrain the embedded model tiny-shapes and the judge"
     )
+    parser.add_argument(
+        "--model", choices=["tiny-shapes", "tiny-shapes-k22"], default="tiny-shapes",
+        help="which embedded model to retrain (tiny-shapes-k22 grows from tiny-shapes)",
+    )  # fmt: skip
     parser.add_argument("--config", help="YAML file of bootstrap parameters")
     parser.add_argument(
         "--out", help="folder receiving tiny-shapes/ and judge/ (default: the package's weights)"
@@ -140,10 +212,14 @@ def run_bootstrap_command(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "show_progress": sys.stderr.isatty(),
     }
-    params = load_parameters(BootstrapParameters, args.config, overrides)
-    result = bootstrap_flow(params)
+    if args.model == "tiny-shapes-k22":
+        params = load_parameters(BootstrapK22Parameters, args.config, overrides)
+        result = bootstrap_k22_flow(params)
+    else:
+        params = load_parameters(BootstrapParameters, args.config, overrides)
+        result = bootstrap_flow(params)
+        print(f"judge:       {result['judge']}")
     print(f"model:       {result['model']}")
-    print(f"judge:       {result['judge']}")
     print(f"samples:     {result['samples']}")
     print(f"mlflow runs: {tracking.tracking_uri()} (run {result['mlflow_run_id']})")
     return 0

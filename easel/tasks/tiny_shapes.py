@@ -18,7 +18,7 @@ from prefect import task
 
 from easel import tracking
 from easel.data import storage
-from easel.models import evaluation, tiny_shapes, tiny_shapes_training
+from easel.models import evaluation, tiny_shapes, tiny_shapes_k22, tiny_shapes_training
 from easel.models.judge import Judge, JudgeTraining, train_judge
 
 SAMPLE_PROMPTS = [
@@ -138,6 +138,26 @@ def train_text_to_image_task(
     return folder
 
 
+@task(name="train-tiny-shapes-k22")
+def train_tiny_shapes_k22_task(
+    config: tiny_shapes_k22.TinyShapesK22Training,
+    base_dir: str,
+    work_dir: str,
+    parent_run_id: str | None,
+    progress: bool = False,
+) -> str:
+    """tiny-shapes-k22 grown from the tiny-shapes pipeline at `base_dir`; returns its folder."""
+    run_id = nested_run(parent_run_id, "tiny-shapes-k22")
+    checkpoints = os.path.join(work_dir, "k22-checkpoints")
+    pipeline = tiny_shapes_k22.train(
+        base_dir, config, checkpoints, lightning_logger(run_id), progress
+    )
+    folder = os.path.join(work_dir, "tiny-shapes-k22")
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    _finish(run_id, asdict(config))
+    return folder
+
+
 @task(name="train-judge")
 def train_judge_task(
     config: JudgeTraining, work_dir: str, parent_run_id: str | None, progress: bool = False
@@ -158,10 +178,7 @@ def sample_grid_task(
     pipeline_dir: str, out_png: str, seeds: int = 4, steps: int = 20, guidance_scale: float = 7.5
 ) -> str:
     """A grid of SAMPLE_PROMPTS (rows of `seeds` images each), written as a PNG."""
-    from diffusers import StableDiffusionPipeline
-
-    pipeline = StableDiffusionPipeline.from_pretrained(pipeline_dir, local_files_only=True)
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline = _load_pipeline(pipeline_dir)
     prompts = [p for p in SAMPLE_PROMPTS for _ in range(seeds)]
     images = evaluation.generate_images(
         pipeline, prompts, list(range(len(prompts))), guidance_scale, steps
@@ -190,11 +207,10 @@ def publish_task(source_dir: str, target_dir: str) -> str:
 
 
 def _load_pipeline(model_path: str):
-    from diffusers import StableDiffusionPipeline
+    """The pipeline at `model_path` (either family), fp32 on the default device."""
+    from easel.models.loading import load_model
 
-    pipeline = StableDiffusionPipeline.from_pretrained(model_path, local_files_only=True)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline.to("cuda" if torch.cuda.is_available() else "cpu")
+    return load_model(model_path, dtype=torch.float32).pipeline
 
 
 def _load_subject(instance_data: str, instance_prompt: str, class_prompt: str):

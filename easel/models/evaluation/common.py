@@ -72,12 +72,18 @@ def generate_images(
     batch_size: int = 64,
 ) -> list[Image.Image]:
     """One image per (prompt, seed), each from `torch.Generator().manual_seed(seed)`, so an
-    image does not depend on its batch. The only place evaluation calls the pipeline."""
+    image does not depend on its batch. The only place evaluation calls the pipeline; a
+    Kandinsky 2.2 pipeline goes through the sweep engine's prior + decoder path."""
     assert len(prompts) == len(seeds), (len(prompts), len(seeds))
     images: list[Image.Image] = []
     for start in range(0, len(prompts), batch_size):
         stop = start + batch_size
         negatives = negative_prompts[start:stop] if negative_prompts is not None else None
+        if hasattr(pipeline, "prior_pipe"):
+            chunk = (prompts[start:stop], seeds[start:stop])
+            images.extend(_kandinsky_images(pipeline, *chunk, guidance_scale,
+                                            num_inference_steps, negatives))  # fmt: skip
+            continue
         output = pipeline(
             prompt=prompts[start:stop],
             negative_prompt=negatives,
@@ -88,6 +94,20 @@ def generate_images(
         )
         images.extend(output.images)
     return images
+
+
+def _kandinsky_images(pipeline, prompts, seeds, guidance_scale, steps, negatives):
+    from easel.data.jobs import BatchSettings, ImageRequest
+    from easel.models import kandinsky
+
+    side = pipeline.unet.config.sample_size * kandinsky.movq_scale_factor(pipeline.movq.config)
+    settings = BatchSettings(task="text2img", scheduler=None, guidance_scale=guidance_scale,
+                             num_inference_steps=steps, width=side, height=side)  # fmt: skip
+    requests = [
+        ImageRequest(prompt=p, negative_prompt=negatives[i] if negatives else None, seed=s)
+        for i, (p, s) in enumerate(zip(prompts, seeds, strict=True))
+    ]
+    return kandinsky.generate(pipeline, settings, requests, None, None)
 
 
 # -- metric math ---------------------------------------------------------------------------
@@ -124,11 +144,16 @@ def mean_pairwise_pixel_distance(images: list[Image.Image]) -> float:
 
 @torch.no_grad()
 def vae_round_trip(vae, images: list[Image.Image]) -> list[Image.Image]:
-    """`images` encoded (posterior mean) and decoded by `vae`: what any edit in its latent
-    space can keep of them at best."""
+    """`images` encoded (posterior mean; Kandinsky's MOVQ: its unquantized latents, as its
+    pipelines use them) and decoded by `vae`: what any edit in its latent space can keep of
+    them at best."""
     x = torch.from_numpy(np.stack([np.asarray(i.convert("RGB")) for i in images]))
     x = x.permute(0, 3, 1, 2).to(vae.device, vae.dtype) / 127.5 - 1
-    decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+    if hasattr(vae, "quantize"):
+        decoded = vae.decode(vae.encode(x).latents, force_not_quantize=True).sample
+    else:
+        decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    decoded = decoded.clamp(-1, 1)
     pixels = ((decoded + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(p) for p in pixels]
 

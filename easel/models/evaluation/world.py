@@ -175,9 +175,10 @@ def judge_suite(context: EvalContext) -> SuiteResult:
     the autoencoder leaves to the UNet."""
     s = context.settings
     result = SuiteResult(metrics={})
+    autoencoder = getattr(context.pipeline, "vae", None) or context.pipeline.movq
     cases = (
         ("fresh renders", "accuracy", None),
-        ("VAE round trip", "vae_round_trip", partial(vae_round_trip, context.pipeline.vae)),
+        ("VAE round trip", "vae_round_trip", partial(vae_round_trip, autoencoder)),
     )
     for case, key, transform in cases:
         scores = accuracy(context.judge, s.judge_images, s.seed + 4, transform)
