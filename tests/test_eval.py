@@ -211,3 +211,12 @@ def test_bootstrap_k22_grows_a_kandinsky_model_from_tiny_shapes(tmp_path, prefec
     facts = model_facts(str(out / "tiny-shapes-k22"))
     assert (facts.family, facts.native_size, facts.default_scheduler) == ("kandinsky22", 64, "ddim")
     assert (work / "samples-k22.png").exists()
+    import mlflow
+
+    mlflow.flush_async_logging()
+    runs = mlflow.search_runs(experiment_names=["easel-bootstrap"], output_format="list",
+                              filter_string="tags.`mlflow.runName` LIKE 'k22-%'")  # fmt: skip
+    names = sorted(r.info.run_name for r in runs)
+    assert names == ["k22-decoder", "k22-image-encoder", "k22-prior"]
+    # one run per stage: each stage's own schedule, as Lightning and the task logged it
+    assert all(r.data.params["schedule/steps"] == r.data.params["steps"] == "2" for r in runs)

@@ -5,7 +5,9 @@ embedding into latents with a decoder UNet, and latents into pixels with MOVQ. H
 - MOVQ is tiny-shapes' VAE, converted exactly (posterior mean, scaling folded in);
 - the prior's text encoder is tiny-shapes' CLIP text encoder, with a projection;
 - the shared image/text embedding space is CLIP's ideal by construction: an image's
-  embedding is the projected text embedding of its full caption;
+  embedding is the text encoding of its full caption at the colour, shape and background
+  words, projected to 64 dimensions (the pooled end-of-text state carries the shape but
+  little of the colours: decoders conditioned on it drew the wrong colours);
 - the image encoder is a small CLIP vision model trained to map pixels into that space
   (used for image fusion and for the zero-image embedding); a from-scratch ViT this size
   reads colours and backgrounds reliably, shapes much less so;
@@ -41,6 +43,8 @@ from easel.models.tiny_shapes_training import (
 EMBEDDING = 64  # CLIP projection = prior embedding = tiny-shapes' text width
 IMAGE_MEAN, IMAGE_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # the processor maps [0, 255] to [-1, 1]
 PRIOR_SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2"}
+# "<bos> a COLOUR SHAPE on a BACKGROUND background <eos>": the attribute words' positions
+ATTRIBUTE_POSITIONS = (2, 3, 6)
 
 
 @dataclass(frozen=True)
@@ -297,6 +301,25 @@ def caption_encodings(text_encoder, tokenizer, specs: list):
     return encodings, index
 
 
+@torch.no_grad()
+def caption_embeddings(text_encoder, tokenizer, specs: list, seed: int) -> torch.Tensor:
+    """(N, D) image embeddings: each spec's full caption encoded, its attribute words'
+    states concatenated and projected by a fixed (seeded) orthogonal matrix."""
+    captions = [shapes.caption(spec) for spec in specs]
+    unique = sorted(set(captions))
+    tokens = tokenizer(unique, padding="max_length", truncation=True,
+                       max_length=tokenizer.model_max_length, return_tensors="pt")  # fmt: skip
+    assert bool((tokens.attention_mask.sum(1) == 9).all()), "one token per caption word"
+    hidden = text_encoder(tokens.input_ids).last_hidden_state
+    words = hidden[:, list(ATTRIBUTE_POSITIONS)].flatten(1)  # (U, 3 * width)
+    width = words.shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    projection, _ = torch.linalg.qr(torch.randn(width, width, generator=generator))
+    embeddings = words @ projection[:, :EMBEDDING]
+    position = {caption: i for i, caption in enumerate(unique)}
+    return embeddings[torch.tensor([position[c] for c in captions])]
+
+
 def assemble_pipeline(tokenizer, text_encoder, image_encoder, prior, unet, movq):
     """The complete KandinskyV22CombinedPipeline, ready for `save_pretrained`."""
     from diffusers import KandinskyV22CombinedPipeline
@@ -312,10 +335,16 @@ def assemble_pipeline(tokenizer, text_encoder, image_encoder, prior, unet, movq)
 # -- the whole recipe -------------------------------------------------------------------------
 
 
-def train(base_path: str, config: TinyShapesK22Training, work_dir: str, logger=None,
-          progress: bool = True):  # fmt: skip
+STAGES = ("image-encoder", "prior", "decoder")
+
+
+def train(base_path: str, config: TinyShapesK22Training, work_dir: str,
+          loggers: dict | None = None, progress: bool = True):  # fmt: skip
     """Image encoder, prior, decoder from the `tiny-shapes` pipeline at `base_path`; each
-    stage checkpoints under `work_dir` and resumes. Returns the assembled pipeline."""
+    stage checkpoints under `work_dir/<stage>` and resumes, and logs to `loggers[stage]`
+    (one Lightning logger per stage: their hyperparameters differ). Returns the assembled
+    pipeline."""
+    loggers = loggers or {}
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -330,13 +359,14 @@ def train(base_path: str, config: TinyShapesK22Training, work_dir: str, logger=N
     pixels = images_to_tensor(shapes.render_array(specs))  # (N, 3, 64, 64) in [-1, 1]
 
     encodings, caption_index = caption_encodings(text_encoder, tokenizer, specs)
-    embeds = encodings[0][caption_index[:, CAPTION_VARIANTS.index("full")]]  # (N, D)
+    embeds = caption_embeddings(text_encoder, tokenizer, specs, config.seed)  # (N, D)
 
     pl.seed_everything(config.seed + 5, workers=True, verbose=False)
     encoder_module = ImageEncoderModule(asdict(config.image_encoder))
     loader = shuffled_loader((pixels, embeds), config.image_encoder.batch_size, config.seed + 5)
-    fit(encoder_module, loader, config.image_encoder.steps,
-        os.path.join(work_dir, "image-encoder"), logger, progress)  # fmt: skip
+    stage_dir = os.path.join(work_dir, "image-encoder")
+    fit(encoder_module, loader, config.image_encoder.steps, stage_dir,
+        loggers.get("image-encoder"), progress)  # fmt: skip
     image_encoder = encoder_module.encoder.eval()
     zero = zero_image_embedding(image_encoder)
 
@@ -346,8 +376,8 @@ def train(base_path: str, config: TinyShapesK22Training, work_dir: str, logger=N
                                list(config.caption_probabilities), encodings)  # fmt: skip
     loader = shuffled_loader(((embeds - mean) / std, caption_index), config.prior.batch_size,
                              config.seed + 6)  # fmt: skip
-    fit(prior_module, loader, config.prior.steps, os.path.join(work_dir, "prior"), logger,
-        progress)  # fmt: skip
+    fit(prior_module, loader, config.prior.steps, os.path.join(work_dir, "prior"),
+        loggers.get("prior"), progress)  # fmt: skip
     prior = prior_module.prior.eval()
     prior.clip_mean, prior.clip_std = torch.nn.Parameter(mean), torch.nn.Parameter(std)
 
@@ -360,7 +390,7 @@ def train(base_path: str, config: TinyShapesK22Training, work_dir: str, logger=N
                                    config.unconditional_probability, zero)  # fmt: skip
     decoder_module.unet.load_state_dict(unet.state_dict())
     loader = shuffled_loader((latents, embeds), config.decoder.batch_size, config.seed + 7)
-    fit(decoder_module, loader, config.decoder.steps, os.path.join(work_dir, "decoder"), logger,
-        progress)  # fmt: skip
+    fit(decoder_module, loader, config.decoder.steps, os.path.join(work_dir, "decoder"),
+        loggers.get("decoder"), progress)  # fmt: skip
     return assemble_pipeline(tokenizer, text_encoder, image_encoder, prior,
                              decoder_module.unet, movq)  # fmt: skip

@@ -146,15 +146,17 @@ def train_tiny_shapes_k22_task(
     parent_run_id: str | None,
     progress: bool = False,
 ) -> str:
-    """tiny-shapes-k22 grown from the tiny-shapes pipeline at `base_dir`; returns its folder."""
-    run_id = nested_run(parent_run_id, "tiny-shapes-k22")
+    """tiny-shapes-k22 grown from the tiny-shapes pipeline at `base_dir`; returns its folder.
+    Each stage logs to its own nested run."""
+    run_ids = {stage: nested_run(parent_run_id, f"k22-{stage}") for stage in tiny_shapes_k22.STAGES}
+    loggers = {stage: lightning_logger(run_id) for stage, run_id in run_ids.items()}
     checkpoints = os.path.join(work_dir, "k22-checkpoints")
-    pipeline = tiny_shapes_k22.train(
-        base_dir, config, checkpoints, lightning_logger(run_id), progress
-    )
+    pipeline = tiny_shapes_k22.train(base_dir, config, checkpoints, loggers, progress)
     folder = os.path.join(work_dir, "tiny-shapes-k22")
     pipeline.save_pretrained(folder, safe_serialization=True)
-    _finish(run_id, asdict(config))
+    for stage, run_id in run_ids.items():  # each stage's schedule, and the shared sizes
+        schedule = asdict(getattr(config, stage.replace("-", "_")))
+        _finish(run_id, {**schedule, "images": config.images, "seed": config.seed})
     return folder
 
 
