@@ -34,6 +34,18 @@ EDIT_ROWS = [
 ]  # fmt: skip
 
 
+KANDINSKY_ROWS = [  # the same world through Kandinsky 2.2's prior and decoder
+    {"id": "k22-red-circle", "prompt": "a red circle on a blue background", "seed": 10,
+     "num_images": 2, "model": "tiny-shapes-k22", "guidance_scale": 4.0},
+    {"id": "k22-img2img", "prompt": "a red star on a blue background", "seed": 11,
+     "init_image": "scene.png", "strength": 0.6, "model": "tiny-shapes-k22",
+     "guidance_scale": 4.0},
+    {"id": "k22-fusion", "prompt": "a yellow square on a green background", "seed": 12,
+     "task": "fusion", "init_image": "scene.png", "strength": 0.5,
+     "model": "tiny-shapes-k22", "guidance_scale": 4.0},
+]  # fmt: skip
+
+
 def subject_rows(model: str, identifier: str) -> list[dict]:
     """Rows that place the fine-tuned subject in new prompts, on the fine-tuned model."""
     return [
@@ -54,7 +66,9 @@ def sample_inputs(size: int = 64) -> dict[str, Image.Image]:
     return {"scene.png": scene, "centre-mask.png": mask, "centre-mask-soft.png": soft}
 
 
-def write_sample_manifest(uri: str, rows: list[dict] = SAMPLE_ROWS + EDIT_ROWS) -> str:
+def write_sample_manifest(
+    uri: str, rows: list[dict] = SAMPLE_ROWS + EDIT_ROWS + KANDINSKY_ROWS
+) -> str:
     """The manifest and, beside it, the images its edit rows refer to."""
     folder = uri.rsplit("/", 1)[0]
     for name, image in sample_inputs().items():

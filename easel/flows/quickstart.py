@@ -3,8 +3,9 @@
 1. DreamBooth on tiny-shapes: class priors (through the sweep engine, cached by content), a
    short Lightning run with checkpoints, the exported pipeline;
 2. a sweep over a sample manifest: text2img with negative prompts, several guidance scales
-   and schedulers, img2img, inpainting, and rows that use the new subject token on the
-   fine-tuned model. Everything is tracked in MLflow.
+   and schedulers, img2img, inpainting, rows that use the new subject token on the
+   fine-tuned model, and Kandinsky 2.2 rows (text2img, img2img, image fusion) on
+   `tiny-shapes-k22`. Everything is tracked in MLflow.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ import sys
 
 from easel import tracking
 from easel.data import storage
-from easel.data.samples import EDIT_ROWS, SAMPLE_ROWS, subject_rows, write_sample_manifest
+from easel.data.samples import (
+    EDIT_ROWS,
+    KANDINSKY_ROWS,
+    SAMPLE_ROWS,
+    subject_rows,
+    write_sample_manifest,
+)
 from easel.flows.sweep import SweepParameters, print_summary, run_sweep
 
 QUICK_DREAMBOOTH = {  # a short run: the stages, and star shapes for "sks star", in about a minute
@@ -35,7 +42,7 @@ def add_command(subparsers) -> None:
 
 
 def run_quickstart(args: argparse.Namespace) -> int:
-    rows = SAMPLE_ROWS + EDIT_ROWS
+    rows = SAMPLE_ROWS + EDIT_ROWS + KANDINSKY_ROWS
     if not args.skip_dreambooth:
         from easel.flows.dreambooth import dreambooth_flow, tiny_shapes_config
 
