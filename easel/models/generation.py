@@ -37,8 +37,9 @@ def native_size(model_path: str) -> int:
     """The model's native image side in pixels, read from its configs (no weights loaded)."""
     sample_size = _config(model_path, "unet/config.json")["sample_size"]
     autoencoder = _config(model_path, "vae/config.json", "movq/config.json")
-    scale = 2 ** (len(autoencoder["block_out_channels"]) - 1)
-    return int(sample_size) * scale if sample_size else DEFAULT_SIDE
+    return (
+        int(sample_size) * kandinsky.autoencoder_scale(autoencoder) if sample_size else DEFAULT_SIDE
+    )
 
 
 def family_tasks(family: str, unet_config) -> tuple[str, ...]:
@@ -105,14 +106,14 @@ def generate(
     """One batch for all `requests`; returns one PIL image per request, in order.
 
     Inpainted images are composited in pixel space: outside the mask, the init image."""
+    if settings.task not in family_tasks(loaded.family, loaded.pipeline.unet.config):
+        raise ValueError(f"`task` {settings.task!r} is not supported for a {loaded.family} model")
     size = (settings.width, settings.height)
     inits = masks = None
     if settings.task != "text2img":
         inits = [images.load_init_image(r.init_image, size) for r in requests]
     if settings.task == "inpaint":
         masks = [images.load_mask(r.mask_image, size) for r in requests]
-    if settings.task not in family_tasks(loaded.family, loaded.pipeline.unet.config):
-        raise ValueError(f"`task` {settings.task!r} is not supported for a {loaded.family} model")
     if loaded.family == "kandinsky22":
         generated = kandinsky.generate(loaded.pipeline, settings, requests, inits, masks)
     else:
@@ -142,7 +143,7 @@ def model_facts(ref: str):
         "tasks": family_tasks(family, unet),
     }  # fmt: skip
     if family == "kandinsky22":
-        scale = kandinsky.movq_scale_factor(_config(resolved.path, "movq/config.json"))
+        scale = kandinsky.autoencoder_scale(_config(resolved.path, "movq/config.json"))
         facts.update(schedulers=kandinsky.DECODER_SCHEDULERS, size_multiple=scale * scale)
     return ModelFacts(**facts)
 

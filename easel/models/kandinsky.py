@@ -33,8 +33,9 @@ INPAINT_UNET_CHANNELS = 9  # latents + masked-image latents + mask
 DECODER_SCHEDULERS = ("ddpm", "ddim", "dpmpp_2m")
 
 
-def movq_scale_factor(movq_config: dict) -> int:
-    return 2 ** (len(movq_config["block_out_channels"]) - 1)
+def autoencoder_scale(config: dict) -> int:
+    """Pixels per latent along a side, for a VAE or a MOVQ: 2 ** (levels - 1)."""
+    return 2 ** (len(config["block_out_channels"]) - 1)
 
 
 def supported_tasks(unet_config: dict) -> tuple[str, ...]:

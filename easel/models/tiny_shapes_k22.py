@@ -287,14 +287,19 @@ def zero_image_embedding(image_encoder) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _encode(text_encoder, tokenizer, prompts: list[str]):
+    """`prompts` tokenized and encoded as the prior pipeline does: (tokens, output)."""
+    tokens = tokenizer(prompts, padding="max_length", truncation=True,
+                       max_length=tokenizer.model_max_length, return_tensors="pt")  # fmt: skip
+    return tokens, text_encoder(tokens.input_ids)
+
+
 def caption_encodings(text_encoder, tokenizer, specs: list):
     """The distinct caption variants of `specs`, encoded as the prior pipeline does (text
     embeds, hidden states, attention mask), and each spec's variants as indices (N, V)."""
     prompts = [prompt for spec in specs for prompt in caption_variants(spec)]
     unique = sorted(set(prompts))
-    tokens = tokenizer(unique, padding="max_length", truncation=True,
-                       max_length=tokenizer.model_max_length, return_tensors="pt")  # fmt: skip
-    output = text_encoder(tokens.input_ids)
+    tokens, output = _encode(text_encoder, tokenizer, unique)
     position = {prompt: i for i, prompt in enumerate(unique)}
     index = torch.tensor([position[p] for p in prompts]).view(len(specs), len(CAPTION_VARIANTS))
     encodings = (output.text_embeds, output.last_hidden_state, tokens.attention_mask.bool())
@@ -307,10 +312,9 @@ def caption_embeddings(text_encoder, tokenizer, specs: list, seed: int) -> torch
     states concatenated and projected by a fixed (seeded) orthogonal matrix."""
     captions = [shapes.caption(spec) for spec in specs]
     unique = sorted(set(captions))
-    tokens = tokenizer(unique, padding="max_length", truncation=True,
-                       max_length=tokenizer.model_max_length, return_tensors="pt")  # fmt: skip
+    tokens, output = _encode(text_encoder, tokenizer, unique)
     assert bool((tokens.attention_mask.sum(1) == 9).all()), "one token per caption word"
-    hidden = text_encoder(tokens.input_ids).last_hidden_state
+    hidden = output.last_hidden_state
     words = hidden[:, list(ATTRIBUTE_POSITIONS)].flatten(1)  # (U, 3 * width)
     width = words.shape[1]
     generator = torch.Generator().manual_seed(seed)

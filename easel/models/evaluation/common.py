@@ -100,7 +100,7 @@ def _kandinsky_images(pipeline, prompts, seeds, guidance_scale, steps, negatives
     from easel.data.jobs import BatchSettings, ImageRequest
     from easel.models import kandinsky
 
-    side = pipeline.unet.config.sample_size * kandinsky.movq_scale_factor(pipeline.movq.config)
+    side = pipeline.unet.config.sample_size * kandinsky.autoencoder_scale(pipeline.movq.config)
     settings = BatchSettings(task="text2img", scheduler=None, guidance_scale=guidance_scale,
                              num_inference_steps=steps, width=side, height=side)  # fmt: skip
     requests = [
