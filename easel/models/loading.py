@@ -6,8 +6,6 @@ name. Weights load from safetensors only unless the caller trusts pickle explici
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 from dataclasses import dataclass
 
@@ -18,6 +16,7 @@ from easel.models.references import (
     KANDINSKY_DECODERS,
     ResolvedModel,
     connected_prior,
+    pipeline_class,
     resolve_model_reference,
 )
 
@@ -45,9 +44,7 @@ _LOCK = threading.Lock()
 
 def detect_family(path: str) -> str:
     """'sd' or 'kandinsky22', from `model_index.json`."""
-    index_file = os.path.join(path, "model_index.json")
-    with open(index_file) as f:
-        class_name = json.load(f).get("_class_name")
+    class_name = pipeline_class(path)
     if class_name in KANDINSKY_DECODERS:
         if connected_prior(path) is None:
             raise ModelReferenceError(

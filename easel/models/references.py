@@ -83,16 +83,17 @@ def _resolved(ref: str, path: str) -> ResolvedModel:
     if prior_ref is None:
         return ResolvedModel(ref=ref, path=path, digest=model_digest(path))
     prior = resolve_model_reference(prior_ref)
-    if _class_name(prior.path) != KANDINSKY_PRIOR:
+    if pipeline_class(prior.path) != KANDINSKY_PRIOR:
         raise ModelReferenceError(
             f"model {ref!r} names {prior_ref!r} as its prior (README.md), but that is a "
-            f"{_class_name(prior.path)!r}, not a {KANDINSKY_PRIOR}"
+            f"{pipeline_class(prior.path)!r}, not a {KANDINSKY_PRIOR}"
         )
     digest = hashlib.sha256(f"{model_digest(path)}\nprior {prior.digest}".encode()).hexdigest()
     return ResolvedModel(ref=ref, path=path, digest=digest, prior=prior)
 
 
-def _class_name(path: str) -> str | None:
+def pipeline_class(path: str) -> str | None:
+    """The `_class_name` of the diffusers pipeline folder at `path`."""
     with open(os.path.join(path, "model_index.json")) as f:
         return json.load(f).get("_class_name")
 
@@ -100,7 +101,7 @@ def _class_name(path: str) -> str | None:
 def connected_prior(path: str) -> str | None:
     """The prior a Kandinsky 2.2 decoder folder names in its model card, as a reference."""
     card = os.path.join(path, "README.md")
-    if _class_name(path) not in KANDINSKY_DECODERS or not os.path.isfile(card):
+    if pipeline_class(path) not in KANDINSKY_DECODERS or not os.path.isfile(card):
         return None
     from huggingface_hub import ModelCard
 
