@@ -118,3 +118,20 @@ def assert_only_whole_pngs(out):
                 continue
             with Image.open(os.path.join(folder, name)) as image:
                 image.load()
+
+
+def test_each_command_imports_only_its_own_module():
+    import importlib
+    import pkgutil
+
+    import easel.flows
+    from easel.flows.cli import COMMAND_MODULES
+
+    modules = [f"easel.flows.{m.name}" for m in pkgutil.iter_modules(easel.flows.__path__)]
+    commands = {m for m in modules if hasattr(importlib.import_module(m), "add_command")}
+    assert commands == set(COMMAND_MODULES.values())  # no command left out of the table
+    check = "import sys; from easel.flows.cli import build_parser; build_parser(['sweep']); "
+    heavy = "('pytorch_lightning', 'easel.flows.bootstrap')"
+    check += f"print([m for m in {heavy} if m in sys.modules])"
+    found = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert found.returncode == 0 and found.stdout.strip() == "[]", found.stderr

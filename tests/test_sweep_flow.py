@@ -98,11 +98,14 @@ def test_bad_rows_fail_alone_and_everything_is_tracked(tmp_path):
     assert {"results.parquet", "contact_sheet.png"} <= artifacts
 
 
-def test_overlong_prompt_is_truncated_with_a_warning(tmp_path):
+def test_overlong_prompt_is_truncated_with_a_warning_and_derived_ids_are_recorded(tmp_path):
     words = " ".join(["a red circle on a blue background"] * 4)  # past tiny-shapes' 16 tokens
-    _, out = run(tmp_path, "long", [{"id": "long", "prompt": words}])
-    (row,) = read_results(out)
-    assert row["status"] == "ok" and "truncated" in row["warning"]
+    _, out = run(tmp_path, "long", [{"prompt": words}, {"prompt": "красный круг"}])
+    long, other = read_results(out)
+    assert long["status"] == "ok" and "truncated" in long["warning"]
+    assert other["status"] == "ok"  # any script reaches the tokenizer
+    for row in (long, other):  # no `id` column: results name each row's image folder
+        assert row["id"].startswith("row-") and f"/images/{row['id']}/0.png" in row["image_uri"]
 
 
 def test_prefect_artifacts_are_published(tmp_path):

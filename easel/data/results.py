@@ -100,10 +100,14 @@ def assemble_results(
     """One output row per record: the manifest row's columns, then the result fields.
 
     `seed` and `scheduler` are replaced in place by their resolved values; every other
-    input column passes through with its original type.
+    input column passes through with its original type. A manifest without an `id`
+    column gets the derived ids, the names of the image folders.
     """
     assert len(row_indices) == len(records)
     base = manifest.take(pa.array(row_indices, type=pa.int64()))
+    if "id" not in base.column_names:
+        ids = pa.array([r.id for r in records], pa.string())
+        base = base.append_column(pa.field("id", pa.string()), ids)
     result = pa.Table.from_pylist(
         [{f.name: getattr(r, f.name) for f in RESULT_FIELDS} for r in records], schema=RESULT_FIELDS
     )

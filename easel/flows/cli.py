@@ -2,7 +2,9 @@
 
 A command module exposes `add_command(subparsers)`; the parser it adds sets `run`, a
 function of the parsed arguments that returns the exit code (SPEC §3: 0 all work
-succeeded, 1 some rows failed, 2 the invocation as a whole is invalid).
+succeeded, 1 some rows failed, 2 the invocation as a whole is invalid). Only the module
+of the command being run is imported (the others would pull Lightning and more for
+nothing); `easel --help` imports them all.
 """
 
 from __future__ import annotations
@@ -10,28 +12,27 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import pkgutil
 import sys
 import warnings
 
 from easel.errors import InvalidInput
 
+COMMAND_MODULES = {
+    "bootstrap": "easel.flows.bootstrap",
+    "dreambooth": "easel.flows.dreambooth",
+    "eval": "easel.flows.evaluate",
+    "priors": "easel.flows.priors",
+    "quickstart": "easel.flows.quickstart",
+    "sweep": "easel.flows.sweep",
+}
 
-def command_modules() -> list[str]:
-    """Every module of `easel.flows` that registers a command (defines `add_command`)."""
-    import easel.flows
 
-    names = [info.name for info in pkgutil.iter_modules(easel.flows.__path__)]
-    return [f"easel.flows.{name}" for name in sorted(names) if name not in ("cli", "config")]
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `commands` (default: all of them)."""
     parser = argparse.ArgumentParser(prog="easel", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in command_modules():
-        module = importlib.import_module(name)
-        if hasattr(module, "add_command"):
-            module.add_command(subparsers)
+    for name in commands or COMMAND_MODULES:
+        importlib.import_module(COMMAND_MODULES[name]).add_command(subparsers)
     return parser
 
 
@@ -47,8 +48,9 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = argv[:1] if argv and argv[0] in COMMAND_MODULES else None
+    args = build_parser(chosen).parse_args(argv)
     try:
         return int(args.run(args))
     except InvalidInput as error:
