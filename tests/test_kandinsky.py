@@ -88,6 +88,31 @@ def test_text2img_same_image_whatever_the_batch_and_as_bare_diffusers(tmp_path, 
     assert max_pixel_difference(*images) > 10
 
 
+def test_prior_guidance_and_steps_from_columns_or_config_drive_the_prior(tmp_path, k22):
+    base = {"id": "base", "prompt": "a red star", "seed": 4, "guidance_scale": 4.0}
+    rows = [
+        base,  # the flow's prior steps (5), diffusers' prior guidance (4)
+        {**base, "id": "tuned", "prior_guidance_scale": 1.0, "prior_num_inference_steps": 3},
+        {**base, "id": "sd", "model": "tiny-shapes", "prior_guidance_scale": 2.0},  # ignored
+        {**base, "id": "bad", "prior_guidance_scale": -1.0},
+        {**base, "id": "bad-steps", "prior_num_inference_steps": 0},
+    ]
+    summary, results = run(tmp_path, "prior", rows, k22, prior_num_inference_steps=5)
+    errors = {key[0]: r["error"] for key, r in results.items() if r["status"] == "failed"}
+    assert errors == {
+        "bad": "`prior_guidance_scale` must be >= 0 but is -1.0",
+        "bad-steps": "`prior_num_inference_steps` must be in 1..500 but is 0",
+    }
+    assert summary.images_ok == 3
+    for name, arguments in (("base", {"prior_num_inference_steps": 5}),
+                            ("tuned", {"prior_guidance_scale": 1.0,
+                                       "prior_num_inference_steps": 3})):  # fmt: skip
+        expected = direct(KandinskyV22CombinedPipeline, k22, base, **arguments)
+        assert max_pixel_difference(pixels(results[(name, 0)]["image_uri"]), expected) <= 2
+    ours = [results[(name, 0)]["image_uri"] for name in ("base", "tuned")]
+    assert max_pixel_difference(*ours) > 10
+
+
 def test_img2img_follows_its_own_init_image_in_a_batch(tmp_path, k22):
     first = scene(tmp_path / "first.png", "red", "blue")
     second = scene(tmp_path / "second.png", "yellow", "black")

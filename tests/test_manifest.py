@@ -185,3 +185,19 @@ def test_bad_manifest_as_a_whole(tmp_path, content, words):
         validate_manifest(read_manifest(str(path)), DEFAULTS)
     for word in words:
         assert word in str(error.value)
+
+
+def test_request_keys_of_existing_sweeps_stay_valid():
+    """An image's key decides whether a rerun generates it again: upgrading easel must not
+    invalidate finished Stable Diffusion sweeps (this key was recorded before Kandinsky's
+    prior settings existed)."""
+    from easel.data.jobs import BatchSettings, ImageRequest, request_key
+
+    settings = BatchSettings(task="text2img", scheduler="ddim", guidance_scale=7.5,
+                             num_inference_steps=20, width=32, height=32, strength=1.0)  # fmt: skip
+    request = ImageRequest(prompt="a red circle", negative_prompt=None, seed=3)
+    key = "9f1ae858eb13178c1cefa86da909e961f0bcae39c872eb348ff08390517565e2"
+    assert request_key("d" * 64, settings, request) == key
+    kandinsky = BatchSettings(**{**settings.__dict__, "prior_guidance_scale": 4.0,
+                                 "prior_num_inference_steps": 25})  # fmt: skip
+    assert request_key("d" * 64, kandinsky, request) != key

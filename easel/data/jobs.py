@@ -1,7 +1,8 @@
 """From validated rows to batches of images: the unit of work of a sweep.
 
 A row asks for `num_images` images; image k uses seed + k. Images whose settings agree
-(model, task, scheduler, guidance, steps, size, strength) share a batch. Each image has
+(model, task, scheduler, guidance, steps, size, strength; for Kandinsky 2.2 also the
+prior's guidance and steps) share a batch. Each image has
 a `request_key`, a digest of everything that determines its pixels: a rerun skips an
 image whose key is already recorded, and regenerates one whose row has changed.
 """
@@ -27,6 +28,8 @@ class BatchSettings:
     width: int
     height: int
     strength: float = 0.75
+    prior_guidance_scale: float | None = None  # Kandinsky 2.2's prior; None for SD
+    prior_num_inference_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -101,16 +104,23 @@ def unsupported(job: RowJob, facts: ModelFacts) -> str | None:
 
 def row_settings(job: RowJob, facts: ModelFacts) -> BatchSettings:
     strength = job.strength if job.task != "text2img" else 1.0  # unused by text2img
+    prior = {}  # SD has no prior: its rows ignore the prior columns
+    if facts.family == "kandinsky22":
+        prior = {"prior_guidance_scale": job.prior_guidance_scale,
+                 "prior_num_inference_steps": job.prior_num_inference_steps}  # fmt: skip
     return BatchSettings(
         task=job.task, scheduler=job.scheduler or facts.default_scheduler,
         guidance_scale=job.guidance_scale, num_inference_steps=job.num_inference_steps,
         width=job.width or facts.native_size, height=job.height or facts.native_size,
-        strength=strength,
+        strength=strength, **prior,
     )  # fmt: skip
 
 
 def request_key(model_digest: str, settings: BatchSettings, request: ImageRequest) -> str:
+    unset = [name for name, value in asdict(settings).items() if value is None]
     content = {"model": model_digest, **asdict(settings), **asdict(request)}
+    for name in unset:  # a setting a family does not have leaves the key as it was
+        del content[name]
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 

@@ -30,7 +30,7 @@ SCHEDULER_NAMES = ("ddim", "ddpm", "pndm", "euler", "euler_a", "dpmpp_2m", "unip
 KNOWN_COLUMNS = (
     "prompt", "id", "negative_prompt", "seed", "num_images", "guidance_scale",
     "num_inference_steps", "width", "height", "scheduler", "model", "task",
-    "init_image", "mask_image", "strength",
+    "init_image", "mask_image", "strength", "prior_guidance_scale", "prior_num_inference_steps",
 )  # fmt: skip
 MAX_SEED = 2**63 - 1
 
@@ -51,6 +51,8 @@ class SweepDefaults:
     height: int | None = None
     scheduler: str | None = None  # None: the model's own scheduler
     strength: float = 0.75
+    prior_guidance_scale: float = 4.0  # Kandinsky 2.2's diffusion prior (diffusers' defaults)
+    prior_num_inference_steps: int = 25
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class RowJob:
     init_image: str | None
     mask_image: str | None
     strength: float
+    prior_guidance_scale: float = 4.0  # Kandinsky 2.2 rows only
+    prior_num_inference_steps: int = 25
 
 
 @dataclass(frozen=True)
@@ -214,10 +218,12 @@ def validate_row(
     negative = _optional_str(values, "negative_prompt")
     num_images = _int(values, "num_images", 1, low=1, high=64)
     seed = _int(values, "seed", derived_seed(row_id), low=0, high=MAX_SEED - num_images)
-    guidance = _float(values, "guidance_scale", defaults.guidance_scale)
-    if guidance < 0:
-        raise RowError(f"`guidance_scale` must be >= 0 but is {guidance!r}")
+    guidance = _guidance(values, "guidance_scale", defaults.guidance_scale)
     steps = _int(values, "num_inference_steps", defaults.num_inference_steps, low=1, high=500)
+    prior_guidance = _guidance(values, "prior_guidance_scale", defaults.prior_guidance_scale)
+    prior_steps = _int(
+        values, "prior_num_inference_steps", defaults.prior_num_inference_steps, low=1, high=500
+    )
     width = _size(values, "width", defaults.width)
     height = _size(values, "height", defaults.height)
     if width and height and width * height > defaults.max_pixels:
@@ -255,6 +261,7 @@ def validate_row(
         num_images=num_images, guidance_scale=guidance, num_inference_steps=steps, width=width,
         height=height, scheduler=scheduler, model=_optional_str(values, "model") or defaults.model,
         task=task, init_image=init_image, mask_image=mask_image, strength=strength,
+        prior_guidance_scale=prior_guidance, prior_num_inference_steps=prior_steps,
     )  # fmt: skip
 
 
@@ -293,6 +300,13 @@ def _float(values: dict[str, Any], column: str, default: float) -> float:
     if isinstance(value, bool) or not math.isfinite(number):
         raise RowError(f"`{column}` must be a finite number but is {value!r}")
     return number
+
+
+def _guidance(values: dict[str, Any], column: str, default: float) -> float:
+    guidance = _float(values, column, default)
+    if guidance < 0:
+        raise RowError(f"`{column}` must be >= 0 but is {guidance!r}")
+    return guidance
 
 
 def _size(values: dict[str, Any], column: str, default: int | None) -> int | None:

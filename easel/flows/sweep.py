@@ -39,6 +39,8 @@ class SweepParameters(BaseModel):
     guidance_scale: float = Field(7.5, ge=0)
     num_inference_steps: int = Field(20, ge=1, le=500)
     scheduler: str | None = Field(None, description="default for rows without a `scheduler`")
+    prior_guidance_scale: float = Field(4.0, ge=0, description="Kandinsky 2.2's prior")
+    prior_num_inference_steps: int = Field(25, ge=1, le=500, description="Kandinsky 2.2's prior")
     max_pixels: int = Field(2048 * 2048, ge=64, description="pixel budget for width x height")
     input_roots: list[str] = Field(default_factory=list, description="extra roots for images")
     device: str | None = None
@@ -52,7 +54,8 @@ class SweepParameters(BaseModel):
         defaults = SweepDefaults(
             model=self.model, guidance_scale=self.guidance_scale,
             num_inference_steps=self.num_inference_steps, max_pixels=self.max_pixels,
-            scheduler=self.scheduler,
+            scheduler=self.scheduler, prior_guidance_scale=self.prior_guidance_scale,
+            prior_num_inference_steps=self.prior_num_inference_steps,
         )  # fmt: skip
         return SweepInputs(
             manifest=self.manifest, out=self.out, defaults=defaults,

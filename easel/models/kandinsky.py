@@ -10,8 +10,9 @@ generators cannot follow, so those requests, and fusion's, get a prior call each
 
 `fusion` mixes the CLIP embeddings of the prompt and of `init_image` in the prior
 (`KandinskyV22PriorPipeline.interpolate`), the image weighing `strength` and the prompt
-`1 - strength`. Row guidance and steps drive the decoder; the prior keeps diffusers'
-defaults (25 steps, guidance 4), as the combined pipelines do.
+`1 - strength`. Row guidance and steps drive the decoder; `prior_guidance_scale` and
+`prior_num_inference_steps` drive the prior (diffusers' defaults: 4 and 25), as the
+combined pipelines' arguments of the same names do.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def image_embeddings(prior, settings: BatchSettings, requests, generators, inits
     shared = [i for i, r in enumerate(requests) if r.negative_prompt is None]
     if shared and settings.task != "fusion":
         output = prior(
-            prompt=[requests[i].prompt for i in shared],
+            prompt=[requests[i].prompt for i in shared], **prior_arguments(settings),
             generator=[generators[i] for i in shared], output_type="pt",
         )  # fmt: skip
         for k, i in enumerate(shared):
@@ -79,17 +80,25 @@ def image_embeddings(prior, settings: BatchSettings, requests, generators, inits
     return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
 
 
+def prior_arguments(settings: BatchSettings) -> dict:
+    """The prior's guidance and steps where set (else diffusers' defaults)."""
+    arguments = {"guidance_scale": settings.prior_guidance_scale,
+                 "num_inference_steps": settings.prior_num_inference_steps}  # fmt: skip
+    return {name: value for name, value in arguments.items() if value is not None}
+
+
 def request_embeddings(prior, request: ImageRequest, settings: BatchSettings, generator, init):
     """(embedding, negative embedding) of one request, drawn from its generator."""
     if settings.task == "fusion":
         output = prior.interpolate(
             [request.prompt, init], [1.0 - settings.strength, settings.strength],
             generator=generator, negative_prior_prompt=request.negative_prompt,
+            **prior_arguments(settings),
         )  # fmt: skip
     else:
         output = prior(
             prompt=request.prompt, negative_prompt=request.negative_prompt,
-            generator=generator, output_type="pt",
+            generator=generator, output_type="pt", **prior_arguments(settings),
         )  # fmt: skip
     return output.image_embeds, output.negative_image_embeds
 
