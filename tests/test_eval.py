@@ -86,6 +86,14 @@ def test_prompt_adherence_on_seen_combinations_reaches_80_percent(adherence_metr
     assert adherence_metrics["adherence/seen/all"] >= 0.8, adherence_metrics
 
 
+def test_languages_suite_asks_in_each_language(context, adherence_metrics):
+    metrics = evaluation.languages_suite(context).metrics
+    # same targets and seeds as the adherence suite's seen split, in English
+    assert metrics["languages/en/all"] == adherence_metrics["adherence/seen/all"]
+    for language in ("ru", "de"):  # tiny-shapes (SD) was taught English only
+        assert metrics[f"languages/{language}/all"] < metrics["languages/en/all"] - 0.3, metrics
+
+
 def test_adherence_rises_with_guidance(context):
     metrics = evaluation.guidance_suite(context).metrics
     assert metrics["guidance/5/all"] > metrics["guidance/1/all"], metrics

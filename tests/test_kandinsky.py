@@ -262,8 +262,11 @@ def test_a_decoder_folder_naming_its_prior_runs_like_the_combined_folder(tmp_pat
         resolve_model_reference(str(tmp_path / "decoder"))
 
 
-def test_tiny_shapes_k22_is_embedded_and_draws_what_it_is_asked():
-    """The committed Kandinsky 2.2 sibling of tiny-shapes, read back by the judge."""
+@pytest.mark.parametrize("language", ["en", "ru", "de"])
+def test_tiny_shapes_k22_is_embedded_and_draws_what_it_is_asked(language):
+    """The committed Kandinsky 2.2 sibling of tiny-shapes, read back by the judge, asked in
+    English, Russian ("красный круг на синем фоне") and German."""
+    from easel.data.shape_languages import prompt_in
     from easel.models import evaluation
     from easel.models.judge import Judge
     from easel.models.loading import load_model
@@ -271,11 +274,11 @@ def test_tiny_shapes_k22_is_embedded_and_draws_what_it_is_asked():
     pipeline = load_model("tiny-shapes-k22", dtype=torch.float32).pipeline
     wanted = [("circle", "red", "blue"), ("square", "yellow", "black"),
               ("cross", "green", "yellow"), ("heart", "purple", "orange")] * 2  # fmt: skip
-    prompts = [f"a {c} {s} on a {b} background" for s, c, b in wanted]
+    prompts = [prompt_in(language, *attributes) for attributes in wanted]
     images = evaluation.generate_images(pipeline, prompts, list(range(8)), 4.0, 20)
     predictions = Judge.load().predict(images)
     right = [[p[k] == w for k, w in zip(("shape", "color", "background"), want, strict=True)]
              for p, want in zip(predictions, wanted, strict=True)]  # fmt: skip
     assert images[0].size == (64, 64)
-    assert sum(r[0] for r in right) >= 6  # shapes: 89.6% over 192 seen images
-    assert sum(r[1] for r in right) + sum(r[2] for r in right) >= 8  # colours: 70-74%
+    assert sum(r[0] for r in right) >= 6  # shapes: 90-93% over 192 seen images
+    assert sum(r[1] for r in right) + sum(r[2] for r in right) >= 10  # colours: 77-89%

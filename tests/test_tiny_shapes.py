@@ -143,3 +143,6 @@ def test_movq_of_tiny_shapes_k22_is_the_vae_exactly():
         assert torch.allclose(latents, mean * vae.config.scaling_factor, atol=1e-5)
         decoded = movq.decode(latents, force_not_quantize=True).sample
         assert torch.allclose(decoded, vae.decode(mean).sample, atol=1e-4)
+    torch.rand(3)  # whatever the global random state, the same weights (file reproducible)
+    again = movq_from_vae(vae).state_dict()
+    assert all(torch.equal(value, again[name]) for name, value in movq.state_dict().items())

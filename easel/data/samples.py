@@ -43,6 +43,10 @@ KANDINSKY_ROWS = [  # the same world through Kandinsky 2.2's prior and decoder
     {"id": "k22-fusion", "prompt": "a yellow square on a green background", "seed": 12,
      "task": "fusion", "init_image": "scene.png", "strength": 0.5,
      "model": "tiny-shapes-k22", "guidance_scale": 4.0},
+    {"id": "k22-russian", "prompt": "зелёный треугольник на чёрном фоне", "seed": 13,
+     "model": "tiny-shapes-k22", "guidance_scale": 4.0},  # multilingual prompts
+    {"id": "k22-german", "prompt": "ein gelbes Herz auf blauem Hintergrund", "seed": 14,
+     "model": "tiny-shapes-k22", "guidance_scale": 4.0},
 ]  # fmt: skip
 
 

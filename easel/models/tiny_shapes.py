@@ -66,7 +66,7 @@ def _bytes_to_unicode() -> list[str]:
 
 
 def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
-    """Split `word` (ascii, lower-case) by greedy lowest-rank merges, as CLIP's BPE does."""
+    """Split `word` (byte-level characters) by greedy lowest-rank merges, as CLIP's BPE does."""
     pieces = [*word[:-1], word[-1] + END_OF_WORD]
     while len(pieces) > 1:
         pairs = [
@@ -79,37 +79,58 @@ def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     return pieces
 
 
-def build_tokenizer(words: list[str], max_length: int) -> CLIPTokenizer:
-    """A CLIP tokenizer whose every word of `words` is one token; any other text falls back
-    to byte-level pieces (e.g. `sks` -> `s`, `k`, `s</w>`), never to an unknown token."""
+def _learn_merges(words: list[str], merges: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`merges` extended until every word of `words` is one token. New merges rank after the
+    old ones, so every word the old merges made one token still is, with the same pieces."""
     alphabet = _bytes_to_unicode()
-    vocab_tokens = alphabet + [c + END_OF_WORD for c in alphabet]
-    merges: list[tuple[str, str]] = []
-    ranks: dict[tuple[str, str], int] = {}
+    byte_words = ["".join(alphabet[b] for b in word.lower().encode()) for word in words]
+    merges = list(merges)
+    ranks = {pair: rank for rank, pair in enumerate(merges)}
     changed = True
     while changed:  # appending a merge can only join pieces; stops once every word is one token
         changed = False
-        for word in words:
+        for word in byte_words:
             pieces = _bpe(word, ranks)
             if len(pieces) > 1:
                 ranks[(pieces[0], pieces[1])] = len(merges)
                 merges.append((pieces[0], pieces[1]))
                 changed = True
+    return merges
+
+
+def _clip_tokenizer(vocab_tokens: list[str], merges, max_length: int) -> CLIPTokenizer:
+    return CLIPTokenizer(
+        vocab={token: i for i, token in enumerate(vocab_tokens)}, merges=merges,
+        unk_token=EOS, bos_token=BOS, eos_token=EOS, pad_token=PAD, model_max_length=max_length,
+    )  # fmt: skip
+
+
+def build_tokenizer(words: list[str], max_length: int) -> CLIPTokenizer:
+    """A CLIP tokenizer whose every word of `words` is one token; any other text falls back
+    to byte-level pieces (e.g. `sks` -> `s`, `k`, `s</w>`), never to an unknown token."""
+    alphabet = _bytes_to_unicode()
+    vocab_tokens = alphabet + [c + END_OF_WORD for c in alphabet]
+    merges = _learn_merges(words, [])
     for left, right in merges:
         if left + right not in vocab_tokens:
             vocab_tokens.append(left + right)
-    vocab_tokens += [BOS, EOS, PAD]
-    vocab = {token: i for i, token in enumerate(vocab_tokens)}
-    tokenizer = CLIPTokenizer(
-        vocab=vocab,
-        merges=merges,
-        unk_token=EOS,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        model_max_length=max_length,
-    )
-    return tokenizer
+    return _clip_tokenizer([*vocab_tokens, BOS, EOS, PAD], merges, max_length)
+
+
+def extend_tokenizer(tokenizer: CLIPTokenizer, words: list[str]) -> CLIPTokenizer:
+    """`tokenizer` with every word of `words` one token too. Existing tokens keep their ids
+    (new ones come after them, so an embedding table grows by rows) and every text that
+    `tokenizer` knew tokenizes as before."""
+    import json
+
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    merges = [tuple(pair) for pair in model["merges"]]
+    vocab = sorted(tokenizer.get_vocab(), key=tokenizer.get_vocab().get)
+    extended = _learn_merges(words, merges)
+    for left, right in extended[len(merges) :]:
+        if left + right not in vocab:
+            vocab.append(left + right)
+    return _clip_tokenizer(vocab, extended, tokenizer.model_max_length)
 
 
 def tokenize(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:

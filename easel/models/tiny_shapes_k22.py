@@ -16,7 +16,12 @@ embedding into latents with a decoder UNet, and latents into pixels with MOVQ. H
   (latent, embedding) pairs, the embedding dropped to the zero-image one 10% of the time
   for classifier-free guidance;
 - the prior is a PriorTransformer trained to predict the (normalised) embedding of an
-  image from any of its caption variants, or from the empty prompt 10% of the time.
+  image from any of its caption variants, or from the empty prompt 10% of the time, in
+  English, Russian or German (`easel.data.shape_languages`): the tokenizer gains one token
+  per Russian and German word, whose embedding starts as its English translation's (the
+  text encoder stays frozen, so "красный" reads as "red" does, in its own word order),
+  and the prior learns each language's grammar. The embedding space, image encoder and
+  decoder are the English ones: languages differ only before the prior.
 """
 
 from __future__ import annotations
@@ -28,10 +33,9 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from easel.data import shapes
+from easel.data import shape_languages, shapes
 from easel.models import tiny_shapes
 from easel.models.tiny_shapes_training import (
-    CAPTION_VARIANTS,
     TrainingSchedule,
     adamw_warmup_cosine,
     caption_variants,
@@ -60,8 +64,15 @@ class TinyShapesK22Training:
     )
     images: int = 20000
     unconditional_probability: float = 0.1
+    # full caption, no background, no colour, no shape, empty (the prior's caption variants)
     caption_probabilities: tuple[float, ...] = (0.75, 0.05, 0.05, 0.05, 0.10)
+    languages: tuple[str, ...] = ("en", "ru", "de")
+    language_probabilities: tuple[float, ...] = (0.5, 0.25, 0.25)
     seed: int = 0
+
+    def prompt_probabilities(self) -> list[float]:
+        """Of each (language, caption variant) pair, languages outermost."""
+        return [p * q for p in self.language_probabilities for q in self.caption_probabilities]
 
 
 # -- MOVQ from the VAE ---------------------------------------------------------------------
@@ -98,10 +109,39 @@ def movq_from_vae(vae):
     conv_in = decoder_state["conv_in.weight"]  # (C, L, 3, 3) -> (C, 2L, 3, 3)
     decoder_state["conv_in.weight"] = torch.cat([conv_in, torch.zeros_like(conv_in)], dim=1)
     movq.decoder.load_state_dict(decoder_state)
+    codebook = movq.quantize.embedding.weight  # unused; seeded so that the file is reproducible
+    codebook.uniform_(-1 / 16, 1 / 16, generator=torch.Generator().manual_seed(0))
     return movq.eval()
 
 
 # -- the prior's encoders -----------------------------------------------------------------
+
+
+def multilingual_encoders(tokenizer, text_encoder, languages: tuple[str, ...], seed: int):
+    """`tokenizer` extended by one token per word of `languages` (and per other spelling),
+    and `text_encoder` with rows for them: a word's row is its English translation's, any
+    other new token (a BPE piece) gets a small seeded random row. English is unchanged."""
+    words = {}
+    for language in (lang for lang in languages if lang != "en"):
+        lexicon = shape_languages.lexicon(language)
+        words |= lexicon | {other: lexicon[word] for other, word in
+                            shape_languages.spellings(language).items()}  # fmt: skip
+    extended = tiny_shapes.extend_tokenizer(tokenizer, sorted(words))
+    old = text_encoder.get_input_embeddings().weight.detach()
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randn(len(extended) - len(old), old.shape[1], generator=generator) * 0.02
+    table = torch.cat([old, rows])
+    for word, english in words.items():
+        table[_token_id(extended, word)] = old[_token_id(tokenizer, english)]
+    # a new table, not `resize_token_embeddings`, which would draw rows from the global RNG
+    text_encoder.set_input_embeddings(torch.nn.Embedding.from_pretrained(table, freeze=False))
+    text_encoder.config.vocab_size = len(extended)
+    return extended, text_encoder
+
+
+def _token_id(tokenizer, word: str) -> int:
+    (token,) = tokenizer(word, add_special_tokens=False).input_ids  # one token per word
+    return token
 
 
 def text_encoder_with_projection(text_encoder):
@@ -294,14 +334,15 @@ def _encode(text_encoder, tokenizer, prompts: list[str]):
     return tokens, text_encoder(tokens.input_ids)
 
 
-def caption_encodings(text_encoder, tokenizer, specs: list):
-    """The distinct caption variants of `specs`, encoded as the prior pipeline does (text
-    embeds, hidden states, attention mask), and each spec's variants as indices (N, V)."""
-    prompts = [prompt for spec in specs for prompt in caption_variants(spec)]
+def caption_encodings(text_encoder, tokenizer, specs: list, languages: tuple[str, ...]):
+    """The distinct caption variants of `specs` in `languages`, encoded as the prior
+    pipeline does (text embeds, hidden states, attention mask), and each spec's variants as
+    indices (N, languages x variants)."""
+    prompts = [p for spec in specs for lang in languages for p in caption_variants(spec, lang)]
     unique = sorted(set(prompts))
     tokens, output = _encode(text_encoder, tokenizer, unique)
     position = {prompt: i for i, prompt in enumerate(unique)}
-    index = torch.tensor([position[p] for p in prompts]).view(len(specs), len(CAPTION_VARIANTS))
+    index = torch.tensor([position[p] for p in prompts]).view(len(specs), -1)
     encodings = (output.text_embeds, output.last_hidden_state, tokens.attention_mask.bool())
     return encodings, index
 
@@ -353,16 +394,19 @@ def train(base_path: str, config: TinyShapesK22Training, work_dir: str,
     from transformers import CLIPTextModel, CLIPTokenizer
 
     load = {"use_safetensors": True}
-    tokenizer = CLIPTokenizer.from_pretrained(base_path, subfolder="tokenizer")
-    text_encoder = text_encoder_with_projection(
-        CLIPTextModel.from_pretrained(base_path, subfolder="text_encoder", **load)
-    )
+    tokenizer, text_encoder = multilingual_encoders(
+        CLIPTokenizer.from_pretrained(base_path, subfolder="tokenizer"),
+        text_encoder_with_projection(
+            CLIPTextModel.from_pretrained(base_path, subfolder="text_encoder", **load)
+        ),
+        config.languages, config.seed + 4,
+    )  # fmt: skip
     movq = movq_from_vae(AutoencoderKL.from_pretrained(base_path, subfolder="vae", **load))
     base_unet = UNet2DConditionModel.from_pretrained(base_path, subfolder="unet", **load)
     specs = shapes.sample_specs(config.images, config.seed + 5, "train")
     pixels = images_to_tensor(shapes.render_array(specs))  # (N, 3, 64, 64) in [-1, 1]
 
-    encodings, caption_index = caption_encodings(text_encoder, tokenizer, specs)
+    encodings, caption_index = caption_encodings(text_encoder, tokenizer, specs, config.languages)
     embeds = caption_embeddings(text_encoder, tokenizer, specs, config.seed)  # (N, D)
 
     pl.seed_everything(config.seed + 5, workers=True, verbose=False)
@@ -377,7 +421,7 @@ def train(base_path: str, config: TinyShapesK22Training, work_dir: str,
     pl.seed_everything(config.seed + 6, workers=True, verbose=False)
     mean, std = embeds.mean(0, keepdim=True), embeds.std(0, keepdim=True).clamp(min=1e-4)
     prior_module = PriorModule(asdict(config.prior), tokenizer.model_max_length,
-                               list(config.caption_probabilities), encodings)  # fmt: skip
+                               config.prompt_probabilities(), encodings)  # fmt: skip
     loader = shuffled_loader(((embeds - mean) / std, caption_index), config.prior.batch_size,
                              config.seed + 6)  # fmt: skip
     fit(prior_module, loader, config.prior.steps, os.path.join(work_dir, "prior"),

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from easel.data import shapes
+from easel.data.shape_languages import prompt_in
 from easel.models import judge, tiny_shapes
 from easel.models.checkpoint_io import AtomicCheckpointIO
 
@@ -189,15 +190,12 @@ class DiffusionModule(pl.LightningModule):
         return adamw_warmup_cosine(self, TrainingSchedule(**self.hparams.schedule))
 
 
-def caption_variants(spec: shapes.ShapeSpec) -> list[str]:
-    """The prompts of CAPTION_VARIANTS for one image, in that order."""
-    return [
-        shapes.caption(spec),
-        shapes.prompt_for(spec.shape, spec.color, None),
-        shapes.prompt_for(spec.shape, None, spec.background),
-        shapes.prompt_for(None, spec.color, spec.background),
-        "",
-    ]
+def caption_variants(spec: shapes.ShapeSpec, language: str = "en") -> list[str]:
+    """The prompts of CAPTION_VARIANTS for one image, in that order, in `language`."""
+    shape, color, background = spec.shape, spec.color, spec.background
+    parts = [(shape, color, background), (shape, color, None), (shape, None, background),
+             (None, color, background)]  # fmt: skip
+    return [prompt_in(language, *part) for part in parts] + [""]
 
 
 class PrintProgress(pl.Callback):

@@ -45,6 +45,7 @@ from easel.models.evaluation.world import (  # noqa: F401
     diversity_suite,
     guidance_suite,
     judge_suite,
+    languages_suite,
     negative_prompt_suite,
 )
 
@@ -52,6 +53,7 @@ Suite = Callable[[EvalContext], SuiteResult]
 MODEL_SUITES: dict[str, Suite] = {
     "judge": judge_suite,
     "adherence": adherence_suite,
+    "languages": languages_suite,
     "guidance": guidance_suite,
     "negative_prompt": negative_prompt_suite,
     "diversity": diversity_suite,

@@ -8,7 +8,7 @@ from functools import partial
 
 import numpy as np
 
-from easel.data import shapes
+from easel.data import shape_languages, shapes
 from easel.models.evaluation.common import (
     ATTRIBUTES,
     EvalContext,
@@ -31,8 +31,9 @@ def _targets(split: shapes.Split, n: int, seed: int) -> list[dict]:
     return [dict(zip(ATTRIBUTES, triples[order[i % len(triples)]], strict=True)) for i in range(n)]
 
 
-def _prompt(target: dict) -> str:
-    return shapes.prompt_for(target.get("shape"), target.get("color"), target.get("background"))
+def _prompt(target: dict, language: str = "en") -> str:
+    attributes = (target.get("shape"), target.get("color"), target.get("background"))
+    return shape_languages.prompt_in(language, *attributes)
 
 
 def _score(
@@ -41,9 +42,10 @@ def _score(
     guidance: float,
     seed: int,
     negative: str | None = None,
+    language: str = "en",
 ):
     s = context.settings
-    prompts = [_prompt(t) for t in targets]
+    prompts = [_prompt(t, language) for t in targets]
     seeds = [seed + i for i in range(len(targets))]
     negatives = [negative] * len(prompts) if negative is not None else None
     images = generate_images(
@@ -63,6 +65,22 @@ def adherence_suite(context: EvalContext) -> SuiteResult:
         result.metrics |= {f"adherence/{name}/{k}": v for k, v in scores.items()}
         result.rows.append({"suite": "adherence", "case": name, "images": len(targets)} | scores)
         result.images += images[:8]
+    return result
+
+
+def languages_suite(context: EvalContext) -> SuiteResult:
+    """Adherence on seen combinations with the same targets and seeds as `adherence`, the
+    prompts written in each of `shape_languages.LANGUAGES` ("красный круг на синем фоне")."""
+    s = context.settings
+    targets = _targets("train", s.adherence_images, s.seed)
+    result = SuiteResult(metrics={})
+    for language in shape_languages.LANGUAGES:
+        images, predictions = _score(context, targets, s.guidance_scale, s.seed, None, language)
+        scores = adherence(predictions, targets)
+        result.metrics |= {f"languages/{language}/{k}": v for k, v in scores.items()}
+        row = {"suite": "languages", "case": language, "images": len(targets)}
+        result.rows.append(row | scores)
+        result.images += images[:4]
     return result
 
 
