@@ -10,6 +10,7 @@ latents. Training lives in `tiny_shapes_training.py`.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 
 import torch
@@ -121,8 +122,6 @@ def extend_tokenizer(tokenizer: CLIPTokenizer, words: list[str]) -> CLIPTokenize
     """`tokenizer` with every word of `words` one token too. Existing tokens keep their ids
     (new ones come after them, so an embedding table grows by rows) and every text that
     `tokenizer` knew tokenizes as before."""
-    import json
-
     model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
     merges = [tuple(pair) for pair in model["merges"]]
     vocab = sorted(tokenizer.get_vocab(), key=tokenizer.get_vocab().get)
