@@ -117,10 +117,9 @@ def row_settings(job: RowJob, facts: ModelFacts) -> BatchSettings:
 
 
 def request_key(model_digest: str, settings: BatchSettings, request: ImageRequest) -> str:
-    unset = [name for name, value in asdict(settings).items() if value is None]
-    content = {"model": model_digest, **asdict(settings), **asdict(request)}
-    for name in unset:  # a setting a family does not have leaves the key as it was
-        del content[name]
+    # a setting the model's family does not have (None) leaves the key as it was
+    present = {name: value for name, value in asdict(settings).items() if value is not None}
+    content = {"model": model_digest, **present, **asdict(request)}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 

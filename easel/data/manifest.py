@@ -33,6 +33,8 @@ KNOWN_COLUMNS = (
     "init_image", "mask_image", "strength", "prior_guidance_scale", "prior_num_inference_steps",
 )  # fmt: skip
 MAX_SEED = 2**63 - 1
+# Kandinsky 2.2's diffusion prior: diffusers' defaults (its combined pipelines' arguments)
+PRIOR_GUIDANCE_SCALE, PRIOR_NUM_INFERENCE_STEPS = 4.0, 25
 
 
 class RowError(ValueError):
@@ -51,8 +53,8 @@ class SweepDefaults:
     height: int | None = None
     scheduler: str | None = None  # None: the model's own scheduler
     strength: float = 0.75
-    prior_guidance_scale: float = 4.0  # Kandinsky 2.2's diffusion prior (diffusers' defaults)
-    prior_num_inference_steps: int = 25
+    prior_guidance_scale: float = PRIOR_GUIDANCE_SCALE
+    prior_num_inference_steps: int = PRIOR_NUM_INFERENCE_STEPS
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,8 @@ class RowJob:
     init_image: str | None
     mask_image: str | None
     strength: float
-    prior_guidance_scale: float = 4.0  # Kandinsky 2.2 rows only
-    prior_num_inference_steps: int = 25
+    prior_guidance_scale: float = PRIOR_GUIDANCE_SCALE  # Kandinsky 2.2 rows only
+    prior_num_inference_steps: int = PRIOR_NUM_INFERENCE_STEPS
 
 
 @dataclass(frozen=True)

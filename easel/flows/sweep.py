@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from easel import tracking
 from easel.data import manifest, storage
 from easel.data.jobs import chunk_batches
-from easel.data.manifest import SweepDefaults
+from easel.data.manifest import PRIOR_GUIDANCE_SCALE, PRIOR_NUM_INFERENCE_STEPS, SweepDefaults
 from easel.flows.config import load_parameters
 from easel.models.sweep_engine import SweepInputs
 from easel.tasks.sweep import SweepSummary, generate_images, plan_sweep_task, write_results
@@ -39,8 +39,12 @@ class SweepParameters(BaseModel):
     guidance_scale: float = Field(7.5, ge=0)
     num_inference_steps: int = Field(20, ge=1, le=500)
     scheduler: str | None = Field(None, description="default for rows without a `scheduler`")
-    prior_guidance_scale: float = Field(4.0, ge=0, description="Kandinsky 2.2's prior")
-    prior_num_inference_steps: int = Field(25, ge=1, le=500, description="Kandinsky 2.2's prior")
+    prior_guidance_scale: float = Field(
+        PRIOR_GUIDANCE_SCALE, ge=0, description="Kandinsky 2.2's prior"
+    )
+    prior_num_inference_steps: int = Field(
+        PRIOR_NUM_INFERENCE_STEPS, ge=1, le=500, description="Kandinsky 2.2's prior"
+    )
     max_pixels: int = Field(2048 * 2048, ge=64, description="pixel budget for width x height")
     input_roots: list[str] = Field(default_factory=list, description="extra roots for images")
     device: str | None = None

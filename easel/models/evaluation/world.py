@@ -75,7 +75,7 @@ def languages_suite(context: EvalContext) -> SuiteResult:
     targets = _targets("train", s.adherence_images, s.seed)
     result = SuiteResult(metrics={})
     for language in shape_languages.LANGUAGES:
-        images, predictions = _score(context, targets, s.guidance_scale, s.seed, None, language)
+        images, predictions = _score(context, targets, s.guidance_scale, s.seed, language=language)
         scores = adherence(predictions, targets)
         result.metrics |= {f"languages/{language}/{k}": v for k, v in scores.items()}
         row = {"suite": "languages", "case": language, "images": len(targets)}
