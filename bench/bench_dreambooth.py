@@ -227,16 +227,16 @@ def run_baseline(args, workdir: str) -> dict:
 def _prepare(args, workdir: str) -> None:
     from PIL import Image
 
-    from easel.models.dreambooth.random_pipeline import build_random_pipeline
+    from easel.models.testing.random_pipelines import build_random_sd
 
     if args.model in ("tiny", "sd15"):
         args.model_dir = os.path.join(workdir, f"model-{args.model}")
         if not os.path.exists(os.path.join(args.model_dir, "model_index.json")):
-            build_random_pipeline(args.model_dir, size=args.model)
+            build_random_sd(args.model_dir, size=args.model)
     elif os.path.isdir(args.model):
         args.model_dir = args.model
     else:
-        from easel.models.references import resolve_model_reference
+        from easel.models.engine.references import resolve_model_reference
 
         args.model_dir = resolve_model_reference(args.model).path
     g = torch.Generator().manual_seed(0)

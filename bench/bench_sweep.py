@@ -100,8 +100,7 @@ def main() -> None:
 
     from prefect.testing.utilities import prefect_test_harness
 
-    from easel.models.generation import native_size
-    from easel.models.loading import load_model
+    from easel.models.engine.loading import load_model
 
     work = tempfile.mkdtemp(prefix="easel-bench-")
     rows = manifest_rows(args.rows)
@@ -109,7 +108,7 @@ def main() -> None:
     pq.write_table(pa.Table.from_pylist(rows), manifest)
     loaded = load_model(args.model, args.device)
     pipe = loaded.pipeline  # the same pipeline easel uses (Kandinsky 2.2: the combined one)
-    size = native_size(loaded.model.path)
+    size = loaded.family.native_size(loaded.model.path)
     pipe.set_progress_bar_config(disable=True)
     sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
     bare_loop(pipe, rows[:2], args.steps, args.guidance, 2, size)  # warm-up

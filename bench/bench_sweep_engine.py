@@ -7,7 +7,7 @@ per-image generators and background writer against bare diffusers loops, no orch
 `--model sd15` builds random weights with SD1.5's shapes (nothing is downloaded); any easel
 model reference works too, a Kandinsky 2.2 folder included. Variants, on the same loaded
 pipeline and the same rows: (a) a bare loop, one pipeline call per row (batch 1); (b) a
-bare loop with easel's batches; (c) easel's engine (`easel.models.sweep_engine`: validate
+bare loop with easel's batches; (c) easel's engine (`easel.models.engine.sweep`: validate
 the manifest, plan, generate, write PNGs and record shards), and (d) the same command
 again into the same output, which finds everything recorded and generates nothing. The
 Prefect flow adds its server and task overhead on top; bench/bench_sweep.py measures that
@@ -40,7 +40,7 @@ def timed(function, sync) -> float:
 
 def engine_inputs(manifest: str, out: str, model: str, args):
     from easel.data.manifest import SweepDefaults
-    from easel.models.sweep_engine import SweepInputs
+    from easel.models.engine.sweep import SweepInputs
 
     defaults = SweepDefaults(
         model=model,
@@ -61,7 +61,7 @@ def engine_inputs(manifest: str, out: str, model: str, args):
 
 
 def run_engine(inputs) -> int:
-    from easel.models.sweep_engine import generate_batches, plan_sweep
+    from easel.models.engine.sweep import generate_batches, plan_sweep
 
     _, plan = plan_sweep(inputs)
     return generate_batches(inputs, plan.batches, run_id=None).ok
@@ -70,10 +70,10 @@ def run_engine(inputs) -> int:
 def model_path(args, work: str) -> str:
     if args.model != "sd15":
         return args.model
-    from easel.models.dreambooth.random_pipeline import build_random_pipeline
+    from easel.models.testing.random_pipelines import build_random_sd
 
     folder = os.path.join(work, "sd15")
-    build_random_pipeline(folder, size="sd15")
+    build_random_sd(folder, size="sd15")
     return folder
 
 
@@ -88,8 +88,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
 
-    from easel.models.generation import native_size
-    from easel.models.loading import load_model
+    from easel.models.engine.loading import load_model
 
     work = tempfile.mkdtemp(prefix="easel-bench-engine-")
     model = model_path(args, work)
@@ -98,7 +97,7 @@ def main() -> None:
     pq.write_table(pa.Table.from_pylist(rows), manifest)
     loaded = load_model(model, args.device)
     pipe = loaded.pipeline  # the pipeline the engine will use (Kandinsky: the combined one)
-    size = native_size(loaded.model.path)
+    size = loaded.family.native_size(loaded.model.path)
     loop = lambda batch_size, chunk=rows: bare_loop(  # noqa: E731
         pipe, chunk, args.steps, args.guidance, batch_size, size
     )

@@ -26,8 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from easel.models import evaluation, tiny_shapes, tiny_shapes_training
-from easel.models.judge import Judge, JudgeTraining, train_judge
+from easel.data import shapes
+from easel.models.shapes import evaluation, recipe, tiny_shapes
+from easel.models.shapes import training as tiny_shapes_training
+from easel.models.shapes.judge import Judge, JudgeTraining, train_judge
 
 SMOKE = {"steps": 3, "batch_size": 8, "learning_rate": 1e-3, "warmup_steps": 1}
 
@@ -51,7 +53,7 @@ def main() -> None:
     judge_config = JudgeTraining(seed=args.seed)
     settings = evaluation.EvalSettings()
     if args.smoke:
-        schedule = tiny_shapes_training.TrainingSchedule(**SMOKE)
+        schedule = recipe.TrainingSchedule(**SMOKE)
         config = replace(
             config,
             vae=schedule,
@@ -84,12 +86,11 @@ def main() -> None:
         stage1 = tiny_shapes_training.VaeModule.load_from_checkpoint(
             str(work / "vae" / "last.ckpt"), map_location="cpu"
         )
-        shapes = tiny_shapes_training.shapes
         specs = shapes.sample_specs(config.vae_images, config.seed, "train")[:512]
         vae = stage1.vae.eval()
         vae.register_to_config(
             scaling_factor=tiny_shapes_training.latent_scaling_factor(
-                vae, tiny_shapes_training.images_to_tensor(shapes.render_array(specs))
+                vae, recipe.images_to_tensor(shapes.render_array(specs))
             )
         )
         module = tiny_shapes_training.train_diffusion(
@@ -105,7 +106,7 @@ def main() -> None:
             stage1 = tiny_shapes_training.VaeModule.load_from_checkpoint(
                 str(work / "vae" / "last.ckpt"), map_location="cpu"
             )
-            images = tiny_shapes_training.images_to_tensor(
+            images = recipe.images_to_tensor(
                 tiny_shapes_training.shapes.render_array(
                     tiny_shapes_training.shapes.sample_specs(512, config.seed, "train")
                 )
@@ -134,11 +135,9 @@ def main() -> None:
         (out / f"report_{args.only}.json").write_text(json.dumps(report, indent=2) + "\n")
         return
     if not args.no_eval:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        from diffusers import StableDiffusionPipeline
+        from easel.models.engine.loading import load_model
 
-        loaded = StableDiffusionPipeline.from_pretrained(str(out / "tiny-shapes")).to(device)
-        loaded.set_progress_bar_config(disable=True)
+        loaded = load_model(str(out / "tiny-shapes"), dtype=torch.float32)
         context = evaluation.EvalContext(loaded, Judge.load(out / "judge"), settings)
         eval_started = time.time()
         results = evaluation.run_suites(context)

@@ -45,8 +45,8 @@ part() {  # name seconds command...
 # (most likely to reach 1.5x), then gradient checkpointing's memory, then bf16 2+2.
 SIZE=${SIZE:-sd15} RES=${RES:-512}  # SIZE=tiny RES=32: a CPU dry run of this script
 MODEL="$WORK/db/model-$SIZE"
-part build_sd15 120 $PY -c "from easel.models.dreambooth.random_pipeline import build_random_pipeline
-build_random_pipeline('$MODEL', size='$SIZE')"
+part build_sd15 120 $PY -c "from easel.models.testing.random_pipelines import build_random_sd
+build_random_sd('$MODEL', size='$SIZE')"
 part dreambooth_fp16_b1 150 $PY bench/bench_dreambooth.py --model "$MODEL" --resolution $RES \
   --steps 40 --precision 16-mixed --variants baseline,easel --workdir "$WORK/db"
 part dreambooth_fp16_b1_compile 240 $PY bench/bench_dreambooth.py --model "$MODEL" \

@@ -123,7 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out = os.path.abspath(args.out)
 
-    from easel.data.dreambooth import write_shape_subject
+    from easel.data.shapes import write_shape_subject
 
     instance = write_shape_subject(
         os.path.join(args.out, "instance"), shape=args.shape, color=args.color

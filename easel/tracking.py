@@ -1,60 +1,123 @@
-"""Where MLflow runs go: `MLFLOW_TRACKING_URI` if set, else `sqlite:///mlflow.db` in the
-working directory (SPEC §7)."""
+"""Everything easel says to MLflow, in one module: no other module imports `mlflow`.
+
+- Where runs go: `MLFLOW_TRACKING_URI` if set, else `sqlite:///mlflow.db` in the working
+  directory (SPEC §7).
+- Runs: `start_run` (a flow's run, nested under an active one), `child_run` (a step's run
+  under a parent, e.g. one training stage), `resumable_child_run` (the same child run for
+  every rerun of one piece of work, its id kept in a file beside the work), `finish_run`.
+- What goes in them: `log_params`, `log_metrics`, `log_artifact` (a file on any fsspec
+  filesystem), and Lightning's MLflow logger (`lightning_logger`, `flush_metrics`).
+- The model registry: `register_model` logs an exported diffusers folder as a pyfunc model
+  (`PipelineModel`) and registers it; `download_registered_model` fetches the folder of
+  `models:/NAME@ALIAS` or `models:/NAME/VERSION`.
+
+`mlflow` is imported inside the functions: commands that never track start faster.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from easel.data import storage
+from easel.errors import ModelReferenceError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+PARAM_LENGTH = 500  # MLflow's limit on a parameter value
+PIPELINE_ARTIFACT = "pipeline"  # the pyfunc model's artifact: the diffusers folder
+REGISTRY_REFERENCE = re.compile(
+    r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$"
+)
 
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def lightning_logger(run_id: str, uri: str | None = None):
-    """Lightning's MLflow logger writing to the existing run `run_id`. Metrics are queued and
-    sent in the background (a blocking call per step costs tens of milliseconds against a
-    tracking server: bench/README.md); `mlflow.flush_async_logging()` waits for them."""
-    from pytorch_lightning.loggers import MLFlowLogger
-
-    return MLFlowLogger(tracking_uri=uri or tracking_uri(), run_id=run_id, synchronous=False)
-
-
-def configure_mlflow() -> str:
-    """Point the mlflow client at the configured tracking URI and return it."""
+def _client():
     import mlflow
 
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    return uri
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow.MlflowClient()
 
 
-def start_run(experiment: str, run_name: str, params: dict):
-    """Start an MLflow run (nested when one is already active) and log `params`."""
+# -- runs ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def start_run(experiment: str, run_name: str, params: dict) -> Iterator[str]:
+    """A run of `experiment` (nested under the active run, if any) with `params` logged;
+    yields its id and ends it FINISHED, or FAILED if the block raises."""
     import mlflow
 
-    configure_mlflow()
+    _client()
     nested = mlflow.active_run() is not None
     if not nested:
         mlflow.set_experiment(experiment)
-    run = mlflow.start_run(run_name=run_name, nested=nested)
-    mlflow.log_params({k: _param(v) for k, v in params.items()})
-    return run
+    with mlflow.start_run(run_name=run_name, nested=nested) as run:
+        log_params(params)
+        yield run.info.run_id
+
+
+def child_run(parent_run_id: str, name: str) -> str:
+    """A new run under `parent_run_id`, in its experiment; returns its id (end it with
+    `finish_run`)."""
+    client = _client()
+    parent = client.get_run(parent_run_id)
+    tags = {"mlflow.parentRunId": parent_run_id}
+    return client.create_run(parent.info.experiment_id, run_name=name, tags=tags).info.run_id
+
+
+def resumable_child_run(run_file: str, parent_run_id: str | None, name: str, experiment: str):
+    """The run whose id `run_file` holds; made once (under `parent_run_id`, or in
+    `experiment` without a parent) and reused by every rerun of the same work."""
+    if storage.exists(run_file):
+        return storage.read_bytes(run_file).decode().strip()
+    if parent_run_id:
+        run_id = child_run(parent_run_id, name)
+    else:
+        client = _client()
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        run_id = client.create_run(experiment_id, run_name=name).info.run_id
+    storage.write_text_atomic(run_file, run_id)
+    return run_id
+
+
+def finish_run(run_id: str, params: dict | None = None) -> None:
+    """Log `params` to the run `run_id` and end it FINISHED."""
+    client = _client()
+    for key, value in (params or {}).items():
+        client.log_param(run_id, key, _param(value))
+    client.set_terminated(run_id)
+
+
+def log_params(params: dict) -> None:
+    """Parameters of the active run (values as text, cut to MLflow's limit)."""
+    import mlflow
+
+    mlflow.log_params({key: _param(value) for key, value in params.items()})
 
 
 def _param(value) -> str:
     text = str(value)
-    return text if len(text) <= 500 else text[:497] + "..."
+    return text if len(text) <= PARAM_LENGTH else text[: PARAM_LENGTH - 3] + "..."
 
 
-def log_uri_artifact(uri: str, artifact_path: str | None = None) -> None:
-    """Log a file that may live on any fsspec filesystem as an MLflow artifact."""
-    import tempfile
-
+def log_metrics(metrics: dict[str, float]) -> None:
+    """Metrics of the active run."""
     import mlflow
 
-    from easel.data import storage
+    mlflow.log_metrics(metrics)
+
+
+def log_artifact(uri: str, artifact_path: str | None = None) -> None:
+    """A file of the active run; `uri` may be a local path or on any fsspec filesystem."""
+    import mlflow
 
     if storage.is_local(uri) and "://" not in uri:
         mlflow.log_artifact(uri, artifact_path)
@@ -64,3 +127,109 @@ def log_uri_artifact(uri: str, artifact_path: str | None = None) -> None:
         with open(local, "wb") as f:
             f.write(storage.read_bytes(uri))
         mlflow.log_artifact(local, artifact_path)
+
+
+# -- Lightning -------------------------------------------------------------------------------
+
+
+def lightning_logger(run_id: str, uri: str | None = None):
+    """Lightning's MLflow logger writing to the existing run `run_id` (at `uri`, default the
+    configured tracking URI). Metrics are queued and sent in the background (a blocking call
+    per step costs tens of milliseconds against a tracking server: bench/README.md);
+    `flush_metrics` waits for them."""
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    return MLFlowLogger(tracking_uri=uri or tracking_uri(), run_id=run_id, synchronous=False)
+
+
+def flush_metrics() -> None:
+    """Wait until every metric queued by `lightning_logger` has reached the server."""
+    import mlflow
+
+    mlflow.flush_async_logging()
+
+
+# -- the model registry ----------------------------------------------------------------------
+
+
+def _define_pipeline_model():
+    import mlflow.pyfunc
+
+    class PipelineModel(mlflow.pyfunc.PythonModel):
+        """A pyfunc over an exported diffusers folder (the artifact `pipeline`). `load`
+        turns the folder into a model and `predict(model, frame, params)` answers; both are
+        module-level functions of the engine, pickled by reference."""
+
+        def __init__(self, load: Callable, predict: Callable):
+            self._load, self._predict = load, predict
+
+        def load_context(self, context) -> None:
+            self.model = self._load(context.artifacts[PIPELINE_ARTIFACT])
+
+        def predict(self, context, model_input, params=None):
+            return self._predict(self.model, model_input, params)
+
+    PipelineModel.__module__ = __name__
+    return PipelineModel
+
+
+def __getattr__(name: str):
+    """`PipelineModel`, defined on first use (it subclasses an mlflow class) and then kept
+    as a module attribute, so that pickles find it by name."""
+    if name == "PipelineModel":
+        globals()[name] = _define_pipeline_model()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def register_model(pipeline_dir: str, register_as: str, load: Callable, predict: Callable) -> str:
+    """Log `pipeline_dir` in the active run as a `PipelineModel`, register it under
+    `register_as` ("NAME" or "NAME@ALIAS", the alias then pointing at the new version) and
+    return the reference `models:/NAME/VERSION`."""
+    import mlflow.pyfunc
+
+    name, _, alias = register_as.partition("@")
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=__getattr__("PipelineModel")(load, predict),
+        artifacts={PIPELINE_ARTIFACT: pipeline_dir},
+        registered_model_name=name,
+        pip_requirements=["torch", "diffusers", "transformers", "safetensors"],
+    )
+    version = info.registered_model_version
+    if alias:
+        _client().set_registered_model_alias(name, alias, version)
+    return f"models:/{name}/{version}"
+
+
+def download_registered_model(ref: str, cache_root: Path) -> str:
+    """The local diffusers folder of the model registered as `ref`, downloaded once under
+    `cache_root/NAME/VERSION`; `ModelReferenceError` saying why not."""
+    import mlflow
+
+    match = REGISTRY_REFERENCE.match(ref)
+    if not match:
+        raise ModelReferenceError(
+            f"registry reference must be models:/NAME@ALIAS or models:/NAME/VERSION but is {ref!r}"
+        )
+    client, name = _client(), match["name"]
+    try:
+        version = (
+            client.get_model_version_by_alias(name, match["alias"])
+            if match["alias"]
+            else client.get_model_version(name, match["version"])
+        )
+    except mlflow.exceptions.MlflowException as error:
+        raise ModelReferenceError(
+            f"registry reference {ref!r} not found: {str(error).splitlines()[0]}"
+        ) from None
+    target = cache_root / name / str(version.version)
+    pipeline = target / "artifacts" / PIPELINE_ARTIFACT
+    if not (pipeline / "model_index.json").exists():
+        with storage.staged_folder(str(target)) as staging:
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version.version}", dst_path=staging
+            )
+    if not (pipeline / "model_index.json").exists():
+        raise ModelReferenceError(f"registry reference {ref!r} holds no diffusers pipeline")
+    return str(pipeline)

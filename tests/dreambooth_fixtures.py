@@ -7,7 +7,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from easel.models.dreambooth.random_pipeline import build_random_pipeline
+from easel.models.testing.random_pipelines import build_random_sd
 
 
 def write_images(folder: str, count: int, seed: int, size: int = 40) -> str:
@@ -26,7 +26,7 @@ def make_workspace(root: str) -> dict[str, str]:
     """A tiny model, 4 instance images, 6 class images under `root`."""
     model = os.path.join(root, "model")
     if not os.path.exists(os.path.join(model, "model_index.json")):
-        build_random_pipeline(model)
+        build_random_sd(model)
     return {
         "model": model,
         "instance_data": write_images(os.path.join(root, "instance"), 4, seed=1),
@@ -63,10 +63,10 @@ def train_logged(config_values: dict, tracking_uri: str, callbacks=()) -> str:
     as a rerun of the same command would; returns the final checkpoint path."""
     import mlflow
 
+    from easel import tracking
     from easel.data.dreambooth import list_images
     from easel.models.dreambooth.config import DreamBoothConfig
     from easel.models.dreambooth.training import train
-    from easel.tracking import lightning_logger
 
     config = DreamBoothConfig.model_validate(config_values)
     run_file = os.path.join(config.output, "run_id")
@@ -80,7 +80,7 @@ def train_logged(config_values: dict, tracking_uri: str, callbacks=()) -> str:
         with open(run_file, "w") as f:
             f.write(client.create_run(experiment_id).info.run_id)
     with open(run_file) as f:
-        logger = lightning_logger(f.read(), tracking_uri)  # the flow's logger
+        logger = tracking.lightning_logger(f.read(), tracking_uri)  # the flow's logger
     return train(
         config,
         config.model,
@@ -89,5 +89,6 @@ def train_logged(config_values: dict, tracking_uri: str, callbacks=()) -> str:
         os.path.join(config.output, "checkpoints"),
         logger=logger,
         callbacks=list(callbacks),
+        before_checkpoint=tracking.flush_metrics,
         enable_progress_bar=False,
     )

@@ -4,12 +4,12 @@ schema. The values below were computed before the restructuring and are pinned h
 
 from __future__ import annotations
 
-import pyarrow as pa
 import pytest
 from PIL import Image, ImageDraw
 
 from easel.data import storage
-from easel.data.results import RECORD_SCHEMA, parquet_bytes
+from easel.data.manifest import write_manifest
+from easel.data.results import RECORD_SCHEMA
 
 ROOT = "memory://easel-pinned-keys"  # a fixed location: image URIs are part of the keys
 ROWS = [
@@ -51,16 +51,13 @@ def write_pinned_manifest() -> str:
     ImageDraw.Draw(mask).rectangle((12, 12, 52, 52), 255)
     storage.write_png_atomic(f"{ROOT}/scene.png", scene)
     storage.write_png_atomic(f"{ROOT}/mask.png", mask)
-    columns = list(dict.fromkeys(key for row in ROWS for key in row))
-    table = pa.Table.from_pylist([{key: row.get(key) for key in columns} for row in ROWS])
-    storage.write_bytes_atomic(f"{ROOT}/manifest.parquet", parquet_bytes(table))
-    return f"{ROOT}/manifest.parquet"
+    return write_manifest(f"{ROOT}/manifest.parquet", ROWS)
 
 
 def planned_keys() -> dict[tuple[str, int], str]:
-    from easel.data.jobs import build_plan
+    from easel.data.batching import build_plan
     from easel.data.manifest import SweepDefaults, read_manifest, validate_manifest
-    from easel.models.generation import model_facts
+    from easel.models.engine.loading import model_facts
 
     manifest = read_manifest(write_pinned_manifest())
     defaults = SweepDefaults(model="tiny-shapes", guidance_scale=7.5, num_inference_steps=20,

@@ -39,7 +39,7 @@ def _unreadable(tmp_path, valid):
 
 
 def _kandinsky(tmp_path, valid):
-    from easel.models.tiny_kandinsky import build_random_kandinsky22
+    from easel.models.testing.random_pipelines import build_random_kandinsky22
 
     return {"model": build_random_kandinsky22(str(tmp_path / "k22"))}
 
@@ -96,9 +96,9 @@ def test_set_overrides_are_validated_too(tmp_path, valid, capsys):
 def test_identifier_is_given_or_derived():
     base = {"instance_data": "x", "output": "y", "class_prompt": "a photo of shape"}
     derived = DreamBoothConfig(**base, instance_prompt="a photo of sks shape")
-    assert derived.subject_token == "sks"
+    assert derived.identifier == "sks"
     given = DreamBoothConfig(**base, instance_prompt="a photo of zxq sks shape", identifier="sks")
-    assert given.subject_token == "sks"
+    assert given.identifier == "sks"
 
 
 def test_preset_is_valid_and_ready_made_for_tiny_shapes(tmp_path):
@@ -106,7 +106,7 @@ def test_preset_is_valid_and_ready_made_for_tiny_shapes(tmp_path):
     from easel.tasks.dreambooth import check_inputs
 
     config = tiny_shapes_config(str(tmp_path / "db"), max_steps=3)
-    assert config.subject_token == "sks" and config.resolution == 64 and config.max_steps == 3
+    assert config.identifier == "sks" and config.resolution == 64 and config.max_steps == 3
     assert len(check_inputs(config)) == 5
 
 

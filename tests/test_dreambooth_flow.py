@@ -19,7 +19,7 @@ def test_dreambooth_command_trains_exports_validates_and_registers(
 ):
     from diffusers import StableDiffusionPipeline
 
-    from easel.models.references import resolve_model_reference
+    from easel.models.engine.references import resolve_model_reference
 
     workspace = make_workspace(str(tmp_path / "ws"))
     values = tiny_config(

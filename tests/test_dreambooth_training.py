@@ -11,8 +11,8 @@ from dreambooth_fixtures import make_workspace, tiny_config
 
 from easel.data.dreambooth import LatentCache, MicroBatches, list_images
 from easel.models.dreambooth.config import DreamBoothConfig
-from easel.models.dreambooth.random_pipeline import build_random_pipeline
 from easel.models.dreambooth.training import train
+from easel.models.testing.random_pipelines import build_random_sd
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_fast_dev_run(workspace, tmp_path, variant):
 
 
 def test_v_prediction_model_trains(tmp_path, workspace):
-    v_model = build_random_pipeline(str(tmp_path / "v-model"), prediction_type="v_prediction")
+    v_model = build_random_sd(str(tmp_path / "v-model"), prediction_type="v_prediction")
     final = _train({**workspace, "model": v_model}, str(tmp_path / "out"), max_steps=2)
     state = torch.load(final, weights_only=True)
     assert state["global_step"] == 2 and all(
@@ -96,7 +96,7 @@ def test_micro_batches_are_a_function_of_their_number_and_rank():
 def test_lora_export_is_loadable_and_names_its_base(tmp_path, workspace):
     from diffusers import StableDiffusionPipeline
 
-    from easel.models.export import export_pipeline
+    from easel.models.dreambooth.export import export_pipeline
 
     final = _train(workspace, str(tmp_path / "out"), method="lora", max_steps=2, learning_rate=1e-2)
     state = torch.load(final, weights_only=True)["state_dict"]

@@ -121,9 +121,9 @@ def test_bad_edit_inputs_fail_their_row_alone(tmp_path):
 
 
 def test_a_request_failing_at_generation_fails_alone(tmp_path):
-    from easel.data.jobs import BatchSettings, ImageRequest
-    from easel.models.generation import generate_each
-    from easel.models.loading import load_model
+    from easel.data.batching import BatchSettings, ImageRequest
+    from easel.models.engine.generation import generate_each
+    from easel.models.engine.loading import load_model
 
     init = str(tmp_path / scene(tmp_path / "init.png"))
     settings = BatchSettings(

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from diffusers import AutoencoderKL
+import torch
 from PIL import Image, ImageDraw
 from sweep_helpers import pixels, read_results, write_manifest
 
 from easel.data import shapes
 from easel.flows.sweep import SweepParameters, sweep_flow
-from easel.models.evaluation import vae_round_trip
-from easel.models.judge import Judge
-from easel.models.references import resolve_model_reference
-
-WEIGHTS = resolve_model_reference("tiny-shapes").path
+from easel.models.engine.loading import load_model
+from easel.models.shapes.evaluation import vae_round_trip
+from easel.models.shapes.judge import Judge
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SCENES = [("circle", "red", "blue"), ("square", "yellow", "black"), ("star", "white", "green"),
@@ -66,8 +64,8 @@ def test_strength_is_monotonic_and_low_strength_keeps_the_subject(tmp_path, judg
     # VAE round trip (what any latent-space edit keeps at best: the VAE confuses orange
     # with yellow and black with green now and then)
     low = [Image.open(results[f"{i}-0.2"]["image_uri"]) for i in range(len(scenes))]
-    vae = AutoencoderKL.from_pretrained(WEIGHTS, subfolder="vae", local_files_only=True)
-    inits = vae_round_trip(vae, [Image.open(tmp_path / file) for file, _ in scenes])
+    model = load_model("tiny-shapes", device="cpu", dtype=torch.float32)
+    inits = vae_round_trip(model, [Image.open(tmp_path / file) for file, _ in scenes])
     kept = [a == b for a, b in zip(judge.predict(low), judge.predict(inits), strict=True)]
     assert sum(kept) >= 0.75 * len(scenes), kept
 

@@ -10,9 +10,9 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from easel.flows.cli import main
-from easel.models import evaluation
-from easel.models.judge import Judge
-from easel.models.references import resolve_model_reference
+from easel.models.engine.loading import load_model
+from easel.models.shapes import evaluation
+from easel.models.shapes.judge import Judge
 
 # small samples: enough to check the thresholds, seconds on a CPU
 SMALL = evaluation.EvalSettings(
@@ -28,11 +28,8 @@ SMALL = evaluation.EvalSettings(
 
 @pytest.fixture(scope="module")
 def context():
-    pipeline = StableDiffusionPipeline.from_pretrained(
-        resolve_model_reference("tiny-shapes").path, local_files_only=True
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    return evaluation.EvalContext(pipeline, Judge.load(), SMALL)
+    model = load_model("tiny-shapes", device="cpu", dtype=torch.float32)
+    return evaluation.EvalContext(model, Judge.load(), SMALL)
 
 
 # -- math --------------------------------------------------------------------------------
@@ -206,7 +203,7 @@ def test_eval_settings_can_be_extended():
 
 
 def test_bootstrap_k22_grows_a_kandinsky_model_from_tiny_shapes(tmp_path, prefect_server):
-    from easel.models.generation import model_facts
+    from easel.models.engine.loading import model_facts
 
     config = tmp_path / "tiny-k22.yaml"
     config.write_text(
@@ -217,7 +214,8 @@ def test_bootstrap_k22_grows_a_kandinsky_model_from_tiny_shapes(tmp_path, prefec
             "--work-dir", str(work)]  # fmt: skip
     assert main(args) == 0
     facts = model_facts(str(out / "tiny-shapes-k22"))
-    assert (facts.family, facts.native_size, facts.default_scheduler) == ("kandinsky22", 64, "ddim")
+    assert (facts.family, facts.native_size) == ("Kandinsky 2.2", 64)
+    assert facts.default_scheduler == "ddim"
     assert (work / "samples-k22.png").exists()
     import mlflow
 

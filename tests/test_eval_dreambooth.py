@@ -9,11 +9,12 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from easel.data.dreambooth import list_images, write_shape_subject
+from easel.data.dreambooth import list_images
+from easel.data.shapes import write_shape_subject
 from easel.flows.cli import main
-from easel.models import evaluation
-from easel.models.judge import Judge
-from easel.models.references import resolve_model_reference
+from easel.models.engine.loading import LoadedModel, load_model
+from easel.models.shapes import evaluation
+from easel.models.shapes.judge import Judge
 
 TINY = evaluation.EvalSettings(num_inference_steps=4, subject_images=4, world_images=64)
 SUBJECT_METRICS = {
@@ -29,11 +30,7 @@ SUBJECT_METRICS = {
 
 @pytest.fixture(scope="module")
 def base():
-    pipeline = StableDiffusionPipeline.from_pretrained(
-        resolve_model_reference("tiny-shapes").path, local_files_only=True
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    return load_model("tiny-shapes", device="cpu", dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -111,12 +108,14 @@ def test_a_model_scored_against_itself_is_unchanged(base, subject):
 
 
 def test_a_changed_model_moves_away_from_its_base(base, subject):
-    changed = StableDiffusionPipeline(**base.components)
-    changed.unet = type(base.unet).from_config(base.unet.config)  # same shapes, new weights
-    changed.unet.load_state_dict(
-        {k: v + 0.05 * torch.randn_like(v) for k, v in base.unet.state_dict().items()}
+    pipeline = StableDiffusionPipeline(**base.pipeline.components)
+    unet = base.pipeline.unet
+    pipeline.unet = type(unet).from_config(unet.config)  # same shapes, new weights
+    pipeline.unet.load_state_dict(
+        {k: v + 0.05 * torch.randn_like(v) for k, v in unet.state_dict().items()}
     )
-    changed.set_progress_bar_config(disable=True)
+    pipeline.set_progress_bar_config(disable=True)
+    changed = LoadedModel(model=base.model, family=base.family, pipeline=pipeline)
     context = evaluation.EvalContext(changed, Judge.load(), TINY, base, subject)
     metrics = _metrics(context, ["prior_preservation"])
     assert metrics["prior_preservation/fine_tuned/base_similarity"] < 0.99
@@ -124,7 +123,7 @@ def test_a_changed_model_moves_away_from_its_base(base, subject):
 
 def test_subject_suites_need_a_base_and_a_subject(base):
     context = evaluation.EvalContext(base, Judge.load(), TINY)
-    with pytest.raises(AssertionError, match="base_pipeline"):
+    with pytest.raises(AssertionError, match="base_model"):
         evaluation.run_suites(context, ["subject_fidelity"])
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from easel.data import shapes
-from easel.models.judge import Judge, JudgeTraining, accuracy, train_judge
+from easel.models.shapes.judge import Judge, JudgeTraining, accuracy, train_judge
 
 
 @pytest.fixture(scope="module")

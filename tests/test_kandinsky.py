@@ -15,11 +15,11 @@ from diffusers import (
 from PIL import Image, ImageDraw
 from sweep_helpers import STEPS, max_pixel_difference, pixels, read_results, write_manifest
 
-from easel.data.jobs import ModelFacts, unsupported
+from easel.data.batching import ModelFacts, unsupported
 from easel.data.manifest import RowJob
 from easel.flows.sweep import SweepParameters, sweep_flow
-from easel.models.generation import model_facts
-from easel.models.tiny_kandinsky import build_random_kandinsky22
+from easel.models.engine.loading import model_facts
+from easel.models.testing.random_pipelines import build_random_kandinsky22
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SIZE = 16  # the tiny decoder's native side
@@ -206,12 +206,13 @@ def test_rows_a_model_cannot_run_fail_alone_naming_column_and_value(tmp_path, k2
 
 def test_model_facts_and_the_size_rule(k22, k22_inpaint):
     facts = model_facts(k22)
-    assert (facts.family, facts.native_size, facts.default_scheduler) == ("kandinsky22", 16, "ddpm")
+    assert (facts.family, facts.native_size) == ("Kandinsky 2.2", 16)
+    assert facts.default_scheduler == "ddpm"
     assert facts.tasks == ("text2img", "img2img", "fusion") and facts.size_multiple == 4
     assert model_facts(k22_inpaint).tasks == ("inpaint",)
     # a real Kandinsky 2.2 MOVQ downsamples 8x; the decoder works in blocks of 64 pixels
     real = ModelFacts(digest="d", native_size=768, default_scheduler="ddpm",
-                      family="kandinsky22", tasks=facts.tasks, size_multiple=64)  # fmt: skip
+                      family="Kandinsky 2.2", tasks=facts.tasks, size_multiple=64)  # fmt: skip
     job = RowJob(row_index=0, id="r", prompt="p", negative_prompt=None, seed=0, num_images=1,
                  guidance_scale=4.0, num_inference_steps=2, width=520, height=512,
                  scheduler=None, model="k22", task="text2img", init_image=None,
@@ -238,7 +239,7 @@ def test_class_priors_run_on_a_kandinsky_model(tmp_path, k22):
 def test_a_decoder_folder_naming_its_prior_runs_like_the_combined_folder(tmp_path, k22):
     """The hub's layout: kandinsky-2-2-decoder's model card names kandinsky-2-2-prior."""
     from easel.errors import ModelReferenceError
-    from easel.models.references import resolve_model_reference
+    from easel.models.engine.references import resolve_model_reference
 
     combined = KandinskyV22CombinedPipeline.from_pretrained(k22)
     combined.prior_pipe.save_pretrained(tmp_path / "prior")
@@ -267,15 +268,15 @@ def test_tiny_shapes_k22_is_embedded_and_draws_what_it_is_asked(language):
     """The committed Kandinsky 2.2 sibling of tiny-shapes, read back by the judge, asked in
     English, Russian ("красный круг на синем фоне") and German."""
     from easel.data.shape_languages import prompt_in
-    from easel.models import evaluation
-    from easel.models.judge import Judge
-    from easel.models.loading import load_model
+    from easel.models.engine.loading import load_model
+    from easel.models.shapes import evaluation
+    from easel.models.shapes.judge import Judge
 
-    pipeline = load_model("tiny-shapes-k22", dtype=torch.float32).pipeline
+    model = load_model("tiny-shapes-k22", dtype=torch.float32)
     wanted = [("circle", "red", "blue"), ("square", "yellow", "black"),
               ("cross", "green", "yellow"), ("heart", "purple", "orange")] * 2  # fmt: skip
     prompts = [prompt_in(language, *attributes) for attributes in wanted]
-    images = evaluation.generate_images(pipeline, prompts, list(range(8)), 4.0, 20)
+    images = evaluation.generate_images(model, prompts, list(range(8)), 4.0, 20)
     predictions = Judge.load().predict(images)
     right = [[p[k] == w for k, w in zip(("shape", "color", "background"), want, strict=True)]
              for p, want in zip(predictions, wanted, strict=True)]  # fmt: skip

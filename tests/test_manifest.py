@@ -191,7 +191,7 @@ def test_request_keys_of_existing_sweeps_stay_valid():
     """An image's key decides whether a rerun generates it again: upgrading easel must not
     invalidate finished Stable Diffusion sweeps (this key was recorded before Kandinsky's
     prior settings existed)."""
-    from easel.data.jobs import BatchSettings, ImageRequest, request_key
+    from easel.data.batching import BatchSettings, ImageRequest, request_key
 
     settings = BatchSettings(task="text2img", scheduler="ddim", guidance_scale=7.5,
                              num_inference_steps=20, width=32, height=32, strength=1.0)  # fmt: skip

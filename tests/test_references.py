@@ -10,8 +10,10 @@ import fsspec
 import pytest
 
 from easel.errors import ModelReferenceError
-from easel.models.loading import detect_family, load_model
-from easel.models.references import resolve_model_reference
+from easel.models.engine import kandinsky22, stable_diffusion
+from easel.models.engine.families import family_of
+from easel.models.engine.loading import load_model
+from easel.models.engine.references import resolve_model_reference
 
 
 @pytest.fixture
@@ -61,19 +63,19 @@ def test_unresolvable_references_say_why(ref, words):
 
 
 def test_family_comes_from_model_index_not_name(tiny_copy, tmp_path):
-    assert detect_family(str(tiny_copy)) == "sd"
+    assert family_of(str(tiny_copy)) is stable_diffusion.FAMILY
     index = json.loads((tiny_copy / "model_index.json").read_text())
     index["_class_name"] = "KandinskyV22CombinedPipeline"
     (tiny_copy / "model_index.json").write_text(json.dumps(index))
-    assert detect_family(str(tiny_copy)) == "kandinsky22"
+    assert family_of(str(tiny_copy)) is kandinsky22.FAMILY
     index["_class_name"] = "KandinskyV22Pipeline"  # a decoder without its prior
     (tiny_copy / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ModelReferenceError, match="without its diffusion prior"):
-        detect_family(str(tiny_copy))
+        family_of(str(tiny_copy))
     index["_class_name"] = "FluxPipeline"
     (tiny_copy / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ModelReferenceError, match="FluxPipeline"):
-        detect_family(str(tiny_copy))
+        family_of(str(tiny_copy))
 
 
 def test_pickle_weights_are_refused_without_the_trust_flag(tiny_copy):
@@ -87,4 +89,4 @@ def test_pickle_weights_are_refused_without_the_trust_flag(tiny_copy):
     with pytest.raises(ModelReferenceError, match="trust"):
         load_model(str(tiny_copy), device="cpu")
     loaded = load_model(str(tiny_copy), device="cpu", trust_pickle=True)
-    assert loaded.family == "sd"
+    assert loaded.family is stable_diffusion.FAMILY

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from easel.data import shape_languages, shapes
-from easel.models import tiny_shapes, tiny_shapes_k22
-from easel.models.references import resolve_model_reference
+from easel.models.engine.references import resolve_model_reference
+from easel.models.shapes import tiny_shapes, tiny_shapes_k22
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from sweep_helpers import STEPS, easel, read_results, write_manifest
 
+from easel.data.limits import SCHEDULER_NAMES
 from easel.data.results import read_records
 from easel.flows.cli import main
 
@@ -35,6 +36,7 @@ def assert_refused(returncode, stderr, out, *words):
         ("no-prompt", ["`prompt`"]),
         ("duplicate-ids", ["duplicate", "'twin'"]),
         ("bad-config", ["batch_size", "0"]),
+        ("unknown-scheduler", ["`scheduler`", "'magic'", *SCHEDULER_NAMES]),
     ],
 )
 def test_invalid_manifest_or_invocation_exits_2(tmp_path, capsys, kind, words):
@@ -48,6 +50,10 @@ def test_invalid_manifest_or_invocation_exits_2(tmp_path, capsys, kind, words):
     elif kind == "bad-config":
         write_manifest(manifest, [{"id": "a", "prompt": "a"}])
         extra = ["--batch-size", "0"]
+    elif kind == "unknown-scheduler":  # a sweep config's default for every row: refused whole
+        write_manifest(manifest, [{"id": "a", "prompt": "a"}])
+        (tmp_path / "sweep.yaml").write_text("scheduler: magic\n")
+        extra = ["--config", str(tmp_path / "sweep.yaml")]
     returncode = main(["sweep", str(manifest), "--out", out, *extra])
     assert_refused(returncode, capsys.readouterr().err, out, *words)
 

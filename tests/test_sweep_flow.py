@@ -11,7 +11,7 @@ from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
 from sweep_helpers import STEPS, max_pixel_difference, read_results, write_manifest
 
 from easel.flows.sweep import SweepParameters, sweep_flow
-from easel.models.references import resolve_model_reference
+from easel.models.engine.references import resolve_model_reference
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

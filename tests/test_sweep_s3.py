@@ -11,8 +11,8 @@ from PIL import Image
 from sweep_helpers import STEPS, write_manifest
 
 from easel.flows.sweep import SweepParameters, sweep_flow
-from easel.models.generation import native_size
-from easel.models.references import resolve_model_reference
+from easel.models.engine.loading import model_facts
+from easel.models.engine.references import resolve_model_reference
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -38,7 +38,7 @@ def test_sweep_reads_and_writes_s3(tmp_path, s3_server):
     assert [(r["id"], r["status"]) for r in rows] == [("a", "ok"), ("a", "ok"), ("b", "failed")]
     assert rows[0]["image_uri"] == "s3://easel-test/out/images/a/0.png"
     with Image.open(io.BytesIO(s3.cat_file("easel-test/out/images/a/1.png"))) as image:
-        side = native_size(resolve_model_reference("tiny-shapes").path)
+        side = model_facts("tiny-shapes").native_size
         assert image.format == "PNG" and image.size == (side, side)
     assert s3.exists("easel-test/out/contact_sheet.png")
     assert sweep_flow(params).generated_now == 0  # the rerun finds the work recorded on S3

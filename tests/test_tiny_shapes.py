@@ -9,9 +9,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from easel.data import shapes
-from easel.models import tiny_shapes
-from easel.models.references import resolve_model_reference
-from easel.models.schedulers import build_scheduler
+from easel.models.engine.references import resolve_model_reference
+from easel.models.engine.schedulers import build_scheduler
+from easel.models.shapes import tiny_shapes
 
 WEIGHTS = resolve_model_reference("tiny-shapes").path
 
@@ -103,7 +103,7 @@ def test_unknown_words_and_sks_still_generate(pipeline):
 def test_diffusion_stage_saves_the_moving_average_and_a_rerun_keeps_it(tmp_path):
     from dataclasses import replace
 
-    from easel.models import tiny_shapes_training as training
+    from easel.models.shapes import training
 
     base = training.TinyShapesTraining()
     schedule = replace(base.diffusion, steps=4, batch_size=8, warmup_steps=1)
@@ -130,8 +130,8 @@ def test_movq_of_tiny_shapes_k22_is_the_vae_exactly():
     """Kandinsky's MOVQ latents are tiny-shapes' scaled posterior means; decoding matches."""
     from diffusers import AutoencoderKL
 
-    from easel.models.tiny_shapes_k22 import movq_from_vae
-    from easel.models.tiny_shapes_training import images_to_tensor
+    from easel.models.shapes.recipe import images_to_tensor
+    from easel.models.shapes.tiny_shapes_k22 import movq_from_vae
 
     base = resolve_model_reference("tiny-shapes").path
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae")

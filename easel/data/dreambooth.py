@@ -232,24 +232,3 @@ def _encode(
     return LatentCache(
         latents=torch.cat(latents), condition=module.encode_prompts([prompt], device)
     )
-
-
-def write_shape_subject(
-    folder: str, count: int = 5, shape: str = "star", color: str = "blue", seed: int = 0
-) -> str:
-    """`count` images of one subject from the shapes world (a `color` `shape` on varied
-    backgrounds, the same jittered colour each time), as instance data; returns `folder`."""
-    from dataclasses import replace
-
-    from easel.data import shapes
-    from easel.data.storage import join, write_png_atomic
-
-    rng = np.random.default_rng(seed)
-    backgrounds = [c for c in shapes.COLOR_NAMES if c != color]
-    subject = shapes.spec_for(shape, color, backgrounds[0], rng)
-    for i in range(count):
-        background = backgrounds[int(rng.integers(len(backgrounds)))]
-        pose = shapes.spec_for(shape, color, background, rng)
-        spec = replace(pose, color_offset=subject.color_offset)  # one subject: one exact colour
-        write_png_atomic(join(folder, f"{i:02d}.png"), shapes.render(spec))
-    return folder

@@ -13,7 +13,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from easel.data import storage
+from easel.data import limits, storage
 
 
 class ImageInputError(ValueError):
@@ -37,9 +37,10 @@ def open_image(uri: str, column: str) -> Image.Image:
 
 def check_size(size: tuple[int, int], column: str, uri: str, max_pixels: int) -> None:
     width, height = size
-    if width % 8 or height % 8 or not (8 <= width <= 4096 and 8 <= height <= 4096):
+    if limits.side_error("width", width) or limits.side_error("height", height):
         raise ImageInputError(
-            f"`{column}` {uri!r} is {width}x{height}; sides must be multiples of 8 in 8..4096 "
+            f"`{column}` {uri!r} is {width}x{height}; sides must be multiples of "
+            f"{limits.SIDE_MULTIPLE} in {limits.MIN_SIDE}..{limits.MAX_SIDE} "
             "(set `width` and `height` to resize it)"
         )
     if width * height > max_pixels:

@@ -8,6 +8,7 @@ Two levels of error, as SPEC §3 asks:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -20,21 +21,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from easel.data import storage
+from easel.data import limits, storage
 from easel.data.images import ImageInputError, open_image, probe_edit_inputs
+from easel.data.limits import PRIOR_GUIDANCE_SCALE, PRIOR_NUM_INFERENCE_STEPS
 from easel.errors import InvalidInput
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
-TASKS = ("text2img", "img2img", "inpaint", "fusion")
-SCHEDULER_NAMES = ("ddim", "ddpm", "pndm", "euler", "euler_a", "dpmpp_2m", "unipc", "lms", "heun")
 KNOWN_COLUMNS = (
     "prompt", "id", "negative_prompt", "seed", "num_images", "guidance_scale",
     "num_inference_steps", "width", "height", "scheduler", "model", "task",
     "init_image", "mask_image", "strength", "prior_guidance_scale", "prior_num_inference_steps",
 )  # fmt: skip
-MAX_SEED = 2**63 - 1
-# Kandinsky 2.2's diffusion prior: diffusers' defaults (its combined pipelines' arguments)
-PRIOR_GUIDANCE_SCALE, PRIOR_NUM_INFERENCE_STEPS = 4.0, 25
 
 
 class RowError(ValueError):
@@ -52,7 +48,7 @@ class SweepDefaults:
     width: int | None = None  # None: the model's native size, filled in at load time
     height: int | None = None
     scheduler: str | None = None  # None: the model's own scheduler
-    strength: float = 0.75
+    strength: float = limits.STRENGTH
     prior_guidance_scale: float = PRIOR_GUIDANCE_SCALE
     prior_num_inference_steps: int = PRIOR_NUM_INFERENCE_STEPS
 
@@ -88,7 +84,7 @@ class RowFailure:
     error: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Manifest:
     """The raw table (kept for pass-through columns) and where it came from."""
 
@@ -127,8 +123,20 @@ def _with_protocol(protocol: str, path: str) -> str:
 
 
 def read_manifest(uri: str) -> Manifest:
-    """Read and concatenate the manifest's files; raise `InvalidInput` if it is unusable."""
+    """Read and concatenate the manifest's files; raise `InvalidInput` if it is unusable.
+
+    Read once per process while its files are unchanged (the CLI checks a manifest before
+    its flow plans it: one read)."""
     files, root = manifest_files(uri)
+    versions = []
+    for file_uri in files:
+        fs, path = storage.filesystem(file_uri)
+        versions.append(storage.version_tag(fs.info(path)))
+    return _read_files(uri, root, tuple(files), tuple(versions))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_files(uri: str, root: str, files: tuple[str, ...], versions: tuple[str, ...]):
     tables = []
     for file_uri in files:
         fs, path = storage.filesystem(file_uri)
@@ -149,7 +157,15 @@ def read_manifest(uri: str) -> Manifest:
         raise InvalidInput(
             f"manifest {uri!r} has no `prompt` column (columns: {', '.join(table.column_names)})"
         )
-    return Manifest(table=table, uri=uri, root=root, files=files)
+    return Manifest(table=table, uri=uri, root=root, files=list(files))
+
+
+def write_manifest(uri: str, rows: list[dict[str, Any]]) -> str:
+    """Write `rows` as a manifest (columns: the union of their keys, in order), atomically."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    table = pa.Table.from_pylist([{key: row.get(key) for key in columns} for row in rows])
+    storage.write_parquet_atomic(uri, table)
+    return uri
 
 
 # --- validation ----------------------------------------------------------------------
@@ -210,22 +226,20 @@ def validate_row(
     roots: list[str],
 ) -> RowJob:  # fmt: skip
     """Check one row against every SPEC §5 rule; raise `RowError` at the first broken one."""
-    if not ID_PATTERN.fullmatch(row_id):
-        raise RowError(f"`id` must match [A-Za-z0-9._-]{{1,128}} but is {row_id!r}")
+    if not limits.ID_PATTERN.fullmatch(row_id):
+        raise RowError(f"`id` must match {limits.ID_RULE} but is {row_id!r}")
     if row_id in (".", ".."):
         raise RowError(f"`id` must not be {row_id!r}")
     prompt = values.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise RowError(f"`prompt` must be a non-empty string but is {prompt!r}")
     negative = _optional_str(values, "negative_prompt")
-    num_images = _int(values, "num_images", 1, low=1, high=64)
-    seed = _int(values, "seed", derived_seed(row_id), low=0, high=MAX_SEED - num_images)
+    num_images = _int(values, "num_images", 1, low=limits.MIN_IMAGES, high=limits.MAX_IMAGES)
+    seed = _int(values, "seed", derived_seed(row_id), low=0, high=limits.MAX_SEED - num_images)
     guidance = _guidance(values, "guidance_scale", defaults.guidance_scale)
-    steps = _int(values, "num_inference_steps", defaults.num_inference_steps, low=1, high=500)
+    steps = _steps(values, "num_inference_steps", defaults.num_inference_steps)
     prior_guidance = _guidance(values, "prior_guidance_scale", defaults.prior_guidance_scale)
-    prior_steps = _int(
-        values, "prior_num_inference_steps", defaults.prior_num_inference_steps, low=1, high=500
-    )
+    prior_steps = _steps(values, "prior_num_inference_steps", defaults.prior_num_inference_steps)
     width = _size(values, "width", defaults.width)
     height = _size(values, "height", defaults.height)
     if width and height and width * height > defaults.max_pixels:
@@ -234,9 +248,9 @@ def validate_row(
             f"{defaults.max_pixels} pixels"
         )
     scheduler = _optional_str(values, "scheduler") or defaults.scheduler
-    if scheduler is not None and scheduler not in SCHEDULER_NAMES:
+    if scheduler is not None and scheduler not in limits.SCHEDULER_NAMES:
         raise RowError(
-            f"`scheduler` must be one of {', '.join(SCHEDULER_NAMES)} but is {scheduler!r}"
+            f"`scheduler` must be one of {', '.join(limits.SCHEDULER_NAMES)} but is {scheduler!r}"
         )
     init_image = _image_uri(values, "init_image", base, roots)
     mask_image = _image_uri(values, "mask_image", base, roots)
@@ -244,7 +258,7 @@ def validate_row(
     strength = _float(values, "strength", defaults.strength)
     if not 0 < strength <= 1:
         raise RowError(f"`strength` must be in (0, 1] but is {strength!r}")
-    if task in ("img2img", "inpaint"):
+    if task in limits.EDIT_TASKS:
         own_width, own_height = _size(values, "width", None), _size(values, "height", None)
         try:
             width, height = probe_edit_inputs(
@@ -276,16 +290,21 @@ def _optional_str(values: dict[str, Any], column: str) -> str | None:
     return value
 
 
-def _int(values: dict[str, Any], column: str, default: int, low: int, high: int) -> int:
-    value = values.get(column)
-    if value is None:
-        return default
+def _as_int(value: Any, column: str) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise RowError(f"`{column}` must be an integer but is {value!r}")
+    return value
+
+
+def _int(values: dict[str, Any], column: str, default: int, low: int, high: int) -> int:
+    value = values.get(column)
+    if value is None:
+        return default
+    value = _as_int(value, column)
     if not low <= value <= high:
         raise RowError(f"`{column}` must be in {low}..{high} but is {value!r}")
     return value
@@ -304,6 +323,10 @@ def _float(values: dict[str, Any], column: str, default: float) -> float:
     return number
 
 
+def _steps(values: dict[str, Any], column: str, default: int) -> int:
+    return _int(values, column, default, low=limits.MIN_STEPS, high=limits.MAX_STEPS)
+
+
 def _guidance(values: dict[str, Any], column: str, default: float) -> float:
     guidance = _float(values, column, default)
     if guidance < 0:
@@ -314,9 +337,9 @@ def _guidance(values: dict[str, Any], column: str, default: float) -> float:
 def _size(values: dict[str, Any], column: str, default: int | None) -> int | None:
     if values.get(column) is None:
         return default
-    size = _int(values, column, 0, low=8, high=4096)
-    if size % 8:
-        raise RowError(f"`{column}` must be divisible by 8 but is {size}")
+    size = _as_int(values[column], column)
+    if error := limits.side_error(column, size):
+        raise RowError(error)
     return size
 
 
@@ -324,8 +347,8 @@ def _task(values: dict[str, Any], init_image: str | None, mask_image: str | None
     task = _optional_str(values, "task")
     if task is None:
         return "inpaint" if mask_image else "img2img" if init_image else "text2img"
-    if task not in TASKS:
-        raise RowError(f"`task` must be one of {', '.join(TASKS)} but is {task!r}")
+    if task not in limits.TASKS:
+        raise RowError(f"`task` must be one of {', '.join(limits.TASKS)} but is {task!r}")
     if task in ("img2img", "inpaint", "fusion") and not init_image:
         raise RowError(f"`task` {task!r} needs `init_image`, which is empty")
     if task == "inpaint" and not mask_image:

@@ -10,25 +10,36 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+
+from easel.data.batching import ModelFacts
 
 
 @dataclass(frozen=True)
 class PriorSpec:
-    """One class-prior set, every field resolved (no model defaults left open)."""
+    """One class-prior set. `model_digest`, `scheduler`, `width` and `height` may be None
+    (the model's own) until `resolved` fills them in; only a resolved spec has a `key`."""
 
-    model_digest: str
+    model_digest: str | None
     class_prompt: str
     negative_prompt: str | None
-    scheduler: str
+    scheduler: str | None
     num_inference_steps: int
     guidance_scale: float
-    width: int
-    height: int
+    width: int | None
+    height: int | None
     seed: int
+
+    def resolved(self, facts: ModelFacts) -> PriorSpec:
+        """The spec with the model's digest and defaults filled in."""
+        return replace(
+            self, model_digest=facts.digest, scheduler=self.scheduler or facts.default_scheduler,
+            width=self.width or facts.native_size, height=self.height or facts.native_size,
+        )  # fmt: skip
 
     @property
     def key(self) -> str:
+        assert None not in (self.model_digest, self.scheduler, self.width, self.height), self
         content = json.dumps(asdict(self), sort_keys=True)
         return hashlib.sha256(content.encode()).hexdigest()[:24]
 

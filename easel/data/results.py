@@ -8,13 +8,13 @@ rerun, and a rerun skips every image whose `request_key` is recorded as ok.
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from easel.data import storage
+from easel.data import contact_sheet, storage
+from easel.data.batching import SweepPlan, planned_images
 
 RESULT_FIELDS = pa.schema([
     ("image_index", pa.int32()),
@@ -61,17 +61,11 @@ def records_dir(out: str) -> str:
     return storage.join(out, ".easel", "records")
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
-
-
 def write_record_shard(out: str, name: str, records: list[ImageRecord]) -> str:
     """Write the marker for a finished batch, atomically, after its images."""
     table = pa.Table.from_pylist([asdict(r) for r in records], schema=RECORD_SCHEMA)
     uri = storage.join(records_dir(out), f"{name}.parquet")
-    storage.write_bytes_atomic(uri, parquet_bytes(table))
+    storage.write_parquet_atomic(uri, table)
     return uri
 
 
@@ -122,5 +116,70 @@ def assemble_results(
 
 def write_results(out: str, table: pa.Table) -> str:
     uri = storage.join(out, "results.parquet")
-    storage.write_bytes_atomic(uri, parquet_bytes(table))
+    storage.write_parquet_atomic(uri, table)
     return uri
+
+
+def failed_row(row_id: str, error: str) -> ImageRecord:
+    """The one record of a row that failed as a whole."""
+    return ImageRecord(
+        id=row_id, request_key=None, image_index=None, image_uri=None, status="failed",
+        error=error, warning=None, seed=None, model_ref=None, model_digest=None, scheduler=None,
+        duration_s=None, image_sha256=None, mlflow_run_id=None,
+    )  # fmt: skip
+
+
+def final_records(plan: SweepPlan, recorded: list[ImageRecord]) -> list[tuple[int, ImageRecord]]:
+    """(row_index, record) for every requested image; a row that failed entirely keeps one."""
+    by_key: dict[str, ImageRecord] = {}
+    for record in recorded:  # an ok record wins over a failed try of the same image
+        existing = by_key.get(record.request_key)
+        if record.request_key and (existing is None or existing.status != "ok"):
+            by_key[record.request_key] = record
+    rows: list[tuple[int, ImageRecord]] = []
+    for failure in plan.failures:
+        rows.append((failure.row_index, failed_row(failure.id, failure.error)))
+    for job in plan.jobs:
+        images = planned_images(job, plan.facts[job.model])
+        found = [by_key.get(image.request_key) for image in images]
+        if any(r is None for r in found):
+            missing = failed_row(job.id, "not generated: the run stopped before this image")
+            found = [r or missing for r in found]
+        if all(r.status == "failed" for r in found):
+            found = [found[0]]
+        rows.extend((job.row_index, record) for record in found)
+    rows.sort(key=lambda item: (item[0], item[1].image_index or 0))
+    return rows
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """Where a sweep's outputs are and what they count."""
+
+    out: str
+    results_uri: str
+    contact_sheet_uri: str | None
+    rows: int
+    images_ok: int
+    images_failed: int
+    rows_failed: int
+    generated_now: int
+
+
+def publish_results(out: str, manifest: pa.Table, plan: SweepPlan, generated_now: int):
+    """`results.parquet` assembled from the manifest and every record under `out`, and the
+    contact sheet of its images; returns the `SweepSummary`."""
+    rows = final_records(plan, read_records(out))
+    table = assemble_results(manifest, [index for index, _ in rows], [r for _, r in rows])
+    results_uri = write_results(out, table)
+    ok = [record for _, record in rows if record.status == "ok"]
+    sheet = None
+    if ok:
+        labels = [f"{r.id}/{r.image_index}" for r in ok]
+        sheet = contact_sheet.write_contact_sheet(out, [r.image_uri for r in ok], labels)
+    return SweepSummary(
+        out=out, results_uri=results_uri, contact_sheet_uri=sheet, rows=manifest.num_rows,
+        images_ok=len(ok), images_failed=len(rows) - len(ok),
+        rows_failed=len({r.id for _, r in rows if r.status == "failed"}),
+        generated_now=generated_now,
+    )  # fmt: skip

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFilter
 
 from easel.data import storage
-from easel.data.results import parquet_bytes
+from easel.data.manifest import write_manifest
 
 SAMPLE_ROWS = [
     {"id": "red-circle", "prompt": "a red circle on a blue background", "seed": 1, "num_images": 2},
@@ -77,7 +76,4 @@ def write_sample_manifest(
     folder = uri.rsplit("/", 1)[0]
     for name, image in sample_inputs().items():
         storage.write_png_atomic(storage.join(folder, name), image)
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    table = pa.Table.from_pylist([{key: row.get(key) for key in columns} for row in rows])
-    storage.write_bytes_atomic(uri, parquet_bytes(table))
-    return uri
+    return write_manifest(uri, rows)

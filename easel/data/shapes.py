@@ -9,11 +9,13 @@ model's composition can be tested on pairs it has only seen apart.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from easel.data import storage
 
 IMAGE_SIZE = 64
 SUPERSAMPLE = 4  # draw at 4x and downsample: smooth edges without an anti-aliasing library
@@ -188,3 +190,19 @@ def render_array(specs: list[ShapeSpec]) -> np.ndarray:
 def label_array(specs: list[ShapeSpec]) -> np.ndarray:
     """(N, 3) int64 class indices of `specs`: shape, colour, background."""
     return np.array([labels(spec) for spec in specs], dtype=np.int64)
+
+
+def write_shape_subject(
+    folder: str, count: int = 5, shape: str = "star", color: str = "blue", seed: int = 0
+) -> str:
+    """`count` images of one subject from the shapes world (a `color` `shape` on varied
+    backgrounds, the same jittered colour each time), as instance data; returns `folder`."""
+    rng = np.random.default_rng(seed)
+    backgrounds = [c for c in COLOR_NAMES if c != color]
+    subject = spec_for(shape, color, backgrounds[0], rng)
+    for i in range(count):
+        background = backgrounds[int(rng.integers(len(backgrounds)))]
+        pose = spec_for(shape, color, background, rng)
+        spec = replace(pose, color_offset=subject.color_offset)  # one subject: one exact colour
+        storage.write_png_atomic(storage.join(folder, f"{i:02d}.png"), render(spec))
+    return folder

@@ -11,6 +11,8 @@ import contextlib
 import io
 import os
 import posixpath
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -34,6 +36,15 @@ def join(base: str, *parts: str) -> str:
     if is_local(base) and "://" not in base:
         return os.path.join(base, *parts)
     return posixpath.join(base.rstrip("/"), *parts)
+
+
+def version_tag(info: dict) -> str:
+    """What changes when a file changes, from its fsspec `info`: size and ETag or modification
+    time (and, on a local disk, the inode an atomic rewrite replaces)."""
+    version = (
+        info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created")
+    )
+    return f"{info.get('size')}|{version}|{info.get('ino', '')}"
 
 
 def exists(uri: str) -> bool:
@@ -91,6 +102,71 @@ def write_png_atomic(uri: str, image: Any, compress_level: int = 6) -> bytes:
 
 def write_text_atomic(uri: str, text: str) -> None:
     write_bytes_atomic(uri, text.encode("utf-8"))
+
+
+def write_parquet_atomic(uri: str, table) -> None:
+    """Write a pyarrow table as one Parquet file, atomically."""
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    write_bytes_atomic(uri, buffer.getvalue())
+
+
+@contextlib.contextmanager
+def staged_folder(target: str, replace: bool = True, last: str | None = None) -> Iterator[str]:
+    """A fresh local folder to fill; when the block ends without an error it becomes `target`.
+
+    A local `target` appears by one rename, whole or not at all: with `replace`, an existing
+    folder is swapped out by renames (readers see the old or the new one, never a mix);
+    without it, a folder that another process published first is kept and ours discarded.
+    On an object store, where a folder cannot be renamed, the files are uploaded one by one
+    and the file named `last` (a marker that vouches for the rest) is uploaded after them.
+    Yields the (empty, existing) local staging folder."""
+    fs, path = filesystem(target)
+    if isinstance(fs, LocalFileSystem):
+        parent, name = os.path.split(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        staging = os.path.join(parent, f".{name}.{uuid.uuid4().hex}.staging")
+        os.makedirs(staging)
+    else:
+        staging = tempfile.mkdtemp(prefix="easel-staging-")
+    try:
+        yield staging
+        if isinstance(fs, LocalFileSystem):
+            _rename_into_place(staging, os.path.abspath(path), replace)
+        else:
+            _upload_folder(fs, staging, path, last)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _rename_into_place(staging: str, target: str, replace: bool) -> None:
+    if not os.path.exists(target):
+        try:
+            os.rename(staging, target)
+            return
+        except OSError:  # another process published it first
+            if not replace:
+                return
+    if not replace:
+        return
+    retired = f"{staging}.retired"
+    os.rename(target, retired)
+    os.rename(staging, target)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _upload_folder(fs, staging: str, path: str, last: str | None) -> None:
+    names = sorted(
+        os.path.relpath(os.path.join(parent, name), staging)
+        for parent, _, files in os.walk(staging)
+        for name in files
+    )
+    for name in sorted(names, key=lambda n: n == last):  # the marker last
+        remote = posixpath.join(path.rstrip("/"), *name.split(os.sep))
+        fs.makedirs(posixpath.dirname(remote), exist_ok=True)
+        fs.put_file(os.path.join(staging, name), remote)
 
 
 def is_within(child: str, root: str) -> bool:

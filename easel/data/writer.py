@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
 from easel.data import results, storage
-from easel.data.jobs import PlannedBatch
+from easel.data.batching import PlannedBatch
 from easel.data.results import ImageRecord
 
 

@@ -9,18 +9,17 @@ import argparse
 import os
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
 from easel import tracking
+from easel.data.limits import InferenceSteps
 from easel.flows.config import load_parameters
-from easel.models import tiny_shapes_k22
-from easel.models import tiny_shapes_training as training
-from easel.models.judge import JudgeTraining
+from easel.models.engine.references import WEIGHTS_DIR, resolve_model_reference
+from easel.models.shapes import recipe, tiny_shapes_k22, training
+from easel.models.shapes.judge import JudgeTraining
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
 _MODEL, _JUDGE = training.TinyShapesTraining(), JudgeTraining()
 _K22 = tiny_shapes_k22.TinyShapesK22Training()
 
@@ -46,7 +45,7 @@ class BootstrapParameters(BaseModel):
     judge_steps: int = Field(_JUDGE.steps, ge=1)
     judge_images: int = Field(_JUDGE.images, ge=1)
     judge_batch_size: int = Field(_JUDGE.batch_size, ge=1)
-    sample_steps: int = Field(20, ge=1, description="denoising steps of the sample grid")
+    sample_steps: InferenceSteps = Field(20, description="denoising steps of the sample grid")
     experiment: str = "easel-bootstrap"
     show_progress: bool = False
 
@@ -99,12 +98,12 @@ class BootstrapK22Parameters(BaseModel):
     image_encoder_steps: int = Field(_K22.image_encoder.steps, ge=1)
     prior_steps: int = Field(_K22.prior.steps, ge=1)
     decoder_steps: int = Field(_K22.decoder.steps, ge=1)
-    sample_steps: int = Field(20, ge=1, description="denoising steps of the sample grid")
+    sample_steps: InferenceSteps = Field(20, description="denoising steps of the sample grid")
     experiment: str = "easel-bootstrap"
     show_progress: bool = False
 
     def training(self) -> tiny_shapes_k22.TinyShapesK22Training:
-        def schedule(base: training.TrainingSchedule, steps: int) -> training.TrainingSchedule:
+        def schedule(base: recipe.TrainingSchedule, steps: int) -> recipe.TrainingSchedule:
             return replace(base, steps=steps, warmup_steps=min(base.warmup_steps, steps))
 
         return replace(
@@ -117,26 +116,20 @@ class BootstrapK22Parameters(BaseModel):
 
 def _start_run(params, run_name: str):
     """Threads, deterministic cuBLAS, and the flow's MLflow run (with its parameters)."""
-    import mlflow
     import torch
 
     if params.threads:
         torch.set_num_threads(params.threads)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on GPUs
-    tracking.configure_mlflow()
-    mlflow.set_experiment(params.experiment)
-    run = mlflow.start_run(run_name=run_name)
-    mlflow.log_params({k: v for k, v in params.model_dump().items() if k != "show_progress"})
-    return run
+    logged = {k: v for k, v in params.model_dump().items() if k != "show_progress"}
+    return tracking.start_run(params.experiment, run_name, logged)
 
 
 @flow(name="bootstrap")
 def bootstrap_flow(params: BootstrapParameters) -> dict[str, str]:
     """VAE, its decoder alone, then text encoder + UNet, then the judge; a sample grid;
     publish both folders."""
-    import mlflow
-
-    from easel.tasks.tiny_shapes import (
+    from easel.tasks.bootstrap import (
         publish_task,
         refine_decoder_task,
         sample_grid_task,
@@ -145,8 +138,8 @@ def bootstrap_flow(params: BootstrapParameters) -> dict[str, str]:
         train_vae_task,
     )
 
-    with _start_run(params, "bootstrap") as run:
-        run_id, work, progress = run.info.run_id, params.work_dir, params.show_progress
+    with _start_run(params, "bootstrap") as run_id:
+        work, progress = params.work_dir, params.show_progress
         model_config = params.model_training()
         vae_dir = train_vae_task(model_config, work, run_id, progress)
         vae_dir = refine_decoder_task(model_config, vae_dir, work, run_id, progress)
@@ -155,7 +148,7 @@ def bootstrap_flow(params: BootstrapParameters) -> dict[str, str]:
         grid = sample_grid_task(
             pipeline_dir, os.path.join(work, "samples.png"), steps=params.sample_steps
         )
-        mlflow.log_artifact(grid)
+        tracking.log_artifact(grid)
         model_out = publish_task(pipeline_dir, os.path.join(params.out, "tiny-shapes"))
         judge_out = publish_task(judge_dir, os.path.join(params.out, "judge"))
     return {"model": model_out, "judge": judge_out, "samples": grid, "mlflow_run_id": run_id}
@@ -164,18 +157,15 @@ def bootstrap_flow(params: BootstrapParameters) -> dict[str, str]:
 @flow(name="bootstrap-k22")
 def bootstrap_k22_flow(params: BootstrapK22Parameters) -> dict[str, str]:
     """Image encoder, prior and decoder grown from tiny-shapes; a sample grid; publish."""
-    import mlflow
-
-    from easel.models.references import resolve_model_reference
-    from easel.tasks.tiny_shapes import (
+    from easel.tasks.bootstrap import (
         publish_task,
         sample_grid_task,
         train_tiny_shapes_k22_task,
     )
 
     base_dir = resolve_model_reference(params.base).path
-    with _start_run(params, "bootstrap-k22") as run:
-        run_id, work = run.info.run_id, params.work_dir
+    with _start_run(params, "bootstrap-k22") as run_id:
+        work = params.work_dir
         pipeline_dir = train_tiny_shapes_k22_task(
             params.training(), base_dir, work, run_id, params.show_progress
         )
@@ -183,7 +173,7 @@ def bootstrap_k22_flow(params: BootstrapK22Parameters) -> dict[str, str]:
             pipeline_dir, os.path.join(work, "samples-k22.png"), steps=params.sample_steps,
             guidance_scale=4.0,
         )  # fmt: skip
-        mlflow.log_artifact(grid)
+        tracking.log_artifact(grid)
         model_out = publish_task(pipeline_dir, os.path.join(params.out, "tiny-shapes-k22"))
     return {"model": model_out, "samples": grid, "mlflow_run_id": run_id}
 

@@ -18,6 +18,7 @@ from easel.flows.priors import PriorsParameters, class_priors_flow
 from easel.flows.sweep import SweepParameters, sweep_flow
 from easel.models.dreambooth.config import DreamBoothConfig
 from easel.tasks.dreambooth import (
+    EXPERIMENT,
     check_inputs,
     check_inputs_task,
     class_images_task,
@@ -28,8 +29,6 @@ from easel.tasks.dreambooth import (
     validation_rows,
     write_manifest_task,
 )
-
-EXPERIMENT = "easel-dreambooth"
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
     """Fine-tune `config.model` on the instance images, bound to the identifier."""
     instance_images = check_inputs_task(config)
     model_dir = resolve_model_task(config.model)
-    with tracking.start_run(EXPERIMENT, "dreambooth", config.model_dump()) as run:
+    with tracking.start_run(EXPERIMENT, "dreambooth", config.model_dump()) as run_id:
         class_images: list[str] = []
         if config.prior_preservation and config.class_data:
             class_images = class_images_task(config)
@@ -63,7 +62,7 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
                 )
             )
             class_images = priors.image_uris
-        checkpoint = train_task(config, model_dir, instance_images, class_images, run.info.run_id)
+        checkpoint = train_task(config, model_dir, instance_images, class_images, run_id)
         pipeline = export_task(config, checkpoint, model_dir)
         sheet = None
         if config.validation_prompts:
@@ -81,12 +80,12 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
             )
             sheet = validation.contact_sheet_uri
             if sheet:
-                tracking.log_uri_artifact(sheet, "validation")
+                tracking.log_artifact(sheet, "validation")
         registered = register_task(pipeline, config.register_as) if config.register_as else None
     result = DreamBoothResult(
         pipeline=pipeline,
         checkpoint=checkpoint,
-        identifier=config.subject_token,
+        identifier=config.identifier,
         validation_contact_sheet=sheet,
         registered=registered,
     )
@@ -123,7 +122,7 @@ PRESET = Path(__file__).resolve().parents[1] / "configs" / "dreambooth-tiny.yaml
 def tiny_shapes_config(out: str, **overrides) -> DreamBoothConfig:
     """The `dreambooth-tiny` preset with its subject images written under `out/instance`
     and its output under `out`: a ready-made short run on tiny-shapes (for the quickstart)."""
-    from easel.data.dreambooth import write_shape_subject
+    from easel.data.shapes import write_shape_subject
 
     instance = write_shape_subject(f"{out}/instance")
     values = {**read_yaml(str(PRESET)), "instance_data": instance, "output": out, **overrides}

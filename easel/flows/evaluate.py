@@ -1,6 +1,6 @@
 """`easel eval`: the offline quality report of a shapes-world model (SPEC §8).
 
-Each suite of `easel.models.evaluation.EVAL_SUITES` runs as one task; the report is a table
+Each suite of `easel.models.shapes.evaluation.EVAL_SUITES` runs as one task; the report is a table
 on the terminal, `report.json` in `--out`, and an MLflow run with every metric and the
 suites' sample grids.
 
@@ -18,9 +18,13 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from easel import tracking
+from easel.data import storage
+from easel.data.dreambooth import list_images
+from easel.data.limits import GuidanceScale, InferenceSteps
 from easel.errors import InvalidInput
 from easel.flows.config import load_parameters
-from easel.models import evaluation
+from easel.models.engine.references import resolve_model_reference
+from easel.models.shapes import evaluation
 
 QUICK = {
     "adherence_images": 16,
@@ -51,8 +55,8 @@ class EvalParameters(BaseModel):
     subject_images: int = Field(
         evaluation.EvalSettings.subject_images, ge=2, le=4096, description="per prompt and model"
     )
-    guidance_scale: float = Field(evaluation.EvalSettings.guidance_scale, ge=0)
-    num_inference_steps: int = Field(evaluation.EvalSettings.num_inference_steps, ge=1, le=500)
+    guidance_scale: GuidanceScale = evaluation.EvalSettings.guidance_scale
+    num_inference_steps: InferenceSteps = evaluation.EvalSettings.num_inference_steps
     seed: int = 0
     quick: bool = Field(False, description="small samples: a smoke check, not a measurement")
     experiment: str = "easel-eval"
@@ -84,9 +88,6 @@ class EvalParameters(BaseModel):
                     f"suite {chosen[0]!r} needs `{name}` (--{name.replace('_', '-')}) but it "
                     f"is not set"
                 )
-        from easel.data import storage
-        from easel.data.dreambooth import list_images
-
         if not storage.exists(self.instance_data) or not list_images(self.instance_data):
             raise InvalidInput(
                 f"`instance_data` must be a folder of images but {self.instance_data!r} "
@@ -107,42 +108,29 @@ class EvalParameters(BaseModel):
 @flow(name="eval")
 def eval_flow(params: EvalParameters) -> dict:
     """Resolve the model, run each suite as a task, write and log the report."""
-    import mlflow
-
-    from easel.models.references import resolve_model_reference
-    from easel.tasks.tiny_shapes import eval_suite_task, write_report_task
+    from easel.tasks.evaluate import eval_suite_task, write_report_task
 
     resolved = resolve_model_reference(params.model)
     subject = params.subject()
     base = resolve_model_reference(params.base_model) if subject else None
     settings = params.settings()
-    tracking.configure_mlflow()
-    mlflow.set_experiment(params.experiment)
-    with mlflow.start_run(run_name=f"eval {params.model}") as run:
-        mlflow.log_params(
-            {
-                "model": params.model,
-                "model_digest": resolved.digest,
-                "judge": params.judge or "committed",
-            }
-            | ({"base_model": params.base_model, "base_model_digest": base.digest} if base else {})
-            | (subject or {})
-            | {f"settings.{k}": v for k, v in settings.__dict__.items()}
-        )
+    logged = (
+        {"model": params.model, "model_digest": resolved.digest,
+         "judge": params.judge or "committed"}
+        | ({"base_model": params.base_model, "base_model_digest": base.digest} if base else {})
+        | (subject or {})
+        | {f"settings.{k}": v for k, v in settings.__dict__.items()}
+    )  # fmt: skip
+    with tracking.start_run(params.experiment, f"eval {params.model}", logged) as run_id:
         suites = {
             name: eval_suite_task(
-                name,
-                resolved.path,
-                params.judge,
-                settings,
-                params.out,
-                base_model_path=base.path if base else None,
-                subject=subject,
-            )
+                name, resolved.path, params.judge, settings, params.out,
+                base_model_path=base.path if base else None, subject=subject,
+            )  # fmt: skip
             for name in params.suites
         }
         metrics = {k: v for suite in suites.values() for k, v in suite["metrics"].items()}
-        mlflow.log_metrics(metrics)
+        tracking.log_metrics(metrics)
         report = {
             "model": params.model,
             "model_digest": resolved.digest,
@@ -151,13 +139,13 @@ def eval_flow(params: EvalParameters) -> dict:
             "settings": settings.__dict__,
             "metrics": metrics,
             "rows": [row for suite in suites.values() for row in suite["rows"]],
-            "mlflow_run_id": run.info.run_id,
+            "mlflow_run_id": run_id,
         }
         report_path = write_report_task(report, params.out)
-        mlflow.log_artifact(report_path)
+        tracking.log_artifact(report_path)
         for suite in suites.values():
             if suite["grid"]:
-                mlflow.log_artifact(suite["grid"], artifact_path="grids")
+                tracking.log_artifact(suite["grid"], artifact_path="grids")
     return report | {"report_path": report_path}
 
 
@@ -221,11 +209,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     )
     params = load_parameters(EvalParameters, args.config, {k: getattr(args, k) for k in keys})
     if params.judge is not None and not os.path.exists(os.path.join(params.judge, "config.json")):
-        from easel.errors import InvalidInput
-
         raise InvalidInput(f"`--judge` {params.judge!r} is not a judge folder (no config.json)")
-    from easel.models.references import resolve_model_reference
-
     resolve_model_reference(params.model)  # a bad reference fails here: exit 2, nothing generated
     if params.subject():
         try:

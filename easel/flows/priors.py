@@ -7,15 +7,15 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-import pyarrow as pa
-from prefect import flow, task
+from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
-from easel.data import storage
+from easel.data import limits, results, storage
+from easel.data.limits import BatchSize, GuidanceScale, InferenceSteps, SchedulerName, Side
 from easel.data.priors import PriorSpec, prior_rows
-from easel.data.results import parquet_bytes
 from easel.flows.config import load_parameters
 from easel.flows.sweep import SweepParameters, sweep_flow
+from easel.tasks.priors import resolve_prior_spec_task, write_prior_manifest_task
 
 
 class PriorsParameters(BaseModel):
@@ -26,17 +26,26 @@ class PriorsParameters(BaseModel):
     out: str = Field(description="cache root; the set goes to OUT/<key>/")
     model: str = "tiny-shapes"
     negative_prompt: str | None = None
-    scheduler: str | None = None
-    num_inference_steps: int = Field(20, ge=1, le=500)
+    scheduler: SchedulerName | None = None
+    num_inference_steps: InferenceSteps = limits.NUM_INFERENCE_STEPS
     # 1: no guidance, so the images are samples of the model's own class distribution, the
     # one DreamBooth's prior loss should preserve (see DreamBoothConfig.class_guidance_scale)
-    guidance_scale: float = Field(1.0, ge=0)
-    width: int | None = Field(None, ge=8, le=4096, multiple_of=8)
-    height: int | None = Field(None, ge=8, le=4096, multiple_of=8)
+    guidance_scale: GuidanceScale = 1.0
+    width: Side | None = None
+    height: Side | None = None
     seed: int = Field(0, ge=0)
-    batch_size: int = Field(8, ge=1, le=256)
+    batch_size: BatchSize = limits.BATCH_SIZE
     experiment: str = "easel-priors"
     show_progress: bool = False
+
+    def spec(self) -> PriorSpec:
+        """The set asked for, the model's defaults still open."""
+        return PriorSpec(
+            model_digest=None, class_prompt=self.class_prompt,
+            negative_prompt=self.negative_prompt, scheduler=self.scheduler,
+            num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+            width=self.width, height=self.height, seed=self.seed,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -46,38 +55,12 @@ class ClassPriors:
     generated_now: int
 
 
-@task(name="resolve-prior-spec")
-def resolve_prior_spec(params: PriorsParameters) -> PriorSpec:
-    """Fill the model's defaults in, so the cache key names exactly what is generated."""
-    from easel.models.generation import model_facts
-
-    facts = model_facts(params.model)
-    return PriorSpec(
-        model_digest=facts.digest, class_prompt=params.class_prompt,
-        negative_prompt=params.negative_prompt,
-        scheduler=params.scheduler or facts.default_scheduler,
-        num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
-        width=params.width or facts.native_size, height=params.height or facts.native_size,
-        seed=params.seed,
-    )  # fmt: skip
-
-
-@task(name="write-prior-manifest")
-def write_prior_manifest(folder: str, spec: PriorSpec, num_images: int) -> str:
-    """The sweep manifest of the set's first `num_images` images."""
-    uri = storage.join(folder, f"manifest-{num_images}.parquet")
-    storage.write_bytes_atomic(
-        uri, parquet_bytes(pa.Table.from_pylist(prior_rows(spec, num_images)))
-    )
-    return uri
-
-
 @flow(name="class-priors", log_prints=True)
 def class_priors_flow(params: PriorsParameters) -> ClassPriors:
     """Generate (or find in the cache) N images of the class prompt."""
-    spec = resolve_prior_spec(params)
+    spec = resolve_prior_spec_task(params.model, params.spec())
     folder = storage.join(params.out, spec.key)
-    manifest = write_prior_manifest(folder, spec, params.num_images)
+    manifest = write_prior_manifest_task(folder, spec, params.num_images)
     summary = sweep_flow(SweepParameters(
         manifest=manifest, out=folder, model=params.model, batch_size=params.batch_size,
         experiment=params.experiment, show_progress=params.show_progress,
@@ -86,10 +69,7 @@ def class_priors_flow(params: PriorsParameters) -> ClassPriors:
         raise RuntimeError(
             f"{summary.images_failed} class-prior images failed; see {summary.results_uri}"
         )
-    uris = [
-        storage.join(folder, "images", row["id"], "0.png")
-        for row in prior_rows(spec, params.num_images)
-    ]
+    uris = [results.image_uri(folder, row["id"], 0) for row in prior_rows(spec, params.num_images)]
     return ClassPriors(folder=folder, image_uris=uris, generated_now=summary.generated_now)
 
 

@@ -19,12 +19,14 @@ from prefect.artifacts import (
 from pydantic import BaseModel, ConfigDict, Field
 
 from easel import tracking
-from easel.data import manifest, storage
-from easel.data.jobs import chunk_batches
-from easel.data.manifest import PRIOR_GUIDANCE_SCALE, PRIOR_NUM_INFERENCE_STEPS, SweepDefaults
+from easel.data import limits, manifest, storage
+from easel.data.batching import chunk_batches
+from easel.data.limits import BatchSize, GuidanceScale, InferenceSteps, SchedulerName
+from easel.data.manifest import SweepDefaults
+from easel.data.results import SweepSummary
 from easel.flows.config import load_parameters
-from easel.models.sweep_engine import SweepInputs
-from easel.tasks.sweep import SweepSummary, generate_images, plan_sweep_task, write_results
+from easel.models.engine.sweep import SweepInputs
+from easel.tasks.sweep import generate_batches_task, plan_sweep_task, write_results_task
 
 
 class SweepParameters(BaseModel):
@@ -35,17 +37,22 @@ class SweepParameters(BaseModel):
     manifest: str = Field(description="Parquet file, folder or glob (any fsspec URI)")
     out: str = Field(description="output folder (any fsspec URI)")
     model: str = Field("tiny-shapes", description="default for rows without a `model`")
-    batch_size: int = Field(8, ge=1, le=256)
-    guidance_scale: float = Field(7.5, ge=0)
-    num_inference_steps: int = Field(20, ge=1, le=500)
-    scheduler: str | None = Field(None, description="default for rows without a `scheduler`")
-    prior_guidance_scale: float = Field(
-        PRIOR_GUIDANCE_SCALE, ge=0, description="Kandinsky 2.2's prior"
+    batch_size: BatchSize = Field(limits.BATCH_SIZE, description="images per pipeline call")
+    guidance_scale: GuidanceScale = limits.GUIDANCE_SCALE
+    num_inference_steps: InferenceSteps = limits.NUM_INFERENCE_STEPS
+    scheduler: SchedulerName | None = Field(
+        None, description="default for rows without a `scheduler` (None: the model's own)"
     )
-    prior_num_inference_steps: int = Field(
-        PRIOR_NUM_INFERENCE_STEPS, ge=1, le=500, description="Kandinsky 2.2's prior"
+    prior_guidance_scale: GuidanceScale = Field(
+        limits.PRIOR_GUIDANCE_SCALE, description="Kandinsky's prior"
     )
-    max_pixels: int = Field(2048 * 2048, ge=64, description="pixel budget for width x height")
+    prior_num_inference_steps: InferenceSteps = Field(
+        limits.PRIOR_NUM_INFERENCE_STEPS, description="Kandinsky's prior"
+    )
+    max_pixels: int = Field(
+        limits.DEFAULT_MAX_PIXELS, ge=limits.MIN_MAX_PIXELS,
+        description="pixel budget for width x height",
+    )  # fmt: skip
     input_roots: list[str] = Field(default_factory=list, description="extra roots for images")
     device: str | None = None
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
@@ -73,14 +80,14 @@ def sweep_flow(params: SweepParameters) -> SweepSummary:
     """Validate the manifest, generate the missing images chunk by chunk, record everything."""
     inputs = params.inputs()
     table, plan = plan_sweep_task(inputs)
-    with tracking.start_run(params.experiment, "sweep", params.model_dump()) as run:
+    with tracking.start_run(params.experiment, "sweep", params.model_dump()) as run_id:
         progress = Progress(plan.pending_images, params.out, params.show_progress)
         generated, seconds = 0, 0.0
         for chunk in chunk_batches(plan.batches, params.images_per_task):
-            outcome = generate_images(inputs, chunk, run.info.run_id, progress.advance)
+            outcome = generate_batches_task(inputs, chunk, run_id, progress.advance)
             generated, seconds = generated + outcome.ok, seconds + outcome.seconds
         progress.close()
-        summary = write_results(inputs, table, plan, generated)
+        summary = write_results_task(inputs, table, plan, generated)
         _log_to_mlflow(summary, plan.pending_images, generated, seconds)
     _publish_artifacts(summary)
     return summary
@@ -116,17 +123,15 @@ class Progress:
 
 
 def _log_to_mlflow(summary: SweepSummary, pending: int, generated: int, seconds: float) -> None:
-    import mlflow
-
-    mlflow.log_metrics({
+    tracking.log_metrics({
         "images_ok": summary.images_ok, "images_failed": summary.images_failed,
         "rows": summary.rows, "rows_failed": summary.rows_failed, "failures": summary.rows_failed,
         "images_generated": generated, "images_pending_at_start": pending,
         "generation_seconds": seconds, "images_per_s": generated / seconds if seconds else 0.0,
     })  # fmt: skip
-    tracking.log_uri_artifact(summary.results_uri)
+    tracking.log_artifact(summary.results_uri)
     if summary.contact_sheet_uri:
-        tracking.log_uri_artifact(summary.contact_sheet_uri)
+        tracking.log_artifact(summary.contact_sheet_uri)
 
 
 def _publish_artifacts(summary: SweepSummary) -> None:
@@ -160,7 +165,11 @@ def add_command(subparsers) -> None:
     parser.add_argument("--out", required=True, help="output folder (fsspec URI)")
     parser.add_argument("--model", help="model for rows without a `model` (default tiny-shapes)")
     parser.add_argument("--config", help="YAML file of sweep parameters")
-    parser.add_argument("--batch-size", type=int, help="images per pipeline call")
+    parser.add_argument(
+        "--batch-size", type=int,
+        help=f"images per pipeline call ({limits.MIN_BATCH}..{limits.MAX_BATCH}, "
+        f"default {limits.BATCH_SIZE})",
+    )  # fmt: skip
     parser.add_argument(
         "--input-root",
         action="append",

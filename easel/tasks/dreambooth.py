@@ -1,4 +1,5 @@
-"""DreamBooth tasks: thin adapters over `easel.data.dreambooth` and `easel.models`.
+"""DreamBooth tasks: thin adapters over `easel.data.dreambooth`, `easel.models.dreambooth`
+and the engine.
 
 Layout under the config's `output` folder:
 `checkpoints/step=NNNNNNNN.ckpt` (+ `training_run_id`, the MLflow run a rerun continues),
@@ -11,14 +12,18 @@ from __future__ import annotations
 import os
 import sys
 
-import pyarrow as pa
 from prefect import task
 
-from easel.data import storage
-from easel.data.dreambooth import check_instance_data
-from easel.data.results import parquet_bytes
-from easel.errors import InvalidInput
+from easel import tracking
+from easel.data import manifest, storage
+from easel.data.dreambooth import check_instance_data, list_images
+from easel.errors import InvalidInput, ModelReferenceError
 from easel.models.dreambooth.config import DreamBoothConfig
+from easel.models.engine import serving, stable_diffusion
+from easel.models.engine.loading import resolve_family
+from easel.models.engine.references import resolve_model_reference
+
+EXPERIMENT = "easel-dreambooth"
 
 
 def checkpoint_dir(config: DreamBoothConfig) -> str:
@@ -38,8 +43,6 @@ def check_inputs(config: DreamBoothConfig) -> list[str]:
         )
     images = check_instance_data(config.instance_data)
     if config.class_data is not None and config.prior_preservation:
-        from easel.data.dreambooth import list_images
-
         if not storage.exists(config.class_data) or not list_images(config.class_data):
             raise InvalidInput(
                 f"config field `class_data` must be a folder of images but "
@@ -57,25 +60,20 @@ def check_inputs_task(config: DreamBoothConfig) -> list[str]:
 @task
 def resolve_model_task(model: str) -> str:
     """The local diffusers directory of a model reference, refused unless Stable Diffusion."""
-    from easel.data.jobs import FAMILY_NAMES
-    from easel.errors import ModelReferenceError
-    from easel.models.loading import detect_family
-    from easel.models.references import resolve_model_reference
-
-    path = resolve_model_reference(model).path
-    if (family := detect_family(path)) != "sd":
+    resolved = resolve_model_reference(model)
+    family = resolve_family(resolved)
+    if family is not stable_diffusion.FAMILY:
         raise ModelReferenceError(
-            f"`model` {model!r} is a {FAMILY_NAMES[family]} model; DreamBooth fine-tuning "
+            f"`model` {model!r} is a {family.name} model; DreamBooth fine-tuning "
             "runs on Stable Diffusion 1.x/2.x models"
         )
-    return path
+    return resolved.path
 
 
 @task
 def write_manifest_task(uri: str, rows: list[dict]) -> str:
     """Write a sweep manifest (Parquet) atomically."""
-    storage.write_bytes_atomic(uri, parquet_bytes(pa.Table.from_pylist(rows)))
-    return uri
+    return manifest.write_manifest(uri, rows)
 
 
 def validation_rows(config: DreamBoothConfig, trained_model: str) -> list[dict]:
@@ -98,30 +96,7 @@ def validation_rows(config: DreamBoothConfig, trained_model: str) -> list[dict]:
 @task
 def class_images_task(config: DreamBoothConfig) -> list[str]:
     """The user's class images (`class_data`)."""
-    from easel.data.dreambooth import list_images
-
     return list_images(config.class_data)
-
-
-def _training_run_id(config: DreamBoothConfig, parent_run_id: str | None) -> str:
-    """The MLflow run of this training: created once, reused by every rerun."""
-    import mlflow
-
-    run_file = os.path.join(checkpoint_dir(config), "training_run_id")
-    if os.path.exists(run_file):
-        with open(run_file) as f:
-            return f.read().strip()
-    client = mlflow.MlflowClient()
-    parent = client.get_run(parent_run_id) if parent_run_id else None
-    experiment_id = (
-        parent.info.experiment_id
-        if parent
-        else mlflow.set_experiment("easel-dreambooth").experiment_id
-    )
-    tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
-    run = client.create_run(experiment_id, run_name="training", tags=tags)
-    storage.write_text_atomic(run_file, run.info.run_id)
-    return run.info.run_id
 
 
 @task
@@ -132,18 +107,20 @@ def train_task(
     class_images: list[str],
     parent_run_id: str | None,
 ) -> str:
-    """Train or resume to `max_steps`; return the final checkpoint path."""
+    """Train or resume to `max_steps`, logging to the training run (a child of the flow's
+    run, the same one for every rerun); return the final checkpoint path."""
     from easel.models.dreambooth.training import train
-    from easel.tracking import lightning_logger
 
-    logger = lightning_logger(_training_run_id(config, parent_run_id))
+    run_file = os.path.join(checkpoint_dir(config), "training_run_id")
+    run_id = tracking.resumable_child_run(run_file, parent_run_id, "training", EXPERIMENT)
     return train(
         config,
         model_dir,
         instance_images,
         class_images or None,
         checkpoint_dir(config),
-        logger=logger,
+        logger=tracking.lightning_logger(run_id),
+        before_checkpoint=tracking.flush_metrics,
         enable_progress_bar=sys.stderr.isatty(),
     )
 
@@ -151,7 +128,7 @@ def train_task(
 @task
 def export_task(config: DreamBoothConfig, checkpoint: str, model_dir: str) -> str:
     """Export the final checkpoint as a diffusers pipeline directory."""
-    from easel.models.export import export_pipeline
+    from easel.models.dreambooth.export import export_pipeline
 
     return export_pipeline(checkpoint, model_dir, config.model, pipeline_dir(config))
 
@@ -159,6 +136,6 @@ def export_task(config: DreamBoothConfig, checkpoint: str, model_dir: str) -> st
 @task
 def register_task(pipeline: str, register_as: str) -> str:
     """Register the exported pipeline in the MLflow model registry; return its reference."""
-    from easel.models.registry import register_pipeline
-
-    return register_pipeline(pipeline, register_as)
+    return tracking.register_model(
+        pipeline, register_as, serving.load_registered, serving.predict
+    )

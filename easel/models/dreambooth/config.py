@@ -2,8 +2,9 @@
 
 The identifier is the rare token that names the subject. It is `identifier` when given,
 otherwise the first word of `instance_prompt` that does not occur in `class_prompt`
-(`a photo of sks shape` vs `a photo of shape` gives `sks`). Either way it must be a word of
-`instance_prompt` and must not be a word of `class_prompt`.
+(`a photo of sks shape` vs `a photo of shape` gives `sks`), filled in when the config is
+validated. Either way it must be a word of `instance_prompt` and must not be a word of
+`class_prompt`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from easel.data.limits import InferenceSteps, Side
 
 LR_SCHEDULERS = (
     "constant",
@@ -54,7 +57,7 @@ class DreamBoothConfig(BaseModel):
     method: Literal["full", "lora"] = "full"
     lora_rank: int = Field(4, ge=1)
     train_text_encoder: bool = False
-    resolution: int = Field(512, ge=8, le=4096)
+    resolution: Side = 512
     batch_size: int = Field(1, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
     learning_rate: float = Field(5e-6, gt=0)
@@ -81,16 +84,23 @@ class DreamBoothConfig(BaseModel):
     keep_last_n_checkpoints: int = Field(2, ge=1)
     validation_prompts: list[str] = Field(default_factory=list)
     validation_images_per_prompt: int = Field(2, ge=1, le=16)
-    validation_inference_steps: int = Field(25, ge=1, le=500)
+    validation_inference_steps: InferenceSteps = 25
     output: str
     register_as: str | None = None  # "NAME" or "NAME@ALIAS"
 
-    @field_validator("resolution")
+    @model_validator(mode="before")
     @classmethod
-    def _resolution_multiple_of_8(cls, value: int) -> int:
-        if value % 8:
-            raise ValueError(f"must be a multiple of 8 but is {value}")
-        return value
+    def _derive_identifier(cls, values):
+        """`identifier` unset: the first word of `instance_prompt` not in `class_prompt`."""
+        if not isinstance(values, dict) or values.get("identifier") is not None:
+            return values
+        instance, class_prompt = values.get("instance_prompt"), values.get("class_prompt")
+        if isinstance(instance, str) and isinstance(class_prompt, str):
+            class_words = set(_words(class_prompt))
+            derived = next((w for w in _words(instance) if w not in class_words), None)
+            if derived is not None:
+                return {**values, "identifier": derived}
+        return values
 
     @field_validator("instance_prompt", "class_prompt")
     @classmethod
@@ -125,11 +135,3 @@ class DreamBoothConfig(BaseModel):
                 "token in it (e.g. 'a photo of sks shape') or set `identifier`"
             )
         return value
-
-    @property
-    def subject_token(self) -> str:
-        """The identifier, given or derived (see the module docstring)."""
-        if self.identifier is not None:
-            return self.identifier
-        class_words = set(_words(self.class_prompt))
-        return next(w for w in _words(self.instance_prompt) if w not in class_words)

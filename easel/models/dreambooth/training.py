@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -33,10 +33,13 @@ class StepCheckpoint(pl.callbacks.ModelCheckpoint):
 
     With gradient accumulation the micro-batches after a resume still see the resumed
     `global_step`; ModelCheckpoint remembers the step it last saved only in memory, so we
-    tell it here that the resumed step is already on disk.
+    tell it here that the resumed step is already on disk. `before_save` runs on rank 0
+    before a checkpoint is written: metrics logged in the background must reach the tracking
+    server before the checkpoint that covers them exists.
     """
 
-    def __init__(self, dirpath: str, every_n_steps: int, keep_last_n: int):
+    def __init__(self, dirpath: str, every_n_steps: int, keep_last_n: int,
+                 before_save: Callable[[], None] | None = None):  # fmt: skip
         super().__init__(
             dirpath=dirpath,
             filename="step={step:08d}",
@@ -46,21 +49,15 @@ class StepCheckpoint(pl.callbacks.ModelCheckpoint):
             mode="max",
             save_top_k=keep_last_n,
         )
+        self.before_save = before_save
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._last_global_step_saved = trainer.global_step
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        # Metrics go to MLflow in the background (synchronous=False); what a checkpoint
-        # covers must be logged before it exists, as it was with blocking calls. Only where
-        # an MLflow logger runs: flushing also opens the tracking store.
-        from pytorch_lightning.loggers import MLFlowLogger
-
-        if trainer.is_global_zero and any(isinstance(x, MLFlowLogger) for x in trainer.loggers):
-            import mlflow
-
-            mlflow.flush_async_logging()
+        if trainer.is_global_zero and self.before_save is not None:
+            self.before_save()
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
 
 
@@ -129,9 +126,11 @@ def train(
     checkpoint_dir: str,
     logger: Any = False,
     callbacks: Sequence[pl.Callback] = (),
+    before_checkpoint: Callable[[], None] | None = None,
     **trainer_overrides: Any,
 ) -> str:
-    """Train (or resume) to `config.max_steps`; return the path of the final checkpoint."""
+    """Train (or resume) to `config.max_steps`; return the path of the final checkpoint.
+    `before_checkpoint` runs before each checkpoint is written (e.g. flushing metrics)."""
     final = os.path.join(checkpoint_dir, checkpoint_name(config.max_steps))
     if os.path.exists(final):
         return final
@@ -139,8 +138,9 @@ def train(
     module = build_module(config, model_dir)
     datamodule = build_datamodule(config, instance_images, class_images)
     every_n_steps = StepCheckpoint(
-        checkpoint_dir, config.checkpoint_every_n_steps, config.keep_last_n_checkpoints
-    )
+        checkpoint_dir, config.checkpoint_every_n_steps, config.keep_last_n_checkpoints,
+        before_checkpoint,
+    )  # fmt: skip
     trainer = pl.Trainer(
         accelerator=config.accelerator,
         devices=config.devices,

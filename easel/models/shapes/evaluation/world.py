@@ -9,7 +9,7 @@ from functools import partial
 import numpy as np
 
 from easel.data import shape_languages, shapes
-from easel.models.evaluation.common import (
+from easel.models.shapes.evaluation.common import (
     ATTRIBUTES,
     EvalContext,
     SuiteResult,
@@ -19,7 +19,7 @@ from easel.models.evaluation.common import (
     mean_pairwise_pixel_distance,
     vae_round_trip,
 )
-from easel.models.judge import accuracy
+from easel.models.shapes.judge import accuracy
 
 # -- suites --------------------------------------------------------------------------------
 
@@ -49,7 +49,7 @@ def _score(
     seeds = [seed + i for i in range(len(targets))]
     negatives = [negative] * len(prompts) if negative is not None else None
     images = generate_images(
-        context.pipeline, prompts, seeds, guidance, s.num_inference_steps, negatives, s.batch_size
+        context.model, prompts, seeds, guidance, s.num_inference_steps, negatives, s.batch_size
     )
     return images, context.judge.predict(images)
 
@@ -150,7 +150,7 @@ def diversity_suite(context: EvalContext) -> SuiteResult:
         prompts = [_prompt(target)] * s.diversity_seeds
         seeds = [s.seed + 1000 * index + k for k in range(s.diversity_seeds)]
         images = generate_images(
-            context.pipeline,
+            context.model,
             prompts,
             seeds,
             s.guidance_scale,
@@ -193,10 +193,9 @@ def judge_suite(context: EvalContext) -> SuiteResult:
     the autoencoder leaves to the UNet."""
     s = context.settings
     result = SuiteResult(metrics={})
-    autoencoder = getattr(context.pipeline, "vae", None) or context.pipeline.movq
     cases = (
         ("fresh renders", "accuracy", None),
-        ("VAE round trip", "vae_round_trip", partial(vae_round_trip, autoencoder)),
+        ("VAE round trip", "vae_round_trip", partial(vae_round_trip, context.model)),
     )
     for case, key, transform in cases:
         scores = accuracy(context.judge, s.judge_images, s.seed + 4, transform)

@@ -6,36 +6,39 @@
 - `models:/NAME@ALIAS` or `models:/NAME/VERSION` from the MLflow registry;
 - a hub id (`org/name`), only from the local Hugging Face cache or with network.
 
-A Kandinsky 2.2 decoder whose model card (README.md) names its `prior`, as the hub's
+A decoder folder whose model card (README.md) names its `prior`, as the hub's
 `kandinsky-2-2-decoder` does, resolves with that prior: the card's value is itself a
 reference (or a folder relative to the decoder's), and the digest covers both.
+
+Local references resolve afresh each time (a folder's digest is memoised by its files'
+sizes and times), registry references ask the registry each time (an alias may move);
+fsspec URIs are listed, copied and digested once per process.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from easel import tracking
 from easel.data import storage
 from easel.errors import ModelReferenceError
+from easel.models.engine.families import prior_class_for
+from easel.models.engine.family import pipeline_class
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+# The models shipped in the package, by the names references use
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 EMBEDDED_MODELS = {
     "tiny-shapes": WEIGHTS_DIR / "tiny-shapes",
     "tiny-shapes-k22": WEIGHTS_DIR / "tiny-shapes-k22",
 }
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 DIGESTED_SUFFIXES = (".json", ".safetensors", ".bin", ".ckpt", ".txt", ".model", ".pt")
-KANDINSKY_DECODERS = (
-    "KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline", "KandinskyV22InpaintPipeline"
-)  # fmt: skip
-KANDINSKY_PRIOR = "KandinskyV22PriorPipeline"
 
 
 @dataclass(frozen=True)
@@ -61,11 +64,9 @@ def resolve_model_reference(ref: str) -> ResolvedModel:
             raise ModelReferenceError(f"the embedded model {ref!r} is not installed at {path}")
         return _resolved(ref, str(path))
     if ref.startswith("models:/"):
-        from easel.models.registry import resolve_registry_reference
-
-        return _resolved(ref, resolve_registry_reference(ref))
+        return _resolved(ref, tracking.download_registered_model(ref, cache_dir() / "registry"))
     if "://" in ref and not ref.startswith("file://"):
-        return _resolved(ref, _copy_to_cache(ref))
+        return _resolve_uri(ref)
     local = ref.removeprefix("file://")
     if os.path.isdir(local):
         if not os.path.exists(os.path.join(local, "model_index.json")):
@@ -78,30 +79,32 @@ def resolve_model_reference(ref: str) -> ResolvedModel:
     raise ModelReferenceError(f"model reference {ref!r} is not a known model, directory or URI")
 
 
+@functools.lru_cache(maxsize=64)
+def _resolve_uri(ref: str) -> ResolvedModel:
+    """An fsspec URI: listed, copied into the cache and digested once per process."""
+    return _resolved(ref, _copy_to_cache(ref))
+
+
 def _resolved(ref: str, path: str) -> ResolvedModel:
     prior_ref = connected_prior(path)
     if prior_ref is None:
         return ResolvedModel(ref=ref, path=path, digest=model_digest(path))
     prior = resolve_model_reference(prior_ref)
-    if pipeline_class(prior.path) != KANDINSKY_PRIOR:
+    expected = prior_class_for(pipeline_class(path))
+    if pipeline_class(prior.path) != expected:
         raise ModelReferenceError(
             f"model {ref!r} names {prior_ref!r} as its prior (README.md), but that is a "
-            f"{pipeline_class(prior.path)!r}, not a {KANDINSKY_PRIOR}"
+            f"{pipeline_class(prior.path)!r}, not a {expected}"
         )
     digest = hashlib.sha256(f"{model_digest(path)}\nprior {prior.digest}".encode()).hexdigest()
     return ResolvedModel(ref=ref, path=path, digest=digest, prior=prior)
 
 
-def pipeline_class(path: str) -> str | None:
-    """The `_class_name` of the diffusers pipeline folder at `path`."""
-    with open(os.path.join(path, "model_index.json")) as f:
-        return json.load(f).get("_class_name")
-
-
 def connected_prior(path: str) -> str | None:
-    """The prior a Kandinsky 2.2 decoder folder names in its model card, as a reference."""
+    """The prior a decoder folder names in its model card, as a reference (None for a
+    folder that holds everything)."""
     card = os.path.join(path, "README.md")
-    if pipeline_class(path) not in KANDINSKY_DECODERS or not os.path.isfile(card):
+    if prior_class_for(pipeline_class(path)) is None or not os.path.isfile(card):
         return None
     from huggingface_hub import ModelCard
 
@@ -147,30 +150,17 @@ def _copy_to_cache(uri: str) -> str:
     if not any(name.rstrip("/").endswith("/model_index.json") for name in listing):
         raise ModelReferenceError(f"model reference {uri!r} has no model_index.json")
     identity = json.dumps(
-        sorted(_file_identity(name[len(root) :], info) for name, info in listing.items())
+        sorted((name[len(root) :], storage.version_tag(info)) for name, info in listing.items())
     )
     key = hashlib.sha256(f"{uri}\n{identity}".encode()).hexdigest()[:32]
     target = cache_dir() / "models" / key
-    if (target / "model_index.json").exists():
-        return str(target)
-    staging = target.with_name(f".{key}.{uuid.uuid4().hex}")
-    for name in listing:
-        local = staging / name[len(root) :].lstrip("/")
-        local.parent.mkdir(parents=True, exist_ok=True)
-        fs.get_file(name, str(local))
-    try:
-        os.rename(staging, target)  # atomic: a half-copied model is never seen
-    except OSError:  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
+    if not (target / "model_index.json").exists():
+        with storage.staged_folder(str(target), replace=False) as staging:
+            for name in listing:
+                local = os.path.join(staging, name[len(root) :].lstrip("/"))
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                fs.get_file(name, local)
     return str(target)
-
-
-def _file_identity(name: str, info: dict) -> tuple[str, str, str]:
-    """What changes when a remote file changes: its size and its ETag or modification time."""
-    version = (
-        info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created")
-    )
-    return name, str(info.get("size")), str(version)
 
 
 def _hub_snapshot(ref: str) -> str:

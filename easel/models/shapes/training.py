@@ -1,41 +1,35 @@
 """Training `tiny-shapes` from nothing: first the VAE, then text encoder and UNet together.
 
-Both stages are LightningModules driven by `fit` (one Lightning Trainer recipe: seeded,
-deterministic, resumable from `last.ckpt`). The data are rendered on the fly from the
+Both stages are LightningModules driven by `recipe.fit` (one Lightning Trainer recipe:
+seeded, deterministic, resumable from `last.ckpt`). The data are rendered on the fly from the
 shapes world's training split, so a run needs no files and two runs with the same config
 give the same weights on the same device.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
 from easel.data import shapes
 from easel.data.shape_languages import prompt_in
-from easel.models import judge, tiny_shapes
-from easel.models.checkpoint_io import AtomicCheckpointIO
+from easel.models.shapes import tiny_shapes
+from easel.models.shapes.recipe import (
+    TrainingSchedule,
+    adamw_warmup_cosine,
+    fit,
+    foreground,
+    images_to_tensor,
+    shuffled_loader,
+)
 
 # caption variants a training image is shown with, and their probabilities: the full
 # caption, three partial ones (so prompts that leave an attribute out still work), and the
 # empty prompt (so classifier-free guidance has an unconditional model)
 CAPTION_VARIANTS = ("full", "no_background", "no_color", "generic_shape", "empty")
-
-
-@dataclass(frozen=True)
-class TrainingSchedule:
-    steps: int
-    batch_size: int
-    learning_rate: float
-    warmup_steps: int = 100
 
 
 @dataclass(frozen=True)
@@ -70,27 +64,6 @@ class TinyShapesTraining:
     caption_probabilities: tuple[float, ...] = (0.75, 0.05, 0.05, 0.05, 0.10)
     seed: int = 0
     extra_words: tuple[str, ...] = field(default_factory=tuple)
-
-
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def warmup_cosine(schedule: TrainingSchedule):
-    def factor(step: int) -> float:
-        if step < schedule.warmup_steps:
-            return (step + 1) / schedule.warmup_steps
-        progress = (step - schedule.warmup_steps) / max(1, schedule.steps - schedule.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def adamw_warmup_cosine(module: pl.LightningModule, schedule: TrainingSchedule):
-    optimizer = torch.optim.AdamW(module.parameters(), lr=schedule.learning_rate, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(schedule))
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 class VaeModule(pl.LightningModule):
@@ -139,7 +112,7 @@ class VaeModule(pl.LightningModule):
         is a small part of the image but carries two of its three attributes."""
         if not self.hparams.foreground_weight:
             return torch.ones_like(images[:, :1])
-        shape = (judge.foreground(images) + 1) / 2  # 0 on the background .. 1 on the shape
+        shape = (foreground(images) + 1) / 2  # 0 on the background .. 1 on the shape
         return 1 + self.hparams.foreground_weight * shape
 
     def configure_optimizers(self):
@@ -196,75 +169,6 @@ def caption_variants(spec: shapes.ShapeSpec, language: str = "en") -> list[str]:
     parts = [(shape, color, background), (shape, color, None), (shape, None, background),
              (None, color, background)]  # fmt: skip
     return [prompt_in(language, *part) for part in parts] + [""]
-
-
-class PrintProgress(pl.Callback):
-    """One line per `every` steps (step, loss, seconds so far): progress for logs and pipes."""
-
-    def __init__(self, every: int = 100):
-        self.every, self.started = every, time.time()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = trainer.global_step
-        if step % self.every == 0 or step == trainer.max_steps:
-            loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
-            print(f"{type(pl_module).__name__} step {step}/{trainer.max_steps} loss {loss:.4f} "
-                  f"{time.time() - self.started:.0f}s", flush=True)  # fmt: skip
-
-
-def fit(
-    module: pl.LightningModule,
-    loader: DataLoader,
-    steps: int,
-    work_dir: str,
-    logger=None,
-    progress: bool = True,
-    max_time: str | None = None,
-    ema_decay: float = 0.0,
-):
-    """Train `module` for `steps` optimizer steps (or until `max_time`, "DD:HH:MM:SS"),
-    checkpointing to `work_dir` every 250 steps; a rerun with the same `work_dir` resumes
-    from its `last.ckpt`. With `ema_decay`, the module ends with its weights' exponential
-    moving average (Lightning's WeightAveraging; checkpoints hold both)."""
-    checkpoint = pl.callbacks.ModelCheckpoint(
-        dirpath=work_dir, every_n_train_steps=250, save_last=True, save_top_k=0
-    )
-    callbacks = [checkpoint] if progress else [checkpoint, PrintProgress()]
-    if ema_decay:
-        from torch.optim.swa_utils import get_ema_multi_avg_fn
-
-        callbacks.append(pl.callbacks.WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(ema_decay)))
-    trainer = pl.Trainer(
-        max_steps=steps,
-        max_time=max_time,
-        accelerator="auto",
-        devices=1,
-        precision="32-true",
-        logger=logger if logger is not None else False,
-        callbacks=callbacks,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        log_every_n_steps=25,
-        gradient_clip_val=1.0,
-        deterministic="warn",
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=work_dir,
-    )
-    last = os.path.join(work_dir, "last.ckpt")
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=last if os.path.exists(last) else None)
-    trainer.save_checkpoint(last)  # the final state, so a rerun (or a later stage) starts from it
-    return module
-
-
-def shuffled_loader(tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        TensorDataset(*tensors),
-        batch_size=batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=generator,
-    )
 
 
 def train_vae(config: TinyShapesTraining, work_dir: str, logger=None, progress: bool = True):

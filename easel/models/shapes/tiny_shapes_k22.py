@@ -34,15 +34,15 @@ import torch
 import torch.nn.functional as F
 
 from easel.data import shape_languages, shapes
-from easel.models import tiny_shapes
-from easel.models.tiny_shapes_training import (
+from easel.models.shapes import tiny_shapes
+from easel.models.shapes.recipe import (
     TrainingSchedule,
     adamw_warmup_cosine,
-    caption_variants,
     fit,
     images_to_tensor,
     shuffled_loader,
 )
+from easel.models.shapes.training import caption_variants
 
 EMBEDDING = 64  # CLIP projection = prior embedding = tiny-shapes' text width
 IMAGE_MEAN, IMAGE_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # the processor maps [0, 255] to [-1, 1]

@@ -14,7 +14,8 @@ import json
 from dataclasses import asdict, dataclass
 from itertools import groupby
 
-from easel.data.manifest import RowJob
+from easel.data import limits
+from easel.data.manifest import RowFailure, RowJob
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,8 @@ class BatchSettings:
     num_inference_steps: int
     width: int
     height: int
-    strength: float = 0.75
-    prior_guidance_scale: float | None = None  # Kandinsky 2.2's prior; None for SD
+    strength: float = limits.STRENGTH
+    prior_guidance_scale: float | None = None  # Kandinsky's prior; None for other families
     prior_num_inference_steps: int | None = None
 
 
@@ -63,28 +64,27 @@ class PlannedBatch:
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What planning needs to know about a model without loading its weights."""
+    """What planning needs to know about a model without loading its weights (the engine's
+    model family reads them from the model folder)."""
 
     digest: str
     native_size: int
     default_scheduler: str
-    family: str = "sd"
+    family: str = "Stable Diffusion"  # the family's name, for messages
     tasks: tuple[str, ...] = ("text2img", "img2img", "inpaint")
-    schedulers: tuple[str, ...] | None = None  # None: every scheduler a manifest may name
-    size_multiple: int = 8  # image sides the model generates exactly
-
-
-FAMILY_NAMES = {"sd": "Stable Diffusion", "kandinsky22": "Kandinsky 2.2"}
+    schedulers: tuple[str, ...] = limits.SCHEDULER_NAMES  # those the family can step
+    size_multiple: int = limits.SIDE_MULTIPLE  # image sides the model generates exactly
+    has_prior: bool = False  # Kandinsky's diffusion prior: its rows carry the prior settings
 
 
 def unsupported(job: RowJob, facts: ModelFacts) -> str | None:
     """Why the row's model cannot run it, naming the column and value; None if it can."""
-    model = f"{FAMILY_NAMES.get(facts.family, facts.family)} model {job.model!r}"
+    model = f"{facts.family} model {job.model!r}"
     if job.task not in facts.tasks:
         runs = ", ".join(facts.tasks)
         return f"`task` {job.task!r} is not supported by {model}, which runs {runs}"
     settings = row_settings(job, facts)
-    if facts.schedulers is not None and settings.scheduler not in facts.schedulers:
+    if settings.scheduler not in facts.schedulers:
         return (
             f"`scheduler` {settings.scheduler!r} does not work with {model}; "
             f"use one of {', '.join(facts.schedulers)}"
@@ -93,7 +93,7 @@ def unsupported(job: RowJob, facts: ModelFacts) -> str | None:
         side = getattr(settings, column)
         if side % facts.size_multiple:
             hint = ""
-            if job.task in ("img2img", "inpaint"):
+            if job.task in limits.EDIT_TASKS:
                 hint = " (an edit row without `width` and `height` takes `init_image`'s size)"
             return (
                 f"`{column}` must be a multiple of {facts.size_multiple} for {model} "
@@ -104,8 +104,8 @@ def unsupported(job: RowJob, facts: ModelFacts) -> str | None:
 
 def row_settings(job: RowJob, facts: ModelFacts) -> BatchSettings:
     strength = job.strength if job.task != "text2img" else 1.0  # unused by text2img
-    prior = {}  # SD has no prior: its rows ignore the prior columns
-    if facts.family == "kandinsky22":
+    prior = {}  # a family without a prior ignores the prior columns
+    if facts.has_prior:
         prior = {"prior_guidance_scale": job.prior_guidance_scale,
                  "prior_num_inference_steps": job.prior_num_inference_steps}  # fmt: skip
     return BatchSettings(
@@ -163,7 +163,7 @@ class SweepPlan:
     """Everything a sweep will do, decided before any image is generated."""
 
     jobs: list[RowJob]
-    failures: list  # list[RowFailure]: rows that fail before generation
+    failures: list[RowFailure]  # rows that fail before generation
     facts: dict[str, ModelFacts]
     batches: list[PlannedBatch]
 
@@ -177,12 +177,10 @@ class SweepPlan:
 
 
 def build_plan(
-    jobs: list[RowJob], failures: list, facts_for, batch_size: int, done: set[str]
+    jobs: list[RowJob], failures: list[RowFailure], facts_for, batch_size: int, done: set[str]
 ) -> SweepPlan:
     """Resolve each distinct model once (`facts_for(ref)`, which raises `ValueError` with a
     user message for a bad reference); rows on a bad model fail alone."""
-    from easel.data.manifest import RowFailure
-
     facts, bad_models = {}, {}
     for ref in sorted({job.model for job in jobs}):
         try:

@@ -1,9 +1,11 @@
-"""Kandinsky 2.2 generation: prompt → diffusion prior → CLIP image embedding → decoder → MOVQ.
+"""Kandinsky 2.2: prompt → diffusion prior → CLIP image embedding → decoder → MOVQ.
 
 A model is one folder holding prior and decoder, as `KandinskyV22CombinedPipeline`
-saves it. Every image has its own generator, which first the prior and then the decoder
-draw from, row by row: exactly the random draws of one `KandinskyV22CombinedPipeline`
-call per request, so an image never depends on the batch it shares. Requests without a
+saves it, or a decoder folder whose model card names its prior (the hub's
+`kandinsky-2-2-decoder`); either loads as one combined pipeline. Every image has its own
+generator, which first the prior and then the decoder draw from, row by row: exactly the
+random draws of one `KandinskyV22CombinedPipeline` call per request, so an image never
+depends on the batch it shares. Requests without a
 negative prompt share one prior call; the prior doubles its batch for a negative prompt
 (prompt rows, then negative rows, drawn from one generator at once), which a list of
 generators cannot follow, so those requests, and fusion's, get a prior call each.
@@ -19,8 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from easel.data.jobs import BatchSettings, ImageRequest
-from easel.models.schedulers import fresh_scheduler
+from easel.data.batching import BatchSettings, ImageRequest
+from easel.errors import ModelReferenceError
+from easel.models.engine.family import ModelFamily, autoencoder_scale, read_config
+from easel.models.engine.schedulers import fresh_scheduler
 
 DECODERS = {
     "text2img": "KandinskyV22Pipeline",
@@ -32,18 +36,6 @@ INPAINT_UNET_CHANNELS = 9  # latents + masked-image latents + mask
 # The decoder passes its generator to `step` and never calls `scale_model_input`: pndm,
 # unipc, lms and heun take no generator, euler and euler_a would denoise unscaled inputs.
 DECODER_SCHEDULERS = ("ddpm", "ddim", "dpmpp_2m")
-
-
-def autoencoder_scale(config: dict) -> int:
-    """Pixels per latent along a side, for a VAE or a MOVQ: 2 ** (levels - 1)."""
-    return 2 ** (len(config["block_out_channels"]) - 1)
-
-
-def supported_tasks(unet_config: dict) -> tuple[str, ...]:
-    """Kandinsky's inpaint decoder takes the masked image as extra UNet input channels."""
-    if unet_config.get("in_channels") == INPAINT_UNET_CHANNELS:
-        return ("inpaint",)
-    return ("text2img", "img2img", "fusion")
 
 
 def decoder_scheduler(current, name: str | None):
@@ -103,8 +95,8 @@ def request_embeddings(prior, request: ImageRequest, settings: BatchSettings, ge
     return output.image_embeds, output.negative_image_embeds
 
 
-def generate(combined, settings: BatchSettings, requests: list[ImageRequest],
-             inits: list | None, masks: list | None) -> list:  # fmt: skip
+def generate_images(combined, settings: BatchSettings, requests: list[ImageRequest],
+                    inits: list | None, masks: list | None) -> list:  # fmt: skip
     """One image per request (PIL), in order; `inits`/`masks` as the task needs them."""
     prior = combined.prior_pipe
     prior.set_progress_bar_config(disable=True)
@@ -132,3 +124,66 @@ def generate(combined, settings: BatchSettings, requests: list[ImageRequest],
                    "mask_image": masks[i]}).images[0]
         for i in range(len(requests))
     ]  # fmt: skip
+
+
+class Kandinsky22(ModelFamily):
+    name = "Kandinsky 2.2"
+    pipeline_classes = (
+        "KandinskyV22CombinedPipeline", "KandinskyV22Img2ImgCombinedPipeline",
+        "KandinskyV22InpaintCombinedPipeline", *DECODERS.values(),
+    )  # fmt: skip
+    schedulers = DECODER_SCHEDULERS
+    autoencoder_folder = "movq"
+    decoder_classes = tuple(dict.fromkeys(DECODERS.values()))
+    prior_class = "KandinskyV22PriorPipeline"
+
+    def check_folder(self, model_path: str, class_name: str, prior_path: str | None) -> None:
+        if class_name in self.decoder_classes and prior_path is None:
+            raise ModelReferenceError(
+                f"model at {model_path!r} is a {class_name!r}, a Kandinsky 2.2 decoder without "
+                "its diffusion prior: name the prior in its README.md (`prior: REF`), as the "
+                "hub's kandinsky-2-2-decoder does, or save both with "
+                "KandinskyV22CombinedPipeline.save_pretrained"
+            )
+
+    def tasks(self, unet_config: dict) -> tuple[str, ...]:
+        """The inpainting decoder takes the masked image as extra UNet input channels."""
+        if unet_config.get("in_channels") == INPAINT_UNET_CHANNELS:
+            return ("inpaint",)
+        return ("text2img", "img2img", "fusion")
+
+    def size_multiple(self, model_path: str) -> int:
+        """MOVQ downsamples by its scale, and the decoder works in blocks of scale² pixels."""
+        scale = autoencoder_scale(read_config(model_path, "movq/config.json"))
+        return scale * scale
+
+    def load(self, model_path: str, prior_path: str | None, options: dict):
+        from diffusers import (
+            KandinskyV22CombinedPipeline,
+            KandinskyV22Pipeline,
+            KandinskyV22PriorPipeline,
+        )
+
+        if prior_path is None:
+            return KandinskyV22CombinedPipeline.from_pretrained(model_path, **options)
+        prior = KandinskyV22PriorPipeline.from_pretrained(prior_path, **options)
+        decoder = KandinskyV22Pipeline.from_pretrained(model_path, **options)
+        prior_components = {f"prior_{name}": c for name, c in prior.components.items()}
+        return KandinskyV22CombinedPipeline(**prior_components, **decoder.components)
+
+    def generate(self, pipeline, settings, requests, inits, masks):
+        return generate_images(pipeline, settings, requests, inits, masks)
+
+    def tokenizer(self, pipeline):
+        return pipeline.prior_tokenizer
+
+    def autoencoder(self, pipeline):
+        return pipeline.movq
+
+    def round_trip(self, pipeline, pixels):
+        """Encoded to MOVQ's unquantized latents (as its pipelines use them) and decoded."""
+        movq = pipeline.movq
+        return movq.decode(movq.encode(pixels).latents, force_not_quantize=True).sample
+
+
+FAMILY = Kandinsky22()

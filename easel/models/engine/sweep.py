@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass
 
 from easel.data import manifest, results, storage
-from easel.data.jobs import PlannedBatch, SweepPlan, build_plan
+from easel.data.batching import PlannedBatch, SweepPlan, build_plan
 from easel.data.results import ImageRecord
 from easel.data.writer import BatchWriter
 from easel.errors import InvalidInput
-from easel.models.generation import generate_each, model_facts, prompt_truncation_warning
-from easel.models.loading import load_model
+from easel.models.engine.generation import generate_each, prompt_truncation_warning
+from easel.models.engine.loading import load_model, model_facts
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from easel.data import shapes, storage
+from easel.models.shapes.recipe import (
+    TrainingSchedule,
+    adamw_warmup_cosine,
+    fit,
+    foreground,
+    images_to_tensor,
+    shuffled_loader,
+)
 
-DEFAULT_PATH = Path(__file__).parent / "weights" / "judge"
+DEFAULT_PATH = Path(__file__).resolve().parents[1] / "weights" / "judge"
 HEADS = {"shape": shapes.SHAPES, "color": shapes.COLOR_NAMES, "background": shapes.COLOR_NAMES}
 
 
@@ -74,24 +82,6 @@ class JudgeNet(nn.Module):
         return {name: head(features) for name, head in self.heads.items()}
 
 
-def foreground(images: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) in [-1, 1]: how far each pixel is from the background colour, taken as
-    the median of the 2-pixel border. Hands the CNN the silhouette, so shape is learnt
-    as fast as colour."""
-    border = torch.cat(
-        [
-            images[..., :2, :].flatten(2),
-            images[..., -2:, :].flatten(2),
-            images[..., :, :2].flatten(2),
-            images[..., :, -2:].flatten(2),
-        ],
-        dim=2,
-    )
-    background = border.median(dim=2).values[..., None, None]  # (B, 3, 1, 1)
-    distance = (images - background).norm(dim=1, keepdim=True)  # 0 .. 2*sqrt(3)
-    return (distance / 0.5).clamp(0, 1) * 2 - 1
-
-
 def augment(images: torch.Tensor) -> torch.Tensor:
     """Per image, random softening the way decoded latents are soft: down- and upsampling
     by 1, 2 or 4, a 3x3 blur mix, a small colour shift and noise."""
@@ -128,8 +118,6 @@ class JudgeModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        from easel.models.tiny_shapes_training import TrainingSchedule, adamw_warmup_cosine
-
         config = self.hparams.config
         return adamw_warmup_cosine(
             self, TrainingSchedule(config["steps"], config["batch_size"], config["learning_rate"])
@@ -202,8 +190,6 @@ class Judge:
 
 
 def train_judge(config: JudgeTraining, work_dir: str, logger=None, progress: bool = True) -> Judge:
-    from easel.models.tiny_shapes_training import fit, images_to_tensor, shuffled_loader
-
     pl.seed_everything(config.seed + 2, workers=True, verbose=False)
     specs = shapes.sample_specs(config.images, config.seed + 2, "all")
     images = images_to_tensor(shapes.render_array(specs))

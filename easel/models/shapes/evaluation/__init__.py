@@ -2,11 +2,11 @@
 
 A suite is a function `(EvalContext) -> SuiteResult`, registered in `EVAL_SUITES` under
 its name; `run_suites` runs the chosen ones. A new suite adds one function and one registry
-entry, nothing else. Every image is generated through `generate_images`, the one place that
-calls the pipeline.
+entry, nothing else. Every image is generated through `generate_images`, which hands it to
+the engine.
 
 Two kinds of suite: `MODEL_SUITES` score one model; `SUBJECT_SUITES` score a DreamBooth
-model against its base on the subject it was taught (`EvalContext.base_pipeline` and
+model against its base on the subject it was taught (`EvalContext.base_model` and
 `EvalContext.subject`), the judge's features standing in for the DINO features of the
 DreamBooth paper (see `SUBJECT_SUITES` and docs/tiny-shapes.md).
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from easel.models.evaluation.common import (  # noqa: F401 (the package's interface)
+from easel.models.shapes.evaluation.common import (  # noqa: F401 (the package's interface)
     ATTRIBUTES,
     EvalContext,
     EvalSettings,
@@ -28,7 +28,7 @@ from easel.models.evaluation.common import (  # noqa: F401 (the package's interf
     mean_pairwise_pixel_distance,
     vae_round_trip,
 )
-from easel.models.evaluation.subject import (  # noqa: F401
+from easel.models.shapes.evaluation.subject import (  # noqa: F401
     attribute_shift,
     dreambooth_diversity_suite,
     feature_similarity,
@@ -40,7 +40,7 @@ from easel.models.evaluation.subject import (  # noqa: F401
     subject_reading,
     world_centre,
 )
-from easel.models.evaluation.world import (  # noqa: F401
+from easel.models.shapes.evaluation.world import (  # noqa: F401
     adherence_suite,
     diversity_suite,
     guidance_suite,
@@ -58,7 +58,7 @@ MODEL_SUITES: dict[str, Suite] = {
     "negative_prompt": negative_prompt_suite,
     "diversity": diversity_suite,
 }
-SUBJECT_SUITES: dict[str, Suite] = {  # need EvalContext.base_pipeline and .subject
+SUBJECT_SUITES: dict[str, Suite] = {  # need EvalContext.base_model and .subject
     "subject_fidelity": subject_fidelity_suite,
     "prior_preservation": prior_preservation_suite,
     "dreambooth_diversity": dreambooth_diversity_suite,

@@ -1,4 +1,8 @@
-"""Schedulers by name, built from the model's own scheduler config (`from_config`)."""
+"""Schedulers by name, built from the model's own scheduler config (`from_config`).
+
+The names are the manifest's `scheduler` values (`easel.data.limits.SCHEDULER_NAMES`):
+this table has exactly those keys, so a name the manifest accepts is one the engine builds.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-# name -> (class, config overrides). Names are the manifest's `scheduler` values.
+from easel.data.limits import SCHEDULER_NAMES
+
+# name -> (class, config overrides)
 SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
     "ddim": (DDIMScheduler, {}),
     "ddpm": (DDPMScheduler, {}),
@@ -27,6 +33,7 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
     "lms": (LMSDiscreteScheduler, {}),
     "heun": (HeunDiscreteScheduler, {}),
 }
+assert tuple(SCHEDULERS) == SCHEDULER_NAMES, "one list of scheduler names: easel.data.limits"
 
 
 def build_scheduler(name: str, base_config) -> SchedulerMixin:

@@ -1,5 +1,5 @@
-"""What every suite shares: settings, context and result types, the one function that
-calls the pipeline, metric math and the image grid."""
+"""What every suite shares: settings, context and result types, the one function through
+which suites generate (the engine's `text_to_image`), metric math and the image grid."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from easel.models.judge import Judge
+from easel.models.engine.generation import text_to_image
+from easel.models.engine.loading import LoadedModel
+from easel.models.shapes.judge import Judge
 
 ATTRIBUTES = ("shape", "color", "background")
 
@@ -52,10 +54,10 @@ class Subject:
 
 @dataclass
 class EvalContext:
-    pipeline: object  # a diffusers StableDiffusionPipeline
+    model: LoadedModel  # the model scored
     judge: Judge
     settings: EvalSettings
-    base_pipeline: object | None = None  # the model `pipeline` was fine-tuned from
+    base_model: LoadedModel | None = None  # the model `model` was fine-tuned from
     subject: Subject | None = None
 
 
@@ -63,7 +65,7 @@ class EvalContext:
 
 
 def generate_images(
-    pipeline,
+    model: LoadedModel,
     prompts: list[str],
     seeds: list[int],
     guidance_scale: float,
@@ -71,43 +73,11 @@ def generate_images(
     negative_prompts: list[str] | None = None,
     batch_size: int = 64,
 ) -> list[Image.Image]:
-    """One image per (prompt, seed), each from `torch.Generator().manual_seed(seed)`, so an
-    image does not depend on its batch. The only place evaluation calls the pipeline; a
-    Kandinsky 2.2 pipeline goes through the sweep engine's prior + decoder path."""
-    assert len(prompts) == len(seeds), (len(prompts), len(seeds))
-    images: list[Image.Image] = []
-    for start in range(0, len(prompts), batch_size):
-        stop = start + batch_size
-        negatives = negative_prompts[start:stop] if negative_prompts is not None else None
-        if hasattr(pipeline, "prior_pipe"):
-            chunk = (prompts[start:stop], seeds[start:stop])
-            images.extend(_kandinsky_images(pipeline, *chunk, guidance_scale,
-                                            num_inference_steps, negatives))  # fmt: skip
-            continue
-        output = pipeline(
-            prompt=prompts[start:stop],
-            negative_prompt=negatives,
-            guidance_scale=guidance_scale,
-            num_inference_steps=num_inference_steps,
-            generator=[torch.Generator().manual_seed(seed) for seed in seeds[start:stop]],
-            output_type="pil",
-        )
-        images.extend(output.images)
-    return images
-
-
-def _kandinsky_images(pipeline, prompts, seeds, guidance_scale, steps, negatives):
-    from easel.data.jobs import BatchSettings, ImageRequest
-    from easel.models import kandinsky
-
-    side = pipeline.unet.config.sample_size * kandinsky.autoencoder_scale(pipeline.movq.config)
-    settings = BatchSettings(task="text2img", scheduler=None, guidance_scale=guidance_scale,
-                             num_inference_steps=steps, width=side, height=side)  # fmt: skip
-    requests = [
-        ImageRequest(prompt=p, negative_prompt=negatives[i] if negatives else None, seed=s)
-        for i, (p, s) in enumerate(zip(prompts, seeds, strict=True))
-    ]
-    return kandinsky.generate(pipeline, settings, requests, None, None)
+    """One image per (prompt, seed), each from `torch.Generator().manual_seed(seed)`, at the
+    model's native size, through the engine (any family). The only way suites generate."""
+    return text_to_image(
+        model, prompts, seeds, guidance_scale, num_inference_steps, negative_prompts, batch_size
+    )
 
 
 # -- metric math ---------------------------------------------------------------------------
@@ -143,17 +113,13 @@ def mean_pairwise_pixel_distance(images: list[Image.Image]) -> float:
 
 
 @torch.no_grad()
-def vae_round_trip(vae, images: list[Image.Image]) -> list[Image.Image]:
-    """`images` encoded (posterior mean; Kandinsky's MOVQ: its unquantized latents, as its
-    pipelines use them) and decoded by `vae`: what any edit in its latent space can keep of
-    them at best."""
+def vae_round_trip(model: LoadedModel, images: list[Image.Image]) -> list[Image.Image]:
+    """`images` encoded and decoded by the model's autoencoder (the family's round trip): what
+    any edit in its latent space can keep of them at best."""
+    autoencoder = model.family.autoencoder(model.pipeline)
     x = torch.from_numpy(np.stack([np.asarray(i.convert("RGB")) for i in images]))
-    x = x.permute(0, 3, 1, 2).to(vae.device, vae.dtype) / 127.5 - 1
-    if hasattr(vae, "quantize"):
-        decoded = vae.decode(vae.encode(x).latents, force_not_quantize=True).sample
-    else:
-        decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample
-    decoded = decoded.clamp(-1, 1)
+    x = x.permute(0, 3, 1, 2).to(autoencoder.device, autoencoder.dtype) / 127.5 - 1
+    decoded = model.family.round_trip(model.pipeline, x).clamp(-1, 1)
     pixels = ((decoded + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(p) for p in pixels]
 

@@ -5,18 +5,19 @@ adapter fused in so `StableDiffusionPipeline.from_pretrained` loads it as is, pl
 itself under `lora/` (`pytorch_lora_weights.safetensors`, loadable with `load_lora_weights`)
 and `lora/base_model.json` naming the base model it applies to.
 
-The directory is assembled under a temporary name and renamed into place; its marker
-`easel_export.json` (which checkpoint it came from) is written inside before the rename.
+The directory is assembled under a temporary name and renamed into place
+(`storage.staged_folder`); its marker `easel_export.json` (which checkpoint it came from)
+is written inside before the rename.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 
 import torch
+
+from easel.data import storage
 
 EXPORT_MARKER = "easel_export.json"
 
@@ -46,34 +47,20 @@ def export_pipeline(
     pipeline = StableDiffusionPipeline.from_pretrained(
         model_dir, use_safetensors=True, safety_checker=None, requires_safety_checker=False
     )
-    parent = os.path.dirname(os.path.abspath(pipeline_dir))
-    staging = os.path.join(parent, f".{os.path.basename(pipeline_dir)}.{uuid.uuid4().hex}")
-    try:
+    with storage.staged_folder(pipeline_dir, last=EXPORT_MARKER) as staging:
         if module.hparams.method == "lora":
             _fuse_lora(pipeline, module, staging, base_reference)
         else:
             for name, network in module.trained_networks().items():
                 getattr(pipeline, name).load_state_dict(network.state_dict())
         pipeline.save_pretrained(staging, safe_serialization=True)
+        marker = {
+            "checkpoint": os.path.abspath(checkpoint_path),
+            "base_model": base_reference,
+            "method": module.hparams.method,
+        }
         with open(os.path.join(staging, EXPORT_MARKER), "w") as f:
-            json.dump(
-                {
-                    "checkpoint": os.path.abspath(checkpoint_path),
-                    "base_model": base_reference,
-                    "method": module.hparams.method,
-                },
-                f,
-                indent=2,
-            )
-        if os.path.exists(pipeline_dir):  # an older export: replace it
-            retired = f"{staging}.old"
-            os.rename(pipeline_dir, retired)
-            os.rename(staging, pipeline_dir)
-            shutil.rmtree(retired)
-        else:
-            os.rename(staging, pipeline_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            json.dump(marker, f, indent=2)
     return pipeline_dir
 
 

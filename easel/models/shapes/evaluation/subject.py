@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 
 from easel.data import shapes
-from easel.models.evaluation.common import (
+from easel.models.shapes.evaluation.common import (
     ATTRIBUTES,
     EvalContext,
     SuiteResult,
     generate_images,
     mean_pairwise_pixel_distance,
 )
-from easel.models.judge import Judge
+from easel.models.shapes.judge import Judge
 
 # -- DreamBooth suites: a fine-tuned model against its base, on the subject it was taught --
 #
@@ -98,12 +98,12 @@ class _Generations:
     predictions: list[dict]
 
 
-def _generate_subject(context: EvalContext, pipeline, prompt: str, seed: int) -> _Generations:
+def _generate_subject(context: EvalContext, model, prompt: str, seed: int) -> _Generations:
     """`subject_images` generations of `prompt`, seeds seed, seed + 1, ...: the same seeds for
     the base and the fine-tuned model, so their images can be compared pair by pair."""
     s = context.settings
     images = generate_images(
-        pipeline,
+        model,
         [prompt] * s.subject_images,
         [seed + k for k in range(s.subject_images)],
         s.guidance_scale,
@@ -115,10 +115,10 @@ def _generate_subject(context: EvalContext, pipeline, prompt: str, seed: int) ->
 
 
 def _subject_models(context: EvalContext) -> tuple[tuple[str, object], ...]:
-    assert context.subject is not None and context.base_pipeline is not None, (
-        "the DreamBooth suites need EvalContext.subject and EvalContext.base_pipeline"
+    assert context.subject is not None and context.base_model is not None, (
+        "the DreamBooth suites need EvalContext.subject and EvalContext.base_model"
     )
-    return (("base", context.base_pipeline), ("fine_tuned", context.pipeline))
+    return (("base", context.base_model), ("fine_tuned", context.model))
 
 
 def subject_fidelity_suite(context: EvalContext) -> SuiteResult:
@@ -140,9 +140,9 @@ def subject_fidelity_suite(context: EvalContext) -> SuiteResult:
             "feature_sim": ceiling,
         }
     )
-    for case, pipeline in models:
+    for case, model in models:
         generated = _generate_subject(
-            context, pipeline, subject.instance_prompt, s.seed + INSTANCE_SEED
+            context, model, subject.instance_prompt, s.seed + INSTANCE_SEED
         )
         scores = {
             "feature_similarity": feature_similarity(generated.features, reference, centre),
@@ -168,14 +168,14 @@ def prior_preservation_suite(context: EvalContext) -> SuiteResult:
     much they look like the subject (the paper's PRES). The base model with other seeds is
     the reference: unrelated pairs, and the sampling noise of the distribution distance."""
     s, models, subject = context.settings, _subject_models(context), context.subject
-    base_pipeline, fine_tuned = (pipeline for _, pipeline in models)
+    base_model, fine_tuned = (model for _, model in models)
     centre = world_centre(context.judge, s.world_images, s.seed)
     reference = context.judge.features(subject.instance_images)
     reading = subject_reading(context.judge, subject.instance_images)
-    base = _generate_subject(context, base_pipeline, subject.class_prompt, s.seed + CLASS_SEED)
+    base = _generate_subject(context, base_model, subject.class_prompt, s.seed + CLASS_SEED)
     generations = {
         "base_other_seeds": _generate_subject(
-            context, base_pipeline, subject.class_prompt, s.seed + OTHER_CLASS_SEED
+            context, base_model, subject.class_prompt, s.seed + OTHER_CLASS_SEED
         ),
         "base": base,
         "fine_tuned": _generate_subject(
@@ -213,8 +213,8 @@ def dreambooth_diversity_suite(context: EvalContext) -> SuiteResult:
     )
     result = SuiteResult(metrics={})
     for prompt_name, prompt, offset in prompts:
-        for case, pipeline in models:
-            generated = _generate_subject(context, pipeline, prompt, s.seed + offset)
+        for case, model in models:
+            generated = _generate_subject(context, model, prompt, s.seed + offset)
             scores = {
                 "feature_distance": 1 - self_similarity(generated.features, centre),
                 "pixel_distance": mean_pairwise_pixel_distance(generated.images),

@@ -1,0 +1,55 @@
+"""Every limit and name list of easel's inputs, defined once.
+
+The manifest rules (`easel.data.manifest`), the flow parameters and configs (pydantic
+fields built from the annotated types below), the CLI help and the docs all read these;
+`tests/test_docs.py` checks that the README states the same values.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+# -- names -------------------------------------------------------------------------------
+TASKS = ("text2img", "img2img", "inpaint", "fusion")
+EDIT_TASKS = ("img2img", "inpaint")  # generate at the init image's size
+# The manifest's `scheduler` values; the engine builds each one (easel.models.engine.schedulers)
+SCHEDULER_NAMES = ("ddim", "ddpm", "pndm", "euler", "euler_a", "dpmpp_2m", "unipc", "lms", "heun")
+SchedulerName = Literal[SCHEDULER_NAMES]
+
+ID_RULE = "[A-Za-z0-9._-]{1,128}"
+ID_PATTERN = re.compile(ID_RULE)
+
+# -- ranges (inclusive) ------------------------------------------------------------------
+MIN_STEPS, MAX_STEPS = 1, 500  # num_inference_steps, prior_num_inference_steps
+MIN_IMAGES, MAX_IMAGES = 1, 64  # num_images of one row
+MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 8, 4096, 8  # width, height, resolution (pixels)
+MAX_SEED = 2**63 - 1
+MIN_BATCH, MAX_BATCH = 1, 256  # images per pipeline call
+DEFAULT_MAX_PIXELS = 2048 * 2048  # the sweep's pixel budget for width x height
+MIN_MAX_PIXELS = 64
+
+# -- defaults ----------------------------------------------------------------------------
+GUIDANCE_SCALE = 7.5
+NUM_INFERENCE_STEPS = 20
+STRENGTH = 0.75
+BATCH_SIZE = 8
+# Kandinsky's diffusion prior: diffusers' defaults (its combined pipelines' arguments)
+PRIOR_GUIDANCE_SCALE, PRIOR_NUM_INFERENCE_STEPS = 4.0, 25
+
+# -- the same rules as pydantic field types ------------------------------------------------
+InferenceSteps = Annotated[int, Field(ge=MIN_STEPS, le=MAX_STEPS)]
+GuidanceScale = Annotated[float, Field(ge=0)]
+Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)]
+BatchSize = Annotated[int, Field(ge=MIN_BATCH, le=MAX_BATCH)]
+
+
+def side_error(column: str, side: int) -> str | None:
+    """Why `side` (pixels) cannot be a `column` (width, height), or None."""
+    if not MIN_SIDE <= side <= MAX_SIDE:
+        return f"`{column}` must be in {MIN_SIDE}..{MAX_SIDE} but is {side}"
+    if side % SIDE_MULTIPLE:
+        return f"`{column}` must be divisible by {SIDE_MULTIPLE} but is {side}"
+    return None

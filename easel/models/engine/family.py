@@ -1,0 +1,116 @@
+"""A model family: everything the engine knows of one kind of diffusers pipeline.
+
+One module per family (`stable_diffusion.py`, `kandinsky22.py`) defines a subclass and its
+one instance `FAMILY`; `families.py` lists them. A family says which `model_index.json`
+classes it runs, which tasks and schedulers, what a model folder tells before any weight
+is loaded (`facts`), how the pipeline loads, and how a batch of images is generated. The
+engine never branches on a family's name: adding one (SDXL, Kandinsky 2.1) is one module
+and one entry in `families.FAMILIES`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import ClassVar
+
+from PIL import Image
+
+from easel.data.batching import BatchSettings, ImageRequest, ModelFacts
+from easel.data.limits import SCHEDULER_NAMES, SIDE_MULTIPLE
+from easel.models.engine.schedulers import scheduler_name_from_config
+
+DEFAULT_SIDE = 512  # diffusers' default when a UNet config gives no sample size
+
+
+def read_config(model_path: str, *names: str) -> dict:
+    """The first of `names` (paths under the model folder) that exists, parsed."""
+    for name in names:
+        path = os.path.join(model_path, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+    raise FileNotFoundError(f"{model_path!r} has none of {', '.join(names)}")
+
+
+def pipeline_class(model_path: str) -> str | None:
+    """The `_class_name` of the diffusers pipeline folder at `model_path`."""
+    return read_config(model_path, "model_index.json").get("_class_name")
+
+
+def autoencoder_scale(config: dict) -> int:
+    """Pixels per latent along a side, for a VAE or a MOVQ: 2 ** (levels - 1)."""
+    return 2 ** (len(config["block_out_channels"]) - 1)
+
+
+class ModelFamily:
+    """The base of every family; subclasses set the class attributes and implement
+    `load`, `generate`, `tokenizer` and `autoencoder`."""
+
+    name: ClassVar[str]  # for messages: "Stable Diffusion"
+    pipeline_classes: ClassVar[tuple[str, ...]]  # `_class_name`s of the folders it runs
+    schedulers: ClassVar[tuple[str, ...]] = SCHEDULER_NAMES  # those its pipelines can step
+    autoencoder_folder: ClassVar[str] = "vae"
+    # A folder of one of these classes holds no prior; its model card (README.md) names one
+    # (`prior: REF`), a folder of class `prior_class`, resolved with it.
+    decoder_classes: ClassVar[tuple[str, ...]] = ()
+    prior_class: ClassVar[str | None] = None
+
+    @property
+    def has_prior(self) -> bool:
+        return self.prior_class is not None
+
+    def check_folder(self, model_path: str, class_name: str, prior_path: str | None) -> None:
+        """Refuse a folder this family cannot run whole (`ModelReferenceError`)."""
+
+    def tasks(self, unet_config: dict) -> tuple[str, ...]:
+        """The tasks a model with this UNet runs."""
+        return ("text2img", "img2img", "inpaint")
+
+    def size_multiple(self, model_path: str) -> int:
+        """Image sides (pixels) the model generates exactly."""
+        return SIDE_MULTIPLE
+
+    def native_size(self, model_path: str) -> int:
+        """The model's native image side in pixels, from its configs (no weights loaded)."""
+        sample_size = read_config(model_path, "unet/config.json")["sample_size"]
+        autoencoder = read_config(model_path, f"{self.autoencoder_folder}/config.json")
+        return int(sample_size) * autoencoder_scale(autoencoder) if sample_size else DEFAULT_SIDE
+
+    def facts(self, model_path: str, digest: str) -> ModelFacts:
+        """What planning needs to know of the model, read from its folder."""
+        scheduler = read_config(model_path, "scheduler/scheduler_config.json")
+        index = read_config(model_path, "model_index.json")
+        scheduler["_class_name"] = index.get("scheduler", [None, scheduler["_class_name"]])[1]
+        return ModelFacts(
+            digest=digest, native_size=self.native_size(model_path),
+            default_scheduler=scheduler_name_from_config(scheduler), family=self.name,
+            tasks=self.tasks(read_config(model_path, "unet/config.json")),
+            schedulers=self.schedulers, size_multiple=self.size_multiple(model_path),
+            has_prior=self.has_prior,
+        )  # fmt: skip
+
+    def load(self, model_path: str, prior_path: str | None, options: dict):
+        """The diffusers pipeline (`options`: `from_pretrained`'s dtype and safetensors)."""
+        raise NotImplementedError
+
+    def generate(
+        self, pipeline, settings: BatchSettings, requests: list[ImageRequest],
+        inits: list[Image.Image] | None, masks: list[Image.Image] | None,
+    ) -> list[Image.Image]:  # fmt: skip
+        """One image per request, in order, each from its own seeded generator. `inits` and
+        `masks` (greyscale, 255 repaints) are at the batch's size where the task needs them."""
+        raise NotImplementedError
+
+    def tokenizer(self, pipeline):
+        """The tokenizer prompts go through first."""
+        raise NotImplementedError
+
+    def autoencoder(self, pipeline):
+        """The network between pixels and latents (a VAE, a MOVQ)."""
+        raise NotImplementedError
+
+    def round_trip(self, pipeline, pixels):
+        """(N, 3, H, W) pixels in [-1, 1] encoded and decoded by the autoencoder: what any
+        edit in its latent space can keep of them at best."""
+        raise NotImplementedError

@@ -1,0 +1,107 @@
+"""Generating images: the one path every image easel makes takes (sweeps, class priors,
+evaluation, sample grids, the registry's pyfunc), whatever the model's family.
+
+Every image has its own `torch.Generator` seeded with its own seed, so an image depends on
+its prompt, settings and seed only, never on the batch it happens to share: the same as
+calling the family's diffusers pipeline directly with one seeded generator.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from easel.data import images
+from easel.data.batching import BatchSettings, ImageRequest
+from easel.models.engine.loading import LoadedModel
+
+
+@torch.inference_mode()
+def generate(
+    loaded: LoadedModel, settings: BatchSettings, requests: list[ImageRequest]
+) -> list[Image.Image]:
+    """One batch for all `requests` (one pipeline call where the family allows); one PIL
+    image per request, in order. Raises `ValueError` naming the column for a batch the model
+    cannot run."""
+    # 1. Check inputs
+    check_inputs(loaded, settings)
+    # 2. Prepare: edit images and masks at the batch's size
+    size = (settings.width, settings.height)
+    inits = masks = None
+    if settings.task != "text2img":
+        inits = [images.load_init_image(r.init_image, size) for r in requests]
+    if settings.task == "inpaint":
+        masks = [images.load_mask(r.mask_image, size) for r in requests]
+    # 3. Generate, each image from its own seeded generator
+    generated = loaded.family.generate(loaded.pipeline, settings, requests, inits, masks)
+    # 4. Postprocess: inpainted images composited in pixel space (outside the mask, the init)
+    if len(generated) != len(requests):
+        raise ValueError(f"the pipeline returned {len(generated)} images for {len(requests)}")
+    if masks is None:
+        return list(generated)
+    return [images.composite(i, g, m) for i, g, m in zip(inits, generated, masks, strict=True)]
+
+
+def check_inputs(loaded: LoadedModel, settings: BatchSettings) -> None:
+    """Refuse settings the loaded model cannot run, naming the column and the value."""
+    family = loaded.family
+    tasks = family.tasks(dict(loaded.pipeline.unet.config))
+    if settings.task not in tasks:
+        raise ValueError(
+            f"`task` {settings.task!r} is not supported by a {family.name} model, which runs "
+            f"{', '.join(tasks)}"
+        )
+    if settings.scheduler is not None and settings.scheduler not in family.schedulers:
+        raise ValueError(
+            f"`scheduler` {settings.scheduler!r} does not work with a {family.name} model; "
+            f"use one of {', '.join(family.schedulers)}"
+        )
+
+
+def generate_each(
+    loaded: LoadedModel, settings: BatchSettings, requests: list[ImageRequest]
+) -> list:
+    """Images for `requests` in one pipeline call; if that call fails, one call per request so
+    that a bad request fails alone. Each entry is a PIL image or the exception it raised."""
+    try:
+        return list(generate(loaded, settings, requests))
+    except Exception as error:  # noqa: BLE001 - recorded, or isolated below
+        if len(requests) == 1:
+            return [error]
+    return [generate_each(loaded, settings, [request])[0] for request in requests]
+
+
+def text_to_image(
+    loaded: LoadedModel, prompts: list[str], seeds: list[int], guidance_scale: float,
+    num_inference_steps: int, negative_prompts: list[str | None] | None = None,
+    batch_size: int = 64,
+) -> list[Image.Image]:  # fmt: skip
+    """One image per (prompt, seed) at the model's native size with its own scheduler, in
+    batches of `batch_size` (an image does not depend on its batch)."""
+    assert len(prompts) == len(seeds), (len(prompts), len(seeds))
+    side = loaded.family.native_size(loaded.model.path)
+    settings = BatchSettings(
+        task="text2img", scheduler=None, guidance_scale=guidance_scale,
+        num_inference_steps=num_inference_steps, width=side, height=side,
+    )  # fmt: skip
+    negatives = negative_prompts or [None] * len(prompts)
+    requests = [
+        ImageRequest(prompt=prompt, negative_prompt=negative, seed=seed)
+        for prompt, seed, negative in zip(prompts, seeds, negatives, strict=True)
+    ]
+    return [
+        image
+        for start in range(0, len(requests), batch_size)
+        for image in generate(loaded, settings, requests[start : start + batch_size])
+    ]
+
+
+def prompt_truncation_warning(loaded: LoadedModel, prompt: str) -> str | None:
+    """A warning if the family's first tokenizer (CLIP's; Kandinsky's prior's) will cut
+    `prompt` to its `model_max_length`."""
+    tokenizer = loaded.family.tokenizer(loaded.pipeline)
+    length = len(tokenizer(prompt, truncation=False).input_ids)
+    limit = tokenizer.model_max_length
+    if length > limit:
+        return f"`prompt` has {length} tokens and was truncated to the model's {limit}"
+    return None

@@ -1,0 +1,88 @@
+"""Model references to what the engine needs: a model's facts (from its configs, no weights)
+and its loaded pipeline (once per process, device and dtype).
+
+The family is read from the model's own `model_index.json` (`families.family_of`). Weights
+load from safetensors only unless the caller trusts pickle explicitly.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from easel.data.batching import ModelFacts
+from easel.errors import ModelReferenceError
+from easel.models.engine.families import family_of
+from easel.models.engine.family import ModelFamily
+from easel.models.engine.references import ResolvedModel, resolve_model_reference
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: ResolvedModel
+    family: ModelFamily
+    pipeline: object  # the family's diffusers pipeline, on its device
+
+
+_BY_CONTENT: dict[tuple, LoadedModel] = {}  # (digest, device, dtype): two references, one load
+_BY_REFERENCE: dict[tuple, LoadedModel] = {}
+_LOCK = threading.Lock()
+
+
+def resolve_family(resolved: ResolvedModel) -> ModelFamily:
+    """The family of a resolved model; `ModelReferenceError` for one easel does not run."""
+    return family_of(resolved.path, resolved.prior.path if resolved.prior else None)
+
+
+def model_facts(ref: str) -> ModelFacts:
+    """What planning needs to know of `ref` (digest, family, native size, default scheduler,
+    tasks, schedulers, size step), from its configs, without loading its weights."""
+    resolved = resolve_model_reference(ref)
+    return resolve_family(resolved).facts(resolved.path, resolved.digest)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+def load_model(
+    ref: str, device: str | None = None, dtype: torch.dtype | None = None,
+    trust_pickle: bool = False,
+) -> LoadedModel:  # fmt: skip
+    """Resolve and load `ref` once per process and (device, dtype): later calls, one per
+    batch, neither list a remote model again nor re-digest its files."""
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    with _LOCK:
+        by_ref = (ref, device, dtype, trust_pickle)
+        if by_ref not in _BY_REFERENCE:
+            resolved = resolve_model_reference(ref)
+            by_content = (resolved.digest, device, dtype)
+            if by_content not in _BY_CONTENT:
+                _BY_CONTENT[by_content] = _load(resolved, device, dtype, trust_pickle)
+            loaded = _BY_CONTENT[by_content]
+            _BY_REFERENCE[by_ref] = LoadedModel(resolved, loaded.family, loaded.pipeline)
+        return _BY_REFERENCE[by_ref]
+
+
+def _load(resolved: ResolvedModel, device: str, dtype: torch.dtype, trust_pickle: bool):
+    family = resolve_family(resolved)
+    options = {"torch_dtype": dtype, "use_safetensors": None if trust_pickle else True}
+    prior_path = resolved.prior.path if resolved.prior else None
+    try:
+        pipeline = family.load(resolved.path, prior_path, options)
+    except OSError as error:
+        if not trust_pickle and "safetensors" in str(error).lower():
+            raise ModelReferenceError(
+                f"model {resolved.ref!r} has no safetensors weights; pickle checkpoints are "
+                "refused unless you pass the explicit trust flag (--trust-pickle)"
+            ) from error
+        raise ModelReferenceError(f"model {resolved.ref!r} could not be loaded: {error}") from error
+    pipeline.set_progress_bar_config(disable=True)
+    return LoadedModel(model=resolved, family=family, pipeline=pipeline.to(device))

@@ -1,0 +1,76 @@
+"""Stable Diffusion 1.x/2.x: text encoder → UNet over VAE latents, through diffusers'
+`StableDiffusionPipeline` (text2img), `StableDiffusionImg2ImgPipeline` and
+`StableDiffusionInpaintPipeline`, all three sharing the loaded modules.
+
+Inpainting: 9-channel inpainting UNets get the masked image as extra input; ordinary
+4-channel UNets blend latents under the mask (diffusers does both). The mask handed to
+diffusers is the region the soft mask touches at all; the engine composites the soft mask
+in pixel space afterwards.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from easel.data import images
+from easel.models.engine.family import ModelFamily
+from easel.models.engine.schedulers import fresh_scheduler
+
+PIPELINES = {
+    "text2img": "StableDiffusionPipeline",
+    "img2img": "StableDiffusionImg2ImgPipeline",
+    "inpaint": "StableDiffusionInpaintPipeline",
+}
+
+
+class StableDiffusion(ModelFamily):
+    name = "Stable Diffusion"
+    pipeline_classes = tuple(PIPELINES.values())
+
+    def load(self, model_path: str, prior_path: str | None, options: dict):
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline.from_pretrained(
+            model_path, **options, safety_checker=None, requires_safety_checker=False
+        )
+
+    def task_pipeline(self, pipeline, settings):
+        """The pipeline for the batch's task and scheduler, sharing `pipeline`'s modules."""
+        import diffusers
+
+        components = dict(pipeline.components)
+        components["scheduler"] = fresh_scheduler(pipeline.scheduler, settings.scheduler)
+        task_pipeline = getattr(diffusers, PIPELINES[settings.task])(**components)
+        task_pipeline.set_progress_bar_config(disable=True)
+        return task_pipeline
+
+    def generate(self, pipeline, settings, requests, inits, masks):
+        arguments = {
+            "prompt": [r.prompt for r in requests],
+            "negative_prompt": [r.negative_prompt or "" for r in requests],
+            "guidance_scale": settings.guidance_scale,
+            "num_inference_steps": settings.num_inference_steps,
+            "generator": [torch.Generator(device="cpu").manual_seed(r.seed) for r in requests],
+            "output_type": "pil",
+        }
+        if settings.task != "img2img":  # img2img takes the init images' size
+            arguments.update(width=settings.width, height=settings.height)
+        if inits:
+            arguments.update(image=inits, strength=settings.strength)
+        if masks:
+            arguments.update(mask_image=[images.generation_mask(m) for m in masks])
+        return self.task_pipeline(pipeline, settings)(**arguments).images
+
+    def tokenizer(self, pipeline):
+        return pipeline.tokenizer
+
+    def autoencoder(self, pipeline):
+        return pipeline.vae
+
+    def round_trip(self, pipeline, pixels):
+        """Encoded to the posterior mean and decoded."""
+        vae = pipeline.vae
+        return vae.decode(vae.encode(pixels).latent_dist.mode()).sample
+
+
+FAMILY = StableDiffusion()
