@@ -201,3 +201,14 @@ def test_request_keys_of_existing_sweeps_stay_valid():
     kandinsky = BatchSettings(**{**settings.__dict__, "prior_guidance_scale": 4.0,
                                  "prior_num_inference_steps": 25})  # fmt: skip
     assert request_key("d" * 64, kandinsky, request) != key
+
+
+def test_a_manifest_is_read_once_while_its_files_are_unchanged(tmp_path):
+    from easel.data.manifest import write_manifest
+
+    path = str(tmp_path / "m.parquet")
+    write_manifest(path, [{"id": "a", "prompt": "a red circle"}])
+    first = read_manifest(path)
+    assert read_manifest(path) is first  # the CLI's check and the flow's plan: one read
+    write_manifest(path, [{"id": "a", "prompt": "a blue circle"}])  # same size, new file
+    assert read_manifest(path).table.column("prompt").to_pylist() == ["a blue circle"]

@@ -28,3 +28,60 @@ def test_object_store_writes_are_single_puts():
     storage.write_bytes_atomic("memory://bucket/x/y.bin", b"abc")
     assert fsspec.filesystem("memory").cat_file("/bucket/x/y.bin") == b"abc"
     assert storage.remove_stale_temporaries("memory://bucket") == 0
+
+
+def _fill(folder: str, text: str) -> None:
+    os.makedirs(os.path.join(folder, "sub"), exist_ok=True)
+    for name in ("a.txt", os.path.join("sub", "b.txt"), "marker.json"):
+        with open(os.path.join(folder, name), "w") as f:
+            f.write(text)
+
+
+def test_a_staged_folder_appears_whole_and_replaces_the_old_one(tmp_path):
+    target = tmp_path / "out" / "model"
+    with storage.staged_folder(str(target)) as staging:
+        assert os.path.isdir(staging) and not target.exists()  # nothing visible while filling
+        _fill(staging, "one")
+    assert (target / "sub" / "b.txt").read_text() == "one"
+    with storage.staged_folder(str(target)) as staging:
+        _fill(staging, "two")
+    assert (target / "a.txt").read_text() == "two"
+    assert sorted(os.listdir(tmp_path / "out")) == ["model"]  # no staging or retired folder
+
+
+def test_a_failed_staging_leaves_the_old_folder_and_no_debris(tmp_path):
+    target = tmp_path / "model"
+    with storage.staged_folder(str(target)) as staging:
+        _fill(staging, "one")
+    try:
+        with storage.staged_folder(str(target)) as staging:
+            _fill(staging, "half")
+            raise RuntimeError("killed")
+    except RuntimeError:
+        pass
+    assert (target / "a.txt").read_text() == "one"
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_without_replace_the_first_published_folder_wins(tmp_path):
+    target = tmp_path / "cache" / "key"
+    with storage.staged_folder(str(target), replace=False) as first:
+        with storage.staged_folder(str(target), replace=False) as second:
+            _fill(second, "second")
+        _fill(first, "first")  # another process finished first: this copy is dropped
+    assert (target / "a.txt").read_text() == "second"
+    assert sorted(os.listdir(tmp_path / "cache")) == ["key"]
+
+
+def test_a_staged_folder_on_an_object_store_uploads_its_marker_last(monkeypatch):
+    fs = fsspec.filesystem("memory")
+    order = []
+    put_file = type(fs).put_file
+    monkeypatch.setattr(
+        type(fs), "put_file", lambda self, lpath, rpath, **kw: (order.append(rpath),
+                                                                 put_file(self, lpath, rpath, **kw))
+    )  # fmt: skip
+    with storage.staged_folder("memory://bucket/staged/model", last="marker.json") as staging:
+        _fill(staging, "one")
+    assert order[-1].endswith("/model/marker.json") and len(order) == 3
+    assert fs.cat_file("/bucket/staged/model/sub/b.txt") == b"one"
