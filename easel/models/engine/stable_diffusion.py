@@ -40,7 +40,8 @@ class StableDiffusion(ModelFamily):
 
         components = dict(pipeline.components)
         components["scheduler"] = fresh_scheduler(pipeline.scheduler, settings.scheduler)
-        task_pipeline = getattr(diffusers, PIPELINES[settings.task])(**components)
+        task_class = getattr(diffusers, PIPELINES[settings.task])
+        task_pipeline = task_class(**components, requires_safety_checker=False)
         task_pipeline.set_progress_bar_config(disable=True)
         return task_pipeline
 
