@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import groupby
 
 from easel.data import limits
@@ -49,6 +49,12 @@ class PlannedImage:
     request: ImageRequest
     request_key: str
 
+    @property
+    def slot(self) -> tuple[str, int, str]:
+        """This image of this row with this content: what a record vouches for. Two rows may
+        ask for the same content (same request key); each has its own slot and file."""
+        return (self.row_id, self.image_index, self.request_key)
+
 
 @dataclass(frozen=True)
 class PlannedBatch:
@@ -75,6 +81,9 @@ class ModelFacts:
     schedulers: tuple[str, ...] = limits.SCHEDULER_NAMES  # those the family can step
     size_multiple: int = limits.SIDE_MULTIPLE  # image sides the model generates exactly
     has_prior: bool = False  # Kandinsky's diffusion prior: its rows carry the prior settings
+    strength_tasks: tuple[str, ...] = limits.EDIT_TASKS  # where strength x steps is denoised
+    # scheduler -> (fewest inference steps it runs from this model's config, the rule why)
+    minimum_steps: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 def unsupported(job: RowJob, facts: ModelFacts) -> str | None:
@@ -89,6 +98,19 @@ def unsupported(job: RowJob, facts: ModelFacts) -> str | None:
             f"`scheduler` {settings.scheduler!r} does not work with {model}; "
             f"use one of {', '.join(facts.schedulers)}"
         )
+    fewest, rule = facts.minimum_steps.get(settings.scheduler, (1, ""))
+    if settings.num_inference_steps < fewest:
+        return (
+            f"`scheduler` {settings.scheduler!r} needs `num_inference_steps` >= {fewest} on "
+            f"{model} ({rule}) but `num_inference_steps` is {settings.num_inference_steps}"
+        )
+    if job.task in facts.strength_tasks and denoising_steps(settings) < 1:
+        return (
+            f"`strength` {settings.strength:g} x `num_inference_steps` "
+            f"{settings.num_inference_steps} = {settings.strength * settings.num_inference_steps:g}"
+            " leaves no denoising step (diffusers runs int(strength x steps) of them): raise "
+            "either so that their product is at least 1"
+        )
     for column in ("width", "height"):
         side = getattr(settings, column)
         if side % facts.size_multiple:
@@ -100,6 +122,11 @@ def unsupported(job: RowJob, facts: ModelFacts) -> str | None:
                 f"but is {side}{hint}"
             )
     return None
+
+
+def denoising_steps(settings: BatchSettings) -> int:
+    """How many steps an edit runs: diffusers' `int(num_inference_steps * strength)`."""
+    return int(settings.num_inference_steps * settings.strength)
 
 
 def row_settings(job: RowJob, facts: ModelFacts) -> BatchSettings:
@@ -137,15 +164,17 @@ def planned_images(job: RowJob, facts: ModelFacts) -> list[PlannedImage]:
 
 
 def plan_batches(
-    jobs: list[RowJob], facts: dict[str, ModelFacts], batch_size: int, done: set[str]
-) -> list[PlannedBatch]:
-    """Batches of at most `batch_size` images not yet done, grouped by shared settings."""
+    jobs: list[RowJob], facts: dict[str, ModelFacts], batch_size: int,
+    done: set[tuple[str, int, str]],
+) -> list[PlannedBatch]:  # fmt: skip
+    """Batches of at most `batch_size` images whose slot is not done, grouped by shared
+    settings."""
     assert batch_size >= 1
     pending = []
     for job in jobs:
         settings = row_settings(job, facts[job.model])
         for image in planned_images(job, facts[job.model]):
-            if image.request_key not in done:
+            if image.slot not in done:
                 pending.append((job.model, settings, image))
     group_key = lambda item: (item[0], repr(item[1]))
     batches = []
@@ -177,8 +206,9 @@ class SweepPlan:
 
 
 def build_plan(
-    jobs: list[RowJob], failures: list[RowFailure], facts_for, batch_size: int, done: set[str]
-) -> SweepPlan:
+    jobs: list[RowJob], failures: list[RowFailure], facts_for, batch_size: int,
+    done: set[tuple[str, int, str]],
+) -> SweepPlan:  # fmt: skip
     """Resolve each distinct model once (`facts_for(ref)`, which raises `ValueError` with a
     user message for a bad reference); rows on a bad model fail alone."""
     facts, bad_models = {}, {}

@@ -1,9 +1,10 @@
 """Sweep records and the results table (SPEC §5).
 
 A batch that finishes writes its images first, then one record shard under
-`OUT/.easel/records/` that vouches for them (the marker comes last). `results.parquet`
-is assembled from the manifest and all record shards, so it is always complete after a
-rerun, and a rerun skips every image whose `request_key` is recorded as ok.
+`OUT/.easel/records/` that vouches for them (the marker comes last). A record vouches for
+one slot: a row's image k (`images/<id>/<k>.png`) with the content its `request_key`
+digests. `results.parquet` is assembled from the manifest and all record shards, so it is
+always complete after a rerun, and a rerun skips every slot recorded as ok.
 """
 
 from __future__ import annotations
@@ -80,10 +81,15 @@ def read_records(out: str) -> list[ImageRecord]:
     return records
 
 
-def done_request_keys(out: str) -> set[str]:
-    """Images recorded as ok whose file still exists."""
+def slot(record: ImageRecord) -> tuple[str, int | None, str | None]:
+    """The (row id, image index, request key) a record vouches for."""
+    return (record.id, record.image_index, record.request_key)
+
+
+def done_slots(out: str) -> set[tuple[str, int, str]]:
+    """The slots recorded as ok whose file still exists."""
     return {
-        r.request_key for r in read_records(out)
+        slot(r) for r in read_records(out)
         if r.status == "ok" and r.request_key and storage.exists(r.image_uri)
     }  # fmt: skip
 
@@ -130,18 +136,19 @@ def failed_row(row_id: str, error: str) -> ImageRecord:
 
 
 def final_records(plan: SweepPlan, recorded: list[ImageRecord]) -> list[tuple[int, ImageRecord]]:
-    """(row_index, record) for every requested image; a row that failed entirely keeps one."""
-    by_key: dict[str, ImageRecord] = {}
+    """(row_index, record) for every requested image, each the record of its own slot (its
+    row, its index, its content); a row that failed entirely keeps one."""
+    by_slot: dict[tuple, ImageRecord] = {}
     for record in recorded:  # an ok record wins over a failed try of the same image
-        existing = by_key.get(record.request_key)
+        existing = by_slot.get(slot(record))
         if record.request_key and (existing is None or existing.status != "ok"):
-            by_key[record.request_key] = record
+            by_slot[slot(record)] = record
     rows: list[tuple[int, ImageRecord]] = []
     for failure in plan.failures:
         rows.append((failure.row_index, failed_row(failure.id, failure.error)))
     for job in plan.jobs:
         images = planned_images(job, plan.facts[job.model])
-        found = [by_key.get(image.request_key) for image in images]
+        found = [by_slot.get(image.slot) for image in images]
         if any(r is None for r in found):
             missing = failed_row(job.id, "not generated: the run stopped before this image")
             found = [r or missing for r in found]

@@ -18,7 +18,7 @@ from PIL import Image
 
 from easel.data.batching import BatchSettings, ImageRequest, ModelFacts
 from easel.data.limits import SCHEDULER_NAMES, SIDE_MULTIPLE
-from easel.models.engine.schedulers import scheduler_name_from_config
+from easel.models.engine.schedulers import minimum_steps, scheduler_name_from_config
 
 DEFAULT_SIDE = 512  # diffusers' default when a UNet config gives no sample size
 
@@ -50,6 +50,8 @@ class ModelFamily:
     name: ClassVar[str]  # for messages: "Stable Diffusion"
     pipeline_classes: ClassVar[tuple[str, ...]]  # `_class_name`s of the folders it runs
     schedulers: ClassVar[tuple[str, ...]] = SCHEDULER_NAMES  # those its pipelines can step
+    # tasks in which `strength` sets where denoising starts (diffusers' int(strength x steps))
+    strength_tasks: ClassVar[tuple[str, ...]] = ("img2img", "inpaint")
     autoencoder_folder: ClassVar[str] = "vae"
     # A folder of one of these classes holds no prior; its model card (README.md) names one
     # (`prior: REF`), a folder of class `prior_class`, resolved with it.
@@ -82,12 +84,14 @@ class ModelFamily:
         scheduler = read_config(model_path, "scheduler/scheduler_config.json")
         index = read_config(model_path, "model_index.json")
         scheduler["_class_name"] = index.get("scheduler", [None, scheduler["_class_name"]])[1]
+        minimum = {name: minimum_steps(name, scheduler) for name in self.schedulers}
         return ModelFacts(
             digest=digest, native_size=self.native_size(model_path),
             default_scheduler=scheduler_name_from_config(scheduler), family=self.name,
             tasks=self.tasks(read_config(model_path, "unet/config.json")),
             schedulers=self.schedulers, size_multiple=self.size_multiple(model_path),
-            has_prior=self.has_prior,
+            has_prior=self.has_prior, strength_tasks=self.strength_tasks,
+            minimum_steps={name: rule for name, rule in minimum.items() if rule[0] > 1},
         )  # fmt: skip
 
     def load(self, model_path: str, prior_path: str | None, options: dict):

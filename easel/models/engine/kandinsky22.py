@@ -133,6 +133,7 @@ class Kandinsky22(ModelFamily):
         "KandinskyV22InpaintCombinedPipeline", *DECODERS.values(),
     )  # fmt: skip
     schedulers = DECODER_SCHEDULERS
+    strength_tasks = ("img2img",)  # the inpainting decoder always denoises from pure noise
     autoencoder_folder = "movq"
     decoder_classes = tuple(dict.fromkeys(DECODERS.values()))
     prior_class = "KandinskyV22PriorPipeline"

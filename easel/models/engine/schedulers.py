@@ -36,6 +36,21 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
 assert tuple(SCHEDULERS) == SCHEDULER_NAMES, "one list of scheduler names: easel.data.limits"
 
 
+PNDM_WARMUP_STEPS = 4  # PNDMScheduler.pndm_order: its Runge-Kutta (PRK) warm-up
+
+
+def minimum_steps(name: str, base_config) -> tuple[int, str]:
+    """The fewest inference steps scheduler `name` runs from the model's scheduler config,
+    and the rule that sets it. PNDM with its Runge-Kutta warm-up (the config's
+    `skip_prk_steps` false, as with a DDIM config) needs 4; every other scheduler 1."""
+    if name == "pndm" and not base_config.get("skip_prk_steps", False):
+        return PNDM_WARMUP_STEPS, (
+            "its Runge-Kutta warm-up takes 4 steps: the model's scheduler config has "
+            "skip_prk_steps off"
+        )
+    return 1, ""
+
+
 def build_scheduler(name: str, base_config) -> SchedulerMixin:
     """A fresh scheduler `name` sharing the model's betas and prediction type."""
     cls, overrides = SCHEDULERS[name]

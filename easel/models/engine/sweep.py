@@ -50,7 +50,7 @@ def plan_sweep(inputs: SweepInputs) -> tuple[manifest.Manifest, SweepPlan]:
     Raises `InvalidInput` when the manifest as a whole is unusable."""
     table = manifest.read_manifest(inputs.manifest)
     jobs, failures = manifest.validate_manifest(table, inputs.defaults, list(inputs.input_roots))
-    done = results.done_request_keys(inputs.out)
+    done = results.done_slots(inputs.out)
     storage.remove_stale_temporaries(inputs.out)  # what a killed run was writing
     plan = build_plan(jobs, failures, _facts_for, inputs.batch_size, done)
     return table, plan
