@@ -14,7 +14,6 @@ results (latents per image, one conditioning tensor per prompt).
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +22,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
-from easel.data.storage import filesystem, read_bytes
+from easel.data.images import ImageInputError, open_image, read_rgb
+from easel.data.storage import filesystem
 from easel.errors import InvalidInput
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -54,34 +54,34 @@ def check_instance_data(folder: str) -> list[str]:
         )
     for uri in images:
         try:
-            with Image.open(io.BytesIO(read_bytes(uri))) as image:
-                image.verify()
-        except Exception as error:  # noqa: BLE001 - PIL raises many types for a broken file
+            open_image(uri, "instance_data")
+        except ImageInputError:
             raise InvalidInput(
-                f"config field `instance_data`: image {uri!r} is unreadable "
-                f"({type(error).__name__})"
+                f"config field `instance_data`: image {uri!r} is unreadable (not an image easel "
+                "can read)"
             ) from None
     return images
 
 
-def load_pixels(uris: list[str], resolution: int) -> torch.Tensor:
-    """Images resized (shorter side) and centre-cropped to `resolution`, in [-1, 1].
+def load_pixels(uris: list[str], resolution: int, column: str = "instance_data") -> torch.Tensor:
+    """Images (upright, intended 8-bit colours: `easel.data.images.read_rgb`) resized
+    (shorter side) and centre-cropped to `resolution`, in [-1, 1]; `column` names the config
+    field they come from in errors.
 
     Returns (N, 3, resolution, resolution) float32.
     """
     out = torch.empty(len(uris), 3, resolution, resolution)
     for i, uri in enumerate(uris):
-        with Image.open(io.BytesIO(read_bytes(uri))) as image:
-            image = image.convert("RGB")
-            scale = resolution / min(image.size)
-            w, h = (
-                max(resolution, round(image.width * scale)),
-                max(resolution, round(image.height * scale)),
-            )
-            image = image.resize((w, h), Image.Resampling.BICUBIC)
-            left, top = (w - resolution) // 2, (h - resolution) // 2
-            image = image.crop((left, top, left + resolution, top + resolution))
-            array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0  # (H, W, 3)
+        image = read_rgb(uri, column)
+        scale = resolution / min(image.size)
+        w, h = (
+            max(resolution, round(image.width * scale)),
+            max(resolution, round(image.height * scale)),
+        )
+        image = image.resize((w, h), Image.Resampling.BICUBIC)
+        left, top = (w - resolution) // 2, (h - resolution) // 2
+        image = image.crop((left, top, left + resolution, top + resolution))
+        array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0  # (H, W, 3)
         out[i] = torch.from_numpy(array).permute(2, 0, 1)
     return out
 
@@ -198,12 +198,14 @@ class DreamBoothDataModule(pl.LightningDataModule):
         module = self.trainer.lightning_module
         device = self.trainer.strategy.root_device
         self.instance_cache = _encode(
-            module, self.instance_images, self.instance_prompt, self.resolution, device
-        )
+            module, self.instance_images, self.instance_prompt, self.resolution, device,
+            "instance_data",
+        )  # fmt: skip
         if self.class_images:
             self.prior_cache = _encode(
-                module, self.class_images, self.class_prompt, self.resolution, device
-            )
+                module, self.class_images, self.class_prompt, self.resolution, device,
+                "class_data",
+            )  # fmt: skip
         module.release_frozen_encoders()
 
     def train_dataloader(self) -> DataLoader:
@@ -223,10 +225,10 @@ class DreamBoothDataModule(pl.LightningDataModule):
 
 
 def _encode(
-    module, uris: list[str], prompt: str, resolution: int, device, chunk: int = 4
+    module, uris: list[str], prompt: str, resolution: int, device, column: str, chunk: int = 4
 ) -> LatentCache:
     latents = [  # a chunk at a time: bounded memory
-        module.encode_images(load_pixels(uris[i : i + chunk], resolution), device)
+        module.encode_images(load_pixels(uris[i : i + chunk], resolution, column), device)
         for i in range(0, len(uris), chunk)
     ]
     return LatentCache(

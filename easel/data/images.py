@@ -1,9 +1,20 @@
-"""Input images and masks for img2img and inpainting, and pixel-space compositing.
+"""Reading input images (init images, masks, DreamBooth instance and class images) and
+pixel-space compositing.
+
+Every image easel reads goes through `open_image`, which applies its EXIF orientation (a
+phone photo stored sideways is read upright), and then `as_rgb` or `as_luminance`, which
+give every mode and bit depth Pillow opens its intended 8-bit meaning:
+- 16-bit and 32-bit integer greyscale (`I;16*`, `I`) is scaled from 0..65535 to 0..255, so
+  a mid-grey 16-bit PNG is mid-grey (Pillow's own `convert` would clip it to white);
+- float greyscale (`F`) is read as 0..1 when its values lie within [0, 1], else as 0..255;
+- transparency (RGBA, LA, PA, a palette's transparent index) is flattened: an image onto
+  white, as editors flatten for export; a mask onto black (unpainted pixels keep);
+- palette, 1-bit, CMYK, YCbCr and LAB images are converted by Pillow.
 
 The mask convention, everywhere in easel: the mask's luminance says how much of a pixel is
-repainted. White (255) repaints, black (0) keeps, grey repaints in proportion. Masks are
-read as greyscale; an RGBA mask whose colour channels are flat and whose meaning lies only
-in its alpha channel is refused rather than guessed at.
+repainted. White (255) repaints, black (0) keeps, grey repaints in proportion. A mask whose
+colour channels are flat and whose meaning lies only in its alpha channel is refused
+rather than guessed at.
 """
 
 from __future__ import annotations
@@ -11,7 +22,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from easel.data import limits, storage
 
@@ -30,9 +41,56 @@ def open_image(uri: str, column: str) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
+        return ImageOps.exif_transpose(image)  # stored sideways, read as displayed
     except Exception:  # noqa: BLE001 - PIL raises many kinds for a non-image
         raise ImageInputError(f"`{column}` {uri!r} is not an image easel can read") from None
-    return image
+
+
+def read_rgb(uri: str, column: str) -> Image.Image:
+    """The image at `uri` upright, as 8-bit RGB with its intended colours."""
+    return as_rgb(open_image(uri, column))
+
+
+DEEP_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # full scale 65535
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def has_alpha(image: Image.Image) -> bool:
+    return image.mode in ALPHA_MODES or "transparency" in image.info
+
+
+def _grey_8bit(image: Image.Image) -> Image.Image:
+    """A deep integer or float greyscale image as 8-bit 'L' with its intended meaning."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        scale = 255.0 if values.size and 0.0 <= values.min() and values.max() <= 1.0 else 1.0
+    else:
+        scale = 255.0 / 65535.0
+    return Image.fromarray(np.rint(values * scale).clip(0, 255).astype(np.uint8), "L")
+
+
+def _flattened(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """An image with transparency composited onto `background`, as RGB."""
+    canvas = Image.new("RGBA", image.size, (*background, 255))
+    return Image.alpha_composite(canvas, image.convert("RGBA")).convert("RGB")
+
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB with its intended colours (see the module docstring)."""
+    if image.mode in DEEP_GREY_MODES or image.mode == "F":
+        return _grey_8bit(image).convert("RGB")
+    if has_alpha(image):
+        return _flattened(image, (255, 255, 255))
+    return image.convert("RGB")
+
+
+def as_luminance(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit greyscale 'L' (a mask: transparent pixels keep, so black)."""
+    if image.mode in DEEP_GREY_MODES or image.mode == "F":
+        return _grey_8bit(image)
+    if has_alpha(image):
+        return _flattened(image, (0, 0, 0)).convert("L")
+    return image.convert("RGB").convert("L") if image.mode == "LAB" else image.convert("L")
 
 
 def check_size(size: tuple[int, int], column: str, uri: str, max_pixels: int) -> None:
@@ -51,7 +109,7 @@ def check_size(size: tuple[int, int], column: str, uri: str, max_pixels: int) ->
 
 def check_mask_mode(mask: Image.Image, uri: str) -> None:
     """Refuse a mask that only means something through its alpha channel."""
-    if mask.mode not in ("RGBA", "LA", "PA") and "transparency" not in mask.info:
+    if not has_alpha(mask):
         return
     rgba = np.asarray(mask.convert("RGBA"))
     colour_flat = int(rgba[..., :3].max()) == int(rgba[..., :3].min())
@@ -83,15 +141,16 @@ def probe_edit_inputs(
 
 
 def load_init_image(uri: str, size: tuple[int, int]) -> Image.Image:
-    image = open_image(uri, "init_image").convert("RGB")
+    """The init image as 8-bit RGB, upright, at `size`."""
+    image = as_rgb(open_image(uri, "init_image"))
     return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
 
 
 def load_mask(uri: str, size: tuple[int, int]) -> Image.Image:
-    """The mask as greyscale 'L' (255 repaints), at `size`."""
+    """The mask as greyscale 'L' (255 repaints), upright, at `size`."""
     mask = open_image(uri, "mask_image")
     check_mask_mode(mask, uri)
-    mask = mask.convert("L")
+    mask = as_luminance(mask)
     return mask if mask.size == size else mask.resize(size, Image.Resampling.BILINEAR)
 
 

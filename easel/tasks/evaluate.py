@@ -10,7 +10,7 @@ from prefect import task
 
 from easel.data import storage
 from easel.data.dreambooth import list_images
-from easel.data.images import open_image
+from easel.data.images import read_rgb
 from easel.models.engine.loading import load_model
 from easel.models.shapes import evaluation
 from easel.models.shapes.judge import Judge
@@ -22,7 +22,7 @@ def _load(model_path: str):
 
 
 def _load_subject(instance_data: str, instance_prompt: str, class_prompt: str):
-    images = [open_image(uri, "instance_data").convert("RGB") for uri in list_images(instance_data)]
+    images = [read_rgb(uri, "instance_data") for uri in list_images(instance_data)]
     return evaluation.Subject(images, instance_prompt, class_prompt)
 
 
