@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageDraw
 from sweep_helpers import pixels, read_results, write_manifest
 
