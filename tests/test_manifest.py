@@ -50,6 +50,10 @@ BAD_VALUES = [
     ("strength", 1.5, ["`strength`", "1.5"]),
     ("init_image", "../../etc/passwd", ["`init_image`", "outside"]),
     ("mask_image", "/etc/hosts", ["`mask_image`", "outside"]),
+] + [  # every float column refuses NaN and the infinities
+    (column, value, [f"`{column}`", "finite", repr(value)])
+    for column in ("guidance_scale", "strength", "prior_guidance_scale")
+    for value in (float("nan"), float("inf"), float("-inf"))
 ]
 
 

@@ -144,8 +144,9 @@ def test_a_phone_photo_and_a_mask_drawn_on_it_upright_inpaint_upright(tmp_path):
     mask.save(tmp_path / "mask.png")
     faint = Image.fromarray(grey_array(6554, np.uint16, (128, 64)))  # 10%: a faint 16-bit mask
     faint.save(tmp_path / "faint.png")
+    masks = (("drawn", "mask.png"), ("faint", "faint.png"))
     rows = [{"id": m, "prompt": "a yellow circle", "init_image": "phone.jpg", "mask_image": f,
-             "strength": 1.0, "seed": 3} for m, f in (("drawn", "mask.png"), ("faint", "faint.png"))]
+             "strength": 1.0, "seed": 3} for m, f in masks]  # fmt: skip
     manifest = write_manifest(tmp_path / "m.parquet", rows)
     out = tmp_path / "out"
     sweep_flow(SweepParameters(manifest=manifest, out=str(out), num_inference_steps=3))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 # -- names -------------------------------------------------------------------------------
 TASKS = ("text2img", "img2img", "inpaint", "fusion")
@@ -39,7 +39,10 @@ BATCH_SIZE = 8
 # Kandinsky's diffusion prior: diffusers' defaults (its combined pipelines' arguments)
 PRIOR_GUIDANCE_SCALE, PRIOR_NUM_INFERENCE_STEPS = 4.0, 25
 
-# -- the same rules as pydantic field types ------------------------------------------------
+# -- the same rules for pydantic models ----------------------------------------------------
+# Every flow parameter and config model: unknown keys and non-finite floats (NaN, ±inf, as
+# YAML's .nan and .inf) are refused before any work.
+PARAMETERS = ConfigDict(extra="forbid", allow_inf_nan=False)
 InferenceSteps = Annotated[int, Field(ge=MIN_STEPS, le=MAX_STEPS)]
 GuidanceScale = Annotated[float, Field(ge=0)]
 Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)]

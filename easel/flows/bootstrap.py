@@ -11,9 +11,10 @@ import sys
 from dataclasses import replace
 
 from prefect import flow
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from easel import tracking
+from easel.data import limits
 from easel.data.limits import InferenceSteps
 from easel.flows.config import load_parameters
 from easel.models.engine.references import WEIGHTS_DIR, resolve_model_reference
@@ -27,7 +28,7 @@ _K22 = tiny_shapes_k22.TinyShapesK22Training()
 class BootstrapParameters(BaseModel):
     """Sizes and lengths of the bootstrap; the defaults made the committed weights."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = limits.PARAMETERS
 
     out: str = Field(str(WEIGHTS_DIR), description="folder receiving tiny-shapes/ and judge/")
     work_dir: str = Field(
@@ -87,7 +88,7 @@ class BootstrapParameters(BaseModel):
 class BootstrapK22Parameters(BaseModel):
     """Lengths of the tiny-shapes-k22 recipe; the defaults made the committed weights."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = limits.PARAMETERS
 
     out: str = Field(str(WEIGHTS_DIR), description="folder receiving tiny-shapes-k22/")
     base: str = Field("tiny-shapes", description="the tiny-shapes model it grows from")

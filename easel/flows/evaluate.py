@@ -15,10 +15,10 @@ import os
 from dataclasses import replace
 
 from prefect import flow
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from easel import tracking
-from easel.data import storage
+from easel.data import limits, storage
 from easel.data.dreambooth import list_images
 from easel.data.limits import GuidanceScale, InferenceSteps
 from easel.errors import InvalidInput
@@ -40,7 +40,7 @@ SUBJECT_FIELDS = ("base_model", "instance_data", "instance_prompt", "class_promp
 
 
 class EvalParameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = limits.PARAMETERS
 
     model: str = Field("tiny-shapes", description="model reference (SPEC §4)")
     judge: str | None = Field(None, description="judge folder (default: the committed judge)")

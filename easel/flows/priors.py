@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 
 from prefect import flow
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from easel.data import limits, results, storage
 from easel.data.limits import BatchSize, GuidanceScale, InferenceSteps, SchedulerName, Side
@@ -19,7 +19,7 @@ from easel.tasks.priors import resolve_prior_spec_task, write_prior_manifest_tas
 
 
 class PriorsParameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = limits.PARAMETERS
 
     class_prompt: str = Field(min_length=1)
     num_images: int = Field(ge=1, le=100_000)

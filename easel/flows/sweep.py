@@ -16,7 +16,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from easel import tracking
 from easel.data import limits, manifest, storage
@@ -32,7 +32,7 @@ from easel.tasks.sweep import generate_batches_task, plan_sweep_task, write_resu
 class SweepParameters(BaseModel):
     """Everything a sweep run takes; validated before any work."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = limits.PARAMETERS
 
     manifest: str = Field(description="Parquet file, folder or glob (any fsspec URI)")
     out: str = Field(description="output folder (any fsspec URI)")

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from easel.data import limits
 from easel.data.limits import InferenceSteps, Side
 
 LR_SCHEDULERS = (
@@ -34,7 +35,7 @@ def _words(prompt: str) -> list[str]:
 class DreamBoothConfig(BaseModel):
     """Everything one DreamBooth run needs; unknown keys are an error."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), frozen=True)
+    model_config = ConfigDict(**limits.PARAMETERS, protected_namespaces=(), frozen=True)
 
     # What to learn.
     model: str = "tiny-shapes"
