@@ -72,20 +72,33 @@ def child_run(parent_run_id: str, name: str) -> str:
     return client.create_run(parent.info.experiment_id, run_name=name, tags=tags).info.run_id
 
 
-def resumable_child_run(run_file: str, parent_run_id: str | None, name: str, experiment: str):
+def resumable_child_run(
+    run_file: str, parent_run_id: str | None, name: str, experiment: str,
+    params: dict | None = None,
+) -> str:  # fmt: skip
     """The run whose id `run_file` holds; made once (under `parent_run_id`, or in
-    `experiment` without a parent) and reused by every rerun of the same work."""
+    `experiment` without a parent) with `params`, and reused by every rerun of the same
+    work (MLflow's parameters cannot change: record what a rerun changes with `set_tags`)."""
     if storage.exists(run_file):
         return storage.read_bytes(run_file).decode().strip()
+    client = _client()
     if parent_run_id:
         run_id = child_run(parent_run_id, name)
     else:
-        client = _client()
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(experiment)
         run_id = client.create_run(experiment_id, run_name=name).info.run_id
+    for key, value in (params or {}).items():
+        client.log_param(run_id, key, _param(value))
     storage.write_text_atomic(run_file, run_id)
     return run_id
+
+
+def set_tags(run_id: str, tags: dict[str, str]) -> None:
+    """Tags of the run `run_id` (a tag, unlike a parameter, may change)."""
+    client = _client()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
 
 
 def finish_run(run_id: str, params: dict | None = None) -> None:

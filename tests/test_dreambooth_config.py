@@ -107,7 +107,7 @@ def test_preset_is_valid_and_ready_made_for_tiny_shapes(tmp_path):
 
     config = tiny_shapes_config(str(tmp_path / "db"), max_steps=3)
     assert config.identifier == "sks" and config.resolution == 64 and config.max_steps == 3
-    assert len(check_inputs(config)) == 5
+    assert len(check_inputs(config, model_digest="d").instance_images) == 5
 
 
 def test_set_reads_yaml_values_and_null_resets(tmp_path, valid):

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
 from easel.data.images import ImageInputError, open_image, read_rgb
-from easel.data.storage import filesystem
+from easel.data.storage import filesystem, read_bytes
 from easel.errors import InvalidInput
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -61,6 +61,15 @@ def check_instance_data(folder: str) -> list[str]:
                 "can read)"
             ) from None
     return images
+
+
+def images_digest(uris: list[str]) -> str:
+    """sha256 over the images' file names and bytes, in order: what a training used."""
+    digest = hashlib.sha256()
+    for uri in uris:
+        digest.update(uri.rstrip("/").rsplit("/", 1)[-1].encode() + b"\0")
+        digest.update(read_bytes(uri))
+    return digest.hexdigest()
 
 
 def load_pixels(uris: list[str], resolution: int, column: str = "instance_data") -> torch.Tensor:

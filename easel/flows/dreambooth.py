@@ -24,6 +24,7 @@ from easel.tasks.dreambooth import (
     class_images_task,
     export_task,
     register_task,
+    resolve_model,
     resolve_model_task,
     train_task,
     validation_rows,
@@ -43,8 +44,8 @@ class DreamBoothResult:
 @flow(name="dreambooth", log_prints=True)
 def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
     """Fine-tune `config.model` on the instance images, bound to the identifier."""
-    instance_images = check_inputs_task(config)
-    model_dir = resolve_model_task(config.model)
+    model = resolve_model_task(config.model)
+    inputs = check_inputs_task(config, model.digest)
     with tracking.start_run(EXPERIMENT, "dreambooth", config.model_dump()) as run_id:
         class_images: list[str] = []
         if config.prior_preservation and config.class_data:
@@ -62,8 +63,8 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
                 )
             )
             class_images = priors.image_uris
-        checkpoint = train_task(config, model_dir, instance_images, class_images, run_id)
-        pipeline = export_task(config, checkpoint, model_dir)
+        checkpoint = train_task(config, model.path, inputs, class_images, run_id)
+        pipeline = export_task(config, checkpoint, model.path)
         sheet = None
         if config.validation_prompts:
             manifest = write_manifest_task(
@@ -165,7 +166,7 @@ def load_config(config: str, overrides: list[str] = ()) -> DreamBoothConfig:
         parsed = DreamBoothConfig.model_validate(values)
     except ValidationError as error:
         raise InvalidInput(validation_message(error, f"{config}: ")) from None
-    check_inputs(parsed)
+    check_inputs(parsed, resolve_model(parsed.model).digest)
     return parsed
 
 

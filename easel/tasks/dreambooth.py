@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
 from prefect import task
 
 from easel import tracking
 from easel.data import manifest, storage
-from easel.data.dreambooth import check_instance_data, list_images
+from easel.data.dreambooth import check_instance_data, images_digest, list_images
 from easel.errors import InvalidInput, ModelReferenceError
+from easel.models.dreambooth import resume
 from easel.models.dreambooth.config import DreamBoothConfig
+from easel.models.dreambooth.training import last_complete_checkpoint
 from easel.models.engine import serving, stable_diffusion
 from easel.models.engine.loading import resolve_family
-from easel.models.engine.references import resolve_model_reference
+from easel.models.engine.references import ResolvedModel, resolve_model_reference
 
 EXPERIMENT = "easel-dreambooth"
 
@@ -34,8 +37,28 @@ def pipeline_dir(config: DreamBoothConfig) -> str:
     return os.path.join(config.output, "pipeline")
 
 
-def check_inputs(config: DreamBoothConfig) -> list[str]:
-    """Everything about the config that needs I/O; returns the instance image URIs."""
+@dataclass(frozen=True)
+class TrainingInputs:
+    instance_images: list[str]
+    snapshot: dict  # what every checkpoint records (resume.snapshot)
+    changes: list  # list[resume.Change]: what a resume honours of an edited config
+
+
+def resolve_model(model: str) -> ResolvedModel:
+    """A model reference resolved; `ModelReferenceError` unless Stable Diffusion."""
+    resolved = resolve_model_reference(model)
+    family = resolve_family(resolved)
+    if family is not stable_diffusion.FAMILY:
+        raise ModelReferenceError(
+            f"`model` {model!r} is a {family.name} model; DreamBooth fine-tuning "
+            "runs on Stable Diffusion 1.x/2.x models"
+        )
+    return resolved
+
+
+def check_inputs(config: DreamBoothConfig, model_digest: str) -> TrainingInputs:
+    """Everything about the config that needs I/O, before any work: the output folder, the
+    instance and class images, and what a resume from the last checkpoint may honour."""
     if not storage.is_local(config.output) or "://" in config.output:
         raise InvalidInput(
             f"config field `output` must be a local folder (checkpoints are renamed "
@@ -48,26 +71,21 @@ def check_inputs(config: DreamBoothConfig) -> list[str]:
                 f"config field `class_data` must be a folder of images but "
                 f"{config.class_data!r} holds none"
             )
-    return images
+    snapshot = resume.snapshot(config, model_digest, images_digest(images))
+    checkpoint = last_complete_checkpoint(checkpoint_dir(config))
+    return TrainingInputs(images, snapshot, resume.check_resume(snapshot, checkpoint))
 
 
 @task
-def check_inputs_task(config: DreamBoothConfig) -> list[str]:
-    """Validate the instance images (and class images when given)."""
-    return check_inputs(config)
+def check_inputs_task(config: DreamBoothConfig, model_digest: str) -> TrainingInputs:
+    """Validate the instance images (and class images when given) and a resume."""
+    return check_inputs(config, model_digest)
 
 
 @task
-def resolve_model_task(model: str) -> str:
-    """The local diffusers directory of a model reference, refused unless Stable Diffusion."""
-    resolved = resolve_model_reference(model)
-    family = resolve_family(resolved)
-    if family is not stable_diffusion.FAMILY:
-        raise ModelReferenceError(
-            f"`model` {model!r} is a {family.name} model; DreamBooth fine-tuning "
-            "runs on Stable Diffusion 1.x/2.x models"
-        )
-    return resolved.path
+def resolve_model_task(model: str) -> ResolvedModel:
+    """A model reference resolved to a local folder, refused unless Stable Diffusion."""
+    return resolve_model(model)
 
 
 @task
@@ -103,24 +121,31 @@ def class_images_task(config: DreamBoothConfig) -> list[str]:
 def train_task(
     config: DreamBoothConfig,
     model_dir: str,
-    instance_images: list[str],
+    inputs: TrainingInputs,
     class_images: list[str],
     parent_run_id: str | None,
 ) -> str:
     """Train or resume to `max_steps`, logging to the training run (a child of the flow's
-    run, the same one for every rerun); return the final checkpoint path."""
+    run, the same one for every rerun, its parameters the first run's config and a tag per
+    change a resume honoured); return the final checkpoint path."""
     from easel.models.dreambooth.training import train
 
     run_file = os.path.join(checkpoint_dir(config), "training_run_id")
-    run_id = tracking.resumable_child_run(run_file, parent_run_id, "training", EXPERIMENT)
+    run_id = tracking.resumable_child_run(
+        run_file, parent_run_id, "training", EXPERIMENT, params=inputs.snapshot
+    )
+    for change in inputs.changes:
+        print(f"resuming with a changed config: {change}")
+        tracking.set_tags(run_id, {f"easel.resumed.{change.key}": str(change)})
     return train(
         config,
         model_dir,
-        instance_images,
+        inputs.instance_images,
         class_images or None,
         checkpoint_dir(config),
         logger=tracking.lightning_logger(run_id),
         before_checkpoint=tracking.flush_metrics,
+        snapshot=inputs.snapshot,
         enable_progress_bar=sys.stderr.isatty(),
     )
 

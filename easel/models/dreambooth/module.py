@@ -59,7 +59,9 @@ class DreamBoothModule(pl.LightningModule):
         gradient_checkpointing: bool = False,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        # in checkpoints, not in MLflow: the training run's parameters are the config's,
+        # logged once by the task (a resume may honour a changed `max_steps`)
+        self.save_hyperparameters(logger=False)
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 

@@ -20,6 +20,7 @@ from easel.data.dreambooth import DreamBoothDataModule
 from easel.models.checkpoint_io import AtomicCheckpointIO
 from easel.models.dreambooth.config import DreamBoothConfig
 from easel.models.dreambooth.module import MAX_GRAD_NORM, DreamBoothModule
+from easel.models.dreambooth.resume import SNAPSHOT_KEY
 
 _CHECKPOINT_NAME = re.compile(r"^step=(\d+)\.ckpt$")
 
@@ -33,12 +34,14 @@ class StepCheckpoint(pl.callbacks.ModelCheckpoint):
 
     With gradient accumulation the micro-batches after a resume still see the resumed
     `global_step`; ModelCheckpoint remembers the step it last saved only in memory, so we
-    tell it here that the resumed step is already on disk. `before_save` runs on rank 0
-    before a checkpoint is written: metrics logged in the background must reach the tracking
-    server before the checkpoint that covers them exists.
+    tell it here that the resumed step is already on disk. Each checkpoint carries the
+    training `snapshot` it was made with (`resume.SNAPSHOT_KEY`). `before_save` runs on rank
+    0 before a checkpoint is written: metrics logged in the background must reach the
+    tracking server before the checkpoint that covers them exists.
     """
 
     def __init__(self, dirpath: str, every_n_steps: int, keep_last_n: int,
+                 snapshot: dict | None = None,
                  before_save: Callable[[], None] | None = None):  # fmt: skip
         super().__init__(
             dirpath=dirpath,
@@ -49,7 +52,7 @@ class StepCheckpoint(pl.callbacks.ModelCheckpoint):
             mode="max",
             save_top_k=keep_last_n,
         )
-        self.before_save = before_save
+        self.snapshot, self.before_save = snapshot, before_save
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -58,6 +61,8 @@ class StepCheckpoint(pl.callbacks.ModelCheckpoint):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         if trainer.is_global_zero and self.before_save is not None:
             self.before_save()
+        if self.snapshot is not None:
+            checkpoint[SNAPSHOT_KEY] = self.snapshot
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
 
 
@@ -127,10 +132,12 @@ def train(
     logger: Any = False,
     callbacks: Sequence[pl.Callback] = (),
     before_checkpoint: Callable[[], None] | None = None,
+    snapshot: dict | None = None,
     **trainer_overrides: Any,
 ) -> str:
     """Train (or resume) to `config.max_steps`; return the path of the final checkpoint.
-    `before_checkpoint` runs before each checkpoint is written (e.g. flushing metrics)."""
+    `before_checkpoint` runs before each checkpoint is written (e.g. flushing metrics);
+    `snapshot` (`resume.snapshot`) goes into every checkpoint."""
     final = os.path.join(checkpoint_dir, checkpoint_name(config.max_steps))
     if os.path.exists(final):
         return final
@@ -139,7 +146,7 @@ def train(
     datamodule = build_datamodule(config, instance_images, class_images)
     every_n_steps = StepCheckpoint(
         checkpoint_dir, config.checkpoint_every_n_steps, config.keep_last_n_checkpoints,
-        before_checkpoint,
+        snapshot, before_checkpoint,
     )  # fmt: skip
     trainer = pl.Trainer(
         accelerator=config.accelerator,

@@ -1,0 +1,107 @@
+"""Rerunning DreamBooth after its config was edited: which changes a resume honours exactly.
+
+Every checkpoint carries the training snapshot it was made with (`easel_snapshot`: the
+config, the base model's digest and the instance images' digest). A rerun compares its own
+snapshot with the last checkpoint's:
+- changes that do not touch the trained weights are applied (`HONOURED`: checkpoint cadence
+  and retention, validation, registration, the class-prior cache folder, gradient
+  checkpointing); so is `max_steps` when the learning-rate schedule does not depend on it,
+  and a `model` or `instance_data` reference that names the same content;
+- any other change cannot be honoured exactly (the weights would be neither the old run's
+  nor what the new config gives from scratch) and is refused before any work, as is a
+  `max_steps` below the last checkpoint's step.
+Checkpoints made before snapshots existed are compared on their module hyperparameters.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from easel.errors import InvalidInput
+from easel.models.dreambooth.config import DreamBoothConfig
+
+SNAPSHOT_KEY = "easel_snapshot"  # in every checkpoint
+HONOURED = frozenset({
+    "checkpoint_every_n_steps", "keep_last_n_checkpoints", "validation_prompts",
+    "validation_images_per_prompt", "validation_inference_steps", "register_as",
+    "class_priors_dir", "gradient_checkpointing",
+})  # fmt: skip
+CONTENT = {"model": "model_digest", "instance_data": "instance_data_digest"}  # same content: fine
+SCHEDULES_WITHOUT_LENGTH = ("constant", "constant_with_warmup")  # max_steps may move
+NOT_COMPARED = ("output",)  # where the checkpoints are: the same by definition
+
+
+@dataclass(frozen=True)
+class Change:
+    key: str
+    old: object
+    new: object
+    same_content: bool = True  # `model`, `instance_data`: False when the content differs
+
+    def __str__(self) -> str:
+        if self.old == self.new:
+            return f"`{self.key}` {self.new!r} (its content changed)"
+        content = "" if self.same_content else " (other content)"
+        return f"`{self.key}` {self.old!r} -> {self.new!r}{content}"
+
+
+def snapshot(config: DreamBoothConfig, model_digest: str, instance_data_digest: str) -> dict:
+    """What a checkpoint records of the run that made it (plain types: loadable with
+    `weights_only`)."""
+    return {**config.model_dump(mode="json"), "model_digest": model_digest,
+            "instance_data_digest": instance_data_digest}  # fmt: skip
+
+
+def checkpoint_snapshot(path: str) -> tuple[int, dict]:
+    """(global step, snapshot) of a checkpoint; its hyperparameters where it has none."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    recorded = checkpoint.get(SNAPSHOT_KEY) or dict(checkpoint.get("hyper_parameters", {}))
+    return int(checkpoint["global_step"]), recorded
+
+
+def check_resume(new: dict, checkpoint: str | None) -> list[Change]:
+    """The changes from `checkpoint`'s snapshot to `new` that a resume honours; raises
+    `InvalidInput` naming every change it cannot (nothing to compare: no changes)."""
+    if checkpoint is None:
+        return []
+    step, old = checkpoint_snapshot(checkpoint)
+    folder = os.path.dirname(checkpoint)
+    fresh = f"start fresh by deleting {folder} or setting another `output`"
+    if new["max_steps"] < step:
+        raise InvalidInput(
+            f"`max_steps` {new['max_steps']} is below the step of the last checkpoint, {step} "
+            f"({checkpoint}): raise `max_steps` to at least {step}, or {fresh}"
+        )
+    changes = [change for key in sorted(old) if (change := _change(key, old, new))]
+    refused = [c for c in changes if not _honoured(c, new)]
+    if refused:
+        raise InvalidInput(
+            f"the checkpoint at step {step} ({checkpoint}) was made with another config, and "
+            f"a resume cannot honour these changes exactly: {'; '.join(map(str, refused))}. "
+            f"Undo them, or {fresh}"
+        )
+    return changes
+
+
+def _change(key: str, old: dict, new: dict) -> Change | None:
+    if key not in new or key in NOT_COMPARED or key in CONTENT.values():
+        return None
+    same_content = True
+    if key in CONTENT and CONTENT[key] in old:  # compared by content, not by name
+        same_content = old[CONTENT[key]] == new[CONTENT[key]]
+    if old[key] == new[key] and same_content:
+        return None
+    return Change(key, old[key], new[key], same_content)
+
+
+def _honoured(change: Change, new: dict) -> bool:
+    if change.key in HONOURED:
+        return True
+    if change.key in CONTENT:  # another reference to the same content
+        return change.same_content
+    if change.key == "max_steps":
+        return new.get("lr_scheduler", "constant") in SCHEDULES_WITHOUT_LENGTH
+    return False
