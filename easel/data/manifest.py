@@ -147,17 +147,65 @@ def _read_files(uri: str, root: str, files: tuple[str, ...], versions: tuple[str
             raise InvalidInput(
                 f"manifest file {file_uri!r} is not a readable Parquet file: {error}"
             ) from None
-    try:
-        table = pa.concat_tables(tables, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-        raise InvalidInput(
-            f"manifest {uri!r}: its files have incompatible schemas: {error}"
-        ) from None
+    table = _concatenated(tables, files, uri)
     if "prompt" not in table.column_names:
         raise InvalidInput(
             f"manifest {uri!r} has no `prompt` column (columns: {', '.join(table.column_names)})"
         )
     return Manifest(table=table, uri=uri, root=root, files=list(files))
+
+
+def _logical(type_: pa.DataType) -> pa.DataType:
+    """The type a column's values have, whatever its physical encoding: dictionaries
+    decoded, large and view strings (and binaries) as plain ones."""
+    if pa.types.is_dictionary(type_):
+        type_ = type_.value_type
+    if pa.types.is_large_string(type_) or pa.types.is_string_view(type_):
+        return pa.string()
+    if pa.types.is_large_binary(type_) or pa.types.is_binary_view(type_):
+        return pa.binary()
+    return type_
+
+
+def _common_type(types: list[pa.DataType]) -> pa.DataType | None:
+    """The type all of `types` (no nulls among them) read as; None if they conflict."""
+    distinct = list(dict.fromkeys(types))
+    if len(distinct) == 1:
+        return distinct[0]
+    if all(pa.types.is_integer(t) for t in distinct):
+        return pa.int64()
+    if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in distinct):
+        return pa.float64()
+    return None
+
+
+def _concatenated(tables: list[pa.Table], files: tuple[str, ...], uri: str) -> pa.Table:
+    """The files' tables as one, each column of one type: physical variants (string,
+    large_string, dictionary; int32 and int64; a column all null in one file) agree;
+    a true conflict (strings in one file, numbers in another) is `InvalidInput` naming the
+    column and the files. Pandas' schema metadata, which describes one file, is dropped."""
+    columns = list(dict.fromkeys(name for table in tables for name in table.column_names))
+    schema = []
+    for name in columns:
+        found = [(file, _logical(table.schema.field(name).type))
+                 for file, table in zip(files, tables, strict=True)
+                 if name in table.column_names]  # fmt: skip
+        typed = [(file, t) for file, t in found if not pa.types.is_null(t)]
+        common = _common_type([t for _, t in typed]) if typed else pa.null()
+        if common is None:
+            shown = "; ".join(f"{t} in {file!r}" for file, t in typed[:4])
+            raise InvalidInput(f"manifest {uri!r}: column `{name}` has conflicting types: {shown}")
+        schema.append(pa.field(name, common))
+    schema = pa.schema(schema)
+    unified = []
+    for table in tables:
+        arrays = [
+            table.column(f.name).cast(f.type) if f.name in table.column_names
+            else pa.nulls(table.num_rows, f.type)
+            for f in schema
+        ]  # fmt: skip
+        unified.append(pa.Table.from_arrays(arrays, schema=schema))
+    return pa.concat_tables(unified)
 
 
 def write_manifest(uri: str, rows: list[dict[str, Any]]) -> str:
