@@ -34,21 +34,23 @@ class BootstrapParameters(BaseModel):
     work_dir: str = Field(
         "easel-out/bootstrap", description="checkpoints; a rerun resumes from them"
     )
-    seed: int = _MODEL.seed
+    seed: int = Field(_MODEL.seed, ge=0, description="seeds data, initialisation and order")
     threads: int | None = Field(1, ge=1, description="torch CPU threads; None: torch's default")
-    vae_steps: int = Field(_MODEL.vae.steps, ge=1)
-    vae_images: int = Field(_MODEL.vae_images, ge=1)
-    decoder_steps: int = Field(_MODEL.decoder.steps, ge=1)
-    diffusion_steps: int = Field(_MODEL.diffusion.steps, ge=1)
-    diffusion_images: int = Field(_MODEL.diffusion_images, ge=1)
-    diffusion_batch_size: int = Field(_MODEL.diffusion.batch_size, ge=1)
-    diffusion_ema_decay: float = Field(_MODEL.diffusion_ema_decay, ge=0, lt=1)
-    judge_steps: int = Field(_JUDGE.steps, ge=1)
-    judge_images: int = Field(_JUDGE.images, ge=1)
-    judge_batch_size: int = Field(_JUDGE.batch_size, ge=1)
+    vae_steps: int = Field(_MODEL.vae.steps, ge=1, description="VAE training steps")
+    vae_images: int = Field(_MODEL.vae_images, ge=1, description="VAE training images")
+    decoder_steps: int = Field(_MODEL.decoder.steps, ge=1, description="VAE decoder steps")
+    diffusion_steps: int = Field(_MODEL.diffusion.steps, ge=1, description="UNet steps")
+    diffusion_images: int = Field(_MODEL.diffusion_images, ge=1, description="UNet images")
+    diffusion_batch_size: int = Field(_MODEL.diffusion.batch_size, ge=1, description="UNet batch")
+    diffusion_ema_decay: float = Field(
+        _MODEL.diffusion_ema_decay, ge=0, lt=1, description="EMA of the UNet weights (0: off)"
+    )
+    judge_steps: int = Field(_JUDGE.steps, ge=1, description="judge training steps")
+    judge_images: int = Field(_JUDGE.images, ge=1, description="judge training images")
+    judge_batch_size: int = Field(_JUDGE.batch_size, ge=1, description="judge batch")
     sample_steps: InferenceSteps = Field(20, description="denoising steps of the sample grid")
-    experiment: str = "easel-bootstrap"
-    show_progress: bool = False
+    experiment: str = Field("easel-bootstrap", description="the MLflow experiment")
+    show_progress: bool = Field(False, description="progress bars on the terminal")
 
     def model_training(self) -> training.TinyShapesTraining:
         return replace(
@@ -93,15 +95,15 @@ class BootstrapK22Parameters(BaseModel):
     out: str = Field(str(WEIGHTS_DIR), description="folder receiving tiny-shapes-k22/")
     base: str = Field("tiny-shapes", description="the tiny-shapes model it grows from")
     work_dir: str = Field("easel-out/bootstrap-k22", description="checkpoints; a rerun resumes")
-    seed: int = _K22.seed
+    seed: int = Field(_K22.seed, ge=0, description="seeds data, initialisation and order")
     threads: int | None = Field(1, ge=1, description="torch CPU threads; None: torch's default")
-    images: int = Field(_K22.images, ge=1)
-    image_encoder_steps: int = Field(_K22.image_encoder.steps, ge=1)
-    prior_steps: int = Field(_K22.prior.steps, ge=1)
-    decoder_steps: int = Field(_K22.decoder.steps, ge=1)
+    images: int = Field(_K22.images, ge=1, description="training images of every stage")
+    image_encoder_steps: int = Field(_K22.image_encoder.steps, ge=1, description="its steps")
+    prior_steps: int = Field(_K22.prior.steps, ge=1, description="prior training steps")
+    decoder_steps: int = Field(_K22.decoder.steps, ge=1, description="decoder training steps")
     sample_steps: InferenceSteps = Field(20, description="denoising steps of the sample grid")
-    experiment: str = "easel-bootstrap"
-    show_progress: bool = False
+    experiment: str = Field("easel-bootstrap", description="the MLflow experiment")
+    show_progress: bool = Field(False, description="progress bars on the terminal")
 
     def training(self) -> tiny_shapes_k22.TinyShapesK22Training:
         def schedule(base: recipe.TrainingSchedule, steps: int) -> recipe.TrainingSchedule:

@@ -55,11 +55,15 @@ class EvalParameters(BaseModel):
     subject_images: int = Field(
         evaluation.EvalSettings.subject_images, ge=2, le=4096, description="per prompt and model"
     )
-    guidance_scale: GuidanceScale = evaluation.EvalSettings.guidance_scale
-    num_inference_steps: InferenceSteps = evaluation.EvalSettings.num_inference_steps
-    seed: int = 0
+    guidance_scale: GuidanceScale = Field(
+        evaluation.EvalSettings.guidance_scale, description="guidance of every image"
+    )
+    num_inference_steps: InferenceSteps = Field(
+        evaluation.EvalSettings.num_inference_steps, description="denoising steps of every image"
+    )
+    seed: int = Field(0, ge=0, description="offsets every suite's seeds")
     quick: bool = Field(False, description="small samples: a smoke check, not a measurement")
-    experiment: str = "easel-eval"
+    experiment: str = Field("easel-eval", description="the MLflow experiment")
 
     @field_validator("suites")
     @classmethod

@@ -21,22 +21,24 @@ from easel.tasks.priors import resolve_prior_spec_task, write_prior_manifest_tas
 class PriorsParameters(BaseModel):
     model_config = limits.PARAMETERS
 
-    class_prompt: str = Field(min_length=1)
-    num_images: int = Field(ge=1, le=100_000)
+    class_prompt: str = Field(min_length=1, description="the class: 'a photo of a dog'")
+    num_images: int = Field(ge=1, le=100_000, description="images in the set")
     out: str = Field(description="cache root; the set goes to OUT/<key>/")
-    model: str = "tiny-shapes"
-    negative_prompt: str | None = None
-    scheduler: SchedulerName | None = None
-    num_inference_steps: InferenceSteps = limits.NUM_INFERENCE_STEPS
+    model: str = Field("tiny-shapes", description="model reference")
+    negative_prompt: str | None = Field(None, description="negative prompt of every image")
+    scheduler: SchedulerName | None = Field(None, description="default: the model's own")
+    num_inference_steps: InferenceSteps = Field(
+        limits.NUM_INFERENCE_STEPS, description="denoising steps"
+    )
     # 1: no guidance, so the images are samples of the model's own class distribution, the
     # one DreamBooth's prior loss should preserve (see DreamBoothConfig.class_guidance_scale)
-    guidance_scale: GuidanceScale = 1.0
-    width: Side | None = None
-    height: Side | None = None
-    seed: int = Field(0, ge=0)
-    batch_size: BatchSize = limits.BATCH_SIZE
-    experiment: str = "easel-priors"
-    show_progress: bool = False
+    guidance_scale: GuidanceScale = Field(1.0, description="1: unguided samples of the class")
+    width: Side | None = Field(None, description="default: the model's native size")
+    height: Side | None = Field(None, description="default: the model's native size")
+    seed: int = Field(0, ge=0, description="image i uses seed + i")
+    batch_size: BatchSize = Field(limits.BATCH_SIZE, description="images per pipeline call")
+    experiment: str = Field("easel-priors", description="the MLflow experiment")
+    show_progress: bool = Field(False, description="a progress bar on the terminal")
 
     def spec(self) -> PriorSpec:
         """The set asked for, the model's defaults still open."""

@@ -38,28 +38,39 @@ class SweepParameters(BaseModel):
     out: str = Field(description="output folder (any fsspec URI)")
     model: str = Field("tiny-shapes", description="default for rows without a `model`")
     batch_size: BatchSize = Field(limits.BATCH_SIZE, description="images per pipeline call")
-    guidance_scale: GuidanceScale = limits.GUIDANCE_SCALE
-    num_inference_steps: InferenceSteps = limits.NUM_INFERENCE_STEPS
+    guidance_scale: GuidanceScale = Field(
+        limits.GUIDANCE_SCALE, description="default for rows without a `guidance_scale`"
+    )
+    num_inference_steps: InferenceSteps = Field(
+        limits.NUM_INFERENCE_STEPS, description="default for rows without `num_inference_steps`"
+    )
     scheduler: SchedulerName | None = Field(
         None, description="default for rows without a `scheduler` (None: the model's own)"
     )
     prior_guidance_scale: GuidanceScale = Field(
-        limits.PRIOR_GUIDANCE_SCALE, description="Kandinsky's prior"
+        limits.PRIOR_GUIDANCE_SCALE, description="Kandinsky's prior: default guidance"
     )
     prior_num_inference_steps: InferenceSteps = Field(
-        limits.PRIOR_NUM_INFERENCE_STEPS, description="Kandinsky's prior"
+        limits.PRIOR_NUM_INFERENCE_STEPS, description="Kandinsky's prior: default steps"
     )
     max_pixels: int = Field(
         limits.DEFAULT_MAX_PIXELS, ge=limits.MIN_MAX_PIXELS,
         description="pixel budget for width x height",
     )  # fmt: skip
-    input_roots: list[str] = Field(default_factory=list, description="extra roots for images")
-    device: str | None = None
-    dtype: Literal["float32", "float16", "bfloat16"] | None = None
-    trust_pickle: bool = False
-    experiment: str = "easel-sweep"
-    show_progress: bool = False
-    images_per_task: int = Field(256, ge=1, description="images per Prefect task (a retry unit)")
+    input_roots: list[str] = Field(
+        default_factory=list, description="folders init and mask images may come from, "
+        "besides the manifest's",
+    )  # fmt: skip
+    device: str | None = Field(None, description="torch device (default: cuda if present)")
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        None, description="weights' dtype (default: float16 on cuda, else float32)"
+    )
+    trust_pickle: bool = Field(False, description="allow pickle (.bin/.ckpt) weights")
+    experiment: str = Field("easel-sweep", description="the MLflow experiment")
+    show_progress: bool = Field(False, description="a progress bar on the terminal")
+    images_per_task: int = Field(
+        256, ge=1, le=100_000, description="images per Prefect task (a retry unit)"
+    )
 
     def inputs(self) -> SweepInputs:
         defaults = SweepDefaults(

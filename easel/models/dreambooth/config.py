@@ -10,7 +10,7 @@ validated. Either way it must be a word of `instance_prompt` and must not be a w
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -38,56 +38,94 @@ class DreamBoothConfig(BaseModel):
     model_config = ConfigDict(**limits.PARAMETERS, protected_namespaces=(), frozen=True)
 
     # What to learn.
-    model: str = "tiny-shapes"
-    instance_data: str
-    class_prompt: str
-    identifier: str | None = None
-    instance_prompt: str  # after class_prompt and identifier: its check reads them
-    prior_preservation: bool = True
-    prior_loss_weight: float = Field(1.0, ge=0)
-    num_class_images: int = Field(100, ge=1, le=10_000)
+    model: str = Field("tiny-shapes", description="the Stable Diffusion model to fine-tune "
+                       "(a model reference: embedded name, folder, fsspec URI, models:/...)")
+    instance_data: str = Field(description="folder (or fsspec URI) of 3-20 images of the subject")
+    class_prompt: str = Field(description="the subject's class without the identifier: 'a dog'")
+    identifier: str | None = Field(
+        None, description="the rare token naming the subject; default: the first word of "
+        "`instance_prompt` not in `class_prompt`",
+    )  # fmt: skip
+    instance_prompt: str = Field(  # after class_prompt and identifier: its check reads them
+        description="the subject's prompt with the identifier: 'a photo of sks dog'"
+    )
+    prior_preservation: bool = Field(
+        True, description="also train on class images, so the class keeps its own look"
+    )
+    prior_loss_weight: float = Field(1.0, ge=0, description="weight of the class images' loss")
+    num_class_images: int = Field(
+        100, ge=1, le=10_000, description="class images generated (about batch_size x "
+        "max_steps / 2 works well)",
+    )  # fmt: skip
     # Class images are sampled without guidance by default: then they are samples of the
     # model's own "class_prompt" distribution, which the prior loss keeps where it is. Guided
     # samples (e.g. 7.5) are a sharper distribution; training on them moves the class prompt
     # towards it and guidance at inference sharpens it again (bench/README.md measures this).
-    class_guidance_scale: float = Field(1.0, ge=0)
-    class_data: str | None = None  # a folder of class images to use instead of generating them
-    class_priors_dir: str | None = None  # the class-prior cache root; default <output>/class_priors
+    class_guidance_scale: float = Field(
+        1.0, ge=0, description="guidance of the generated class images (1: unguided samples)"
+    )
+    class_data: str | None = Field(
+        None, description="a folder of class images to use instead of generating them"
+    )
+    class_priors_dir: str | None = Field(
+        None, description="the class-prior cache root; default <output>/class_priors"
+    )
 
     # How to learn it.
-    method: Literal["full", "lora"] = "full"
-    lora_rank: int = Field(4, ge=1)
-    train_text_encoder: bool = False
-    resolution: Side = 512
-    batch_size: int = Field(1, ge=1)
-    gradient_accumulation: int = Field(1, ge=1)
-    learning_rate: float = Field(5e-6, gt=0)
-    lr_scheduler: Literal[LR_SCHEDULERS] = "constant"
-    lr_warmup_steps: int = Field(0, ge=0)
-    max_steps: int = Field(400, ge=1)
-    precision: Literal[PRECISIONS] = "32-true"
-    seed: int = Field(0, ge=0)
-    snr_gamma: float | None = Field(None, gt=0)  # min-SNR loss weighting; None disables it
-    offset_noise: float = Field(0.0, ge=0)
-    compile_unet: bool = False  # torch.compile the UNet: faster GPU steps after a one-off compile
-    # Recompute activations in the backward pass instead of keeping them: less memory, a
-    # slower step (bench/README.md measures both)
-    gradient_checkpointing: bool = False
+    method: Literal["full", "lora"] = Field(
+        "full", description="full: train the UNet's weights; lora: low-rank adapters only"
+    )
+    lora_rank: int = Field(4, ge=1, description="rank of the LoRA adapters (method lora)")
+    train_text_encoder: bool = Field(False, description="train the text encoder too")
+    resolution: Side = Field(512, description="training image side in pixels (resize + crop)")
+    batch_size: int = Field(1, ge=1, description="instance images per step (as many class)")
+    gradient_accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    learning_rate: float = Field(5e-6, gt=0, description="AdamW's learning rate")
+    lr_scheduler: Literal[LR_SCHEDULERS] = Field(
+        "constant", description="learning-rate schedule (diffusers' get_scheduler names)"
+    )
+    lr_warmup_steps: int = Field(0, ge=0, description="steps of linear warm-up")
+    max_steps: int = Field(400, ge=1, description="optimizer steps in all")
+    precision: Literal[PRECISIONS] = Field(
+        "32-true", description="Lightning precision; 16-mixed or bf16-mixed on a GPU"
+    )
+    seed: int = Field(0, ge=0, description="seeds the data order, noise and class images")
+    snr_gamma: float | None = Field(
+        None, gt=0, description="min-SNR loss weighting's gamma (5 is usual); unset: off"
+    )
+    offset_noise: float = Field(
+        0.0, ge=0, description="offset-noise strength (0.05-0.1 helps very dark or light images)"
+    )
+    compile_unet: bool = Field(
+        False, description="torch.compile the UNet: faster GPU steps after a one-off compile"
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, slower "
+        "steps, the same weights",
+    )  # fmt: skip
 
     # Where it runs (Lightning's own names and values).
-    accelerator: str = "auto"
-    devices: int | str = 1
-    num_nodes: int = Field(1, ge=1)
-    strategy: str = "auto"
+    accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu, ...")
+    devices: Annotated[int, Field(ge=-1)] | str = Field(
+        1, description="Lightning devices per node: a count (-1: all), a list such as '0,1', auto"
+    )
+    num_nodes: int = Field(1, ge=1, description="Lightning nodes")
+    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, fsdp, ...")
 
     # Checkpoints, validation, output.
-    checkpoint_every_n_steps: int = Field(100, ge=1)
-    keep_last_n_checkpoints: int = Field(2, ge=1)
-    validation_prompts: list[str] = Field(default_factory=list)
-    validation_images_per_prompt: int = Field(2, ge=1, le=16)
-    validation_inference_steps: InferenceSteps = 25
-    output: str
-    register_as: str | None = None  # "NAME" or "NAME@ALIAS"
+    checkpoint_every_n_steps: int = Field(100, ge=1, description="steps between checkpoints")
+    keep_last_n_checkpoints: int = Field(2, ge=1, description="checkpoints kept")
+    validation_prompts: list[str] = Field(
+        default_factory=list, description="prompts sampled on the trained and the base model"
+    )
+    validation_images_per_prompt: int = Field(2, ge=1, le=16, description="seeds per prompt")
+    validation_inference_steps: InferenceSteps = Field(
+        25, description="denoising steps of the validation images"
+    )
+    output: str = Field(description="local folder for checkpoints, the pipeline, validation")
+    register_as: str | None = Field(
+        None, description="register the pipeline in MLflow as NAME or NAME@ALIAS"
+    )
 
     @model_validator(mode="before")
     @classmethod
