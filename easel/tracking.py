@@ -5,6 +5,8 @@
 - Runs: `start_run` (a flow's run, nested under an active one), `child_run` (a step's run
   under a parent, e.g. one training stage), `resumable_child_run` (the same child run for
   every rerun of one piece of work, its id kept in a file beside the work), `finish_run`.
+  Every run carries the tags the caller passes for lineage (the Prefect flow run's id and
+  URL: `LINEAGE_TAGS`), a child its parent's; `run_link` gives a run's address.
 - What goes in them: `log_params`, `log_metrics`, `log_artifact` (a file on any fsspec
   filesystem), and Lightning's MLflow logger (`lightning_logger`, `flush_metrics`).
 - The model registry: `register_model` logs an exported diffusers folder as a pyfunc model
@@ -27,6 +29,7 @@ from easel.data import storage
 from easel.errors import ModelReferenceError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+LINEAGE_TAGS = ("prefect.flow_run_id", "prefect.flow_run_url")  # copied to child runs
 PARAM_LENGTH = 500  # MLflow's limit on a parameter value
 PIPELINE_ARTIFACT = "pipeline"  # the pyfunc model's artifact: the diffusers folder
 REGISTRY_REFERENCE = re.compile(
@@ -49,27 +52,39 @@ def _client():
 
 
 @contextlib.contextmanager
-def start_run(experiment: str, run_name: str, params: dict) -> Iterator[str]:
-    """A run of `experiment` (nested under the active run, if any) with `params` logged;
-    yields its id and ends it FINISHED, or FAILED if the block raises."""
+def start_run(
+    experiment: str, run_name: str, params: dict, tags: dict[str, str] | None = None
+) -> Iterator[str]:
+    """A run of `experiment` (nested under the active run, if any) with `params` logged and
+    `tags` set; yields its id and ends it FINISHED, or FAILED if the block raises."""
     import mlflow
 
     _client()
     nested = mlflow.active_run() is not None
     if not nested:
         mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name, nested=nested) as run:
+    with mlflow.start_run(run_name=run_name, nested=nested, tags=tags) as run:
         log_params(params)
         yield run.info.run_id
 
 
 def child_run(parent_run_id: str, name: str) -> str:
-    """A new run under `parent_run_id`, in its experiment; returns its id (end it with
-    `finish_run`)."""
+    """A new run under `parent_run_id`, in its experiment, with its lineage tags; returns
+    its id (end it with `finish_run`)."""
     client = _client()
     parent = client.get_run(parent_run_id)
-    tags = {"mlflow.parentRunId": parent_run_id}
+    tags = {key: parent.data.tags[key] for key in LINEAGE_TAGS if key in parent.data.tags}
+    tags["mlflow.parentRunId"] = parent_run_id
     return client.create_run(parent.info.experiment_id, run_name=name, tags=tags).info.run_id
+
+
+def run_link(run_id: str) -> str:
+    """Where to see the run: its page on a tracking server, else its id and store."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        experiment_id = _client().get_run(run_id).info.experiment_id
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"run {run_id} in {uri} (mlflow ui --backend-store-uri {uri})"
 
 
 def resumable_child_run(
@@ -80,7 +95,11 @@ def resumable_child_run(
     `experiment` without a parent) with `params`, and reused by every rerun of the same
     work (MLflow's parameters cannot change: record what a rerun changes with `set_tags`)."""
     if storage.exists(run_file):
-        return storage.read_bytes(run_file).decode().strip()
+        run_id = storage.read_bytes(run_file).decode().strip()
+        if parent_run_id:  # the lineage of the flow run that resumes it
+            parent = _client().get_run(parent_run_id).data.tags
+            set_tags(run_id, {key: parent[key] for key in LINEAGE_TAGS if key in parent})
+        return run_id
     client = _client()
     if parent_run_id:
         run_id = child_run(parent_run_id, name)

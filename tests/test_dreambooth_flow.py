@@ -71,6 +71,9 @@ def test_dreambooth_command_trains_exports_validates_and_registers(
     training_run_id = (out / "checkpoints" / "training_run_id").read_text()
     training = client.get_run(training_run_id)
     assert "mlflow.parentRunId" in training.data.tags
+    parent = client.get_run(training.data.tags["mlflow.parentRunId"])  # the flow's run
+    for tag in ("prefect.flow_run_id", "prefect.flow_run_url"):  # lineage, down to the child
+        assert training.data.tags[tag] == parent.data.tags[tag]
     assert [m.step for m in client.get_metric_history(training_run_id, "train/loss")] == [
         0,
         1,

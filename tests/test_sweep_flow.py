@@ -123,6 +123,12 @@ def test_prefect_artifacts_are_published(tmp_path):
     assert set(by_key) == {"sweep-results", "sweep-summary", "sweep-progress"}
     assert "contact sheet" in by_key["sweep-summary"].data
     assert by_key["sweep-progress"].data == 100.0
+    # linked both ways: the MLflow run names the flow run, the summary names the MLflow run
+    run_id = read_results(tmp_path / "o")[0]["mlflow_run_id"]
+    tags = mlflow.MlflowClient().get_run(run_id).data.tags
+    assert tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
+    assert tags["prefect.flow_run_url"].endswith(str(state.state_details.flow_run_id))
+    assert run_id in by_key["sweep-summary"].data
 
 
 def test_rerun_does_only_missing_or_changed_work(tmp_path):

@@ -17,6 +17,7 @@ from easel import tracking
 from easel.data import limits
 from easel.data.limits import InferenceSteps
 from easel.flows.config import load_parameters
+from easel.flows.lineage import prefect_tags
 from easel.models.engine.references import WEIGHTS_DIR, resolve_model_reference
 from easel.models.shapes import recipe, tiny_shapes_k22, training
 from easel.models.shapes.judge import JudgeTraining
@@ -125,7 +126,7 @@ def _start_run(params, run_name: str):
         torch.set_num_threads(params.threads)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on GPUs
     logged = {k: v for k, v in params.model_dump().items() if k != "show_progress"}
-    return tracking.start_run(params.experiment, run_name, logged)
+    return tracking.start_run(params.experiment, run_name, logged, prefect_tags())
 
 
 @flow(name="bootstrap")

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from easel import tracking
 from easel.errors import InvalidInput
 from easel.flows.config import read_yaml, validation_message
+from easel.flows.lineage import prefect_tags
 from easel.flows.priors import PriorsParameters, class_priors_flow
 from easel.flows.sweep import SweepParameters, sweep_flow
 from easel.models.dreambooth.config import DreamBoothConfig
@@ -39,6 +40,7 @@ class DreamBoothResult:
     identifier: str
     validation_contact_sheet: str | None
     registered: str | None  # models:/NAME/VERSION
+    mlflow_run_id: str
 
 
 @flow(name="dreambooth", log_prints=True)
@@ -46,7 +48,8 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
     """Fine-tune `config.model` on the instance images, bound to the identifier."""
     model = resolve_model_task(config.model)
     inputs = check_inputs_task(config, model.digest)
-    with tracking.start_run(EXPERIMENT, "dreambooth", config.model_dump()) as run_id:
+    tags = prefect_tags()
+    with tracking.start_run(EXPERIMENT, "dreambooth", config.model_dump(), tags) as run_id:
         class_images: list[str] = []
         if config.prior_preservation and config.class_data:
             class_images = class_images_task(config)
@@ -84,6 +87,7 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
                 tracking.log_artifact(sheet, "validation")
         registered = register_task(pipeline, config.register_as) if config.register_as else None
     result = DreamBoothResult(
+        mlflow_run_id=run_id,
         pipeline=pipeline,
         checkpoint=checkpoint,
         identifier=config.identifier,
@@ -104,7 +108,7 @@ def _publish_summary(config: DreamBoothConfig, result: DreamBoothResult) -> None
         f"- pipeline (use as `--model`): `{result.pipeline}`",
         f"- final checkpoint: `{result.checkpoint}` ({config.max_steps} steps, "
         f"method `{config.method}`)",
-        f"- MLflow: `{tracking.tracking_uri()}`",
+        f"- MLflow: {tracking.run_link(result.mlflow_run_id)}",
     ]
     if result.registered:
         lines.append(f"- registered: `{result.registered}`")

@@ -23,6 +23,7 @@ from easel.data.dreambooth import list_images
 from easel.data.limits import GuidanceScale, InferenceSteps
 from easel.errors import InvalidInput
 from easel.flows.config import load_parameters
+from easel.flows.lineage import prefect_tags
 from easel.models.engine.references import resolve_model_reference
 from easel.models.shapes import evaluation
 
@@ -125,7 +126,8 @@ def eval_flow(params: EvalParameters) -> dict:
         | (subject or {})
         | {f"settings.{k}": v for k, v in settings.__dict__.items()}
     )  # fmt: skip
-    with tracking.start_run(params.experiment, f"eval {params.model}", logged) as run_id:
+    name = f"eval {params.model}"
+    with tracking.start_run(params.experiment, name, logged, prefect_tags()) as run_id:
         suites = {
             name: eval_suite_task(
                 name, resolved.path, params.judge, settings, params.out,
