@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -14,10 +13,11 @@ DEPLOYMENTS = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
 
 
 def load_flow(entrypoint: str):
-    path, name = entrypoint.split(":")
-    assert (ROOT / path).exists(), path
-    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-    return getattr(module, name)
+    """The flow as a worker loads it: from the installed package, by module path."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    assert not entrypoint.split(":")[0].endswith(".py"), entrypoint  # no checkout needed
+    return load_flow_from_entrypoint(entrypoint)
 
 
 @pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])

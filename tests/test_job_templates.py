@@ -106,7 +106,7 @@ def test_a_run_without_an_image_is_refused_before_it_exists(name, image):
             flow_id = await client.create_flow_from_name("sweep")
             deployment = await client.create_deployment(
                 flow_id=flow_id, name=f"sweep-{pool}", work_pool_name=pool,
-                job_variables=job_variables, entrypoint="easel/flows/sweep.py:sweep_flow",
+                job_variables=job_variables, entrypoint="easel.flows.sweep:sweep_flow",
             )  # fmt: skip
             return await client.create_flow_run_from_deployment(deployment)
 

@@ -144,3 +144,22 @@ def test_rerun_does_only_missing_or_changed_work(tmp_path):
     assert changed.generated_now == 2
     assert os.stat(f"{out}/images/a/0.png").st_mtime_ns == stamps[f"{out}/images/a/0.png"]
     assert len(read_results(out)) == 3
+
+
+def test_an_output_location_carries_the_runs_date_and_name(tmp_path):
+    """Scheduled runs keep their outputs apart; a run resumes in its own folder."""
+    from datetime import datetime, timezone
+
+    from prefect.client.orchestration import get_client
+
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": "a", "prompt": PROMPTS[0]}])
+    out = str(tmp_path / "nightly" / "{scheduled_date}" / "{flow_run_name}")
+    params = SweepParameters(manifest=manifest, out=out, num_inference_steps=STEPS)
+    state = sweep_flow(params, return_state=True)
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    day = run.expected_start_time.astimezone(timezone.utc).strftime("%Y-%m-%d")
+    assert day == datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    folder = tmp_path / "nightly" / day / run.name
+    assert (folder / "results.parquet").exists() and (folder / "images" / "a" / "0.png").exists()
+    assert state.result().out == str(folder)

@@ -17,7 +17,7 @@ from easel import tracking
 from easel.data import limits
 from easel.data.limits import InferenceSteps
 from easel.flows.config import load_parameters
-from easel.flows.lineage import prefect_tags
+from easel.flows.run_context import prefect_tags
 from easel.models.engine.references import WEIGHTS_DIR, resolve_model_reference
 from easel.models.shapes import recipe, tiny_shapes_k22, training
 from easel.models.shapes.judge import JudgeTraining

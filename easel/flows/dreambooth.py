@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from easel import tracking
 from easel.errors import InvalidInput
 from easel.flows.config import read_yaml, validation_message
-from easel.flows.lineage import prefect_tags
 from easel.flows.priors import PriorsParameters, class_priors_flow
+from easel.flows.run_context import prefect_tags
 from easel.flows.sweep import SweepParameters, sweep_flow
 from easel.models.dreambooth.config import DreamBoothConfig
 from easel.tasks.dreambooth import (

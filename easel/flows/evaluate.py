@@ -23,7 +23,7 @@ from easel.data.dreambooth import list_images
 from easel.data.limits import GuidanceScale, InferenceSteps
 from easel.errors import InvalidInput
 from easel.flows.config import load_parameters
-from easel.flows.lineage import prefect_tags
+from easel.flows.run_context import prefect_tags
 from easel.models.engine.references import resolve_model_reference
 from easel.models.shapes import evaluation
 

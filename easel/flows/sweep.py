@@ -25,7 +25,7 @@ from easel.data.limits import BatchSize, GuidanceScale, InferenceSteps, Schedule
 from easel.data.manifest import SweepDefaults
 from easel.data.results import SweepSummary
 from easel.flows.config import load_parameters
-from easel.flows.lineage import prefect_tags
+from easel.flows.run_context import expand_placeholders, prefect_tags
 from easel.models.engine.sweep import SweepInputs
 from easel.tasks.sweep import generate_batches_task, plan_sweep_task, write_results_task
 
@@ -36,7 +36,11 @@ class SweepParameters(BaseModel):
     model_config = limits.PARAMETERS
 
     manifest: str = Field(description="Parquet file, folder or glob (any fsspec URI)")
-    out: str = Field(description="output folder (any fsspec URI)")
+    out: str = Field(
+        description="output folder (any fsspec URI); `{scheduled_date}` (YYYY-MM-DD, UTC) and "
+        "`{flow_run_name}` in it are filled in from the run, so scheduled runs keep their "
+        "outputs apart"
+    )
     model: str = Field("tiny-shapes", description="default for rows without a `model`")
     batch_size: BatchSize = Field(limits.BATCH_SIZE, description="images per pipeline call")
     guidance_scale: GuidanceScale = Field(
@@ -90,6 +94,7 @@ class SweepParameters(BaseModel):
 @flow(name="sweep", log_prints=True)
 def sweep_flow(params: SweepParameters) -> SweepSummary:
     """Validate the manifest, generate the missing images chunk by chunk, record everything."""
+    params = params.model_copy(update={"out": expand_placeholders(params.out)})
     inputs = params.inputs()
     table, plan = plan_sweep_task(inputs)
     tags = prefect_tags()

@@ -1,0 +1,40 @@
+"""What a flow knows of its own Prefect flow run: lineage tags for the MLflow runs it makes
+(`tracking.LINEAGE_TAGS`) and the placeholders an output location may carry, so that
+scheduled runs never overwrite each other."""
+
+from __future__ import annotations
+
+import re
+from datetime import timezone
+
+# `{scheduled_date}`: the run's scheduled start, YYYY-MM-DD (UTC); `{flow_run_name}`: its
+# name. A retry of a run keeps both, so it resumes in the same folder.
+PLACEHOLDER = re.compile(r"\{(scheduled_date|flow_run_name)\}")
+
+
+def prefect_tags() -> dict[str, str]:
+    """The current flow run's id and dashboard URL (empty outside a flow run)."""
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return {}
+    tags = {"prefect.flow_run_id": str(flow_run.id)}
+    if flow_run.ui_url:
+        tags["prefect.flow_run_url"] = str(flow_run.ui_url)
+    return tags
+
+
+def expand_placeholders(location: str) -> str:
+    """`location` with `{scheduled_date}` and `{flow_run_name}` filled in from the current
+    flow run (any other brace is left as it is)."""
+    if not PLACEHOLDER.search(location):
+        return location
+    from prefect.runtime import flow_run
+
+    values = {
+        "scheduled_date": flow_run.scheduled_start_time.astimezone(timezone.utc).strftime(
+            "%Y-%m-%d"
+        ),
+        "flow_run_name": str(flow_run.name),
+    }
+    return PLACEHOLDER.sub(lambda match: values[match.group(1)], location)
