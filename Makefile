@@ -7,7 +7,11 @@ PY     := $(VENV)/bin/python
 # requirement would pull a multi-GB CUDA build. GPU workers install their own CUDA torch.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test lint bench clean
+# The GPU image (Dockerfile): `make image IMAGE=registry.example.com/easel:TAG`, then `make push`
+IMAGE  ?= easel:0.1.0
+GPU_TORCH ?= torch==2.6.0
+
+.PHONY: install demo test lint bench clean image push
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +35,12 @@ lint: install
 
 bench: install
 	$(PY) bench/bench_sweep.py
+
+image:
+	docker build --build-arg TORCH="$(GPU_TORCH)" -t "$(IMAGE)" .
+
+push: image
+	docker push "$(IMAGE)"
 
 clean:
 	rm -rf $(VENV) easel-out mlflow.db mlruns mlartifacts
