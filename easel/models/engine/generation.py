@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from easel.data import images
-from easel.data.batching import BatchSettings, ImageRequest
+from easel.data.batching import BatchSettings, ImageRequest, denoising_steps
 from easel.models.engine.loading import LoadedModel
+from easel.models.engine.schedulers import minimum_steps
 
 
 @torch.inference_mode()
@@ -55,6 +56,18 @@ def check_inputs(loaded: LoadedModel, settings: BatchSettings) -> None:
         raise ValueError(
             f"`scheduler` {settings.scheduler!r} does not work with a {family.name} model; "
             f"use one of {', '.join(family.schedulers)}"
+        )
+    if settings.scheduler is not None:
+        fewest, rule = minimum_steps(settings.scheduler, loaded.pipeline.scheduler.config)
+        if settings.num_inference_steps < fewest:
+            raise ValueError(
+                f"`scheduler` {settings.scheduler!r} needs `num_inference_steps` >= {fewest} "
+                f"({rule}) but `num_inference_steps` is {settings.num_inference_steps}"
+            )
+    if settings.task in family.strength_tasks and denoising_steps(settings) < 1:
+        raise ValueError(
+            f"`strength` {settings.strength:g} x `num_inference_steps` "
+            f"{settings.num_inference_steps} leaves no denoising step"
         )
 
 

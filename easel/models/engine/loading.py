@@ -73,7 +73,7 @@ def load_model(
 
 def _load(resolved: ResolvedModel, device: str, dtype: torch.dtype, trust_pickle: bool):
     family = resolve_family(resolved)
-    options = {"torch_dtype": dtype, "use_safetensors": None if trust_pickle else True}
+    options = {"dtype": dtype, "use_safetensors": None if trust_pickle else True}
     prior_path = resolved.prior.path if resolved.prior else None
     try:
         pipeline = family.load(resolved.path, prior_path, options)
