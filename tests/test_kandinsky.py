@@ -101,7 +101,7 @@ def test_prior_guidance_and_steps_from_columns_or_config_drive_the_prior(tmp_pat
     errors = {key[0]: r["error"] for key, r in results.items() if r["status"] == "failed"}
     assert errors == {
         "bad": "`prior_guidance_scale` must be >= 0 but is -1.0",
-        "bad-steps": "`prior_num_inference_steps` must be in 1..500 but is 0",
+        "bad-steps": "`prior_num_inference_steps` must be in 2..500 but is 0",
     }
     assert summary.images_ok == 3
     for name, arguments in (("base", {"prior_num_inference_steps": 5}),

@@ -51,6 +51,7 @@ def test_the_readme_states_the_limits():
     assert limits.ID_RULE in manifest_rule("id")
     prior = manifest_rule("prior_guidance_scale")
     assert f"({limits.PRIOR_GUIDANCE_SCALE:g}, {limits.PRIOR_NUM_INFERENCE_STEPS})" in prior
+    assert f"{limits.MIN_PRIOR_STEPS}..{limits.MAX_STEPS}" in prior
     every, kandinsky = manifest_rule("scheduler").split("|")[3].split("(Kandinsky 2.2:")
     assert re.findall(r"[a-z_0-9]+", every) == list(limits.SCHEDULER_NAMES)
     kandinsky = kandinsky.split(")")[0]

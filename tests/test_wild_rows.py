@@ -108,3 +108,43 @@ def test_rows_that_share_content_each_name_their_own_images(tmp_path):
         assert max_pixel_difference(a["image_uri"], b["image_uri"]) == 0
     again, results_again = sweep(tmp_path, rows)
     assert again.generated_now == 0 and results_again == results
+
+
+def test_rows_a_user_broke_in_other_ways_fail_alone(tmp_path):
+    """Found by a new user: a mask without its init image, one prior step on Kandinsky, a
+    guidance so large it overflows to NaN pixels (was an all-black image marked ok)."""
+    mask = Image.new("L", (64, 64), 255)
+    mask.save(tmp_path / "mask.png")
+    rows = [
+        {"id": "good", "prompt": "a red circle", "seed": 1},
+        {"id": "mask-only", "prompt": "a red circle", "mask_image": "mask.png", "seed": 7},
+        {"id": "one-prior-step", "prompt": "a red circle", "model": "tiny-shapes-k22",
+         "prior_num_inference_steps": 1},
+        {"id": "huge-guidance", "prompt": "a red circle", "guidance_scale": 1e39},
+    ]  # fmt: skip
+    summary, results = sweep(tmp_path, rows)
+    assert results[("good", 0)]["status"] == "ok" and summary.rows_failed == 3
+    errors = {row_id: r["error"] for (row_id, _), r in results.items() if r["status"] == "failed"}
+    assert "`mask_image`" in errors["mask-only"] and "`init_image`" in errors["mask-only"]
+    assert "`prior_num_inference_steps` must be in 2..500 but is 1" in errors["one-prior-step"]
+    assert "non-finite pixels" in errors["huge-guidance"] and "1e+39" in errors["huge-guidance"]
+    assert results[("mask-only", None)]["seed"] == 7  # a failed row keeps the seed it gave
+
+
+def test_an_image_edited_in_place_is_generated_again(tmp_path):
+    init = scene(tmp_path)
+    mask = Image.new("L", (64, 64), 255)
+    mask.save(tmp_path / "mask.png")
+    rows = [{"id": "edit", "prompt": "a red star", "init_image": init, "strength": 0.5, "seed": 1},
+            {"id": "inpaint", "prompt": "a red star", "init_image": init, "mask_image": "mask.png",
+             "strength": 1.0, "seed": 2},
+            {"id": "text", "prompt": "a red star", "seed": 3}]  # fmt: skip
+    first, _ = sweep(tmp_path, rows)
+    assert first.generated_now == 3
+    Image.new("L", (64, 64), 0).save(tmp_path / "mask.png")  # all black: keep everything
+    again, results = sweep(tmp_path, rows)
+    assert again.generated_now == 1  # the inpaint row, whose mask changed
+    kept = max_pixel_difference(results[("inpaint", 0)]["image_uri"], tmp_path / init)
+    assert kept == 0  # an all-black mask keeps the init image exactly
+    Image.new("RGB", (64, 64), "green").save(tmp_path / init)
+    assert sweep(tmp_path, rows)[0].generated_now == 2  # both rows that read the init image

@@ -140,3 +140,33 @@ def test_results_read_back_with_pandas_pyarrow_and_polars(tmp_path, writer):
         assert table.column("scheduler").to_pylist() == ["euler", "ddim", "ddim"]
         assert frame["status"].tolist() == ["ok"] * 3  # the result field, not the manifest's
         assert frame["key"].tolist() == ["x", "y", "z"]  # pandas' index, passed through
+
+
+def test_pandas_all_nan_columns_and_empty_partitions_take_the_others_types(tmp_path):
+    """pandas writes a string column holding only NaN, and every column of an empty
+    partition, as double: no value there, so no conflict."""
+    import numpy as np
+
+    pd.DataFrame({"id": ["a"], "prompt": ["a red circle"], "negative_prompt": ["blue"]}).to_parquet(
+        tmp_path / "a.parquet"
+    )
+    pd.DataFrame({"id": ["f"], "prompt": ["a red circle"], "negative_prompt": [np.nan]}).to_parquet(
+        tmp_path / "f.parquet"
+    )
+    pd.DataFrame({"id": [], "prompt": [], "negative_prompt": []}).to_parquet(tmp_path / "c.parquet")
+    manifest = read_manifest(str(tmp_path))
+    assert manifest.table.column("negative_prompt").to_pylist() == ["blue", None]
+    assert manifest.table.schema.field("id").type == pa.string()
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_rows_without_an_id_in_an_id_column_get_their_derived_id_in_results(tmp_path):
+    from easel.flows.sweep import SweepParameters, sweep_flow
+
+    pq.write_table(pa.table({"id": ["given", None], "prompt": ["a red circle", "a blue star"]}),
+                   tmp_path / "m.parquet")  # fmt: skip
+    sweep_flow(SweepParameters(manifest=str(tmp_path / "m.parquet"), out=str(tmp_path / "out"),
+                               num_inference_steps=1))  # fmt: skip
+    rows = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    assert rows[0]["id"] == "given" and rows[1]["id"].startswith("row-")
+    assert f"/images/{rows[1]['id']}/0.png" in rows[1]["image_uri"]

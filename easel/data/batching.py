@@ -40,6 +40,9 @@ class ImageRequest:
     seed: int
     init_image: str | None = None
     mask_image: str | None = None
+    # sha256 of the image files' bytes: an image edited in place is a new request
+    init_image_sha256: str | None = None
+    mask_image_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ def unsupported(job: RowJob, facts: ModelFacts) -> str | None:
     if job.task in facts.strength_tasks and denoising_steps(settings) < 1:
         return (
             f"`strength` {settings.strength:g} x `num_inference_steps` "
-            f"{settings.num_inference_steps} = {settings.strength * settings.num_inference_steps:g}"
+            f"{settings.num_inference_steps} = {settings.strength * settings.num_inference_steps!r}"
             " leaves no denoising step (diffusers runs int(strength x steps) of them): raise "
             "either so that their product is at least 1"
         )
@@ -143,10 +146,17 @@ def row_settings(job: RowJob, facts: ModelFacts) -> BatchSettings:
     )  # fmt: skip
 
 
+ADDED_REQUEST_FIELDS = ("init_image_sha256", "mask_image_sha256")  # absent: keys as before
+
+
 def request_key(model_digest: str, settings: BatchSettings, request: ImageRequest) -> str:
-    # a setting the model's family does not have (None) leaves the key as it was
+    """A digest of everything that determines the image's pixels. Settings a family does not
+    have (None), and fields added since keys were first written when unset, leave it as it
+    was, so a text-to-image row keeps its key across versions."""
     present = {name: value for name, value in asdict(settings).items() if value is not None}
-    content = {"model": model_digest, **present, **asdict(request)}
+    asked = {name: value for name, value in asdict(request).items()
+             if value is not None or name not in ADDED_REQUEST_FIELDS}  # fmt: skip
+    content = {"model": model_digest, **present, **asked}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -157,6 +167,7 @@ def planned_images(job: RowJob, facts: ModelFacts) -> list[PlannedImage]:
         request = ImageRequest(
             prompt=job.prompt, negative_prompt=job.negative_prompt, seed=job.seed + k,
             init_image=job.init_image, mask_image=job.mask_image,
+            init_image_sha256=job.init_image_sha256, mask_image_sha256=job.mask_image_sha256,
         )  # fmt: skip
         key = request_key(facts.digest, settings, request)
         images.append(PlannedImage(row_id=job.id, image_index=k, request=request, request_key=key))

@@ -41,9 +41,14 @@ def open_image(uri: str, column: str) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-        return ImageOps.exif_transpose(image)  # stored sideways, read as displayed
+        image = ImageOps.exif_transpose(image)  # stored sideways, read as displayed
+    except Image.DecompressionBombError as error:
+        raise ImageInputError(f"`{column}` {uri!r} is too large to read: {error}") from None
     except Exception:  # noqa: BLE001 - PIL raises many kinds for a non-image
         raise ImageInputError(f"`{column}` {uri!r} is not an image easel can read") from None
+    if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
+        raise ImageInputError(f"`{column}` {uri!r} has non-finite (NaN or inf) pixel values")
+    return image
 
 
 def read_rgb(uri: str, column: str) -> Image.Image:

@@ -23,7 +23,8 @@ ID_RULE = "[A-Za-z0-9._-]{1,128}"
 ID_PATTERN = re.compile(ID_RULE)
 
 # -- ranges (inclusive) ------------------------------------------------------------------
-MIN_STEPS, MAX_STEPS = 1, 500  # num_inference_steps, prior_num_inference_steps
+MIN_STEPS, MAX_STEPS = 1, 500  # num_inference_steps (and the prior's, from 2)
+MIN_PRIOR_STEPS = 2  # Kandinsky's prior (unCLIP scheduler) divides by steps - 1
 MIN_IMAGES, MAX_IMAGES = 1, 64  # num_images of one row
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 8, 4096, 8  # width, height, resolution (pixels)
 MAX_SEED = 2**63 - 1
@@ -44,6 +45,7 @@ PRIOR_GUIDANCE_SCALE, PRIOR_NUM_INFERENCE_STEPS = 4.0, 25
 # YAML's .nan and .inf) are refused before any work.
 PARAMETERS = ConfigDict(extra="forbid", allow_inf_nan=False)
 InferenceSteps = Annotated[int, Field(ge=MIN_STEPS, le=MAX_STEPS)]
+PriorInferenceSteps = Annotated[int, Field(ge=MIN_PRIOR_STEPS, le=MAX_STEPS)]
 GuidanceScale = Annotated[float, Field(ge=0)]
 Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)]
 BatchSize = Annotated[int, Field(ge=MIN_BATCH, le=MAX_BATCH)]

@@ -75,6 +75,8 @@ class RowJob:
     strength: float
     prior_guidance_scale: float = PRIOR_GUIDANCE_SCALE  # Kandinsky 2.2 rows only
     prior_num_inference_steps: int = PRIOR_NUM_INFERENCE_STEPS
+    init_image_sha256: str | None = None  # the bytes the row's images had when validated
+    mask_image_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,17 +183,22 @@ def _common_type(types: list[pa.DataType]) -> pa.DataType | None:
 
 def _concatenated(tables: list[pa.Table], files: tuple[str, ...], uri: str) -> pa.Table:
     """The files' tables as one, each column of one type: physical variants (string,
-    large_string, dictionary; int32 and int64; a column all null in one file) agree;
-    a true conflict (strings in one file, numbers in another) is `InvalidInput` naming the
-    column and the files. Pandas' schema metadata, which describes one file, is dropped."""
+    large_string, dictionary; int32 and int64) agree, and a column that holds no value in a
+    file (all null, whatever type the writer gave it, as pandas writes an all-NaN column or
+    an empty partition as double) takes the others' type; a true conflict (strings in one
+    file, numbers in another) is `InvalidInput` naming the column and the files. Pandas'
+    schema metadata, which describes one file, is dropped."""
     columns = list(dict.fromkeys(name for table in tables for name in table.column_names))
     schema = []
     for name in columns:
-        found = [(file, _logical(table.schema.field(name).type))
+        typed = [(file, _logical(table.schema.field(name).type))
                  for file, table in zip(files, tables, strict=True)
-                 if name in table.column_names]  # fmt: skip
-        typed = [(file, t) for file, t in found if not pa.types.is_null(t)]
-        common = _common_type([t for _, t in typed]) if typed else pa.null()
+                 if name in table.column_names
+                 and table.column(name).null_count < table.num_rows]  # fmt: skip
+        if not typed:  # no value anywhere: the type its first file gives it
+            first = next(table for table in tables if name in table.column_names)
+            typed = [(files[0], _logical(first.schema.field(name).type))]
+        common = _common_type([t for _, t in typed])
         if common is None:
             shown = "; ".join(f"{t} in {file!r}" for file, t in typed[:4])
             raise InvalidInput(f"manifest {uri!r}: column `{name}` has conflicting types: {shown}")
@@ -200,8 +207,10 @@ def _concatenated(tables: list[pa.Table], files: tuple[str, ...], uri: str) -> p
     unified = []
     for table in tables:
         arrays = [
-            table.column(f.name).cast(f.type) if f.name in table.column_names
-            else pa.nulls(table.num_rows, f.type)
+            table.column(f.name).cast(f.type)
+            if f.name in table.column_names
+            and table.column(f.name).null_count < table.num_rows
+            else pa.nulls(table.num_rows, f.type)  # absent, or no value in this file
             for f in schema
         ]  # fmt: skip
         unified.append(pa.Table.from_arrays(arrays, schema=schema))
@@ -261,6 +270,9 @@ def validate_manifest(
             jobs.append(validate_row(index, row_id, values, defaults, manifest.root, roots))
         except RowError as error:
             failures.append(RowFailure(row_index=index, id=row_id, error=str(error)))
+        except Exception as error:  # noqa: BLE001 - a rule easel lacks: the row fails alone
+            message = f"this row could not be validated: {type(error).__name__}: {error}"
+            failures.append(RowFailure(row_index=index, id=row_id, error=message))
     return jobs, failures
 
 
@@ -287,7 +299,10 @@ def validate_row(
     guidance = _guidance(values, "guidance_scale", defaults.guidance_scale)
     steps = _steps(values, "num_inference_steps", defaults.num_inference_steps)
     prior_guidance = _guidance(values, "prior_guidance_scale", defaults.prior_guidance_scale)
-    prior_steps = _steps(values, "prior_num_inference_steps", defaults.prior_num_inference_steps)
+    prior_steps = _int(
+        values, "prior_num_inference_steps", defaults.prior_num_inference_steps,
+        low=limits.MIN_PRIOR_STEPS, high=limits.MAX_STEPS,
+    )  # fmt: skip
     width = _size(values, "width", defaults.width)
     height = _size(values, "height", defaults.height)
     if width and height and width * height > defaults.max_pixels:
@@ -320,12 +335,17 @@ def validate_row(
             open_image(init_image, "init_image")
         except ImageInputError as error:
             raise RowError(str(error)) from None
+    digests = {}  # an image edited in place makes new requests
+    if task != "text2img":
+        digests["init_image_sha256"] = storage.sha256(init_image)
+    if task == "inpaint":
+        digests["mask_image_sha256"] = storage.sha256(mask_image)
     return RowJob(
         row_index=index, id=row_id, prompt=prompt, negative_prompt=negative, seed=seed,
         num_images=num_images, guidance_scale=guidance, num_inference_steps=steps, width=width,
         height=height, scheduler=scheduler, model=_optional_str(values, "model") or defaults.model,
         task=task, init_image=init_image, mask_image=mask_image, strength=strength,
-        prior_guidance_scale=prior_guidance, prior_num_inference_steps=prior_steps,
+        prior_guidance_scale=prior_guidance, prior_num_inference_steps=prior_steps, **digests,
     )  # fmt: skip
 
 
@@ -352,10 +372,10 @@ def _int(values: dict[str, Any], column: str, default: int, low: int, high: int)
     value = values.get(column)
     if value is None:
         return default
-    value = _as_int(value, column)
-    if not low <= value <= high:
+    number = _as_int(value, column)
+    if not low <= number <= high:
         raise RowError(f"`{column}` must be in {low}..{high} but is {value!r}")
-    return value
+    return number
 
 
 def _float(values: dict[str, Any], column: str, default: float) -> float:
@@ -393,6 +413,8 @@ def _size(values: dict[str, Any], column: str, default: int | None) -> int | Non
 
 def _task(values: dict[str, Any], init_image: str | None, mask_image: str | None) -> str:
     task = _optional_str(values, "task")
+    if task is None and mask_image and not init_image:
+        raise RowError("`mask_image` is set but `init_image`, which inpainting needs, is empty")
     if task is None:
         return "inpaint" if mask_image else "img2img" if init_image else "text2img"
     if task not in limits.TASKS:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from easel.data import contact_sheet, storage
@@ -105,18 +106,26 @@ def assemble_results(
     """
     assert len(row_indices) == len(records)
     base = manifest.take(pa.array(row_indices, type=pa.int64()))
+    ids = pa.array([r.id for r in records], pa.string())
     if "id" not in base.column_names:
-        ids = pa.array([r.id for r in records], pa.string())
         base = base.append_column(pa.field("id", pa.string()), ids)
+    elif base.column("id").null_count:  # rows without an id: the derived ids
+        base = base.set_column(base.column_names.index("id"), pa.field("id", pa.string()), ids)
     result = pa.Table.from_pylist(
         [{f.name: getattr(r, f.name) for f in RESULT_FIELDS} for r in records], schema=RESULT_FIELDS
     )
     for field in RESULT_FIELDS:
-        if field.name in base.column_names:  # seed, scheduler: the resolved values
-            position = base.column_names.index(field.name)
-            base = base.set_column(position, field, result.column(field.name))
-        else:
-            base = base.append_column(field, result.column(field.name))
+        values = result.column(field.name)
+        if field.name not in base.column_names:
+            base = base.append_column(field, values)
+            continue
+        given = base.column(field.name)  # seed, scheduler: the resolved values replace it,
+        if pa.types.is_integer(given.type) and pa.types.is_integer(field.type):
+            try:  # a row that failed keeps the value it gave
+                values = pc.coalesce(values, given.cast(field.type))
+            except pa.ArrowInvalid:  # a value beyond the field's range: it failed for it
+                pass
+        base = base.set_column(base.column_names.index(field.name), field, values)
     return base
 
 

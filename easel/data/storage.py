@@ -8,6 +8,7 @@ object stores (s3, gcs, memory) a single PUT is already atomic, so we upload in 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import posixpath
@@ -55,6 +56,11 @@ def exists(uri: str) -> bool:
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     return fs.cat_file(path)
+
+
+def sha256(uri: str) -> str:
+    """The sha256 of the file's bytes, hex."""
+    return hashlib.sha256(read_bytes(uri)).hexdigest()
 
 
 @contextlib.contextmanager

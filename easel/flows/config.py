@@ -39,9 +39,14 @@ def validation_message(error: ValidationError, source: str = "") -> str:
 
 
 def load_parameters(model: type[Parameters], config: str | None, overrides: dict) -> Parameters:
+    """`config`'s values, then the command line's `overrides` (None: not given), validated;
+    an error names where the bad value came from (the file, or the command line)."""
     values = read_yaml(config) if config else {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(given)
     try:
         return model.model_validate(values)
     except ValidationError as error:
-        raise InvalidInput(validation_message(error, f"{config}: " if config else "")) from None
+        field = error.errors()[0]["loc"][0] if error.errors()[0]["loc"] else None
+        source = f"{config}: " if config and field not in given else ""
+        raise InvalidInput(validation_message(error, source)) from None

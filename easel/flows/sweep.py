@@ -21,7 +21,13 @@ from pydantic import BaseModel, Field
 from easel import tracking
 from easel.data import limits, manifest, storage
 from easel.data.batching import chunk_batches
-from easel.data.limits import BatchSize, GuidanceScale, InferenceSteps, SchedulerName
+from easel.data.limits import (
+    BatchSize,
+    GuidanceScale,
+    InferenceSteps,
+    PriorInferenceSteps,
+    SchedulerName,
+)
 from easel.data.manifest import SweepDefaults
 from easel.data.results import SweepSummary
 from easel.flows.config import load_parameters
@@ -55,7 +61,7 @@ class SweepParameters(BaseModel):
     prior_guidance_scale: GuidanceScale = Field(
         limits.PRIOR_GUIDANCE_SCALE, description="Kandinsky's prior: default guidance"
     )
-    prior_num_inference_steps: InferenceSteps = Field(
+    prior_num_inference_steps: PriorInferenceSteps = Field(
         limits.PRIOR_NUM_INFERENCE_STEPS, description="Kandinsky's prior: default steps"
     )
     max_pixels: int = Field(

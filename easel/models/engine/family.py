@@ -101,8 +101,9 @@ class ModelFamily:
     def generate(
         self, pipeline, settings: BatchSettings, requests: list[ImageRequest],
         inits: list[Image.Image] | None, masks: list[Image.Image] | None,
-    ) -> list[Image.Image]:  # fmt: skip
-        """One image per request, in order, each from its own seeded generator. `inits` and
+    ) -> list:  # fmt: skip
+        """One image per request, in order, each from its own seeded generator, as the
+        pipeline's `output_type="np"` gives it: (H, W, 3) floats in [0, 1]. `inits` and
         `masks` (greyscale, 255 repaints) are at the batch's size where the task needs them."""
         raise NotImplementedError
 

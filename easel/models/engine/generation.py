@@ -8,7 +8,9 @@ calling the family's diffusers pipeline directly with one seeded generator.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from diffusers.utils import numpy_to_pil
 from PIL import Image
 
 from easel.data import images
@@ -34,10 +36,17 @@ def generate(
     if settings.task == "inpaint":
         masks = [images.load_mask(r.mask_image, size) for r in requests]
     # 3. Generate, each image from its own seeded generator
-    generated = loaded.family.generate(loaded.pipeline, settings, requests, inits, masks)
-    # 4. Postprocess: inpainted images composited in pixel space (outside the mask, the init)
-    if len(generated) != len(requests):
-        raise ValueError(f"the pipeline returned {len(generated)} images for {len(requests)}")
+    arrays = loaded.family.generate(loaded.pipeline, settings, requests, inits, masks)
+    # 4. Postprocess: whole, finite images as 8-bit (diffusers' own rounding); inpainted
+    # ones composited in pixel space (outside the mask, the init image exactly)
+    if len(arrays) != len(requests):
+        raise ValueError(f"the pipeline returned {len(arrays)} images for {len(requests)}")
+    if not all(np.isfinite(array).all() for array in arrays):
+        raise ValueError(
+            f"generation produced non-finite pixels (NaN or inf) at `guidance_scale` "
+            f"{settings.guidance_scale!r}: an extreme guidance (or a float16 overflow) does this"
+        )
+    generated = [numpy_to_pil(np.asarray(array)[None])[0] for array in arrays]
     if masks is None:
         return list(generated)
     return [images.composite(i, g, m) for i, g, m in zip(inits, generated, masks, strict=True)]
@@ -109,12 +118,18 @@ def text_to_image(
     ]
 
 
-def prompt_truncation_warning(loaded: LoadedModel, prompt: str) -> str | None:
+def prompt_truncation_warning(
+    loaded: LoadedModel, prompt: str, negative_prompt: str | None = None
+) -> str | None:
     """A warning if the family's first tokenizer (CLIP's; Kandinsky's prior's) will cut
-    `prompt` to its `model_max_length`."""
+    `prompt` or `negative_prompt` to its `model_max_length`."""
     tokenizer = loaded.family.tokenizer(loaded.pipeline)
-    length = len(tokenizer(prompt, truncation=False).input_ids)
     limit = tokenizer.model_max_length
-    if length > limit:
-        return f"`prompt` has {length} tokens and was truncated to the model's {limit}"
-    return None
+    warnings = []
+    for column, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        length = len(tokenizer(text, truncation=False).input_ids) if text else 0
+        if length > limit:
+            warnings.append(
+                f"`{column}` has {length} tokens and was truncated to the model's {limit}"
+            )
+    return "; ".join(warnings) or None

@@ -97,7 +97,8 @@ def request_embeddings(prior, request: ImageRequest, settings: BatchSettings, ge
 
 def generate_images(combined, settings: BatchSettings, requests: list[ImageRequest],
                     inits: list | None, masks: list | None) -> list:  # fmt: skip
-    """One image per request (PIL), in order; `inits`/`masks` as the task needs them."""
+    """One image per request ((H, W, 3) floats in [0, 1]), in order; `inits`/`masks` as the
+    task needs them."""
     prior = combined.prior_pipe
     prior.set_progress_bar_config(disable=True)
     generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in requests]
@@ -108,7 +109,7 @@ def generate_images(combined, settings: BatchSettings, requests: list[ImageReque
         "guidance_scale": settings.guidance_scale,
         "num_inference_steps": settings.num_inference_steps,
         "width": settings.width, "height": settings.height,
-        "generator": generators, "output_type": "pil",
+        "generator": generators, "output_type": "np",
     }  # fmt: skip
     scheduler = decoder_scheduler(combined.scheduler, settings.scheduler)
     decoder = decoder_pipeline(combined, settings.task, scheduler)

@@ -52,7 +52,7 @@ class StableDiffusion(ModelFamily):
             "guidance_scale": settings.guidance_scale,
             "num_inference_steps": settings.num_inference_steps,
             "generator": [torch.Generator(device="cpu").manual_seed(r.seed) for r in requests],
-            "output_type": "pil",
+            "output_type": "np",
         }
         if settings.task != "img2img":  # img2img takes the init images' size
             arguments.update(width=settings.width, height=settings.height)
@@ -60,7 +60,7 @@ class StableDiffusion(ModelFamily):
             arguments.update(image=inits, strength=settings.strength)
         if masks:
             arguments.update(mask_image=[images.generation_mask(m) for m in masks])
-        return self.task_pipeline(pipeline, settings)(**arguments).images
+        return list(self.task_pipeline(pipeline, settings)(**arguments).images)
 
     def tokenizer(self, pipeline):
         return pipeline.tokenizer

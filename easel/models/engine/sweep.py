@@ -92,7 +92,9 @@ def pending_records(
             image_uri=None,
             status="failed",
             error=None,
-            warning=prompt_truncation_warning(loaded, image.request.prompt),
+            warning=prompt_truncation_warning(
+                loaded, image.request.prompt, image.request.negative_prompt
+            ),
             seed=image.request.seed,
             model_ref=batch.model,
             model_digest=loaded.model.digest,
