@@ -20,6 +20,7 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 def test_a_process_worker_runs_the_sweep_deployment(prefect_server, tmp_path):
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import PrefectHTTPStatusError
 
     env = {**os.environ, "PREFECT_API_URL": prefect_server}
     with get_client(sync_client=True) as client:
@@ -35,6 +36,11 @@ def test_a_process_worker_runs_the_sweep_deployment(prefect_server, tmp_path):
     params = {"manifest": manifest, "out": str(tmp_path / "out" / "{flow_run_name}")}
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("sweep/sweep-local")
+        for bad in ({"batch_size": 0}, {"scheduler": "magic"}, {"typo": 1}):
+            with pytest.raises(PrefectHTTPStatusError):  # refused before a run exists
+                client.create_flow_run_from_deployment(
+                    deployment.id, parameters={"params": {**params, **bad}}
+                )
         run = client.create_flow_run_from_deployment(deployment.id, parameters={"params": params})
     worker = subprocess.run([PREFECT, "worker", "start", "--pool", "local-cpu", "--run-once"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
