@@ -132,6 +132,7 @@ def test_results_read_back_with_pandas_pyarrow_and_polars(tmp_path, writer):
     expected_rows = summary.images_ok + summary.images_failed
     assert table.num_rows == len(frame) == polars_frame.height == expected_rows
     assert frame["seed"].tolist() == table.column("seed").to_pylist()
+    assert str(frame["seed"].dtype) == "Int64"  # nullable: exact above 2**53, nulls as <NA>
     assert polars_frame["image_uri"].to_list() == table.column("image_uri").to_pylist()
     assert all(status == "ok" for status in table.column("status").to_pylist())
     if writer is pandas_manifest:
@@ -170,3 +171,17 @@ def test_rows_without_an_id_in_an_id_column_get_their_derived_id_in_results(tmp_
     rows = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
     assert rows[0]["id"] == "given" and rows[1]["id"].startswith("row-")
     assert f"/images/{rows[1]['id']}/0.png" in rows[1]["image_uri"]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_seed_beyond_2_to_the_53_reads_back_exactly_with_pandas_next_to_a_failed_row(tmp_path):
+    from easel.flows.sweep import SweepParameters, sweep_flow
+
+    big = 2**53 + 1
+    pq.write_table(pa.table({"id": ["big", "bad"], "prompt": ["a red circle", "a star"],
+                             "seed": [big, 5], "width": [64, 65]}), tmp_path / "m.parquet")
+    sweep_flow(SweepParameters(manifest=str(tmp_path / "m.parquet"), out=str(tmp_path / "out"),
+                               num_inference_steps=1))  # fmt: skip
+    frame = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert frame["seed"].tolist() == [big, 5]  # the failed row keeps its seed too
+    assert frame["image_index"].isna().tolist() == [False, True]

@@ -131,8 +131,25 @@ def assemble_results(
 
 def write_results(out: str, table: pa.Table) -> str:
     uri = storage.join(out, "results.parquet")
-    storage.write_parquet_atomic(uri, table)
+    storage.write_parquet_atomic(uri, with_pandas_metadata(table))
     return uri
+
+
+def with_pandas_metadata(table: pa.Table) -> pa.Table:
+    """`table` with pandas' schema metadata describing its integer columns as nullable
+    (Int64...): without it pandas reads an integer column holding a null (a failed row's
+    `seed`, `image_index`) as float64, and seeds above 2**53 lose their last digits. The
+    data are unchanged; pyarrow and polars ignore the metadata."""
+    import pandas as pd
+
+    nullable = {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(),
+                pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}  # fmt: skip
+    try:
+        empty = table.slice(0, 0).to_pandas(types_mapper=nullable.get)
+        metadata = pa.Table.from_pandas(empty, preserve_index=False).schema.metadata
+    except (pa.ArrowException, TypeError, ValueError):  # a type pandas cannot hold: as it is
+        return table
+    return table.replace_schema_metadata(metadata)
 
 
 def failed_row(row_id: str, error: str) -> ImageRecord:
