@@ -115,7 +115,7 @@ def test_a_changed_model_moves_away_from_its_base(base, subject):
         {k: v + 0.05 * torch.randn_like(v) for k, v in unet.state_dict().items()}
     )
     pipeline.set_progress_bar_config(disable=True)
-    changed = LoadedModel(model=base.model, family=base.family, pipeline=pipeline)
+    changed = LoadedModel(base.model, base.family, pipeline, base.facts)
     context = evaluation.EvalContext(changed, Judge.load(), TINY, base, subject)
     metrics = _metrics(context, ["prior_preservation"])
     assert metrics["prior_preservation/fine_tuned/base_similarity"] < 0.99

@@ -95,7 +95,16 @@ def unsupported(job: RowJob, facts: ModelFacts) -> str | None:
     if job.task not in facts.tasks:
         runs = ", ".join(facts.tasks)
         return f"`task` {job.task!r} is not supported by {model}, which runs {runs}"
-    settings = row_settings(job, facts)
+    return settings_problem(row_settings(job, facts), facts, model)
+
+
+def settings_problem(settings: BatchSettings, facts: ModelFacts, model: str) -> str | None:
+    """Why the model (`facts`, named `model` in messages) cannot run `settings`, naming the
+    columns and values; None if it can. Planning asks it of every row, the engine of every
+    batch it is handed."""
+    if settings.task not in facts.tasks:
+        runs = ", ".join(facts.tasks)
+        return f"`task` {settings.task!r} is not supported by {model}, which runs {runs}"
     if settings.scheduler not in facts.schedulers:
         return (
             f"`scheduler` {settings.scheduler!r} does not work with {model}; "
@@ -107,7 +116,7 @@ def unsupported(job: RowJob, facts: ModelFacts) -> str | None:
             f"`scheduler` {settings.scheduler!r} needs `num_inference_steps` >= {fewest} on "
             f"{model} ({rule}) but `num_inference_steps` is {settings.num_inference_steps}"
         )
-    if job.task in facts.strength_tasks and denoising_steps(settings) < 1:
+    if settings.task in facts.strength_tasks and denoising_steps(settings) < 1:
         return (
             f"`strength` {settings.strength:g} x `num_inference_steps` "
             f"{settings.num_inference_steps} = {settings.strength * settings.num_inference_steps!r}"
@@ -118,7 +127,7 @@ def unsupported(job: RowJob, facts: ModelFacts) -> str | None:
         side = getattr(settings, column)
         if side % facts.size_multiple:
             hint = ""
-            if job.task in limits.EDIT_TASKS:
+            if settings.task in limits.EDIT_TASKS:
                 hint = " (an edit row without `width` and `height` takes `init_image`'s size)"
             return (
                 f"`{column}` must be a multiple of {facts.size_multiple} for {model} "

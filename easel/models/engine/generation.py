@@ -8,15 +8,16 @@ calling the family's diffusers pipeline directly with one seeded generator.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from diffusers.utils import numpy_to_pil
 from PIL import Image
 
 from easel.data import images
-from easel.data.batching import BatchSettings, ImageRequest, denoising_steps
+from easel.data.batching import BatchSettings, ImageRequest, settings_problem
 from easel.models.engine.loading import LoadedModel
-from easel.models.engine.schedulers import minimum_steps
 
 
 @torch.inference_mode()
@@ -53,31 +54,13 @@ def generate(
 
 
 def check_inputs(loaded: LoadedModel, settings: BatchSettings) -> None:
-    """Refuse settings the loaded model cannot run, naming the column and the value."""
-    family = loaded.family
-    tasks = family.tasks(dict(loaded.pipeline.unet.config))
-    if settings.task not in tasks:
-        raise ValueError(
-            f"`task` {settings.task!r} is not supported by a {family.name} model, which runs "
-            f"{', '.join(tasks)}"
-        )
-    if settings.scheduler is not None and settings.scheduler not in family.schedulers:
-        raise ValueError(
-            f"`scheduler` {settings.scheduler!r} does not work with a {family.name} model; "
-            f"use one of {', '.join(family.schedulers)}"
-        )
-    if settings.scheduler is not None:
-        fewest, rule = minimum_steps(settings.scheduler, loaded.pipeline.scheduler.config)
-        if settings.num_inference_steps < fewest:
-            raise ValueError(
-                f"`scheduler` {settings.scheduler!r} needs `num_inference_steps` >= {fewest} "
-                f"({rule}) but `num_inference_steps` is {settings.num_inference_steps}"
-            )
-    if settings.task in family.strength_tasks and denoising_steps(settings) < 1:
-        raise ValueError(
-            f"`strength` {settings.strength:g} x `num_inference_steps` "
-            f"{settings.num_inference_steps} leaves no denoising step"
-        )
+    """Refuse settings the loaded model cannot run, naming the column and the value (the
+    rules planning applies to every row: `batching.settings_problem`)."""
+    facts = loaded.facts
+    resolved = replace(settings, scheduler=settings.scheduler or facts.default_scheduler)
+    problem = settings_problem(resolved, facts, f"{facts.family} model {loaded.model.ref!r}")
+    if problem:
+        raise ValueError(problem)
 
 
 def generate_each(

@@ -24,6 +24,7 @@ class LoadedModel:
     model: ResolvedModel
     family: ModelFamily
     pipeline: object  # the family's diffusers pipeline, on its device
+    facts: ModelFacts  # what it runs: tasks, schedulers, sizes (as planning saw them)
 
 
 _BY_CONTENT: dict[tuple, LoadedModel] = {}  # (digest, device, dtype): two references, one load
@@ -67,7 +68,9 @@ def load_model(
             if by_content not in _BY_CONTENT:
                 _BY_CONTENT[by_content] = _load(resolved, device, dtype, trust_pickle)
             loaded = _BY_CONTENT[by_content]
-            _BY_REFERENCE[by_ref] = LoadedModel(resolved, loaded.family, loaded.pipeline)
+            _BY_REFERENCE[by_ref] = LoadedModel(
+                resolved, loaded.family, loaded.pipeline, loaded.facts
+            )
         return _BY_REFERENCE[by_ref]
 
 
@@ -85,4 +88,5 @@ def _load(resolved: ResolvedModel, device: str, dtype: torch.dtype, trust_pickle
             ) from error
         raise ModelReferenceError(f"model {resolved.ref!r} could not be loaded: {error}") from error
     pipeline.set_progress_bar_config(disable=True)
-    return LoadedModel(model=resolved, family=family, pipeline=pipeline.to(device))
+    facts = family.facts(resolved.path, resolved.digest)
+    return LoadedModel(resolved, family, pipeline.to(device), facts)
