@@ -120,14 +120,19 @@ def test_rows_a_user_broke_in_other_ways_fail_alone(tmp_path):
         {"id": "mask-only", "prompt": "a red circle", "mask_image": "mask.png", "seed": 7},
         {"id": "one-prior-step", "prompt": "a red circle", "model": "tiny-shapes-k22",
          "prior_num_inference_steps": 1},
-        {"id": "huge-guidance", "prompt": "a red circle", "guidance_scale": 1e39},
+        {"id": "huge-guidance", "prompt": "a red circle", "guidance_scale": 1e39,
+         "num_images": 3},
     ]  # fmt: skip
     summary, results = sweep(tmp_path, rows)
     assert results[("good", 0)]["status"] == "ok" and summary.rows_failed == 3
+    for index in range(3):  # each image tried and failed has its own result row
+        assert results[("huge-guidance", index)]["status"] == "failed"
+    assert summary.images_failed == 2 + 3
     errors = {row_id: r["error"] for (row_id, _), r in results.items() if r["status"] == "failed"}
     assert "`mask_image`" in errors["mask-only"] and "`init_image`" in errors["mask-only"]
     assert "`prior_num_inference_steps` must be in 2..500 but is 1" in errors["one-prior-step"]
-    assert "non-finite pixels" in errors["huge-guidance"] and "1e+39" in errors["huge-guidance"]
+    huge = results[("huge-guidance", 0)]["error"]
+    assert "non-finite pixels" in huge and "1e+39" in huge
     assert results[("mask-only", None)]["seed"] == 7  # a failed row keeps the seed it gave
 
 

@@ -163,7 +163,8 @@ def failed_row(row_id: str, error: str) -> ImageRecord:
 
 def final_records(plan: SweepPlan, recorded: list[ImageRecord]) -> list[tuple[int, ImageRecord]]:
     """(row_index, record) for every requested image, each the record of its own slot (its
-    row, its index, its content); a row that failed entirely keeps one."""
+    row, its index, its content), failed images included; a row that failed before any of
+    its images was tried (at validation, or a run stopped first) keeps one."""
     by_slot: dict[tuple, ImageRecord] = {}
     for record in recorded:  # an ok record wins over a failed try of the same image
         existing = by_slot.get(slot(record))
@@ -175,11 +176,10 @@ def final_records(plan: SweepPlan, recorded: list[ImageRecord]) -> list[tuple[in
     for job in plan.jobs:
         images = planned_images(job, plan.facts[job.model])
         found = [by_slot.get(image.slot) for image in images]
-        if any(r is None for r in found):
-            missing = failed_row(job.id, "not generated: the run stopped before this image")
-            found = [r or missing for r in found]
-        if all(r.status == "failed" for r in found):
-            found = [found[0]]
+        if all(r is None for r in found):
+            found = [failed_row(job.id, "not generated: the run stopped before this image")]
+        missing = failed_row(job.id, "not generated: the run stopped before this image")
+        found = [r or missing for r in found]
         rows.extend((job.row_index, record) for record in found)
     rows.sort(key=lambda item: (item[0], item[1].image_index or 0))
     return rows

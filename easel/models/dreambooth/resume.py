@@ -78,9 +78,14 @@ def check_resume(new: dict, checkpoint: str | None) -> list[Change]:
     changes = [change for key in sorted(old) if (change := _change(key, old, new))]
     refused = [c for c in changes if not _honoured(c, new)]
     if refused:
+        shown = [
+            f"{c} (a {new.get('lr_scheduler')} schedule's shape depends on it)"
+            if c.key == "max_steps" else str(c)
+            for c in refused
+        ]  # fmt: skip
         raise InvalidInput(
             f"the checkpoint at step {step} ({checkpoint}) was made with another config, and "
-            f"a resume cannot honour these changes exactly: {'; '.join(map(str, refused))}. "
+            f"a resume cannot honour these changes exactly: {'; '.join(shown)}. "
             f"Undo them, or {fresh}"
         )
     return changes
