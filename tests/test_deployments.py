@@ -34,6 +34,7 @@ def test_every_flow_has_a_local_and_a_gpu_deployment():
     for deployment in DEPLOYMENTS:
         pools.setdefault(deployment["entrypoint"], set()).add(deployment["work_pool"]["name"])
     assert all(pool & {"gpu-docker", "gpu-k8s"} for pool in pools.values())
+    assert all("local-cpu" in pool for pool in pools.values())  # each flow on the local pool
     gpu = [d for d in DEPLOYMENTS if d["work_pool"]["name"] in ("gpu-docker", "gpu-k8s")]
     assert all(d["work_pool"]["job_variables"]["gpu_count"] >= 1 for d in gpu)
     # run-time settings come from the pool's template when a run starts, not from the shell
