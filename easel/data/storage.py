@@ -84,6 +84,52 @@ def local_atomic_writer(path: str, fsync: bool = False) -> Iterator[BinaryIO]:
             os.remove(tmp)
 
 
+@contextlib.contextmanager
+def atomic_writer(uri: str, fsync: bool = False) -> Iterator[BinaryIO]:
+    """A binary file to stream into that appears at `uri` whole, only if the block ends
+    without an error: locally renamed from a temporary name in the same folder; on an object
+    store streamed to a local temporary file, then uploaded in one PUT."""
+    fs, path = filesystem(uri)
+    if isinstance(fs, LocalFileSystem):
+        with local_atomic_writer(path, fsync=fsync) as f:
+            yield f
+        return
+    with tempfile.NamedTemporaryFile(prefix="easel-upload-") as f:
+        yield f
+        f.flush()
+        parent = posixpath.dirname(path)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        fs.put_file(f.name, path)
+
+
+def local_path(uri: str, cache: str) -> str:
+    """A local path holding the file at `uri`: the path itself for a local file, else a copy
+    downloaded once under `cache` (keyed by the URI and the file's version)."""
+    fs, path = filesystem(uri)
+    if isinstance(fs, LocalFileSystem):
+        return path
+    key = hashlib.sha256(f"{uri}|{version_tag(fs.info(path))}".encode()).hexdigest()[:32]
+    local = os.path.join(cache, f"{key}-{posixpath.basename(path)}")
+    if not os.path.exists(local):
+        with local_atomic_writer(local) as f:
+            f.write(fs.cat_file(path))
+    return local
+
+
+def list_names(folder: str) -> list[str]:
+    """The names of the files directly in `folder` ([] if it does not exist)."""
+    fs, path = filesystem(folder)
+    if not fs.isdir(path):
+        return []
+    return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+
+
+def remove(uri: str) -> None:
+    fs, path = filesystem(uri)
+    fs.rm(path)
+
+
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write `data` to `uri` so that no reader ever sees a partial file."""
     fs, path = filesystem(uri)

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from easel.data.storage import local_atomic_writer
+from easel.data import storage
+from easel.models.engine.references import cache_dir
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -20,19 +21,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     its reader loads the whole file before the model and optimizer copy it in: each needs
     the checkpoint's size again (SD1.5 full fine-tuning with AdamW: about 10 GB), measured
     in bench/bench_checkpoint_io.py.
+
+    On an object store (`s3://...`) a checkpoint is streamed to a local temporary file and
+    uploaded in one PUT (it appears whole); resuming downloads it once into the cache
+    (`$EASEL_CACHE_DIR/checkpoints`) and reads that copy memory-mapped.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        with local_atomic_writer(os.fspath(path), fsync=True) as f:
+        with storage.atomic_writer(os.fspath(path), fsync=True) as f:
             torch.save(checkpoint, f)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         """On the CPU, tensors read from the file as they are copied where they belong."""
-        return torch.load(
-            os.fspath(path),
-            map_location=map_location or "cpu",
-            weights_only=weights_only,
-            mmap=True,
-        )
+        return load_checkpoint_file(os.fspath(path), map_location, weights_only)
+
+
+def load_checkpoint_file(uri: str, map_location=None, weights_only=None) -> dict[str, Any]:
+    """A checkpoint on any fsspec filesystem, read memory-mapped from a local file."""
+    return torch.load(
+        storage.local_path(uri, str(cache_dir() / "checkpoints")),
+        map_location=map_location or "cpu", weights_only=weights_only, mmap=True,
+    )  # fmt: skip

@@ -9,7 +9,6 @@ Layout under the config's `output` folder:
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 
@@ -30,11 +29,11 @@ EXPERIMENT = "easel-dreambooth"
 
 
 def checkpoint_dir(config: DreamBoothConfig) -> str:
-    return os.path.join(config.output, "checkpoints")
+    return storage.join(config.output, "checkpoints")
 
 
 def pipeline_dir(config: DreamBoothConfig) -> str:
-    return os.path.join(config.output, "pipeline")
+    return storage.join(config.output, "pipeline")
 
 
 @dataclass(frozen=True)
@@ -59,11 +58,6 @@ def resolve_model(model: str) -> ResolvedModel:
 def check_inputs(config: DreamBoothConfig, model_digest: str) -> TrainingInputs:
     """Everything about the config that needs I/O, before any work: the output folder, the
     instance and class images, and what a resume from the last checkpoint may honour."""
-    if not storage.is_local(config.output) or "://" in config.output:
-        raise InvalidInput(
-            f"config field `output` must be a local folder (checkpoints are renamed "
-            f"into place) but is {config.output!r}"
-        )
     images = check_instance_data(config.instance_data)
     if config.class_data is not None and config.prior_preservation:
         if not storage.exists(config.class_data) or not list_images(config.class_data):
@@ -130,7 +124,7 @@ def train_task(
     change a resume honoured); return the final checkpoint path."""
     from easel.models.dreambooth.training import train
 
-    run_file = os.path.join(checkpoint_dir(config), "training_run_id")
+    run_file = storage.join(checkpoint_dir(config), "training_run_id")
     run_id = tracking.resumable_child_run(
         run_file, parent_run_id, "training", EXPERIMENT, params=inputs.snapshot
     )
@@ -161,6 +155,5 @@ def export_task(config: DreamBoothConfig, checkpoint: str, model_dir: str) -> st
 @task
 def register_task(pipeline: str, register_as: str) -> str:
     """Register the exported pipeline in the MLflow model registry; return its reference."""
-    return tracking.register_model(
-        pipeline, register_as, serving.load_registered, serving.predict
-    )
+    local = resolve_model_reference(pipeline).path  # an object store's: the cached copy
+    return tracking.register_model(local, register_as, serving.load_registered, serving.predict)

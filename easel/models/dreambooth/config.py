@@ -122,7 +122,9 @@ class DreamBoothConfig(BaseModel):
     validation_inference_steps: InferenceSteps = Field(
         25, description="denoising steps of the validation images"
     )
-    output: str = Field(description="local folder for checkpoints, the pipeline, validation")
+    output: str = Field(
+        description="folder or object-store URI for checkpoints, the pipeline, validation"
+    )
     register_as: str | None = Field(
         None, description="register the pipeline in MLflow as NAME or NAME@ALIAS"
     )

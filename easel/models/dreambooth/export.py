@@ -15,33 +15,36 @@ from __future__ import annotations
 import json
 import os
 
-import torch
-
 from easel.data import storage
+from easel.models.checkpoint_io import load_checkpoint_file
 
 EXPORT_MARKER = "easel_export.json"
 
 
 def exported_from(pipeline_dir: str) -> str | None:
     """The checkpoint a finished export came from, or None if there is none."""
-    marker = os.path.join(pipeline_dir, EXPORT_MARKER)
-    if not os.path.exists(marker):
+    marker = storage.join(pipeline_dir, EXPORT_MARKER)
+    if not storage.exists(marker):
         return None
-    with open(marker) as f:
-        return json.load(f)["checkpoint"]
+    return json.loads(storage.read_bytes(marker))["checkpoint"]
+
+
+def _identity(checkpoint_path: str) -> str:
+    """How the marker names a checkpoint: an absolute path, or the URI."""
+    return os.path.abspath(checkpoint_path) if "://" not in checkpoint_path else checkpoint_path
 
 
 def export_pipeline(
     checkpoint_path: str, model_dir: str, base_reference: str, pipeline_dir: str
 ) -> str:
     """Write the pipeline trained in `checkpoint_path` to `pipeline_dir`; return it."""
-    if exported_from(pipeline_dir) == os.path.abspath(checkpoint_path):
+    if exported_from(pipeline_dir) == _identity(checkpoint_path):
         return pipeline_dir
     from diffusers import StableDiffusionPipeline
 
     from easel.models.dreambooth.module import DreamBoothModule
 
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint_file(checkpoint_path, weights_only=True)
     module = DreamBoothModule(**{**checkpoint["hyper_parameters"], "model_dir": model_dir})
     module.load_state_dict(checkpoint["state_dict"], strict=module.hparams.method == "full")
     pipeline = StableDiffusionPipeline.from_pretrained(
@@ -55,7 +58,7 @@ def export_pipeline(
                 getattr(pipeline, name).load_state_dict(network.state_dict())
         pipeline.save_pretrained(staging, safe_serialization=True)
         marker = {
-            "checkpoint": os.path.abspath(checkpoint_path),
+            "checkpoint": _identity(checkpoint_path),
             "base_model": base_reference,
             "method": module.hparams.method,
         }

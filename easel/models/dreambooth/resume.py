@@ -15,12 +15,10 @@ Checkpoints made before snapshots existed are compared on their module hyperpara
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-import torch
-
 from easel.errors import InvalidInput
+from easel.models.checkpoint_io import load_checkpoint_file
 from easel.models.dreambooth.config import DreamBoothConfig
 
 SNAPSHOT_KEY = "easel_snapshot"  # in every checkpoint
@@ -57,7 +55,7 @@ def snapshot(config: DreamBoothConfig, model_digest: str, instance_data_digest: 
 
 def checkpoint_snapshot(path: str) -> tuple[int, dict]:
     """(global step, snapshot) of a checkpoint; its hyperparameters where it has none."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    checkpoint = load_checkpoint_file(path, weights_only=True)
     recorded = checkpoint.get(SNAPSHOT_KEY) or dict(checkpoint.get("hyper_parameters", {}))
     return int(checkpoint["global_step"]), recorded
 
@@ -68,7 +66,7 @@ def check_resume(new: dict, checkpoint: str | None) -> list[Change]:
     if checkpoint is None:
         return []
     step, old = checkpoint_snapshot(checkpoint)
-    folder = os.path.dirname(checkpoint)
+    folder = checkpoint.rsplit("/", 1)[0]
     fresh = f"start fresh by deleting {folder} or setting another `output`"
     if new["max_steps"] < step:
         raise InvalidInput(

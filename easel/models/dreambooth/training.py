@@ -9,13 +9,13 @@ schedule, grad scaler, step, RNG streams; the data position follows from the ste
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 
+from easel.data import storage
 from easel.data.dreambooth import DreamBoothDataModule
 from easel.models.checkpoint_io import AtomicCheckpointIO
 from easel.models.dreambooth.config import DreamBoothConfig
@@ -66,27 +66,22 @@ class StepCheckpoint(pl.callbacks.ModelCheckpoint):
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
 
 
+def _steps(folder: str) -> list[tuple[int, str]]:
+    """(step, name) of the checkpoints in `folder` (any fsspec URI), lowest step first."""
+    names = storage.list_names(folder)
+    return sorted((int(m.group(1)), name) for name in names if (m := _CHECKPOINT_NAME.match(name)))
+
+
 def last_complete_checkpoint(folder: str) -> str | None:
     """The checkpoint with the highest step in `folder`, or None."""
-    if not os.path.isdir(folder):
-        return None
-    steps = [
-        (int(m.group(1)), name)
-        for name in os.listdir(folder)
-        if (m := _CHECKPOINT_NAME.match(name))
-    ]
-    return os.path.join(folder, max(steps)[1]) if steps else None
+    steps = _steps(folder)
+    return storage.join(folder, steps[-1][1]) if steps else None
 
 
 def prune_checkpoints(folder: str, keep: int) -> None:
     """Delete all but the `keep` highest-step checkpoints in `folder`."""
-    steps = sorted(
-        (int(m.group(1)), name)
-        for name in os.listdir(folder)
-        if (m := _CHECKPOINT_NAME.match(name))
-    )
-    for _, name in steps[:-keep]:
-        os.remove(os.path.join(folder, name))
+    for _, name in _steps(folder)[:-keep]:
+        storage.remove(storage.join(folder, name))
 
 
 def build_module(config: DreamBoothConfig, model_dir: str) -> DreamBoothModule:
@@ -138,8 +133,8 @@ def train(
     """Train (or resume) to `config.max_steps`; return the path of the final checkpoint.
     `before_checkpoint` runs before each checkpoint is written (e.g. flushing metrics);
     `snapshot` (`resume.snapshot`) goes into every checkpoint."""
-    final = os.path.join(checkpoint_dir, checkpoint_name(config.max_steps))
-    if os.path.exists(final):
+    final = storage.join(checkpoint_dir, checkpoint_name(config.max_steps))
+    if storage.exists(final):
         return final
     pl.seed_everything(config.seed, workers=True, verbose=False)  # LoRA init draws from it
     module = build_module(config, model_dir)

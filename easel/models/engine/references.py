@@ -66,7 +66,11 @@ def resolve_model_reference(ref: str) -> ResolvedModel:
     if ref.startswith("models:/"):
         return _resolved(ref, tracking.download_registered_model(ref, cache_dir() / "registry"))
     if "://" in ref and not ref.startswith("file://"):
-        return _resolve_uri(ref)
+        resolved = _resolve_uri(ref)
+        if not os.path.exists(os.path.join(resolved.path, "model_index.json")):
+            _resolve_uri.cache_clear()  # the cache was emptied under this process
+            resolved = _resolve_uri(ref)
+        return resolved
     local = ref.removeprefix("file://")
     if os.path.isdir(local):
         if not os.path.exists(os.path.join(local, "model_index.json")):
