@@ -216,3 +216,14 @@ def test_a_manifest_is_read_once_while_its_files_are_unchanged(tmp_path):
     assert read_manifest(path) is first  # the CLI's check and the flow's plan: one read
     write_manifest(path, [{"id": "a", "prompt": "a blue circle"}])  # same size, new file
     assert read_manifest(path).table.column("prompt").to_pylist() == ["a blue circle"]
+
+
+def test_a_model_whose_own_scheduler_easel_has_no_name_for_still_runs_with_it():
+    from easel.data.batching import BatchSettings, ModelFacts, settings_problem
+
+    facts = ModelFacts(digest="d", native_size=512, default_scheduler="LCMScheduler")
+    own = BatchSettings(task="text2img", scheduler="LCMScheduler", guidance_scale=1.0,
+                        num_inference_steps=4, width=512, height=512)  # fmt: skip
+    assert settings_problem(own, facts, "model 'lcm'") is None
+    other = BatchSettings(**{**own.__dict__, "scheduler": "KarrasVeScheduler"})
+    assert "`scheduler` 'KarrasVeScheduler'" in settings_problem(other, facts, "model 'lcm'")

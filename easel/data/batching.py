@@ -105,7 +105,8 @@ def settings_problem(settings: BatchSettings, facts: ModelFacts, model: str) -> 
     if settings.task not in facts.tasks:
         runs = ", ".join(facts.tasks)
         return f"`task` {settings.task!r} is not supported by {model}, which runs {runs}"
-    if settings.scheduler not in facts.schedulers:
+    own = settings.scheduler == facts.default_scheduler  # whatever it is, the model's own runs
+    if settings.scheduler not in facts.schedulers and not own:
         return (
             f"`scheduler` {settings.scheduler!r} does not work with {model}; "
             f"use one of {', '.join(facts.schedulers)}"
