@@ -9,7 +9,13 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import logging  # noqa: E402
+
 import prefect  # noqa: E402, F401 - before any capsys test: Prefect's log handler binds stderr once
+
+# The session's Prefect server says "Stopping temporary server" after pytest has closed the
+# stream its log handler holds: without this, a "Logging error" traceback follows the summary.
+logging.raiseExceptions = False
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

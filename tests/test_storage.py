@@ -85,3 +85,15 @@ def test_a_staged_folder_on_an_object_store_uploads_its_marker_last(monkeypatch)
         _fill(staging, "one")
     assert order[-1].endswith("/model/marker.json") and len(order) == 3
     assert fs.cat_file("/bucket/staged/model/sub/b.txt") == b"one"
+
+
+def test_contact_sheet_labels_name_row_index_and_prompt_without_ambiguity():
+    from easel.data.contact_sheet import LABEL_CHARACTERS, tile_label
+
+    long_id = "nightly-batch-2026-11-29-row-000123"
+    first, second = (tile_label(long_id, k, "a red circle on a blue background") for k in (0, 1))
+    assert first != second  # two images of one row: the index survives the cut
+    head, prompt = first.split("\n")
+    assert len(head) <= LABEL_CHARACTERS and head.startswith("nightly") and head.endswith("/0")
+    assert prompt == "a red circle on a blu"
+    assert tile_label("a", 3, None) == "a/3\n"

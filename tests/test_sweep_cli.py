@@ -77,6 +77,8 @@ def test_a_bad_row_exits_1_and_the_rest_is_done(tmp_path):
     assert statuses["fine"] == ("ok", None)
     assert statuses["bad"][0] == "failed" and "`width`" in statuses["bad"][1]
     assert "results:" in result.stdout
+    assert "failed: 1 images in 1 rows" in result.stderr  # exit 1 says which row and why
+    assert "  bad: `width` must be divisible by 8 but is 65" in result.stderr
 
 
 def test_kill_9_then_rerun_does_each_image_exactly_once(tmp_path):

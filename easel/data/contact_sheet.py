@@ -11,6 +11,23 @@ from easel.data import storage
 
 THUMBNAIL = 128
 MAX_IMAGES = 256
+LABEL_CHARACTERS = 21  # what fits under a thumbnail in Pillow's default font
+LINE = 12  # pixels per label line
+
+
+def _fit(text: str) -> str:
+    """`text` cut to a label line, keeping its start and its end."""
+    if len(text) <= LABEL_CHARACTERS:
+        return text
+    keep = LABEL_CHARACTERS - 1
+    return text[: keep - keep // 2] + "…" + text[-(keep // 2) :]
+
+
+def tile_label(row_id: str, image_index: int, prompt: str | None) -> str:
+    """Two lines: the row id and image index (its start and end kept, so two tiles never
+    share a label), and the start of the prompt."""
+    start = (prompt or "")[:LABEL_CHARACTERS]
+    return f"{_fit(f'{row_id}/{image_index}')}\n{start}"
 
 
 def contact_sheet(image_uris: list[str], labels: list[str], columns: int = 8) -> Image.Image:
@@ -18,7 +35,7 @@ def contact_sheet(image_uris: list[str], labels: list[str], columns: int = 8) ->
     uris, labels = image_uris[:MAX_IMAGES], labels[:MAX_IMAGES]
     columns = max(1, min(columns, len(uris)))
     rows = max(1, math.ceil(len(uris) / columns))
-    cell_h = THUMBNAIL + 14
+    cell_h = THUMBNAIL + 2 * LINE + 4
     sheet = Image.new("RGB", (columns * THUMBNAIL, rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (uri, label) in enumerate(zip(uris, labels, strict=False)):
@@ -26,7 +43,8 @@ def contact_sheet(image_uris: list[str], labels: list[str], columns: int = 8) ->
             thumb = image.convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.NEAREST)
         x, y = (i % columns) * THUMBNAIL, (i // columns) * cell_h
         sheet.paste(thumb, (x, y))
-        draw.text((x + 2, y + THUMBNAIL + 1), label[:20], fill="black")
+        for line, text in enumerate(label.split("\n")[:2]):
+            draw.text((x + 2, y + THUMBNAIL + 1 + line * LINE), text, fill="black")
     return sheet
 
 

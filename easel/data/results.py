@@ -185,6 +185,9 @@ def final_records(plan: SweepPlan, recorded: list[ImageRecord]) -> list[tuple[in
     return rows
 
 
+MAX_LISTED_FAILURES = 20  # on stderr when a sweep exits 1; all of them are in results
+
+
 @dataclass(frozen=True)
 class SweepSummary:
     """Where a sweep's outputs are and what they count."""
@@ -197,6 +200,7 @@ class SweepSummary:
     images_failed: int
     rows_failed: int
     generated_now: int
+    failures: tuple[str, ...] = ()  # "id[/k]: error" of the first failed images
 
 
 def publish_results(out: str, manifest: pa.Table, plan: SweepPlan, generated_now: int):
@@ -206,13 +210,20 @@ def publish_results(out: str, manifest: pa.Table, plan: SweepPlan, generated_now
     table = assemble_results(manifest, [index for index, _ in rows], [r for _, r in rows])
     results_uri = write_results(out, table)
     ok = [record for _, record in rows if record.status == "ok"]
+    failed = [record for _, record in rows if record.status == "failed"]
     sheet = None
     if ok:
-        labels = [f"{r.id}/{r.image_index}" for r in ok]
+        prompts = manifest.column("prompt").take([index for index, r in rows if r.status == "ok"])
+        labels = [contact_sheet.tile_label(r.id, r.image_index, p)
+                  for r, p in zip(ok, prompts.to_pylist(), strict=True)]  # fmt: skip
         sheet = contact_sheet.write_contact_sheet(out, [r.image_uri for r in ok], labels)
     return SweepSummary(
         out=out, results_uri=results_uri, contact_sheet_uri=sheet, rows=manifest.num_rows,
         images_ok=len(ok), images_failed=len(rows) - len(ok),
         rows_failed=len({r.id for _, r in rows if r.status == "failed"}),
         generated_now=generated_now,
+        failures=tuple(
+            f"{r.id}{'' if r.image_index is None else f'/{r.image_index}'}: {r.error}"
+            for r in failed[:MAX_LISTED_FAILURES]
+        ),
     )  # fmt: skip

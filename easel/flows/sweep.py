@@ -238,3 +238,10 @@ def print_summary(summary: SweepSummary) -> None:
     if summary.contact_sheet_uri:
         print(f"contact sheet: {summary.contact_sheet_uri}")
     print(f"mlflow runs:   {tracking.tracking_uri()}")
+    if summary.failures:
+        print(
+            f"failed: {summary.images_failed} images in {summary.rows_failed} rows (the first "
+            f"{len(summary.failures)} below; every one is in results.parquet):", file=sys.stderr,
+        )  # fmt: skip
+        for failure in summary.failures:
+            print(f"  {failure}", file=sys.stderr)
