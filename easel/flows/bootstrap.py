@@ -182,23 +182,6 @@ def bootstrap_k22_flow(params: BootstrapK22Parameters) -> dict[str, str]:
     return {"model": model_out, "samples": grid, "mlflow_run_id": run_id}
 
 
-def add_command(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "bootstrap", help="retrain the embedded model tiny-shapes and the judge"
-    )
-    parser.add_argument(
-        "--model", choices=["tiny-shapes", "tiny-shapes-k22"], default="tiny-shapes",
-        help="which embedded model to retrain (tiny-shapes-k22 grows from tiny-shapes)",
-    )  # fmt: skip
-    parser.add_argument("--config", help="YAML file of bootstrap parameters")
-    parser.add_argument(
-        "--out", help="folder receiving tiny-shapes/ and judge/ (default: the package's weights)"
-    )
-    parser.add_argument("--work-dir", help="checkpoint folder; rerunning resumes from it")
-    parser.add_argument("--seed", type=int)
-    parser.set_defaults(run=run_bootstrap_command)
-
-
 def run_bootstrap_command(args: argparse.Namespace) -> int:
     overrides = {
         "out": args.out,

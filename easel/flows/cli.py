@@ -1,10 +1,9 @@
-"""The `easel` command line. Each module of `easel.flows` registers its own sub-command.
+"""The `easel` command line.
 
-A command module exposes `add_command(subparsers)`; the parser it adds sets `run`, a
-function of the parsed arguments that returns the exit code (SPEC §3: 0 all work
-succeeded, 1 some rows failed, 2 the invocation as a whole is invalid). Only the module
-of the command being run is imported (the others would pull Lightning and more for
-nothing); `easel --help` imports them all.
+`easel.flows.commands` defines every command's parser (light: `--help` imports no model
+library); the parser sets `run`, the `module:function` that runs the command, imported only
+once it is chosen. The function returns the exit code: 0 all work succeeded, 1 some rows
+failed, 2 the invocation as a whole is invalid (one line on stderr).
 """
 
 from __future__ import annotations
@@ -16,24 +15,20 @@ import sys
 import warnings
 
 from easel.errors import InvalidInput
-
-COMMAND_MODULES = {
-    "bootstrap": "easel.flows.bootstrap",
-    "dreambooth": "easel.flows.dreambooth",
-    "eval": "easel.flows.evaluate",
-    "priors": "easel.flows.priors",
-    "quickstart": "easel.flows.quickstart",
-    "sweep": "easel.flows.sweep",
-}
+from easel.flows.commands import add_commands
 
 
-def build_parser(commands: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser for `commands` (default: all of them)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command."""
     parser = argparse.ArgumentParser(prog="easel", description=__doc__.splitlines()[0])
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in commands or COMMAND_MODULES:
-        importlib.import_module(COMMAND_MODULES[name]).add_command(subparsers)
+    add_commands(parser.add_subparsers(dest="command", required=True))
     return parser
+
+
+def command_function(run: str):
+    """The function `module:function` names (its module imported now)."""
+    module, _, function = run.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def quiet_libraries() -> None:
@@ -49,10 +44,9 @@ def quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     argv = sys.argv[1:] if argv is None else argv
-    chosen = argv[:1] if argv and argv[0] in COMMAND_MODULES else None
-    args = build_parser(chosen).parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args))
+        return int(command_function(args.run)(args))
     except InvalidInput as error:
         print(f"easel {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -137,20 +137,6 @@ def tiny_shapes_config(out: str, **overrides) -> DreamBoothConfig:
 # --- CLI -----------------------------------------------------------------------------
 
 
-def add_command(subparsers) -> None:
-    parser = subparsers.add_parser("dreambooth", help="fine-tune a model on a subject (DreamBooth)")
-    parser.add_argument("--config", required=True, help="YAML config (any fsspec URI)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="override a config key; the value is read as YAML (repeatable)",
-    )
-    parser.set_defaults(run=run_dreambooth_command)
-
-
 def parse_overrides(items: list[str]) -> dict:
     """`key=value` strings as a mapping, each value read as YAML (numbers, booleans, lists)."""
     values = {}

@@ -168,38 +168,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def add_command(subparsers) -> None:
-    parser = subparsers.add_parser("eval", help="score a shapes-world model with the judge")
-    parser.add_argument("--model", help="model reference (default tiny-shapes)")
-    parser.add_argument("--judge", help="judge folder (default: the committed judge)")
-    parser.add_argument("--out", help="folder for report.json and grids (default easel-out/eval)")
-    parser.add_argument("--config", help="YAML file of eval parameters")
-    parser.add_argument(
-        "--suite",
-        action="append",
-        dest="suites",
-        help="a suite to run (repeatable; default: the DreamBooth suites with --instance-data, "
-        "else the model suites)",
-    )
-    parser.add_argument("--guidance-scale", type=float)
-    parser.add_argument("--steps", type=int, dest="num_inference_steps")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument(
-        "--quick", action="store_true", default=None, help="small samples (a smoke check)"
-    )
-    subject = parser.add_argument_group(
-        "DreamBooth suites", "score a fine-tuned --model against --base-model on its subject"
-    )
-    subject.add_argument("--base-model", help="the model --model was fine-tuned from")
-    subject.add_argument("--instance-data", help="folder of the subject's instance images")
-    subject.add_argument("--instance-prompt", help="prompt with the identifier: 'a sks circle'")
-    subject.add_argument("--class-prompt", help="prompt of the class: 'a circle'")
-    subject.add_argument(
-        "--subject-images", type=int, help="generations per prompt and model (default 48)"
-    )
-    parser.set_defaults(run=run_eval_command)
-
-
 def run_eval_command(args: argparse.Namespace) -> int:
     keys = (
         "model",

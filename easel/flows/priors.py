@@ -78,17 +78,6 @@ def class_priors_flow(params: PriorsParameters) -> ClassPriors:
 # --- CLI -----------------------------------------------------------------------------
 
 
-def add_command(subparsers) -> None:
-    parser = subparsers.add_parser("priors", help="generate class-prior images (cached by content)")
-    parser.add_argument("--class-prompt", required=True)
-    parser.add_argument("--num", type=int, required=True, help="number of images")
-    parser.add_argument("--out", required=True, help="cache root (fsspec URI)")
-    parser.add_argument("--model", help="model reference (default tiny-shapes)")
-    parser.add_argument("--negative-prompt")
-    parser.add_argument("--config", help="YAML file of prior parameters")
-    parser.set_defaults(run=run_priors_command)
-
-
 def run_priors_command(args: argparse.Namespace) -> int:
     overrides = {
         "class_prompt": args.class_prompt, "num_images": args.num, "out": args.out,

@@ -32,15 +32,6 @@ QUICK_DREAMBOOTH = {  # a short run: the stages, and star shapes for "sks star",
 }
 
 
-def add_command(subparsers) -> None:
-    parser = subparsers.add_parser("quickstart", help="run the main job on the embedded model")
-    parser.add_argument("--out", default="easel-out", help="output folder (default easel-out)")
-    parser.add_argument(
-        "--skip-dreambooth", action="store_true", help="only the sweep (no fine-tuning stage)"
-    )
-    parser.set_defaults(run=run_quickstart)
-
-
 def run_quickstart(args: argparse.Namespace) -> int:
     rows = SAMPLE_ROWS + EDIT_ROWS + KANDINSKY_ROWS
     if not args.skip_dreambooth:

@@ -184,32 +184,6 @@ def _publish_artifacts(summary: SweepSummary, mlflow_run_id: str) -> None:
 # --- CLI -----------------------------------------------------------------------------
 
 
-def add_command(subparsers) -> None:
-    parser = subparsers.add_parser("sweep", help="generate the images of a Parquet manifest")
-    parser.add_argument("manifest", help="Parquet file, folder or glob (fsspec URI)")
-    parser.add_argument("--out", required=True, help="output folder (fsspec URI)")
-    parser.add_argument("--model", help="model for rows without a `model` (default tiny-shapes)")
-    parser.add_argument("--config", help="YAML file of sweep parameters")
-    parser.add_argument(
-        "--batch-size", type=int,
-        help=f"images per pipeline call ({limits.MIN_BATCH}..{limits.MAX_BATCH}, "
-        f"default {limits.BATCH_SIZE})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--input-root",
-        action="append",
-        dest="input_roots",
-        help="another folder init/mask images may come from (repeatable)",
-    )
-    parser.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        default=None,
-        help="allow loading pickle (.bin/.ckpt) weights",
-    )
-    parser.set_defaults(run=run_sweep_command)
-
-
 def run_sweep_command(args: argparse.Namespace) -> int:
     overrides = {
         "manifest": args.manifest, "out": args.out, "model": args.model,
