@@ -91,11 +91,7 @@ class ModelFacts:
 
 def unsupported(job: RowJob, facts: ModelFacts) -> str | None:
     """Why the row's model cannot run it, naming the column and value; None if it can."""
-    model = f"{facts.family} model {job.model!r}"
-    if job.task not in facts.tasks:
-        runs = ", ".join(facts.tasks)
-        return f"`task` {job.task!r} is not supported by {model}, which runs {runs}"
-    return settings_problem(row_settings(job, facts), facts, model)
+    return settings_problem(row_settings(job, facts), facts, f"{facts.family} model {job.model!r}")
 
 
 def settings_problem(settings: BatchSettings, facts: ModelFacts, model: str) -> str | None:
