@@ -30,6 +30,8 @@ from easel.errors import ModelReferenceError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 LINEAGE_TAGS = ("prefect.flow_run_id", "prefect.flow_run_url")  # copied to child runs
+ATTEMPT_TAG = "prefect.run_count"  # which attempt of the flow run made the run (1: the first)
+ENDED_BY_TAG = "easel.ended_by"  # why easel, not the run's own process, ended a run
 PARAM_LENGTH = 500  # MLflow's limit on a parameter value
 PIPELINE_ARTIFACT = "pipeline"  # the pyfunc model's artifact: the diffusers folder
 REGISTRY_REFERENCE = re.compile(
@@ -60,12 +62,32 @@ def start_run(
     import mlflow
 
     _client()
+    if tags and int(tags.get(ATTEMPT_TAG, 1)) > 1:
+        end_crashed_attempts(tags["prefect.flow_run_id"])
     nested = mlflow.active_run() is not None
     if not nested:
         mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name, nested=nested, tags=tags) as run:
         log_params(params)
         yield run.info.run_id
+
+
+def end_crashed_attempts(flow_run_id: str) -> list[str]:
+    """End as FAILED every run still RUNNING that an earlier attempt of the Prefect flow run
+    `flow_run_id` made (an attempt that crashed: its process was killed before it could end
+    them); tagged `easel.ended_by`. Call it from a later attempt only. Returns their ids."""
+    import mlflow
+
+    client = _client()
+    stale = mlflow.search_runs(
+        search_all_experiments=True, output_format="list",
+        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' "
+        "and attributes.status = 'RUNNING'",
+    )  # fmt: skip
+    for run in stale:
+        client.set_tag(run.info.run_id, ENDED_BY_TAG, "a retry of its crashed Prefect flow run")
+        client.set_terminated(run.info.run_id, "FAILED")
+    return [run.info.run_id for run in stale]
 
 
 def child_run(parent_run_id: str, name: str) -> str:
@@ -99,6 +121,10 @@ def resumable_child_run(
         if parent_run_id:  # the lineage of the flow run that resumes it
             parent = _client().get_run(parent_run_id).data.tags
             set_tags(run_id, {key: parent[key] for key in LINEAGE_TAGS if key in parent})
+        client = _client()
+        if ENDED_BY_TAG in client.get_run(run_id).data.tags:  # ended with a crashed attempt
+            client.delete_tag(run_id, ENDED_BY_TAG)
+            client.update_run(run_id, status="RUNNING")
         return run_id
     client = _client()
     if parent_run_id:

@@ -13,6 +13,8 @@ from unittest import mock
 
 import pytest
 
+from easel.flows.recovery import HEARTBEAT_FREQUENCY
+
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 IMAGE = "registry.example.com/easel:0.1.0-cuda"
 MLFLOW = "http://mlflow.easel.svc:5000"
@@ -60,6 +62,7 @@ def test_the_kubernetes_job_carries_the_gpus_the_image_and_the_run_time_environm
         assert container["resources"][kind]["nvidia.com/gpu"] == gpus
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["MLFLOW_TRACKING_URI"] == MLFLOW  # a Prefect variable, read at run time
+    assert env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(HEARTBEAT_FREQUENCY)  # zombies seen
     assert "PREFECT__FLOW_RUN_ID" in env
     assert pod["restartPolicy"] == "Never"
 
@@ -78,6 +81,7 @@ def test_the_docker_container_carries_the_gpu_request_the_image_and_the_environm
     created = _create_container_args({**settings, "version": "1.50"})  # docker-py's own
     assert created["image"] == IMAGE
     assert created["environment"]["MLFLOW_TRACKING_URI"] == MLFLOW
+    assert created["environment"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(HEARTBEAT_FREQUENCY)
     (request,) = created["host_config"]["DeviceRequests"]
     assert (request["Driver"], request["Count"], request["Capabilities"]) == (
         "nvidia", 2, [["gpu"]]

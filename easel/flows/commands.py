@@ -5,6 +5,7 @@ heavy is imported here, so `easel --help` and `easel CMD --help` answer at once.
 from __future__ import annotations
 
 from easel.data import limits
+from easel.flows import recovery  # constants only: nothing heavy at import
 
 
 def _sweep(subparsers) -> None:
@@ -116,8 +117,31 @@ def _bootstrap(subparsers) -> None:
     parser.set_defaults(run="easel.flows.bootstrap:run_bootstrap_command")
 
 
+def _automations(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "automations",
+        help="create the Prefect automations that crash silent runs and retry crashed ones",
+    )
+    parser.add_argument(
+        "--heartbeat-frequency", type=int, default=recovery.HEARTBEAT_FREQUENCY,
+        help="seconds between the runs' heartbeats: their PREFECT_FLOWS_HEARTBEAT_FREQUENCY "
+        f"({recovery.MIN_HEARTBEAT_FREQUENCY} or more; default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--heartbeat-window", type=int,
+        help="seconds of silence after which a run is crashed (default "
+        f"{recovery.HEARTBEAT_WINDOWS} x the frequency)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--crash-retries", type=int, default=recovery.CRASH_RETRIES,
+        help="times one crashed run is scheduled again (0: never; default %(default)s)",
+    )  # fmt: skip
+    parser.set_defaults(run="easel.flows.recovery:run_automations_command")
+
+
 COMMANDS = {"sweep": _sweep, "priors": _priors, "dreambooth": _dreambooth,
-            "quickstart": _quickstart, "eval": _eval, "bootstrap": _bootstrap}  # fmt: skip
+            "quickstart": _quickstart, "eval": _eval, "bootstrap": _bootstrap,
+            "automations": _automations}  # fmt: skip
 
 
 def add_commands(subparsers) -> None:

@@ -13,12 +13,13 @@ PLACEHOLDER = re.compile(r"\{(scheduled_date|flow_run_name)\}")
 
 
 def prefect_tags() -> dict[str, str]:
-    """The current flow run's id and dashboard URL (empty outside a flow run)."""
+    """The current flow run's id, attempt (`prefect.run_count`: 2 and more are retries) and
+    dashboard URL (empty outside a flow run)."""
     from prefect.runtime import flow_run
 
     if not flow_run.id:
         return {}
-    tags = {"prefect.flow_run_id": str(flow_run.id)}
+    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.run_count": str(flow_run.run_count)}
     if flow_run.ui_url:
         tags["prefect.flow_run_url"] = str(flow_run.ui_url)
     return tags
