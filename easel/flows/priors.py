@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from easel import tracking
 from easel.data import limits, results, storage
 from easel.data.limits import BatchSize, GuidanceScale, InferenceSteps, SchedulerName, Side
 from easel.data.priors import PriorSpec, prior_rows
 from easel.flows.config import load_parameters
+from easel.flows.run_context import prefect_tags
 from easel.flows.sweep import SweepParameters, sweep_flow
 from easel.tasks.priors import resolve_prior_spec_task, write_prior_manifest_task
 
@@ -63,10 +65,14 @@ def class_priors_flow(params: PriorsParameters) -> ClassPriors:
     spec = resolve_prior_spec_task(params.model, params.spec())
     folder = storage.join(params.out, spec.key)
     manifest = write_prior_manifest_task(folder, spec, params.num_images)
-    summary = sweep_flow(SweepParameters(
-        manifest=manifest, out=folder, model=params.model, batch_size=params.batch_size,
-        experiment=params.experiment, show_progress=params.show_progress,
-    ))  # fmt: skip
+    logged = params.model_dump()
+    with tracking.start_run(params.experiment, "class-priors", logged, prefect_tags()):
+        summary = sweep_flow(SweepParameters(  # its run nests under this one
+            manifest=manifest, out=folder, model=params.model, batch_size=params.batch_size,
+            experiment=params.experiment, show_progress=params.show_progress,
+        ))  # fmt: skip
+        tracking.log_metrics({"images": params.num_images, "generated_now": summary.generated_now,
+                              "images_failed": summary.images_failed})  # fmt: skip
     if summary.images_failed:
         raise RuntimeError(
             f"{summary.images_failed} class-prior images failed; see {summary.results_uri}"

@@ -8,12 +8,13 @@ seconds. Two automations, created (or updated in place) by `easel automations`:
   running easel flow run sends no heartbeat, and reaches no final state, for
   `heartbeat_window` seconds (a lost node, a frozen process, a worker killed with its run);
   it sets the run Crashed.
-- **retry crashed runs** (`RETRY_AUTOMATION`): when an easel deployment's flow run becomes
-  Crashed (by the first automation, or by its worker seeing the process die) and has run
-  at most `crash_retries` times, it is set Scheduled ("AwaitingRetry") again, and any
-  worker of its pool takes it. The flows resume (sweeps do only the missing images,
-  DreamBooth resumes from its last checkpoint), and the retry ends the MLflow runs its
-  crashed attempt left RUNNING as FAILED (`tracking.start_run`).
+- **retry crashed runs** (`RETRY_AUTOMATION`): when an easel deployment's flow run has
+  been Crashed (by the first automation, or by its worker seeing the process die) for
+  `RETRY_SETTLE_SECONDS` with nobody acting on it, and has run at most `crash_retries`
+  times, it is set Scheduled ("AwaitingRetry") again, and any worker of its pool takes it.
+  The flows resume (sweeps do only the missing images, DreamBooth resumes from its last
+  checkpoint), and the retry ends the MLflow runs its crashed attempt left RUNNING as
+  FAILED (`tracking.start_run`).
 
 Runs without a deployment (`easel sweep` on a shell, subflows) are never rescheduled:
 Prefect refuses to schedule them again.
@@ -33,6 +34,12 @@ CRASH_RETRIES = 2  # reschedules of a crashed run; a third crash is left for a p
 DEPLOYED_FLOWS = ("sweep", "class-priors", "dreambooth")  # flows prefect.yaml deploys
 ZOMBIE_AUTOMATION = "easel: mark silent flow runs crashed"
 RETRY_AUTOMATION = "easel: retry crashed flow runs"
+# A crashed run is retried once it has stayed Crashed this long: a worker reports one death
+# twice (its process watcher, then the run's exit code), and a retry scheduled between the
+# two reports would be crashed by the second while it starts, and run twice.
+RETRY_SETTLE_SECONDS = 15
+LATER_STATES = ("Scheduled", "Pending", "Running", "Completed", "Failed", "Cancelling",
+                "Cancelled", "Paused")  # fmt: skip  - anyone acting on a crashed run
 FINAL_EVENTS = tuple(
     f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")
 )
@@ -94,7 +101,8 @@ def recovery_automations(
     retry = AutomationCore(
         name=RETRY_AUTOMATION,
         description=f"A crashed easel flow run is scheduled again, at most {crash_retries} "
-        "times; any worker of its pool resumes it.",
+        f"times, once it has stayed Crashed for {RETRY_SETTLE_SECONDS} s; any worker of its "
+        "pool resumes it.",
         enabled=crash_retries > 0,
         trigger=EventTrigger(
             match={
@@ -102,10 +110,12 @@ def recovery_automations(
                 "prefect.run-count": [str(n) for n in range(1, crash_retries + 1)] or ["0"],
             },
             match_related=_easel_flows(),
-            expect={"prefect.flow-run.Crashed"},
-            posture=Posture.Reactive,
+            after={"prefect.flow-run.Crashed"},
+            expect={f"prefect.flow-run.{state}" for state in LATER_STATES},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
             threshold=1,
-            within=timedelta(0),
+            within=timedelta(seconds=RETRY_SETTLE_SECONDS),
         ),
         actions=[ChangeFlowRunState(
             state=StateType.SCHEDULED, name="AwaitingRetry",

@@ -1,0 +1,311 @@
+"""End to end, as a team runs easel: the whole local stack (deploy/local_stack.py: a real
+`prefect server`, a real `mlflow server` serving artifacts from an S3-compatible store,
+moto's S3 server, two process workers, easel's recovery automations, all on loopback),
+deployments from prefect.yaml, runs triggered through the API as the dashboard's "Custom
+run" does, manifests, images, models and outputs on S3.
+
+Then the crashes nobody attends to: a worker killed with its runs (a sweep and a DreamBooth)
+and a flow process killed while its worker lives on. Each run is crashed (by the heartbeat
+automation, or by its worker), scheduled again by the retry automation, and finished by the
+surviving worker, doing only the missing work."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from dreambooth_fixtures import write_images
+from sweep_helpers import write_manifest
+
+from easel.models.testing.random_pipelines import build_random_sd
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+HEARTBEAT, WINDOW = 30, 45  # seconds: Prefect's shortest heartbeat; one missed, plus slack
+DEPLOYMENTS = ("sweep-local", "priors-local", "dreambooth-local")
+WAIT = 300.0  # the longest a run may take here, retries included
+
+
+class Stack:
+    """The started stack: its environment, its clients, its processes."""
+
+    def __init__(self, root: Path):
+        sys.path.insert(0, str(ROOT / "deploy"))
+        import local_stack
+
+        self.root, self.scripts = root, local_stack
+        self.env = local_stack.read_env(root)
+        import s3fs
+
+        self.s3 = s3fs.S3FileSystem(
+            endpoint_url=self.env["FSSPEC_S3_ENDPOINT_URL"], key=self.env["AWS_ACCESS_KEY_ID"],
+            secret=self.env["AWS_SECRET_ACCESS_KEY"], skip_instance_cache=True,
+            use_listings_cache=False,  # the workers write while the test reads
+        )  # fmt: skip
+
+    def client(self):
+        from prefect import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: self.env["PREFECT_API_URL"]}):
+            return get_client(sync_client=True)
+
+    def mlflow(self):
+        import mlflow
+
+        return mlflow.MlflowClient(tracking_uri=self.env["MLFLOW_TRACKING_URI"])
+
+    def trigger(self, deployment: str, parameters: dict):
+        with self.client() as client:
+            found = client.read_deployment_by_name(deployment)
+            return client.create_flow_run_from_deployment(found.id, parameters=parameters).id
+
+    def state(self, run_id):
+        with self.client() as client:
+            return client.read_flow_run(run_id)
+
+    def wait(self, run_ids, until=lambda run: run.state.is_final(), seconds=WAIT) -> list:
+        deadline = time.monotonic() + seconds
+        while True:
+            runs = [self.state(run_id) for run_id in run_ids]
+            if all(until(run) for run in runs):
+                return runs
+            assert time.monotonic() < deadline, [(r.name, r.state) for r in runs]
+            time.sleep(1.0)
+
+    def worker_pid(self, name: str) -> int:
+        return int((self.root / "pids" / name).read_text())
+
+    def flow_process(self, run_id) -> int | None:
+        found = self.scripts.processes_with("PREFECT__FLOW_RUN_ID", str(run_id))
+        return found[0] if found else None
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stack")
+    script = [sys.executable, str(ROOT / "deploy" / "local_stack.py")]
+    env = {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    env.pop("PREFECT_API_URL", None)
+    started = subprocess.run(
+        [*script, "start", "--dir", str(root), "--no-ui", "--heartbeat-frequency",
+         str(HEARTBEAT), "--heartbeat-window", str(WINDOW)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        stack = Stack(root)
+        names = [arg for name in DEPLOYMENTS for arg in ("--name", name)]
+        deployed = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", *names],
+                                  cwd=ROOT, env={**env, **stack.env}, capture_output=True,
+                                  text=True, timeout=300)  # fmt: skip
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        yield stack
+    finally:
+        subprocess.run([*script, "stop", "--dir", str(root)], env=env, timeout=60)
+
+
+def put_manifest(stack: Stack, key: str, rows: list[dict], tmp_path: Path) -> str:
+    local = write_manifest(tmp_path / Path(key).name, rows)
+    stack.s3.put(local, f"prompts/{key}")
+    return f"s3://prompts/{key}"
+
+
+@pytest.fixture(scope="module")
+def subject(stack, tmp_path_factory):
+    """A tiny random Stable Diffusion model and 4 subject images, on S3."""
+    local = tmp_path_factory.mktemp("subject")
+    build_random_sd(str(local / "model"))
+    stack.s3.put(str(local / "model"), "models/tiny-sd", recursive=True)
+    stack.s3.put(write_images(str(local / "instance"), 4, seed=1), "subjects/sks",
+                 recursive=True)  # fmt: skip
+    return {"model": "s3://models/tiny-sd", "instance_data": "s3://subjects/sks"}
+
+
+def dreambooth_config(subject: dict, output: str) -> dict:
+    return {
+        **subject, "output": output, "instance_prompt": "a photo of sks shape",
+        "class_prompt": "a photo of shape", "num_class_images": 2, "resolution": 32,
+        "batch_size": 2, "learning_rate": 1e-3, "max_steps": 120, "checkpoint_every_n_steps": 10,
+        "keep_last_n_checkpoints": 2, "accelerator": "cpu", "validation_images_per_prompt": 1,
+        "validation_prompts": ["a photo of sks shape"], "validation_inference_steps": 2,
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished(stack, subject, tmp_path_factory):
+    """The sweep, priors and DreamBooth deployments run once, side by side, untroubled."""
+    tmp = tmp_path_factory.mktemp("manifests")
+    rows = [{"id": f"r{i}", "prompt": "a red circle on a blue background",
+             "num_inference_steps": 3, "num_images": 2} for i in range(3)]  # fmt: skip
+    sweep = {"manifest": put_manifest(stack, "e2e/a.parquet", rows, tmp),
+             "out": "s3://renders/e2e/{flow_run_name}", "batch_size": 2}  # fmt: skip
+    priors = {"class_prompt": "a photo of a shape", "num_images": 2, "num_inference_steps": 3,
+              "out": "s3://renders/priors"}  # fmt: skip
+    runs = {
+        "sweep": stack.trigger("sweep/sweep-local", {"params": sweep}),
+        "priors": stack.trigger("class-priors/priors-local", {"params": priors}),
+        "dreambooth": stack.trigger(
+            "dreambooth/dreambooth-local", {"config": dreambooth_config(subject, "s3://renders/db")}
+        ),
+    }
+    done = dict(zip(runs, stack.wait(list(runs.values())), strict=True))
+    for name, run in done.items():
+        assert run.state.is_completed(), (name, run.state)
+    return done
+
+
+def mlflow_runs(stack: Stack, flow_run_id) -> list:
+    """The MLflow runs on the server tagged with the Prefect flow run `flow_run_id`."""
+    client = stack.mlflow()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+
+
+def top_level(runs: list) -> list:
+    return [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+
+
+def test_deployments_run_end_to_end_with_outputs_on_s3_and_linked_tracking(stack, finished):
+    # the sweep: every image on S3, its folder named after the flow run
+    out = f"renders/e2e/{finished['sweep'].name}"
+    with stack.s3.open(f"{out}/results.parquet") as f:
+        results = pq.read_table(f).to_pylist()
+    assert len(results) == 6 and {r["status"] for r in results} == {"ok"}
+    assert all(stack.s3.exists(r["image_uri"]) for r in results)
+
+    # MLflow, on the server: linked to the flow run both ways, artifacts served through it
+    for name, run in finished.items():
+        (tracked,) = top_level(mlflow_runs(stack, run.id))
+        assert tracked.info.status == "FINISHED", name
+        assert tracked.data.tags["prefect.flow_run_url"].endswith(f"/flow-run/{run.id}")
+        assert tracked.info.artifact_uri.startswith("mlflow-artifacts:"), tracked.info.artifact_uri
+    sweep_run = next(iter(mlflow_runs(stack, finished["sweep"].id)))
+    artifacts = {a.path for a in stack.mlflow().list_artifacts(sweep_run.info.run_id)}
+    assert {"results.parquet", "contact_sheet.png"} <= artifacts
+    assert stack.s3.find("mlflow-artifacts")  # the server stored them in the object store
+    with stack.client() as client:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        (summary,) = [a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["sweep-summary"])),
+        ) if a.flow_run_id == finished["sweep"].id]  # fmt: skip
+    assert f"/runs/{sweep_run.info.run_id}" in summary.data  # the summary links the MLflow run
+
+    # the class priors and DreamBooth: all on S3
+    assert len(stack.s3.glob("renders/priors/*/images/*/0.png")) == 2
+    assert stack.s3.exists("renders/db/pipeline/easel_export.json")  # the marker, last
+    assert stack.s3.exists("renders/db/validation/results.parquet")
+    assert stack.s3.glob("renders/db/checkpoints/step=00000120.ckpt")
+
+
+def test_bad_parameters_are_refused_before_a_run_exists_and_a_missing_manifest_fails_fast(
+    stack,
+):
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    params = {"manifest": "s3://prompts/e2e/none.parquet", "out": "s3://renders/none"}
+    for bad in ({"batch_size": 0}, {"scheduler": "magic"}, {"typo": 1}):
+        with pytest.raises(PrefectHTTPStatusError):
+            stack.trigger("sweep/sweep-local", {"params": {**params, **bad}})
+    (run,) = stack.wait([stack.trigger("sweep/sweep-local", {"params": params})])
+    assert run.state.is_failed()
+    assert "s3://prompts/e2e/none.parquet" in run.state.message, run.state.message
+    assert (run.end_time - run.start_time).total_seconds() < 30
+    assert not stack.s3.exists("renders/none/results.parquet")
+
+
+def test_killed_runs_are_crashed_retried_and_finished_by_the_other_worker(
+    stack, subject, finished, tmp_path
+):
+    from prefect.client.schemas.objects import StateType
+
+    rows = [{"id": f"k{i}", "prompt": "a blue square on a white background",
+             "num_inference_steps": 25, "num_images": 4} for i in range(60)]  # fmt: skip
+    big = {"manifest": put_manifest(stack, "e2e/big.parquet", rows, tmp_path), "batch_size": 4}
+    one, two = stack.worker_pid("worker-1"), stack.worker_pid("worker-2")
+
+    # worker-1 takes a sweep and a DreamBooth, worker-2 a second sweep
+    os.kill(two, signal.SIGSTOP)
+    try:
+        sweep = stack.trigger("sweep/sweep-local", {"params": {**big, "out": "s3://renders/k1"}})
+        dreambooth = stack.trigger("dreambooth/dreambooth-local",
+                                   {"config": dreambooth_config(subject, "s3://renders/db-k")})
+        stack.wait([sweep, dreambooth], lambda run: stack.flow_process(run.id), seconds=60)
+    finally:
+        os.kill(two, signal.SIGCONT)
+    os.kill(one, signal.SIGSTOP)
+    try:
+        lost = stack.trigger("sweep/sweep-local", {"params": {**big, "out": "s3://renders/k2"}})
+        stack.wait([lost], lambda run: stack.flow_process(run.id), seconds=60)
+    finally:
+        os.kill(one, signal.SIGCONT)
+    assert {parent_of(stack.flow_process(r)) for r in (sweep, dreambooth)} == {one}
+    assert parent_of(stack.flow_process(lost)) == two
+
+    # mid-work: some batches recorded, a checkpoint published, nothing finished
+    def progressed(_run) -> bool:
+        stack.s3.invalidate_cache()
+        return (len(stack.s3.glob("renders/k1/.easel/records/*")) >= 2
+                and len(stack.s3.glob("renders/k2/.easel/records/*")) >= 2
+                and stack.s3.glob("renders/db-k/checkpoints/*.ckpt"))  # fmt: skip
+
+    stack.wait([sweep], progressed, seconds=120)
+    stack.s3.invalidate_cache()
+    recorded = len(stack.s3.glob("renders/k1/.easel/records/*"))  # first: their images exist
+    before = {p: stack.s3.info(p)["LastModified"] for p in stack.s3.find("renders/k1/images")}
+    for pid in (one, stack.flow_process(sweep), stack.flow_process(dreambooth)):
+        os.kill(pid, signal.SIGKILL)  # a worker killed with its runs: nobody reports it
+    os.kill(stack.flow_process(lost), signal.SIGKILL)  # a lost flow process; its worker lives
+    killed_at = time.monotonic()
+
+    runs = stack.wait([sweep, dreambooth, lost])
+    with stack.client() as client:
+        history = {r.id: [(s.type, s.message) for s in client.read_flow_run_states(r.id)]
+                   for r in runs}  # fmt: skip
+    for run in runs:
+        assert run.state.is_completed(), (run.name, history[run.id])
+        assert run.run_count == 2, (run.name, history[run.id])  # crashed once, retried once
+        assert StateType.CRASHED in dict(history[run.id]), history[run.id]
+    for run_id in (sweep, dreambooth):  # crashed by the zombie automation
+        assert any("No heartbeat" in (m or "") for _, m in history[run_id]), history[run_id]
+    assert time.monotonic() - killed_at < WAIT
+
+    # only the missing work: images recorded before the kill were never generated again
+    stack.s3.invalidate_cache()
+    with stack.s3.open("renders/k1/results.parquet") as f:
+        results = pq.read_table(f).to_pylist()
+    assert len(results) == 240 and {r["status"] for r in results} == {"ok"}
+    assert len({(r["id"], r["image_index"]) for r in results}) == 240
+    after = {p: stack.s3.info(p)["LastModified"] for p in before}
+    unchanged = sum(after[p] == before[p] for p in before)
+    assert unchanged >= 4 * recorded, (unchanged, recorded)  # every recorded batch's images
+    assert len(before) - unchanged <= 2 * 4, (len(before), unchanged)  # at most those in flight
+
+    # DreamBooth resumed from its last checkpoint, to the weights of an untroubled run
+    def weights(path: str) -> dict:
+        with stack.s3.open(path) as f:
+            return torch.load(f, weights_only=True)["state_dict"]
+
+    resumed = weights("renders/db-k/checkpoints/step=00000120.ckpt")
+    straight = weights("renders/db/checkpoints/step=00000120.ckpt")
+    assert resumed.keys() == straight.keys()
+    for key, value in straight.items():
+        assert torch.equal(resumed[key], value), key
+
+    # the crashed attempts' MLflow runs end FAILED; the retries' FINISHED
+    for run in runs:
+        tracked = top_level(mlflow_runs(stack, run.id))
+        by_attempt = {r.data.tags["prefect.run_count"]: r.info.status for r in tracked}
+        assert by_attempt == {"1": "FAILED", "2": "FINISHED"}, (run.name, by_attempt)
