@@ -48,3 +48,17 @@ def test_kubernetes_template_requests_the_gpus_it_is_given():
     container = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"][
         "containers"][0]  # fmt: skip
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
+
+
+def test_the_optional_image_steps_call_prefect_docker_with_its_own_arguments():
+    import importlib
+    import inspect
+
+    steps = yaml.safe_load((ROOT / "prefect.yaml").read_text())["definitions"]["image_steps"]
+    for step in steps["build"] + steps["push"]:
+        ((path, arguments),) = step.items()
+        module, _, name = path.rpartition(".")
+        function = getattr(importlib.import_module(module), name)
+        accepted = inspect.signature(function).parameters
+        given = set(arguments) - {"id", "requires"}  # Prefect's own step keys
+        assert given <= set(accepted) or "build_kwargs" in accepted, (path, given)
