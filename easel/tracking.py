@@ -55,17 +55,25 @@ def _client():
 
 @contextlib.contextmanager
 def start_run(
-    experiment: str, run_name: str, params: dict, tags: dict[str, str] | None = None
-) -> Iterator[str]:
-    """A run of `experiment` (nested under the active run, if any) with `params` logged and
-    `tags` set; yields its id and ends it FINISHED, or FAILED if the block raises."""
+    experiment: str, run_name: str, params: dict, tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[str]:  # fmt: skip
+    """A run of `experiment` with `params` logged and `tags` set, nested under the active
+    run if any, else under `parent_run_id` (a run of another process: a shard's parent,
+    whose experiment it joins); yields its id and ends it FINISHED, or FAILED if the block
+    raises."""
     import mlflow
 
-    _client()
+    client = _client()
     if tags and int(tags.get(ATTEMPT_TAG, 1)) > 1:
         end_crashed_attempts(tags["prefect.flow_run_id"])
     nested = mlflow.active_run() is not None
-    if not nested:
+    tags = dict(tags or {})
+    if parent_run_id and not nested:
+        tags["mlflow.parentRunId"] = parent_run_id
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        mlflow.set_experiment(experiment_id=experiment_id)
+    elif not nested:
         mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name, nested=nested, tags=tags) as run:
         log_params(params)

@@ -13,8 +13,9 @@ import logging  # noqa: E402
 
 import prefect  # noqa: E402, F401 - before any capsys test: Prefect's log handler binds stderr once
 
-# The session's Prefect server says "Stopping temporary server" after pytest has closed the
-# stream its log handler holds: without this, a "Logging error" traceback follows the summary.
+# Prefect's temporary server (tests without the `prefect_server` fixture) says "Stopping
+# temporary server" after pytest has closed the stream its log handler holds: without this,
+# a "Logging error" traceback follows the summary.
 logging.raiseExceptions = False
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -32,15 +33,51 @@ def isolated_environment(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def prefect_server():
-    """A Prefect test server shared by the session; subprocesses reach it via PREFECT_API_URL."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server(tmp_path_factory):
+    """A real `prefect server` for the session, with its services (lease expiry,
+    automations), on loopback; subprocesses reach it via PREFECT_API_URL."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
 
-    with prefect_test_harness(server_startup_timeout=120):
-        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
-        yield PREFECT_API_URL.value()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    root = tmp_path_factory.mktemp("prefect")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PREFECT_HOME": str(root), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    command = [str(Path(sys.executable).with_name("prefect")), "server", "start",
+               "--host", "127.0.0.1", "--port", str(port), "--no-ui"]  # fmt: skip
+    with open(root / "server.log", "wb") as log:
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, (
+                (root / "server.log").read_text()[-3000:]
+            )
+            time.sleep(0.5)
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield url
+    finally:
         os.environ.pop("PREFECT_API_URL", None)
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 @pytest.fixture(scope="session")

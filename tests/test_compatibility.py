@@ -99,8 +99,25 @@ def test_record_shard_schema_is_pinned():
         ("image_uri", "string"), ("status", "string"), ("error", "string"),
         ("warning", "string"), ("seed", "int64"), ("model_ref", "string"),
         ("model_digest", "string"), ("scheduler", "string"), ("duration_s", "double"),
-        ("image_sha256", "string"), ("mlflow_run_id", "string"),
+        ("image_sha256", "string"), ("mlflow_run_id", "string"), ("flow_run_id", "string"),
     ]  # fmt: skip
+
+
+def test_record_shards_written_before_flow_run_ids_still_read(tmp_path):
+    """Shards from before `flow_run_id` existed vouch for their images as before."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from easel.data.results import read_records, records_dir
+
+    old = pa.schema([f for f in RECORD_SCHEMA if f.name != "flow_run_id"])
+    row = {"id": "a", "request_key": "k", "image_index": 0, "image_uri": "x.png",
+           "status": "ok", "seed": 1, "mlflow_run_id": "r"}  # fmt: skip
+    folder = tmp_path / records_dir("out")
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([row], schema=old), folder / "b.parquet")
+    (record,) = read_records(str(tmp_path / "out"))
+    assert (record.id, record.status, record.flow_run_id) == ("a", "ok", None)
 
 
 @pytest.fixture(autouse=True)

@@ -180,18 +180,39 @@ def planned_images(job: RowJob, facts: ModelFacts) -> list[PlannedImage]:
     return images
 
 
+def shard_of(image: PlannedImage, shards: int) -> int:
+    """Which of `shards` shards does `image` (0-based)? Decided by its slot's content (row
+    id, image index, request key), never by its position: the same on every rerun."""
+    digest = hashlib.sha256("|".join(map(str, image.slot)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % shards
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` of `count` (`Shard(0, 1)`: all the work)."""
+
+    index: int
+    count: int
+
+    def holds(self, image: PlannedImage) -> bool:
+        return self.count == 1 or shard_of(image, self.count) == self.index
+
+
+ALL = Shard(0, 1)
+
+
 def plan_batches(
     jobs: list[RowJob], facts: dict[str, ModelFacts], batch_size: int,
-    done: set[tuple[str, int, str]],
+    done: set[tuple[str, int, str]], shard: Shard = ALL,
 ) -> list[PlannedBatch]:  # fmt: skip
-    """Batches of at most `batch_size` images whose slot is not done, grouped by shared
-    settings."""
+    """Batches of at most `batch_size` images of `shard` whose slot is not done, grouped by
+    shared settings."""
     assert batch_size >= 1
     pending = []
     for job in jobs:
         settings = row_settings(job, facts[job.model])
         for image in planned_images(job, facts[job.model]):
-            if image.slot not in done:
+            if image.slot not in done and shard.holds(image):
                 pending.append((job.model, settings, image))
     group_key = lambda item: (item[0], repr(item[1]))
     batches = []
@@ -221,10 +242,18 @@ class SweepPlan:
     def pending_images(self) -> int:
         return sum(len(batch.images) for batch in self.batches)
 
+    def pending_per_shard(self, shards: int) -> dict[int, int]:
+        """Pending images of each shard that has any, by shard index."""
+        counts: dict[int, int] = {}
+        for image in (image for batch in self.batches for image in batch.images):
+            index = shard_of(image, shards)
+            counts[index] = counts.get(index, 0) + 1
+        return dict(sorted(counts.items()))
+
 
 def build_plan(
     jobs: list[RowJob], failures: list[RowFailure], facts_for, batch_size: int,
-    done: set[tuple[str, int, str]],
+    done: set[tuple[str, int, str]], shard: Shard = ALL,
 ) -> SweepPlan:  # fmt: skip
     """Resolve each distinct model once (`facts_for(ref)`, which raises `ValueError` with a
     user message for a bad reference); rows on a bad model fail alone."""
@@ -244,7 +273,7 @@ def build_plan(
             failures.append(RowFailure(row_index=job.row_index, id=job.id, error=error))
         else:
             runnable.append(job)
-    batches = plan_batches(runnable, facts, batch_size, done)
+    batches = plan_batches(runnable, facts, batch_size, done, shard)
     return SweepPlan(jobs=runnable, failures=failures, facts=facts, batches=batches)
 
 

@@ -29,6 +29,7 @@ MIN_IMAGES, MAX_IMAGES = 1, 64  # num_images of one row
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 8, 4096, 8  # width, height, resolution (pixels)
 MAX_SEED = 2**63 - 1
 MIN_BATCH, MAX_BATCH = 1, 256  # images per pipeline call
+MAX_SHARDS = 256  # flow runs one sweep may split into
 DEFAULT_MAX_PIXELS = 2048 * 2048  # the sweep's pixel budget for width x height
 MIN_MAX_PIXELS = 64
 
@@ -49,6 +50,7 @@ PriorInferenceSteps = Annotated[int, Field(ge=MIN_PRIOR_STEPS, le=MAX_STEPS)]
 GuidanceScale = Annotated[float, Field(ge=0)]
 Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)]
 BatchSize = Annotated[int, Field(ge=MIN_BATCH, le=MAX_BATCH)]
+Shards = Annotated[int, Field(ge=1, le=MAX_SHARDS)]
 
 
 def side_error(column: str, side: int) -> str | None:

@@ -9,6 +9,7 @@ always complete after a rerun, and a rerun skips every slot recorded as ok.
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
@@ -31,6 +32,7 @@ RESULT_FIELDS = pa.schema([
     ("duration_s", pa.float64()),
     ("image_sha256", pa.string()),
     ("mlflow_run_id", pa.string()),
+    ("flow_run_id", pa.string()),  # the Prefect flow run that generated it (a shard's own)
 ])  # fmt: skip
 RECORD_SCHEMA = pa.schema([("id", pa.string()), ("request_key", pa.string()), *RESULT_FIELDS])
 
@@ -53,6 +55,7 @@ class ImageRecord:
     duration_s: float | None
     image_sha256: str | None
     mlflow_run_id: str | None
+    flow_run_id: str | None = None
 
 
 def image_uri(out: str, row_id: str, image_index: int) -> str:
@@ -77,7 +80,7 @@ def read_records(out: str) -> list[ImageRecord]:
         return []
     records = []
     for file in sorted(fs.glob(path.rstrip("/") + "/*.parquet")):
-        with fs.open(file, "rb") as f:
+        with fs.open(file, "rb") as f:  # older shards lack the newer, optional fields
             records.extend(ImageRecord(**row) for row in pq.read_table(f).to_pylist())
     return records
 
@@ -130,7 +133,17 @@ def assemble_results(
 
 
 def write_results(out: str, table: pa.Table) -> str:
+    """`results.parquet` of `out`: `table`, then the rows of the one already there whose
+    `id` `table` lacks (another manifest swept into the same output keeps its rows).
+    Written whole (atomically); hold the output's results lock around the read and write."""
     uri = storage.join(out, "results.parquet")
+    if storage.exists(uri):
+        with io.BytesIO(storage.read_bytes(uri)) as f:
+            before = pq.read_table(f)
+        if "id" in before.column_names and before.num_rows:
+            others = before.filter(pc.invert(pc.is_in(before.column("id"), table.column("id"))))
+            if others.num_rows:
+                table = pa.concat_tables([table, others], promote_options="permissive")
     storage.write_parquet_atomic(uri, with_pandas_metadata(table))
     return uri
 

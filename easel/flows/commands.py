@@ -20,6 +20,11 @@ def _sweep(subparsers) -> None:
         f"default {limits.BATCH_SIZE})",
     )  # fmt: skip
     parser.add_argument(
+        "--shards", type=int,
+        help=f"flow runs to split the work into, run one after the other here, on the pool's "
+        f"workers from a deployment (1..{limits.MAX_SHARDS}, default 1)",
+    )  # fmt: skip
+    parser.add_argument(
         "--input-root",
         action="append",
         dest="input_roots",

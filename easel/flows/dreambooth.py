@@ -4,6 +4,8 @@ sweep → (register). Running the same command again resumes where it stopped.""
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from easel.flows.priors import PriorsParameters, class_priors_flow
 from easel.flows.run_context import prefect_tags
 from easel.flows.sweep import SweepParameters, sweep_flow
 from easel.models.dreambooth.config import DreamBoothConfig
+from easel.tasks import locks
 from easel.tasks.dreambooth import (
     EXPERIMENT,
     check_inputs,
@@ -49,7 +52,8 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
     model = resolve_model_task(config.model)
     inputs = check_inputs_task(config, model.digest)
     tags = prefect_tags()
-    with tracking.start_run(EXPERIMENT, "dreambooth", config.model_dump(), tags) as run_id:
+    with holding_output(config.output), \
+         tracking.start_run(EXPERIMENT, "dreambooth", config.model_dump(), tags) as run_id:
         class_images: list[str] = []
         if config.prior_preservation and config.class_data:
             class_images = class_images_task(config)
@@ -96,6 +100,22 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
     )
     _publish_summary(config, result)
     return result
+
+
+@contextlib.contextmanager
+def holding_output(output: str) -> Iterator[None]:
+    """Hold the output folder for the run (`locks.hold_folder`): one live run trains into a
+    folder at a time. Raises `InvalidInput` naming the folder and its live holder."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(locks.hold_folder("dreambooth", output))
+        except locks.Busy as busy:
+            raise InvalidInput(
+                f"`output` {output} is held by another live run ({busy}): wait for it, or "
+                f"train into another folder; a holder that died lets go within "
+                f"{locks.LEASE_SECONDS} s"
+            ) from None
+        yield
 
 
 def _publish_summary(config: DreamBoothConfig, result: DreamBoothResult) -> None:

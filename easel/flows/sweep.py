@@ -16,23 +16,26 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from easel import tracking
 from easel.data import limits, manifest, storage
-from easel.data.batching import chunk_batches
+from easel.data.batching import ALL, Shard, chunk_batches
 from easel.data.limits import (
     BatchSize,
     GuidanceScale,
     InferenceSteps,
     PriorInferenceSteps,
     SchedulerName,
+    Shards,
 )
 from easel.data.manifest import SweepDefaults
 from easel.data.results import SweepSummary
 from easel.flows.config import load_parameters
 from easel.flows.run_context import expand_placeholders, prefect_tags
-from easel.models.engine.sweep import SweepInputs
+from easel.flows.shards import run_shards
+from easel.models.engine.sweep import BatchOutcome, SweepInputs
+from easel.tasks import locks
 from easel.tasks.sweep import generate_batches_task, plan_sweep_task, write_results_task
 
 
@@ -82,6 +85,24 @@ class SweepParameters(BaseModel):
     images_per_task: int = Field(
         256, ge=1, le=100_000, description="images per Prefect task (a retry unit)"
     )
+    shards: Shards = Field(
+        1, description="flow runs the work is split into, by content (the same on every "
+        "rerun): a deployment's run starts each on any worker of its pool, a run from a shell "
+        "runs them one after the other; runs into one output should use the same number",
+    )  # fmt: skip
+    shard: int | None = Field(
+        None, ge=0, lt=limits.MAX_SHARDS,
+        description="set by the parent run: the one shard this run generates (leave empty)",
+    )  # fmt: skip
+    parent_mlflow_run_id: str | None = Field(
+        None, description="set by the parent run: its MLflow run (leave empty)"
+    )
+
+    @model_validator(mode="after")
+    def _shard_in_range(self):
+        if self.shard is not None and self.shard >= self.shards:
+            raise ValueError(f"`shard` {self.shard} must be below `shards` ({self.shards})")
+        return self
 
     def inputs(self) -> SweepInputs:
         defaults = SweepDefaults(
@@ -98,23 +119,53 @@ class SweepParameters(BaseModel):
 
 
 @flow(name="sweep", log_prints=True)
-def sweep_flow(params: SweepParameters) -> SweepSummary:
-    """Validate the manifest, generate the missing images chunk by chunk, record everything."""
+def sweep_flow(params: SweepParameters) -> SweepSummary | BatchOutcome:
+    """Validate the manifest, generate the missing images chunk by chunk (split into
+    `shards` flow runs when asked), record everything, merge `results.parquet`."""
     params = params.model_copy(update={"out": expand_placeholders(params.out)})
+    if params.shard is not None:
+        return _shard_run(params)
     inputs = params.inputs()
     table, plan = plan_sweep_task(inputs)
     tags = prefect_tags()
     with tracking.start_run(params.experiment, "sweep", params.model_dump(), tags) as run_id:
         progress = Progress(plan.pending_images, params.out, params.show_progress)
-        generated, seconds = 0, 0.0
-        for chunk in chunk_batches(plan.batches, params.images_per_task):
-            outcome = generate_batches_task(inputs, chunk, run_id, progress.advance)
-            generated, seconds = generated + outcome.ok, seconds + outcome.seconds
+        if params.shards == 1:
+            outcome = _generate_shard(inputs, ALL, run_id, progress.advance, params)
+        else:
+            outcome = run_shards(params, plan, run_id, progress, sweep_flow)
         progress.close()
-        summary = write_results_task(inputs, table, plan, generated)
-        _log_to_mlflow(summary, plan.pending_images, generated, seconds)
+        summary = write_results_task(inputs, table, plan, outcome.ok)
+        _log_to_mlflow(summary, plan.pending_images, outcome.ok, outcome.seconds)
     _publish_artifacts(summary, run_id)
     return summary
+
+
+def _generate_shard(inputs: SweepInputs, shard: Shard, run_id: str, on_batch, params):
+    """Hold the shard of the output (a second run reaching it waits, then finds it done),
+    plan what is still missing in it, and generate it chunk by chunk."""
+    name = locks.lock_name("sweep", inputs.out, f"{shard.index}-of-{shard.count}")
+    ok, failed, seconds = 0, 0, 0.0
+    with locks.hold(name):
+        _, plan = plan_sweep_task(inputs, shard)
+        for chunk in chunk_batches(plan.batches, params.images_per_task):
+            outcome = generate_batches_task(inputs, chunk, run_id, on_batch)
+            ok, failed = ok + outcome.ok, failed + outcome.failed
+            seconds += outcome.seconds
+    return BatchOutcome(ok=ok, failed=failed, seconds=seconds)
+
+
+def _shard_run(params: SweepParameters) -> BatchOutcome:
+    """One shard, as its own flow run: an MLflow child run of the parent's, with its figures."""
+    shard = Shard(params.shard, params.shards)
+    name = f"sweep shard {shard.index + 1}/{shard.count}"
+    logged = params.model_dump()
+    with tracking.start_run(params.experiment, name, logged, prefect_tags(),
+                            parent_run_id=params.parent_mlflow_run_id) as run_id:  # fmt: skip
+        outcome = _generate_shard(params.inputs(), shard, run_id, None, params)
+        tracking.log_metrics({"images_generated": outcome.ok, "images_failed": outcome.failed,
+                              "generation_seconds": outcome.seconds})  # fmt: skip
+    return outcome
 
 
 class Progress:
@@ -187,7 +238,7 @@ def _publish_artifacts(summary: SweepSummary, mlflow_run_id: str) -> None:
 def run_sweep_command(args: argparse.Namespace) -> int:
     overrides = {
         "manifest": args.manifest, "out": args.out, "model": args.model,
-        "batch_size": args.batch_size, "input_roots": args.input_roots,
+        "batch_size": args.batch_size, "shards": args.shards, "input_roots": args.input_roots,
         "trust_pickle": args.trust_pickle, "show_progress": sys.stderr.isatty(),
     }  # fmt: skip
     params = load_parameters(SweepParameters, args.config, overrides)

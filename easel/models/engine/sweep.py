@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 
 from easel.data import manifest, results, storage
-from easel.data.batching import PlannedBatch, SweepPlan, build_plan
+from easel.data.batching import ALL, PlannedBatch, Shard, SweepPlan, build_plan
 from easel.data.results import ImageRecord
 from easel.data.writer import BatchWriter
 from easel.errors import InvalidInput
@@ -44,23 +44,26 @@ def _facts_for(ref: str):
         raise ValueError(str(error)) from None
 
 
-def plan_sweep(inputs: SweepInputs) -> tuple[manifest.Manifest, SweepPlan]:
-    """Read and validate the manifest, resolve its models, and plan the missing work.
+def plan_sweep(inputs: SweepInputs, shard: Shard = ALL) -> tuple[manifest.Manifest, SweepPlan]:
+    """Read and validate the manifest, resolve its models, and plan the missing work of
+    `shard` (default: all of it).
 
     Raises `InvalidInput` when the manifest as a whole is unusable."""
     table = manifest.read_manifest(inputs.manifest)
     jobs, failures = manifest.validate_manifest(table, inputs.defaults, list(inputs.input_roots))
     done = results.done_slots(inputs.out)
     storage.remove_stale_temporaries(inputs.out)  # what a killed run was writing
-    plan = build_plan(jobs, failures, _facts_for, inputs.batch_size, done)
+    plan = build_plan(jobs, failures, _facts_for, inputs.batch_size, done, shard)
     return table, plan
 
 
 def generate_batches(
-    inputs: SweepInputs, batches: list[PlannedBatch], run_id: str | None, on_batch=None
-) -> BatchOutcome:
+    inputs: SweepInputs, batches: list[PlannedBatch], run_id: str | None, on_batch=None,
+    flow_run_id: str | None = None,
+) -> BatchOutcome:  # fmt: skip
     """Generate `batches` in order; a background writer stores each batch's images, then
-    its record shard (the marker, last), while the next batch is generated."""
+    its record shard (the marker, last), while the next batch is generated. Records carry
+    the MLflow run `run_id` and the Prefect flow run `flow_run_id`."""
     import torch
 
     dtype = getattr(torch, inputs.dtype) if inputs.dtype else None
@@ -72,7 +75,8 @@ def generate_batches(
             outputs = generate_each(loaded, batch.settings, [i.request for i in batch.images])
             elapsed = time.perf_counter() - start
             seconds += elapsed
-            writer.submit(batch, outputs, pending_records(loaded, batch, elapsed, run_id))
+            records = pending_records(loaded, batch, elapsed, run_id, flow_run_id)
+            writer.submit(batch, outputs, records)
             if on_batch:
                 on_batch(len(batch.images))
         records = writer.close()
@@ -81,8 +85,9 @@ def generate_batches(
 
 
 def pending_records(
-    loaded, batch: PlannedBatch, seconds: float, run_id: str | None
-) -> list[ImageRecord]:
+    loaded, batch: PlannedBatch, seconds: float, run_id: str | None,
+    flow_run_id: str | None = None,
+) -> list[ImageRecord]:  # fmt: skip
     """The records of a generated batch, before its images are written."""
     return [
         ImageRecord(
@@ -102,6 +107,7 @@ def pending_records(
             duration_s=seconds / len(batch.images),
             image_sha256=None,
             mlflow_run_id=run_id,
+            flow_run_id=flow_run_id,
         )  # fmt: skip
         for image in batch.images
     ]

@@ -1,0 +1,99 @@
+"""A sweep split into shards (`shards` > 1): each shard is its own flow run of the sweep
+flow (`shard` set), started by the parent run and merged by it.
+
+- Which images a shard holds is decided by content (`batching.shard_of`), so a rerun
+  splits the same way and a shard already done is not started again.
+- A deployment's run starts each shard as a run of the same deployment (`run_deployment`,
+  linked to the parent as a subflow): any worker of the pool takes it. A run without a
+  deployment (`easel sweep` on a shell) runs the shards in this process, one after another,
+  through the same flow.
+- A shard run that fails or crashes is started again by the parent (`SHARD_RETRIES`);
+  crashed ones are also rescheduled by `easel automations`. Two runs of one shard never
+  both generate an image: each holds its shard of the output (`locks`) and plans inside the
+  hold, so the later one finds the work done.
+"""
+
+from __future__ import annotations
+
+import time
+
+from easel.data import results
+from easel.data.batching import SweepPlan
+from easel.models.engine.sweep import BatchOutcome
+
+SHARD_RETRIES = 1  # new runs the parent starts for a shard whose run failed or crashed
+POLL_SECONDS = 5.0  # how often the parent looks at its shards' runs
+
+
+def run_shards(params, plan: SweepPlan, run_id: str, progress, sweep_flow) -> BatchOutcome:
+    """Run every shard of `params.shards` that has pending images, each as a flow run of
+    `sweep_flow` whose MLflow run is a child of `run_id`; wait for all; `progress.advance(n)`
+    as images land. Returns what the shards generated (from the records they wrote)."""
+    from prefect.runtime import deployment
+
+    children = {
+        index: params.model_copy(update={"shard": index, "parent_mlflow_run_id": run_id})
+        for index in plan.pending_per_shard(params.shards)
+    }
+    print(f"{plan.pending_images} images to generate in {len(children)} of "
+          f"{params.shards} shards")  # fmt: skip
+    if deployment.id:
+        run_ids = _on_the_pool(children, deployment.id, params.out, progress)
+    else:
+        run_ids = _in_this_process(children, progress, sweep_flow)
+    mine = [r for r in results.read_records(params.out) if r.flow_run_id in run_ids]
+    ok = [r for r in mine if r.status == "ok"]
+    seconds = sum(r.duration_s or 0.0 for r in mine)
+    return BatchOutcome(ok=len(ok), failed=len(mine) - len(ok), seconds=seconds)
+
+
+def _in_this_process(children: dict, progress, sweep_flow) -> set[str]:
+    """Each shard as a subflow of this run, one after another; returns their run ids."""
+    run_ids = set()
+    for child in children.values():
+        state = sweep_flow(child, return_state=True)
+        outcome = state.result()  # raises as the shard did
+        progress.advance(outcome.ok + outcome.failed)
+        run_ids.add(str(state.state_details.flow_run_id))
+    return run_ids
+
+
+def _on_the_pool(children: dict, deployment_id, out: str, progress) -> set[str]:
+    """Start each shard on the pool, wait for all, start a failed one again; returns the
+    ids of every shard run started."""
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+
+    def start(child):
+        run = run_deployment(deployment_id, parameters={"params": child.model_dump()},
+                             timeout=0, as_subflow=True)  # fmt: skip
+        print(f"shard {child.shard + 1}/{child.shards}: flow run {run.name} ({run.id})")
+        return run.id
+
+    waiting = {index: start(child) for index, child in children.items()}
+    started, retries = set(waiting.values()), dict.fromkeys(children, 0)
+    shown = _generated(out, started)
+    while waiting:
+        time.sleep(POLL_SECONDS)
+        with get_client(sync_client=True) as client:
+            states = {i: client.read_flow_run(run_id).state for i, run_id in waiting.items()}
+        for index, state in states.items():
+            if state.is_completed() or (state.is_final() and retries[index] >= SHARD_RETRIES):
+                if not state.is_completed():
+                    print(f"shard {index + 1}: {state.type.value} ({state.message}); its "
+                          "images stay missing until the sweep runs again")  # fmt: skip
+                del waiting[index]
+            elif state.is_final():
+                retries[index] += 1
+                waiting[index] = start(children[index])
+                started.add(waiting[index])
+        now = _generated(out, started)
+        progress.advance(now - shown)
+        shown = now
+    return {str(run_id) for run_id in started}
+
+
+def _generated(out: str, run_ids: set) -> int:
+    """Images the runs `run_ids` have recorded so far."""
+    wanted = {str(run_id) for run_id in run_ids}
+    return sum(1 for r in results.read_records(out) if r.flow_run_id in wanted)

@@ -1,0 +1,130 @@
+"""Exclusive holds on a piece of work across processes and machines: Prefect global
+concurrency limits of one slot, taken under a lease.
+
+A hold is named after what it guards (`lock_name`: a sweep output's shard, a DreamBooth
+output folder, an output's results table). Prefect renews the lease while the holder
+lives; a holder that dies (kill -9, a lost node) stops renewing, and its hold is free
+again after `LEASE_SECONDS`, so nothing waits forever on a dead run. The limits are made on
+first use (one slot each) on the Prefect server the run talks to.
+
+Without a Prefect server (`PREFECT_API_URL` unset: a command on a shell runs on Prefect's
+temporary server, which lives and dies with the process) nothing is held: runs started
+from two shells into one output are not kept apart. Prefect keeps leases in the server's
+memory unless it is set up with Redis (prefect-redis): a server restarted while a run held
+a slot leaves the slot taken (`prefect gcl update NAME --active-slots 0` frees it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+from easel.data import storage
+
+LEASE_SECONDS = 60  # a dead holder's hold is free again after this long (Prefect's least)
+TRY_SECONDS = 3.0  # how long `hold(..., wait=False)` tries before it reports the hold busy
+
+
+class Busy(Exception):
+    """Another live run holds it (the message names what)."""
+
+
+def lock_name(kind: str, location: str, part: str = "") -> str:
+    """The limit's name: `easel-KIND-<16 hex of the location>[-PART]` (Prefect's names are
+    short; the location itself, any URI, is hashed)."""
+    digest = hashlib.sha256(location.rstrip("/").encode()).hexdigest()[:16]
+    return f"easel-{kind}-{digest}" + (f"-{part}" if part else "")
+
+
+def _ensure_limit(name: str) -> None:
+    """The one-slot limit `name`, made if missing (two runs making it at once: one wins)."""
+    from httpx import HTTPStatusError
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists, HTTPStatusError):
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1)
+                )
+
+
+def _holder():
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.runtime import flow_run
+
+    return ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id) if flow_run.id else None
+
+
+@contextlib.contextmanager
+def hold(name: str, wait: bool = True) -> Iterator[None]:
+    """Hold `name` for the block. `wait=False`: raise `Busy` if another run holds it (after
+    trying for `TRY_SECONDS`); `wait=True`: wait until it is free (at most the holder's
+    work, or `LEASE_SECONDS` after the holder died)."""
+    from prefect.concurrency.sync import concurrency
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():  # Prefect's temporary server: this process alone
+        yield
+        return
+    _ensure_limit(name)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(concurrency(
+                name, occupy=1, timeout_seconds=None if wait else TRY_SECONDS,
+                lease_duration=LEASE_SECONDS, strict=True, holder=_holder(),
+            ))  # fmt: skip
+        except TimeoutError:
+            raise Busy(name) from None
+        yield
+
+
+@contextlib.contextmanager
+def hold_folder(kind: str, folder: str) -> Iterator[None]:
+    """Hold `folder` (any fsspec URI) for the block, and say who holds it in
+    `FOLDER/.easel/holder`. A hold whose holder has ended (its flow run is in a final
+    state, or is this same flow run: an earlier, crashed attempt) is waited for, since it
+    lapses within `LEASE_SECONDS`; a live holder raises `Busy` naming it."""
+    from prefect.runtime import flow_run
+
+    name, holder_file = lock_name(kind, folder), storage.join(folder, ".easel", "holder")
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(hold(name, wait=False))
+        except Busy:
+            holder = _read_holder(holder_file)
+            if not _ended(holder.get("flow_run_id"), str(flow_run.id)):
+                raise Busy(
+                    f"flow run {holder.get('flow_run_name', '?')} "
+                    f"{holder.get('flow_run_id', '?')}, since {holder.get('since', '?')}"
+                ) from None
+            print(f"waiting for the hold of the ended run {holder['flow_run_id']} to lapse")
+            stack.enter_context(hold(name))
+        since = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+        storage.write_text_atomic(holder_file, json.dumps(
+            {"flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name, "since": since}
+        ))  # fmt: skip
+        yield
+
+
+def _read_holder(holder_file: str) -> dict:
+    return json.loads(storage.read_bytes(holder_file)) if storage.exists(holder_file) else {}
+
+
+def _ended(holder_id: str | None, this_run: str) -> bool:
+    """Has the flow run `holder_id` ended (or is it an earlier attempt of this run)?"""
+    if not holder_id:
+        return False
+    if holder_id == this_run:
+        return True
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(holder_id).state.is_final()
