@@ -85,7 +85,9 @@ def read_env(root: Path) -> dict[str, str]:
     return values
 
 
-def start(root: Path, workers: int, heartbeat: int, window: int | None, ui: bool) -> None:
+def start(
+    root: Path, workers: int, heartbeat: int, window: int | None, ui: bool, limit: int | None
+) -> None:
     root.mkdir(parents=True, exist_ok=True)
     base = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1"}
     s3 = f"http://127.0.0.1:{free_port()}"
@@ -135,13 +137,14 @@ def start(root: Path, workers: int, heartbeat: int, window: int | None, ui: bool
         if done.returncode:
             sys.exit(f"local_stack: {shlex.join(command[1:])} failed:\n{done.stdout}{done.stderr}")
     for _ in range(workers):
-        add_worker(root)
+        add_worker(root, limit)
     print(f"Prefect {prefect_url}\nMLflow  {mlflow_url}\nS3      {s3}\n"
           f"clients: . {root / 'stack.env'}")  # fmt: skip
 
 
-def add_worker(root: Path) -> str:
-    """One more process worker of `local-cpu`, in its own folder with its own model cache."""
+def add_worker(root: Path, limit: int | None = None) -> str:
+    """One more process worker of `local-cpu`, in its own folder with its own model cache,
+    running at most `limit` flow runs at once (default: no limit)."""
     number = 1 + sum(1 for p in (root / "pids").glob("worker-*"))
     name = f"worker-{number}"
     home = root / name
@@ -149,8 +152,9 @@ def add_worker(root: Path) -> str:
     env = {**os.environ, **read_env(root), "EASEL_CACHE_DIR": str(home / "cache"),
            "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "5"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "OMP_NUM_THREADS": "1"}  # fmt: skip
-    worker = launch(root, name, [str(BIN / "prefect"), "worker", "start", "--pool", "local-cpu",
-                                 "--name", name], env, cwd=home)  # fmt: skip
+    command = [str(BIN / "prefect"), "worker", "start", "--pool", "local-cpu", "--name", name,
+               *(["--limit", str(limit)] if limit else [])]  # fmt: skip
+    worker = launch(root, name, command, env, cwd=home)
     log = root / "logs" / f"{name}.log"
     wait_until(root, name, worker, lambda: "started" in log.read_text(errors="replace"))
     return name
@@ -192,13 +196,17 @@ def main() -> None:
                         "(%(default)s)")
     parser.add_argument("--heartbeat-window", type=int,
                         help="silence after which a run is crashed (default: easel's)")
+    parser.add_argument("--worker-limit", type=int,
+                        help="flow runs one worker runs at once (default: no limit); a sharded "
+                        "sweep's parent takes one while its shards run")
     parser.add_argument("--no-ui", action="store_true", help="the Prefect API without its UI")
     args = parser.parse_args()
     root = Path(args.dir).resolve()
     if args.action == "start":
-        start(root, args.workers, args.heartbeat_frequency, args.heartbeat_window, not args.no_ui)
+        start(root, args.workers, args.heartbeat_frequency, args.heartbeat_window,
+              not args.no_ui, args.worker_limit)  # fmt: skip
     elif args.action == "add-worker":
-        print(add_worker(root))
+        print(add_worker(root, args.worker_limit))
     else:
         stop(root)
 

@@ -100,7 +100,7 @@ def stack(tmp_path_factory):
     env.pop("PREFECT_API_URL", None)
     started = subprocess.run(
         [*script, "start", "--dir", str(root), "--no-ui", "--heartbeat-frequency",
-         str(HEARTBEAT), "--heartbeat-window", str(WINDOW)],
+         str(HEARTBEAT), "--heartbeat-window", str(WINDOW), "--worker-limit", "2"],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     try:
@@ -160,10 +160,15 @@ def finished(stack, subject, tmp_path_factory):
             "dreambooth/dreambooth-local", {"config": dreambooth_config(subject, "s3://renders/db")}
         ),
     }
+    # the same DreamBooth again, into the folder the first one holds: refused, naming it
+    stack.wait([runs["dreambooth"]], lambda run: stack.s3.exists("renders/db/.easel/holder"))
+    twice = stack.trigger("dreambooth/dreambooth-local",
+                          {"config": dreambooth_config(subject, "s3://renders/db")})  # fmt: skip
+    (refused,) = stack.wait([twice])
     done = dict(zip(runs, stack.wait(list(runs.values())), strict=True))
     for name, run in done.items():
         assert run.state.is_completed(), (name, run.state)
-    return done
+    return {**done, "refused": refused}
 
 
 def mlflow_runs(stack: Stack, flow_run_id) -> list:
@@ -186,7 +191,8 @@ def test_deployments_run_end_to_end_with_outputs_on_s3_and_linked_tracking(stack
     assert all(stack.s3.exists(r["image_uri"]) for r in results)
 
     # MLflow, on the server: linked to the flow run both ways, artifacts served through it
-    for name, run in finished.items():
+    for name in ("sweep", "priors", "dreambooth"):
+        run = finished[name]
         (tracked,) = top_level(mlflow_runs(stack, run.id))
         assert tracked.info.status == "FINISHED", name
         assert tracked.data.tags["prefect.flow_run_url"].endswith(f"/flow-run/{run.id}")
@@ -208,6 +214,13 @@ def test_deployments_run_end_to_end_with_outputs_on_s3_and_linked_tracking(stack
     assert stack.s3.exists("renders/db/pipeline/easel_export.json")  # the marker, last
     assert stack.s3.exists("renders/db/validation/results.parquet")
     assert stack.s3.glob("renders/db/checkpoints/step=00000120.ckpt")
+    assert stack.s3.glob("renders/db/checkpoints/*-v1.ckpt") == []  # one run trained there
+
+    # a second DreamBooth into the folder a live run holds was refused, naming both
+    refused = finished["refused"]
+    assert refused.state.is_failed()
+    message = refused.state.message
+    assert "s3://renders/db" in message and str(finished["dreambooth"].id) in message, message
 
 
 def test_bad_parameters_are_refused_before_a_run_exists_and_a_missing_manifest_fails_fast(
@@ -232,7 +245,7 @@ def test_killed_runs_are_crashed_retried_and_finished_by_the_other_worker(
     from prefect.client.schemas.objects import StateType
 
     rows = [{"id": f"k{i}", "prompt": "a blue square on a white background",
-             "num_inference_steps": 25, "num_images": 4} for i in range(60)]  # fmt: skip
+             "num_inference_steps": 20, "num_images": 4} for i in range(40)]  # fmt: skip
     big = {"manifest": put_manifest(stack, "e2e/big.parquet", rows, tmp_path), "batch_size": 4}
     one, two = stack.worker_pid("worker-1"), stack.worker_pid("worker-2")
 
@@ -286,8 +299,8 @@ def test_killed_runs_are_crashed_retried_and_finished_by_the_other_worker(
     stack.s3.invalidate_cache()
     with stack.s3.open("renders/k1/results.parquet") as f:
         results = pq.read_table(f).to_pylist()
-    assert len(results) == 240 and {r["status"] for r in results} == {"ok"}
-    assert len({(r["id"], r["image_index"]) for r in results}) == 240
+    assert len(results) == 160 and {r["status"] for r in results} == {"ok"}
+    assert len({(r["id"], r["image_index"]) for r in results}) == 160
     after = {p: stack.s3.info(p)["LastModified"] for p in before}
     unchanged = sum(after[p] == before[p] for p in before)
     assert unchanged >= 4 * recorded, (unchanged, recorded)  # every recorded batch's images
@@ -309,3 +322,72 @@ def test_killed_runs_are_crashed_retried_and_finished_by_the_other_worker(
         tracked = top_level(mlflow_runs(stack, run.id))
         by_attempt = {r.data.tags["prefect.run_count"]: r.info.status for r in tracked}
         assert by_attempt == {"1": "FAILED", "2": "FINISHED"}, (run.name, by_attempt)
+
+
+def rows_of(prefix: str, count: int, steps: int = 4) -> list[dict]:
+    return [{"id": f"{prefix}{i}", "prompt": "a green triangle on a black background",
+             "num_inference_steps": steps, "num_images": 4} for i in range(count)]  # fmt: skip
+
+
+def read_results_of(stack: Stack, out: str) -> list[dict]:
+    with stack.s3.open(f"{out}/results.parquet") as f:
+        return pq.read_table(f).to_pylist()
+
+
+def submitted_by(stack: Stack, run_id) -> str:
+    """The worker that started the flow run `run_id` (from the workers' logs)."""
+    for log in sorted((stack.root / "logs").glob("worker-*.log")):
+        if str(run_id) in log.read_text(errors="replace"):
+            return log.stem
+    return "none"
+
+
+def test_a_sharded_sweep_spreads_over_both_workers_and_merges_one_result(stack, finished, tmp_path):
+    manifest = put_manifest(stack, "e2e/sharded.parquet", rows_of("s", 16), tmp_path)
+    params = {"manifest": manifest, "out": "s3://renders/sharded", "batch_size": 4, "shards": 4}
+    (parent,) = stack.wait([stack.trigger("sweep/sweep-local", {"params": params})])
+    assert parent.state.is_completed(), parent.state
+
+    results = read_results_of(stack, "renders/sharded")
+    assert len(results) == 64 and {r["status"] for r in results} == {"ok"}
+    assert len({(r["id"], r["image_index"]) for r in results}) == 64
+    shard_runs = {r["flow_run_id"] for r in results}
+    assert len(shard_runs) == 4 and str(parent.id) not in shard_runs  # each shard its own run
+    assert {submitted_by(stack, run_id) for run_id in shard_runs} == {"worker-1", "worker-2"}
+
+    (sweep_run,) = top_level(mlflow_runs(stack, parent.id))
+    client = stack.mlflow()
+    children = client.search_runs(
+        [sweep_run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep_run.info.run_id}'"
+    )
+    assert sorted(c.info.run_name for c in children) == [f"sweep shard {i}/4" for i in range(1, 5)]
+    assert sum(c.data.metrics["images_generated"] for c in children) == 64
+    assert sweep_run.data.metrics["images_generated"] == 64
+
+    # a rerun does nothing: every shard is done
+    (again,) = stack.wait([stack.trigger("sweep/sweep-local", {"params": params})])
+    (rerun,) = top_level(mlflow_runs(stack, again.id))
+    assert again.state.is_completed() and rerun.data.metrics["images_generated"] == 0
+
+
+def test_concurrent_runs_never_generate_an_image_twice_nor_lose_results(stack, finished, tmp_path):
+    same = {"manifest": put_manifest(stack, "e2e/same.parquet", rows_of("t", 8, steps=8), tmp_path),
+            "out": "s3://renders/twice", "batch_size": 4}  # fmt: skip
+    mixed = [{"manifest": put_manifest(stack, f"e2e/{p}.parquet", rows_of(p, 3), tmp_path),
+              "out": "s3://renders/mixed", "batch_size": 4} for p in ("c", "d")]  # fmt: skip
+    runs = [stack.trigger("sweep/sweep-local", {"params": params})
+            for params in (same, same, *mixed)]  # fmt: skip
+    done = stack.wait(runs)
+    assert all(run.state.is_completed() for run in done), [r.state for r in done]
+
+    # the same sweep twice at once: every image generated once (count the writes)
+    generated = [top_level(mlflow_runs(stack, run.id))[0].data.metrics["images_generated"]
+                 for run in done[:2]]  # fmt: skip
+    assert sum(generated) == 32, generated
+    results = read_results_of(stack, "renders/twice")
+    assert len(results) == 32 and {r["status"] for r in results} == {"ok"}
+    assert len({r["flow_run_id"] for r in results}) == 1  # one run generated them all
+
+    # two manifests into one output: the last results hold both
+    results = read_results_of(stack, "renders/mixed")
+    assert sorted({r["id"][0] for r in results}) == ["c", "d"] and len(results) == 24

@@ -158,3 +158,39 @@ def test_every_command_runs_a_function_of_its_flow():
     for name, sub in subparsers.choices.items():
         run = sub.get_default("run")
         assert run.startswith("easel.flows.") and callable(command_function(run)), name
+
+
+def test_two_sweeps_at_once_into_one_local_folder_generate_each_image_once(tmp_path):
+    """Two processes, one manifest, one output on a local disk, a Prefect server between
+    them: one holds the output's shard and generates; the other waits, then finds it done.
+    Then a sharded run (shards run one after the other here) adds a second manifest's rows
+    to the same results without losing the first's."""
+    import pyarrow.parquet as pq
+
+    from easel.data.results import read_records
+
+    first = write_manifest(tmp_path / "a.parquet", [
+        {"id": f"a{i}", "prompt": "a red circle", "num_inference_steps": 8, "num_images": 2}
+        for i in range(4)
+    ])  # fmt: skip
+    out = str(tmp_path / "out")
+    command = [sys.executable, "-m", "easel.flows.cli", "sweep", first, "--out", out,
+               "--batch-size", "2"]  # fmt: skip
+    both = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]  # fmt: skip
+    outputs = [p.communicate(timeout=300) for p in both]
+    assert [p.returncode for p in both] == [0, 0], outputs
+    generated = sorted(int(o.split("ok, 0 failed, ")[1].split(" generated")[0]) for o, _ in outputs)
+    assert generated == [0, 8], outputs  # one generated all 8, the other none
+    assert len({r.flow_run_id for r in read_records(out)}) == 1
+
+    second = write_manifest(tmp_path / "b.parquet", [
+        {"id": f"b{i}", "prompt": "a blue square", "num_inference_steps": 2} for i in range(4)
+    ])  # fmt: skip
+    sharded = easel("sweep", second, "--out", out, "--shards", "3")
+    assert sharded.returncode == 0, sharded.stderr
+    results = pq.read_table(os.path.join(out, "results.parquet")).to_pylist()
+    assert sorted(r["id"] for r in results) == sorted([f"a{i}" for i in range(4)] * 2 +
+                                                      [f"b{i}" for i in range(4)])  # fmt: skip
+    b_runs = {r["flow_run_id"] for r in results if r["id"].startswith("b")}
+    assert 1 < len(b_runs) <= 3  # the shards' own flow runs
