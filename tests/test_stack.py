@@ -337,7 +337,7 @@ def read_results_of(stack: Stack, out: str) -> list[dict]:
 def submitted_by(stack: Stack, run_id) -> str:
     """The worker that started the flow run `run_id` (from the workers' logs)."""
     for log in sorted((stack.root / "logs").glob("worker-*.log")):
-        if str(run_id) in log.read_text(errors="replace"):
+        if f"submitting flow run '{run_id}'" in log.read_text(errors="replace"):
             return log.stem
     return "none"
 

@@ -23,8 +23,10 @@ from fsspec.implementations.local import LocalFileSystem
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem and the protocol-less path of `uri`."""
-    fs, path = fsspec.core.url_to_fs(uri)
+    """The fsspec filesystem and the protocol-less path of `uri`. Listings are never cached:
+    other processes (a sweep's shards, a second run) write into the same folders, and what
+    they recorded must be seen."""
+    fs, path = fsspec.core.url_to_fs(uri, use_listings_cache=False)
     return fs, path
 
 
