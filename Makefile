@@ -27,8 +27,10 @@ install: $(VENV)/.installed
 demo: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/easel quickstart
 
+# Two processes, a test file each at a time: the end-to-end tests mostly wait (heartbeat
+# windows, leases) while the others compute.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check easel tests bench

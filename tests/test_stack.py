@@ -239,6 +239,76 @@ def test_bad_parameters_are_refused_before_a_run_exists_and_a_missing_manifest_f
     assert not stack.s3.exists("renders/none/results.parquet")
 
 
+def rows_of(prefix: str, count: int, steps: int = 4) -> list[dict]:
+    return [{"id": f"{prefix}{i}", "prompt": "a green triangle on a black background",
+             "num_inference_steps": steps, "num_images": 4} for i in range(count)]  # fmt: skip
+
+
+def read_results_of(stack: Stack, out: str) -> list[dict]:
+    with stack.s3.open(f"{out}/results.parquet") as f:
+        return pq.read_table(f).to_pylist()
+
+
+def submitted_by(stack: Stack, run_id) -> str:
+    """The worker that started the flow run `run_id` (from the workers' logs)."""
+    for log in sorted((stack.root / "logs").glob("worker-*.log")):
+        if f"submitting flow run '{run_id}'" in log.read_text(errors="replace"):
+            return log.stem
+    return "none"
+
+
+def test_a_sharded_sweep_spreads_over_both_workers_and_merges_one_result(stack, finished, tmp_path):
+    manifest = put_manifest(stack, "e2e/sharded.parquet", rows_of("s", 16), tmp_path)
+    params = {"manifest": manifest, "out": "s3://renders/sharded", "batch_size": 4, "shards": 4}
+    (parent,) = stack.wait([stack.trigger("sweep/sweep-local", {"params": params})])
+    assert parent.state.is_completed(), parent.state
+
+    results = read_results_of(stack, "renders/sharded")
+    assert len(results) == 64 and {r["status"] for r in results} == {"ok"}
+    assert len({(r["id"], r["image_index"]) for r in results}) == 64
+    shard_runs = {r["flow_run_id"] for r in results}
+    assert len(shard_runs) == 4 and str(parent.id) not in shard_runs  # each shard its own run
+    assert len({submitted_by(stack, run_id) for run_id in shard_runs}) == 2  # both workers
+
+    (sweep_run,) = top_level(mlflow_runs(stack, parent.id))
+    client = stack.mlflow()
+    children = client.search_runs(
+        [sweep_run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep_run.info.run_id}'"
+    )
+    assert sorted(c.info.run_name for c in children) == [f"sweep shard {i}/4" for i in range(1, 5)]
+    assert sum(c.data.metrics["images_generated"] for c in children) == 64
+    assert sweep_run.data.metrics["images_generated"] == 64
+
+    # a rerun does nothing: every shard is done
+    (again,) = stack.wait([stack.trigger("sweep/sweep-local", {"params": params})])
+    (rerun,) = top_level(mlflow_runs(stack, again.id))
+    assert again.state.is_completed() and rerun.data.metrics["images_generated"] == 0
+
+
+def test_concurrent_runs_never_generate_an_image_twice_nor_lose_results(stack, finished, tmp_path):
+    same = {"manifest": put_manifest(stack, "e2e/same.parquet", rows_of("t", 8, steps=8), tmp_path),
+            "out": "s3://renders/twice", "batch_size": 4}  # fmt: skip
+    mixed = [{"manifest": put_manifest(stack, f"e2e/{p}.parquet", rows_of(p, 3), tmp_path),
+              "out": "s3://renders/mixed", "batch_size": 4} for p in ("c", "d")]  # fmt: skip
+    runs = [stack.trigger("sweep/sweep-local", {"params": params})
+            for params in (same, same, *mixed)]  # fmt: skip
+    done = stack.wait(runs)
+    assert all(run.state.is_completed() for run in done), [r.state for r in done]
+
+    # the same sweep twice at once: every image generated once (count the writes)
+    generated = [top_level(mlflow_runs(stack, run.id))[0].data.metrics["images_generated"]
+                 for run in done[:2]]  # fmt: skip
+    assert sum(generated) == 32, generated
+    results = read_results_of(stack, "renders/twice")
+    assert len(results) == 32 and {r["status"] for r in results} == {"ok"}
+    assert len({r["flow_run_id"] for r in results}) == 1  # one run generated them all
+
+    # two manifests into one output: the last results hold both
+    results = read_results_of(stack, "renders/mixed")
+    assert sorted({r["id"][0] for r in results}) == ["c", "d"] and len(results) == 24
+
+
+# Last: it kills worker-1 (the tests above need both workers).
 def test_killed_runs_are_crashed_retried_and_finished_by_the_other_worker(
     stack, subject, finished, tmp_path
 ):
@@ -322,72 +392,3 @@ def test_killed_runs_are_crashed_retried_and_finished_by_the_other_worker(
         tracked = top_level(mlflow_runs(stack, run.id))
         by_attempt = {r.data.tags["prefect.run_count"]: r.info.status for r in tracked}
         assert by_attempt == {"1": "FAILED", "2": "FINISHED"}, (run.name, by_attempt)
-
-
-def rows_of(prefix: str, count: int, steps: int = 4) -> list[dict]:
-    return [{"id": f"{prefix}{i}", "prompt": "a green triangle on a black background",
-             "num_inference_steps": steps, "num_images": 4} for i in range(count)]  # fmt: skip
-
-
-def read_results_of(stack: Stack, out: str) -> list[dict]:
-    with stack.s3.open(f"{out}/results.parquet") as f:
-        return pq.read_table(f).to_pylist()
-
-
-def submitted_by(stack: Stack, run_id) -> str:
-    """The worker that started the flow run `run_id` (from the workers' logs)."""
-    for log in sorted((stack.root / "logs").glob("worker-*.log")):
-        if f"submitting flow run '{run_id}'" in log.read_text(errors="replace"):
-            return log.stem
-    return "none"
-
-
-def test_a_sharded_sweep_spreads_over_both_workers_and_merges_one_result(stack, finished, tmp_path):
-    manifest = put_manifest(stack, "e2e/sharded.parquet", rows_of("s", 16), tmp_path)
-    params = {"manifest": manifest, "out": "s3://renders/sharded", "batch_size": 4, "shards": 4}
-    (parent,) = stack.wait([stack.trigger("sweep/sweep-local", {"params": params})])
-    assert parent.state.is_completed(), parent.state
-
-    results = read_results_of(stack, "renders/sharded")
-    assert len(results) == 64 and {r["status"] for r in results} == {"ok"}
-    assert len({(r["id"], r["image_index"]) for r in results}) == 64
-    shard_runs = {r["flow_run_id"] for r in results}
-    assert len(shard_runs) == 4 and str(parent.id) not in shard_runs  # each shard its own run
-    assert {submitted_by(stack, run_id) for run_id in shard_runs} == {"worker-1", "worker-2"}
-
-    (sweep_run,) = top_level(mlflow_runs(stack, parent.id))
-    client = stack.mlflow()
-    children = client.search_runs(
-        [sweep_run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep_run.info.run_id}'"
-    )
-    assert sorted(c.info.run_name for c in children) == [f"sweep shard {i}/4" for i in range(1, 5)]
-    assert sum(c.data.metrics["images_generated"] for c in children) == 64
-    assert sweep_run.data.metrics["images_generated"] == 64
-
-    # a rerun does nothing: every shard is done
-    (again,) = stack.wait([stack.trigger("sweep/sweep-local", {"params": params})])
-    (rerun,) = top_level(mlflow_runs(stack, again.id))
-    assert again.state.is_completed() and rerun.data.metrics["images_generated"] == 0
-
-
-def test_concurrent_runs_never_generate_an_image_twice_nor_lose_results(stack, finished, tmp_path):
-    same = {"manifest": put_manifest(stack, "e2e/same.parquet", rows_of("t", 8, steps=8), tmp_path),
-            "out": "s3://renders/twice", "batch_size": 4}  # fmt: skip
-    mixed = [{"manifest": put_manifest(stack, f"e2e/{p}.parquet", rows_of(p, 3), tmp_path),
-              "out": "s3://renders/mixed", "batch_size": 4} for p in ("c", "d")]  # fmt: skip
-    runs = [stack.trigger("sweep/sweep-local", {"params": params})
-            for params in (same, same, *mixed)]  # fmt: skip
-    done = stack.wait(runs)
-    assert all(run.state.is_completed() for run in done), [r.state for r in done]
-
-    # the same sweep twice at once: every image generated once (count the writes)
-    generated = [top_level(mlflow_runs(stack, run.id))[0].data.metrics["images_generated"]
-                 for run in done[:2]]  # fmt: skip
-    assert sum(generated) == 32, generated
-    results = read_results_of(stack, "renders/twice")
-    assert len(results) == 32 and {r["status"] for r in results} == {"ok"}
-    assert len({r["flow_run_id"] for r in results}) == 1  # one run generated them all
-
-    # two manifests into one output: the last results hold both
-    results = read_results_of(stack, "renders/mixed")
-    assert sorted({r["id"][0] for r in results}) == ["c", "d"] and len(results) == 24
