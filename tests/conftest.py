@@ -96,3 +96,9 @@ def s3_server():
     fsspec.config.conf.setdefault("s3", {})["endpoint_url"] = endpoint  # this process
     yield endpoint
     server.stop()
+
+
+def pytest_collection_modifyitems(items):
+    """The end-to-end stack tests first: they wait more than they compute (heartbeat windows,
+    leases), so under `make test`'s two processes the other files run beside them."""
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/test_stack.py"))
