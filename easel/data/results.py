@@ -80,9 +80,14 @@ def read_records(out: str) -> list[ImageRecord]:
         return []
     records = []
     for file in sorted(fs.glob(path.rstrip("/") + "/*.parquet")):
-        with fs.open(file, "rb") as f:  # older shards lack the newer, optional fields
-            records.extend(ImageRecord(**row) for row in pq.read_table(f).to_pylist())
+        records.extend(read_record_shard(fs, file))
     return records
+
+
+def read_record_shard(fs, file: str) -> list[ImageRecord]:
+    """The records of one shard file (older shards lack the newer, optional fields)."""
+    with fs.open(file, "rb") as f:
+        return [ImageRecord(**row) for row in pq.read_table(f).to_pylist()]
 
 
 def slot(record: ImageRecord) -> tuple[str, int | None, str | None]:

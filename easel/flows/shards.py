@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 
-from easel.data import results
+from easel.data import results, storage
 from easel.data.batching import SweepPlan
 from easel.models.engine.sweep import BatchOutcome
 
@@ -72,7 +72,8 @@ def _on_the_pool(children: dict, deployment_id, out: str, progress) -> set[str]:
 
     waiting = {index: start(child) for index, child in children.items()}
     started, retries = set(waiting.values()), dict.fromkeys(children, 0)
-    shown = _generated(out, started)
+    counter = RecordCounter(out)
+    shown = counter.images_by(started)
     while waiting:
         time.sleep(POLL_SECONDS)
         with get_client(sync_client=True) as client:
@@ -87,13 +88,23 @@ def _on_the_pool(children: dict, deployment_id, out: str, progress) -> set[str]:
                 retries[index] += 1
                 waiting[index] = start(children[index])
                 started.add(waiting[index])
-        now = _generated(out, started)
+        now = counter.images_by(started)
         progress.advance(now - shown)
         shown = now
     return {str(run_id) for run_id in started}
 
 
-def _generated(out: str, run_ids: set) -> int:
-    """Images the runs `run_ids` have recorded so far."""
-    wanted = {str(run_id) for run_id in run_ids}
-    return sum(1 for r in results.read_records(out) if r.flow_run_id in wanted)
+class RecordCounter:
+    """Counts the images recorded in `out` by given flow runs, reading each record shard
+    once (a shard is written whole and not changed after), so polling stays cheap."""
+
+    def __init__(self, out: str):
+        self.out, self.seen = out, {}
+
+    def images_by(self, run_ids: set) -> int:
+        fs, path = storage.filesystem(results.records_dir(self.out))
+        names = fs.glob(path.rstrip("/") + "/*.parquet") if fs.exists(path) else []
+        for name in (n for n in names if n not in self.seen):
+            self.seen[name] = results.read_record_shard(fs, name)
+        wanted = {str(run_id) for run_id in run_ids}
+        return sum(r.flow_run_id in wanted for shard in self.seen.values() for r in shard)
