@@ -129,10 +129,17 @@ def create_recovery_automations(**settings) -> list[str]:
     """Create the automations on the Prefect server PREFECT_API_URL names, or update those of
     the same names in place (running it again changes nothing else); returns their ids."""
     from prefect import get_client
+    from prefect.settings import PREFECT_API_URL
 
+    automations = recovery_automations(**settings)  # bad settings fail before any call
+    if not PREFECT_API_URL.value():
+        raise ValueError(
+            "PREFECT_API_URL is not set: the automations belong on the Prefect server your "
+            "workers use (a temporary one would vanish with this command)"
+        )
     ids = []
     with get_client(sync_client=True) as client:
-        for automation in recovery_automations(**settings):
+        for automation in automations:
             existing = client.read_automations_by_name(automation.name)
             if existing:
                 client.update_automation(existing[0].id, automation)
