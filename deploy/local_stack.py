@@ -172,11 +172,20 @@ def processes_with(variable: str, value: str) -> list[int]:
     return found
 
 
+def is_flow_run(pid: int) -> bool:
+    """Is `pid` a flow run's process (a worker set PREFECT__FLOW_RUN_ID for it)?"""
+    try:
+        return b"PREFECT__FLOW_RUN_ID=" in Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+
+
 def stop(root: Path) -> None:
     """End every process the stack started, with their sessions, and every flow run process
     its workers started (those run in sessions of their own)."""
     api = read_env(root).get("PREFECT_API_URL") if (root / "stack.env").exists() else None
-    flow_runs = processes_with("PREFECT_API_URL", api) if api else []
+    flow_runs = [pid for pid in (processes_with("PREFECT_API_URL", api) if api else [])
+                 if is_flow_run(pid)]  # not a shell that sourced stack.env  # fmt: skip
     for pid_file in sorted((root / "pids").glob("*")):
         with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
