@@ -181,6 +181,12 @@ def log_metrics(metrics: dict[str, float]) -> None:
     mlflow.log_metrics(metrics)
 
 
+def log_image(run_id: str, image, key: str, step: int) -> None:
+    """An image (PIL) of the run `run_id` at `step`, under `key` (MLflow's image logging:
+    the run page shows it with a step slider)."""
+    _client().log_image(run_id, image, key=key, step=step, synchronous=True)
+
+
 def log_artifact(uri: str, artifact_path: str | None = None) -> None:
     """A file of the active run; `uri` may be a local path or on any fsspec filesystem."""
     import mlflow

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -182,6 +183,12 @@ def top_level(runs: list) -> list:
     return [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
 
 
+def outermost(runs: list) -> list:
+    """The runs whose parent (if any) is not among `runs` (a shard's run has the sweep's)."""
+    ids = {run.info.run_id for run in runs}
+    return [run for run in runs if run.data.tags.get("mlflow.parentRunId") not in ids]
+
+
 def test_deployments_run_end_to_end_with_outputs_on_s3_and_linked_tracking(stack, finished):
     # the sweep: every image on S3, its folder named after the flow run
     out = f"renders/e2e/{finished['sweep'].name}"
@@ -308,6 +315,29 @@ def test_concurrent_runs_never_generate_an_image_twice_nor_lose_results(stack, f
     assert sorted({r["id"][0] for r in results}) == ["c", "d"] and len(results) == 24
 
 
+def shard_runs(stack: Stack, parent) -> list:
+    """The flow runs the sharded sweep `parent` started, oldest first."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with stack.client() as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])))  # fmt: skip
+    return [run.id for run in sorted(runs, key=lambda run: run.created)]
+
+
+def recorded_by(stack: Stack, out: str) -> Counter:
+    """Images recorded in `out` per flow run."""
+    stack.s3.invalidate_cache()
+    counts = Counter()
+    for path in stack.s3.glob(f"{out}/.easel/records/*.parquet"):
+        with stack.s3.open(path) as f:
+            counts.update(pq.read_table(f, columns=["flow_run_id"]).column(0).to_pylist())
+    return counts
+
+
+IMAGES = 192  # the killed sweep's: each shard must still be at work when the other starts
+
+
 # Last: it kills worker-1 (the tests above need both workers).
 def test_killed_runs_are_crashed_retried_and_finished_by_the_other_worker(
     stack, subject, finished, tmp_path
@@ -315,45 +345,49 @@ def test_killed_runs_are_crashed_retried_and_finished_by_the_other_worker(
     from prefect.client.schemas.objects import StateType
 
     rows = [{"id": f"k{i}", "prompt": "a blue square on a white background",
-             "num_inference_steps": 20, "num_images": 4} for i in range(40)]  # fmt: skip
-    big = {"manifest": put_manifest(stack, "e2e/big.parquet", rows, tmp_path), "batch_size": 4}
+             "num_inference_steps": 40, "num_images": 4} for i in range(IMAGES // 4)]  # fmt: skip
+    sharded = {"manifest": put_manifest(stack, "e2e/big.parquet", rows, tmp_path),
+               "batch_size": 4, "out": "s3://renders/k1", "shards": 2}  # fmt: skip
     one, two = stack.worker_pid("worker-1"), stack.worker_pid("worker-2")
 
-    # worker-1 takes a sweep and a DreamBooth, worker-2 a second sweep
-    os.kill(two, signal.SIGSTOP)
-    try:
-        sweep = stack.trigger("sweep/sweep-local", {"params": {**big, "out": "s3://renders/k1"}})
-        dreambooth = stack.trigger("dreambooth/dreambooth-local",
-                                   {"config": dreambooth_config(subject, "s3://renders/db-k")})
-        stack.wait([sweep, dreambooth], lambda run: stack.flow_process(run.id), seconds=60)
-    finally:
-        os.kill(two, signal.SIGCONT)
+    # worker-2 takes a sharded sweep and one of its 2 shards (its limit is 2) ...
     os.kill(one, signal.SIGSTOP)
     try:
-        lost = stack.trigger("sweep/sweep-local", {"params": {**big, "out": "s3://renders/k2"}})
-        stack.wait([lost], lambda run: stack.flow_process(run.id), seconds=60)
+        parent = stack.trigger("sweep/sweep-local", {"params": sharded})
+        stack.wait([parent], lambda _: len(shard_runs(stack, parent)) == 2, seconds=90)
+        stack.wait([parent], lambda _: any(map(stack.flow_process, shard_runs(stack, parent))),
+                   seconds=60)  # fmt: skip
+        dreambooth = stack.trigger(
+            "dreambooth/dreambooth-local",
+            {"config": dreambooth_config(subject, "s3://renders/db-k")},
+        )
     finally:
         os.kill(one, signal.SIGCONT)
-    assert {parent_of(stack.flow_process(r)) for r in (sweep, dreambooth)} == {one}
-    assert parent_of(stack.flow_process(lost)) == two
+    # ... worker-1 the other shard and a DreamBooth
+    shards = shard_runs(stack, parent)
+    stack.wait([*shards, dreambooth], lambda run: stack.flow_process(run.id), seconds=60)
+    on = {parent_of(stack.flow_process(r)): r for r in shards}
+    assert parent_of(stack.flow_process(parent)) == two and set(on) == {one, two}
+    assert parent_of(stack.flow_process(dreambooth)) == one
 
-    # mid-work: some batches recorded, a checkpoint published, nothing finished
+    # mid-work: each shard has recorded images, a checkpoint is published, nothing finished
     def progressed(_run) -> bool:
-        stack.s3.invalidate_cache()
-        return (len(stack.s3.glob("renders/k1/.easel/records/*")) >= 2
-                and len(stack.s3.glob("renders/k2/.easel/records/*")) >= 2
+        counts = recorded_by(stack, "renders/k1")
+        return (all(counts[str(r)] >= 4 for r in shards)
                 and stack.s3.glob("renders/db-k/checkpoints/*.ckpt"))  # fmt: skip
 
-    stack.wait([sweep], progressed, seconds=120)
-    stack.s3.invalidate_cache()
-    recorded = len(stack.s3.glob("renders/k1/.easel/records/*"))  # first: their images exist
+    stack.wait([parent], progressed, seconds=120)
+    recorded = sum(recorded_by(stack, "renders/k1").values())  # first: their images exist
     before = {p: stack.s3.info(p)["LastModified"] for p in stack.s3.find("renders/k1/images")}
-    for pid in (one, stack.flow_process(sweep), stack.flow_process(dreambooth)):
+    for pid in (one, stack.flow_process(on[one]), stack.flow_process(dreambooth)):
         os.kill(pid, signal.SIGKILL)  # a worker killed with its runs: nobody reports it
-    os.kill(stack.flow_process(lost), signal.SIGKILL)  # a lost flow process; its worker lives
+    lost = stack.flow_process(on[two])
+    assert lost, "the shard on worker-2 ended before the kill: make IMAGES larger"
+    os.kill(lost, signal.SIGKILL)  # a lost shard; its worker lives
     killed_at = time.monotonic()
 
-    runs = stack.wait([sweep, dreambooth, lost])
+    settled = lambda run: run.state.is_final() and not run.state.is_crashed()  # noqa: E731
+    runs = stack.wait([on[one], dreambooth, on[two]], settled)  # a crashed run is retried
     with stack.client() as client:
         history = {r.id: [(s.type, s.message) for s in client.read_flow_run_states(r.id)]
                    for r in runs}  # fmt: skip
@@ -361,20 +395,23 @@ def test_killed_runs_are_crashed_retried_and_finished_by_the_other_worker(
         assert run.state.is_completed(), (run.name, history[run.id])
         assert run.run_count == 2, (run.name, history[run.id])  # crashed once, retried once
         assert StateType.CRASHED in dict(history[run.id]), history[run.id]
-    for run_id in (sweep, dreambooth):  # crashed by the zombie automation
+    for run_id in (on[one], dreambooth):  # crashed by the zombie automation
         assert any("No heartbeat" in (m or "") for _, m in history[run_id]), history[run_id]
+    (merged,) = stack.wait([parent])
+    assert merged.state.is_completed() and merged.run_count == 1, merged.state
+    assert shard_runs(stack, parent) == shards  # the parent left the crashed shards alone
     assert time.monotonic() - killed_at < WAIT
 
     # only the missing work: images recorded before the kill were never generated again
     stack.s3.invalidate_cache()
     with stack.s3.open("renders/k1/results.parquet") as f:
         results = pq.read_table(f).to_pylist()
-    assert len(results) == 160 and {r["status"] for r in results} == {"ok"}
-    assert len({(r["id"], r["image_index"]) for r in results}) == 160
+    assert len(results) == IMAGES and {r["status"] for r in results} == {"ok"}
+    assert len({(r["id"], r["image_index"]) for r in results}) == IMAGES
     after = {p: stack.s3.info(p)["LastModified"] for p in before}
     unchanged = sum(after[p] == before[p] for p in before)
-    assert unchanged >= 4 * recorded, (unchanged, recorded)  # every recorded batch's images
-    assert len(before) - unchanged <= 2 * 4, (len(before), unchanged)  # at most those in flight
+    assert unchanged >= recorded, (unchanged, recorded)  # every recorded image
+    assert len(before) - unchanged <= 2 * 2 * 4, (len(before), unchanged)  # those in flight
 
     # DreamBooth resumed from its last checkpoint, to the weights of an untroubled run
     def weights(path: str) -> dict:
@@ -389,6 +426,6 @@ def test_killed_runs_are_crashed_retried_and_finished_by_the_other_worker(
 
     # the crashed attempts' MLflow runs end FAILED; the retries' FINISHED
     for run in runs:
-        tracked = top_level(mlflow_runs(stack, run.id))
+        tracked = outermost(mlflow_runs(stack, run.id))
         by_attempt = {r.data.tags["prefect.run_count"]: r.info.status for r in tracked}
         assert by_attempt == {"1": "FAILED", "2": "FINISHED"}, (run.name, by_attempt)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
 
 import fsspec
 
@@ -22,6 +25,28 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
     (tmp_path / "images" / "a" / ".1.png.3f2a.tmp").write_bytes(b"half")
     assert storage.remove_stale_temporaries(str(tmp_path)) == 1
     assert os.listdir(tmp_path / "images" / "a") == ["0.png"]
+
+
+def test_a_live_writers_temporary_is_left_alone_until_it_goes_stale(tmp_path):
+    """Two runs may write into one output: one run's cleanup never takes the other's file."""
+    host = socket.gethostname()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = tmp_path / f".0.png.{host}~{os.getpid()}~ab12.tmp"  # this process: alive
+    elsewhere = tmp_path / ".1.png.other-host~1~cd34.tmp"  # another machine's writer
+    gone = tmp_path / f".2.png.{host}~{dead.pid}~ef56.tmp"
+    for path in (live, elsewhere, gone):
+        path.write_bytes(b"half")
+    assert storage.remove_stale_temporaries(str(tmp_path)) == 1
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, elsewhere.name])
+    old = time.time() - storage.STALE_TEMPORARY_SECONDS - 1
+    os.utime(elsewhere, (old, old))  # untouched that long: its writer died
+    assert storage.remove_stale_temporaries(str(tmp_path)) == 1
+    assert os.listdir(tmp_path) == [live.name]
+    with storage.local_atomic_writer(str(tmp_path / "3.png")) as f:
+        (name,) = [n for n in os.listdir(tmp_path) if n.startswith(".3.png.")]
+        assert f"{host}~{os.getpid()}~" in name  # the writer is named in its temporary
+        f.write(b"x")
 
 
 def test_object_store_writes_are_single_puts():

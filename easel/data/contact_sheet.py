@@ -1,4 +1,5 @@
-"""The contact sheet: every finished image of a sweep as thumbnails on one grid."""
+"""The contact sheet: every finished image of a sweep as thumbnails on one grid (and the
+same grid for images in memory: DreamBooth's validation while training)."""
 
 from __future__ import annotations
 
@@ -31,16 +32,25 @@ def tile_label(row_id: str, image_index: int, prompt: str | None) -> str:
 
 
 def contact_sheet(image_uris: list[str], labels: list[str], columns: int = 8) -> Image.Image:
-    """A grid of thumbnails (at most MAX_IMAGES), each labelled underneath."""
-    uris, labels = image_uris[:MAX_IMAGES], labels[:MAX_IMAGES]
-    columns = max(1, min(columns, len(uris)))
-    rows = max(1, math.ceil(len(uris) / columns))
+    """A grid of thumbnails of the images at `image_uris` (at most MAX_IMAGES)."""
+    thumbs = []
+    for uri in image_uris[:MAX_IMAGES]:
+        with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
+            thumbs.append(image.convert("RGB"))
+    return grid(thumbs, labels, columns)
+
+
+def grid(images: list[Image.Image], labels: list[str], columns: int = 8) -> Image.Image:
+    """`images` as THUMBNAIL-pixel tiles, `columns` to a row, each with its label (up to two
+    lines) underneath."""
+    images, labels = images[:MAX_IMAGES], labels[:MAX_IMAGES]
+    columns = max(1, min(columns, len(images)))
+    rows = max(1, math.ceil(len(images) / columns))
     cell_h = THUMBNAIL + 2 * LINE + 4
     sheet = Image.new("RGB", (columns * THUMBNAIL, rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, (uri, label) in enumerate(zip(uris, labels, strict=False)):
-        with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
-            thumb = image.convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.NEAREST)
+    for i, (image, label) in enumerate(zip(images, labels, strict=False)):
+        thumb = image.convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.NEAREST)
         x, y = (i % columns) * THUMBNAIL, (i // columns) * cell_h
         sheet.paste(thumb, (x, y))
         for line, text in enumerate(label.split("\n")[:2]):

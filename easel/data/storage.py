@@ -13,13 +13,20 @@ import io
 import os
 import posixpath
 import shutil
+import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+# a hidden temporary file untouched this long was left by a writer that died
+STALE_TEMPORARY_SECONDS = 15 * 60
+# in every temporary name: which process writes it ("~" is in no host name)
+WRITER = f"{socket.gethostname()}~{os.getpid()}"
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -55,6 +62,17 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+def path_of(uri: str) -> str:
+    """`uri` as its filesystem lists it (no protocol; local paths absolute)."""
+    return filesystem(uri)[1]
+
+
+def files_under(folder: str) -> set[str]:
+    """Every file below `folder`, as `path_of` gives them (empty if it does not exist)."""
+    fs, path = filesystem(folder)
+    return set(fs.find(path)) if fs.exists(path) else set()
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     return fs.cat_file(path)
@@ -73,7 +91,7 @@ def local_atomic_writer(path: str, fsync: bool = False) -> Iterator[BinaryIO]:
     for a power loss (the data reaches the disk before the name does)."""
     parent = os.path.dirname(path) or "."
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.{WRITER}~{uuid.uuid4().hex[:12]}.tmp")
     try:
         with open(tmp, "wb") as f:
             yield f
@@ -239,15 +257,40 @@ def is_within(child: str, root: str) -> bool:
 def remove_stale_temporaries(folder: str) -> int:
     """Delete temporary files left under `folder` by writers that died (kill -9, OOM).
 
-    Only for local folders: object stores never show a partial upload. Call it when no other
-    writer works in `folder` (easel does not support two runs into one output at once)."""
+    Only for local folders: object stores never show a partial upload. Another run may be
+    writing into the same folder: a temporary file is removed only when the process named in
+    it is gone from this host, or when it has been untouched for `STALE_TEMPORARY_SECONDS`."""
     fs, path = filesystem(folder)
     if not isinstance(fs, LocalFileSystem) or not os.path.isdir(path):
         return 0
     removed = 0
     for parent, _, names in os.walk(path):
-        for name in names:
-            if name.startswith(".") and name.endswith(".tmp"):
-                os.remove(os.path.join(parent, name))
-                removed += 1
+        for name in (n for n in names if n.startswith(".") and n.endswith(".tmp")):
+            temporary = os.path.join(parent, name)
+            with contextlib.suppress(FileNotFoundError):  # its writer may just have renamed it
+                if _writer_gone(name) or _untouched_for(temporary, STALE_TEMPORARY_SECONDS):
+                    os.remove(temporary)
+                    removed += 1
     return removed
+
+
+def _writer_gone(name: str) -> bool:
+    """The temporary `name` was written by a process of this host that no longer runs (or by
+    an old easel, whose names carry no writer)."""
+    parts = name[: -len(".tmp")].split("~")
+    if len(parts) != 3:
+        return True
+    prefix, pid = parts[0], parts[1]
+    if not prefix.endswith("." + socket.gethostname()) or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def _untouched_for(path: str, seconds: float) -> bool:
+    return time.time() - os.stat(path).st_mtime > seconds

@@ -7,8 +7,10 @@ flow (`shard` set), started by the parent run and merged by it.
   linked to the parent as a subflow): any worker of the pool takes it. A run without a
   deployment (`easel sweep` on a shell) runs the shards in this process, one after another,
   through the same flow.
-- A shard run that fails or crashes is started again by the parent (`SHARD_RETRIES`);
-  crashed ones are also rescheduled by `easel automations`. Two runs of one shard never
+- A shard run that fails is started again by the parent (`SHARD_RETRIES`). A crashed one
+  is first left `CRASH_GRACE_SECONDS` for `easel automations` to schedule it again (the
+  same run, on any worker); only a run still Crashed after that is started again by the
+  parent, so one crash never makes two runs of a shard. Two runs of one shard never
   both generate an image: each holds its shard of the output (`locks`) and plans inside the
   hold, so the later one finds the work done.
 """
@@ -16,13 +18,17 @@ flow (`shard` set), started by the parent run and merged by it.
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 
 from easel.data import results, storage
 from easel.data.batching import SweepPlan
+from easel.flows.recovery import RETRY_SETTLE_SECONDS
 from easel.models.engine.sweep import BatchOutcome
 
 SHARD_RETRIES = 1  # new runs the parent starts for a shard whose run failed or crashed
 POLL_SECONDS = 5.0  # how often the parent looks at its shards' runs
+# how long a crashed shard run is left to the retry automation before the parent acts
+CRASH_GRACE_SECONDS = RETRY_SETTLE_SECONDS + 3 * POLL_SECONDS
 
 
 def run_shards(params, plan: SweepPlan, run_id: str, progress, sweep_flow) -> BatchOutcome:
@@ -79,6 +85,8 @@ def _on_the_pool(children: dict, deployment_id, out: str, progress) -> set[str]:
         with get_client(sync_client=True) as client:
             states = {i: client.read_flow_run(run_id).state for i, run_id in waiting.items()}
         for index, state in states.items():
+            if _left_to_the_automation(state):
+                continue
             if state.is_completed() or (state.is_final() and retries[index] >= SHARD_RETRIES):
                 if not state.is_completed():
                     print(f"shard {index + 1}: {state.type.value} ({state.message}); its "
@@ -92,6 +100,14 @@ def _on_the_pool(children: dict, deployment_id, out: str, progress) -> set[str]:
         progress.advance(now - shown)
         shown = now
     return {str(run_id) for run_id in started}
+
+
+def _left_to_the_automation(state) -> bool:
+    """A run crashed less than `CRASH_GRACE_SECONDS` ago: the retry automation may still
+    schedule it again."""
+    if not state.is_crashed():
+        return False
+    return (datetime.now(timezone.utc) - state.timestamp).total_seconds() < CRASH_GRACE_SECONDS
 
 
 class RecordCounter:

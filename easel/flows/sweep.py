@@ -126,14 +126,17 @@ def sweep_flow(params: SweepParameters) -> SweepSummary | BatchOutcome:
     if params.shard is not None:
         return _shard_run(params)
     inputs = params.inputs()
-    table, plan = plan_sweep_task(inputs)
+    sharded = params.shards > 1
+    # the manifest checked before any MLflow run; what is missing, the shard plans in its hold
+    table, plan = plan_sweep_task(inputs, check_done=sharded)
     tags = prefect_tags()
     with tracking.start_run(params.experiment, "sweep", params.model_dump(), tags) as run_id:
-        progress = Progress(plan.pending_images, params.out, params.show_progress)
-        if params.shards == 1:
-            outcome = _generate_shard(inputs, ALL, run_id, progress.advance, params)
-        else:
+        progress = Progress(params.out, params.show_progress)
+        if sharded:
+            progress.start(plan.pending_images)
             outcome = run_shards(params, plan, run_id, progress, sweep_flow)
+        else:
+            outcome, plan = _generate_shard(inputs, ALL, run_id, progress, params)
         progress.close()
         summary = write_results_task(inputs, table, plan, outcome.ok)
         _log_to_mlflow(summary, plan.pending_images, outcome.ok, outcome.seconds)
@@ -141,18 +144,23 @@ def sweep_flow(params: SweepParameters) -> SweepSummary | BatchOutcome:
     return summary
 
 
-def _generate_shard(inputs: SweepInputs, shard: Shard, run_id: str, on_batch, params):
+def _generate_shard(inputs: SweepInputs, shard: Shard, run_id: str, progress, params):
     """Hold the shard of the output (a second run reaching it waits, then finds it done),
-    plan what is still missing in it, and generate it chunk by chunk."""
+    plan what is still missing in it, and generate it chunk by chunk. Returns the outcome
+    and the plan."""
     name = locks.lock_name("sweep", inputs.out, f"{shard.index}-of-{shard.count}")
     ok, failed, seconds = 0, 0, 0.0
     with locks.hold(name):
         _, plan = plan_sweep_task(inputs, shard)
+        on_batch = None
+        if progress:
+            progress.start(plan.pending_images)
+            on_batch = progress.advance
         for chunk in chunk_batches(plan.batches, params.images_per_task):
             outcome = generate_batches_task(inputs, chunk, run_id, on_batch)
             ok, failed = ok + outcome.ok, failed + outcome.failed
             seconds += outcome.seconds
-    return BatchOutcome(ok=ok, failed=failed, seconds=seconds)
+    return BatchOutcome(ok=ok, failed=failed, seconds=seconds), plan
 
 
 def _shard_run(params: SweepParameters) -> BatchOutcome:
@@ -162,7 +170,7 @@ def _shard_run(params: SweepParameters) -> BatchOutcome:
     logged = params.model_dump()
     with tracking.start_run(params.experiment, name, logged, prefect_tags(),
                             parent_run_id=params.parent_mlflow_run_id) as run_id:  # fmt: skip
-        outcome = _generate_shard(params.inputs(), shard, run_id, None, params)
+        outcome, _ = _generate_shard(params.inputs(), shard, run_id, None, params)
         tracking.log_metrics({"images_generated": outcome.ok, "images_failed": outcome.failed,
                               "generation_seconds": outcome.seconds})  # fmt: skip
     return outcome
@@ -171,14 +179,18 @@ def _shard_run(params: SweepParameters) -> BatchOutcome:
 class Progress:
     """A terminal progress bar, and the Prefect progress artifact updated every ~10 s."""
 
-    def __init__(self, total: int, description: str, show_bar: bool):
+    def __init__(self, description: str, show_bar: bool):
+        self.description, self.show_bar = description, show_bar
+        self.total, self.done, self.bar, self.artifact = 0, 0, None, None
+
+    def start(self, total: int) -> None:
         from tqdm import tqdm
 
-        self.total, self.done, self.reported_at = total, 0, time.monotonic()
-        self.bar = tqdm(total=total, unit="img", desc="sweep", disable=not show_bar)
+        self.total, self.reported_at = total, time.monotonic()
+        self.bar = tqdm(total=total, unit="img", desc="sweep", disable=not self.show_bar)
         start = 0.0 if total else 100.0
         self.artifact = create_progress_artifact(
-            start, key="sweep-progress", description=description
+            start, key="sweep-progress", description=self.description
         )
 
     def advance(self, images: int) -> None:
@@ -192,7 +204,8 @@ class Progress:
         update_progress_artifact(self.artifact, 100.0 * self.done / max(1, self.total))
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
         if self.total:
             self._report()
 

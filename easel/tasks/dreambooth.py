@@ -138,10 +138,29 @@ def train_task(
         class_images or None,
         checkpoint_dir(config),
         logger=tracking.lightning_logger(run_id),
+        callbacks=validation_callbacks(config, model_dir, run_id),
         before_checkpoint=tracking.flush_metrics,
         snapshot=inputs.snapshot,
         enable_progress_bar=sys.stderr.isatty(),
     )
+
+
+def validation_callbacks(config: DreamBoothConfig, model_dir: str, run_id: str) -> list:
+    """The grid every `validation_every_n_steps` steps, logged to the training run `run_id`
+    as the image `validation` at its step; none when not asked for."""
+    from easel.models.dreambooth.validation import ValidationGrid
+
+    if not (config.validation_every_n_steps and config.validation_prompts):
+        return []
+    seeds = [config.seed + k for k in range(config.validation_images_per_prompt)]
+
+    def log_grid(image, step: int) -> None:
+        tracking.log_image(run_id, image, "validation", step)
+
+    return [ValidationGrid(
+        model_dir, config.validation_prompts, seeds, config.validation_inference_steps,
+        config.resolution, config.validation_every_n_steps, log_grid,
+    )]  # fmt: skip
 
 
 @task

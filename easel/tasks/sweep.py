@@ -14,10 +14,11 @@ from easel.models.engine.sweep import BatchOutcome, SweepInputs, generate_batche
 
 @task(name="plan-sweep", cache_policy=NONE, persist_result=False)
 def plan_sweep_task(
-    inputs: SweepInputs, shard: Shard = ALL
+    inputs: SweepInputs, shard: Shard = ALL, check_done: bool = True
 ) -> tuple[manifest.Manifest, SweepPlan]:
-    """Validate the manifest and plan the batches of `shard` still to do."""
-    return plan_sweep(inputs, shard)
+    """Validate the manifest and plan the batches of `shard` still to do (every one of them
+    without `check_done`)."""
+    return plan_sweep(inputs, shard, check_done)
 
 
 @task(name="generate-batches", retries=1, retry_delay_seconds=2, cache_policy=NONE,

@@ -38,8 +38,11 @@ class DreamBoothConfig(BaseModel):
     model_config = ConfigDict(**limits.PARAMETERS, protected_namespaces=(), frozen=True)
 
     # What to learn.
-    model: str = Field("tiny-shapes", description="the Stable Diffusion model to fine-tune "
-                       "(a model reference: embedded name, folder, fsspec URI, models:/...)")
+    model: str = Field(
+        "tiny-shapes",
+        description="the Stable Diffusion model to fine-tune "
+        "(a model reference: embedded name, folder, fsspec URI, models:/...)",
+    )
     instance_data: str = Field(description="folder (or fsspec URI) of 3-20 images of the subject")
     class_prompt: str = Field(description="the subject's class without the identifier: 'a dog'")
     identifier: str | None = Field(
@@ -119,6 +122,11 @@ class DreamBoothConfig(BaseModel):
         default_factory=list, description="prompts sampled on the trained and the base model"
     )
     validation_images_per_prompt: int = Field(2, ge=1, le=16, description="seeds per prompt")
+    validation_every_n_steps: int | None = Field(
+        None, ge=1, description="while training, every N steps: a grid of the validation "
+        "prompts x seeds on the weights so far, logged to the MLflow training run at that step "
+        "(None: only the trained-against-base images at the end)",
+    )  # fmt: skip
     validation_inference_steps: InferenceSteps = Field(
         25, description="denoising steps of the validation images"
     )

@@ -24,7 +24,8 @@ from easel.models.dreambooth.config import DreamBoothConfig
 SNAPSHOT_KEY = "easel_snapshot"  # in every checkpoint
 HONOURED = frozenset({
     "checkpoint_every_n_steps", "keep_last_n_checkpoints", "validation_prompts",
-    "validation_images_per_prompt", "validation_inference_steps", "register_as",
+    "validation_images_per_prompt", "validation_inference_steps", "validation_every_n_steps",
+    "register_as",
     "class_priors_dir", "gradient_checkpointing",
 })  # fmt: skip
 CONTENT = {"model": "model_digest", "instance_data": "instance_data_digest"}  # same content: fine

@@ -44,15 +44,20 @@ def _facts_for(ref: str):
         raise ValueError(str(error)) from None
 
 
-def plan_sweep(inputs: SweepInputs, shard: Shard = ALL) -> tuple[manifest.Manifest, SweepPlan]:
+def plan_sweep(
+    inputs: SweepInputs, shard: Shard = ALL, check_done: bool = True
+) -> tuple[manifest.Manifest, SweepPlan]:
     """Read and validate the manifest, resolve its models, and plan the missing work of
-    `shard` (default: all of it).
+    `shard` (default: all of it); without `check_done`, every image of it, reading nothing
+    of the output.
 
     Raises `InvalidInput` when the manifest as a whole is unusable."""
     table = manifest.read_manifest(inputs.manifest)
     jobs, failures = manifest.validate_manifest(table, inputs.defaults, list(inputs.input_roots))
-    done = results.done_slots(inputs.out)
-    storage.remove_stale_temporaries(inputs.out)  # what a killed run was writing
+    done = set()
+    if check_done:
+        done = results.done_slots(inputs.out)
+        storage.remove_stale_temporaries(inputs.out)  # what a killed run was writing
     plan = build_plan(jobs, failures, _facts_for, inputs.batch_size, done, shard)
     return table, plan
 
