@@ -108,6 +108,17 @@ def child_run(parent_run_id: str, name: str) -> str:
     return client.create_run(parent.info.experiment_id, run_name=name, tags=tags).info.run_id
 
 
+def run_name(kind: str, subject: str, model: str) -> str:
+    """What a run's name says: what ran, on what, with which model (its reference's last
+    part), e.g. "sweep prompts.parquet on tiny-shapes"."""
+    return f"{kind} {subject} on {short_name(model)}"
+
+
+def short_name(reference: str) -> str:
+    """The last part of a path or URI ("s3://b/prompts.parquet": "prompts.parquet")."""
+    return reference.rstrip("/").rsplit("/", 1)[-1] or reference
+
+
 def run_link(run_id: str) -> str:
     """Where to see the run: its page on a tracking server, else its id and store."""
     uri = tracking_uri()
@@ -142,7 +153,8 @@ def resumable_child_run(
         experiment_id = found.experiment_id if found else client.create_experiment(experiment)
         run_id = client.create_run(experiment_id, run_name=name).info.run_id
     for key, value in (params or {}).items():
-        client.log_param(run_id, key, _param(value))
+        if value is not None:
+            client.log_param(run_id, key, _param(value))
     storage.write_text_atomic(run_file, run_id)
     return run_id
 
@@ -158,15 +170,17 @@ def finish_run(run_id: str, params: dict | None = None) -> None:
     """Log `params` to the run `run_id` and end it FINISHED."""
     client = _client()
     for key, value in (params or {}).items():
-        client.log_param(run_id, key, _param(value))
+        if value is not None:
+            client.log_param(run_id, key, _param(value))
     client.set_terminated(run_id)
 
 
 def log_params(params: dict) -> None:
-    """Parameters of the active run (values as text, cut to MLflow's limit)."""
+    """Parameters of the active run (values as text, cut to MLflow's limit); an unset (None)
+    one is left out: MLflow would show the string 'None' as if it were a value."""
     import mlflow
 
-    mlflow.log_params({key: _param(value) for key, value in params.items()})
+    mlflow.log_params({key: _param(value) for key, value in params.items() if value is not None})
 
 
 def _param(value) -> str:
@@ -179,6 +193,11 @@ def log_metrics(metrics: dict[str, float]) -> None:
     import mlflow
 
     mlflow.log_metrics(metrics)
+
+
+def latest_metrics(run_id: str) -> dict[str, float]:
+    """The last value of each metric of the run `run_id`."""
+    return dict(_client().get_run(run_id).data.metrics)
 
 
 def log_image(run_id: str, image, key: str, step: int) -> None:

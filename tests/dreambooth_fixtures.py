@@ -67,6 +67,7 @@ def train_logged(config_values: dict, tracking_uri: str, callbacks=()) -> str:
     from easel.data.dreambooth import list_images
     from easel.models.dreambooth.config import DreamBoothConfig
     from easel.models.dreambooth.training import train
+    from easel.tasks.dreambooth import validation_callbacks
 
     config = DreamBoothConfig.model_validate(config_values)
     run_file = os.path.join(config.output, "run_id")
@@ -80,7 +81,8 @@ def train_logged(config_values: dict, tracking_uri: str, callbacks=()) -> str:
         with open(run_file, "w") as f:
             f.write(client.create_run(experiment_id).info.run_id)
     with open(run_file) as f:
-        logger = tracking.lightning_logger(f.read(), tracking_uri)  # the flow's logger
+        run_id = f.read()
+    logger = tracking.lightning_logger(run_id, tracking_uri)  # the flow's logger
     return train(
         config,
         config.model,
@@ -88,7 +90,7 @@ def train_logged(config_values: dict, tracking_uri: str, callbacks=()) -> str:
         list_images(config.class_data),
         os.path.join(config.output, "checkpoints"),
         logger=logger,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, *validation_callbacks(config, config.model, run_id)],
         before_checkpoint=tracking.flush_metrics,
         enable_progress_bar=False,
     )

@@ -74,6 +74,15 @@ def test_dreambooth_command_trains_exports_validates_and_registers(
     parent = client.get_run(training.data.tags["mlflow.parentRunId"])  # the flow's run
     for tag in ("prefect.flow_run_id", "prefect.flow_run_url"):  # lineage, down to the child
         assert training.data.tags[tag] == parent.data.tags[tag]
+    # tidy: names say what ran, unset values are not logged as 'None', a summary on the parent
+    assert parent.info.run_name == "dreambooth 'sks' from instance on model"
+    assert training.info.run_name == "training 'sks' (full, 4 steps)"
+    for run in (parent, training):
+        assert "None" not in run.data.params.values(), run.data.params
+    assert parent.data.params["max_steps"] == "4" and "snr_gamma" not in parent.data.params
+    assert parent.data.metrics["steps"] == 4
+    assert parent.data.metrics["training/train/loss"] == training.data.metrics["train/loss"]
+    assert parent.data.tags["easel.pipeline"] == str(out / "pipeline")
     assert [m.step for m in client.get_metric_history(training_run_id, "train/loss")] == [
         0,
         1,

@@ -1,5 +1,6 @@
 """Kill -9 at several points, rerun, and get bitwise the weights of an uninterrupted run,
-with the same logged loss curve after each resume point."""
+with the same logged loss curve after each resume point; validation grids while training
+change nothing of it."""
 
 from __future__ import annotations
 
@@ -80,6 +81,23 @@ def _loss_curve(tmp_path, output: str) -> dict[int, list[float]]:
     return curve
 
 
+def _validation_grids(tmp_path, output: str) -> dict:
+    """The `validation` images of the run, by step (the last logged of a step)."""
+    import mlflow
+    from PIL import Image
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    with open(os.path.join(output, "run_id")) as f:
+        run_id = f.read()
+    grids = {}
+    for artifact in sorted(a.path for a in client.list_artifacts(run_id, "images")):
+        key, _, step, *_ = os.path.basename(artifact).split("+")
+        if key == "validation" and artifact.endswith(".png"):
+            local = client.download_artifacts(run_id, artifact, str(tmp_path))
+            grids[int(step)] = Image.open(local).convert("RGB")
+    return grids
+
+
 def test_kill_and_resume_matches_uninterrupted_run_bitwise(tmp_path):
     workspace = make_workspace(str(tmp_path / "ws"))
     settings = {
@@ -89,7 +107,8 @@ def test_kill_and_resume_matches_uninterrupted_run_bitwise(tmp_path):
         "keep_last_n_checkpoints": 2,
     }
     straight = tiny_config(workspace, str(tmp_path / "straight"), **settings)
-    resumed = tiny_config(workspace, str(tmp_path / "resumed"), **settings)
+    resumed = tiny_config(workspace, str(tmp_path / "resumed"), **settings,
+                          validation_every_n_steps=2)  # fmt: skip
     train_logged(straight, f"sqlite:///{tmp_path}/mlflow.db")  # in this process: one import less
 
     kills = [  # mid-accumulation (resumes from step 2), then mid-write of step 6's checkpoint
@@ -118,6 +137,12 @@ def test_kill_and_resume_matches_uninterrupted_run_bitwise(tmp_path):
         "step=00000006.ckpt",
         "step=00000008.ckpt",
     ]
+
+    # a validation grid (prompts x seeds) of the base weights, then every 2nd step's
+    grids = _validation_grids(tmp_path, resumed["output"])
+    assert sorted(grids) == [0, 2, 4, 6, 8], sorted(grids)
+    assert grids[0].size == (128, 128 + 2 * 12 + 4)  # one prompt x one seed, labelled
+    assert grids[0].tobytes() != grids[8].tobytes()  # the weights moved
 
     curve_straight = _loss_curve(tmp_path, straight["output"])
     curve_resumed = _loss_curve(tmp_path, resumed["output"])

@@ -92,6 +92,8 @@ def test_bad_rows_fail_alone_and_everything_is_tracked(tmp_path):
     client = mlflow.MlflowClient()
     tracked = client.get_run(run_id)
     assert tracked.data.params["manifest"].endswith("mixed.parquet")
+    assert tracked.info.run_name == "sweep mixed.parquet on tiny-shapes"
+    assert "None" not in tracked.data.params.values() and "scheduler" not in tracked.data.params
     assert tracked.data.metrics["images_ok"] == 3 and tracked.data.metrics["failures"] == 2
     assert tracked.data.metrics["images_per_s"] > 0
     artifacts = {a.path for a in client.list_artifacts(run_id)}

@@ -31,6 +31,7 @@ from easel.tasks.dreambooth import (
     resolve_model,
     resolve_model_task,
     train_task,
+    training_summary,
     validation_rows,
     write_manifest_task,
 )
@@ -53,7 +54,7 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
     inputs = check_inputs_task(config, model.digest)
     tags = prefect_tags()
     with holding_output(config.output), \
-         tracking.start_run(EXPERIMENT, "dreambooth", config.model_dump(), tags) as run_id:
+         tracking.start_run(EXPERIMENT, run_name(config), config.model_dump(), tags) as run_id:
         class_images: list[str] = []
         if config.prior_preservation and config.class_data:
             class_images = class_images_task(config)
@@ -71,7 +72,9 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
             )
             class_images = priors.image_uris
         checkpoint = train_task(config, model.path, inputs, class_images, run_id)
+        tracking.log_metrics({"steps": config.max_steps, **training_summary(config)})
         pipeline = export_task(config, checkpoint, model.path)
+        tracking.set_tags(run_id, {"easel.pipeline": pipeline, "easel.checkpoint": checkpoint})
         sheet = None
         if config.validation_prompts:
             manifest = write_manifest_task(
@@ -100,6 +103,12 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
     )
     _publish_summary(config, result)
     return result
+
+
+def run_name(config: DreamBoothConfig) -> str:
+    """E.g. "dreambooth 'sks' from subject-star on tiny-shapes"."""
+    subject = f"{config.identifier!r} from {tracking.short_name(config.instance_data)}"
+    return tracking.run_name("dreambooth", subject, config.model)
 
 
 @contextlib.contextmanager

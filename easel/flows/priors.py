@@ -66,7 +66,8 @@ def class_priors_flow(params: PriorsParameters) -> ClassPriors:
     folder = storage.join(params.out, spec.key)
     manifest = write_prior_manifest_task(folder, spec, params.num_images)
     logged = params.model_dump()
-    with tracking.start_run(params.experiment, "class-priors", logged, prefect_tags()):
+    name = tracking.run_name("class priors", repr(params.class_prompt), params.model)
+    with tracking.start_run(params.experiment, name, logged, prefect_tags()):
         summary = sweep_flow(SweepParameters(  # its run nests under this one
             manifest=manifest, out=folder, model=params.model, batch_size=params.batch_size,
             experiment=params.experiment, show_progress=params.show_progress,

@@ -130,7 +130,8 @@ def sweep_flow(params: SweepParameters) -> SweepSummary | BatchOutcome:
     # the manifest checked before any MLflow run; what is missing, the shard plans in its hold
     table, plan = plan_sweep_task(inputs, check_done=sharded)
     tags = prefect_tags()
-    with tracking.start_run(params.experiment, "sweep", params.model_dump(), tags) as run_id:
+    name = tracking.run_name("sweep", tracking.short_name(params.manifest), params.model)
+    with tracking.start_run(params.experiment, name, params.model_dump(), tags) as run_id:
         progress = Progress(params.out, params.show_progress)
         if sharded:
             progress.start(plan.pending_images)

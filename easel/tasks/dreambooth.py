@@ -126,7 +126,8 @@ def train_task(
 
     run_file = storage.join(checkpoint_dir(config), "training_run_id")
     run_id = tracking.resumable_child_run(
-        run_file, parent_run_id, "training", EXPERIMENT, params=inputs.snapshot
+        run_file, parent_run_id, f"training {config.identifier!r} ({config.method}, "
+        f"{config.max_steps} steps)", EXPERIMENT, params=inputs.snapshot
     )
     for change in inputs.changes:
         print(f"resuming with a changed config: {change}")
@@ -143,6 +144,13 @@ def train_task(
         snapshot=inputs.snapshot,
         enable_progress_bar=sys.stderr.isatty(),
     )
+
+
+def training_summary(config: DreamBoothConfig) -> dict[str, float]:
+    """The training run's last metric values, as `training/<name>` (for the flow's run)."""
+    run_file = storage.join(checkpoint_dir(config), "training_run_id")
+    run_id = storage.read_bytes(run_file).decode()
+    return {f"training/{k}": v for k, v in tracking.latest_metrics(run_id).items()}
 
 
 def validation_callbacks(config: DreamBoothConfig, model_dir: str, run_id: str) -> list:

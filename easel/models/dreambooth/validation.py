@@ -1,6 +1,7 @@
-"""Validation while training: every `every_n_steps` optimizer steps, the validation prompts
-× fixed seeds sampled from the weights being trained, as one grid image (a row per prompt,
-a column per seed), handed to `log_grid(image, step)`.
+"""Validation while training: at step 0 (the base weights) and every `every_n_steps`
+optimizer steps, the validation prompts × fixed seeds sampled from the weights being
+trained, as one grid image (a row per prompt, a column per seed), handed to
+`log_grid(image, step)`.
 
 The images go through the engine's one generation path (`engine.generation.generate`) with
 the base model's pipeline whose UNet (and text encoder, when it trains) is the module's own.
@@ -33,12 +34,19 @@ class ValidationGrid(pl.Callback):
         self.every_n_steps, self.log_grid = every_n_steps, log_grid
         self.logged_step = -1
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_step == 0:  # a fresh run: the base weights, to compare against
+            self._log(trainer, pl_module)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step  # optimizer steps: micro-batches share one
-        if step == self.logged_step or step % self.every_n_steps or not trainer.is_global_zero:
-            return
-        self.logged_step = step
-        self.log_grid(self.sample(pl_module), step)
+        if step and step % self.every_n_steps == 0:
+            self._log(trainer, pl_module)
+
+    def _log(self, trainer, pl_module) -> None:
+        if trainer.global_step != self.logged_step and trainer.is_global_zero:
+            self.logged_step = trainer.global_step
+            self.log_grid(self.sample(pl_module), trainer.global_step)
 
     def sample(self, module) -> Image.Image:
         """The grid of the module's current weights."""
