@@ -80,10 +80,13 @@ def start_run(
         yield run.info.run_id
 
 
-def end_crashed_attempts(flow_run_id: str) -> list[str]:
-    """End as FAILED every run still RUNNING that an earlier attempt of the Prefect flow run
-    `flow_run_id` made (an attempt that crashed: its process was killed before it could end
-    them); tagged `easel.ended_by`. Call it from a later attempt only. Returns their ids."""
+def end_crashed_attempts(
+    flow_run_id: str, reason: str = "a retry of its crashed Prefect flow run"
+) -> list[str]:
+    """End as FAILED every run still RUNNING that the Prefect flow run `flow_run_id` made
+    (an attempt that crashed: its process was killed before it could end them), tagged
+    `easel.ended_by` with `reason`. Call it only once that attempt is known to be gone (a
+    later attempt of it; a run that took over the output it held). Returns their ids."""
     import mlflow
 
     client = _client()
@@ -93,7 +96,7 @@ def end_crashed_attempts(flow_run_id: str) -> list[str]:
         "and attributes.status = 'RUNNING'",
     )  # fmt: skip
     for run in stale:
-        client.set_tag(run.info.run_id, ENDED_BY_TAG, "a retry of its crashed Prefect flow run")
+        client.set_tag(run.info.run_id, ENDED_BY_TAG, reason)
         client.set_terminated(run.info.run_id, "FAILED")
     return [run.info.run_id for run in stale]
 
@@ -227,10 +230,35 @@ def lightning_logger(run_id: str, uri: str | None = None):
     """Lightning's MLflow logger writing to the existing run `run_id` (at `uri`, default the
     configured tracking URI). Metrics are queued and sent in the background (a blocking call
     per step costs tens of milliseconds against a tracking server: bench/README.md);
-    `flush_metrics` waits for them."""
+    `flush_metrics` waits for them.
+
+    Exactly one point per step: a resumed training (the same run, reopened) leaves out the
+    steps of a metric that the run already has, which the killed attempt logged after its
+    last checkpoint. The resume is bitwise exact, so those points hold the same values."""
     from pytorch_lightning.loggers import MLFlowLogger
 
-    return MLFlowLogger(tracking_uri=uri or tracking_uri(), run_id=run_id, synchronous=False)
+    uri = uri or tracking_uri()
+    logged_through = last_logged_steps(run_id, uri)
+
+    class ResumedMLFlowLogger(MLFlowLogger):
+        def log_metrics(self, metrics, step=None) -> None:
+            new = {k: v for k, v in metrics.items()
+                   if step is None or step > logged_through.get(k, -1)}  # fmt: skip
+            if new:
+                super().log_metrics(new, step)
+
+    return ResumedMLFlowLogger(tracking_uri=uri, run_id=run_id, synchronous=False)
+
+
+def last_logged_steps(run_id: str, uri: str | None = None) -> dict[str, int]:
+    """The highest step logged so far of each metric of the run `run_id`."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri or tracking_uri())
+    return {
+        key: max(point.step for point in client.get_metric_history(run_id, key))
+        for key in client.get_run(run_id).data.metrics
+    }
 
 
 def flush_metrics() -> None:

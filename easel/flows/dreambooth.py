@@ -114,16 +114,21 @@ def run_name(config: DreamBoothConfig) -> str:
 @contextlib.contextmanager
 def holding_output(output: str) -> Iterator[None]:
     """Hold the output folder for the run (`locks.hold_folder`): one live run trains into a
-    folder at a time. Raises `InvalidInput` naming the folder and its live holder."""
+    folder at a time. Raises `InvalidInput` naming the folder and its live holder. MLflow
+    runs an ended holder left RUNNING (a process killed -9) are ended FAILED."""
+    from prefect.runtime import flow_run
+
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(locks.hold_folder("dreambooth", output))
+            previous = stack.enter_context(locks.hold_folder("dreambooth", output))
         except locks.Busy as busy:
             raise InvalidInput(
                 f"`output` {output} is held by another live run ({busy}): wait for it, or "
                 f"train into another folder; a holder that died lets go within "
                 f"{locks.LEASE_SECONDS} s"
             ) from None
+        if previous and previous != str(flow_run.id):
+            tracking.end_crashed_attempts(previous, "a later run took over its output folder")
         yield
 
 

@@ -82,16 +82,30 @@ def hold(name: str, wait: bool = True) -> Iterator[None]:
                 lease_duration=LEASE_SECONDS, strict=True, holder=_holder(),
             ))  # fmt: skip
         except TimeoutError:
-            raise Busy(name) from None
+            if _active_slots(name):
+                raise Busy(name) from None
+            # free, and yet not acquired in time: a slow server (a loaded machine), not a
+            # holder; wait for the slot
+            stack.enter_context(concurrency(
+                name, occupy=1, lease_duration=LEASE_SECONDS, strict=True, holder=_holder()
+            ))  # fmt: skip
         yield
 
 
+def _active_slots(name: str) -> int:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(name).active_slots
+
+
 @contextlib.contextmanager
-def hold_folder(kind: str, folder: str) -> Iterator[None]:
+def hold_folder(kind: str, folder: str) -> Iterator[str | None]:
     """Hold `folder` (any fsspec URI) for the block, and say who holds it in
     `FOLDER/.easel/holder`. A hold whose holder has ended (its flow run is in a final
     state, or is this same flow run: an earlier, crashed attempt) is waited for, since it
-    lapses within `LEASE_SECONDS`; a live holder raises `Busy` naming it."""
+    lapses within `LEASE_SECONDS`; a live holder raises `Busy` naming it. Yields the flow
+    run id of the previous holder (an ended one), if any."""
     from prefect.runtime import flow_run
 
     name, holder_file = lock_name(kind, folder), storage.join(folder, ".easel", "holder")
@@ -107,11 +121,12 @@ def hold_folder(kind: str, folder: str) -> Iterator[None]:
                 ) from None
             print(f"waiting for the hold of the ended run {holder['flow_run_id']} to lapse")
             stack.enter_context(hold(name))
+        previous = _read_holder(holder_file).get("flow_run_id")
         since = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
         storage.write_text_atomic(holder_file, json.dumps(
             {"flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name, "since": since}
         ))  # fmt: skip
-        yield
+        yield previous
 
 
 def _read_holder(holder_file: str) -> dict:

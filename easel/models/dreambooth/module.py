@@ -99,6 +99,7 @@ class DreamBoothModule(pl.LightningModule):
                 )
         if compile_unet:  # in place: parameter names, so checkpoints and export, unchanged
             self.unet.compile()
+        self.step_metrics: dict = {}  # name -> (sum, count) over this step's micro-batches
         self._frozen = _FrozenEncoders(
             vae=vae, text_encoder=None if train_text_encoder else text_encoder
         )
@@ -142,6 +143,7 @@ class DreamBoothModule(pl.LightningModule):
 
     def release_frozen_encoders(self) -> None:
         """Drop the VAE (and frozen text encoder) once the caches exist: less memory."""
+        self.step_metrics: dict = {}  # name -> (sum, count) over this step's micro-batches
         self._frozen = _FrozenEncoders(vae=None, text_encoder=None)
 
     # ---- training -----------------------------------------------------------------------
@@ -174,13 +176,29 @@ class DreamBoothModule(pl.LightningModule):
         n = batch["num_instance"]  # a Python int: slicing, unlike a mask, needs no device sync
         instance_loss = per_example[:n].mean()
         loss = instance_loss
-        self.log("train/instance_loss", instance_loss)
+        self._record("train/instance_loss", instance_loss)
         if n < per_example.shape[0]:
             prior_loss = per_example[n:].mean()
             loss = loss + self.hparams.prior_loss_weight * prior_loss
-            self.log("train/prior_loss", prior_loss)
-        self.log("train/loss", loss, prog_bar=True)
+            self._record("train/prior_loss", prior_loss)
+        self._record("train/loss", loss)
+        self.log("train/loss", loss, prog_bar=True, logger=False)  # the bar; loggers: below
         return loss
+
+    def _record(self, name: str, value: torch.Tensor) -> None:
+        """Sum a metric over the micro-batches of this optimizer step (on the device)."""
+        total, count = self.step_metrics.get(name, (0.0, 0))
+        self.step_metrics[name] = (total + value.detach(), count + 1)
+
+    def pop_step_metrics(self) -> dict[str, float]:
+        """The mean of each metric over the last step's micro-batches (one copy to the host
+        for all of them); cleared."""
+        if not self.step_metrics:
+            return {}
+        names = list(self.step_metrics)
+        means = torch.stack([total / count for total, count in self.step_metrics.values()])
+        self.step_metrics = {}
+        return dict(zip(names, means.float().tolist(), strict=True))
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)

@@ -66,6 +66,24 @@ class StepCheckpoint(pl.callbacks.ModelCheckpoint):
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
 
 
+class StepMetrics(pl.Callback):
+    """Each optimizer step's losses (means over its micro-batches), handed to the loggers at
+    step `global_step - 1` as soon as the step ends: before the checkpoint of that step is
+    written (Lightning's own logging comes after it, and a kill in between lost the point
+    for good, since the resume starts after it)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if trainer.global_step == self.step:  # mid-accumulation
+            return
+        self.step = trainer.global_step
+        metrics = pl_module.pop_step_metrics()
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step - 1)
+
+
 def _steps(folder: str) -> list[tuple[int, str]]:
     """(step, name) of the checkpoints in `folder` (any fsspec URI), lowest step first."""
     names = storage.list_names(folder)
@@ -157,7 +175,7 @@ def train(
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         logger=logger,
-        callbacks=[every_n_steps, *callbacks],
+        callbacks=[StepMetrics(), *callbacks, every_n_steps],
         plugins=[AtomicCheckpointIO()],
         default_root_dir=checkpoint_dir,
         enable_model_summary=False,
