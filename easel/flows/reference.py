@@ -1,0 +1,95 @@
+"""The configuration reference (`docs/configuration.md`), generated from the parameter
+models themselves, so that every key is documented with its real default and limits.
+
+    python -m easel.flows.reference > docs/configuration.md
+
+`tests/test_docs.py` fails when the file and the models disagree."""
+
+from __future__ import annotations
+
+import json
+import types
+from typing import Annotated, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+HEADER = """# Configuration reference
+
+Every key of a sweep (`easel sweep --config FILE`, a deployment's `params`), a class-prior
+run (`params`) and a DreamBooth run (`easel dreambooth --config FILE`, a deployment's
+`config`), with its default and limits. Generated from the code
+(`python -m easel.flows.reference > docs/configuration.md`); a key set on the command line
+(`--set key=value` for DreamBooth, the flags for sweeps) wins over the file. An unknown key
+or a value out of its limits is refused before any work, naming the key and the value.
+"""
+
+
+def _default(field: FieldInfo) -> str:
+    if field.default is PydanticUndefined and field.default_factory is None:
+        return "**required**"
+    value = field.default_factory() if field.default_factory else field.default
+    return "unset" if value is None else f"`{json.dumps(value)}`"
+
+
+def _limits(field: FieldInfo) -> str:
+    words = []
+    for item in field.metadata:
+        for name, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+            if getattr(item, name, None) is not None:
+                words.append(f"{sign} {getattr(item, name)}")
+    return ", ".join(words)
+
+
+def _type(annotation) -> str:
+    """`int`, `str or None`, `list of str`, `one of "a", "b"`."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _type(args[0])
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type(arg) for arg in args)
+    if origin is Literal:
+        return "one of " + ", ".join(json.dumps(arg) for arg in args)
+    if origin is list:
+        return f"list of {_type(args[0])}"
+    return "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
+def table(model: type[BaseModel]) -> str:
+    """One row per key: name, type, default, limits, meaning."""
+    rows = ["| key | type | default | limits | meaning |", "|---|---|---|---|---|"]
+    for name, field in model.model_fields.items():
+        meaning = (field.description or "").replace("|", "\\|")
+        kind = _type(field.annotation)
+        rows.append(f"| `{name}` | {kind} | {_default(field)} | {_limits(field)} | {meaning} |")
+    return "\n".join(rows)
+
+
+def results_table() -> str:
+    """The columns easel adds to each manifest row in `results.parquet`."""
+    from easel.data.results import RESULT_FIELDS
+
+    rows = ["| column | Arrow type |", "|---|---|"]
+    rows += [f"| `{field.name}` | {field.type} |" for field in RESULT_FIELDS]
+    return "\n".join(rows)
+
+
+def reference_markdown() -> str:
+    from easel.flows.priors import PriorsParameters
+    from easel.flows.sweep import SweepParameters
+    from easel.models.dreambooth.config import DreamBoothConfig
+
+    sections = [
+        HEADER,
+        "## Sweep (`easel sweep`, the `sweep` flow)\n\n" + table(SweepParameters),
+        "## Class priors (the `class-priors` flow)\n\n" + table(PriorsParameters),
+        "## DreamBooth (`easel dreambooth`, the `dreambooth` flow)\n\n" + table(DreamBoothConfig),
+        "## Results (`OUT/results.parquet`)\n\nEvery column of the manifest row, then:\n\n"
+        + results_table(),
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")
