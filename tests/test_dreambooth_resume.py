@@ -212,11 +212,13 @@ def test_a_checkpoint_that_fails_to_serialise_leaves_nothing(tmp_path):
 
 
 def test_a_killed_command_leaves_no_run_running_and_one_loss_point_per_step(tmp_path):
-    """`easel dreambooth` killed -9 mid-training, then run again: the killed attempt's
-    MLflow run ends FAILED (nothing stays RUNNING), the training run continues with one
-    loss point per step."""
+    """`easel dreambooth` killed -9 mid-training, then run again: nothing it started keeps
+    running (its temporary Prefect server), the killed attempt's MLflow run ends FAILED
+    (nothing stays RUNNING), the training run continues with one loss point per step."""
     import mlflow
     import yaml
+
+    from easel.flows.watchdog import descendants, started
 
     workspace = make_workspace(str(tmp_path / "ws"))
     output = tmp_path / "out"
@@ -227,15 +229,21 @@ def test_a_killed_command_leaves_no_run_running_and_one_loss_point_per_step(tmp_
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     env.pop("PREFECT_API_URL", None)  # the command's own temporary server, as a user's shell
     command = [sys.executable, "-m", "easel.flows.cli", "dreambooth", "--config", str(config)]
-    first = subprocess.Popen(command, env=env, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 240
     while not list((output / "checkpoints").glob("step=*.ckpt")) and first.poll() is None:
         assert time.time() < deadline
         time.sleep(0.1)
     assert first.poll() is None, "training finished before it could be killed"
-    os.killpg(first.pid, signal.SIGKILL)  # the command and its temporary server
+    started_by_it = {pid: started(pid) for pid in descendants(first.pid)}
+    assert len(started_by_it) >= 2  # the watchdog, the temporary server
+    os.kill(first.pid, signal.SIGKILL)  # the command alone: it cannot stop its server
     first.wait()
+    deadline = time.time() + 15
+    while any(started(pid) == start for pid, start in started_by_it.items()):
+        assert time.time() < deadline, {p: started(p) for p in started_by_it}
+        time.sleep(0.2)
 
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -107,6 +107,10 @@ def test_kill_9_then_rerun_does_each_image_exactly_once(tmp_path):
 
     result = easel("sweep", manifest, "--out", out, "--batch-size", "1")
     assert result.returncode == 0, result.stderr
+    # a log, not a terminal: no progress bars nor escape codes; easel's own progress lines
+    logged = result.stdout + result.stderr
+    assert "\x1b[" not in logged and "\r" not in logged and "it/s]" not in logged, logged
+    assert f"sweep: {16 - len(recorded)}/{16 - len(recorded)} images (100%)" in logged, logged
     results = read_results(out)
     assert sorted(r["id"] for r in results) == [row["id"] for row in rows]  # each exactly once
     assert all(r["status"] == "ok" for r in results)

@@ -15,6 +15,7 @@ import sys
 import warnings
 
 from easel.errors import InvalidInput
+from easel.flows import watchdog
 from easel.flows.commands import add_commands
 
 
@@ -42,7 +43,10 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `easel` command; `argv` given (a test, a script): in this process, unwatched."""
     quiet_libraries()
+    if argv is None:  # the command itself: nothing it starts may outlive it (kill -9)
+        watchdog.watch()
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:

@@ -35,6 +35,7 @@ from easel.flows.config import load_parameters
 from easel.flows.run_context import expand_placeholders, prefect_tags
 from easel.flows.shards import run_shards
 from easel.models.engine.sweep import BatchOutcome, SweepInputs
+from easel.progress import ProgressLine
 from easel.tasks import locks
 from easel.tasks.sweep import generate_batches_task, plan_sweep_task, write_results_task
 
@@ -178,7 +179,8 @@ def _shard_run(params: SweepParameters) -> BatchOutcome:
 
 
 class Progress:
-    """A terminal progress bar, and the Prefect progress artifact updated every ~10 s."""
+    """A terminal progress bar (elsewhere, a progress line every ~10 s: a log file gets no
+    escape codes), and the Prefect progress artifact updated every ~10 s."""
 
     def __init__(self, description: str, show_bar: bool):
         self.description, self.show_bar = description, show_bar
@@ -189,6 +191,7 @@ class Progress:
 
         self.total, self.reported_at = total, time.monotonic()
         self.bar = tqdm(total=total, unit="img", desc="sweep", disable=not self.show_bar)
+        self.line = None if self.show_bar else ProgressLine("sweep", total, "images")
         start = 0.0 if total else 100.0
         self.artifact = create_progress_artifact(
             start, key="sweep-progress", description=self.description
@@ -197,6 +200,8 @@ class Progress:
     def advance(self, images: int) -> None:
         self.done += images
         self.bar.update(images)
+        if self.line:
+            self.line.update(self.done)
         if time.monotonic() - self.reported_at > 10.0:  # each update is an API call
             self._report()
 

@@ -122,7 +122,7 @@ def train_task(
     """Train or resume to `max_steps`, logging to the training run (a child of the flow's
     run, the same one for every rerun, its parameters the first run's config and a tag per
     change a resume honoured); return the final checkpoint path."""
-    from easel.models.dreambooth.training import train
+    from easel.models.dreambooth.training import ProgressLines, train
 
     run_file = storage.join(checkpoint_dir(config), "training_run_id")
     run_id = tracking.resumable_child_run(
@@ -139,7 +139,8 @@ def train_task(
         class_images or None,
         checkpoint_dir(config),
         logger=tracking.lightning_logger(run_id),
-        callbacks=validation_callbacks(config, model_dir, run_id),
+        callbacks=[*validation_callbacks(config, model_dir, run_id),
+                   *([] if sys.stderr.isatty() else [ProgressLines()])],  # fmt: skip
         before_checkpoint=tracking.flush_metrics,
         snapshot=inputs.snapshot,
         enable_progress_bar=sys.stderr.isatty(),

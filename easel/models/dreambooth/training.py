@@ -9,7 +9,9 @@ schedule, grad scaler, step, RNG streams; the data position follows from the ste
 
 from __future__ import annotations
 
+import logging
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,8 +23,19 @@ from easel.models.checkpoint_io import AtomicCheckpointIO
 from easel.models.dreambooth.config import DreamBoothConfig
 from easel.models.dreambooth.module import MAX_GRAD_NORM, DreamBoothModule
 from easel.models.dreambooth.resume import SNAPSHOT_KEY
+from easel.progress import ProgressLine
 
 _CHECKPOINT_NAME = re.compile(r"^step=(\d+)\.ckpt$")
+
+
+class _NoAdverts(logging.Filter):
+    """Lightning's "💡 Tip: ... try installing ..." lines are not about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡")
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdverts())
 
 
 def checkpoint_name(step: int) -> str:
@@ -82,6 +95,19 @@ class StepMetrics(pl.Callback):
         metrics = pl_module.pop_step_metrics()
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step - 1)
+
+
+class ProgressLines(pl.Callback):
+    """Training progress as plain lines for logs (`easel.progress.ProgressLine`): steps done,
+    steps/s, time left, the last loss."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.line = ProgressLine("training", trainer.max_steps, "steps")
+        self.line.update(trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        loss = trainer.progress_bar_metrics.get("train/loss")
+        self.line.update(trainer.global_step, f"loss {loss:.4g}" if loss is not None else "")
 
 
 def _steps(folder: str) -> list[tuple[int, str]]:
@@ -181,7 +207,10 @@ def train(
         enable_model_summary=False,
         **trainer_overrides,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=last_complete_checkpoint(checkpoint_dir))
+    with warnings.catch_warnings():  # the folder holds the checkpoints a rerun resumes from
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        trainer.fit(module, datamodule=datamodule,
+                    ckpt_path=last_complete_checkpoint(checkpoint_dir))  # fmt: skip
     if trainer_overrides.get("fast_dev_run"):
         return ""
     trainer.save_checkpoint(final)  # rank 0 writes; atomic through AtomicCheckpointIO
