@@ -36,7 +36,7 @@ def _sweep(subparsers) -> None:
         default=None,
         help="allow loading pickle (.bin/.ckpt) weights",
     )
-    parser.set_defaults(run="easel.flows.sweep:run_sweep_command")
+    parser.set_defaults(run="easel.flows.sweep_command:check_then_sweep")
 
 
 def _priors(subparsers) -> None:
