@@ -46,8 +46,38 @@ def tracking_uri() -> str:
 def _client():
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
-    return mlflow.MlflowClient()
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    if uri not in _READY:
+        with _sqlite_lock(uri):  # one process at a time creates a fresh database's tables
+            client.search_experiments(max_results=1)
+        _READY.add(uri)
+    return client
+
+
+_READY: set[str] = set()  # tracking URIs whose store this process has opened
+
+
+@contextlib.contextmanager
+def _sqlite_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock beside a SQLite tracking database (`sqlite:///path`), nothing for
+    other stores. Two commands started at once on a database that does not exist yet would
+    both run MLflow's schema migrations, and one of them fails ("alembic_version ... 0
+    found")."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # -- runs ------------------------------------------------------------------------------------

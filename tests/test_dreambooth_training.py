@@ -202,3 +202,39 @@ def test_gradient_checkpointing_recomputes_the_unet_blocks(workspace):
         return len(runs)
 
     assert (resnet_runs(False), resnet_runs(True)) == (1, 2)  # again in the backward pass
+
+
+def test_a_step_s_losses_reach_the_loggers_before_its_checkpoint_is_written(workspace, tmp_path):
+    """Lightning logs a step's metrics after the checkpoint callback has saved it: a kill in
+    between lost the point for good (the resume starts after it). `StepMetrics` hands them
+    over first."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import Logger
+
+    class Recorded(Logger):
+        name, version = "recorded", 0
+        steps: list[int] = []
+
+        def log_metrics(self, metrics, step=None):
+            if "train/loss" in metrics:
+                self.steps.append(step)
+
+        def log_hyperparams(self, params):
+            pass
+
+    logger = Recorded()
+    at_save = []
+
+    class AtSave(pl.Callback):
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            at_save.append((trainer.global_step, list(logger.steps)))
+
+    config = DreamBoothConfig.model_validate(tiny_config(
+        workspace, str(tmp_path), max_steps=4, checkpoint_every_n_steps=2, gradient_accumulation=2
+    ))  # fmt: skip
+    train(config, config.model, list_images(config.instance_data),
+          list_images(config.class_data), str(tmp_path / "checkpoints"), logger=logger,
+          callbacks=[AtSave()], enable_progress_bar=False)  # fmt: skip
+    assert logger.steps == [0, 1, 2, 3]  # one point per optimizer step, not per micro-batch
+    for step, logged in at_save:
+        assert logged == list(range(step)), (step, logged)

@@ -46,3 +46,34 @@ def test_without_a_prefect_server_it_says_so(monkeypatch, capsys):
     with temporary_settings({PREFECT_API_URL: None}):
         assert main(["automations"]) == 2
     assert "PREFECT_API_URL" in capsys.readouterr().err
+
+
+def test_a_run_taking_over_an_output_ends_what_its_killed_holder_left_running(tmp_path):
+    """`easel dreambooth` killed -9 leaves its MLflow run RUNNING and its name in the output's
+    holder file; the next run into that output ends the run FAILED, saying why."""
+    import json
+    import uuid
+
+    import mlflow
+    from prefect import flow
+
+    from easel.flows.dreambooth import holding_output
+
+    killed = str(uuid.uuid4())
+    (tmp_path / "out" / ".easel").mkdir(parents=True)
+    (tmp_path / "out" / ".easel" / "holder").write_text(json.dumps({"flow_run_id": killed}))
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment(f"takeover-{killed}")
+    left = client.create_run(experiment, tags={"prefect.flow_run_id": killed}).info.run_id
+    other = client.create_run(experiment, tags={"prefect.flow_run_id": "alive"}).info.run_id
+
+    @flow
+    def takeover() -> None:
+        with holding_output(str(tmp_path / "out")):
+            pass
+
+    takeover()
+    ended = client.get_run(left)
+    assert ended.info.status == "FAILED"
+    assert ended.data.tags["easel.ended_by"] == "a later run took over its output folder"
+    assert client.get_run(other).info.status == "RUNNING"  # another flow run's: untouched

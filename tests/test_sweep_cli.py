@@ -16,6 +16,7 @@ from sweep_helpers import STEPS, easel, read_results, write_manifest
 from easel.data.limits import SCHEDULER_NAMES
 from easel.data.results import read_records
 from easel.flows.cli import main
+from easel.flows.watchdog import descendants, started
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -88,7 +89,9 @@ def test_kill_9_then_rerun_does_each_image_exactly_once(tmp_path):
     manifest, out = write_manifest(tmp_path / "m.parquet", rows), str(tmp_path / "out")
     command = [sys.executable, "-m", "easel.flows.cli", "sweep", manifest, "--out", out,
                "--batch-size", "1"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shell = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # a user's shell
+    process = subprocess.Popen(command, env=shell, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
     records = os.path.join(out, ".easel", "records")
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
@@ -97,8 +100,14 @@ def test_kill_9_then_rerun_does_each_image_exactly_once(tmp_path):
             break
         time.sleep(0.05)
     assert process.poll() is None, "the sweep finished before it could be killed"
+    started_by_it = {pid: started(pid) for pid in descendants(process.pid)}
+    assert len(started_by_it) >= 2  # its watchdog, Prefect's temporary server
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    deadline = time.time() + 15  # nothing it started outlives it: the watchdog stops them
+    while any(started(pid) == start for pid, start in started_by_it.items()):
+        assert time.time() < deadline, {p: started(p) for p in started_by_it}
+        time.sleep(0.2)
     assert not os.path.exists(os.path.join(out, "results.parquet"))
     recorded = {r.id: r for r in read_records(out) if r.status == "ok"}
     assert len(recorded) >= 4
