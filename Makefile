@@ -30,7 +30,7 @@ demo: install
 # Two processes, a test file each at a time: the end-to-end tests mostly wait (heartbeat
 # windows, leases) while the others compute.
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 lint: install
 	$(VENV)/bin/ruff check easel tests bench

@@ -48,7 +48,9 @@ def test_without_a_prefect_server_it_says_so(monkeypatch, capsys):
     assert "PREFECT_API_URL" in capsys.readouterr().err
 
 
-def test_a_run_taking_over_an_output_ends_what_its_killed_holder_left_running(tmp_path):
+def test_a_run_taking_over_an_output_ends_what_its_killed_holder_left_running(
+    tmp_path, prefect_server
+):
     """`easel dreambooth` killed -9 leaves its MLflow run RUNNING and its name in the output's
     holder file; the next run into that output ends the run FAILED, saying why."""
     import json

@@ -122,3 +122,16 @@ def test_contact_sheet_labels_name_row_index_and_prompt_without_ambiguity():
     assert len(head) <= LABEL_CHARACTERS and head.startswith("nightly") and head.endswith("/0")
     assert prompt == "a red circle on a blu"
     assert tile_label("a", 3, None) == "a/3\n"
+
+
+def test_contact_sheet_labels_draw_cyrillic_glyphs_not_boxes():
+    """The quickstart's Russian prompt: a Latin-only font draws every letter as the same box."""
+    import numpy as np
+    from PIL import Image
+
+    from easel.data.contact_sheet import grid
+
+    tile = Image.new("RGB", (8, 8), "white")
+    drawn = [np.asarray(grid([tile], [f"r/0\n{text}"]))[128:] for text in ("красный", "зелёный")]
+    assert (drawn[0] != drawn[1]).any()  # different words, different pixels
+    assert (drawn[0] < 128).any()  # something was drawn

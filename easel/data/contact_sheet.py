@@ -3,10 +3,13 @@ same grid for images in memory: DreamBooth's validation while training)."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import io
 import math
+import os
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from easel.data import storage
 
@@ -14,6 +17,19 @@ THUMBNAIL = 128
 MAX_IMAGES = 256
 LABEL_CHARACTERS = 21  # what fits under a thumbnail in Pillow's default font
 LINE = 12  # pixels per label line
+
+
+@functools.cache
+def label_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """DejaVu Sans (Latin, Greek, Cyrillic: the quickstart's Russian and German prompts) from
+    matplotlib's data, which MLflow installs, found without importing matplotlib; Pillow's
+    default font (Latin only) where it is missing."""
+    spec = importlib.util.find_spec("matplotlib")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(folder, "mpl-data", "fonts", "ttf", "DejaVuSans.ttf")
+        if os.path.exists(path):
+            return ImageFont.truetype(path, 10)
+    return ImageFont.load_default()
 
 
 def _fit(text: str) -> str:
@@ -54,7 +70,8 @@ def grid(images: list[Image.Image], labels: list[str], columns: int = 8) -> Imag
         x, y = (i % columns) * THUMBNAIL, (i // columns) * cell_h
         sheet.paste(thumb, (x, y))
         for line, text in enumerate(label.split("\n")[:2]):
-            draw.text((x + 2, y + THUMBNAIL + 1 + line * LINE), text, fill="black")
+            draw.text((x + 2, y + THUMBNAIL + 1 + line * LINE), text, fill="black",
+                      font=label_font())  # fmt: skip
     return sheet
 
 
