@@ -143,7 +143,6 @@ class DreamBoothModule(pl.LightningModule):
 
     def release_frozen_encoders(self) -> None:
         """Drop the VAE (and frozen text encoder) once the caches exist: less memory."""
-        self.step_metrics: dict = {}  # name -> (sum, count) over this step's micro-batches
         self._frozen = _FrozenEncoders(vae=None, text_encoder=None)
 
     # ---- training -----------------------------------------------------------------------

@@ -45,15 +45,6 @@ class StableDiffusion(ModelFamily):
         task_pipeline.set_progress_bar_config(disable=True)
         return task_pipeline
 
-    def with_components(self, pipeline, **modules):
-        """A pipeline of `pipeline`'s class sharing its modules except `modules` (e.g. the
-        `unet` being fine-tuned)."""
-        replaced = type(pipeline)(
-            **{**pipeline.components, **modules}, requires_safety_checker=False
-        )
-        replaced.set_progress_bar_config(disable=True)
-        return replaced
-
     def generate(self, pipeline, settings, requests, inits, masks):
         arguments = {
             "prompt": [r.prompt for r in requests],
