@@ -184,7 +184,7 @@ class Progress:
 
     def __init__(self, description: str, show_bar: bool):
         self.description, self.show_bar = description, show_bar
-        self.total, self.done, self.bar, self.artifact = 0, 0, None, None
+        self.total, self.done, self.bar, self.line, self.artifact = 0, 0, None, None, None
 
     def start(self, total: int) -> None:
         from tqdm import tqdm
