@@ -209,11 +209,23 @@ def finish_run(run_id: str, params: dict | None = None) -> None:
 
 
 def log_params(params: dict) -> None:
-    """Parameters of the active run (values as text, cut to MLflow's limit); an unset (None)
-    one is left out: MLflow would show the string 'None' as if it were a value."""
+    """Parameters of the active run (values as text, cut to MLflow's limit; a nested mapping
+    as `outer.inner` keys); an unset (None) one is left out: MLflow would show the string
+    'None' as if it were a value."""
     import mlflow
 
-    mlflow.log_params({key: _param(value) for key, value in params.items() if value is not None})
+    mlflow.log_params({key: _param(value) for key, value in _flat(params).items()
+                       if value is not None})  # fmt: skip
+
+
+def _flat(params: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _param(value) -> str:

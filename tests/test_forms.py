@@ -28,10 +28,10 @@ def limited(prop: dict) -> bool:
 @pytest.mark.parametrize("flow", FLOWS, ids=[f.name for f in FLOWS])
 def test_every_parameter_has_a_description_and_every_number_limits(flow):
     schema = flow.parameters.model_dump()
-    (model,) = schema["definitions"].values()
-    fields = model["properties"]
-    assert fields
-    for name, prop in fields.items():
-        assert prop.get("description"), f"{flow.name}: `{name}` has no description"
-        if numeric(prop):
-            assert limited(prop), f"{flow.name}: `{name}` has no lower limit"
+    for model in schema["definitions"].values():  # the parameters, and nested settings
+        fields = model["properties"]
+        assert fields
+        for name, prop in fields.items():
+            assert prop.get("description"), f"{flow.name}: `{name}` has no description"
+            if numeric(prop):
+                assert limited(prop), f"{flow.name}: `{name}` has no lower limit"

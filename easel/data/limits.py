@@ -18,6 +18,9 @@ EDIT_TASKS = ("img2img", "inpaint")  # generate at the init image's size
 # The manifest's `scheduler` values; the engine builds each one (easel.models.engine.schedulers)
 SCHEDULER_NAMES = ("ddim", "ddpm", "pndm", "euler", "euler_a", "dpmpp_2m", "unipc", "lms", "heun")
 SchedulerName = Literal[SCHEDULER_NAMES]
+# The sweep's fast path (easel.models.engine.performance)
+COMPILE_MODES = ("off", "regional", "full")
+ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")  # PyTorch's SDPA kernels
 
 ID_RULE = "[A-Za-z0-9._-]{1,128}"
 ID_PATTERN = re.compile(ID_RULE)
@@ -50,6 +53,7 @@ PriorInferenceSteps = Annotated[int, Field(ge=MIN_PRIOR_STEPS, le=MAX_STEPS)]
 GuidanceScale = Annotated[float, Field(ge=0)]
 Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)]
 BatchSize = Annotated[int, Field(ge=MIN_BATCH, le=MAX_BATCH)]
+BatchSizeSetting = BatchSize | Literal["auto"]  # auto: the largest the device's memory holds
 Shards = Annotated[int, Field(ge=1, le=MAX_SHARDS)]
 
 

@@ -8,6 +8,10 @@ from easel.data import limits
 from easel.flows import recovery  # constants only: nothing heavy at import
 
 
+def _batch_size(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
 def _sweep(subparsers) -> None:
     parser = subparsers.add_parser("sweep", help="generate the images of a Parquet manifest")
     parser.add_argument("manifest", help="Parquet file, folder or glob (fsspec URI)")
@@ -15,9 +19,9 @@ def _sweep(subparsers) -> None:
     parser.add_argument("--model", help="model for rows without a `model` (default tiny-shapes)")
     parser.add_argument("--config", help="YAML file of sweep parameters")
     parser.add_argument(
-        "--batch-size", type=int,
-        help=f"images per pipeline call ({limits.MIN_BATCH}..{limits.MAX_BATCH}, "
-        f"default {limits.BATCH_SIZE})",
+        "--batch-size", type=_batch_size,
+        help=f"images per pipeline call ({limits.MIN_BATCH}..{limits.MAX_BATCH}, or auto: the "
+        f"largest the GPU's free memory holds; default {limits.BATCH_SIZE})",
     )  # fmt: skip
     parser.add_argument(
         "--shards", type=int,

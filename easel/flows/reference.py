@@ -35,7 +35,12 @@ def _default(field: FieldInfo) -> str:
 
 def _limits(field: FieldInfo) -> str:
     words = []
-    for item in field.metadata:
+    items = list(field.metadata)
+    for arg in get_args(field.annotation):  # a union with an annotated member: its limits
+        if get_origin(arg) is Annotated:
+            for extra in get_args(arg)[1:]:
+                items += extra.metadata if isinstance(extra, FieldInfo) else [extra]
+    for item in items:
         for name, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
             if getattr(item, name, None) is not None:
                 words.append(f"{sign} {getattr(item, name)}")
@@ -59,11 +64,22 @@ def _type(annotation) -> str:
 def table(model: type[BaseModel]) -> str:
     """One row per key: name, type, default, limits, meaning."""
     rows = ["| key | type | default | limits | meaning |", "|---|---|---|---|---|"]
+    return "\n".join(rows + _rows(model, ""))
+
+
+def _rows(model: type[BaseModel], prefix: str) -> list[str]:
+    """A nested settings model (`performance`) gives one row per key, as `outer.inner`."""
+    rows = []
     for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            rows += _rows(field.annotation, f"{prefix}{name}.")
+            continue
         meaning = (field.description or "").replace("|", "\\|")
         kind = _type(field.annotation)
-        rows.append(f"| `{name}` | {kind} | {_default(field)} | {_limits(field)} | {meaning} |")
-    return "\n".join(rows)
+        rows.append(
+            f"| `{prefix}{name}` | {kind} | {_default(field)} | {_limits(field)} | {meaning} |"
+        )
+    return rows
 
 
 def results_table() -> str:

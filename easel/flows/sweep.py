@@ -22,7 +22,7 @@ from easel import tracking
 from easel.data import limits, manifest, storage
 from easel.data.batching import ALL, Shard, chunk_batches
 from easel.data.limits import (
-    BatchSize,
+    BatchSizeSetting,
     GuidanceScale,
     InferenceSteps,
     PriorInferenceSteps,
@@ -34,7 +34,8 @@ from easel.data.results import SweepSummary
 from easel.flows.config import load_parameters
 from easel.flows.run_context import expand_placeholders, prefect_tags
 from easel.flows.shards import run_shards
-from easel.models.engine.sweep import BatchOutcome, SweepInputs
+from easel.models.engine.performance import EAGER, Performance
+from easel.models.engine.sweep import BatchOutcome, SweepInputs, runtime_params, utilisation
 from easel.progress import ProgressLine
 from easel.tasks import locks
 from easel.tasks.sweep import generate_batches_task, plan_sweep_task, write_results_task
@@ -52,7 +53,11 @@ class SweepParameters(BaseModel):
         "outputs apart"
     )
     model: str = Field("tiny-shapes", description="default for rows without a `model`")
-    batch_size: BatchSize = Field(limits.BATCH_SIZE, description="images per pipeline call")
+    batch_size: BatchSizeSetting = Field(
+        limits.BATCH_SIZE, description="images per pipeline call, or `auto`: the largest the "
+        "device's free memory holds, measured for each model and settings (CUDA; elsewhere "
+        f"{limits.BATCH_SIZE})",
+    )  # fmt: skip
     guidance_scale: GuidanceScale = Field(
         limits.GUIDANCE_SCALE, description="default for rows without a `guidance_scale`"
     )
@@ -81,6 +86,10 @@ class SweepParameters(BaseModel):
         None, description="weights' dtype (default: float16 on cuda, else float32)"
     )
     trust_pickle: bool = Field(False, description="allow pickle (.bin/.ckpt) weights")
+    performance: Performance = Field(
+        EAGER, description="the fast path: compile, channels_last, attention_backend, "
+        "vae_dtype (docs/performance.md)",
+    )  # fmt: skip
     experiment: str = Field("easel-sweep", description="the MLflow experiment")
     show_progress: bool = Field(False, description="a progress bar on the terminal")
     images_per_task: int = Field(
@@ -115,7 +124,7 @@ class SweepParameters(BaseModel):
         return SweepInputs(
             manifest=self.manifest, out=self.out, defaults=defaults,
             input_roots=tuple(self.input_roots), batch_size=self.batch_size, device=self.device,
-            dtype=self.dtype, trust_pickle=self.trust_pickle,
+            dtype=self.dtype, trust_pickle=self.trust_pickle, performance=self.performance,
         )  # fmt: skip
 
 
@@ -132,7 +141,8 @@ def sweep_flow(params: SweepParameters) -> SweepSummary | BatchOutcome:
     table, plan = plan_sweep_task(inputs, check_done=sharded)
     tags = prefect_tags()
     name = tracking.run_name("sweep", tracking.short_name(params.manifest), params.model)
-    with tracking.start_run(params.experiment, name, params.model_dump(), tags) as run_id:
+    logged = {**params.model_dump(), **runtime_params(inputs)}
+    with tracking.start_run(params.experiment, name, logged, tags) as run_id:
         progress = Progress(params.out, params.show_progress)
         if sharded:
             progress.start(plan.pending_images)
@@ -141,7 +151,8 @@ def sweep_flow(params: SweepParameters) -> SweepSummary | BatchOutcome:
             outcome, plan = _generate_shard(inputs, ALL, run_id, progress, params)
         progress.close()
         summary = write_results_task(inputs, table, plan, outcome.ok)
-        _log_to_mlflow(summary, plan.pending_images, outcome.ok, outcome.seconds)
+        _log_to_mlflow(summary, plan.pending_images, outcome)
+        tracking.log_metrics(utilisation(outcome, inputs))
     _publish_artifacts(summary, run_id)
     return summary
 
@@ -151,7 +162,7 @@ def _generate_shard(inputs: SweepInputs, shard: Shard, run_id: str, progress, pa
     plan what is still missing in it, and generate it chunk by chunk. Returns the outcome
     and the plan."""
     name = locks.lock_name("sweep", inputs.out, f"{shard.index}-of-{shard.count}")
-    ok, failed, seconds = 0, 0, 0.0
+    outcome = BatchOutcome(ok=0, failed=0, seconds=0.0)
     with locks.hold(name):
         _, plan = plan_sweep_task(inputs, shard)
         on_batch = None
@@ -159,22 +170,22 @@ def _generate_shard(inputs: SweepInputs, shard: Shard, run_id: str, progress, pa
             progress.start(plan.pending_images)
             on_batch = progress.advance
         for chunk in chunk_batches(plan.batches, params.images_per_task):
-            outcome = generate_batches_task(inputs, chunk, run_id, on_batch)
-            ok, failed = ok + outcome.ok, failed + outcome.failed
-            seconds += outcome.seconds
-    return BatchOutcome(ok=ok, failed=failed, seconds=seconds), plan
+            outcome = outcome + generate_batches_task(inputs, chunk, run_id, on_batch)
+    return outcome, plan
 
 
 def _shard_run(params: SweepParameters) -> BatchOutcome:
     """One shard, as its own flow run: an MLflow child run of the parent's, with its figures."""
     shard = Shard(params.shard, params.shards)
     name = f"sweep shard {shard.index + 1}/{shard.count}"
-    logged = params.model_dump()
+    inputs = params.inputs()
+    logged = {**params.model_dump(), **runtime_params(inputs)}
     with tracking.start_run(params.experiment, name, logged, prefect_tags(),
                             parent_run_id=params.parent_mlflow_run_id) as run_id:  # fmt: skip
-        outcome, _ = _generate_shard(params.inputs(), shard, run_id, None, params)
+        outcome, _ = _generate_shard(inputs, shard, run_id, None, params)
         tracking.log_metrics({"images_generated": outcome.ok, "images_failed": outcome.failed,
-                              "generation_seconds": outcome.seconds})  # fmt: skip
+                              "generation_seconds": outcome.seconds,
+                              **utilisation(outcome, inputs)})  # fmt: skip
     return outcome
 
 
@@ -216,12 +227,12 @@ class Progress:
             self._report()
 
 
-def _log_to_mlflow(summary: SweepSummary, pending: int, generated: int, seconds: float) -> None:
+def _log_to_mlflow(summary: SweepSummary, pending: int, outcome: BatchOutcome) -> None:
     tracking.log_metrics({
         "images_ok": summary.images_ok, "images_failed": summary.images_failed,
         "rows": summary.rows, "rows_failed": summary.rows_failed, "failures": summary.rows_failed,
-        "images_generated": generated, "images_pending_at_start": pending,
-        "generation_seconds": seconds, "images_per_s": generated / seconds if seconds else 0.0,
+        "images_generated": outcome.ok, "images_pending_at_start": pending,
+        "generation_seconds": outcome.seconds,
     })  # fmt: skip
     tracking.log_artifact(summary.results_uri)
     if summary.contact_sheet_uri:

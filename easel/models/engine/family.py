@@ -107,6 +107,10 @@ class ModelFamily:
         `masks` (greyscale, 255 repaints) are at the batch's size where the task needs them."""
         raise NotImplementedError
 
+    def denoiser(self, pipeline):
+        """The network every denoising step runs (the UNet; Kandinsky: the decoder's)."""
+        return pipeline.unet
+
     def tokenizer(self, pipeline):
         """The tokenizer prompts go through first."""
         raise NotImplementedError

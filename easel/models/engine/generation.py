@@ -18,6 +18,7 @@ from PIL import Image
 from easel.data import images
 from easel.data.batching import BatchSettings, ImageRequest, settings_problem
 from easel.models.engine.loading import LoadedModel
+from easel.models.engine.performance import attention
 
 
 @torch.inference_mode()
@@ -37,7 +38,8 @@ def generate(
     if settings.task == "inpaint":
         masks = [images.load_mask(r.mask_image, size) for r in requests]
     # 3. Generate, each image from its own seeded generator
-    arrays = loaded.family.generate(loaded.pipeline, settings, requests, inits, masks)
+    with attention(loaded.performance):
+        arrays = loaded.family.generate(loaded.pipeline, settings, requests, inits, masks)
     # 4. Postprocess: whole, finite images as 8-bit (diffusers' own rounding); inpainted
     # ones composited in pixel space (outside the mask, the init image exactly)
     if len(arrays) != len(requests):

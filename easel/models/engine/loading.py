@@ -16,6 +16,7 @@ from easel.data.batching import ModelFacts
 from easel.errors import ModelReferenceError
 from easel.models.engine.families import family_of
 from easel.models.engine.family import ModelFamily
+from easel.models.engine.performance import EAGER, Performance, apply, cast_at_boundary
 from easel.models.engine.references import ResolvedModel, resolve_model_reference
 
 
@@ -25,9 +26,10 @@ class LoadedModel:
     family: ModelFamily
     pipeline: object  # the family's diffusers pipeline, on its device
     facts: ModelFacts  # what it runs: tasks, schedulers, sizes (as planning saw them)
+    performance: Performance = EAGER  # how its networks run (compiled, memory format, ...)
 
 
-_BY_CONTENT: dict[tuple, LoadedModel] = {}  # (digest, device, dtype): two references, one load
+_BY_CONTENT: dict[tuple, LoadedModel] = {}  # (digest, device, dtype, performance): one load
 _BY_REFERENCE: dict[tuple, LoadedModel] = {}
 _LOCK = threading.Lock()
 
@@ -54,32 +56,35 @@ def default_dtype(device: str) -> torch.dtype:
 
 def load_model(
     ref: str, device: str | None = None, dtype: torch.dtype | None = None,
-    trust_pickle: bool = False,
+    trust_pickle: bool = False, performance: Performance = EAGER,
 ) -> LoadedModel:  # fmt: skip
-    """Resolve and load `ref` once per process and (device, dtype): later calls, one per
-    batch, neither list a remote model again nor re-digest its files."""
+    """Resolve and load `ref` once per process and (device, dtype, performance): later calls,
+    one per batch, neither list a remote model again nor re-digest its files."""
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     with _LOCK:
-        by_ref = (ref, device, dtype, trust_pickle)
+        by_ref = (ref, device, dtype, trust_pickle, performance)
         if by_ref not in _BY_REFERENCE:
             resolved = resolve_model_reference(ref)
-            by_content = (resolved.digest, device, dtype)
+            by_content = (resolved.digest, device, dtype, performance)
             if by_content not in _BY_CONTENT:
-                _BY_CONTENT[by_content] = _load(resolved, device, dtype, trust_pickle)
+                _BY_CONTENT[by_content] = _load(resolved, device, dtype, trust_pickle, performance)
             loaded = _BY_CONTENT[by_content]
             _BY_REFERENCE[by_ref] = LoadedModel(
-                resolved, loaded.family, loaded.pipeline, loaded.facts
+                resolved, loaded.family, loaded.pipeline, loaded.facts, performance
             )
         return _BY_REFERENCE[by_ref]
 
 
-def _load(resolved: ResolvedModel, device: str, dtype: torch.dtype, trust_pickle: bool):
+def _load(resolved: ResolvedModel, device: str, dtype: torch.dtype, trust_pickle: bool,
+          performance: Performance):  # fmt: skip
     family = resolve_family(resolved)
     options = {"dtype": dtype, "use_safetensors": None if trust_pickle else True}
     prior_path = resolved.prior.path if resolved.prior else None
     try:
         pipeline = family.load(resolved.path, prior_path, options)
+        if performance.vae_dtype and getattr(torch, performance.vae_dtype) != dtype:
+            _reload_autoencoder(pipeline, family, resolved.path, performance.vae_dtype, options)
     except OSError as error:
         if not trust_pickle and "safetensors" in str(error).lower():
             raise ModelReferenceError(
@@ -89,4 +94,17 @@ def _load(resolved: ResolvedModel, device: str, dtype: torch.dtype, trust_pickle
         raise ModelReferenceError(f"model {resolved.ref!r} could not be loaded: {error}") from error
     pipeline.set_progress_bar_config(disable=True)
     facts = family.facts(resolved.path, resolved.digest)
-    return LoadedModel(resolved, family, pipeline.to(device), facts)
+    pipeline = pipeline.to(device)
+    apply(pipeline, family, performance)
+    return LoadedModel(resolved, family, pipeline, facts, performance)
+
+
+def _reload_autoencoder(pipeline, family: ModelFamily, path: str, dtype: str, options: dict):
+    """The autoencoder loaded again from its own weights in `dtype` (not a cast of the
+    pipeline's copy), latents cast at its boundary."""
+    loaded = family.autoencoder(pipeline)
+    autoencoder = type(loaded).from_pretrained(
+        path, subfolder=family.autoencoder_folder, **{**options, "dtype": getattr(torch, dtype)}
+    )
+    cast_at_boundary(autoencoder, options["dtype"])
+    pipeline.register_modules(**{family.autoencoder_folder: autoencoder})

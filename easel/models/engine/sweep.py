@@ -5,15 +5,19 @@ benchmark or another orchestrator can call them directly."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from easel.data import manifest, results, storage
 from easel.data.batching import ALL, PlannedBatch, Shard, SweepPlan, build_plan
+from easel.data.limits import MAX_BATCH
 from easel.data.results import ImageRecord
 from easel.data.writer import BatchWriter
 from easel.errors import InvalidInput
-from easel.models.engine.generation import generate_each, prompt_truncation_warning
-from easel.models.engine.loading import load_model, model_facts
+from easel.models.engine import flops, memory
+from easel.models.engine.generation import generate, generate_each, prompt_truncation_warning
+from easel.models.engine.loading import default_device, default_dtype, load_model, model_facts
+from easel.models.engine.performance import EAGER, Performance
 
 
 @dataclass(frozen=True)
@@ -24,10 +28,20 @@ class SweepInputs:
     out: str
     defaults: manifest.SweepDefaults
     input_roots: tuple[str, ...]
-    batch_size: int
+    batch_size: int | Literal["auto"]
     device: str | None
     dtype: str | None
     trust_pickle: bool
+    performance: Performance = EAGER
+
+    @property
+    def resolved_device(self) -> str:
+        return self.device or default_device()
+
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype) if self.dtype else default_dtype(self.resolved_device)
 
 
 @dataclass(frozen=True)
@@ -35,6 +49,11 @@ class BatchOutcome:
     ok: int
     failed: int
     seconds: float
+    flops: float = 0.0  # counted floating-point operations of the images made (`flops`)
+
+    def __add__(self, other: BatchOutcome) -> BatchOutcome:
+        return BatchOutcome(self.ok + other.ok, self.failed + other.failed,
+                            self.seconds + other.seconds, self.flops + other.flops)  # fmt: skip
 
 
 def _facts_for(ref: str):
@@ -58,7 +77,8 @@ def plan_sweep(
     if check_done:
         done = results.done_slots(inputs.out)
         storage.remove_stale_temporaries(inputs.out)  # what a killed run was writing
-    plan = build_plan(jobs, failures, _facts_for, inputs.batch_size, done, shard)
+    batch_size = MAX_BATCH if inputs.batch_size == "auto" else inputs.batch_size  # split later
+    plan = build_plan(jobs, failures, _facts_for, batch_size, done, shard)
     return table, plan
 
 
@@ -69,24 +89,62 @@ def generate_batches(
     """Generate `batches` in order; a background writer stores each batch's images, then
     its record shard (the marker, last), while the next batch is generated. Records carry
     the MLflow run `run_id` and the Prefect flow run `flow_run_id`."""
-    import torch
-
-    dtype = getattr(torch, inputs.dtype) if inputs.dtype else None
-    seconds = 0.0
+    seconds, work = 0.0, 0.0
+    fitted: dict[tuple, int] = {}  # batch_size "auto": sizes by model and settings
     with BatchWriter(inputs.out) as writer:
-        for batch in batches:
-            loaded = load_model(batch.model, inputs.device, dtype, inputs.trust_pickle)
-            start = time.perf_counter()
-            outputs = generate_each(loaded, batch.settings, [i.request for i in batch.images])
-            elapsed = time.perf_counter() - start
-            seconds += elapsed
-            records = pending_records(loaded, batch, elapsed, run_id, flow_run_id)
-            writer.submit(batch, outputs, records)
-            if on_batch:
-                on_batch(len(batch.images))
+        for planned in batches:
+            loaded = load_model(planned.model, inputs.device, inputs.torch_dtype(),
+                                inputs.trust_pickle, inputs.performance)  # fmt: skip
+            for batch in _fitted(inputs, loaded, planned, fitted):
+                start = time.perf_counter()
+                outputs = generate_each(loaded, batch.settings, [i.request for i in batch.images])
+                elapsed = time.perf_counter() - start
+                seconds += elapsed
+                made = sum(not isinstance(output, Exception) for output in outputs)
+                work += made * flops.image_flops(loaded.family, loaded.pipeline, batch.settings)
+                records = pending_records(loaded, batch, elapsed, run_id, flow_run_id)
+                writer.submit(batch, outputs, records)
+                if on_batch:
+                    on_batch(len(batch.images))
         records = writer.close()
     ok = sum(r.status == "ok" for r in records)
-    return BatchOutcome(ok=ok, failed=len(records) - ok, seconds=seconds)
+    return BatchOutcome(ok=ok, failed=len(records) - ok, seconds=seconds, flops=work)
+
+
+def _fitted(inputs: SweepInputs, loaded, batch: PlannedBatch, sizes: dict) -> list[PlannedBatch]:
+    """`batch` as it runs: whole, or with `batch_size: auto` split into the largest batches
+    the device's memory holds for its settings (measured once per model and settings)."""
+    if inputs.batch_size != "auto":
+        return [batch]
+    key = (batch.model, repr(batch.settings))
+    if key not in sizes:
+        sizes[key] = memory.fitted_batch_size(
+            loaded, batch.settings, batch.images[0].request, inputs.resolved_device, generate
+        )  # fmt: skip
+    n = sizes[key]
+    return [replace(batch, images=batch.images[i : i + n]) for i in range(0, len(batch.images), n)]
+
+
+def utilisation(outcome: BatchOutcome, inputs: SweepInputs) -> dict[str, float]:
+    """Throughput metrics of generated images: images/s, achieved TFLOP/s and, where the
+    device's peak is known, model FLOPs utilisation (achieved / peak, 0..1)."""
+    if not outcome.seconds:
+        return {}
+    metrics = {"images_per_s": outcome.ok / outcome.seconds}
+    if not outcome.flops:  # a sharded parent: its shards' runs have the figures
+        return metrics
+    achieved = outcome.flops / outcome.seconds
+    metrics["achieved_tflops"] = achieved / 1e12
+    metrics["tflop_per_image"] = outcome.flops / max(outcome.ok, 1) / 1e12
+    if peak := flops.peak_flops(inputs.resolved_device, inputs.torch_dtype()):
+        metrics["model_flops_utilization"] = achieved / peak
+    return metrics
+
+
+def runtime_params(inputs: SweepInputs) -> dict[str, str]:
+    """What the images ran on, as MLflow parameters."""
+    return {"device_name": flops.device_name(inputs.resolved_device),
+            "torch_dtype": str(inputs.torch_dtype()).removeprefix("torch.")}  # fmt: skip
 
 
 def pending_records(
