@@ -18,6 +18,10 @@ EDIT_TASKS = ("img2img", "inpaint")  # generate at the init image's size
 # The manifest's `scheduler` values; the engine builds each one (easel.models.engine.schedulers)
 SCHEDULER_NAMES = ("ddim", "ddpm", "pndm", "euler", "euler_a", "dpmpp_2m", "unipc", "lms", "heun")
 SchedulerName = Literal[SCHEDULER_NAMES]
+# How a fusion's weights reach Kandinsky's prior (easel.data.fusion): divided by their sum,
+# or as written (diffusers' `interpolate` sums the weighted embeddings as they are)
+FUSION_WEIGHTS = ("sum_to_one", "raw")
+FusionWeights = Literal[FUSION_WEIGHTS]
 
 ID_RULE = "[A-Za-z0-9._-]{1,128}"
 ID_PATTERN = re.compile(ID_RULE)
@@ -26,6 +30,7 @@ ID_PATTERN = re.compile(ID_RULE)
 MIN_STEPS, MAX_STEPS = 1, 500  # num_inference_steps (and the prior's, from 2)
 MIN_PRIOR_STEPS = 2  # Kandinsky's prior (unCLIP scheduler) divides by steps - 1
 MIN_IMAGES, MAX_IMAGES = 1, 64  # num_images of one row
+MAX_FUSION_INPUTS = 16  # items of one row's fusion_inputs (each text is one prior run)
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 8, 4096, 8  # width, height, resolution (pixels)
 MAX_SEED = 2**63 - 1
 MIN_BATCH, MAX_BATCH = 1, 256  # images per pipeline call
