@@ -17,6 +17,7 @@ config with `fusion_weights: raw` hands them to the prior as written, diffusers'
 from __future__ import annotations
 
 import math
+import posixpath
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any
@@ -114,3 +115,15 @@ def prior_weights(weights: list[float], rule: str) -> list[float]:
             f"`{COLUMN}` weights are all 0 ({weights}): at least one must be above 0"
         )
     return [w / total for w in weights] if rule == "sum_to_one" else list(weights)
+
+
+def caption(value: Any) -> str | None:
+    """A valid `fusion_inputs` value in a few words, weights as written, for a contact
+    sheet: "0.7 red.png + 0.3 'a star'"; None for no value."""
+    if not value:
+        return None
+    return " + ".join(
+        f"{item['weight']:g} "
+        + (posixpath.basename(item["image"]) if item.get("image") else repr(item.get("text")))
+        for item in value
+    )

@@ -199,7 +199,9 @@ def _merged_struct_list(types: list[pa.DataType]) -> pa.DataType | None:
     for type_ in types:
         for item_field in type_.value_type:
             keys.setdefault(item_field.name, []).append(_logical(item_field.type))
-    merged = [(name, _common_type(key_types)) for name, key_types in keys.items()]
+    # a key no item of a file sets has type null there: it takes the others' type
+    merged = [(name, _common_type([t for t in key_types if not pa.types.is_null(t)] or [pa.null()]))
+              for name, key_types in keys.items()]  # fmt: skip
     if any(common is None for _, common in merged):
         return None
     return pa.list_(pa.struct(merged))
@@ -231,7 +233,7 @@ def _concatenated(tables: list[pa.Table], files: tuple[str, ...], uri: str) -> p
     unified = []
     for table in tables:
         arrays = [
-            table.column(f.name).cast(f.type)
+            _cast(table.column(f.name), f.type)
             if f.name in table.column_names
             and table.column(f.name).null_count < table.num_rows
             else pa.nulls(table.num_rows, f.type)  # absent, or no value in this file
@@ -239,6 +241,12 @@ def _concatenated(tables: list[pa.Table], files: tuple[str, ...], uri: str) -> p
         ]  # fmt: skip
         unified.append(pa.Table.from_arrays(arrays, schema=schema))
     return pa.concat_tables(unified)
+
+
+def _cast(column: pa.ChunkedArray, type_: pa.DataType) -> pa.ChunkedArray:
+    """`column` as `type_`; left as it is when it has that type already (pyarrow's cast of a
+    list of structs to its own type breaks a struct field of type null)."""
+    return column if column.type == type_ else column.cast(type_)
 
 
 def write_manifest(uri: str, rows: list[dict[str, Any]]) -> str:

@@ -79,7 +79,7 @@ class SweepParameters(BaseModel):
         description="pixel budget for width x height",
     )  # fmt: skip
     input_roots: list[str] = Field(
-        default_factory=list, description="folders init and mask images may come from, "
+        default_factory=list, description="folders init, mask and fusion images may come from, "
         "besides the manifest's",
     )  # fmt: skip
     device: str | None = Field(None, description="torch device (default: cuda if present)")
