@@ -6,6 +6,7 @@ against diffusers' own `interpolate`."""
 from __future__ import annotations
 
 import math
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -146,20 +147,36 @@ def test_request_keys_follow_the_weights_the_prior_gets_and_the_image_bytes(tmp_
 
 
 def test_a_manifest_of_fusions_needs_no_prompt_column_and_its_files_may_differ(tmp_path, pictures):
-    """Item structs with different keys or number types in different files read as one."""
-    (tmp_path / "parts").mkdir()
-    texts = pa.Table.from_pylist([{"id": "a", "fusion_inputs": [{"text": "a star", "weight": 1}]}])
-    images = pa.Table.from_pylist(
-        [{"id": "b", "fusion_inputs": [{"image": "../red.png", "weight": 0.5}]}]
-    )
-    pq.write_table(texts, tmp_path / "parts" / "1.parquet")
-    pq.write_table(images, tmp_path / "parts" / "2.parquet")
-    manifest = read_manifest(str(tmp_path / "parts"))
+    """Items with different keys or number types, written by pyarrow, pandas and polars
+    (large lists, large strings, a key of type null), read as one list of structs."""
+    import pandas as pd
+    import polars as pl
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pq.write_table(pa.Table.from_pylist([{"id": "a", "fusion_inputs": [item(1, text="a star")]}]),
+                   parts / "1.parquet")  # fmt: skip
+    images = [{"image": "../red.png", "weight": 0.5}]
+    pd.DataFrame([{"id": "b", "fusion_inputs": images}]).to_parquet(parts / "2.parquet")
+    pl.DataFrame([{"id": "c", "fusion_inputs": [item(2.0, text="a circle"), item(2.0, text="x")]}]
+                 ).write_parquet(parts / "3.parquet")  # fmt: skip
+    manifest = read_manifest(str(parts))
     jobs, failures = validate_manifest(manifest, DEFAULTS, [str(tmp_path)])
     assert not failures, failures
     assert [(j.id, [(i.text, i.weight) for i in j.fusion_inputs]) for j in jobs] == [
-        ("a", [("a star", 1.0)]), ("b", [(None, 1.0)])
+        ("a", [("a star", 1.0)]), ("b", [(None, 1.0)]), ("c", [("a circle", 0.5), ("x", 0.5)])
     ]  # fmt: skip
+    assert os.path.samefile(jobs[1].fusion_inputs[0].image, tmp_path / "red.png")
+
+
+def test_a_value_that_is_not_a_list_of_items_fails_its_row(tmp_path):
+    for name, values in (("json", ['[{"text": "a star", "weight": 1}]', None]),
+                         ("strings", [["a star"], None])):  # fmt: skip
+        rows = [{"id": "bad", "fusion_inputs": values[0]},
+                {"id": "text", "prompt": "a star", "fusion_inputs": values[1]}]  # fmt: skip
+        jobs, failures = validate(tmp_path, rows, name=f"{name}.parquet")
+        assert [job.id for job in jobs] == ["text"] and len(failures) == 1
+        assert "`fusion_inputs" in failures[0].error and "a star" in failures[0].error
 
 
 # -- on a model ------------------------------------------------------------------------------
