@@ -132,6 +132,16 @@ def test_weights_sum_to_one_unless_the_sweep_keeps_them_raw(tmp_path, pictures):
     assert [i.weight for i in job.fusion_inputs] == [3.0, 1.0]
 
 
+def test_the_sweep_config_names_one_of_the_two_weight_rules(tmp_path):
+    from pydantic import ValidationError
+
+    values = {"manifest": "m.parquet", "out": str(tmp_path)}
+    assert SweepParameters(**values).inputs().defaults.fusion_weights == "sum_to_one"
+    assert SweepParameters(**values, fusion_weights="raw").inputs().defaults.fusion_weights == "raw"
+    with pytest.raises(ValidationError, match="fusion_weights"):
+        SweepParameters(**values, fusion_weights="normalised")
+
+
 def test_request_keys_follow_the_weights_the_prior_gets_and_the_image_bytes(tmp_path, pictures):
     def key(weights, defaults=DEFAULTS):
         items = [item(w, image=name) for w, name in zip(weights, pictures, strict=True)]

@@ -53,7 +53,7 @@ class SweepDefaults:
     strength: float = limits.STRENGTH
     prior_guidance_scale: float = PRIOR_GUIDANCE_SCALE
     prior_num_inference_steps: int = PRIOR_NUM_INFERENCE_STEPS
-    fusion_weights: str = "sum_to_one"  # limits.FUSION_WEIGHTS
+    fusion_weights: limits.FusionWeights = "sum_to_one"  # how fusion weights reach the prior
 
 
 @dataclass(frozen=True)
