@@ -44,3 +44,26 @@ def easel(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "easel.flows.cli", *args], capture_output=True, text=True,
         timeout=timeout, **kwargs,
     )  # fmt: skip
+
+
+def fusion_by_diffusers(model, conditions, weights, seed, size, steps, **prior_arguments):
+    """The image a user gets from diffusers alone for a Kandinsky 2.2 fusion: the prior's
+    `interpolate` of `conditions` (prompts, PIL images) with `weights`, then the decoder, one
+    generator seeded with `seed` throughout; uint8 pixels."""
+    import torch
+    from diffusers import KandinskyV22CombinedPipeline, KandinskyV22Pipeline
+
+    combined = KandinskyV22CombinedPipeline.from_pretrained(model)
+    generator = torch.Generator().manual_seed(seed)
+    embeddings = combined.prior_pipe.interpolate(
+        conditions, weights, generator=generator, **prior_arguments
+    )
+    decoder = KandinskyV22Pipeline(unet=combined.unet, scheduler=combined.scheduler,
+                                   movq=combined.movq)  # fmt: skip
+    image = decoder(
+        image_embeds=embeddings.image_embeds,
+        negative_image_embeds=embeddings.negative_image_embeds, guidance_scale=4.0,
+        num_inference_steps=steps, height=size, width=size, generator=generator,
+        output_type="np",
+    ).images[0]  # fmt: skip
+    return (image * 255).round().astype(np.uint8)

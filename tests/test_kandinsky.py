@@ -10,10 +10,16 @@ from diffusers import (
     KandinskyV22CombinedPipeline,
     KandinskyV22Img2ImgCombinedPipeline,
     KandinskyV22InpaintCombinedPipeline,
-    KandinskyV22Pipeline,
 )
 from PIL import Image, ImageDraw
-from sweep_helpers import STEPS, max_pixel_difference, pixels, read_results, write_manifest
+from sweep_helpers import (
+    STEPS,
+    fusion_by_diffusers,
+    max_pixel_difference,
+    pixels,
+    read_results,
+    write_manifest,
+)
 
 from easel.data.batching import ModelFacts, unsupported
 from easel.data.manifest import RowJob
@@ -164,21 +170,9 @@ def test_fusion_mixes_prompt_and_image_by_strength(tmp_path, k22):
     ours = results[("mix", 0)]["image_uri"]
     assert max_pixel_difference(ours, results[("heavy", 0)]["image_uri"]) > 10
 
-    combined = KandinskyV22CombinedPipeline.from_pretrained(k22)
-    generator = torch.Generator().manual_seed(11)
-    embeddings = combined.prior_pipe.interpolate(
-        ["a blue square", Image.open(tmp_path / image).convert("RGB")], [0.7, 0.3],
-        generator=generator,
-    )  # fmt: skip
-    decoder = KandinskyV22Pipeline(unet=combined.unet, scheduler=combined.scheduler,
-                                   movq=combined.movq)  # fmt: skip
-    expected = decoder(
-        image_embeds=embeddings.image_embeds,
-        negative_image_embeds=embeddings.negative_image_embeds, guidance_scale=4.0,
-        num_inference_steps=STEPS, height=SIZE, width=SIZE, generator=generator,
-        output_type="np",
-    ).images[0]  # fmt: skip
-    assert max_pixel_difference(pixels(ours), (expected * 255).round().astype(np.uint8)) <= 2
+    conditions = ["a blue square", Image.open(tmp_path / image).convert("RGB")]
+    expected = fusion_by_diffusers(k22, conditions, [0.7, 0.3], 11, SIZE, STEPS)
+    assert max_pixel_difference(pixels(ours), expected) <= 2
 
 
 def test_rows_a_model_cannot_run_fail_alone_naming_column_and_value(tmp_path, k22):

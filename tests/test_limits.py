@@ -58,3 +58,4 @@ def test_the_readme_states_the_limits():
     assert set(re.findall(r"[a-z_0-9]+", kandinsky)) == set(kandinsky22.FAMILY.schedulers)
     for task in limits.TASKS:
         assert task in manifest_rule("task")
+    assert f"1..{limits.MAX_FUSION_INPUTS} items" in manifest_rule("fusion_inputs")

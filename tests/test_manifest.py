@@ -205,6 +205,14 @@ def test_request_keys_of_existing_sweeps_stay_valid():
     kandinsky = BatchSettings(**{**settings.__dict__, "prior_guidance_scale": 4.0,
                                  "prior_num_inference_steps": 25})  # fmt: skip
     assert request_key("d" * 64, kandinsky, request) != key
+    # a fusion of a prompt and `init_image` by `strength`, as keyed before `fusion_inputs`
+    fusion = BatchSettings(task="fusion", scheduler="ddpm", guidance_scale=4.0,
+                           num_inference_steps=20, width=64, height=64, strength=0.5,
+                           prior_guidance_scale=4.0, prior_num_inference_steps=25)  # fmt: skip
+    request = ImageRequest(prompt="a yellow square", negative_prompt="red", seed=12,
+                           init_image="/m/scene.png", init_image_sha256="a" * 64)  # fmt: skip
+    key = "18a4ab9eb6c02d247ac9ea72cbec026cb1d537ffb56c383856f9ce5cc8164c1d"
+    assert request_key("d" * 64, fusion, request) == key
 
 
 def test_a_manifest_is_read_once_while_its_files_are_unchanged(tmp_path):

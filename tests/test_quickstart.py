@@ -27,7 +27,8 @@ def test_quickstart_runs_every_stage(tmp_path, capsys):
         by_id.setdefault(row["id"], []).append(row)
     assert all(row["status"] == "ok" for row in results)
     assert {"edit-img2img", "edit-inpaint", "edit-inpaint-soft", "subject-white"} <= set(by_id)
-    k22 = {"k22-red-circle", "k22-img2img", "k22-fusion", "k22-russian", "k22-german"}
+    k22 = {"k22-red-circle", "k22-img2img", "k22-fusion", "k22-russian", "k22-german",
+           "k22-fusion-many"}  # fmt: skip
     assert k22 <= set(by_id)  # Kandinsky 2.2, prompts in three languages
     assert by_id["k22-fusion"][0]["model_ref"] == "tiny-shapes-k22"
     assert by_id["subject-white"][0]["model_ref"] == str(pipeline)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import groupby
 
 from easel.data import limits
+from easel.data.fusion import FusionInput
 from easel.data.manifest import RowFailure, RowJob
 
 
@@ -35,7 +36,7 @@ class BatchSettings:
 
 @dataclass(frozen=True)
 class ImageRequest:
-    prompt: str
+    prompt: str | None  # None only in a fusion of `fusion_inputs`
     negative_prompt: str | None
     seed: int
     init_image: str | None = None
@@ -43,6 +44,7 @@ class ImageRequest:
     # sha256 of the image files' bytes: an image edited in place is a new request
     init_image_sha256: str | None = None
     mask_image_sha256: str | None = None
+    fusion_inputs: tuple[FusionInput, ...] | None = None  # texts and images (with sha256)
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,8 @@ def denoising_steps(settings: BatchSettings) -> int:
 
 
 def row_settings(job: RowJob, facts: ModelFacts) -> BatchSettings:
-    strength = job.strength if job.task != "text2img" else 1.0  # unused by text2img
+    # unused by text2img and by a fusion of `fusion_inputs` (its items carry the weights)
+    strength = job.strength if job.task != "text2img" and job.fusion_inputs is None else 1.0
     prior = {}  # a family without a prior ignores the prior columns
     if facts.has_prior:
         prior = {"prior_guidance_scale": job.prior_guidance_scale,
@@ -152,7 +155,8 @@ def row_settings(job: RowJob, facts: ModelFacts) -> BatchSettings:
     )  # fmt: skip
 
 
-ADDED_REQUEST_FIELDS = ("init_image_sha256", "mask_image_sha256")  # absent: keys as before
+# absent: keys as before
+ADDED_REQUEST_FIELDS = ("init_image_sha256", "mask_image_sha256", "fusion_inputs")
 
 
 def request_key(model_digest: str, settings: BatchSettings, request: ImageRequest) -> str:
@@ -174,6 +178,7 @@ def planned_images(job: RowJob, facts: ModelFacts) -> list[PlannedImage]:
             prompt=job.prompt, negative_prompt=job.negative_prompt, seed=job.seed + k,
             init_image=job.init_image, mask_image=job.mask_image,
             init_image_sha256=job.init_image_sha256, mask_image_sha256=job.mask_image_sha256,
+            fusion_inputs=job.fusion_inputs,
         )  # fmt: skip
         key = request_key(facts.digest, settings, request)
         images.append(PlannedImage(row_id=job.id, image_index=k, request=request, request_key=key))

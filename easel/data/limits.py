@@ -21,6 +21,10 @@ SchedulerName = Literal[SCHEDULER_NAMES]
 # The sweep's fast path (easel.models.engine.performance)
 COMPILE_MODES = ("off", "regional", "full")
 ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")  # PyTorch's SDPA kernels
+# How a fusion's weights reach Kandinsky's prior (easel.data.fusion): divided by their sum,
+# or as written (diffusers' `interpolate` sums the weighted embeddings as they are)
+FUSION_WEIGHTS = ("sum_to_one", "raw")
+FusionWeights = Literal[FUSION_WEIGHTS]
 
 ID_RULE = "[A-Za-z0-9._-]{1,128}"
 ID_PATTERN = re.compile(ID_RULE)
@@ -29,6 +33,7 @@ ID_PATTERN = re.compile(ID_RULE)
 MIN_STEPS, MAX_STEPS = 1, 500  # num_inference_steps (and the prior's, from 2)
 MIN_PRIOR_STEPS = 2  # Kandinsky's prior (unCLIP scheduler) divides by steps - 1
 MIN_IMAGES, MAX_IMAGES = 1, 64  # num_images of one row
+MAX_FUSION_INPUTS = 16  # items of one row's fusion_inputs (each text is one prior run)
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 8, 4096, 8  # width, height, resolution (pixels)
 MAX_SEED = 2**63 - 1
 MIN_BATCH, MAX_BATCH = 1, 256  # images per pipeline call

@@ -21,7 +21,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from easel.data import limits, storage
+from easel.data import fusion, limits, storage
+from easel.data.fusion import FusionInput, FusionInputError
 from easel.data.images import ImageInputError, open_image, probe_edit_inputs
 from easel.data.limits import PRIOR_GUIDANCE_SCALE, PRIOR_NUM_INFERENCE_STEPS
 from easel.errors import InvalidInput
@@ -30,6 +31,7 @@ KNOWN_COLUMNS = (
     "prompt", "id", "negative_prompt", "seed", "num_images", "guidance_scale",
     "num_inference_steps", "width", "height", "scheduler", "model", "task",
     "init_image", "mask_image", "strength", "prior_guidance_scale", "prior_num_inference_steps",
+    "fusion_inputs",
 )  # fmt: skip
 
 
@@ -51,6 +53,7 @@ class SweepDefaults:
     strength: float = limits.STRENGTH
     prior_guidance_scale: float = PRIOR_GUIDANCE_SCALE
     prior_num_inference_steps: int = PRIOR_NUM_INFERENCE_STEPS
+    fusion_weights: limits.FusionWeights = "sum_to_one"  # how fusion weights reach the prior
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class RowJob:
 
     row_index: int
     id: str
-    prompt: str
+    prompt: str | None  # None only in a row with `fusion_inputs`
     negative_prompt: str | None
     seed: int
     num_images: int
@@ -77,6 +80,7 @@ class RowJob:
     prior_num_inference_steps: int = PRIOR_NUM_INFERENCE_STEPS
     init_image_sha256: str | None = None  # the bytes the row's images had when validated
     mask_image_sha256: str | None = None
+    fusion_inputs: tuple[FusionInput, ...] | None = None  # weights as the prior gets them
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ def _read_files(uri: str, root: str, files: tuple[str, ...], versions: tuple[str
                 f"manifest file {file_uri!r} is not a readable Parquet file: {error}"
             ) from None
     table = _concatenated(tables, files, uri)
-    if "prompt" not in table.column_names:
+    if "prompt" not in table.column_names and fusion.COLUMN not in table.column_names:
         raise InvalidInput(
             f"manifest {uri!r} has no `prompt` column (columns: {', '.join(table.column_names)})"
         )
@@ -178,7 +182,29 @@ def _common_type(types: list[pa.DataType]) -> pa.DataType | None:
         return pa.int64()
     if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in distinct):
         return pa.float64()
+    if all(_is_struct_list(t) for t in distinct):
+        return _merged_struct_list(distinct)
     return None
+
+
+def _is_struct_list(type_: pa.DataType) -> bool:
+    is_list = pa.types.is_list(type_) or pa.types.is_large_list(type_)
+    return is_list and pa.types.is_struct(type_.value_type)
+
+
+def _merged_struct_list(types: list[pa.DataType]) -> pa.DataType | None:
+    """Lists of structs (`fusion_inputs` items written with different keys or number types)
+    as one list of structs holding every key; None if a key's types conflict."""
+    keys: dict[str, list[pa.DataType]] = {}
+    for type_ in types:
+        for item_field in type_.value_type:
+            keys.setdefault(item_field.name, []).append(_logical(item_field.type))
+    # a key no item of a file sets has type null there: it takes the others' type
+    merged = [(name, _common_type([t for t in key_types if not pa.types.is_null(t)] or [pa.null()]))
+              for name, key_types in keys.items()]  # fmt: skip
+    if any(common is None for _, common in merged):
+        return None
+    return pa.list_(pa.struct(merged))
 
 
 def _concatenated(tables: list[pa.Table], files: tuple[str, ...], uri: str) -> pa.Table:
@@ -207,7 +233,7 @@ def _concatenated(tables: list[pa.Table], files: tuple[str, ...], uri: str) -> p
     unified = []
     for table in tables:
         arrays = [
-            table.column(f.name).cast(f.type)
+            _cast(table.column(f.name), f.type)
             if f.name in table.column_names
             and table.column(f.name).null_count < table.num_rows
             else pa.nulls(table.num_rows, f.type)  # absent, or no value in this file
@@ -215,6 +241,12 @@ def _concatenated(tables: list[pa.Table], files: tuple[str, ...], uri: str) -> p
         ]  # fmt: skip
         unified.append(pa.Table.from_arrays(arrays, schema=schema))
     return pa.concat_tables(unified)
+
+
+def _cast(column: pa.ChunkedArray, type_: pa.DataType) -> pa.ChunkedArray:
+    """`column` as `type_`; left as it is when it has that type already (pyarrow's cast of a
+    list of structs to its own type breaks a struct field of type null)."""
+    return column if column.type == type_ else column.cast(type_)
 
 
 def write_manifest(uri: str, rows: list[dict[str, Any]]) -> str:
@@ -290,9 +322,8 @@ def validate_row(
         raise RowError(f"`id` must match {limits.ID_RULE} but is {row_id!r}")
     if row_id in (".", ".."):
         raise RowError(f"`id` must not be {row_id!r}")
-    prompt = values.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise RowError(f"`prompt` must be a non-empty string but is {prompt!r}")
+    fusion_inputs = _fusion_inputs(values, defaults.fusion_weights, base, roots)
+    prompt = _prompt(values, fusion_inputs)
     negative = _optional_str(values, "negative_prompt")
     num_images = _int(values, "num_images", 1, low=limits.MIN_IMAGES, high=limits.MAX_IMAGES)
     seed = _int(values, "seed", derived_seed(row_id), low=0, high=limits.MAX_SEED - num_images)
@@ -317,7 +348,7 @@ def validate_row(
         )
     init_image = _image_uri(values, "init_image", base, roots)
     mask_image = _image_uri(values, "mask_image", base, roots)
-    task = _task(values, init_image, mask_image)
+    task = _task(values, init_image, mask_image, fusion_inputs)
     strength = _float(values, "strength", defaults.strength)
     if not 0 < strength <= 1:
         raise RowError(f"`strength` must be in (0, 1] but is {strength!r}")
@@ -330,13 +361,13 @@ def validate_row(
             )  # fmt: skip
         except ImageInputError as error:
             raise RowError(str(error)) from None
-    if task == "fusion":  # the prior's image encoder resizes it: any readable image
+    if init_image and task == "fusion":  # the prior's image encoder resizes it: any image
         try:
             open_image(init_image, "init_image")
         except ImageInputError as error:
             raise RowError(str(error)) from None
     digests = {}  # an image edited in place makes new requests
-    if task != "text2img":
+    if init_image:
         digests["init_image_sha256"] = storage.sha256(init_image)
     if task == "inpaint":
         digests["mask_image_sha256"] = storage.sha256(mask_image)
@@ -345,7 +376,8 @@ def validate_row(
         num_images=num_images, guidance_scale=guidance, num_inference_steps=steps, width=width,
         height=height, scheduler=scheduler, model=_optional_str(values, "model") or defaults.model,
         task=task, init_image=init_image, mask_image=mask_image, strength=strength,
-        prior_guidance_scale=prior_guidance, prior_num_inference_steps=prior_steps, **digests,
+        prior_guidance_scale=prior_guidance, prior_num_inference_steps=prior_steps,
+        fusion_inputs=fusion_inputs, **digests,
     )  # fmt: skip
 
 
@@ -411,16 +443,86 @@ def _size(values: dict[str, Any], column: str, default: int | None) -> int | Non
     return size
 
 
-def _task(values: dict[str, Any], init_image: str | None, mask_image: str | None) -> str:
+def _prompt(values: dict[str, Any], fusion_inputs: tuple | None) -> str | None:
+    """The row's prompt; a row with `fusion_inputs` has none (its texts are items)."""
+    prompt = values.get("prompt")
+    if fusion_inputs is None and (not isinstance(prompt, str) or not prompt.strip()):
+        raise RowError(f"`prompt` must be a non-empty string but is {prompt!r}")
+    if fusion_inputs is not None and prompt not in (None, ""):
+        raise RowError(
+            f"`prompt` is {prompt!r} but the row has `{fusion.COLUMN}`, whose `text` items are "
+            "its prompts: give the prompt as an item with its weight, and leave `prompt` empty"
+        )
+    return prompt or None
+
+
+def _fusion_inputs(
+    values: dict[str, Any], rule: str, base: str, roots: list[str]
+) -> tuple[FusionInput, ...] | None:
+    """The row's fusion items, the weights as the prior gets them (`fusion_weights`), each
+    image resolved like `init_image` and read now; None without `fusion_inputs`."""
+    value = values.get(fusion.COLUMN)
+    if value is None:
+        return None
+    try:
+        items = fusion.read_items(value)
+        weights = fusion.prior_weights([weight for _, _, weight in items], rule)
+        return tuple(
+            _fusion_input(index, text, image, weight, base, roots)
+            for index, ((text, image, _), weight) in enumerate(zip(items, weights, strict=True))
+        )
+    except (FusionInputError, ImageInputError) as error:
+        raise RowError(str(error)) from None
+
+
+def _fusion_input(
+    index: int, text: str | None, image: str | None, weight: float, base: str, roots: list[str]
+) -> FusionInput:
+    if image is None:
+        return FusionInput(text=text, image=None, weight=weight)
+    name = fusion.label(index, "image")
+    uri = _resolved_uri(image, name, base, roots)
+    open_image(uri, name)  # the prior's image encoder resizes it: any readable image
+    return FusionInput(text=None, image=uri, weight=weight, image_sha256=storage.sha256(uri))
+
+
+def _fusion_task(
+    values: dict[str, Any], task: str | None, init_image: str | None, mask_image: str | None
+) -> str:
+    """A row with `fusion_inputs` is a fusion: no other task, and no image, mask or strength
+    outside its items."""
+    if task not in (None, "fusion"):
+        raise RowError(f"`{fusion.COLUMN}` is set but `task` is {task!r}; it belongs to 'fusion'")
+    for column, given in (("init_image", init_image), ("mask_image", mask_image),
+                          ("strength", values.get("strength"))):  # fmt: skip
+        if given is not None:
+            raise RowError(
+                f"`{column}` is {values.get(column)!r} but the row has `{fusion.COLUMN}`, which "
+                "hold a fusion's images and weights: leave it empty"
+            )
+    return "fusion"
+
+
+def _task(
+    values: dict[str, Any], init_image: str | None, mask_image: str | None,
+    fusion_inputs: tuple | None,
+) -> str:  # fmt: skip
     task = _optional_str(values, "task")
+    if fusion_inputs is not None:
+        return _fusion_task(values, task, init_image, mask_image)
     if task is None and mask_image and not init_image:
         raise RowError("`mask_image` is set but `init_image`, which inpainting needs, is empty")
     if task is None:
         return "inpaint" if mask_image else "img2img" if init_image else "text2img"
     if task not in limits.TASKS:
         raise RowError(f"`task` must be one of {', '.join(limits.TASKS)} but is {task!r}")
-    if task in ("img2img", "inpaint", "fusion") and not init_image:
+    if task in ("img2img", "inpaint") and not init_image:
         raise RowError(f"`task` {task!r} needs `init_image`, which is empty")
+    if task == "fusion" and not init_image:
+        raise RowError(
+            f"`task` 'fusion' needs `init_image` (mixed with `prompt`) or `{fusion.COLUMN}`, "
+            "which are empty"
+        )
     if task == "inpaint" and not mask_image:
         raise RowError("`task` 'inpaint' needs `mask_image`, which is empty")
     return task
@@ -429,11 +531,15 @@ def _task(values: dict[str, Any], init_image: str | None, mask_image: str | None
 def _image_uri(values: dict[str, Any], column: str, base: str, roots: list[str]) -> str | None:
     """Resolve an image path against the manifest folder; refuse anything outside the roots."""
     value = _optional_str(values, column)
-    if not value:
-        return None
+    return _resolved_uri(value, column, base, roots) if value else None
+
+
+def _resolved_uri(value: str, name: str, base: str, roots: list[str]) -> str:
+    """`value` (an image named `name` in messages) resolved against the manifest's folder;
+    `RowError` outside it and the input roots."""
     uri = value if "://" in value or value.startswith("/") else storage.join(base, value)
     if not any(storage.is_within(uri, root) for root in roots):
         raise RowError(
-            f"`{column}` {value!r} resolves outside the manifest's folder and the input roots"
+            f"`{name}` {value!r} resolves outside the manifest's folder and the input roots"
         )
     return uri

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from easel.data import contact_sheet, storage
+from easel.data import contact_sheet, fusion, storage
 from easel.data.batching import SweepPlan, planned_images
 
 RESULT_FIELDS = pa.schema([
@@ -223,6 +223,13 @@ class SweepSummary:
     failures: tuple[str, ...] = ()  # "id[/k]: error" of the first failed images
 
 
+def row_captions(manifest: pa.Table, row_indices: list[int]) -> list[str | None]:
+    """What each row asked for, in words: its prompt, or its fusion's items."""
+    columns = [name for name in ("prompt", fusion.COLUMN) if name in manifest.column_names]
+    rows = manifest.select(columns).take(pa.array(row_indices, type=pa.int64())).to_pylist()
+    return [row.get("prompt") or fusion.caption(row.get(fusion.COLUMN)) for row in rows]
+
+
 def publish_results(out: str, manifest: pa.Table, plan: SweepPlan, generated_now: int):
     """`results.parquet` assembled from the manifest and every record under `out`, and the
     contact sheet of its images; returns the `SweepSummary`."""
@@ -233,9 +240,9 @@ def publish_results(out: str, manifest: pa.Table, plan: SweepPlan, generated_now
     failed = [record for _, record in rows if record.status == "failed"]
     sheet = None
     if ok:
-        prompts = manifest.column("prompt").take([index for index, r in rows if r.status == "ok"])
-        labels = [contact_sheet.tile_label(r.id, r.image_index, p)
-                  for r, p in zip(ok, prompts.to_pylist(), strict=True)]  # fmt: skip
+        captions = row_captions(manifest, [index for index, r in rows if r.status == "ok"])
+        labels = [contact_sheet.tile_label(r.id, r.image_index, caption)
+                  for r, caption in zip(ok, captions, strict=True)]  # fmt: skip
         sheet = contact_sheet.write_contact_sheet(out, [r.image_uri for r in ok], labels)
     return SweepSummary(
         out=out, results_uri=results_uri, contact_sheet_uri=sheet, rows=manifest.num_rows,

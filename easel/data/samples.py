@@ -46,6 +46,11 @@ KANDINSKY_ROWS = [  # the same world through Kandinsky 2.2's prior and decoder
      "model": "tiny-shapes-k22", "guidance_scale": 4.0},  # multilingual prompts
     {"id": "k22-german", "prompt": "ein gelbes Herz auf blauem Hintergrund", "seed": 14,
      "model": "tiny-shapes-k22", "guidance_scale": 4.0},
+    {"id": "k22-fusion-many", "seed": 15, "model": "tiny-shapes-k22", "guidance_scale": 4.0,
+     "fusion_inputs": [  # weights as written; the prior gets them divided by their sum
+         {"text": None, "image": "scene.png", "weight": 2.0},
+         {"text": "a red star on a blue background", "image": None, "weight": 1.0},
+         {"text": "ein gelbes Herz auf blauem Hintergrund", "image": None, "weight": 1.0}]},
 ]  # fmt: skip
 
 

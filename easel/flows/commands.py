@@ -32,7 +32,7 @@ def _sweep(subparsers) -> None:
         "--input-root",
         action="append",
         dest="input_roots",
-        help="another folder init/mask images may come from (repeatable)",
+        help="another folder init, mask and fusion images may come from (repeatable)",
     )
     parser.add_argument(
         "--trust-pickle",

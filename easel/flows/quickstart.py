@@ -4,8 +4,9 @@
    short Lightning run with checkpoints, the exported pipeline;
 2. a sweep over a sample manifest: text2img with negative prompts, several guidance scales
    and schedulers, img2img, inpainting, rows that use the new subject token on the
-   fine-tuned model, and Kandinsky 2.2 rows (text2img, img2img, image fusion) on
-   `tiny-shapes-k22`. Everything is tracked in MLflow.
+   fine-tuned model, and Kandinsky 2.2 rows (text2img, img2img, image fusion of a prompt
+   and an image, and of an image and two texts by weight) on `tiny-shapes-k22`. Everything
+   is tracked in MLflow.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from easel.data import limits, manifest, storage
 from easel.data.batching import ALL, Shard, chunk_batches
 from easel.data.limits import (
     BatchSizeSetting,
+    FusionWeights,
     GuidanceScale,
     InferenceSteps,
     PriorInferenceSteps,
@@ -73,12 +74,17 @@ class SweepParameters(BaseModel):
     prior_num_inference_steps: PriorInferenceSteps = Field(
         limits.PRIOR_NUM_INFERENCE_STEPS, description="Kandinsky's prior: default steps"
     )
+    fusion_weights: FusionWeights = Field(
+        "sum_to_one", description="Kandinsky fusion: `fusion_inputs` weights divided by their "
+        "sum, so the mixed embedding keeps the scale the decoder knows (`sum_to_one`), or as "
+        "written (`raw`: diffusers' `interpolate`, which sums the weighted embeddings as they are)",
+    )  # fmt: skip
     max_pixels: int = Field(
         limits.DEFAULT_MAX_PIXELS, ge=limits.MIN_MAX_PIXELS,
         description="pixel budget for width x height",
     )  # fmt: skip
     input_roots: list[str] = Field(
-        default_factory=list, description="folders init and mask images may come from, "
+        default_factory=list, description="folders init, mask and fusion images may come from, "
         "besides the manifest's",
     )  # fmt: skip
     device: str | None = Field(None, description="torch device (default: cuda if present)")
@@ -120,6 +126,7 @@ class SweepParameters(BaseModel):
             num_inference_steps=self.num_inference_steps, max_pixels=self.max_pixels,
             scheduler=self.scheduler, prior_guidance_scale=self.prior_guidance_scale,
             prior_num_inference_steps=self.prior_num_inference_steps,
+            fusion_weights=self.fusion_weights,
         )  # fmt: skip
         return SweepInputs(
             manifest=self.manifest, out=self.out, defaults=defaults,

@@ -17,6 +17,7 @@ from typing import ClassVar
 from PIL import Image
 
 from easel.data.batching import BatchSettings, ImageRequest, ModelFacts
+from easel.data.fusion import FusionConditions
 from easel.data.limits import SCHEDULER_NAMES, SIDE_MULTIPLE
 from easel.models.engine.schedulers import minimum_steps, scheduler_name_from_config
 
@@ -100,11 +101,13 @@ class ModelFamily:
 
     def generate(
         self, pipeline, settings: BatchSettings, requests: list[ImageRequest],
-        inits: list[Image.Image] | None, masks: list[Image.Image] | None,
+        inits: list[Image.Image] | list[FusionConditions] | None,
+        masks: list[Image.Image] | None,
     ) -> list:  # fmt: skip
         """One image per request, in order, each from its own seeded generator, as the
         pipeline's `output_type="np"` gives it: (H, W, 3) floats in [0, 1]. `inits` and
-        `masks` (greyscale, 255 repaints) are at the batch's size where the task needs them."""
+        `masks` (greyscale, 255 repaints) are at the batch's size where the task needs them;
+        a fusion's `inits` are its `FusionConditions` (weighted prompts and images)."""
         raise NotImplementedError
 
     def denoiser(self, pipeline):

@@ -15,8 +15,9 @@ import torch
 from diffusers.utils import numpy_to_pil
 from PIL import Image
 
-from easel.data import images
+from easel.data import fusion, images
 from easel.data.batching import BatchSettings, ImageRequest, settings_problem
+from easel.data.fusion import FusionConditions
 from easel.models.engine.loading import LoadedModel
 from easel.models.engine.performance import attention
 
@@ -30,10 +31,12 @@ def generate(
     cannot run."""
     # 1. Check inputs
     check_inputs(loaded, settings)
-    # 2. Prepare: edit images and masks at the batch's size
+    # 2. Prepare: edit images and masks at the batch's size; a fusion's weighted conditions
     size = (settings.width, settings.height)
     inits = masks = None
-    if settings.task != "text2img":
+    if settings.task == "fusion":
+        inits = [fusion_conditions(r, settings.strength, size) for r in requests]
+    elif settings.task != "text2img":
         inits = [images.load_init_image(r.init_image, size) for r in requests]
     if settings.task == "inpaint":
         masks = [images.load_mask(r.mask_image, size) for r in requests]
@@ -53,6 +56,22 @@ def generate(
     if masks is None:
         return list(generated)
     return [images.composite(i, g, m) for i, g, m in zip(inits, generated, masks, strict=True)]
+
+
+def fusion_conditions(
+    request: ImageRequest, strength: float, size: tuple[int, int]
+) -> FusionConditions:
+    """What the prior mixes for a fusion request: its `fusion_inputs` items, images read
+    upright as RGB at their own size (the prior's image processor resizes them); or its
+    prompt weighing 1 - `strength` and its init image, at `size`, weighing `strength`."""
+    if request.fusion_inputs is None:
+        init = images.load_init_image(request.init_image, size)
+        return FusionConditions([request.prompt, init], [1.0 - strength, strength])
+    conditions = [
+        item.text if item.image is None else images.read_rgb(item.image, fusion.label(i, "image"))
+        for i, item in enumerate(request.fusion_inputs)
+    ]
+    return FusionConditions(conditions, [item.weight for item in request.fusion_inputs])
 
 
 def check_inputs(loaded: LoadedModel, settings: BatchSettings) -> None:
@@ -103,15 +122,16 @@ def text_to_image(
     ]
 
 
-def prompt_truncation_warning(
-    loaded: LoadedModel, prompt: str, negative_prompt: str | None = None
-) -> str | None:
-    """A warning if the family's first tokenizer (CLIP's; Kandinsky's prior's) will cut
-    `prompt` or `negative_prompt` to its `model_max_length`."""
+def prompt_truncation_warning(loaded: LoadedModel, request: ImageRequest) -> str | None:
+    """A warning if the family's first tokenizer (CLIP's; Kandinsky's prior's) will cut the
+    request's prompt, negative prompt or a fusion's text to its `model_max_length`."""
     tokenizer = loaded.family.tokenizer(loaded.pipeline)
     limit = tokenizer.model_max_length
+    texts = [("prompt", request.prompt), ("negative_prompt", request.negative_prompt)]
+    texts += [(fusion.label(i, "text"), item.text)
+              for i, item in enumerate(request.fusion_inputs or ())]  # fmt: skip
     warnings = []
-    for column, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+    for column, text in texts:
         length = len(tokenizer(text, truncation=False).input_ids) if text else 0
         if length > limit:
             warnings.append(

@@ -10,11 +10,12 @@ negative prompt share one prior call; the prior doubles its batch for a negative
 (prompt rows, then negative rows, drawn from one generator at once), which a list of
 generators cannot follow, so those requests, and fusion's, get a prior call each.
 
-`fusion` mixes the CLIP embeddings of the prompt and of `init_image` in the prior
-(`KandinskyV22PriorPipeline.interpolate`), the image weighing `strength` and the prompt
-`1 - strength`. Row guidance and steps drive the decoder; `prior_guidance_scale` and
-`prior_num_inference_steps` drive the prior (diffusers' defaults: 4 and 25), as the
-combined pipelines' arguments of the same names do.
+`fusion` mixes CLIP embeddings in the prior (`KandinskyV22PriorPipeline.interpolate`, the
+row's negative prompt as its `negative_prior_prompt`): the texts and images of the row's
+`fusion_inputs` with their weights (`easel.data.fusion`), or the prompt and `init_image`,
+the image weighing `strength` and the prompt `1 - strength`. Row guidance and steps drive
+the decoder; `prior_guidance_scale` and `prior_num_inference_steps` drive the prior
+(diffusers' defaults: 4 and 25), as the combined pipelines' arguments of the same names do.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from easel.data.batching import BatchSettings, ImageRequest
+from easel.data.fusion import FusionConditions
 from easel.errors import ModelReferenceError
 from easel.models.engine.family import ModelFamily, autoencoder_scale, read_config
 from easel.models.engine.schedulers import fresh_scheduler
@@ -56,7 +58,8 @@ def decoder_pipeline(combined, task: str, scheduler):
 
 
 def image_embeddings(prior, settings: BatchSettings, requests, generators, inits):
-    """(embeddings, negative embeddings), (N, D) each, every row from its own generator."""
+    """(embeddings, negative embeddings), (N, D) each, every row from its own generator;
+    `inits`: a fusion's `FusionConditions` per request."""
     rows: list = [None] * len(requests)
     shared = [i for i, r in enumerate(requests) if r.negative_prompt is None]
     if shared and settings.task != "fusion":
@@ -79,13 +82,15 @@ def prior_arguments(settings: BatchSettings) -> dict:
     return {name: value for name, value in arguments.items() if value is not None}
 
 
-def request_embeddings(prior, request: ImageRequest, settings: BatchSettings, generator, init):
+def request_embeddings(
+    prior, request: ImageRequest, settings: BatchSettings, generator,
+    conditions: FusionConditions | None,
+) -> tuple:  # fmt: skip
     """(embedding, negative embedding) of one request, drawn from its generator."""
     if settings.task == "fusion":
         output = prior.interpolate(
-            [request.prompt, init], [1.0 - settings.strength, settings.strength],
-            generator=generator, negative_prior_prompt=request.negative_prompt,
-            **prior_arguments(settings),
+            conditions.images_and_prompts, conditions.weights, generator=generator,
+            negative_prior_prompt=request.negative_prompt, **prior_arguments(settings),
         )  # fmt: skip
     else:
         output = prior(
@@ -98,7 +103,7 @@ def request_embeddings(prior, request: ImageRequest, settings: BatchSettings, ge
 def generate_images(combined, settings: BatchSettings, requests: list[ImageRequest],
                     inits: list | None, masks: list | None) -> list:  # fmt: skip
     """One image per request ((H, W, 3) floats in [0, 1]), in order; `inits`/`masks` as the
-    task needs them."""
+    task needs them (a fusion's: its `FusionConditions`)."""
     prior = combined.prior_pipe
     prior.set_progress_bar_config(disable=True)
     generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in requests]
