@@ -32,7 +32,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import isolated  # noqa: E402 (beside this file)
 
 WARMUP_STEPS = 5
-VARIANTS = ("baseline", "easel", "easel-compile")
+VARIANTS = ("baseline", "easel", "easel-compile", "easel-regional")
+COMPILE = {"easel-compile": "full", "easel-regional": "regional"}  # compile_unet per variant
 
 
 def _sync(device: str) -> None:
@@ -91,7 +92,7 @@ def _config(args, workdir: str):
         output=os.path.join(workdir, "out"),
         accelerator="gpu" if args.device == "cuda" else "cpu",
         seed=0,
-        compile_unet=args.variant == "easel-compile",
+        compile_unet=COMPILE.get(args.variant, "off"),
         gradient_checkpointing=args.gradient_checkpointing,
         method=args.method,
         lora_rank=args.lora_rank,
@@ -290,7 +291,8 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default="baseline,easel",
-        help="comma-separated, in order: baseline, easel, easel-compile (torch.compile'd UNet)",
+        help="comma-separated, in order: baseline, easel, easel-compile (torch.compile'd UNet), "
+        "easel-regional (its repeated blocks compiled)",
     )
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -7,6 +7,7 @@ import os
 
 import mlflow
 import pyarrow.parquet as pq
+import pytest
 import torch
 import yaml
 from dreambooth_fixtures import make_workspace, tiny_config
@@ -82,6 +83,14 @@ def test_dreambooth_command_trains_exports_validates_and_registers(
     assert parent.data.params["max_steps"] == "4" and "snr_gamma" not in parent.data.params
     assert parent.data.metrics["steps"] == 4
     assert parent.data.metrics["training/train/loss"] == training.data.metrics["train/loss"]
+    # throughput: counted work of a step (3 x the UNet forward of its examples), its time
+    speed = training.data.metrics
+    assert speed["steps_per_s"] == pytest.approx(1 / speed["step_seconds"])
+    assert speed["startup_seconds"] >= speed["first_step_seconds"] > 0
+    assert speed["achieved_tflops"] == pytest.approx(
+        speed["train_tflop_per_step"] / speed["step_seconds"]
+    )
+    assert parent.data.metrics["training/steps_per_s"] == speed["steps_per_s"]
     assert parent.data.tags["easel.pipeline"] == str(out / "pipeline")
     assert [m.step for m in client.get_metric_history(training_run_id, "train/loss")] == [
         0,

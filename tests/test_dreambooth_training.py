@@ -129,11 +129,16 @@ def test_compiled_unet_keeps_parameter_names(workspace):
     from easel.models.dreambooth.module import DreamBoothModule
 
     plain = DreamBoothModule(workspace["model"])
-    compiled = DreamBoothModule(workspace["model"], compile_unet=True)
+    compiled = DreamBoothModule(workspace["model"], compile_unet="full")
     assert compiled.unet._compiled_call_impl is not None
     assert plain.unet._compiled_call_impl is None
-    assert list(compiled.state_dict()) == list(plain.state_dict())
-    assert not any("_orig_mod" in name for name in compiled.state_dict())
+    regional = DreamBoothModule(workspace["model"], compile_unet="regional")
+    blocks = [m for m in regional.unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
+    assert regional.unet._compiled_call_impl is None
+    assert blocks and all(block._compiled_call_impl is not None for block in blocks)
+    for module in (compiled, regional):
+        assert list(module.state_dict()) == list(plain.state_dict())
+        assert not any("_orig_mod" in name for name in module.state_dict())
 
 
 def test_fused_optimizer_is_clipped_on_true_gradients_under_fp16_scaling(workspace):

@@ -55,7 +55,7 @@ class DreamBoothModule(pl.LightningModule):
         prior_loss_weight: float = 1.0,
         snr_gamma: float | None = None,
         offset_noise: float = 0.0,
-        compile_unet: bool = False,
+        compile_unet: str = "off",
         gradient_checkpointing: bool = False,
     ):
         super().__init__()
@@ -97,7 +97,9 @@ class DreamBoothModule(pl.LightningModule):
                 text_encoder.gradient_checkpointing_enable(
                     gradient_checkpointing_kwargs={"use_reentrant": False}
                 )
-        if compile_unet:  # in place: parameter names, so checkpoints and export, unchanged
+        if compile_unet == "regional":  # the repeated blocks, forward and backward: a short compile
+            self.unet.compile_repeated_blocks()
+        elif compile_unet in ("full", True):  # in place: names, so checkpoints, unchanged
             self.unet.compile()
         self.step_metrics: dict = {}  # name -> (sum, count) over this step's micro-batches
         self._frozen = _FrozenEncoders(

@@ -23,6 +23,7 @@ from easel.models.checkpoint_io import AtomicCheckpointIO
 from easel.models.dreambooth.config import DreamBoothConfig
 from easel.models.dreambooth.module import MAX_GRAD_NORM, DreamBoothModule
 from easel.models.dreambooth.resume import SNAPSHOT_KEY
+from easel.models.dreambooth.throughput import Throughput
 from easel.progress import ProgressLine
 
 _CHECKPOINT_NAME = re.compile(r"^step=(\d+)\.ckpt$")
@@ -201,7 +202,7 @@ def train(
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         logger=logger,
-        callbacks=[StepMetrics(), *callbacks, every_n_steps],
+        callbacks=[StepMetrics(), Throughput(), *callbacks, every_n_steps],
         plugins=[AtomicCheckpointIO()],
         default_root_dir=checkpoint_dir,
         enable_model_summary=False,

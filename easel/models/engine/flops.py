@@ -9,8 +9,8 @@ known family is counted right, whatever its size. An image costs
 The text encoders and Kandinsky's prior are left out (about 1% of an SD 1.5 image; more for
 Kandinsky, whose figures are then a lower bound).
 
-Peaks are dense (no sparsity) tensor-core figures from the vendors' data sheets, for the
-dtype the sweep runs in; `EASEL_PEAK_TFLOPS` overrides them for other devices.
+Peaks are dense (no sparsity) tensor-core figures and memory bandwidths from the vendors'
+data sheets; `EASEL_PEAK_TFLOPS` overrides the FLOP/s peak for other devices.
 """
 
 from __future__ import annotations
@@ -20,26 +20,35 @@ import os
 
 import torch
 
-# Dense TFLOPS by device-name fragment (first match wins): (16-bit, tf32/float32)
-PEAK_TFLOPS = (
-    ("H200", 989.4, 494.7), ("H100 PCIe", 756.0, 378.0), ("H100", 989.4, 494.7),
-    ("A100", 312.0, 156.0), ("L40S", 362.1, 183.0), ("L4", 121.0, 60.0),
-    ("A10G", 70.0, 35.0), ("A10", 125.0, 62.5), ("RTX 4090", 165.2, 82.6),
-    ("V100", 125.0, 15.7), ("T4", 65.0, 8.1),
+# By device-name fragment (first match wins): dense TFLOPS for 16-bit and for tf32/float32,
+# memory bandwidth in TB/s
+DEVICES = (
+    ("H200", 989.4, 494.7, 4.8), ("H100 PCIe", 756.0, 378.0, 2.0),
+    ("H100", 989.4, 494.7, 3.35), ("A100", 312.0, 156.0, 2.0), ("L40S", 362.1, 183.0, 0.864),
+    ("L4", 121.0, 60.0, 0.3), ("A10G", 70.0, 35.0, 0.6), ("A10", 125.0, 62.5, 0.6),
+    ("RTX 4090", 165.2, 82.6, 1.008), ("V100", 125.0, 15.7, 0.9), ("T4", 65.0, 8.1, 0.32),
 )  # fmt: skip
+
+
+def _spec(device: str):
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    return next((spec for spec in DEVICES if spec[0] in name), None)
 
 
 def peak_flops(device: str, dtype: torch.dtype) -> float | None:
     """The device's dense peak in FLOP/s for `dtype`, or None where unknown (CPUs)."""
     if override := os.environ.get("EASEL_PEAK_TFLOPS"):
         return float(override) * 1e12
-    if not device.startswith("cuda") or not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name(torch.device(device))
-    for fragment, half, single in PEAK_TFLOPS:
-        if fragment in name:
-            return (single if dtype == torch.float32 else half) * 1e12
-    return None
+    spec = _spec(device)
+    return None if spec is None else (spec[2] if dtype == torch.float32 else spec[1]) * 1e12
+
+
+def memory_bandwidth(device: str) -> float | None:
+    """The device's memory bandwidth in bytes/s, or None where unknown."""
+    spec = _spec(device)
+    return None if spec is None else spec[3] * 1e12
 
 
 def device_name(device: str) -> str:
