@@ -1,6 +1,8 @@
 """Sweep throughput: `easel sweep` against bare diffusers loops on the same 64 rows.
 
     python bench/bench_sweep.py [--rows 64] [--steps 20] [--batch-size 8] [--model tiny-shapes]
+    python bench/bench_sweep.py --model MODEL_DIR --rows 256 --batch-size auto \
+        --performance '{"compile": "regional", "channels_last": true}' --skip-process  # GPU
 
 `--model` takes any reference, a Kandinsky 2.2 folder too (the bare loops then call the
 combined pipeline, whose prior runs batched; easel runs each image's prior alone).
@@ -10,7 +12,10 @@ combined pipeline, whose prior runs batched; easel runs each image's prior alone
 (c) the sweep flow in-process (planning, tasks, atomic writes, records, results, contact
     sheet, MLflow, Prefect artifacts), against an already running Prefect server;
 and, on their own, the start-up of Prefect's temporary server and a whole `easel sweep`
-process. Each variant runs `--repeats` times, alternating; the best time counts.
+process. Each variant runs `--repeats` times, alternating; the best time counts (the flow
+keeps its loaded, compiled model between repeats, as a worker process does between
+batches). `--performance` sets the flow's fast path (JSON of `performance:` keys); the
+bare loops stay eager. The figures the last flow run logged to MLflow are printed too.
 """
 
 from __future__ import annotations
@@ -57,11 +62,24 @@ def easel_flow(manifest, out, args) -> float:
 
     params = SweepParameters(manifest=manifest, out=out, model=args.model,
                              batch_size=args.batch_size, num_inference_steps=args.steps,
-                             guidance_scale=args.guidance, device=args.device)  # fmt: skip
+                             guidance_scale=args.guidance, device=args.device,
+                             performance=json.loads(args.performance),
+                             experiment="bench-sweep")  # fmt: skip
     start = time.perf_counter()
     summary = sweep_flow(params)
     assert summary.images_ok == args.rows, summary
     return time.perf_counter() - start
+
+
+def last_run_figures() -> dict:
+    """The utilisation metrics and run parameters of the last flow run, from MLflow."""
+    import mlflow
+
+    (run,) = mlflow.search_runs(experiment_names=["bench-sweep"], max_results=1,
+                                order_by=["start_time DESC"], output_format="list")  # fmt: skip
+    keep = ("device_name", "torch_dtype", "batch_size")
+    params = {k: v for k, v in run.data.params.items() if k in keep or k.startswith("perf")}
+    return {**run.data.metrics, **params}
 
 
 def prefect_startup() -> float:
@@ -91,10 +109,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=lambda t: t if t == "auto" else int(t), default=8)
     parser.add_argument("--model", default="tiny-shapes")
     parser.add_argument("--device", default=None)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--performance", default="{}", help="the flow's `performance:` as JSON")
+    parser.add_argument("--no-batch1", action="store_true", help="skip (a), the per-row loop")
+    parser.add_argument("--skip-process", action="store_true",
+                        help="skip the server start-up and whole-process figures")  # fmt: skip
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
 
@@ -112,32 +134,37 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
     bare_loop(pipe, rows[:2], args.steps, args.guidance, 2, size)  # warm-up
+    bare_batch = 8 if args.batch_size == "auto" else args.batch_size
     times = {"a_bare_batch1": [], "b_bare_batched": [], "easel_flow": []}
     with prefect_test_harness(server_startup_timeout=120):
         for repeat in range(args.repeats):
-            times["a_bare_batch1"].append(bare_loop(pipe, rows, args.steps, args.guidance, 1, size))
+            if not args.no_batch1:
+                times["a_bare_batch1"].append(
+                    bare_loop(pipe, rows, args.steps, args.guidance, 1, size)
+                )
             sync()
             times["b_bare_batched"].append(
-                bare_loop(pipe, rows, args.steps, args.guidance, args.batch_size, size)
+                bare_loop(pipe, rows, args.steps, args.guidance, bare_batch, size)
             )
             sync()
             times["easel_flow"].append(
                 easel_flow(manifest, os.path.join(work, f"out{repeat}"), args)
             )
-    best = {k: min(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items() if v}
     figures = {
         "model": args.model, "rows": args.rows, "steps": args.steps,
         "batch_size": args.batch_size, "size": size,
         "device": str(pipe.device), "torch_threads": torch.get_num_threads(),
         **{f"{k}_s": round(v, 2) for k, v in best.items()},
         "images_per_s_easel": round(args.rows / best["easel_flow"], 2),
-        "speedup_vs_a": round(best["a_bare_batch1"] / best["easel_flow"], 2),
+        "speedup_vs_a": round(best.get("a_bare_batch1", 0) / best["easel_flow"], 2),
         "ratio_vs_b": round(best["b_bare_batched"] / best["easel_flow"], 2),
-        "prefect_server_startup_s": round(prefect_startup(), 2),
-        "whole_easel_sweep_process_s": round(
-            whole_process(manifest, os.path.join(work, "cli"), args), 2
-        ),
+        "performance": json.loads(args.performance), "mlflow": last_run_figures(),
     }  # fmt: skip
+    if not args.skip_process:
+        figures["prefect_server_startup_s"] = round(prefect_startup(), 2)
+        whole = whole_process(manifest, os.path.join(work, "cli"), args)
+        figures["whole_easel_sweep_process_s"] = round(whole, 2)
     print(json.dumps(figures, indent=2))
     if args.json:
         with open(args.json, "w") as f:

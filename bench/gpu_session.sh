@@ -2,7 +2,9 @@
 # One lent-GPU session's measurements, in priority order, each part under its own timeout
 # so a slow part cannot starve the rest. Results go to $OUT (or ./gpu-results).
 #   bash bench/gpu_session.sh
-# Wheels for what the GPU image lacks (diffusers, pydantic, ...) may sit in .whl/.
+# Wheels for what the GPU image lacks (diffusers, pydantic, ...) may sit in .whl/. The
+# sweep-flow parts need prefect and mlflow too (with their dependencies the lent H200 lacks):
+# without them those parts fail and the others still run.
 set -u
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
@@ -14,6 +16,8 @@ install_missing() {  # module wheel-glob...
   $PY -c "import $module" 2>/dev/null || $PY -m pip install -q --no-deps --no-index "$@"
 }
 if [ -d .whl ]; then
+  ls .whl/prefect-*.whl >/dev/null 2>&1 && { $PY -m pip install -q --no-index --no-deps \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:.; }
   install_missing diffusers .whl/diffusers-*.whl
   install_missing importlib_metadata .whl/importlib_metadata-*.whl
   install_missing pydantic .whl/pydantic-*.whl .whl/pydantic_core-*.whl \
@@ -26,7 +30,7 @@ print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transform
 
 WORK=/tmp/easel-bench
 mkdir -p "$WORK"
-BUDGET=${BUDGET:-560}  # seconds for all parts together; each part gets at most what is left
+BUDGET=${BUDGET:-480}  # seconds for all parts together; each part gets at most what is left
 STARTED=$SECONDS
 part() {  # name seconds command...
   local name=$1 seconds=$2; shift 2
@@ -39,21 +43,26 @@ part() {  # name seconds command...
   grep -v -E "Warning|warn|deprecat|^\s*$" "$OUT/$name.txt" | tail -n 40
 }
 
-# Measured on 2026-11-26 (bench/README.md): the step breakdown, LoRA fp16 1+1, full bf16 2+2,
-# all with the foreach AdamW. Since then easel steps with the fused AdamW (11.7 ms against
-# 29.7 ms in the breakdown): these parts measure what that gives, alone and with compile
-# (most likely to reach 1.5x), then gradient checkpointing's memory, then bf16 2+2.
-SIZE=${SIZE:-sd15} RES=${RES:-512}  # SIZE=tiny RES=32: a CPU dry run of this script
-MODEL="$WORK/db/model-$SIZE"
-part build_sd15 120 $PY -c "from easel.models.testing.random_pipelines import build_random_sd
+# In priority order (each part under its own timeout; BUDGET 480 s = 8 minutes in all):
+# 1. the whole sweep flow (Prefect flow, MLflow run, PNGs, records) with the fast path and
+#    batch_size auto against a bare batched eager diffusers loop, in one run (bench_sweep.py;
+#    the MLflow figures: images/s, TFLOP an image, MFU); 2. DreamBooth 1+1, 16-mixed: the
+#    baseline loop, easel eager, easel with regional compile (start-up, steps/s, memory);
+# 3. each fast-path setting against eager (speed, pixel differences, batch invariance);
+# 4. the flow on the eager path (what the flow itself costs against the bare loop).
+SIZE=${SIZE:-sd15} RES=${RES:-512} ROWS=${ROWS:-64}  # SIZE=tiny RES=32: a CPU dry run
+MODEL="$WORK/model-$SIZE"
+export MLFLOW_TRACKING_URI="sqlite:///$WORK/mlflow.db"
+FAST='{"compile": "regional", "channels_last": true}'
+part build_model 90 $PY -c "from easel.models.testing.random_pipelines import build_random_sd
 build_random_sd('$MODEL', size='$SIZE')"
+part sweep_flow_fast 150 $PY bench/bench_sweep.py --model "$MODEL" --rows $ROWS \
+  --batch-size auto --performance "$FAST" --no-batch1 --skip-process --json "$OUT/sweep_flow_fast.json"
 part dreambooth_fp16_b1 150 $PY bench/bench_dreambooth.py --model "$MODEL" --resolution $RES \
-  --steps 40 --precision 16-mixed --variants baseline,easel --workdir "$WORK/db"
-part dreambooth_fp16_b1_compile 240 $PY bench/bench_dreambooth.py --model "$MODEL" \
-  --resolution $RES --steps 40 --precision 16-mixed --variants baseline,easel-compile \
-  --workdir "$WORK/db"
-part activation_memory 90 $PY bench/bench_activation_memory.py --device cuda --resolution $RES \
-  --batch-size 2
-part dreambooth_bf16_b2 150 $PY bench/bench_dreambooth.py --model "$MODEL" --resolution $RES \
-  --steps 40 --precision bf16-mixed --batch-size 2 --variants baseline,easel --workdir "$WORK/db"
+  --steps 40 --precision 16-mixed --variants baseline,easel,easel-regional --workdir "$WORK/db"
+part fast_path 120 $PY bench/bench_fast_path.py --model "$MODEL" --size $RES --repeats 2 \
+  --settings eager channels_last "compile regional" "compile regional + channels_last" \
+  "vae bfloat16" "compile full + channels_last" --json "$OUT/fast_path.json"
+part sweep_flow_eager 90 $PY bench/bench_sweep.py --model "$MODEL" --rows $ROWS --batch-size 8 \
+  --no-batch1 --skip-process --json "$OUT/sweep_flow_eager.json"
 echo "=== done ($(date +%T))"
