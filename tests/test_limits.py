@@ -27,7 +27,7 @@ def test_the_manifests_scheduler_names_are_the_engines():
 def test_every_scheduler_name_builds_from_a_models_config(name):
     base = load_model("tiny-shapes", device="cpu").pipeline.scheduler.config
     scheduler = build_scheduler(name, base)
-    assert type(scheduler).__name__ == SCHEDULERS[name][0].__name__
+    assert type(scheduler).__name__ == SCHEDULERS[name][0]
     assert scheduler.config.num_train_timesteps == base.num_train_timesteps
 
 

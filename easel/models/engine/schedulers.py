@@ -2,36 +2,27 @@
 
 The names are the manifest's `scheduler` values (`easel.data.limits.SCHEDULER_NAMES`):
 this table has exactly those keys, so a name the manifest accepts is one the engine builds.
+Classes are named, and imported only when built: most of diffusers' scheduler modules import
+SciPy at once, a second or so that a sweep on the model's own scheduler never needs.
 """
 
 from __future__ import annotations
 
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
-)
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
-
 from easel.data.limits import SCHEDULER_NAMES
 
-# name -> (class, config overrides)
-SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
-    "ddim": (DDIMScheduler, {}),
-    "ddpm": (DDPMScheduler, {}),
-    "pndm": (PNDMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "unipc": (UniPCMultistepScheduler, {}),
-    "lms": (LMSDiscreteScheduler, {}),
-    "heun": (HeunDiscreteScheduler, {}),
+# name -> (diffusers class name, config overrides)
+SCHEDULERS: dict[str, tuple[str, dict]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": (
+        "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}
+    ),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
 }
 assert tuple(SCHEDULERS) == SCHEDULER_NAMES, "one list of scheduler names: easel.data.limits"
 
@@ -51,13 +42,16 @@ def minimum_steps(name: str, base_config) -> tuple[int, str]:
     return 1, ""
 
 
-def build_scheduler(name: str, base_config) -> SchedulerMixin:
-    """A fresh scheduler `name` sharing the model's betas and prediction type."""
-    cls, overrides = SCHEDULERS[name]
-    return cls.from_config(base_config, **overrides)
+def build_scheduler(name: str, base_config):
+    """A fresh scheduler `name` (a diffusers `SchedulerMixin`) sharing the model's betas and
+    prediction type."""
+    import diffusers
+
+    class_name, overrides = SCHEDULERS[name]
+    return getattr(diffusers, class_name).from_config(base_config, **overrides)
 
 
-def fresh_scheduler(current: SchedulerMixin, name: str | None, drop: tuple[str, ...] = ()):
+def fresh_scheduler(current, name: str | None, drop: tuple[str, ...] = ()):
     """Scheduler `name` from `current`'s config less the `drop` keys, or a fresh copy of
     `current` for a name easel does not know: schedulers hold per-call state, so every
     pipeline call gets its own."""
@@ -68,8 +62,8 @@ def fresh_scheduler(current: SchedulerMixin, name: str | None, drop: tuple[str, 
 
 def scheduler_name_from_config(config: dict) -> str:
     """The easel name for a saved scheduler config (its `_class_name` and options)."""
-    for name, (cls, overrides) in SCHEDULERS.items():
-        if config.get("_class_name") == cls.__name__ and all(
+    for name, (class_name, overrides) in SCHEDULERS.items():
+        if config.get("_class_name") == class_name and all(
             config.get(k, v) == v for k, v in overrides.items()
         ):
             return name
