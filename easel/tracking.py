@@ -245,10 +245,36 @@ def latest_metrics(run_id: str) -> dict[str, float]:
     return dict(_client().get_run(run_id).data.metrics)
 
 
+IMAGES_FOLDER = "images"  # where MLflow's `log_image` puts a run's images
+
+
 def log_image(run_id: str, image, key: str, step: int) -> None:
     """An image (PIL) of the run `run_id` at `step`, under `key` (MLflow's image logging:
     the run page shows it with a step slider)."""
     _client().log_image(run_id, image, key=key, step=step, synchronous=True)
+
+
+def copy_images(source_run_id: str, run_id: str) -> int:
+    """Every image `log_image` logged in `source_run_id` logged in `run_id` too (with its key
+    and step: the run page's slider works the same); returns how many files were copied."""
+    client = _client()
+    if not client.list_artifacts(source_run_id, IMAGES_FOLDER):
+        return 0
+    with tempfile.TemporaryDirectory() as folder:
+        local = client.download_artifacts(source_run_id, IMAGES_FOLDER, folder)
+        client.log_artifacts(run_id, local, IMAGES_FOLDER)
+        return len(os.listdir(local))
+
+
+def log_external_model(name: str, location: str, model_type: str) -> str:
+    """A model of the active run that lives outside MLflow (an MLflow 3 `LoggedModel` holding
+    no copy of the files: a diffusers pipeline is gigabytes), tagged with its `location`;
+    returns its id."""
+    import mlflow
+
+    model = mlflow.create_external_model(name=name, model_type=model_type,
+                                         tags={"easel.location": location})  # fmt: skip
+    return model.model_id
 
 
 def log_artifact(uri: str, artifact_path: str | None = None) -> None:

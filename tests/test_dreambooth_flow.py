@@ -24,7 +24,8 @@ def test_dreambooth_command_trains_exports_validates_and_registers(
 
     workspace = make_workspace(str(tmp_path / "ws"))
     values = tiny_config(
-        workspace, str(tmp_path / "out"), max_steps=4, register_as="sks-tiny@candidate"
+        workspace, str(tmp_path / "out"), max_steps=4, register_as="sks-tiny@candidate",
+        validation_every_n_steps=2,
     )
     del values["class_data"]  # generate the class priors
     values["num_class_images"] = 3
@@ -91,6 +92,12 @@ def test_dreambooth_command_trains_exports_validates_and_registers(
         speed["train_tflop_per_step"] / speed["step_seconds"]
     )
     assert parent.data.metrics["training/steps_per_s"] == speed["steps_per_s"]
+    # the validation grids (steps 0, 2, 4) on the training run and on the flow's run
+    for run_id in (training_run_id, parent.info.run_id):
+        grids = [a.path for a in client.list_artifacts(run_id, "images")]
+        names = [os.path.basename(path).split("+") for path in grids]  # key+step+...
+        steps = sorted({int(name[2]) for name in names if name[0] == "validation"})
+        assert steps == [0, 2, 4], (run_id, grids)
     assert parent.data.tags["easel.pipeline"] == str(out / "pipeline")
     assert [m.step for m in client.get_metric_history(training_run_id, "train/loss")] == [
         0,
@@ -124,3 +131,12 @@ def test_dreambooth_command_trains_exports_validates_and_registers(
     assert (
         pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors"
     ).stat().st_mtime_ns == before
+    # not registered this time: the pipeline is logged as a model of the run, by its location
+    (rerun,) = [r for r in mlflow.search_runs(experiment_names=["easel-dreambooth"],
+                output_format="list") if r.info.run_name == parent.info.run_name
+                and r.info.run_id != parent.info.run_id]  # fmt: skip
+    (model,) = mlflow.search_logged_models(
+        experiment_ids=[rerun.info.experiment_id], output_format="list",
+        filter_string=f"source_run_id = '{rerun.info.run_id}'",
+    )  # fmt: skip
+    assert model.tags["easel.location"] == str(pipeline_dir)

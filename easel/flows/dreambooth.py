@@ -27,11 +27,12 @@ from easel.tasks.dreambooth import (
     check_inputs_task,
     class_images_task,
     export_task,
+    log_model_task,
+    log_training_summary,
     register_task,
     resolve_model,
     resolve_model_task,
     train_task,
-    training_summary,
     validation_rows,
     write_manifest_task,
 )
@@ -72,7 +73,7 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
             )
             class_images = priors.image_uris
         checkpoint = train_task(config, model.path, inputs, class_images, run_id)
-        tracking.log_metrics({"steps": config.max_steps, **training_summary(config)})
+        log_training_summary(config, run_id)
         pipeline = export_task(config, checkpoint, model.path)
         tracking.set_tags(run_id, {"easel.pipeline": pipeline, "easel.checkpoint": checkpoint})
         sheet = None
@@ -92,7 +93,11 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
             sheet = validation.contact_sheet_uri
             if sheet:
                 tracking.log_artifact(sheet, "validation")
-        registered = register_task(pipeline, config.register_as) if config.register_as else None
+        registered = None
+        if config.register_as:
+            registered = register_task(pipeline, config.register_as)
+        else:
+            log_model_task(config, pipeline)
     result = DreamBoothResult(
         mlflow_run_id=run_id,
         pipeline=pipeline,

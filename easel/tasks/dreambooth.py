@@ -147,11 +147,15 @@ def train_task(
     )
 
 
-def training_summary(config: DreamBoothConfig) -> dict[str, float]:
-    """The training run's last metric values, as `training/<name>` (for the flow's run)."""
+@task
+def log_training_summary(config: DreamBoothConfig, run_id: str) -> None:
+    """On the flow's run `run_id`: the training run's last metric values as
+    `training/<name>`, `steps`, and the validation grids the training run logged."""
     run_file = storage.join(checkpoint_dir(config), "training_run_id")
-    run_id = storage.read_bytes(run_file).decode()
-    return {f"training/{k}": v for k, v in tracking.latest_metrics(run_id).items()}
+    training_run_id = storage.read_bytes(run_file).decode()
+    metrics = {f"training/{k}": v for k, v in tracking.latest_metrics(training_run_id).items()}
+    tracking.log_metrics({"steps": config.max_steps, **metrics})
+    tracking.copy_images(training_run_id, run_id)
 
 
 def validation_callbacks(config: DreamBoothConfig, model_dir: str, run_id: str) -> list:
@@ -178,6 +182,14 @@ def export_task(config: DreamBoothConfig, checkpoint: str, model_dir: str) -> st
     from easel.models.dreambooth.export import export_pipeline
 
     return export_pipeline(checkpoint, model_dir, config.model, pipeline_dir(config))
+
+
+@task
+def log_model_task(config: DreamBoothConfig, pipeline: str) -> str:
+    """The exported pipeline as a model of the flow's run, by its location; returns the
+    model's id (`register_task` logs and registers a copy instead)."""
+    return tracking.log_external_model(f"dreambooth-{config.identifier}", pipeline,
+                                       "diffusers-pipeline")  # fmt: skip
 
 
 @task
