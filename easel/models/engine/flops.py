@@ -9,6 +9,9 @@ known family is counted right, whatever its size. An image costs
 The text encoders and Kandinsky's prior are left out (about 1% of an SD 1.5 image; more for
 Kandinsky, whose figures are then a lower bound).
 
+A count takes about a second (building the network on `meta`), so counts are kept by
+network config and size in `$EASEL_CACHE_DIR/flops/`.
+
 Peaks are dense (no sparsity) tensor-core figures and memory bandwidths from the vendors'
 data sheets; `EASEL_PEAK_TFLOPS` overrides the FLOP/s peak for other devices.
 """
@@ -16,9 +19,14 @@ data sheets; `EASEL_PEAK_TFLOPS` overrides the FLOP/s peak for other devices.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
+import tempfile
 
 import torch
+
+from easel.models.engine.references import cache_dir
 
 # By device-name fragment (first match wins): dense TFLOPS for 16-bit and for tf32/float32,
 # memory bandwidth in TB/s
@@ -72,7 +80,35 @@ def meta_copy(network):
         return type(network).from_config(network.config)
 
 
-@functools.lru_cache(maxsize=64)
+def remembered(count):
+    """`count(network, *sizes)` kept in memory and on disk, by the network's class and
+    config and the sizes: the same architecture costs the same, whatever its weights."""
+    memory: dict[str, int] = {}
+
+    @functools.wraps(count)
+    def cached(network, *sizes) -> int:
+        content = [count.__name__, type(network).__name__, dict(network.config), sizes]
+        key = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+        path = cache_dir() / "flops" / f"{key}.json"
+        if key not in memory:
+            try:
+                memory[key] = json.loads(path.read_text())["flops"]
+            except (OSError, ValueError, KeyError):
+                memory[key] = count(network, *sizes)
+                _write_atomically(path, json.dumps({"flops": memory[key]}))
+        return memory[key]
+
+    return cached
+
+
+def _write_atomically(path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        f.write(text)
+    os.replace(f.name, path)
+
+
+@remembered
 def _autoencoder_flops(autoencoder, latent_side: tuple[int, int], encode: bool) -> int:
     copy = meta_copy(autoencoder)
     channels = copy.post_quant_conv.in_channels
@@ -89,7 +125,7 @@ def _pixels(autoencoder, latent_side):
     return latent_side[0] * scale, latent_side[1] * scale
 
 
-@functools.lru_cache(maxsize=64)
+@remembered
 def _denoiser_flops(denoiser, latent_side: tuple[int, int], context_length: int) -> int:
     """One forward of one latent (batch 1)."""
     copy = meta_copy(denoiser)
