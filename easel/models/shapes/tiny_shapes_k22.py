@@ -295,8 +295,13 @@ class DecoderModule(pl.LightningModule):
         alphas = tiny_shapes.noise_scheduler().alphas_cumprod.clone()
         self.register_buffer("alphas_cumprod", alphas, persistent=False)
 
+    def unet_input(self, noisy: torch.Tensor, batch) -> torch.Tensor:
+        """What the UNet takes besides the timestep and embeddings (the inpainting decoder
+        adds the masked image and the mask)."""
+        return noisy
+
     def training_step(self, batch, batch_idx):
-        latents, embeds = batch  # (B, 4, 8, 8) MOVQ latents; (B, D) image embeddings
+        latents, embeds = batch[:2]  # (B, 4, 8, 8) MOVQ latents; (B, D) image embeddings
         n = latents.shape[0]
         drop = torch.rand(n, 1, device=self.device) < self.hparams.unconditional_probability
         embeds = torch.where(drop, self.zero_embed.expand_as(embeds), embeds)
@@ -305,7 +310,7 @@ class DecoderModule(pl.LightningModule):
         alpha_bar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
         noisy = alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
         predicted = self.unet(
-            noisy, timesteps, encoder_hidden_states=None,
+            self.unet_input(noisy, batch), timesteps, encoder_hidden_states=None,
             added_cond_kwargs={"image_embeds": embeds},
         ).sample[:, : latents.shape[1]]  # the noise half  # fmt: skip
         loss = F.mse_loss(predicted, noise)
