@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from easel.flows.bootstrap import bootstrap_flow, bootstrap_k22_flow
+from easel.flows.bootstrap import bootstrap_flow, bootstrap_k22_flow, bootstrap_k22_inpaint_flow
 from easel.flows.dreambooth import dreambooth_flow
 from easel.flows.evaluate import eval_flow
 from easel.flows.priors import class_priors_flow
 from easel.flows.sweep import sweep_flow
 
 FLOWS = [sweep_flow, class_priors_flow, dreambooth_flow, eval_flow, bootstrap_flow,
-         bootstrap_k22_flow]  # fmt: skip
+         bootstrap_k22_flow, bootstrap_k22_inpaint_flow]  # fmt: skip
 
 
 def numeric(prop: dict) -> bool:

@@ -19,11 +19,12 @@ from easel.data.limits import InferenceSteps
 from easel.flows.config import load_parameters
 from easel.flows.run_context import prefect_tags
 from easel.models.engine.references import WEIGHTS_DIR, resolve_model_reference
-from easel.models.shapes import recipe, tiny_shapes_k22, training
+from easel.models.shapes import recipe, tiny_shapes_k22, tiny_shapes_k22_inpaint, training
 from easel.models.shapes.judge import JudgeTraining
 
 _MODEL, _JUDGE = training.TinyShapesTraining(), JudgeTraining()
 _K22 = tiny_shapes_k22.TinyShapesK22Training()
+_INPAINT = tiny_shapes_k22_inpaint.InpaintTraining()
 
 
 class BootstrapParameters(BaseModel):
@@ -118,6 +119,28 @@ class BootstrapK22Parameters(BaseModel):
         )  # fmt: skip
 
 
+class BootstrapK22InpaintParameters(BaseModel):
+    """Lengths of the tiny-shapes-k22-inpaint recipe; the defaults made the committed weights."""
+
+    model_config = limits.PARAMETERS
+
+    out: str = Field(str(WEIGHTS_DIR), description="folder receiving tiny-shapes-k22-inpaint/")
+    base: str = Field("tiny-shapes-k22", description="the Kandinsky 2.2 model it grows from")
+    work_dir: str = Field("easel-out/bootstrap-k22-inpaint", description="checkpoints; a "
+                          "rerun resumes")  # fmt: skip
+    seed: int = Field(_INPAINT.seed, ge=0, description="the base's seed (its embeddings)")
+    threads: int | None = Field(1, ge=1, description="torch CPU threads; None: torch's default")
+    images: int = Field(_INPAINT.images, ge=1, description="training images")
+    steps: int = Field(_INPAINT.schedule.steps, ge=1, description="training steps")
+    experiment: str = Field("easel-bootstrap", description="the MLflow experiment")
+    show_progress: bool = Field(False, description="progress bars on the terminal")
+
+    def training(self) -> tiny_shapes_k22_inpaint.InpaintTraining:
+        warmup = min(_INPAINT.schedule.warmup_steps, self.steps)
+        schedule = replace(_INPAINT.schedule, steps=self.steps, warmup_steps=warmup)
+        return replace(_INPAINT, seed=self.seed, images=self.images, schedule=schedule)
+
+
 def _start_run(params, run_name: str):
     """Threads, deterministic cuBLAS, and the flow's MLflow run (with its parameters)."""
     import torch
@@ -182,6 +205,27 @@ def bootstrap_k22_flow(params: BootstrapK22Parameters) -> dict[str, str]:
     return {"model": model_out, "samples": grid, "mlflow_run_id": run_id}
 
 
+@flow(name="bootstrap-k22-inpaint")
+def bootstrap_k22_inpaint_flow(params: BootstrapK22InpaintParameters) -> dict[str, str]:
+    """The inpainting decoder grown from tiny-shapes-k22; publish it beside it."""
+    from easel.tasks.bootstrap import publish_task, train_k22_inpaint_task
+
+    base_dir = resolve_model_reference(params.base).path
+    with _start_run(params, "bootstrap-k22-inpaint") as run_id:
+        folder = train_k22_inpaint_task(
+            params.training(), base_dir, params.work_dir, run_id, params.show_progress
+        )
+        out = publish_task(folder, os.path.join(params.out, "tiny-shapes-k22-inpaint"))
+    return {"model": out, "mlflow_run_id": run_id}
+
+
+FLOWS = {  # `easel bootstrap --model NAME`: its flow and parameters
+    "tiny-shapes": (bootstrap_flow, BootstrapParameters),
+    "tiny-shapes-k22": (bootstrap_k22_flow, BootstrapK22Parameters),
+    "tiny-shapes-k22-inpaint": (bootstrap_k22_inpaint_flow, BootstrapK22InpaintParameters),
+}
+
+
 def run_bootstrap_command(args: argparse.Namespace) -> int:
     overrides = {
         "out": args.out,
@@ -189,14 +233,10 @@ def run_bootstrap_command(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "show_progress": sys.stderr.isatty(),
     }
-    if args.model == "tiny-shapes-k22":
-        params = load_parameters(BootstrapK22Parameters, args.config, overrides)
-        result = bootstrap_k22_flow(params)
-    else:
-        params = load_parameters(BootstrapParameters, args.config, overrides)
-        result = bootstrap_flow(params)
-        print(f"judge:       {result['judge']}")
-    print(f"model:       {result['model']}")
-    print(f"samples:     {result['samples']}")
+    bootstrap, parameters = FLOWS[args.model]
+    result = bootstrap(load_parameters(parameters, args.config, overrides))
+    for name in ("judge", "model", "samples"):
+        if name in result:
+            print(f"{name + ':':12} {result[name]}")
     print(f"mlflow runs: {tracking.tracking_uri()} (run {result['mlflow_run_id']})")
     return 0

@@ -114,8 +114,9 @@ def _bootstrap(subparsers) -> None:
         "bootstrap", help="retrain the embedded model tiny-shapes and the judge"
     )
     parser.add_argument(
-        "--model", choices=["tiny-shapes", "tiny-shapes-k22"], default="tiny-shapes",
-        help="which embedded model to retrain (tiny-shapes-k22 grows from tiny-shapes)",
+        "--model", choices=["tiny-shapes", "tiny-shapes-k22", "tiny-shapes-k22-inpaint"],
+        default="tiny-shapes", help="which embedded model to retrain (tiny-shapes-k22 grows "
+        "from tiny-shapes, tiny-shapes-k22-inpaint from tiny-shapes-k22)",
     )  # fmt: skip
     parser.add_argument("--config", help="YAML file of bootstrap parameters")
     parser.add_argument(

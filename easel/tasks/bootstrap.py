@@ -18,7 +18,7 @@ from easel import tracking
 from easel.data import storage
 from easel.models.engine.generation import text_to_image
 from easel.models.engine.loading import load_model
-from easel.models.shapes import tiny_shapes, tiny_shapes_k22
+from easel.models.shapes import tiny_shapes, tiny_shapes_k22, tiny_shapes_k22_inpaint
 from easel.models.shapes import training as tiny_shapes_training
 from easel.models.shapes.evaluation import image_grid
 from easel.models.shapes.judge import JudgeTraining, train_judge
@@ -136,6 +136,25 @@ def train_tiny_shapes_k22_task(
     for stage, run_id in run_ids.items():  # each stage's schedule, and the shared sizes
         schedule = asdict(getattr(config, stage.replace("-", "_")))
         _finish(run_id, {**schedule, "images": config.images, "seed": config.seed})
+    return folder
+
+
+@task(name="train-tiny-shapes-k22-inpaint")
+def train_k22_inpaint_task(
+    config: tiny_shapes_k22_inpaint.InpaintTraining,
+    base_dir: str,
+    work_dir: str,
+    parent_run_id: str | None,
+    progress: bool = False,
+) -> str:
+    """The inpainting decoder grown from the tiny-shapes-k22 pipeline at `base_dir`; returns
+    its folder (with the model card naming its prior)."""
+    run_id, logger = _stage_run(parent_run_id, "k22-inpaint-decoder")
+    checkpoints = os.path.join(work_dir, "k22-inpaint-checkpoints")
+    pipeline = tiny_shapes_k22_inpaint.train(base_dir, config, checkpoints, logger, progress)
+    folder = os.path.join(work_dir, "tiny-shapes-k22-inpaint")
+    tiny_shapes_k22_inpaint.save(pipeline, folder)
+    _finish(run_id, {**asdict(config.schedule), "images": config.images, "seed": config.seed})
     return folder
 
 
