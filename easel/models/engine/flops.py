@@ -68,7 +68,9 @@ def _autoencoder_flops(autoencoder, latent_side: tuple[int, int], encode: bool) 
     copy = meta_copy(autoencoder)
     channels = copy.post_quant_conv.in_channels
     latents = torch.empty(1, channels, *latent_side, device="meta")
-    flops = counted(copy.decoder, copy.post_quant_conv(latents))
+    # MOVQ's decoder normalises its features by the latents too (spatial norm)
+    spatial = latents if getattr(copy.config, "norm_type", None) == "spatial" else None
+    flops = counted(copy.decoder, copy.post_quant_conv(latents), spatial)
     if encode:
         pixels = torch.empty(1, copy.config.in_channels, *_pixels(copy, latent_side), device="meta")
         flops += counted(copy.encoder, pixels)
