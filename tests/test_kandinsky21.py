@@ -218,6 +218,15 @@ def test_model_facts(k21, k21_inpaint):
     assert model_facts(k21_inpaint).tasks == ("inpaint",)
 
 
+def test_flops_count_the_decoder_s_text_tokens(k21):
+    from easel.models.engine import flops
+
+    loaded = load_model(k21, dtype=torch.float32)
+    unet = loaded.family.denoiser(loaded.pipeline)
+    assert loaded.family.context_length(loaded.pipeline) == 77  # not the tokenizer's 512
+    assert flops._denoiser_flops(unet, (4, 4), 77) > flops._denoiser_flops(unet, (4, 4), 1) > 0
+
+
 def test_a_decoder_folder_loads_with_the_prior_its_card_names_and_not_without(tmp_path, k21):
     combined = KandinskyCombinedPipeline.from_pretrained(k21)
     combined.prior_pipe.save_pretrained(tmp_path / "prior")
@@ -228,7 +237,12 @@ def test_a_decoder_folder_loads_with_the_prior_its_card_names_and_not_without(tm
         refused.value
     ) and "`prior: REF`" in str(refused.value)  # fmt: skip
 
-    (tmp_path / "decoder" / "README.md").write_text("---\nprior:\n- ../prior\n---\n")
+    card = tmp_path / "decoder" / "README.md"
+    card.write_text("---\nprior: tiny-shapes\n---\n")
+    with pytest.raises(ModelReferenceError, match="not a KandinskyPriorPipeline"):
+        model_facts(str(tmp_path / "decoder"))
+
+    card.write_text("---\nprior:\n- ../prior\n---\nA Kandinsky 2.1 decoder.\n")
     request = ImageRequest(prompt="a green star", negative_prompt="red", seed=5)
     split = ours(str(tmp_path / "decoder"), "text2img", [request])
     assert model_facts(str(tmp_path / "decoder")).family == "Kandinsky 2.1"
