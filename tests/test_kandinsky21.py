@@ -188,14 +188,21 @@ def test_a_cyrillic_prompt_reaches_the_multilingual_encoder_as_written(k21):
 @pytest.mark.usefixtures("prefect_server")
 def test_truncation_is_reported_per_text_encoder_in_the_warning_column(tmp_path, k21):
     long_prompt = " ".join([RUSSIAN] * 16)  # 80 words: 82 tokens with <s> and </s>
+    Image.new("RGB", (SIZE, SIZE), "red").save(tmp_path / "red.png")
     rows = [{"id": "long", "prompt": long_prompt, "seed": 0, "guidance_scale": GUIDANCE},
-            {"id": "short", "prompt": RUSSIAN, "seed": 0, "guidance_scale": GUIDANCE}]  # fmt: skip
+            {"id": "short", "prompt": RUSSIAN, "seed": 0, "guidance_scale": GUIDANCE},
+            {"id": "fusion", "prompt": long_prompt, "task": "fusion", "init_image": "red.png",
+             "strength": 0.5, "seed": 0, "guidance_scale": GUIDANCE}]  # fmt: skip
     results = run_sweep(tmp_path, rows, k21)
     assert results["long"]["status"] == "ok" and results["short"]["warning"] is None
     warning = results["long"]["warning"]
     assert ("`prompt` has 82 tokens and was truncated by the multilingual text encoder to the "
             "model's 77") in warning  # fmt: skip
     assert "truncated by the prior's text encoder to the model's 77" in warning  # CLIP's
+    # a fusion's decoder reads no prompt: only the prior cuts it
+    assert results["fusion"]["status"] == "ok"
+    assert "prior's" in results["fusion"]["warning"]
+    assert "multilingual" not in results["fusion"]["warning"]
 
 
 def run_sweep(tmp_path, rows, model) -> dict[str, dict]:

@@ -122,10 +122,10 @@ class ModelFamily:
         """Text tokens the denoiser attends to per image (its FLOPs depend on them)."""
         return getattr(self.tokenizer(pipeline), "model_max_length", 77)
 
-    def prompt_limits(self, pipeline, column: str) -> list[tuple[str | None, object, int]]:
+    def prompt_limits(self, pipeline, column: str, task: str) -> list[tuple]:
         """(encoder, tokenizer, tokens kept) for each text encoder that the text of `column`
-        (`prompt`, `negative_prompt`, a fusion item's text) goes through; the encoder is
-        named where the model has more than one."""
+        (`prompt`, `negative_prompt`, a fusion item's text) goes through in `task`; the
+        encoder (a str) is named where the model has more than one, else None."""
         tokenizer = self.tokenizer(pipeline)
         return [(None, tokenizer, tokenizer.model_max_length)]
 

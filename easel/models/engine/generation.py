@@ -122,7 +122,9 @@ def text_to_image(
     ]
 
 
-def prompt_truncation_warning(loaded: LoadedModel, request: ImageRequest) -> str | None:
+def prompt_truncation_warning(
+    loaded: LoadedModel, request: ImageRequest, task: str
+) -> str | None:
     """A warning if a text encoder of the family (CLIP's; Kandinsky's prior's, and 2.1's
     multilingual one) will cut the request's prompt, negative prompt or a fusion's text to
     the tokens it keeps."""
@@ -131,7 +133,7 @@ def prompt_truncation_warning(loaded: LoadedModel, request: ImageRequest) -> str
               for i, item in enumerate(request.fusion_inputs or ())]  # fmt: skip
     warnings = []
     for column, text in texts:
-        for encoder, tokenizer, limit in loaded.family.prompt_limits(loaded.pipeline, column):
+        for encoder, tokenizer, limit in loaded.family.prompt_limits(loaded.pipeline, column, task):
             length = len(tokenizer(text, truncation=False).input_ids) if text else 0
             if length > limit:
                 by = f" by {encoder}" if encoder else ""

@@ -53,18 +53,15 @@ class Kandinsky21(Kandinsky22):
         ]  # fmt: skip
         return {"prompt": prompts, "negative_prompt": [r.negative_prompt or "" for r in requests]}
 
-    def tokenizer(self, pipeline):
-        return pipeline.tokenizer
-
     def context_length(self, pipeline) -> int:
         return DECODER_TOKENS
 
-    def prompt_limits(self, pipeline, column: str) -> list[tuple[str | None, object, int]]:
-        """A text goes through the prior's CLIP tokenizer; the prompt and negative prompt
-        also through the decoder's multilingual one (a fusion's texts do not)."""
+    def prompt_limits(self, pipeline, column: str, task: str) -> list[tuple]:
+        """Every text goes through the prior's CLIP tokenizer; the negative prompt, and the
+        prompt outside a fusion, also through the decoder's multilingual one."""
         prior = pipeline.prior_tokenizer
         limits = [("the prior's text encoder", prior, prior.model_max_length)]
-        if column in ("prompt", "negative_prompt"):
+        if column == "negative_prompt" or (column == "prompt" and task != "fusion"):
             limits.append(("the multilingual text encoder", pipeline.tokenizer, DECODER_TOKENS))
         return limits
 
