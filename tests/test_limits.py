@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from easel.data import limits
-from easel.models.engine import kandinsky22
+from easel.models.engine import kandinsky21, kandinsky22
 from easel.models.engine.families import FAMILIES
 from easel.models.engine.loading import load_model
 from easel.models.engine.schedulers import SCHEDULERS, build_scheduler
@@ -52,10 +52,11 @@ def test_the_readme_states_the_limits():
     prior = manifest_rule("prior_guidance_scale")
     assert f"({limits.PRIOR_GUIDANCE_SCALE:g}, {limits.PRIOR_NUM_INFERENCE_STEPS})" in prior
     assert f"{limits.MIN_PRIOR_STEPS}..{limits.MAX_STEPS}" in prior
-    every, kandinsky = manifest_rule("scheduler").split("|")[3].split("(Kandinsky 2.2:")
+    every, kandinsky = manifest_rule("scheduler").split("|")[3].split("(Kandinsky 2.1, 2.2:")
     assert re.findall(r"[a-z_0-9]+", every) == list(limits.SCHEDULER_NAMES)
     kandinsky = kandinsky.split(")")[0]
-    assert set(re.findall(r"[a-z_0-9]+", kandinsky)) == set(kandinsky22.FAMILY.schedulers)
+    for family in (kandinsky21.FAMILY, kandinsky22.FAMILY):
+        assert set(re.findall(r"[a-z_0-9]+", kandinsky)) == set(family.schedulers)
     for task in limits.TASKS:
         assert task in manifest_rule("task")
     assert f"1..{limits.MAX_FUSION_INPUTS} items" in manifest_rule("fusion_inputs")

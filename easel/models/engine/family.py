@@ -1,11 +1,11 @@
 """A model family: everything the engine knows of one kind of diffusers pipeline.
 
-One module per family (`stable_diffusion.py`, `kandinsky22.py`) defines a subclass and its
-one instance `FAMILY`; `families.py` lists them. A family says which `model_index.json`
-classes it runs, which tasks and schedulers, what a model folder tells before any weight
-is loaded (`facts`), how the pipeline loads, and how a batch of images is generated. The
-engine never branches on a family's name: adding one (SDXL, Kandinsky 2.1) is one module
-and one entry in `families.FAMILIES`.
+One module per family (`stable_diffusion.py`, `kandinsky22.py`, `kandinsky21.py`) defines
+a subclass and its one instance `FAMILY`; `families.py` lists them. A family says which
+`model_index.json` classes it runs, which tasks and schedulers, what a model folder tells
+before any weight is loaded (`facts`), how the pipeline loads, and how a batch of images is
+generated. The engine never branches on a family's name: adding one (SDXL, say) is one
+module and one entry in `families.FAMILIES`.
 """
 
 from __future__ import annotations
@@ -117,6 +117,17 @@ class ModelFamily:
     def tokenizer(self, pipeline):
         """The tokenizer prompts go through first."""
         raise NotImplementedError
+
+    def context_length(self, pipeline) -> int:
+        """Text tokens the denoiser attends to per image (its FLOPs depend on them)."""
+        return getattr(self.tokenizer(pipeline), "model_max_length", 77)
+
+    def prompt_limits(self, pipeline, column: str, task: str) -> list[tuple]:
+        """(encoder, tokenizer, tokens kept) for each text encoder that the text of `column`
+        (`prompt`, `negative_prompt`, a fusion item's text) goes through in `task`; the
+        encoder (a str) is named where the model has more than one, else None."""
+        tokenizer = self.tokenizer(pipeline)
+        return [(None, tokenizer, tokenizer.model_max_length)]
 
     def autoencoder(self, pipeline):
         """The network between pixels and latents (a VAE, a MOVQ)."""

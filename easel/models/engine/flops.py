@@ -141,8 +141,13 @@ def _denoiser_flops(denoiser, latent_side: tuple[int, int], context_length: int)
         embeds = torch.empty(1, config.encoder_hid_dim, device="meta")
         return counted(copy, latents, timestep, encoder_hidden_states=None,
                        added_cond_kwargs={"image_embeds": embeds})  # fmt: skip
-    context = torch.empty(1, context_length, config.cross_attention_dim, device="meta")
-    return counted(copy, latents, timestep, encoder_hidden_states=context)
+    width, added = config.cross_attention_dim, None
+    if config.addition_embed_type == "text_image":  # Kandinsky 2.1's: text tokens and image
+        width = config.encoder_hid_dim  # the text encoder's, projected inside the UNet
+        pooled = torch.empty(1, config.cross_attention_dim, device="meta")
+        added = {"text_embeds": pooled, "image_embeds": pooled}
+    context = torch.empty(1, context_length, width, device="meta")
+    return counted(copy, latents, timestep, encoder_hidden_states=context, added_cond_kwargs=added)
 
 
 def image_flops(family, pipeline, settings) -> float:
@@ -163,7 +168,7 @@ def _image_flops(family, pipeline, settings) -> float:
     if settings.task in family.strength_tasks and settings.strength is not None:
         steps = max(1, int(steps * settings.strength))
     rows = 2 if settings.guidance_scale > 1 else 1
-    context = getattr(family.tokenizer(pipeline), "model_max_length", 77)
+    context = family.context_length(pipeline)
     edit = settings.task in ("img2img", "inpaint")
     return float(
         steps * rows * _denoiser_flops(denoiser, latent_side, min(context, 512))

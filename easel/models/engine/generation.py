@@ -122,19 +122,22 @@ def text_to_image(
     ]
 
 
-def prompt_truncation_warning(loaded: LoadedModel, request: ImageRequest) -> str | None:
-    """A warning if the family's first tokenizer (CLIP's; Kandinsky's prior's) will cut the
-    request's prompt, negative prompt or a fusion's text to its `model_max_length`."""
-    tokenizer = loaded.family.tokenizer(loaded.pipeline)
-    limit = tokenizer.model_max_length
+def prompt_truncation_warning(
+    loaded: LoadedModel, request: ImageRequest, task: str
+) -> str | None:
+    """A warning if a text encoder of the family (CLIP's; Kandinsky's prior's, and 2.1's
+    multilingual one) will cut the request's prompt, negative prompt or a fusion's text to
+    the tokens it keeps."""
     texts = [("prompt", request.prompt), ("negative_prompt", request.negative_prompt)]
     texts += [(fusion.label(i, "text"), item.text)
               for i, item in enumerate(request.fusion_inputs or ())]  # fmt: skip
     warnings = []
     for column, text in texts:
-        length = len(tokenizer(text, truncation=False).input_ids) if text else 0
-        if length > limit:
-            warnings.append(
-                f"`{column}` has {length} tokens and was truncated to the model's {limit}"
-            )
+        for encoder, tokenizer, limit in loaded.family.prompt_limits(loaded.pipeline, column, task):
+            length = len(tokenizer(text, truncation=False).input_ids) if text else 0
+            if length > limit:
+                by = f" by {encoder}" if encoder else ""
+                warnings.append(
+                    f"`{column}` has {length} tokens and was truncated{by} to the model's {limit}"
+                )
     return "; ".join(warnings) or None

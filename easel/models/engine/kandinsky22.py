@@ -20,6 +20,8 @@ the decoder; `prior_guidance_scale` and `prior_num_inference_steps` drive the pr
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from easel.data.batching import BatchSettings, ImageRequest
@@ -48,11 +50,13 @@ def decoder_scheduler(current, name: str | None):
     return fresh_scheduler(current, name, drop=() if name == "ddpm" else ("variance_type",))
 
 
-def decoder_pipeline(combined, task: str, scheduler):
+def decoder_pipeline(combined, class_name: str, scheduler):
+    """The decoder pipeline `class_name` over the combined pipeline's decoder modules."""
     import diffusers
 
-    cls = getattr(diffusers, DECODERS[task])
-    pipeline = cls(unet=combined.unet, scheduler=scheduler, movq=combined.movq)
+    modules = {name: module for name, module in combined.components.items()
+               if not name.startswith("prior_")}  # fmt: skip
+    pipeline = getattr(diffusers, class_name)(**{**modules, "scheduler": scheduler})
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -100,38 +104,6 @@ def request_embeddings(
     return output.image_embeds, output.negative_image_embeds
 
 
-def generate_images(combined, settings: BatchSettings, requests: list[ImageRequest],
-                    inits: list | None, masks: list | None) -> list:  # fmt: skip
-    """One image per request ((H, W, 3) floats in [0, 1]), in order; `inits`/`masks` as the
-    task needs them (a fusion's: its `FusionConditions`)."""
-    prior = combined.prior_pipe
-    prior.set_progress_bar_config(disable=True)
-    generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in requests]
-    embeds, negative_embeds = image_embeddings(prior, settings, requests, generators, inits)
-    arguments = {
-        "image_embeds": embeds,
-        "negative_image_embeds": negative_embeds,
-        "guidance_scale": settings.guidance_scale,
-        "num_inference_steps": settings.num_inference_steps,
-        "width": settings.width, "height": settings.height,
-        "generator": generators, "output_type": "np",
-    }  # fmt: skip
-    scheduler = decoder_scheduler(combined.scheduler, settings.scheduler)
-    decoder = decoder_pipeline(combined, settings.task, scheduler)
-    if settings.task == "img2img":
-        arguments.update(image=inits, strength=settings.strength)
-    if settings.task != "inpaint":
-        return decoder(**arguments).images
-    # diffusers' Kandinsky inpaint blends every image with the first init image and mask,
-    # so each inpainting request gets its own decoder call.
-    return [
-        decoder(**{**arguments, "image_embeds": embeds[i : i + 1], "generator": generators[i],
-                   "negative_image_embeds": negative_embeds[i : i + 1], "image": inits[i],
-                   "mask_image": masks[i]}).images[0]
-        for i in range(len(requests))
-    ]  # fmt: skip
-
-
 class Kandinsky22(ModelFamily):
     name = "Kandinsky 2.2"
     pipeline_classes = (
@@ -143,14 +115,20 @@ class Kandinsky22(ModelFamily):
     autoencoder_folder = "movq"
     decoder_classes = tuple(dict.fromkeys(DECODERS.values()))
     prior_class = "KandinskyV22PriorPipeline"
+    decoders: ClassVar[dict[str, str]] = DECODERS  # the decoder pipeline of each task
+    combined_class: ClassVar[str] = "KandinskyV22CombinedPipeline"
+    hub_decoder: ClassVar[str] = "kandinsky-2-2-decoder"  # a hub folder whose card names its prior
+    # diffusers' Kandinsky 2.2 inpaint blends every image with the first init image and
+    # mask, so each inpainting request gets its own decoder call
+    inpaints_in_batches: ClassVar[bool] = False
 
     def check_folder(self, model_path: str, class_name: str, prior_path: str | None) -> None:
         if class_name in self.decoder_classes and prior_path is None:
             raise ModelReferenceError(
-                f"model at {model_path!r} is a {class_name!r}, a Kandinsky 2.2 decoder without "
+                f"model at {model_path!r} is a {class_name!r}, a {self.name} decoder without "
                 "its diffusion prior: name the prior in its README.md (`prior: REF`), as the "
-                "hub's kandinsky-2-2-decoder does, or save both with "
-                "KandinskyV22CombinedPipeline.save_pretrained"
+                f"hub's {self.hub_decoder} does, or save both with "
+                f"{self.combined_class}.save_pretrained"
             )
 
     def tasks(self, unet_config: dict) -> tuple[str, ...]:
@@ -165,21 +143,51 @@ class Kandinsky22(ModelFamily):
         return scale * scale
 
     def load(self, model_path: str, prior_path: str | None, options: dict):
-        from diffusers import (
-            KandinskyV22CombinedPipeline,
-            KandinskyV22Pipeline,
-            KandinskyV22PriorPipeline,
-        )
+        import diffusers
 
+        combined = getattr(diffusers, self.combined_class)
         if prior_path is None:
-            return KandinskyV22CombinedPipeline.from_pretrained(model_path, **options)
-        prior = KandinskyV22PriorPipeline.from_pretrained(prior_path, **options)
-        decoder = KandinskyV22Pipeline.from_pretrained(model_path, **options)
+            return combined.from_pretrained(model_path, **options)
+        prior = getattr(diffusers, self.prior_class).from_pretrained(prior_path, **options)
+        decoder = getattr(diffusers, self.decoders["text2img"]).from_pretrained(
+            model_path, **options
+        )
         prior_components = {f"prior_{name}": c for name, c in prior.components.items()}
-        return KandinskyV22CombinedPipeline(**prior_components, **decoder.components)
+        return combined(**prior_components, **decoder.components)
+
+    def decoder_texts(self, settings: BatchSettings, requests: list[ImageRequest]) -> dict:
+        """What the decoder reads of the requests' texts besides the image embeddings (the
+        Kandinsky 2.2 decoder: nothing)."""
+        return {}
 
     def generate(self, pipeline, settings, requests, inits, masks):
-        return generate_images(pipeline, settings, requests, inits, masks)
+        """The prior's embeddings for every request, then the decoder's images."""
+        prior = pipeline.prior_pipe
+        prior.set_progress_bar_config(disable=True)
+        generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in requests]
+        embeds, negative_embeds = image_embeddings(prior, settings, requests, generators, inits)
+        scheduler = decoder_scheduler(pipeline.scheduler, settings.scheduler)
+        decoder = decoder_pipeline(pipeline, self.decoders[settings.task], scheduler)
+
+        def decode(rows: list[int]) -> list:
+            arguments = {
+                "image_embeds": embeds[rows], "negative_image_embeds": negative_embeds[rows],
+                "guidance_scale": settings.guidance_scale,
+                "num_inference_steps": settings.num_inference_steps,
+                "width": settings.width, "height": settings.height,
+                "generator": [generators[i] for i in rows], "output_type": "np",
+                **self.decoder_texts(settings, [requests[i] for i in rows]),
+            }  # fmt: skip
+            if settings.task == "img2img":
+                arguments.update(image=[inits[i] for i in rows], strength=settings.strength)
+            if settings.task == "inpaint":
+                arguments.update(image=[inits[i] for i in rows],
+                                 mask_image=[masks[i] for i in rows])  # fmt: skip
+            return list(decoder(**arguments).images)
+
+        if settings.task == "inpaint" and not self.inpaints_in_batches:
+            return [image for i in range(len(requests)) for image in decode([i])]
+        return decode(list(range(len(requests))))
 
     def tokenizer(self, pipeline):
         return pipeline.prior_tokenizer

@@ -160,7 +160,7 @@ def pending_records(
             image_uri=None,
             status="failed",
             error=None,
-            warning=prompt_truncation_warning(loaded, image.request),
+            warning=prompt_truncation_warning(loaded, image.request, batch.settings.task),
             seed=image.request.seed,
             model_ref=batch.model,
             model_digest=loaded.model.digest,

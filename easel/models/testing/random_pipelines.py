@@ -10,6 +10,10 @@ the words the tests use), the networks get random weights.
   conditioned on CLIP image embeddings, `movq`, `scheduler`); `inpaint=True` gives the
   decoder the 9-channel input (latents, masked image, mask) of Kandinsky's inpainting
   decoder.
+- `build_random_kandinsky21`: Kandinsky 2.1 in `KandinskyCombinedPipeline`'s layout: the
+  same prior, and a decoder whose UNet also reads the prompt through a multilingual CLIP
+  (XLM-RoBERTa) text encoder; its tokenizer is a SentencePiece unigram over English and
+  Russian words and single letters, built in code.
 """
 
 from __future__ import annotations
@@ -196,17 +200,14 @@ def _prior_components(max_length: int) -> dict:
     }  # fmt: skip
 
 
-def _decoder_components(inpaint: bool) -> dict:
-    from diffusers import DDPMScheduler, UNet2DConditionModel, VQModel
+def _kandinsky_unet(inpaint: bool, **conditioning):
+    """A tiny Kandinsky decoder UNet; `conditioning`: how it reads embeddings (2.1, 2.2)."""
+    from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=8,
-        in_channels=9 if inpaint else 4,
+        in_channels=9 if inpaint else 4,  # latents (+ masked-image latents and mask)
         out_channels=8,  # noise and learned variance, as Kandinsky's decoder predicts
-        addition_embed_type="image",
-        encoder_hid_dim=_EMBEDDING,
-        encoder_hid_dim_type="image_proj",
-        cross_attention_dim=64,
         down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
         up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
         mid_block_type="UNetMidBlock2DSimpleCrossAttn",
@@ -214,7 +215,17 @@ def _decoder_components(inpaint: bool) -> dict:
         layers_per_block=1,
         attention_head_dim=8,
         resnet_time_scale_shift="scale_shift",
+        **conditioning,
     )
+
+
+def _decoder_components(inpaint: bool) -> dict:
+    from diffusers import DDPMScheduler, VQModel
+
+    unet = _kandinsky_unet(
+        inpaint, addition_embed_type="image", encoder_hid_dim=_EMBEDDING,
+        encoder_hid_dim_type="image_proj", cross_attention_dim=64,
+    )  # fmt: skip
     movq = VQModel(
         in_channels=3, out_channels=3, latent_channels=4, vq_embed_dim=4,
         num_vq_embeddings=16, block_out_channels=(32, 64), layers_per_block=1,
@@ -237,4 +248,75 @@ def build_random_kandinsky22(folder: str, seed: int = 0, inpaint: bool = False) 
     torch.manual_seed(seed)
     components = {**_prior_components(max_length=16), **_decoder_components(inpaint)}
     KandinskyV22CombinedPipeline(**components).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+# -- Kandinsky 2.1 -----------------------------------------------------------------------
+
+# Whole words of the multilingual tokenizer, English and Russian ("красный круг на синем
+# фоне": a red circle on a blue background); any other text falls back to single letters.
+_MULTILINGUAL_WORDS = [
+    "a", "red", "blue", "green", "circle", "square", "star", "on", "white", "background",
+    "красный", "синий", "зелёный", "круг", "квадрат", "звезда", "на", "синем", "белом", "фоне",
+]  # fmt: skip
+_LETTERS = "abcdefghijklmnopqrstuvwxyzабвгдеёжзийклмнопрстуфхцчшщъыьэюя"
+_MULTILINGUAL_HIDDEN = 48  # the XLM-RoBERTa encoder's width (a real one: 1024)
+_MULTILINGUAL_POSITIONS = 80  # 77 tokens the decoder keeps, after XLM-R's 2 offset positions
+
+
+def build_multilingual_tokenizer():
+    """An XLM-RoBERTa tokenizer (SentencePiece unigram) over `_MULTILINGUAL_WORDS` and single
+    letters, built in code: its 5 special tokens have XLM-R's ids (`<s>` 0, `<pad>` 1, `</s>`
+    2, `<unk>` 3, `<mask>` 4)."""
+    from transformers import XLMRobertaTokenizer
+
+    specials = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("<mask>", 0.0)]
+    words = [(f"▁{word}", -1.0) for word in _MULTILINGUAL_WORDS]  # whole words score best
+    letters = [(piece, -5.0) for letter in _LETTERS for piece in (f"▁{letter}", letter)]
+    return XLMRobertaTokenizer(vocab=[*specials, *words, *letters], model_max_length=512)
+
+
+def _kandinsky21_decoder_components(inpaint: bool) -> dict:
+    from diffusers import DDIMScheduler
+    from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
+
+    tokenizer = build_multilingual_tokenizer()
+    text_encoder = MultilingualCLIP(
+        MCLIPConfig(
+            transformerDimSize=_MULTILINGUAL_HIDDEN, imageDimSize=_EMBEDDING,
+            vocab_size=len(tokenizer), hidden_size=_MULTILINGUAL_HIDDEN, num_hidden_layers=2,
+            num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=_MULTILINGUAL_POSITIONS,
+        )
+    )  # fmt: skip
+    unet = _kandinsky_unet(
+        inpaint,
+        addition_embed_type="text_image",  # time embedding + pooled text + image embedding
+        encoder_hid_dim=_MULTILINGUAL_HIDDEN,
+        encoder_hid_dim_type="text_image_proj",  # cross-attends to text tokens and the image
+        cross_attention_dim=_EMBEDDING,  # = the prior's embedding = the pooled text's width
+    )
+    scheduler = DDIMScheduler(
+        beta_schedule="linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+        num_train_timesteps=1000, prediction_type="epsilon", set_alpha_to_one=False,
+        steps_offset=1,
+    )  # fmt: skip
+    movq = _decoder_components(inpaint=False)["movq"]
+    return {"text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet,
+            "scheduler": scheduler, "movq": movq}  # fmt: skip
+
+
+def build_random_kandinsky21(folder: str, seed: int = 0, inpaint: bool = False) -> str:
+    """Write a random-weight KandinskyCombinedPipeline (safetensors) to `folder`: the prior
+    as Kandinsky 2.2's (`prior_*`) beside the decoder, whose UNet reads the prior's image
+    embedding and the prompt through a multilingual CLIP (XLM-RoBERTa) text encoder;
+    `inpaint=True` gives it the 9-channel input of the inpainting decoder."""
+    from diffusers import KandinskyCombinedPipeline
+
+    torch.manual_seed(seed)
+    # the prior keeps 77 tokens, as real CLIP does: a short Cyrillic prompt (a few bytes a
+    # letter in CLIP's byte-level BPE) fits
+    components = {**_prior_components(max_length=77),
+                  **_kandinsky21_decoder_components(inpaint)}  # fmt: skip
+    KandinskyCombinedPipeline(**components).save_pretrained(folder, safe_serialization=True)
     return folder
