@@ -147,13 +147,13 @@ def train_k22_inpaint_task(
     parent_run_id: str | None,
     progress: bool = False,
 ) -> str:
-    """The inpainting decoder grown from the tiny-shapes-k22 pipeline at `base_dir`; returns
-    its folder (with the model card naming its prior)."""
+    """The inpainting decoder grown from the tiny-shapes-k22 pipeline at `base_dir`, with
+    its prior; returns the folder."""
     run_id, logger = _stage_run(parent_run_id, "k22-inpaint-decoder")
     checkpoints = os.path.join(work_dir, "k22-inpaint-checkpoints")
     pipeline = tiny_shapes_k22_inpaint.train(base_dir, config, checkpoints, logger, progress)
     folder = os.path.join(work_dir, "tiny-shapes-k22-inpaint")
-    tiny_shapes_k22_inpaint.save(pipeline, folder)
+    pipeline.save_pretrained(folder, safe_serialization=True)
     _finish(run_id, {**asdict(config.schedule), "images": config.images, "seed": config.seed})
     return folder
 

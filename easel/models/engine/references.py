@@ -36,6 +36,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 EMBEDDED_MODELS = {
     "tiny-shapes": WEIGHTS_DIR / "tiny-shapes",
     "tiny-shapes-k22": WEIGHTS_DIR / "tiny-shapes-k22",
+    "tiny-shapes-k22-inpaint": WEIGHTS_DIR / "tiny-shapes-k22-inpaint",
 }
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 DIGESTED_SUFFIXES = (".json", ".safetensors", ".bin", ".ckpt", ".txt", ".model", ".pt")

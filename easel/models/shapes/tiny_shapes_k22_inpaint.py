@@ -11,8 +11,9 @@ masked: around the shape most of the time (the edit users ask for: the shape in 
 colour or form), a random box otherwise; conditioned on the whole image's embedding,
 dropped to the zero-image one as often as the decoder's was.
 
-It ships as a decoder folder whose model card names its prior, `tiny-shapes-k22`, as the
-hub's `kandinsky-2-2-decoder-inpaint` names Kandinsky's.
+It ships whole, beside `tiny-shapes-k22`: `tiny-shapes-k22`'s prior (text and image
+encoders, prior) with the inpainting decoder, as `KandinskyV22InpaintCombinedPipeline`
+saves them.
 """
 
 from __future__ import annotations
@@ -29,11 +30,6 @@ from easel.data import shapes
 from easel.models.shapes import tiny_shapes_k22
 from easel.models.shapes.recipe import TrainingSchedule, fit, images_to_tensor, shuffled_loader
 
-MODEL_CARD = "---\nprior: tiny-shapes-k22\n---\n# tiny-shapes-k22-inpaint\n\n" + (
-    "Kandinsky 2.2 inpainting decoder for `tiny-shapes-k22` (`easel bootstrap --model "
-    "tiny-shapes-k22-inpaint`).\n"
-)
-
 
 @dataclass(frozen=True)
 class InpaintTraining:
@@ -44,6 +40,33 @@ class InpaintTraining:
     seed: int = 0  # tiny-shapes-k22's: its image embeddings' projection
     shape_mask_probability: float = 0.75  # a box around the shape; else a random box
     unconditional_probability: float = 0.1
+
+
+@torch.no_grad()
+def compact_movq(movq):
+    """The same MOVQ with `latent_channels` equal to its embedding's: diffusers' Kandinsky
+    2.2 inpainting pipeline draws its noise with `latent_channels` channels. tiny-shapes-k22's
+    encoder puts out the VAE's 2L channels and `quant_conv` keeps the mean's L: fused here
+    into the encoder's last convolution (a 1x1 convolution after a 3x3 one is a 3x3 one);
+    on the way back the L channels that were always zero are dropped. Same latents, same
+    pixels (to float rounding)."""
+    from diffusers import VQModel
+
+    latent = movq.config.vq_embed_dim
+    compact = VQModel.from_config({**movq.config, "latent_channels": latent})
+    state = movq.state_dict()
+    keep = state["quant_conv.weight"][:, :, 0, 0]  # (L, 2L)
+    conv_out = state["encoder.conv_out.weight"]  # (2L, C, 3, 3)
+    state["encoder.conv_out.weight"] = torch.einsum("lk,kchw->lchw", keep, conv_out)
+    state["encoder.conv_out.bias"] = keep @ state["encoder.conv_out.bias"] + state[
+        "quant_conv.bias"]  # fmt: skip
+    state["quant_conv.weight"] = torch.eye(latent)[:, :, None, None]
+    state["quant_conv.bias"] = torch.zeros(latent)
+    state["post_quant_conv.weight"] = state["post_quant_conv.weight"][:latent]
+    state["post_quant_conv.bias"] = state["post_quant_conv.bias"][:latent]
+    state["decoder.conv_in.weight"] = state["decoder.conv_in.weight"][:, :latent]
+    compact.load_state_dict(state)
+    return compact.eval()
 
 
 def inpaint_unet_from(decoder):
@@ -101,8 +124,8 @@ def train(k22_path: str, config: InpaintTraining, work_dir: str, logger=None,
           progress: bool = True):  # fmt: skip
     """The inpainting decoder grown from the `tiny-shapes-k22` pipeline at `k22_path`
     (checkpoints under `work_dir`, a rerun resumes); returns the assembled
-    `KandinskyV22InpaintPipeline`."""
-    from diffusers import KandinskyV22CombinedPipeline, KandinskyV22InpaintPipeline
+    `KandinskyV22InpaintCombinedPipeline` (its prior: the base's)."""
+    from diffusers import KandinskyV22CombinedPipeline, KandinskyV22InpaintCombinedPipeline
 
     k22 = KandinskyV22CombinedPipeline.from_pretrained(k22_path, use_safetensors=True)
     specs = shapes.sample_specs(config.images, config.seed + 8, "train")
@@ -125,14 +148,7 @@ def train(k22_path: str, config: InpaintTraining, work_dir: str, logger=None,
     loader = shuffled_loader((latents, embeds, keep), config.schedule.batch_size, config.seed + 10)
     fit(module, loader, config.schedule.steps, os.path.join(work_dir, "inpaint-decoder"),
         logger, progress)  # fmt: skip
-    return KandinskyV22InpaintPipeline(
-        unet=module.unet.eval(), scheduler=k22.scheduler, movq=k22.movq.eval()
+    prior = {name: module for name, module in k22.components.items() if name.startswith("prior_")}
+    return KandinskyV22InpaintCombinedPipeline(
+        **prior, unet=module.unet.eval(), scheduler=k22.scheduler, movq=compact_movq(k22.movq)
     )
-
-
-def save(pipeline, folder: str) -> str:
-    """The decoder folder with its model card (naming its prior)."""
-    pipeline.save_pretrained(folder, safe_serialization=True)
-    with open(os.path.join(folder, "README.md"), "w") as f:
-        f.write(MODEL_CARD)
-    return folder
