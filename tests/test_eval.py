@@ -226,3 +226,12 @@ def test_bootstrap_k22_grows_a_kandinsky_model_from_tiny_shapes(tmp_path, prefec
     assert names == ["k22-decoder", "k22-image-encoder", "k22-prior"]
     # one run per stage: each stage's own schedule, as Lightning and the task logged it
     assert all(r.data.params["schedule/steps"] == r.data.params["steps"] == "2" for r in runs)
+
+    # its inpainting sibling, grown from the model just made
+    inpaint = tmp_path / "tiny-inpaint.yaml"
+    inpaint.write_text(f"images: 32\nsteps: 2\nbase: {out / 'tiny-shapes-k22'}\n")
+    args = ["bootstrap", "--model", "tiny-shapes-k22-inpaint", "--config", str(inpaint),
+            "--out", str(out), "--work-dir", str(work)]  # fmt: skip
+    assert main(args) == 0
+    facts = model_facts(str(out / "tiny-shapes-k22-inpaint"))
+    assert (facts.family, facts.tasks) == ("Kandinsky 2.2", ("inpaint",))
