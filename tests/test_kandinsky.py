@@ -119,6 +119,34 @@ def test_prior_guidance_and_steps_from_columns_or_config_drive_the_prior(tmp_pat
     assert max_pixel_difference(*ours) > 10
 
 
+def test_the_model_card_recommends_the_prior_guidance_rows_leave_unset(tmp_path, k22):
+    """A model card's `prior_guidance_scale` is the default of rows (and of the flow) that
+    set none; without a card, diffusers' 4; a row's own value wins; a bad card value is
+    refused naming it."""
+    import shutil
+
+    from easel.errors import ModelReferenceError
+
+    carded = tmp_path / "carded"
+    shutil.copytree(k22, carded)
+    (carded / "README.md").write_text("---\nprior_guidance_scale: 1.0\n---\n")
+    assert (model_facts(k22).prior_guidance_scale, model_facts(str(carded)).prior_guidance_scale,
+            model_facts("tiny-shapes").prior_guidance_scale) == (4.0, 1.0, None)  # fmt: skip
+    base = {"id": "base", "prompt": "a red star", "seed": 4, "guidance_scale": 4.0}
+    rows = [base, {**base, "id": "own", "prior_guidance_scale": 4.0}]
+    _, card = run(tmp_path, "card", rows, str(carded))
+    _, plain = run(tmp_path, "plain", rows, k22)
+    image = lambda results, name: results[(name, 0)]["image_uri"]  # noqa: E731
+    assert max_pixel_difference(image(card, "own"), image(plain, "base")) == 0
+    assert max_pixel_difference(image(card, "base"), image(plain, "base")) > 10
+    expected = direct(KandinskyV22CombinedPipeline, k22, base, prior_guidance_scale=1.0)
+    assert max_pixel_difference(pixels(image(card, "base")), expected) <= 2
+
+    (carded / "README.md").write_text("---\nprior_guidance_scale: high\n---\n")
+    with pytest.raises(ModelReferenceError, match="`prior_guidance_scale` must be a number"):
+        model_facts(str(carded))
+
+
 def test_img2img_follows_its_own_init_image_in_a_batch(tmp_path, k22):
     first = scene(tmp_path / "first.png", "red", "blue")
     second = scene(tmp_path / "second.png", "yellow", "black")

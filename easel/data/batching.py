@@ -86,6 +86,9 @@ class ModelFacts:
     schedulers: tuple[str, ...] = limits.SCHEDULER_NAMES  # those the family can step
     size_multiple: int = limits.SIDE_MULTIPLE  # image sides the model generates exactly
     has_prior: bool = False  # Kandinsky's diffusion prior: its rows carry the prior settings
+    # the prior's guidance for rows that set none: the model card's recommendation, else
+    # diffusers' default (None without a prior)
+    prior_guidance_scale: float | None = None
     strength_tasks: tuple[str, ...] = limits.EDIT_TASKS  # where strength x steps is denoised
     # scheduler -> (fewest inference steps it runs from this model's config, the rule why)
     minimum_steps: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -145,7 +148,9 @@ def row_settings(job: RowJob, facts: ModelFacts) -> BatchSettings:
     strength = job.strength if job.task != "text2img" and job.fusion_inputs is None else 1.0
     prior = {}  # a family without a prior ignores the prior columns
     if facts.has_prior:
-        prior = {"prior_guidance_scale": job.prior_guidance_scale,
+        guidance = job.prior_guidance_scale
+        guidance = facts.prior_guidance_scale if guidance is None else guidance
+        prior = {"prior_guidance_scale": guidance,
                  "prior_num_inference_steps": job.prior_num_inference_steps}  # fmt: skip
     return BatchSettings(
         task=job.task, scheduler=job.scheduler or facts.default_scheduler,

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from easel.data import fusion, limits, storage
 from easel.data.fusion import FusionInput, FusionInputError
 from easel.data.images import ImageInputError, open_image, probe_edit_inputs
-from easel.data.limits import PRIOR_GUIDANCE_SCALE, PRIOR_NUM_INFERENCE_STEPS
+from easel.data.limits import PRIOR_NUM_INFERENCE_STEPS
 from easel.errors import InvalidInput
 
 KNOWN_COLUMNS = (
@@ -51,7 +51,7 @@ class SweepDefaults:
     height: int | None = None
     scheduler: str | None = None  # None: the model's own scheduler
     strength: float = limits.STRENGTH
-    prior_guidance_scale: float = PRIOR_GUIDANCE_SCALE
+    prior_guidance_scale: float | None = None  # None: the model's (`ModelFacts`)
     prior_num_inference_steps: int = PRIOR_NUM_INFERENCE_STEPS
     fusion_weights: limits.FusionWeights = "sum_to_one"  # how fusion weights reach the prior
 
@@ -76,7 +76,7 @@ class RowJob:
     init_image: str | None
     mask_image: str | None
     strength: float
-    prior_guidance_scale: float = PRIOR_GUIDANCE_SCALE  # Kandinsky 2.2 rows only
+    prior_guidance_scale: float | None = None  # Kandinsky rows only; None: the model's
     prior_num_inference_steps: int = PRIOR_NUM_INFERENCE_STEPS
     init_image_sha256: str | None = None  # the bytes the row's images had when validated
     mask_image_sha256: str | None = None
@@ -427,9 +427,9 @@ def _steps(values: dict[str, Any], column: str, default: int) -> int:
     return _int(values, column, default, low=limits.MIN_STEPS, high=limits.MAX_STEPS)
 
 
-def _guidance(values: dict[str, Any], column: str, default: float) -> float:
+def _guidance(values: dict[str, Any], column: str, default: float | None) -> float | None:
     guidance = _float(values, column, default)
-    if guidance < 0:
+    if guidance is not None and guidance < 0:
         raise RowError(f"`{column}` must be >= 0 but is {guidance!r}")
     return guidance
 

@@ -68,9 +68,10 @@ class SweepParameters(BaseModel):
     scheduler: SchedulerName | None = Field(
         None, description="default for rows without a `scheduler` (None: the model's own)"
     )
-    prior_guidance_scale: GuidanceScale = Field(
-        limits.PRIOR_GUIDANCE_SCALE, description="Kandinsky's prior: default guidance"
-    )
+    prior_guidance_scale: GuidanceScale | None = Field(
+        None, description="Kandinsky's prior: default guidance (None: the model card's "
+        f"`prior_guidance_scale`, else diffusers' {limits.PRIOR_GUIDANCE_SCALE:g})",
+    )  # fmt: skip
     prior_num_inference_steps: PriorInferenceSteps = Field(
         limits.PRIOR_NUM_INFERENCE_STEPS, description="Kandinsky's prior: default steps"
     )

@@ -131,8 +131,10 @@ def train_tiny_shapes_k22_task(
     loggers = {stage: logger for stage, (_, logger) in runs.items()}
     checkpoints = os.path.join(work_dir, "k22-checkpoints")
     pipeline = tiny_shapes_k22.train(base_dir, config, checkpoints, loggers, progress)
-    folder = os.path.join(work_dir, "tiny-shapes-k22")
-    pipeline.save_pretrained(folder, safe_serialization=True)
+    folder = tiny_shapes_k22.save(
+        pipeline, os.path.join(work_dir, "tiny-shapes-k22"), "tiny-shapes-k22",
+        "The shapes world as a Kandinsky 2.2 model (`easel bootstrap --model tiny-shapes-k22`).",
+    )  # fmt: skip
     for stage, run_id in run_ids.items():  # each stage's schedule, and the shared sizes
         schedule = asdict(getattr(config, stage.replace("-", "_")))
         _finish(run_id, {**schedule, "images": config.images, "seed": config.seed})
@@ -152,8 +154,11 @@ def train_k22_inpaint_task(
     run_id, logger = _stage_run(parent_run_id, "k22-inpaint-decoder")
     checkpoints = os.path.join(work_dir, "k22-inpaint-checkpoints")
     pipeline = tiny_shapes_k22_inpaint.train(base_dir, config, checkpoints, logger, progress)
-    folder = os.path.join(work_dir, "tiny-shapes-k22-inpaint")
-    pipeline.save_pretrained(folder, safe_serialization=True)
+    folder = tiny_shapes_k22.save(
+        pipeline, os.path.join(work_dir, "tiny-shapes-k22-inpaint"), "tiny-shapes-k22-inpaint",
+        "tiny-shapes-k22 with Kandinsky 2.2's inpainting decoder "
+        "(`easel bootstrap --model tiny-shapes-k22-inpaint`).",
+    )  # fmt: skip
     _finish(run_id, {**asdict(config.schedule), "images": config.images, "seed": config.seed})
     return folder
 

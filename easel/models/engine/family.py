@@ -18,7 +18,8 @@ from PIL import Image
 
 from easel.data.batching import BatchSettings, ImageRequest, ModelFacts
 from easel.data.fusion import FusionConditions
-from easel.data.limits import SCHEDULER_NAMES, SIDE_MULTIPLE
+from easel.data.limits import PRIOR_GUIDANCE_SCALE, SCHEDULER_NAMES, SIDE_MULTIPLE
+from easel.errors import ModelReferenceError
 from easel.models.engine.schedulers import minimum_steps, scheduler_name_from_config
 
 DEFAULT_SIDE = 512  # diffusers' default when a UNet config gives no sample size
@@ -92,8 +93,24 @@ class ModelFamily:
             tasks=self.tasks(read_config(model_path, "unet/config.json")),
             schedulers=self.schedulers, size_multiple=self.size_multiple(model_path),
             has_prior=self.has_prior, strength_tasks=self.strength_tasks,
+            prior_guidance_scale=self.prior_guidance_scale(model_path),
             minimum_steps={name: rule for name, rule in minimum.items() if rule[0] > 1},
         )  # fmt: skip
+
+    def prior_guidance_scale(self, model_path: str) -> float | None:
+        """The prior's guidance for rows that set none: the model card's
+        `prior_guidance_scale`, else diffusers' default; None without a prior."""
+        if not self.has_prior:
+            return None
+        from easel.models.engine.references import card_data
+
+        value = card_data(model_path).get("prior_guidance_scale", PRIOR_GUIDANCE_SCALE)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise ModelReferenceError(
+                f"model card of {model_path!r}: `prior_guidance_scale` must be a number >= 0 "
+                f"but is {value!r}"
+            )
+        return float(value)
 
     def load(self, model_path: str, prior_path: str | None, options: dict):
         """The diffusers pipeline (`options`: `from_pretrained`'s dtype and safetensors)."""

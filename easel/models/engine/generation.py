@@ -109,6 +109,7 @@ def text_to_image(
     settings = BatchSettings(
         task="text2img", scheduler=None, guidance_scale=guidance_scale,
         num_inference_steps=num_inference_steps, width=side, height=side,
+        prior_guidance_scale=loaded.facts.prior_guidance_scale,
     )  # fmt: skip
     negatives = negative_prompts or [None] * len(prompts)
     requests = [

@@ -105,15 +105,23 @@ def _resolved(ref: str, path: str) -> ResolvedModel:
     return ResolvedModel(ref=ref, path=path, digest=digest, prior=prior)
 
 
+def card_data(path: str) -> dict:
+    """The metadata (YAML front matter) of the model card `README.md` in the folder at
+    `path`; empty without one."""
+    card = os.path.join(path, "README.md")
+    if not os.path.isfile(card):
+        return {}
+    from huggingface_hub import ModelCard
+
+    return ModelCard.load(card).data.to_dict()
+
+
 def connected_prior(path: str) -> str | None:
     """The prior a decoder folder names in its model card, as a reference (None for a
     folder that holds everything)."""
-    card = os.path.join(path, "README.md")
-    if prior_class_for(pipeline_class(path)) is None or not os.path.isfile(card):
+    if prior_class_for(pipeline_class(path)) is None:
         return None
-    from huggingface_hub import ModelCard
-
-    value = ModelCard.load(card).data.to_dict().get("prior")
+    value = card_data(path).get("prior")
     value = value[0] if isinstance(value, list) and value else value
     if not isinstance(value, str) or not value:
         return None

@@ -382,6 +382,26 @@ def assemble_pipeline(tokenizer, text_encoder, image_encoder, prior, unet, movq)
     )  # fmt: skip
 
 
+# Without classifier-free guidance the prior's embedding is the right caption's nearest
+# for every seen and held-out prompt measured; diffusers' default, 4, extrapolates it off
+# the decoder's training distribution (the nearest caption right 95% seen, 61% held-out;
+# at 8, 5%): the model card recommends 1 (docs/tiny-shapes.md).
+PRIOR_GUIDANCE_SCALE = 1.0
+
+
+def model_card(name: str, summary: str) -> str:
+    """A model card (README.md) whose metadata recommends the prior's guidance."""
+    return f"---\nprior_guidance_scale: {PRIOR_GUIDANCE_SCALE}\n---\n# {name}\n\n{summary}\n"
+
+
+def save(pipeline, folder: str, name: str, summary: str) -> str:
+    """`pipeline` saved in diffusers' layout (safetensors), with its model card."""
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    with open(os.path.join(folder, "README.md"), "w") as f:
+        f.write(model_card(name, summary))
+    return folder
+
+
 # -- the whole recipe -------------------------------------------------------------------------
 
 
