@@ -28,7 +28,7 @@ LR_SCHEDULERS = (
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")
 
 
-def _words(prompt: str) -> list[str]:
+def words(prompt: str) -> list[str]:
     return re.findall(r"[\w<>\-]+", prompt.lower())
 
 
@@ -52,6 +52,11 @@ class DreamBoothConfig(BaseModel):
     instance_prompt: str = Field(  # after class_prompt and identifier: its check reads them
         description="the subject's prompt with the identifier: 'a photo of sks dog'"
     )
+    instance_captions: bool = Field(
+        True, description="read an instance image's prompt from NAME.txt beside it when there "
+        "is one (it must contain the identifier; name what is not the subject, e.g. 'a sks dog "
+        "on a beach'); images without one use `instance_prompt`",
+    )  # fmt: skip
     prior_preservation: bool = Field(
         True, description="also train on class images, so the class keeps its own look"
     )
@@ -79,11 +84,18 @@ class DreamBoothConfig(BaseModel):
         "full", description="full: train the UNet's weights; lora: low-rank adapters only"
     )
     lora_rank: int = Field(4, ge=1, description="rank of the LoRA adapters (method lora)")
-    train_text_encoder: bool = Field(False, description="train the text encoder too")
+    train_text_encoder: bool | Literal["identifier"] = Field(
+        False, description="train the text encoder too; identifier: only the identifier's "
+        "token embeddings (textual inversion's update; every other word keeps its meaning)",
+    )  # fmt: skip
     resolution: Side = Field(512, description="training image side in pixels (resize + crop)")
     batch_size: int = Field(1, ge=1, description="instance images per step (as many class)")
     gradient_accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
     learning_rate: float = Field(5e-6, gt=0, description="AdamW's learning rate")
+    text_encoder_learning_rate: float | None = Field(
+        None, gt=0, description="the text encoder's learning rate when it trains (a tenth of "
+        "the UNet's keeps its other words' meaning); unset: `learning_rate`",
+    )  # fmt: skip
     lr_scheduler: Literal[LR_SCHEDULERS] = Field(
         "constant", description="learning-rate schedule (diffusers' get_scheduler names)"
     )
@@ -145,11 +157,20 @@ class DreamBoothConfig(BaseModel):
             return values
         instance, class_prompt = values.get("instance_prompt"), values.get("class_prompt")
         if isinstance(instance, str) and isinstance(class_prompt, str):
-            class_words = set(_words(class_prompt))
-            derived = next((w for w in _words(instance) if w not in class_words), None)
+            class_words = set(words(class_prompt))
+            derived = next((w for w in words(instance) if w not in class_words), None)
             if derived is not None:
                 return {**values, "identifier": derived}
         return values
+
+    @model_validator(mode="after")
+    def _identifier_embeddings_with_full(self):
+        if self.train_text_encoder == "identifier" and self.method == "lora":
+            raise ValueError(
+                "`train_text_encoder` 'identifier' needs `method` full (the token embeddings "
+                "are trained as they are, not through adapters) but `method` is 'lora'"
+            )
+        return self
 
     @field_validator("instance_prompt", "class_prompt")
     @classmethod
@@ -170,7 +191,7 @@ class DreamBoothConfig(BaseModel):
     def _identifier_in_instance_prompt(cls, value: str, info: ValidationInfo) -> str:
         if "class_prompt" not in info.data:  # class_prompt itself is invalid; reported there
             return value
-        instance_words, class_words = _words(value), set(_words(info.data["class_prompt"]))
+        instance_words, class_words = words(value), set(words(info.data["class_prompt"]))
         identifier = info.data.get("identifier")
         if identifier is not None and identifier.lower() not in instance_words:
             raise ValueError(f"must contain the identifier {identifier!r} as a word")

@@ -41,14 +41,26 @@ def lora_config(rank: int, targets: list[str]):
     return LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets)
 
 
+def train_token_embeddings(text_encoder, token_ids: list[int]) -> None:
+    """Make the rows `token_ids` of the text encoder's token embeddings trainable and no
+    other (textual inversion's update: the gradient of every other row is zeroed)."""
+    weight = text_encoder.get_input_embeddings().weight  # (vocab, D)
+    mask = torch.zeros(weight.shape[0], 1)
+    mask[token_ids] = 1.0
+    weight.requires_grad_(True)
+    weight.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype))
+
+
 class DreamBoothModule(pl.LightningModule):
     def __init__(
         self,
         model_dir: str,
         method: str = "full",
         lora_rank: int = 4,
-        train_text_encoder: bool = False,
+        train_text_encoder: bool | str = False,  # or "identifier": its token embeddings only
+        identifier: str | None = None,
         learning_rate: float = 5e-6,
+        text_encoder_learning_rate: float | None = None,
         lr_scheduler: str = "constant",
         lr_warmup_steps: int = 0,
         max_steps: int = 400,
@@ -80,7 +92,11 @@ class DreamBoothModule(pl.LightningModule):
             self.unet.requires_grad_(False)
             self.unet.add_adapter(lora_config(lora_rank, LORA_UNET_TARGETS))
             self.strict_loading = False  # checkpoints hold only the adapter weights
-        if train_text_encoder:
+        if train_text_encoder == "identifier":
+            self.text_encoder = text_encoder.train()
+            text_encoder.requires_grad_(False)
+            train_token_embeddings(text_encoder, self.identifier_token_ids(identifier))
+        elif train_text_encoder:
             self.text_encoder = text_encoder.train()
             if method == "lora":
                 from peft import (
@@ -103,6 +119,11 @@ class DreamBoothModule(pl.LightningModule):
         self._frozen = _FrozenEncoders(
             vae=vae, text_encoder=None if train_text_encoder else text_encoder
         )
+
+    def identifier_token_ids(self, identifier: str | None) -> list[int]:
+        """The tokens of `identifier` as a word of a prompt ("sks": `s`, `k`, `s</w>`)."""
+        assert identifier, "training the identifier's embeddings needs the identifier"
+        return self.tokenizer(identifier, add_special_tokens=False).input_ids
 
     # ---- encoders, called once by the DataModule ---------------------------------------
     @property
@@ -220,14 +241,30 @@ class DreamBoothModule(pl.LightningModule):
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val)
 
+    def _parameter_groups(self) -> list[dict]:
+        """One group; or the UNet's and the text encoder's, when that has its own learning
+        rate or trains only the identifier's embeddings (no weight decay there: it would
+        shrink the rows left untrained)."""
+        hp = self.hparams
+        if hp.train_text_encoder != "identifier" and not (
+            hp.train_text_encoder and hp.text_encoder_learning_rate
+        ):  # one group: what checkpoints made before the text encoder's own rate hold
+            return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        trainable = lambda network: [p for p in network.parameters() if p.requires_grad]
+        text = {"params": trainable(self.text_encoder),
+                "lr": hp.text_encoder_learning_rate or hp.learning_rate}  # fmt: skip
+        if hp.train_text_encoder == "identifier":
+            text["weight_decay"] = 0.0
+        return [{"params": trainable(self.unet)}, text]
+
     def configure_optimizers(self):
         from diffusers.optimization import get_scheduler
 
-        parameters = [p for p in self.parameters() if p.requires_grad]
+        groups = self._parameter_groups()
         # The fused kernel: one launch for all parameters instead of a dozen per group
         # (SD1.5 full fine-tuning on an H100: 11.7 ms a step against 29.7 ms).
-        fused = all(p.device.type in FUSED_ADAMW_DEVICES for p in parameters)
-        optimizer = torch.optim.AdamW(parameters, lr=self.hparams.learning_rate, fused=fused)
+        fused = all(p.device.type in FUSED_ADAMW_DEVICES for g in groups for p in g["params"])
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.learning_rate, fused=fused)
         schedule = get_scheduler(
             self.hparams.lr_scheduler,
             optimizer,

@@ -18,7 +18,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from easel.data import storage
-from easel.data.dreambooth import DreamBoothDataModule
+from easel.data.dreambooth import DreamBoothDataModule, read_captions
 from easel.models.checkpoint_io import AtomicCheckpointIO
 from easel.models.dreambooth.config import DreamBoothConfig
 from easel.models.dreambooth.module import MAX_GRAD_NORM, DreamBoothModule
@@ -134,7 +134,9 @@ def build_module(config: DreamBoothConfig, model_dir: str) -> DreamBoothModule:
         method=config.method,
         lora_rank=config.lora_rank,
         train_text_encoder=config.train_text_encoder,
+        identifier=config.identifier,
         learning_rate=config.learning_rate,
+        text_encoder_learning_rate=config.text_encoder_learning_rate,
         lr_scheduler=config.lr_scheduler,
         lr_warmup_steps=config.lr_warmup_steps,
         max_steps=config.max_steps,
@@ -149,9 +151,12 @@ def build_module(config: DreamBoothConfig, model_dir: str) -> DreamBoothModule:
 def build_datamodule(
     config: DreamBoothConfig, instance_images: list[str], class_images: list[str] | None
 ) -> DreamBoothDataModule:
+    prompts = [config.instance_prompt]
+    if config.instance_captions:
+        prompts = read_captions(instance_images, config.instance_prompt)
     return DreamBoothDataModule(
         instance_images,
-        config.instance_prompt,
+        prompts,
         resolution=config.resolution,
         batch_size=config.batch_size,
         max_steps=config.max_steps,
