@@ -287,3 +287,22 @@ def test_micro_batches_carry_each_instance_image_s_own_conditioning():
     batch = MicroBatches(instance, None, batch_size=3, num_train_timesteps=10, seed=0,
                          start=0, stop=1).batch(0)  # fmt: skip
     assert torch.equal(batch["latents"][:, 0, 0, 0], batch["condition"][:, 0, 0])
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_differential_output_preservation_targets_the_base_model(tmp_path, workspace, method):
+    from easel.models.dreambooth.training import build_module
+
+    settings = {"method": method, "prior_preservation_method": "differential_output"}
+    config = DreamBoothConfig.model_validate(tiny_config(workspace, str(tmp_path), **settings))
+    module = build_module(config, config.model)
+    unet = module.unet.config
+    noisy = torch.randn(2, unet.in_channels, unet.sample_size, unet.sample_size)
+    condition = module.encode_prompts(["a photo of shape"], "cpu").expand(2, -1, -1)
+    timesteps = torch.tensor([10, 500])
+    # on the base weights (LoRA: adapters that start at zero) the prior loss is exactly zero
+    assert module._differential_output_loss(noisy, timesteps, condition).item() == 0.0
+    final = _train(workspace, str(tmp_path / "out"), max_steps=2, **settings)
+    state = torch.load(final, weights_only=True)["state_dict"]
+    assert state and all(torch.isfinite(v).all() for v in state.values())
+    assert not any("base_unet" in k for k in state)  # the frozen base is not checkpointed

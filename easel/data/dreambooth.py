@@ -14,7 +14,7 @@ results (latents per image, one conditioning tensor per prompt).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytorch_lightning as pl
@@ -140,15 +140,19 @@ class LatentCache:
 
     latents: torch.Tensor  # (N, C, h, w)
     condition: torch.Tensor  # (1 or N, L, D) embeddings, or (1 or N, L) ids (text encoder trains)
+    # differential output preservation: the prompts without the identifier, encoded alike
+    class_condition: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.latents.shape[0]
 
-    def conditions(self, indices: list[int]) -> torch.Tensor:
-        """The conditioning of the images at `indices`, (len(indices), L[, D])."""
-        if self.condition.shape[0] == 1:
-            return self.condition.expand(len(indices), *self.condition.shape[1:])
-        return self.condition[indices]
+    def conditions(self, indices: list[int], condition: torch.Tensor | None = None) -> torch.Tensor:
+        """The conditioning (default: `condition`) of the images at `indices`,
+        (len(indices), L[, D])."""
+        condition = self.condition if condition is None else condition
+        if condition.shape[0] == 1:
+            return condition.expand(len(indices), *condition.shape[1:])
+        return condition[indices]
 
 
 class MicroBatches(IterableDataset):
@@ -182,7 +186,12 @@ class MicroBatches(IterableDataset):
         latents = torch.cat([cache.latents[idx] for cache, idx in parts])
         condition = torch.cat([cache.conditions(idx) for cache, idx in parts])
         shape = latents.shape
-        return {
+        extra = {}
+        if self.instance.class_condition is not None:  # for the instance examples only
+            extra["class_condition"] = self.instance.conditions(
+                parts[0][1], self.instance.class_condition
+            )
+        return extra | {
             "latents": latents,
             "noise": torch.randn(shape, generator=derived_generator(self.seed, "noise", index)),
             "offset": torch.randn(
@@ -217,11 +226,13 @@ class DreamBoothDataModule(pl.LightningDataModule):
         seed: int,
         class_images: list[str] | None = None,
         class_prompt: str | None = None,
+        class_prompts: list[str] | None = None,
     ):
         super().__init__()
         assert len(instance_prompts) in (1, len(instance_images)), "one prompt, or one per image"
         self.instance_images, self.instance_prompts = instance_images, instance_prompts
         self.class_images, self.class_prompt = class_images, class_prompt
+        self.class_prompts = class_prompts  # per instance image: differential output
         self.resolution, self.batch_size, self.seed = resolution, batch_size, seed
         self.max_steps, self.gradient_accumulation = max_steps, gradient_accumulation
         self.instance_cache: LatentCache | None = None
@@ -236,6 +247,11 @@ class DreamBoothDataModule(pl.LightningDataModule):
             module, self.instance_images, self.instance_prompts, self.resolution, device,
             "instance_data",
         )  # fmt: skip
+        if self.class_prompts:
+            self.instance_cache = replace(
+                self.instance_cache,
+                class_condition=_conditioning(module, self.class_prompts, device),
+            )
         if self.class_images:
             self.prior_cache = _encode(
                 module, self.class_images, [self.class_prompt], self.resolution, device,
@@ -267,6 +283,11 @@ def _encode(
         module.encode_images(load_pixels(uris[i : i + chunk], resolution, column), device)
         for i in range(0, len(uris), chunk)
     ]
+    return LatentCache(latents=torch.cat(latents), condition=_conditioning(module, prompts, device))
+
+
+def _conditioning(module, prompts: list[str], device) -> torch.Tensor:
+    """(1 or N, ...): one conditioning when all `prompts` are the same, else one each."""
     if len(set(prompts)) == 1:
-        prompts = prompts[:1]  # one conditioning, shared
-    return LatentCache(latents=torch.cat(latents), condition=module.encode_prompts(prompts, device))
+        prompts = prompts[:1]
+    return module.encode_prompts(prompts, device)

@@ -56,9 +56,9 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
     with holding_output(config.output), \
          tracking.start_run(EXPERIMENT, run_name(config), config.model_dump(), tags) as run_id:
         class_images: list[str] = []
-        if config.prior_preservation and config.class_data:
+        if config.class_images_used and config.class_data:
             class_images = class_images_task(config)
-        elif config.prior_preservation:
+        elif config.class_images_used:
             priors = class_priors_flow(
                 PriorsParameters(
                     class_prompt=config.class_prompt,

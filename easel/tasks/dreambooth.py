@@ -65,7 +65,7 @@ def check_inputs(config: DreamBoothConfig, model_digest: str) -> TrainingInputs:
     """Everything about the config that needs I/O, before any work: the output folder, the
     instance and class images, and what a resume from the last checkpoint may honour."""
     images = check_instance_data(config.instance_data)
-    if config.class_data is not None and config.prior_preservation:
+    if config.class_data is not None and config.class_images_used:
         if not storage.exists(config.class_data) or not list_images(config.class_data):
             raise InvalidInput(
                 f"config field `class_data` must be a folder of images but "

@@ -32,6 +32,13 @@ def words(prompt: str) -> list[str]:
     return re.findall(r"[\w<>\-]+", prompt.lower())
 
 
+def without_word(prompt: str, word: str) -> str:
+    """`prompt` with every occurrence of `word` (as a word, any case) taken out: an instance
+    prompt or caption as its class prompt ("a sks dog on a beach" -> "a dog on a beach")."""
+    kept = re.sub(rf"(?<![\w<>\-]){re.escape(word)}(?![\w<>\-])", "", prompt, flags=re.I)
+    return " ".join(kept.split())
+
+
 class DreamBoothConfig(BaseModel):
     """Everything one DreamBooth run needs; unknown keys are an error."""
 
@@ -60,7 +67,14 @@ class DreamBoothConfig(BaseModel):
     prior_preservation: bool = Field(
         True, description="also train on class images, so the class keeps its own look"
     )
-    prior_loss_weight: float = Field(1.0, ge=0, description="weight of the class images' loss")
+    prior_preservation_method: Literal["class_images", "differential_output"] = Field(
+        "class_images", description="with `prior_preservation`, what keeps the class: "
+        "class_images (the paper's: generated class images and `class_prompt`) or "
+        "differential_output (ai-toolkit's: no class images; on each instance example's noisy "
+        "latent, the prediction for its prompt without the identifier is pulled to the base "
+        "model's own; needs a frozen or identifier-only text encoder)",
+    )  # fmt: skip
+    prior_loss_weight: float = Field(1.0, ge=0, description="weight of the prior loss")
     num_class_images: int = Field(
         100, ge=1, le=10_000, description="class images generated (about batch_size x "
         "max_steps / 2 works well)",
@@ -171,6 +185,24 @@ class DreamBoothConfig(BaseModel):
                 "are trained as they are, not through adapters) but `method` is 'lora'"
             )
         return self
+
+    @model_validator(mode="after")
+    def _differential_output_with_the_base_text(self):
+        if self.differential_output and self.train_text_encoder is True:
+            raise ValueError(
+                "`prior_preservation_method` 'differential_output' needs the text encoder "
+                "frozen or `train_text_encoder` 'identifier' (its target is the base model's "
+                "prediction for the same text) but `train_text_encoder` is true"
+            )
+        return self
+
+    @property
+    def class_images_used(self) -> bool:
+        return self.prior_preservation and self.prior_preservation_method == "class_images"
+
+    @property
+    def differential_output(self) -> bool:
+        return self.prior_preservation and self.prior_preservation_method == "differential_output"
 
     @field_validator("instance_prompt", "class_prompt")
     @classmethod

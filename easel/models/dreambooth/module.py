@@ -3,7 +3,10 @@
 Loss per example is the MSE between the UNet's prediction and its target (the noise for
 `epsilon` schedulers, the velocity for `v_prediction`), optionally min-SNR weighted. The
 batch holds instance examples then class examples; the loss is
-`instance_loss + prior_loss_weight * prior_loss`.
+`instance_loss + prior_loss_weight * prior_loss`. With differential output preservation
+there are no class examples: the prior loss is the MSE, on the instance examples' noisy
+latents, between the prediction for their prompt without the identifier and the base
+model's prediction for the same (the frozen base UNet; with LoRA, the adapters off).
 
 The VAE is always frozen and is used once, by the DataModule, to cache latents; so is the
 text encoder unless `train_text_encoder`. Frozen networks are kept outside the module's
@@ -33,6 +36,7 @@ class _FrozenEncoders:
 
     vae: Any
     text_encoder: Any
+    base_unet: Any = None  # differential output preservation, full fine-tuning: the base UNet
 
 
 def lora_config(rank: int, targets: list[str]):
@@ -65,6 +69,7 @@ class DreamBoothModule(pl.LightningModule):
         lr_warmup_steps: int = 0,
         max_steps: int = 400,
         prior_loss_weight: float = 1.0,
+        differential_output: bool = False,
         snr_gamma: float | None = None,
         offset_noise: float = 0.0,
         compile_unet: bool = False,
@@ -116,8 +121,12 @@ class DreamBoothModule(pl.LightningModule):
         if compile_unet:  # in place: parameter names, so checkpoints and export, unchanged
             self.unet.compile()
         self.step_metrics: dict = {}  # name -> (sum, count) over this step's micro-batches
+        base_unet = None
+        if differential_output and method == "full":  # LoRA: the UNet with adapters off
+            base_unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", **load)
+            base_unet.requires_grad_(False).eval()
         self._frozen = _FrozenEncoders(
-            vae=vae, text_encoder=None if train_text_encoder else text_encoder
+            vae=vae, text_encoder=None if train_text_encoder else text_encoder, base_unet=base_unet
         )
 
     def identifier_token_ids(self, identifier: str | None) -> list[int]:
@@ -164,7 +173,20 @@ class DreamBoothModule(pl.LightningModule):
 
     def release_frozen_encoders(self) -> None:
         """Drop the VAE (and frozen text encoder) once the caches exist: less memory."""
-        self._frozen = _FrozenEncoders(vae=None, text_encoder=None)
+        self._frozen = _FrozenEncoders(None, None, self._frozen.base_unet)
+
+    @torch.no_grad()
+    def base_prediction(self, noisy, timesteps, condition) -> torch.Tensor:
+        """The base model's prediction: the frozen base UNet, or this one with its LoRA
+        adapters switched off."""
+        if self._frozen.base_unet is None:
+            self.unet.disable_adapters()
+            try:
+                return self.unet(noisy, timesteps, encoder_hidden_states=condition).sample
+            finally:
+                self.unet.enable_adapters()
+        base = self._frozen.base_unet.to(noisy.device)
+        return base(noisy, timesteps, encoder_hidden_states=condition).sample
 
     # ---- training -----------------------------------------------------------------------
     def _min_snr_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
@@ -187,11 +209,7 @@ class DreamBoothModule(pl.LightningModule):
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(
-            dim=(1, 2, 3)
-        )
-        if self.hparams.snr_gamma is not None:
-            per_example = per_example * self._min_snr_weights(timesteps)
+        per_example = self._per_example_loss(prediction, target, timesteps)
 
         n = batch["num_instance"]  # a Python int: slicing, unlike a mask, needs no device sync
         instance_loss = per_example[:n].mean()
@@ -199,11 +217,34 @@ class DreamBoothModule(pl.LightningModule):
         self._record("train/instance_loss", instance_loss)
         if n < per_example.shape[0]:
             prior_loss = per_example[n:].mean()
+        elif "class_condition" in batch:  # differential output preservation
+            prior_loss = self._differential_output_loss(noisy, timesteps, batch["class_condition"])
+        else:
+            prior_loss = None
+        if prior_loss is not None:
             loss = loss + self.hparams.prior_loss_weight * prior_loss
             self._record("train/prior_loss", prior_loss)
         self._record("train/loss", loss)
         self.log("train/loss", loss, prog_bar=True, logger=False)  # the bar; loggers: below
         return loss
+
+    def _per_example_loss(self, prediction, target, timesteps) -> torch.Tensor:
+        """(B,) MSE per example, min-SNR weighted when `snr_gamma` is set."""
+        per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(
+            dim=(1, 2, 3)
+        )
+        if self.hparams.snr_gamma is not None:
+            per_example = per_example * self._min_snr_weights(timesteps)
+        return per_example
+
+    def _differential_output_loss(self, noisy, timesteps, class_condition) -> torch.Tensor:
+        """The prediction for the class prompt (the prompt without the identifier) on the
+        instance examples' noisy latents, against the base model's own for the same input."""
+        if self.hparams.train_text_encoder:  # "identifier": the class prompt's words are
+            class_condition = self.text_encoder(class_condition)[0]  # the base's
+        target = self.base_prediction(noisy, timesteps, class_condition)
+        prediction = self.unet(noisy, timesteps, encoder_hidden_states=class_condition).sample
+        return self._per_example_loss(prediction, target, timesteps).mean()
 
     def _record(self, name: str, value: torch.Tensor) -> None:
         """Sum a metric over the micro-batches of this optimizer step (on the device)."""

@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 from easel.data import storage
 from easel.data.dreambooth import DreamBoothDataModule, read_captions
 from easel.models.checkpoint_io import AtomicCheckpointIO
-from easel.models.dreambooth.config import DreamBoothConfig
+from easel.models.dreambooth.config import DreamBoothConfig, without_word
 from easel.models.dreambooth.module import MAX_GRAD_NORM, DreamBoothModule
 from easel.models.dreambooth.resume import SNAPSHOT_KEY
 from easel.progress import ProgressLine
@@ -141,6 +141,7 @@ def build_module(config: DreamBoothConfig, model_dir: str) -> DreamBoothModule:
         lr_warmup_steps=config.lr_warmup_steps,
         max_steps=config.max_steps,
         prior_loss_weight=config.prior_loss_weight,
+        differential_output=config.differential_output,
         snr_gamma=config.snr_gamma,
         offset_noise=config.offset_noise,
         compile_unet=config.compile_unet,
@@ -154,15 +155,19 @@ def build_datamodule(
     prompts = [config.instance_prompt]
     if config.instance_captions:
         prompts = read_captions(instance_images, config.instance_prompt)
+    class_prompts = None  # differential output preservation: the prompts without identifier
+    if config.differential_output:
+        class_prompts = [without_word(p, config.identifier) for p in prompts]
     return DreamBoothDataModule(
         instance_images,
         prompts,
+        class_prompts=class_prompts,
         resolution=config.resolution,
         batch_size=config.batch_size,
         max_steps=config.max_steps,
         gradient_accumulation=config.gradient_accumulation,
         seed=config.seed,
-        class_images=class_images if config.prior_preservation else None,
+        class_images=class_images if config.class_images_used else None,
         class_prompt=config.class_prompt,
     )
 
