@@ -18,7 +18,7 @@ import time
 import yaml
 
 SUBJECT = ("star", "blue")
-BACKGROUNDS = ("white", "orange", "red", "green")  # green is an instance background
+BACKGROUNDS = ("white", "orange", "red", "green")  # green: a quickstart instance's
 
 
 def main() -> None:
@@ -26,8 +26,15 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--images", type=int, default=16, help="generations per prompt")
+    parser.add_argument(
+        "--background",
+        help="all instance images on this background "
+        "(a user's photos of one place); default: the quickstart's, varied",
+    )
+    parser.add_argument("--count", type=int, default=4, help="instance images, --background")
     args = parser.parse_args()
 
+    from easel.data.shapes import write_shape_subject
     from easel.flows.dreambooth import dreambooth_flow, tiny_shapes_config
     from easel.flows.quickstart import QUICK_DREAMBOOTH
     from easel.models.engine.generation import text_to_image
@@ -37,6 +44,11 @@ def main() -> None:
     overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}
     start = time.monotonic()
     config = tiny_shapes_config(args.out, **{**QUICK_DREAMBOOTH, **overrides})
+    if args.background:
+        caption = config.instance_prompt + " on a {background} background"
+        instance = write_shape_subject(f"{args.out}/one-background", args.count,
+                                       caption=caption, background=args.background)  # fmt: skip
+        config = config.model_copy(update={"instance_data": instance})
     result = dreambooth_flow(config)
     report = {"overrides": overrides, "train_s": round(time.monotonic() - start)}
     model, judge = load_model(result.pipeline, device="cpu"), Judge.load()

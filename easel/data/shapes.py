@@ -194,14 +194,14 @@ def label_array(specs: list[ShapeSpec]) -> np.ndarray:
 
 def write_shape_subject(
     folder: str, count: int = 5, shape: str = "star", color: str = "blue", seed: int = 0,
-    caption: str | None = None,
+    caption: str | None = None, background: str | None = None,
 ) -> str:  # fmt: skip
     """`count` images of one subject from the shapes world (a `color` `shape` on varied
-    backgrounds, the same jittered colour each time), as instance data; returns `folder`.
-    With `caption` (a template such as "a sks star on a {background} background"), each
-    image gets its caption file (`NN.txt`) naming its background."""
+    backgrounds, or all on `background`; the same jittered colour each time), as instance
+    data; returns `folder`. With `caption` (a template such as "a sks star on a {background}
+    background"), each image gets its caption file (`NN.txt`) naming its background."""
     rng = np.random.default_rng(seed)
-    backgrounds = [c for c in COLOR_NAMES if c != color]
+    backgrounds = [c for c in COLOR_NAMES if c != color] if background is None else [background]
     subject = spec_for(shape, color, backgrounds[0], rng)
     for i in range(count):
         background = backgrounds[int(rng.integers(len(backgrounds)))]
