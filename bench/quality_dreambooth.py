@@ -38,6 +38,7 @@ VARIANTS = {
     "prior": [],
     "prior_guided_classes": ["class_guidance_scale=7.5"],
     "prior_classes_guidance_3": ["class_guidance_scale=3"],
+    "differential_output": ["prior_preservation_method=differential_output"],
 }
 COLUMNS = {  # table column -> metric under the report's metrics, {case} filled per row
     "subject feature sim": "subject_fidelity/{case}/feature_similarity",

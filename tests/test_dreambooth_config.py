@@ -64,6 +64,17 @@ def _too_few(tmp_path, valid):
         (lambda tmp, v: {"resolution": 65}, ["resolution", "multiple of 8", "65"]),
         (lambda tmp, v: {"method": "dora"}, ["method", "dora"]),
         (_kandinsky, ["`model`", "Kandinsky 2.2", "Stable Diffusion"]),
+        (
+            lambda tmp, v: {"train_text_encoder": "identifier", "method": "lora"},
+            ["train_text_encoder", "identifier", "method", "lora"],
+        ),
+        (
+            lambda tmp, v: {
+                "prior_preservation_method": "differential_output",
+                "train_text_encoder": True,
+            },  # fmt: skip
+            ["differential_output", "train_text_encoder", "true"],
+        ),
     ],
     ids=[
         "unknown-key",
@@ -75,6 +86,8 @@ def _too_few(tmp_path, valid):
         "resolution",
         "method",
         "kandinsky-model",
+        "identifier-embeddings-with-lora",
+        "differential-output-with-text-encoder",
     ],
 )
 def test_bad_config_is_one_clear_error_before_any_work(tmp_path, valid, capsys, change, expected):

@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from dreambooth_fixtures import make_workspace, tiny_config
+from dreambooth_fixtures import make_workspace, tiny_config, write_images
 
 from easel.data.dreambooth import LatentCache, MicroBatches, list_images
 from easel.models.dreambooth.config import DreamBoothConfig
@@ -243,3 +243,71 @@ def test_a_step_s_losses_reach_the_loggers_before_its_checkpoint_is_written(work
     assert logger.steps == [0, 1, 2, 3]  # one point per optimizer step, not per micro-batch
     for step, logged in at_save:
         assert logged == list(range(step)), (step, logged)
+
+
+def test_identifier_mode_trains_only_the_identifier_s_embeddings(tmp_path, workspace):
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    base = CLIPTextModel.from_pretrained(workspace["model"], subfolder="text_encoder")
+    tokenizer = CLIPTokenizer.from_pretrained(workspace["model"], subfolder="tokenizer")
+    final = _train(workspace, str(tmp_path / "out"), train_text_encoder="identifier",
+                   text_encoder_learning_rate=1e-1, max_steps=2)  # fmt: skip
+    state = torch.load(final, weights_only=True)["state_dict"]
+    prefix = "text_encoder."
+    trained = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    changed = {k for k, v in base.state_dict().items() if not torch.equal(v, trained[k])}
+    assert len(changed) == 1 and next(iter(changed)).endswith("token_embedding.weight")
+    name = next(iter(changed))
+    rows = (trained[name] != base.state_dict()[name]).any(dim=1).nonzero().flatten().tolist()
+    assert rows == sorted(set(tokenizer("sks", add_special_tokens=False).input_ids))
+
+
+def test_caption_files_give_each_instance_image_its_prompt(tmp_path):
+    from easel.data.dreambooth import read_captions
+
+    folder = tmp_path / "instance"
+    write_images(str(folder), 3, seed=0)
+    (folder / "01.txt").write_text("a sks shape\n on a red background ")
+    uris = list_images(str(folder))
+    assert read_captions(uris, "a sks shape") == [
+        "a sks shape", "a sks shape on a red background", "a sks shape"
+    ]  # fmt: skip
+
+
+def test_a_caption_without_the_identifier_is_refused_before_any_work(tmp_path, workspace):
+    from easel.errors import InvalidInput
+    from easel.tasks.dreambooth import check_inputs
+
+    folder = tmp_path / "instance"
+    write_images(str(folder), 3, seed=0)
+    (folder / "02.txt").write_text("a shape on a red background")
+    values = tiny_config({**workspace, "instance_data": str(folder)}, str(tmp_path / "out"))
+    with pytest.raises(InvalidInput, match=r"02.txt.*identifier 'sks'"):
+        check_inputs(DreamBoothConfig.model_validate(values), model_digest="d")
+
+
+def test_micro_batches_carry_each_instance_image_s_own_conditioning():
+    conditions = torch.arange(3.0).view(3, 1, 1).expand(3, 2, 2)  # image i: all i
+    instance = LatentCache(torch.arange(3.0).view(3, 1, 1, 1).expand(3, 4, 2, 2), conditions)
+    batch = MicroBatches(instance, None, batch_size=3, num_train_timesteps=10, seed=0,
+                         start=0, stop=1).batch(0)  # fmt: skip
+    assert torch.equal(batch["latents"][:, 0, 0, 0], batch["condition"][:, 0, 0])
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_differential_output_preservation_targets_the_base_model(tmp_path, workspace, method):
+    from easel.models.dreambooth.training import build_module
+
+    settings = {"method": method, "prior_preservation_method": "differential_output"}
+    config = DreamBoothConfig.model_validate(tiny_config(workspace, str(tmp_path), **settings))
+    module = build_module(config, config.model)
+    unet = module.unet.config
+    noisy = torch.randn(2, unet.in_channels, unet.sample_size, unet.sample_size)
+    condition = module.encode_prompts(["a photo of shape"], "cpu").expand(2, -1, -1)
+    timesteps = torch.tensor([10, 500])
+    # on the base weights (LoRA: adapters that start at zero) the prior loss is exactly zero
+    assert module._differential_output_loss(noisy, timesteps, condition).item() == 0.0
+    final = _train(workspace, str(tmp_path / "out"), max_steps=2, **settings)
+    state = torch.load(final, weights_only=True)["state_dict"]
+    assert state and all(torch.isfinite(v).all() for v in state.values())
+    assert not any("base_unet" in k for k in state)  # the frozen base is not checkpointed

@@ -14,7 +14,7 @@ results (latents per image, one conditioning tensor per prompt).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytorch_lightning as pl
@@ -22,11 +22,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
+from easel.data import storage
 from easel.data.images import ImageInputError, open_image, read_rgb
 from easel.data.storage import filesystem, read_bytes
 from easel.errors import InvalidInput
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CAPTION_SUFFIX = ".txt"  # `NAME.txt` beside `NAME.png`: that image's prompt (kohya, ai-toolkit)
 MIN_INSTANCE_IMAGES, MAX_INSTANCE_IMAGES = 3, 20
 
 
@@ -63,12 +65,31 @@ def check_instance_data(folder: str) -> list[str]:
     return images
 
 
-def images_digest(uris: list[str]) -> str:
-    """sha256 over the images' file names and bytes, in order: what a training used."""
+def caption_uri(image_uri: str) -> str:
+    """Where the caption of an instance image lives: its name with `.txt` for the suffix."""
+    return image_uri.rsplit(".", 1)[0] + CAPTION_SUFFIX
+
+
+def read_captions(uris: list[str], default: str) -> list[str]:
+    """Each image's prompt: its caption file's text (whitespace collapsed) where it has one,
+    else `default`."""
+    captions = []
+    for uri in uris:
+        path = caption_uri(uri)
+        text = " ".join(read_bytes(path).decode().split()) if storage.exists(path) else ""
+        captions.append(text or default)
+    return captions
+
+
+def images_digest(uris: list[str], captions: dict[str, str] | None = None) -> str:
+    """sha256 over the images' file names and bytes, in order, and the captions that differ
+    from the instance prompt (`{image uri: caption}`): what a training used."""
     digest = hashlib.sha256()
     for uri in uris:
         digest.update(uri.rstrip("/").rsplit("/", 1)[-1].encode() + b"\0")
         digest.update(read_bytes(uri))
+        if captions and uri in captions:
+            digest.update(b"caption\0" + captions[uri].encode() + b"\0")
     return digest.hexdigest()
 
 
@@ -115,13 +136,23 @@ def _epoch_order(seed: int, stream: str, count: int, positions: range) -> list[i
 @dataclass(frozen=True)
 class LatentCache:
     """Per-image latents (posterior means, in the UNet's latent scale) and the conditioning
-    for the prompt that goes with these images."""
+    of their prompt: one for all images, or one per image (captions)."""
 
     latents: torch.Tensor  # (N, C, h, w)
-    condition: torch.Tensor  # (1, L, D) embeddings, or (1, L) ids when the text encoder trains
+    condition: torch.Tensor  # (1 or N, L, D) embeddings, or (1 or N, L) ids (text encoder trains)
+    # differential output preservation: the prompts without the identifier, encoded alike
+    class_condition: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.latents.shape[0]
+
+    def conditions(self, indices: list[int], condition: torch.Tensor | None = None) -> torch.Tensor:
+        """The conditioning (default: `condition`) of the images at `indices`,
+        (len(indices), L[, D])."""
+        condition = self.condition if condition is None else condition
+        if condition.shape[0] == 1:
+            return condition.expand(len(indices), *condition.shape[1:])
+        return condition[indices]
 
 
 class MicroBatches(IterableDataset):
@@ -153,11 +184,14 @@ class MicroBatches(IterableDataset):
         if self.prior is not None:
             parts.append((self.prior, _epoch_order(self.seed, "class", len(self.prior), positions)))
         latents = torch.cat([cache.latents[idx] for cache, idx in parts])
-        condition = torch.cat(
-            [cache.condition.expand(len(idx), *cache.condition.shape[1:]) for cache, idx in parts]
-        )
+        condition = torch.cat([cache.conditions(idx) for cache, idx in parts])
         shape = latents.shape
-        return {
+        extra = {}
+        if self.instance.class_condition is not None:  # for the instance examples only
+            extra["class_condition"] = self.instance.conditions(
+                parts[0][1], self.instance.class_condition
+            )
+        return extra | {
             "latents": latents,
             "noise": torch.randn(shape, generator=derived_generator(self.seed, "noise", index)),
             "offset": torch.randn(
@@ -184,7 +218,7 @@ class DreamBoothDataModule(pl.LightningDataModule):
     def __init__(
         self,
         instance_images: list[str],
-        instance_prompt: str,
+        instance_prompts: list[str],
         resolution: int,
         batch_size: int,
         max_steps: int,
@@ -192,10 +226,13 @@ class DreamBoothDataModule(pl.LightningDataModule):
         seed: int,
         class_images: list[str] | None = None,
         class_prompt: str | None = None,
+        class_prompts: list[str] | None = None,
     ):
         super().__init__()
-        self.instance_images, self.instance_prompt = instance_images, instance_prompt
+        assert len(instance_prompts) in (1, len(instance_images)), "one prompt, or one per image"
+        self.instance_images, self.instance_prompts = instance_images, instance_prompts
         self.class_images, self.class_prompt = class_images, class_prompt
+        self.class_prompts = class_prompts  # per instance image: differential output
         self.resolution, self.batch_size, self.seed = resolution, batch_size, seed
         self.max_steps, self.gradient_accumulation = max_steps, gradient_accumulation
         self.instance_cache: LatentCache | None = None
@@ -207,12 +244,17 @@ class DreamBoothDataModule(pl.LightningDataModule):
         module = self.trainer.lightning_module
         device = self.trainer.strategy.root_device
         self.instance_cache = _encode(
-            module, self.instance_images, self.instance_prompt, self.resolution, device,
+            module, self.instance_images, self.instance_prompts, self.resolution, device,
             "instance_data",
         )  # fmt: skip
+        if self.class_prompts:
+            self.instance_cache = replace(
+                self.instance_cache,
+                class_condition=_conditioning(module, self.class_prompts, device),
+            )
         if self.class_images:
             self.prior_cache = _encode(
-                module, self.class_images, self.class_prompt, self.resolution, device,
+                module, self.class_images, [self.class_prompt], self.resolution, device,
                 "class_data",
             )  # fmt: skip
         module.release_frozen_encoders()
@@ -234,12 +276,18 @@ class DreamBoothDataModule(pl.LightningDataModule):
 
 
 def _encode(
-    module, uris: list[str], prompt: str, resolution: int, device, column: str, chunk: int = 4
-) -> LatentCache:
+    module, uris: list[str], prompts: list[str], resolution: int, device, column: str,
+    chunk: int = 4,
+) -> LatentCache:  # fmt: skip
     latents = [  # a chunk at a time: bounded memory
         module.encode_images(load_pixels(uris[i : i + chunk], resolution, column), device)
         for i in range(0, len(uris), chunk)
     ]
-    return LatentCache(
-        latents=torch.cat(latents), condition=module.encode_prompts([prompt], device)
-    )
+    return LatentCache(latents=torch.cat(latents), condition=_conditioning(module, prompts, device))
+
+
+def _conditioning(module, prompts: list[str], device) -> torch.Tensor:
+    """(1 or N, ...): one conditioning when all `prompts` are the same, else one each."""
+    if len(set(prompts)) == 1:
+        prompts = prompts[:1]
+    return module.encode_prompts(prompts, device)

@@ -17,7 +17,7 @@ SAMPLE_ROWS = [
      "guidance_scale": 3.0},
     {"id": "yellow-square-g7", "prompt": "a yellow square on a black background", "seed": 3,
      "guidance_scale": 7.5},
-    {"id": "blue-heart", "prompt": "a blue heart on a yellow background", "seed": 4,
+    {"id": "white-heart", "prompt": "a white heart on a blue background", "seed": 4,
      "negative_prompt": "green", "scheduler": "dpmpp_2m", "num_images": 2},
     {"id": "purple-triangle", "prompt": "a purple triangle on a orange background", "seed": 5},
 ]  # fmt: skip
@@ -26,15 +26,15 @@ SAMPLE_ROWS = [
 EDIT_ROWS = [
     {"id": "edit-img2img", "prompt": "a red star on a blue background", "seed": 6,
      "init_image": "scene.png", "strength": 0.6},
-    {"id": "edit-inpaint", "prompt": "a green circle on a white background", "seed": 7,
+    {"id": "edit-inpaint", "prompt": "a purple heart on a black background", "seed": 7,
      "init_image": "scene.png", "mask_image": "centre-mask.png", "strength": 1.0},
-    {"id": "edit-inpaint-soft", "prompt": "a yellow circle on a white background", "seed": 7,
+    {"id": "edit-inpaint-soft", "prompt": "a red square on a black background", "seed": 7,
      "init_image": "scene.png", "mask_image": "centre-mask-soft.png", "strength": 1.0},
 ]  # fmt: skip
 
 
 KANDINSKY_ROWS = [  # the same world through Kandinsky 2.2's prior and decoder
-    {"id": "k22-red-circle", "prompt": "a red circle on a blue background", "seed": 10,
+    {"id": "k22-green-cross", "prompt": "a green cross on a yellow background", "seed": 10,
      "num_images": 2, "model": "tiny-shapes-k22", "guidance_scale": 4.0},
     {"id": "k22-img2img", "prompt": "a red star on a blue background", "seed": 11,
      "init_image": "scene.png", "strength": 0.6, "model": "tiny-shapes-k22",
@@ -42,7 +42,7 @@ KANDINSKY_ROWS = [  # the same world through Kandinsky 2.2's prior and decoder
     {"id": "k22-fusion", "prompt": "a yellow square on a green background", "seed": 12,
      "task": "fusion", "init_image": "scene.png", "strength": 0.5,
      "model": "tiny-shapes-k22", "guidance_scale": 4.0},
-    {"id": "k22-russian", "prompt": "зелёный треугольник на чёрном фоне", "seed": 13,
+    {"id": "k22-russian", "prompt": "желтый квадрат на черном фоне", "seed": 13,
      "model": "tiny-shapes-k22", "guidance_scale": 4.0},  # multilingual prompts
     {"id": "k22-german", "prompt": "ein gelbes Herz auf blauem Hintergrund", "seed": 14,
      "model": "tiny-shapes-k22", "guidance_scale": 4.0},
@@ -54,13 +54,37 @@ KANDINSKY_ROWS = [  # the same world through Kandinsky 2.2's prior and decoder
 ]  # fmt: skip
 
 
+# What the judge (easel.models.shapes.judge) must read in every image of each row: (shape,
+# colour, background), None where the row does not decide it. Each prompt was picked among
+# candidates for being drawn right by its model at the row's seeds (bench/README.md, "The
+# quickstart's contact sheet"); tests/test_quickstart.py checks every row.
+JUDGED_AS: dict[str, tuple[str | None, str | None, str | None]] = {
+    "red-circle": ("circle", "red", "blue"),
+    "green-star": ("star", "green", "white"),
+    "yellow-square-g3": ("square", "yellow", "black"),
+    "yellow-square-g7": ("square", "yellow", "black"),
+    "white-heart": ("heart", "white", "blue"),
+    "purple-triangle": ("triangle", "purple", "orange"),
+    "edit-img2img": ("star", "red", "blue"),  # the white circle redrawn as the prompt
+    "edit-inpaint": ("heart", "purple", "black"),  # the masked circle replaced, shape too
+    "edit-inpaint-soft": ("square", "red", "black"),
+    "k22-green-cross": ("cross", "green", "yellow"),
+    "k22-img2img": ("star", "red", "blue"),
+    "k22-fusion": ("square", "white", "green"),  # the prompt's shape and ground, the image's colour
+    "k22-russian": ("square", "yellow", "black"),
+    "k22-german": ("heart", "yellow", "blue"),
+    "subject-white": ("star", "blue", "white"),  # the DreamBooth subject, a blue star
+    "subject-orange": ("star", "blue", "orange"),
+}
+
+
 def subject_rows(model: str, identifier: str) -> list[dict]:
     """Rows that place the fine-tuned subject in new prompts, on the fine-tuned model."""
     return [
         {"id": "subject-white", "prompt": f"a {identifier} star on a white background",
-         "seed": 8, "num_images": 2, "model": model},
-        {"id": "subject-black", "prompt": f"a {identifier} star on a black background",
-         "seed": 9, "model": model},
+         "seed": 8, "num_images": 4, "model": model},
+        {"id": "subject-orange", "prompt": f"a {identifier} star on a orange background",
+         "seed": 9, "num_images": 4, "model": model},
     ]  # fmt: skip
 
 

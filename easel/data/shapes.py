@@ -193,16 +193,22 @@ def label_array(specs: list[ShapeSpec]) -> np.ndarray:
 
 
 def write_shape_subject(
-    folder: str, count: int = 5, shape: str = "star", color: str = "blue", seed: int = 0
-) -> str:
+    folder: str, count: int = 5, shape: str = "star", color: str = "blue", seed: int = 0,
+    caption: str | None = None, background: str | None = None,
+) -> str:  # fmt: skip
     """`count` images of one subject from the shapes world (a `color` `shape` on varied
-    backgrounds, the same jittered colour each time), as instance data; returns `folder`."""
+    backgrounds, or all on `background`; the same jittered colour each time), as instance
+    data; returns `folder`. With `caption` (a template such as "a sks star on a {background}
+    background"), each image gets its caption file (`NN.txt`) naming its background."""
     rng = np.random.default_rng(seed)
-    backgrounds = [c for c in COLOR_NAMES if c != color]
+    backgrounds = [c for c in COLOR_NAMES if c != color] if background is None else [background]
     subject = spec_for(shape, color, backgrounds[0], rng)
     for i in range(count):
         background = backgrounds[int(rng.integers(len(backgrounds)))]
         pose = spec_for(shape, color, background, rng)
         spec = replace(pose, color_offset=subject.color_offset)  # one subject: one exact colour
         storage.write_png_atomic(storage.join(folder, f"{i:02d}.png"), render(spec))
+        if caption is not None:
+            text = caption.format(background=background)
+            storage.write_text_atomic(storage.join(folder, f"{i:02d}.txt"), text)
     return folder

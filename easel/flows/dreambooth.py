@@ -57,9 +57,9 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
     with holding_output(config.output), \
          tracking.start_run(EXPERIMENT, run_name(config), config.model_dump(), tags) as run_id:
         class_images: list[str] = []
-        if config.prior_preservation and config.class_data:
+        if config.class_images_used and config.class_data:
             class_images = class_images_task(config)
-        elif config.prior_preservation:
+        elif config.class_images_used:
             priors = class_priors_flow(
                 PriorsParameters(
                     class_prompt=config.class_prompt,
@@ -164,12 +164,14 @@ PRESET = Path(__file__).resolve().parents[1] / "configs" / "dreambooth-tiny.yaml
 
 
 def tiny_shapes_config(out: str, **overrides) -> DreamBoothConfig:
-    """The `dreambooth-tiny` preset with its subject images written under `out/instance`
-    and its output under `out`: a ready-made short run on tiny-shapes (for the quickstart)."""
+    """The `dreambooth-tiny` preset with its subject images (captioned with their
+    backgrounds) written under `out/instance` and its output under `out`: a ready-made short
+    run on tiny-shapes (for the quickstart)."""
     from easel.data.shapes import write_shape_subject
 
-    instance = write_shape_subject(f"{out}/instance")
-    values = {**read_yaml(str(PRESET)), "instance_data": instance, "output": out, **overrides}
+    values = {**read_yaml(str(PRESET)), "output": out, **overrides}
+    caption = values["instance_prompt"] + " on a {background} background"
+    values["instance_data"] = write_shape_subject(f"{out}/instance", caption=caption)
     return DreamBoothConfig.model_validate(values)
 
 

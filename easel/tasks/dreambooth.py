@@ -16,10 +16,16 @@ from prefect import task
 
 from easel import tracking
 from easel.data import manifest, storage
-from easel.data.dreambooth import check_instance_data, images_digest, list_images
+from easel.data.dreambooth import (
+    caption_uri,
+    check_instance_data,
+    images_digest,
+    list_images,
+    read_captions,
+)
 from easel.errors import InvalidInput, ModelReferenceError
 from easel.models.dreambooth import resume
-from easel.models.dreambooth.config import DreamBoothConfig
+from easel.models.dreambooth.config import DreamBoothConfig, words
 from easel.models.dreambooth.training import last_complete_checkpoint
 from easel.models.engine import serving, stable_diffusion
 from easel.models.engine.loading import resolve_family
@@ -59,15 +65,31 @@ def check_inputs(config: DreamBoothConfig, model_digest: str) -> TrainingInputs:
     """Everything about the config that needs I/O, before any work: the output folder, the
     instance and class images, and what a resume from the last checkpoint may honour."""
     images = check_instance_data(config.instance_data)
-    if config.class_data is not None and config.prior_preservation:
+    if config.class_data is not None and config.class_images_used:
         if not storage.exists(config.class_data) or not list_images(config.class_data):
             raise InvalidInput(
                 f"config field `class_data` must be a folder of images but "
                 f"{config.class_data!r} holds none"
             )
-    snapshot = resume.snapshot(config, model_digest, images_digest(images))
+    captions = check_captions(config, images)
+    snapshot = resume.snapshot(config, model_digest, images_digest(images, captions))
     checkpoint = last_complete_checkpoint(checkpoint_dir(config))
     return TrainingInputs(images, snapshot, resume.check_resume(snapshot, checkpoint))
+
+
+def check_captions(config: DreamBoothConfig, images: list[str]) -> dict[str, str]:
+    """The instance images' own captions (`{image uri: caption}`, those that differ from
+    `instance_prompt`), each checked to name the subject by its identifier."""
+    if not config.instance_captions:
+        return {}
+    captions = dict(zip(images, read_captions(images, config.instance_prompt), strict=True))
+    for uri, caption in captions.items():
+        if config.identifier.lower() not in words(caption):
+            raise InvalidInput(
+                f"config field `instance_data`: caption {caption_uri(uri)!r} must contain the "
+                f"identifier {config.identifier!r} as a word but is {caption!r}"
+            )
+    return {uri: c for uri, c in captions.items() if c != config.instance_prompt}
 
 
 @task

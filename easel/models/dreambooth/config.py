@@ -28,8 +28,15 @@ LR_SCHEDULERS = (
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")
 
 
-def _words(prompt: str) -> list[str]:
+def words(prompt: str) -> list[str]:
     return re.findall(r"[\w<>\-]+", prompt.lower())
+
+
+def without_word(prompt: str, word: str) -> str:
+    """`prompt` with every occurrence of `word` (as a word, any case) taken out: an instance
+    prompt or caption as its class prompt ("a sks dog on a beach" -> "a dog on a beach")."""
+    kept = re.sub(rf"(?<![\w<>\-]){re.escape(word)}(?![\w<>\-])", "", prompt, flags=re.I)
+    return " ".join(kept.split())
 
 
 class DreamBoothConfig(BaseModel):
@@ -52,10 +59,22 @@ class DreamBoothConfig(BaseModel):
     instance_prompt: str = Field(  # after class_prompt and identifier: its check reads them
         description="the subject's prompt with the identifier: 'a photo of sks dog'"
     )
+    instance_captions: bool = Field(
+        True, description="read an instance image's prompt from NAME.txt beside it when there "
+        "is one (it must contain the identifier; name what is not the subject, e.g. 'a sks dog "
+        "on a beach'); images without one use `instance_prompt`",
+    )  # fmt: skip
     prior_preservation: bool = Field(
         True, description="also train on class images, so the class keeps its own look"
     )
-    prior_loss_weight: float = Field(1.0, ge=0, description="weight of the class images' loss")
+    prior_preservation_method: Literal["class_images", "differential_output"] = Field(
+        "class_images", description="with `prior_preservation`, what keeps the class: "
+        "class_images (the paper's: generated class images and `class_prompt`) or "
+        "differential_output (ai-toolkit's: no class images; on each instance example's noisy "
+        "latent, the prediction for its prompt without the identifier is pulled to the base "
+        "model's own; needs a frozen or identifier-only text encoder)",
+    )  # fmt: skip
+    prior_loss_weight: float = Field(1.0, ge=0, description="weight of the prior loss")
     num_class_images: int = Field(
         100, ge=1, le=10_000, description="class images generated (about batch_size x "
         "max_steps / 2 works well)",
@@ -79,11 +98,18 @@ class DreamBoothConfig(BaseModel):
         "full", description="full: train the UNet's weights; lora: low-rank adapters only"
     )
     lora_rank: int = Field(4, ge=1, description="rank of the LoRA adapters (method lora)")
-    train_text_encoder: bool = Field(False, description="train the text encoder too")
+    train_text_encoder: bool | Literal["identifier"] = Field(
+        False, description="train the text encoder too; identifier: only the identifier's "
+        "token embeddings (textual inversion's update; every other word keeps its meaning)",
+    )  # fmt: skip
     resolution: Side = Field(512, description="training image side in pixels (resize + crop)")
     batch_size: int = Field(1, ge=1, description="instance images per step (as many class)")
     gradient_accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
     learning_rate: float = Field(5e-6, gt=0, description="AdamW's learning rate")
+    text_encoder_learning_rate: float | None = Field(
+        None, gt=0, description="the text encoder's learning rate when it trains (a tenth of "
+        "the UNet's keeps its other words' meaning); unset: `learning_rate`",
+    )  # fmt: skip
     lr_scheduler: Literal[LR_SCHEDULERS] = Field(
         "constant", description="learning-rate schedule (diffusers' get_scheduler names)"
     )
@@ -146,8 +172,8 @@ class DreamBoothConfig(BaseModel):
             return values
         instance, class_prompt = values.get("instance_prompt"), values.get("class_prompt")
         if isinstance(instance, str) and isinstance(class_prompt, str):
-            class_words = set(_words(class_prompt))
-            derived = next((w for w in _words(instance) if w not in class_words), None)
+            class_words = set(words(class_prompt))
+            derived = next((w for w in words(instance) if w not in class_words), None)
             if derived is not None:
                 return {**values, "identifier": derived}
         return values
@@ -157,6 +183,33 @@ class DreamBoothConfig(BaseModel):
     def _compile_from_bool(cls, value):
         """Configs written when the key was a switch: true compiles the whole UNet."""
         return {True: "full", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _identifier_embeddings_with_full(self):
+        if self.train_text_encoder == "identifier" and self.method == "lora":
+            raise ValueError(
+                "`train_text_encoder` 'identifier' needs `method` full (the token embeddings "
+                "are trained as they are, not through adapters) but `method` is 'lora'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _differential_output_with_the_base_text(self):
+        if self.differential_output and self.train_text_encoder is True:
+            raise ValueError(
+                "`prior_preservation_method` 'differential_output' needs the text encoder "
+                "frozen or `train_text_encoder` 'identifier' (its target is the base model's "
+                "prediction for the same text) but `train_text_encoder` is true"
+            )
+        return self
+
+    @property
+    def class_images_used(self) -> bool:
+        return self.prior_preservation and self.prior_preservation_method == "class_images"
+
+    @property
+    def differential_output(self) -> bool:
+        return self.prior_preservation and self.prior_preservation_method == "differential_output"
 
     @field_validator("instance_prompt", "class_prompt")
     @classmethod
@@ -177,7 +230,7 @@ class DreamBoothConfig(BaseModel):
     def _identifier_in_instance_prompt(cls, value: str, info: ValidationInfo) -> str:
         if "class_prompt" not in info.data:  # class_prompt itself is invalid; reported there
             return value
-        instance_words, class_words = _words(value), set(_words(info.data["class_prompt"]))
+        instance_words, class_words = words(value), set(words(info.data["class_prompt"]))
         identifier = info.data.get("identifier")
         if identifier is not None and identifier.lower() not in instance_words:
             raise ValueError(f"must contain the identifier {identifier!r} as a word")

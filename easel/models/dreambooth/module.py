@@ -3,7 +3,10 @@
 Loss per example is the MSE between the UNet's prediction and its target (the noise for
 `epsilon` schedulers, the velocity for `v_prediction`), optionally min-SNR weighted. The
 batch holds instance examples then class examples; the loss is
-`instance_loss + prior_loss_weight * prior_loss`.
+`instance_loss + prior_loss_weight * prior_loss`. With differential output preservation
+there are no class examples: the prior loss is the MSE, on the instance examples' noisy
+latents, between the prediction for their prompt without the identifier and the base
+model's prediction for the same (the frozen base UNet; with LoRA, the adapters off).
 
 The VAE is always frozen and is used once, by the DataModule, to cache latents; so is the
 text encoder unless `train_text_encoder`. Frozen networks are kept outside the module's
@@ -33,6 +36,7 @@ class _FrozenEncoders:
 
     vae: Any
     text_encoder: Any
+    base_unet: Any = None  # differential output preservation, full fine-tuning: the base UNet
 
 
 def lora_config(rank: int, targets: list[str]):
@@ -41,18 +45,31 @@ def lora_config(rank: int, targets: list[str]):
     return LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets)
 
 
+def train_token_embeddings(text_encoder, token_ids: list[int]) -> None:
+    """Make the rows `token_ids` of the text encoder's token embeddings trainable and no
+    other (textual inversion's update: the gradient of every other row is zeroed)."""
+    weight = text_encoder.get_input_embeddings().weight  # (vocab, D)
+    mask = torch.zeros(weight.shape[0], 1)
+    mask[token_ids] = 1.0
+    weight.requires_grad_(True)
+    weight.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype))
+
+
 class DreamBoothModule(pl.LightningModule):
     def __init__(
         self,
         model_dir: str,
         method: str = "full",
         lora_rank: int = 4,
-        train_text_encoder: bool = False,
+        train_text_encoder: bool | str = False,  # or "identifier": its token embeddings only
+        identifier: str | None = None,
         learning_rate: float = 5e-6,
+        text_encoder_learning_rate: float | None = None,
         lr_scheduler: str = "constant",
         lr_warmup_steps: int = 0,
         max_steps: int = 400,
         prior_loss_weight: float = 1.0,
+        differential_output: bool = False,
         snr_gamma: float | None = None,
         offset_noise: float = 0.0,
         compile_unet: str = "off",
@@ -80,7 +97,11 @@ class DreamBoothModule(pl.LightningModule):
             self.unet.requires_grad_(False)
             self.unet.add_adapter(lora_config(lora_rank, LORA_UNET_TARGETS))
             self.strict_loading = False  # checkpoints hold only the adapter weights
-        if train_text_encoder:
+        if train_text_encoder == "identifier":
+            self.text_encoder = text_encoder.train()
+            text_encoder.requires_grad_(False)
+            train_token_embeddings(text_encoder, self.identifier_token_ids(identifier))
+        elif train_text_encoder:
             self.text_encoder = text_encoder.train()
             if method == "lora":
                 from peft import (
@@ -102,9 +123,18 @@ class DreamBoothModule(pl.LightningModule):
         elif compile_unet in ("full", True):  # in place: names, so checkpoints, unchanged
             self.unet.compile()
         self.step_metrics: dict = {}  # name -> (sum, count) over this step's micro-batches
+        base_unet = None
+        if differential_output and method == "full":  # LoRA: the UNet with adapters off
+            base_unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", **load)
+            base_unet.requires_grad_(False).eval()
         self._frozen = _FrozenEncoders(
-            vae=vae, text_encoder=None if train_text_encoder else text_encoder
+            vae=vae, text_encoder=None if train_text_encoder else text_encoder, base_unet=base_unet
         )
+
+    def identifier_token_ids(self, identifier: str | None) -> list[int]:
+        """The tokens of `identifier` as a word of a prompt ("sks": `s`, `k`, `s</w>`)."""
+        assert identifier, "training the identifier's embeddings needs the identifier"
+        return self.tokenizer(identifier, add_special_tokens=False).input_ids
 
     # ---- encoders, called once by the DataModule ---------------------------------------
     @property
@@ -145,7 +175,20 @@ class DreamBoothModule(pl.LightningModule):
 
     def release_frozen_encoders(self) -> None:
         """Drop the VAE (and frozen text encoder) once the caches exist: less memory."""
-        self._frozen = _FrozenEncoders(vae=None, text_encoder=None)
+        self._frozen = _FrozenEncoders(None, None, self._frozen.base_unet)
+
+    @torch.no_grad()
+    def base_prediction(self, noisy, timesteps, condition) -> torch.Tensor:
+        """The base model's prediction: the frozen base UNet, or this one with its LoRA
+        adapters switched off."""
+        if self._frozen.base_unet is None:
+            self.unet.disable_adapters()
+            try:
+                return self.unet(noisy, timesteps, encoder_hidden_states=condition).sample
+            finally:
+                self.unet.enable_adapters()
+        base = self._frozen.base_unet.to(noisy.device)
+        return base(noisy, timesteps, encoder_hidden_states=condition).sample
 
     # ---- training -----------------------------------------------------------------------
     def _min_snr_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
@@ -168,11 +211,7 @@ class DreamBoothModule(pl.LightningModule):
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(
-            dim=(1, 2, 3)
-        )
-        if self.hparams.snr_gamma is not None:
-            per_example = per_example * self._min_snr_weights(timesteps)
+        per_example = self._per_example_loss(prediction, target, timesteps)
 
         n = batch["num_instance"]  # a Python int: slicing, unlike a mask, needs no device sync
         instance_loss = per_example[:n].mean()
@@ -180,11 +219,34 @@ class DreamBoothModule(pl.LightningModule):
         self._record("train/instance_loss", instance_loss)
         if n < per_example.shape[0]:
             prior_loss = per_example[n:].mean()
+        elif "class_condition" in batch:  # differential output preservation
+            prior_loss = self._differential_output_loss(noisy, timesteps, batch["class_condition"])
+        else:
+            prior_loss = None
+        if prior_loss is not None:
             loss = loss + self.hparams.prior_loss_weight * prior_loss
             self._record("train/prior_loss", prior_loss)
         self._record("train/loss", loss)
         self.log("train/loss", loss, prog_bar=True, logger=False)  # the bar; loggers: below
         return loss
+
+    def _per_example_loss(self, prediction, target, timesteps) -> torch.Tensor:
+        """(B,) MSE per example, min-SNR weighted when `snr_gamma` is set."""
+        per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(
+            dim=(1, 2, 3)
+        )
+        if self.hparams.snr_gamma is not None:
+            per_example = per_example * self._min_snr_weights(timesteps)
+        return per_example
+
+    def _differential_output_loss(self, noisy, timesteps, class_condition) -> torch.Tensor:
+        """The prediction for the class prompt (the prompt without the identifier) on the
+        instance examples' noisy latents, against the base model's own for the same input."""
+        if self.hparams.train_text_encoder:  # "identifier": the class prompt's words are
+            class_condition = self.text_encoder(class_condition)[0]  # the base's
+        target = self.base_prediction(noisy, timesteps, class_condition)
+        prediction = self.unet(noisy, timesteps, encoder_hidden_states=class_condition).sample
+        return self._per_example_loss(prediction, target, timesteps).mean()
 
     def _record(self, name: str, value: torch.Tensor) -> None:
         """Sum a metric over the micro-batches of this optimizer step (on the device)."""
@@ -222,14 +284,30 @@ class DreamBoothModule(pl.LightningModule):
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val)
 
+    def _parameter_groups(self) -> list[dict]:
+        """One group; or the UNet's and the text encoder's, when that has its own learning
+        rate or trains only the identifier's embeddings (no weight decay there: it would
+        shrink the rows left untrained)."""
+        hp = self.hparams
+        if hp.train_text_encoder != "identifier" and not (
+            hp.train_text_encoder and hp.text_encoder_learning_rate
+        ):  # one group: what checkpoints made before the text encoder's own rate hold
+            return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        trainable = lambda network: [p for p in network.parameters() if p.requires_grad]
+        text = {"params": trainable(self.text_encoder),
+                "lr": hp.text_encoder_learning_rate or hp.learning_rate}  # fmt: skip
+        if hp.train_text_encoder == "identifier":
+            text["weight_decay"] = 0.0
+        return [{"params": trainable(self.unet)}, text]
+
     def configure_optimizers(self):
         from diffusers.optimization import get_scheduler
 
-        parameters = [p for p in self.parameters() if p.requires_grad]
+        groups = self._parameter_groups()
         # The fused kernel: one launch for all parameters instead of a dozen per group
         # (SD1.5 full fine-tuning on an H100: 11.7 ms a step against 29.7 ms).
-        fused = all(p.device.type in FUSED_ADAMW_DEVICES for p in parameters)
-        optimizer = torch.optim.AdamW(parameters, lr=self.hparams.learning_rate, fused=fused)
+        fused = all(p.device.type in FUSED_ADAMW_DEVICES for g in groups for p in g["params"])
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.learning_rate, fused=fused)
         schedule = get_scheduler(
             self.hparams.lr_scheduler,
             optimizer,

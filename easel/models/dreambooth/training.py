@@ -18,9 +18,9 @@ from typing import Any
 import pytorch_lightning as pl
 
 from easel.data import storage
-from easel.data.dreambooth import DreamBoothDataModule
+from easel.data.dreambooth import DreamBoothDataModule, read_captions
 from easel.models.checkpoint_io import AtomicCheckpointIO
-from easel.models.dreambooth.config import DreamBoothConfig
+from easel.models.dreambooth.config import DreamBoothConfig, without_word
 from easel.models.dreambooth.module import MAX_GRAD_NORM, DreamBoothModule
 from easel.models.dreambooth.resume import SNAPSHOT_KEY
 from easel.models.dreambooth.throughput import Throughput
@@ -135,11 +135,14 @@ def build_module(config: DreamBoothConfig, model_dir: str) -> DreamBoothModule:
         method=config.method,
         lora_rank=config.lora_rank,
         train_text_encoder=config.train_text_encoder,
+        identifier=config.identifier,
         learning_rate=config.learning_rate,
+        text_encoder_learning_rate=config.text_encoder_learning_rate,
         lr_scheduler=config.lr_scheduler,
         lr_warmup_steps=config.lr_warmup_steps,
         max_steps=config.max_steps,
         prior_loss_weight=config.prior_loss_weight,
+        differential_output=config.differential_output,
         snr_gamma=config.snr_gamma,
         offset_noise=config.offset_noise,
         compile_unet=config.compile_unet,
@@ -150,15 +153,22 @@ def build_module(config: DreamBoothConfig, model_dir: str) -> DreamBoothModule:
 def build_datamodule(
     config: DreamBoothConfig, instance_images: list[str], class_images: list[str] | None
 ) -> DreamBoothDataModule:
+    prompts = [config.instance_prompt]
+    if config.instance_captions:
+        prompts = read_captions(instance_images, config.instance_prompt)
+    class_prompts = None  # differential output preservation: the prompts without identifier
+    if config.differential_output:
+        class_prompts = [without_word(p, config.identifier) for p in prompts]
     return DreamBoothDataModule(
         instance_images,
-        config.instance_prompt,
+        prompts,
+        class_prompts=class_prompts,
         resolution=config.resolution,
         batch_size=config.batch_size,
         max_steps=config.max_steps,
         gradient_accumulation=config.gradient_accumulation,
         seed=config.seed,
-        class_images=class_images if config.prior_preservation else None,
+        class_images=class_images if config.class_images_used else None,
         class_prompt=config.class_prompt,
     )
 
