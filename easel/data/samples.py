@@ -51,6 +51,9 @@ KANDINSKY_ROWS = [  # the same world through Kandinsky 2.2's prior and decoder
          {"text": None, "image": "scene.png", "weight": 2.0},
          {"text": "a red star on a blue background", "image": None, "weight": 1.0},
          {"text": "ein gelbes Herz auf blauem Hintergrund", "image": None, "weight": 1.0}]},
+    {"id": "k22-inpaint", "prompt": "a red square on a black background", "seed": 16,
+     "init_image": "scene.png", "mask_image": "centre-mask.png",
+     "model": "tiny-shapes-k22-inpaint", "guidance_scale": 4.0},  # its inpainting decoder
 ]  # fmt: skip
 
 
@@ -70,7 +73,9 @@ JUDGED_AS: dict[str, tuple[str | None, str | None, str | None]] = {
     "edit-inpaint-soft": ("square", "red", "black"),
     "k22-green-cross": ("cross", "green", "yellow"),
     "k22-img2img": ("star", "red", "blue"),
-    "k22-fusion": ("square", "white", "green"),  # the prompt's shape and ground, the image's colour
+    "k22-fusion": ("square", "white", None),  # the prompt's shape, the image's colour
+    "k22-fusion-many": (None, "white", None),  # the image (half the weight): its colour
+    "k22-inpaint": ("square", "red", "black"),  # the masked circle replaced, shape too
     "k22-russian": ("square", "yellow", "black"),
     "k22-german": ("heart", "yellow", "blue"),
     "subject-white": ("star", "blue", "white"),  # the DreamBooth subject, a blue star
