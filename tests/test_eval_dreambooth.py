@@ -25,6 +25,9 @@ SUBJECT_METRICS = {
     "prior_preservation/fine_tuned/attribute_shift",
     "prior_preservation/fine_tuned/subject_similarity",
     "dreambooth_diversity/class/fine_tuned/feature_distance",
+    "context/base/background_rate",
+    "context/fine_tuned_subject/subject_and_background_rate",
+    "context/drop",
 }
 
 
@@ -79,6 +82,9 @@ def test_subject_reading_and_rate(subject):
     predictions = judge.predict(subject.instance_images)
     assert evaluation.subject_rate(predictions, reading) == 1.0
     assert evaluation.subject_rate(predictions, ("star", "green")) == 0.0
+    grounds = evaluation.context_backgrounds(judge, subject)  # new contexts for the subject
+    assert len(grounds) == 3 and "blue" not in grounds
+    assert not set(grounds) & {p["background"] for p in predictions}
 
 
 # -- the suites ---------------------------------------------------------------------------
@@ -89,6 +95,7 @@ def test_subject_suites_are_registered_apart_from_the_model_suites():
         "subject_fidelity",
         "prior_preservation",
         "dreambooth_diversity",
+        "subject_context",
     }
     assert set(evaluation.EVAL_SUITES) == set(evaluation.MODEL_SUITES) | set(
         evaluation.SUBJECT_SUITES
@@ -105,6 +112,8 @@ def test_a_model_scored_against_itself_is_unchanged(base, subject):
     # other seeds of the same model: a real, positive distance; unrelated pairs
     assert metrics["prior_preservation/base_other_seeds/base_similarity"] < 0.9
     assert 0 < metrics["dreambooth_diversity/class/base/feature_distance"] <= 2
+    # context: the same model and seeds read the same backgrounds on the class prompt
+    assert metrics["context/fine_tuned/background_rate"] == metrics["context/base/background_rate"]
 
 
 def test_a_changed_model_moves_away_from_its_base(base, subject):

@@ -40,6 +40,17 @@ def pipeline_class(model_path: str) -> str | None:
     return read_config(model_path, "model_index.json").get("_class_name")
 
 
+def card_data(model_path: str) -> dict:
+    """The metadata (YAML front matter) of the model card `README.md` in the folder at
+    `model_path`; empty without one."""
+    card = os.path.join(model_path, "README.md")
+    if not os.path.isfile(card):
+        return {}
+    from huggingface_hub import ModelCard
+
+    return ModelCard.load(card).data.to_dict()
+
+
 def autoencoder_scale(config: dict) -> int:
     """Pixels per latent along a side, for a VAE or a MOVQ: 2 ** (levels - 1)."""
     return 2 ** (len(config["block_out_channels"]) - 1)
@@ -102,8 +113,6 @@ class ModelFamily:
         `prior_guidance_scale`, else diffusers' default; None without a prior."""
         if not self.has_prior:
             return None
-        from easel.models.engine.references import card_data
-
         value = card_data(model_path).get("prior_guidance_scale", PRIOR_GUIDANCE_SCALE)
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
             raise ModelReferenceError(

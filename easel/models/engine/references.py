@@ -29,7 +29,7 @@ from easel import tracking
 from easel.data import storage
 from easel.errors import ModelReferenceError
 from easel.models.engine.families import prior_class_for
-from easel.models.engine.family import pipeline_class
+from easel.models.engine.family import card_data, pipeline_class
 
 # The models shipped in the package, by the names references use
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -103,17 +103,6 @@ def _resolved(ref: str, path: str) -> ResolvedModel:
         )
     digest = hashlib.sha256(f"{model_digest(path)}\nprior {prior.digest}".encode()).hexdigest()
     return ResolvedModel(ref=ref, path=path, digest=digest, prior=prior)
-
-
-def card_data(path: str) -> dict:
-    """The metadata (YAML front matter) of the model card `README.md` in the folder at
-    `path`; empty without one."""
-    card = os.path.join(path, "README.md")
-    if not os.path.isfile(card):
-        return {}
-    from huggingface_hub import ModelCard
-
-    return ModelCard.load(card).data.to_dict()
 
 
 def connected_prior(path: str) -> str | None:

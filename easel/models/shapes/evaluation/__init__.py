@@ -30,11 +30,13 @@ from easel.models.shapes.evaluation.common import (  # noqa: F401 (the package's
 )
 from easel.models.shapes.evaluation.subject import (  # noqa: F401
     attribute_shift,
+    context_backgrounds,
     dreambooth_diversity_suite,
     feature_similarity,
     paired_similarity,
     prior_preservation_suite,
     self_similarity,
+    subject_context_suite,
     subject_fidelity_suite,
     subject_rate,
     subject_reading,
@@ -62,6 +64,7 @@ SUBJECT_SUITES: dict[str, Suite] = {  # need EvalContext.base_model and .subject
     "subject_fidelity": subject_fidelity_suite,
     "prior_preservation": prior_preservation_suite,
     "dreambooth_diversity": dreambooth_diversity_suite,
+    "subject_context": subject_context_suite,
 }
 EVAL_SUITES: dict[str, Suite] = MODEL_SUITES | SUBJECT_SUITES
 

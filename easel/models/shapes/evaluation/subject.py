@@ -228,3 +228,52 @@ def dreambooth_diversity_suite(context: EvalContext) -> SuiteResult:
             )
             result.images += generated.images[:4]
     return result
+
+
+CONTEXT_SEED = 8000  # offset from `seed`
+CONTEXTS = 3  # backgrounds asked for, none of them an instance image's
+
+
+def context_backgrounds(judge: Judge, subject) -> list[str]:
+    """`CONTEXTS` backgrounds the instance images do not show (as the judge reads them),
+    nor the subject's own colour: new contexts for the subject."""
+    shown = {p["background"] for p in judge.predict(subject.instance_images)}
+    colour = subject_reading(judge, subject.instance_images)[1]
+    return [c for c in shapes.COLOR_NAMES if c not in shown and c != colour][:CONTEXTS]
+
+
+def subject_context_suite(context: EvalContext) -> SuiteResult:
+    """Context prompts ("... on a white background", backgrounds the instance images do not
+    show): how often the judge reads the asked background for the class prompt on the base
+    and on the fine-tuned model, and for the instance prompt on the fine-tuned model (with
+    the subject too: `subject_and_background_rate`). `context/drop`: the base's class-prompt
+    rate minus the fine-tuned instance prompt's (what fine-tuning cost the context)."""
+    s, judge, subject = context.settings, context.judge, context.subject
+    base_model, fine_tuned = (model for _, model in _subject_models(context))
+    reading = subject_reading(judge, subject.instance_images)
+    grounds = context_backgrounds(judge, subject)
+    cases = (("base", base_model, subject.class_prompt),
+             ("fine_tuned", fine_tuned, subject.class_prompt),
+             ("fine_tuned_subject", fine_tuned, subject.instance_prompt))  # fmt: skip
+    result = SuiteResult(metrics={})
+    for case, model, prompt in cases:
+        asked = [grounds[k % len(grounds)] for k in range(s.subject_images)]
+        prompts = [f"{prompt} on a {ground} background" for ground in asked]
+        seeds = [s.seed + CONTEXT_SEED + k for k in range(s.subject_images)]
+        images = generate_images(model, prompts, seeds, s.guidance_scale, s.num_inference_steps,
+                                 None, s.batch_size)  # fmt: skip
+        predictions = judge.predict(images)
+        honoured = [p["background"] == ground for p, ground in zip(predictions, asked, strict=True)]
+        both = [h and (p["shape"], p["color"]) == reading
+                for h, p in zip(honoured, predictions, strict=True)]  # fmt: skip
+        scores = {"background_rate": float(np.mean(honoured)),
+                  "subject_and_background_rate": float(np.mean(both))}  # fmt: skip
+        result.metrics |= {f"context/{case}/{k}": v for k, v in scores.items()}
+        result.rows.append({"suite": "subject context", "case": f"{case}: {prompt!r} + context",
+                            "images": len(images)} | scores)  # fmt: skip
+        result.images += images[:4]
+    result.metrics["context/drop"] = (
+        result.metrics["context/base/background_rate"]
+        - result.metrics["context/fine_tuned_subject/background_rate"]
+    )
+    return result
