@@ -35,7 +35,7 @@ from easel.data.results import SweepSummary
 from easel.flows.config import load_parameters
 from easel.flows.run_context import expand_placeholders, prefect_tags
 from easel.flows.shards import run_shards
-from easel.models.engine.performance import EAGER, Performance
+from easel.models.engine.performance import Performance
 from easel.models.engine.sweep import BatchOutcome, SweepInputs, runtime_params, utilisation
 from easel.progress import ProgressLine
 from easel.tasks import locks
@@ -94,7 +94,7 @@ class SweepParameters(BaseModel):
     )
     trust_pickle: bool = Field(False, description="allow pickle (.bin/.ckpt) weights")
     performance: Performance = Field(
-        EAGER, description="the fast path: compile, channels_last, attention_backend, "
+        Performance(), description="the fast path: compile, channels_last, attention_backend, "
         "vae_dtype (docs/performance.md)",
     )  # fmt: skip
     experiment: str = Field("easel-sweep", description="the MLflow experiment")

@@ -15,7 +15,9 @@
 
 An image still depends on its seed and settings only: every setting applies to every batch
 alike. What a setting changes in the pixels, and what it gains, is measured in
-bench/README.md ("The fast path"); on CPU none of them pays, so the defaults are off.
+bench/README.md ("The fast path"). The sweep's default is channels-last alone (1.10-1.14x
+on CPU, at most 1/255 from eager); compilation pays only for long sweeps, so it is off.
+`EAGER` (everything off) is what the other callers of the engine use.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class Performance(BaseModel):
         "short compile) or full (the whole network)",
     )  # fmt: skip
     channels_last: bool = Field(
-        False, description="UNet and VAE weights in channels-last (NHWC) memory format"
+        True, description="UNet and VAE weights in channels-last (NHWC) memory format"
     )
     attention_backend: Literal[ATTENTION_BACKENDS] = Field(
         "auto", description="the scaled-dot-product attention kernel: auto (PyTorch picks), "
@@ -52,7 +54,7 @@ class Performance(BaseModel):
     )
 
 
-EAGER = Performance()
+EAGER = Performance(channels_last=False)  # diffusers' own defaults: nothing changed
 
 
 def apply(pipeline, family, performance: Performance) -> None:
