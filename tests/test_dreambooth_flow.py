@@ -132,9 +132,9 @@ def test_dreambooth_command_trains_exports_validates_and_registers(
         pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors"
     ).stat().st_mtime_ns == before
     # not registered this time: the pipeline is logged as a model of the run, by its location
-    (rerun,) = [r for r in mlflow.search_runs(experiment_names=["easel-dreambooth"],
-                output_format="list") if r.info.run_name == parent.info.run_name
-                and r.info.run_id != parent.info.run_id]  # fmt: skip
+    runs = mlflow.search_runs(experiment_names=["easel-dreambooth"], output_format="list",
+                              filter_string=f"tags.`easel.pipeline` = '{pipeline_dir}'")
+    (rerun,) = [r for r in runs if r.info.run_id != parent.info.run_id]
     (model,) = mlflow.search_logged_models(
         experiment_ids=[rerun.info.experiment_id], output_format="list",
         filter_string=f"source_run_id = '{rerun.info.run_id}'",

@@ -137,7 +137,7 @@ def test_the_model_card_recommends_the_prior_guidance_rows_leave_unset(tmp_path,
     _, card = run(tmp_path, "card", rows, str(carded))
     _, plain = run(tmp_path, "plain", rows, k22)
     image = lambda results, name: results[(name, 0)]["image_uri"]  # noqa: E731
-    assert max_pixel_difference(image(card, "own"), image(plain, "base")) == 0
+    assert max_pixel_difference(image(card, "own"), image(plain, "base")) <= 2  # other batches
     assert max_pixel_difference(image(card, "base"), image(plain, "base")) > 10
     expected = direct(KandinskyV22CombinedPipeline, k22, base, prior_guidance_scale=1.0)
     assert max_pixel_difference(pixels(image(card, "base")), expected) <= 2
