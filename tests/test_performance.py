@@ -98,6 +98,7 @@ def test_auto_batches_follow_the_budget_through_the_sweep(random_sd, tmp_path, m
     of 3.5 simulated images gives batches of 3; on CPU (no memory statistics) the default."""
     assert memory.fitted_batch_size(None, None, None, "cpu", None) == BATCH_SIZE
     probes = []
+    monkeypatch.setattr(memory, "_SIZES", {})
     monkeypatch.setattr(memory, "device_budget", lambda device: 350)
     monkeypatch.setattr(memory, "probe", lambda generate, device: probes.append(1) or (
         lambda n: 100 * n))  # fmt: skip
@@ -118,6 +119,8 @@ def test_auto_batches_follow_the_budget_through_the_sweep(random_sd, tmp_path, m
     outcome = generate_batches(inputs, plan.batches, None, on_batch=sizes.append)
     assert outcome.ok == 9 and sorted(sizes) == [1, 2, 3, 3]  # 7 = 3 + 3 + 1, then 2
     assert len(probes) == 2  # one measurement per distinct settings
+    generate_batches(inputs, plan.batches[:1], None)  # a later task of the same process
+    assert len(probes) == 2  # measured once
 
 
 def test_flops_are_counted_from_the_configuration():

@@ -6,8 +6,9 @@ given size is quadratic in tokens but linear in the batch). Two probe generation
 2 images with the batch's own settings but the fewest denoising steps it runs with (a
 step's activations do not depend on how many follow), measure both terms; the prediction
 is then measured once more and lowered until it fits `MEMORY_FRACTION` of the memory free
-before the probes. Once per distinct settings of a sweep. On a device without memory
-statistics (CPU) `auto` means the default batch size.
+before the probes. Once per process, model and distinct settings (a worker's later tasks
+reuse the size). On a device without memory statistics (CPU) `auto` means the default
+batch size.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from easel.data.batching import settings_problem
 from easel.data.limits import BATCH_SIZE, MAX_BATCH
 
 log = logging.getLogger(__name__)
+_SIZES: dict[tuple, int] = {}  # (model digest, device, performance, settings) -> batch size
 MEMORY_FRACTION = 0.85  # of the free memory a batch may plan to use: allocator slack
 
 
@@ -80,7 +82,14 @@ def fitted_batch_size(loaded, settings, request, device: str, generate_fn) -> in
     budget = device_budget(device)
     if budget is None:
         return BATCH_SIZE
+    key = (loaded.model.digest, device, loaded.performance, repr(settings))
+    if key not in _SIZES:
+        _SIZES[key] = _measured_batch_size(loaded, settings, request, device, generate_fn, budget)
+    return _SIZES[key]
 
+
+def _measured_batch_size(loaded, settings, request, device: str, generate_fn, budget) -> int:
+    """Probe generations at the fewest steps, then `largest_batch`; 1 if a probe fails."""
     short = probe_settings(loaded, settings)
 
     def generate(n: int) -> None:

@@ -90,12 +90,11 @@ def generate_batches(
     its record shard (the marker, last), while the next batch is generated. Records carry
     the MLflow run `run_id` and the Prefect flow run `flow_run_id`."""
     seconds, work = 0.0, 0.0
-    fitted: dict[tuple, int] = {}  # batch_size "auto": sizes by model and settings
     with BatchWriter(inputs.out) as writer:
         for planned in batches:
             loaded = load_model(planned.model, inputs.device, inputs.torch_dtype(),
                                 inputs.trust_pickle, inputs.performance)  # fmt: skip
-            for batch in _fitted(inputs, loaded, planned, fitted):
+            for batch in _fitted(inputs, loaded, planned):
                 start = time.perf_counter()
                 outputs = generate_each(loaded, batch.settings, [i.request for i in batch.images])
                 elapsed = time.perf_counter() - start
@@ -111,17 +110,14 @@ def generate_batches(
     return BatchOutcome(ok=ok, failed=len(records) - ok, seconds=seconds, flops=work)
 
 
-def _fitted(inputs: SweepInputs, loaded, batch: PlannedBatch, sizes: dict) -> list[PlannedBatch]:
+def _fitted(inputs: SweepInputs, loaded, batch: PlannedBatch) -> list[PlannedBatch]:
     """`batch` as it runs: whole, or with `batch_size: auto` split into the largest batches
     the device's memory holds for its settings (measured once per model and settings)."""
     if inputs.batch_size != "auto":
         return [batch]
-    key = (batch.model, repr(batch.settings))
-    if key not in sizes:
-        sizes[key] = memory.fitted_batch_size(
-            loaded, batch.settings, batch.images[0].request, inputs.resolved_device, generate
-        )  # fmt: skip
-    n = sizes[key]
+    n = memory.fitted_batch_size(
+        loaded, batch.settings, batch.images[0].request, inputs.resolved_device, generate
+    )
     return [replace(batch, images=batch.images[i : i + n]) for i in range(0, len(batch.images), n)]
 
 
