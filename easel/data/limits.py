@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field
 
 # -- names -------------------------------------------------------------------------------
 TASKS = ("text2img", "img2img", "inpaint", "fusion")
@@ -20,6 +20,11 @@ SCHEDULER_NAMES = ("ddim", "ddpm", "pndm", "euler", "euler_a", "dpmpp_2m", "unip
 SchedulerName = Literal[SCHEDULER_NAMES]
 # The sweep's fast path (easel.models.engine.performance)
 COMPILE_MODES = ("off", "regional", "full")
+# YAML reads a bare `off` as false (and `on` as true): false means off, true the whole network
+CompileMode = Annotated[
+    Literal[COMPILE_MODES],
+    BeforeValidator(lambda v: {True: "full", False: "off"}[v] if isinstance(v, bool) else v),
+]
 ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")  # PyTorch's SDPA kernels
 # How a fusion's weights reach Kandinsky's prior (easel.data.fusion): divided by their sum,
 # or as written (diffusers' `interpolate` sums the weighted embeddings as they are)
@@ -58,7 +63,22 @@ PriorInferenceSteps = Annotated[int, Field(ge=MIN_PRIOR_STEPS, le=MAX_STEPS)]
 GuidanceScale = Annotated[float, Field(ge=0)]
 Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)]
 BatchSize = Annotated[int, Field(ge=MIN_BATCH, le=MAX_BATCH)]
-BatchSizeSetting = BatchSize | Literal["auto"]  # auto: the largest the device's memory holds
+
+
+def _batch_size_setting(value):
+    """A number 1..256 or "auto", with one message for anything else."""
+    if value == "auto":
+        return value
+    number = value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, str) and value.strip().isdigit():
+        number = int(value)
+    if number is None or not MIN_BATCH <= number <= MAX_BATCH:
+        raise ValueError(f"must be a whole number {MIN_BATCH}..{MAX_BATCH} or 'auto'")
+    return number
+
+
+# auto: the largest batch the device's memory holds
+BatchSizeSetting = Annotated[BatchSize | Literal["auto"], BeforeValidator(_batch_size_setting)]
 Shards = Annotated[int, Field(ge=1, le=MAX_SHARDS)]
 
 

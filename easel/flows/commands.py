@@ -8,7 +8,7 @@ from easel.data import limits
 from easel.flows import recovery  # constants only: nothing heavy at import
 
 
-def _batch_size(text: str) -> int | str:
+def batch_size(text: str) -> int | str:
     return text if text == "auto" else int(text)
 
 
@@ -19,7 +19,7 @@ def _sweep(subparsers) -> None:
     parser.add_argument("--model", help="model for rows without a `model` (default tiny-shapes)")
     parser.add_argument("--config", help="YAML file of sweep parameters")
     parser.add_argument(
-        "--batch-size", type=_batch_size,
+        "--batch-size", type=batch_size,
         help=f"images per pipeline call ({limits.MIN_BATCH}..{limits.MAX_BATCH}, or auto: the "
         f"largest the GPU's free memory holds; default {limits.BATCH_SIZE})",
     )  # fmt: skip

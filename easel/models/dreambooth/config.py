@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from easel.data import limits
-from easel.data.limits import COMPILE_MODES, InferenceSteps, Side
+from easel.data.limits import CompileMode, InferenceSteps, Side
 
 LR_SCHEDULERS = (
     "constant",
@@ -125,7 +125,7 @@ class DreamBoothConfig(BaseModel):
     offset_noise: float = Field(
         0.0, ge=0, description="offset-noise strength (0.05-0.1 helps very dark or light images)"
     )
-    compile_unet: Literal[COMPILE_MODES] = Field(
+    compile_unet: CompileMode = Field(
         "off", description="torch.compile the UNet's forward and backward: off, regional (its "
         "repeated blocks: a short compile) or full (the whole network; true means full)",
     )  # fmt: skip
@@ -177,12 +177,6 @@ class DreamBoothConfig(BaseModel):
             if derived is not None:
                 return {**values, "identifier": derived}
         return values
-
-    @field_validator("compile_unet", mode="before")
-    @classmethod
-    def _compile_from_bool(cls, value):
-        """Configs written when the key was a switch: true compiles the whole UNet."""
-        return {True: "full", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _identifier_embeddings_with_full(self):

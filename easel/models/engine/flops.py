@@ -51,7 +51,10 @@ def _spec(device: str):
 def peak_flops(device: str, dtype: torch.dtype) -> float | None:
     """The device's dense peak in FLOP/s for `dtype`, or None where unknown (CPUs)."""
     if override := os.environ.get("EASEL_PEAK_TFLOPS"):
-        return float(override) * 1e12
+        try:
+            return float(override) * 1e12
+        except ValueError:
+            log.warning("EASEL_PEAK_TFLOPS %r is not a number (TFLOP/s): ignored", override)
     spec = _spec(device)
     return None if spec is None else (spec[2] if dtype == torch.float32 else spec[1]) * 1e12
 

@@ -28,7 +28,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from easel.data.limits import ATTENTION_BACKENDS, COMPILE_MODES
+from easel.data.limits import ATTENTION_BACKENDS, CompileMode
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Performance(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    compile: Literal[COMPILE_MODES] = Field(
+    compile: CompileMode = Field(
         "off", description="torch.compile the UNet: off, regional (its repeated blocks: a "
         "short compile) or full (the whole network)",
     )  # fmt: skip
