@@ -185,3 +185,20 @@ def test_a_seed_beyond_2_to_the_53_reads_back_exactly_with_pandas_next_to_a_fail
     frame = pd.read_parquet(tmp_path / "out" / "results.parquet")
     assert frame["seed"].tolist() == [big, 5]  # the failed row keeps its seed too
     assert frame["image_index"].isna().tolist() == [False, True]
+
+
+def test_manifests_typing_a_column_differently_keep_their_rows_in_one_output(tmp_path):
+    """Two manifests into one output, a pass-through column an int in one and a string (or a
+    list of items) in the other: both keep their rows, the column as text where no cast
+    joins them."""
+    from easel.data.results import write_results
+
+    out = str(tmp_path)
+    write_results(out, pa.table({"id": ["a"], "note": [1], "items": [[{"w": 1.0}]]}))
+    write_results(out, pa.table({"id": ["b"], "note": ["hello"], "items": ["plain"]}))
+    table = pq.read_table(os.path.join(out, "results.parquet"))
+    assert table.column("id").to_pylist() == ["b", "a"]
+    assert table.column("note").to_pylist() == ["hello", "1"]
+    assert table.column("items").to_pylist() == ["plain", '[{"w": 1.0}]']
+    write_results(out, pa.table({"id": ["c"], "note": [2.5], "items": [None]}))  # cast to it
+    assert pq.read_table(os.path.join(out, "results.parquet")).num_rows == 3

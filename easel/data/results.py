@@ -150,9 +150,42 @@ def write_results(out: str, table: pa.Table) -> str:
         if "id" in before.column_names and before.num_rows:
             others = before.filter(pc.invert(pc.is_in(before.column("id"), table.column("id"))))
             if others.num_rows:
+                table, others = _agreeing(table, others)
                 table = pa.concat_tables([table, others], promote_options="permissive")
     storage.write_parquet_atomic(uri, with_pandas_metadata(table))
     return uri
+
+
+def _agreeing(table: pa.Table, others: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """`table` and an earlier manifest's rows `others` with every column they share of one
+    type: the earlier values cast to the new type where they allow it, else both as text
+    (JSON for nested values): a pass-through column two manifests type differently (an
+    int, then a string) must not cost either manifest its rows."""
+    for name in set(table.column_names) & set(others.column_names):
+        new, old = table.schema.field(name).type, others.schema.field(name).type
+        if new == old or pa.types.is_null(new) or pa.types.is_null(old):
+            continue
+        try:
+            others = _replaced(others, name, others.column(name).cast(new))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            table = _replaced(table, name, _as_text(table.column(name)))
+            others = _replaced(others, name, _as_text(others.column(name)))
+    return table, others
+
+
+def _replaced(table: pa.Table, name: str, column) -> pa.Table:
+    return table.set_column(table.column_names.index(name), name, column)
+
+
+def _as_text(column) -> pa.Array:
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return column.cast(pa.string())
+    if pa.types.is_nested(column.type):
+        import json
+
+        return pa.array([None if v is None else json.dumps(v, default=str)
+                         for v in column.to_pylist()], pa.string())  # fmt: skip
+    return column.cast(pa.string())
 
 
 def with_pandas_metadata(table: pa.Table) -> pa.Table:
