@@ -231,7 +231,7 @@ def test_flops_count_the_decoder_s_text_tokens(k21):
     loaded = load_model(k21, dtype=torch.float32)
     unet = loaded.family.denoiser(loaded.pipeline)
     assert loaded.family.context_length(loaded.pipeline) == 77  # not the tokenizer's 512
-    assert flops._denoiser_flops(unet, (4, 4), 77) > flops._denoiser_flops(unet, (4, 4), 1) > 0
+    assert flops.denoiser_flops(unet, (4, 4), 77) > flops.denoiser_flops(unet, (4, 4), 1) > 0
 
 
 def test_a_decoder_folder_loads_with_the_prior_its_card_names_and_not_without(tmp_path, k21):

@@ -135,12 +135,12 @@ def test_flops_are_counted_from_the_configuration():
             block_out_channels=(128, 256, 512, 512), layers_per_block=2,
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         )  # fmt: skip
-    forward = flops._denoiser_flops(unet, (64, 64), 77)
-    decode = flops._autoencoder_flops(vae, (64, 64), False)
+    forward = flops.denoiser_flops(unet, (64, 64), 77)
+    decode = flops.autoencoder_flops(vae, (64, 64), False)
     assert forward == pytest.approx(0.84e12, rel=0.15)
     assert decode == pytest.approx(2.5e12, rel=0.15)
-    assert flops._autoencoder_flops(vae, (64, 64), True) > 1.3 * decode  # + the encoder
-    assert flops._denoiser_flops(unet, (32, 32), 77) < forward / 3
+    assert flops.autoencoder_flops(vae, (64, 64), True) > 1.3 * decode  # + the encoder
+    assert flops.denoiser_flops(unet, (32, 32), 77) < forward / 3
 
 
 def test_every_sweep_logs_its_utilisation(random_sd, tmp_path, monkeypatch, prefect_server):

@@ -65,7 +65,7 @@ class Throughput(pl.Callback):
             return metrics
         step = (self.last_ended - ended) / self.steps
         latent_side, context = self.shape
-        forward = flops._denoiser_flops(pl_module.unet, latent_side, context)
+        forward = flops.denoiser_flops(pl_module.unet, latent_side, context)
         factor = 2 if pl_module.hparams.method == "lora" else 3
         work = factor * forward * self.examples / self.steps
         metrics.update(

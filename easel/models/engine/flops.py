@@ -27,6 +27,7 @@ import tempfile
 
 import torch
 
+from easel.models.engine.family import autoencoder_scale
 from easel.models.engine.references import cache_dir
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def _write_atomically(path, text: str) -> None:
 
 
 @remembered
-def _autoencoder_flops(autoencoder, latent_side: tuple[int, int], encode: bool) -> int:
+def autoencoder_flops(autoencoder, latent_side: tuple[int, int], encode: bool) -> int:
     copy = meta_copy(autoencoder)
     channels = copy.post_quant_conv.in_channels
     latents = torch.empty(1, channels, *latent_side, device="meta")
@@ -123,18 +124,15 @@ def _autoencoder_flops(autoencoder, latent_side: tuple[int, int], encode: bool) 
     spatial = latents if getattr(copy.config, "norm_type", None) == "spatial" else None
     flops = counted(copy.decoder, copy.post_quant_conv(latents), spatial)
     if encode:
-        pixels = torch.empty(1, copy.config.in_channels, *_pixels(copy, latent_side), device="meta")
+        scale = autoencoder_scale(copy.config)
+        pixels = torch.empty(1, copy.config.in_channels, latent_side[0] * scale,
+                             latent_side[1] * scale, device="meta")  # fmt: skip
         flops += counted(copy.encoder, pixels)
     return flops
 
 
-def _pixels(autoencoder, latent_side):
-    scale = 2 ** (len(autoencoder.config.block_out_channels) - 1)
-    return latent_side[0] * scale, latent_side[1] * scale
-
-
 @remembered
-def _denoiser_flops(denoiser, latent_side: tuple[int, int], context_length: int) -> int:
+def denoiser_flops(denoiser, latent_side: tuple[int, int], context_length: int) -> int:
     """One forward of one latent (batch 1)."""
     copy = meta_copy(denoiser)
     config = copy.config
@@ -165,7 +163,7 @@ def image_flops(family, pipeline, settings) -> float:
 
 def _image_flops(family, pipeline, settings) -> float:
     autoencoder, denoiser = family.autoencoder(pipeline), family.denoiser(pipeline)
-    scale = 2 ** (len(autoencoder.config.block_out_channels) - 1)
+    scale = autoencoder_scale(autoencoder.config)
     latent_side = (settings.height // scale, settings.width // scale)
     steps = settings.num_inference_steps
     if settings.task in family.strength_tasks and settings.strength is not None:
@@ -174,6 +172,6 @@ def _image_flops(family, pipeline, settings) -> float:
     context = family.context_length(pipeline)
     edit = settings.task in ("img2img", "inpaint")
     return float(
-        steps * rows * _denoiser_flops(denoiser, latent_side, min(context, 512))
-        + _autoencoder_flops(autoencoder, latent_side, edit)
+        steps * rows * denoiser_flops(denoiser, latent_side, min(context, 512))
+        + autoencoder_flops(autoencoder, latent_side, edit)
     )
