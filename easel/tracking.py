@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from easel import startup
 from easel.data import storage
 from easel.errors import ModelReferenceError
 
@@ -32,6 +33,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 LINEAGE_TAGS = ("prefect.flow_run_id", "prefect.flow_run_url")  # copied to child runs
 ATTEMPT_TAG = "prefect.run_count"  # which attempt of the flow run made the run (1: the first)
 ENDED_BY_TAG = "easel.ended_by"  # why easel, not the run's own process, ended a run
+NAMED_MODELS = 3  # a run's name names up to this many models, else counts them
 PARAM_LENGTH = 500  # MLflow's limit on a parameter value
 PIPELINE_ARTIFACT = "pipeline"  # the pyfunc model's artifact: the diffusers folder
 REGISTRY_REFERENCE = re.compile(
@@ -44,16 +46,20 @@ def tracking_uri() -> str:
 
 
 def _client():
-    import mlflow
-
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
     if uri not in _READY:
+        with startup.importing():  # MLflow and its store's modules: seconds, once
+            import mlflow
+
+            mlflow.set_tracking_uri(uri)
+            client = mlflow.MlflowClient()
         with _sqlite_lock(uri):  # one process at a time creates a fresh database's tables
             client.search_experiments(max_results=1)
         _READY.add(uri)
-    return client
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient()
 
 
 _READY: set[str] = set()  # tracking URIs whose store this process has opened
@@ -141,10 +147,13 @@ def child_run(parent_run_id: str, name: str) -> str:
     return client.create_run(parent.info.experiment_id, run_name=name, tags=tags).info.run_id
 
 
-def run_name(kind: str, subject: str, model: str) -> str:
-    """What a run's name says: what ran, on what, with which model (its reference's last
-    part), e.g. "sweep prompts.parquet on tiny-shapes"."""
-    return f"{kind} {subject} on {short_name(model)}"
+def run_name(kind: str, subject: str, *models: str) -> str:
+    """What a run's name says: what ran, on what, with which models (each reference's last
+    part; more than `NAMED_MODELS`: their number), e.g. "sweep prompts.parquet on
+    tiny-shapes", "sweep mixed.parquet on tiny-shapes, tiny-shapes-k22"."""
+    names = list(dict.fromkeys(short_name(model) for model in models))
+    said = ", ".join(names) if len(names) <= NAMED_MODELS else f"{len(names)} models"
+    return f"{kind} {subject} on {said}"
 
 
 def short_name(reference: str) -> str:

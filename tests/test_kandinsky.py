@@ -3,6 +3,7 @@ prior and the decoder, on random-weight pipelines built from config."""
 
 from __future__ import annotations
 
+import mlflow
 import numpy as np
 import pytest
 import torch
@@ -210,6 +211,7 @@ def test_rows_a_model_cannot_run_fail_alone_naming_column_and_value(tmp_path, k2
         {"id": "ddim", "prompt": "a circle", "scheduler": "ddim", "guidance_scale": 4.0},
         {"id": "sd-fusion", "prompt": "a circle", "task": "fusion", "init_image": image,
          "model": "tiny-shapes"},
+        {"id": "sd", "prompt": "a circle", "model": "tiny-shapes"},
         {"id": "k22-inpaint", "prompt": "a circle", "init_image": image, "mask_image": image},
         {"id": "k22-euler", "prompt": "a circle", "scheduler": "euler"},
         {"id": "no-image", "prompt": "a circle", "task": "fusion"},
@@ -224,6 +226,9 @@ def test_rows_a_model_cannot_run_fail_alone_naming_column_and_value(tmp_path, k2
     assert summary.rows_failed == 4
     assert "truncated to the model's 16" in results[("dpm", 0)]["warning"]  # the prior's tokenizer
     assert results[("dpm", 0)]["scheduler"] == "dpmpp_2m" and results[("ddim", 0)]["image_sha256"]
+    tracked = mlflow.MlflowClient().get_run(results[("dpm", 0)]["mlflow_run_id"])
+    # named after the models of the rows that generate (the k22 folder is called "model")
+    assert tracked.info.run_name == "sweep mixed.parquet on model, tiny-shapes"
 
 
 def test_model_facts_and_the_size_rule(k22, k22_inpaint):

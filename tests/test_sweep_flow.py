@@ -10,6 +10,7 @@ import torch
 from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
 from sweep_helpers import STEPS, max_pixel_difference, read_results, write_manifest
 
+from easel.flows.run_context import prefect_tags
 from easel.flows.sweep import SweepParameters, sweep_flow
 from easel.models.engine.references import resolve_model_reference
 
@@ -165,3 +166,16 @@ def test_an_output_location_carries_the_runs_date_and_name(tmp_path):
     folder = tmp_path / "nightly" / day / run.name
     assert (folder / "results.parquet").exists() and (folder / "images" / "a" / "0.png").exists()
     assert state.result().out == str(folder)
+
+
+def test_a_flow_run_without_a_dashboard_keeps_no_address(monkeypatch):
+    """Prefect's temporary server has no UI: its runtime reads "None/flow-runs/..."."""
+    from prefect.runtime import flow_run
+
+    monkeypatch.setitem(flow_run.FIELDS, "id", lambda: "7f0c")
+    monkeypatch.setitem(flow_run.FIELDS, "run_count", lambda: 1)
+    monkeypatch.setitem(flow_run.FIELDS, "ui_url", lambda: "None/flow-runs/flow-run/7f0c")
+    assert prefect_tags() == {"prefect.flow_run_id": "7f0c", "prefect.run_count": "1"}
+    url = "http://127.0.0.1:4200/flow-runs/flow-run/7f0c"
+    monkeypatch.setitem(flow_run.FIELDS, "ui_url", lambda: url)
+    assert prefect_tags()["prefect.flow_run_url"] == url

@@ -14,6 +14,7 @@ import os
 import sys
 import warnings
 
+from easel import startup
 from easel.errors import InvalidInput
 from easel.flows import watchdog
 from easel.flows.commands import add_commands
@@ -47,13 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     if argv is None:  # the command itself: nothing it starts may outlive it (kill -9)
         watchdog.watch()
+        startup.begin()
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
-        return int(command_function(args.run)(args))
+        with startup.importing():
+            function = command_function(args.run)
+        return int(function(args))
     except InvalidInput as error:
         print(f"easel {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        startup.before_exit()
 
 
 if __name__ == "__main__":

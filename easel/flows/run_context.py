@@ -14,14 +14,15 @@ PLACEHOLDER = re.compile(r"\{(scheduled_date|flow_run_name)\}")
 
 def prefect_tags() -> dict[str, str]:
     """The current flow run's id, attempt (`prefect.run_count`: 2 and more are retries) and
-    dashboard URL (empty outside a flow run)."""
+    dashboard URL where its server has a UI (empty outside a flow run)."""
     from prefect.runtime import flow_run
 
     if not flow_run.id:
         return {}
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.run_count": str(flow_run.run_count)}
-    if flow_run.ui_url:
-        tags["prefect.flow_run_url"] = str(flow_run.ui_url)
+    url = str(flow_run.ui_url or "")
+    if url.startswith(("http://", "https://")):  # Prefect writes "None/flow-runs/..." without
+        tags["prefect.flow_run_url"] = url  # a UI (its temporary server): no address to keep
     return tags
 
 

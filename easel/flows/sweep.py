@@ -148,7 +148,8 @@ def sweep_flow(params: SweepParameters) -> SweepSummary | BatchOutcome:
     # the manifest checked before any MLflow run; what is missing, the shard plans in its hold
     table, plan = plan_sweep_task(inputs, check_done=sharded)
     tags = prefect_tags()
-    name = tracking.run_name("sweep", tracking.short_name(params.manifest), params.model)
+    models = sorted({batch.model for batch in plan.batches}) or [params.model]
+    name = tracking.run_name("sweep", tracking.short_name(params.manifest), *models)
     logged = {**params.model_dump(), **runtime_params(inputs)}
     with tracking.start_run(params.experiment, name, logged, tags) as run_id:
         progress = Progress(params.out, params.show_progress)

@@ -12,6 +12,8 @@ def check_then_sweep(args: argparse.Namespace) -> int:
     from easel.data import manifest
 
     manifest.check_manifest(args.manifest)  # InvalidInput: exit 2, one line
-    from easel.flows.sweep import run_sweep_command
+    from easel import startup
 
+    with startup.importing():
+        from easel.flows.sweep import run_sweep_command
     return run_sweep_command(args)

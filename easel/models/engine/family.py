@@ -121,6 +121,14 @@ class ModelFamily:
             )
         return float(value)
 
+    def import_pipelines(self) -> None:
+        """Import the diffusers pipelines this family runs (their first import takes
+        seconds; `load` then only reads weights)."""
+        import diffusers
+
+        for name in self.pipeline_classes:
+            getattr(diffusers, name)
+
     def load(self, model_path: str, prior_path: str | None, options: dict):
         """The diffusers pipeline (`options`: `from_pretrained`'s dtype and safetensors)."""
         raise NotImplementedError

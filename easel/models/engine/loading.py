@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from easel import startup
 from easel.data.batching import ModelFacts
 from easel.errors import ModelReferenceError
 from easel.models.engine.families import family_of
@@ -79,6 +80,8 @@ def load_model(
 def _load(resolved: ResolvedModel, device: str, dtype: torch.dtype, trust_pickle: bool,
           performance: Performance):  # fmt: skip
     family = resolve_family(resolved)
+    with startup.importing():
+        family.import_pipelines()
     options = {"dtype": dtype, "use_safetensors": None if trust_pickle else True}
     prior_path = resolved.prior.path if resolved.prior else None
     try:
