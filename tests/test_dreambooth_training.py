@@ -311,3 +311,14 @@ def test_differential_output_preservation_targets_the_base_model(tmp_path, works
     state = torch.load(final, weights_only=True)["state_dict"]
     assert state and all(torch.isfinite(v).all() for v in state.values())
     assert not any("base_unet" in k for k in state)  # the frozen base is not checkpointed
+
+
+def test_a_fresh_run_says_nothing_that_is_not_a_problem(tmp_path, workspace, caplog, recwarn):
+    """Lightning's notes on a fresh run (a checkpoint folder that exists, the final save's
+    `weights_only`) are neither warnings nor log lines; only a real problem may warn."""
+    caplog.set_level("INFO")
+    _train(workspace, str(tmp_path / "out"), max_steps=2)
+    said = [record.getMessage() for record in caplog.records]
+    said += [str(warning.message) for warning in recwarn]
+    assert not [s for s in said if "weights_only" in s or "not empty" in s], said
+    assert not [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)]

@@ -224,7 +224,7 @@ def train(
                     ckpt_path=last_complete_checkpoint(checkpoint_dir))  # fmt: skip
     if trainer_overrides.get("fast_dev_run"):
         return ""
-    trainer.save_checkpoint(final)  # rank 0 writes; atomic through AtomicCheckpointIO
+    trainer.save_checkpoint(final, weights_only=False)  # rank 0 writes; atomic (AtomicCheckpointIO)
     if trainer.is_global_zero:
         prune_checkpoints(checkpoint_dir, config.keep_last_n_checkpoints)
     return final

@@ -101,7 +101,8 @@ def fit(
     )
     last = os.path.join(work_dir, "last.ckpt")
     trainer.fit(module, train_dataloaders=loader, ckpt_path=last if os.path.exists(last) else None)
-    trainer.save_checkpoint(last)  # the final state, so a rerun (or a later stage) starts from it
+    # the final state, whole, so a rerun (or a later stage) starts from it
+    trainer.save_checkpoint(last, weights_only=False)
     return module
 
 
