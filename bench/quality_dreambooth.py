@@ -5,16 +5,23 @@ docs/tiny-shapes.md). This script only writes the subject's images, runs the com
 gathers their `report.json` files into one table.
 
 Subject: a `--color` `--shape` (default a blue star, a pair tiny-shapes never saw together)
-on varied backgrounds, 5 images, bound to "sks": instance prompt "a sks star", class prompt
-"a star". Variants, all from the `dreambooth-tiny` preset:
+on varied backgrounds, 5 images, each captioned with its background ("a v star on a green
+background"), bound to `--identifier` (default "v", the preset's): instance prompt "a v
+star", class prompt "a star". Variants, all from the `dreambooth-tiny` preset:
 
 - `no_prior`: instance loss only;
 - `prior`: plus the prior loss on class images sampled without guidance (the default);
 - `prior_guided_classes`: the same with class images sampled at guidance 7.5;
-- `prior_classes_guidance_3`: the same at guidance 3.
+- `prior_classes_guidance_3`: the same at guidance 3;
+- `differential_output`: no class images; the prompt without the identifier pulled to the
+  base model's prediction (ai-toolkit's differential output preservation).
+
+Columns: the subject suites, the class prompt's preservation and diversity, and context
+(`subject_context`: backgrounds no instance image shows, asked of "a star" and "a v star").
 
     python bench/quality_dreambooth.py [--out DIR] [--steps 400] [--class-images 400]
                                        [--images 48] [--shape circle --color green] [--seed 0]
+                                       [--identifier sks] [--learning-rate 1e-4]
 
 `--seed` is the training seed (DreamBooth's `seed`, which also seeds the class images:
 image i has seed `seed + i`), so repeated runs with other seeds measure the spread.
@@ -48,7 +55,13 @@ COLUMNS = {  # table column -> metric under the report's metrics, {case} filled 
     "class: PRES": "prior_preservation/{case}/subject_similarity",
     "class: DIV": "dreambooth_diversity/class/{case}/feature_distance",
     "subject: DIV": "dreambooth_diversity/instance/{case}/feature_distance",
+    "context: class prompt": "context/{context_case}/background_rate",
+    "context: subject prompt": "context/{case}_subject/subject_and_background_rate",
 }
+
+
+def instance_prompt(args) -> str:
+    return f"a {args.identifier} {args.shape}"
 
 
 def run(command: list[str]) -> None:
@@ -61,12 +74,12 @@ def train(args, name: str, instance: str) -> str:
     output = os.path.join(args.out, name)
     overrides = [
         f"instance_data={instance}",
-        f"instance_prompt=a sks {args.shape}",
+        f"instance_prompt={instance_prompt(args)}",
         f"class_prompt=a {args.shape}",
         f"max_steps={args.steps}",
         f"checkpoint_every_n_steps={args.steps}",
         f"num_class_images={args.class_images}",
-        f"learning_rate={args.learning_rate}",
+        *([f"learning_rate={args.learning_rate}"] if args.learning_rate else []),
         f"seed={args.seed}",
         f"class_priors_dir={os.path.join(args.out, 'class_priors')}",
         "validation_prompts=[]",
@@ -82,7 +95,7 @@ def evaluate(args, name: str, pipeline: str, instance: str) -> dict:
     out = os.path.join(args.out, name, "eval")
     run(
         ["easel", "eval", "--model", pipeline, "--base-model", "tiny-shapes", "--out", out]
-        + ["--instance-data", instance, "--instance-prompt", f"a sks {args.shape}"]
+        + ["--instance-data", instance, "--instance-prompt", instance_prompt(args)]
         + ["--class-prompt", f"a {args.shape}", "--subject-images", str(args.images)]
     )
     with open(os.path.join(out, "report.json")) as f:
@@ -96,7 +109,9 @@ def table(reports: dict[str, dict]) -> str:
     rows += [(name, report["metrics"], "fine_tuned") for name, report in reports.items()]
     lines = ["| model | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for label, metrics, case in rows:
-        cells = [metrics.get(key.format(case=case)) for key in COLUMNS.values()]
+        context_case = "base" if case == "base" else "fine_tuned"
+        cells = [metrics.get(key.format(case=case, context_case=context_case))
+                 for key in COLUMNS.values()]  # fmt: skip
         lines.append(
             f"| {label} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells) + " |"
         )
@@ -116,7 +131,8 @@ def main() -> None:
     parser.add_argument("--shape", default="star")
     parser.add_argument("--color", default="blue")
     parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--learning-rate", type=float, help="default: the preset's")
+    parser.add_argument("--identifier", default="v", help="the subject's word (the preset's)")
     parser.add_argument("--class-images", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0, help="training seed (DreamBooth `seed`)")
     parser.add_argument("--images", type=int, default=48, help="generations per prompt, model")
@@ -126,8 +142,9 @@ def main() -> None:
 
     from easel.data.shapes import write_shape_subject
 
+    caption = instance_prompt(args) + " on a {background} background"
     instance = write_shape_subject(
-        os.path.join(args.out, "instance"), shape=args.shape, color=args.color
+        os.path.join(args.out, "instance"), shape=args.shape, color=args.color, caption=caption
     )
     reports = {}
     for name in args.variants:

@@ -119,7 +119,8 @@ def test_preset_is_valid_and_ready_made_for_tiny_shapes(tmp_path):
     from easel.tasks.dreambooth import check_inputs
 
     config = tiny_shapes_config(str(tmp_path / "db"), max_steps=3)
-    assert config.identifier == "sks" and config.resolution == 64 and config.max_steps == 3
+    assert config.identifier == "v" and config.resolution == 64 and config.max_steps == 3
+    assert config.train_text_encoder == "identifier"
     assert len(check_inputs(config, model_digest="d").instance_images) == 5
 
 
