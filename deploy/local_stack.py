@@ -196,7 +196,7 @@ def stop(root: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("action", choices=["start", "add-worker", "stop"])
     parser.add_argument("--dir", default=".stack", help="where everything lives (.stack)")
     parser.add_argument("--workers", type=int, default=2, help="process workers to start (2)")

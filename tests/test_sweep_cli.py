@@ -39,6 +39,8 @@ def assert_refused(returncode, stderr, out, *words):
         ("duplicate-ids", ["duplicate", "'twin'"]),
         ("bad-config", ["batch_size", "0"]),
         ("unknown-scheduler", ["`scheduler`", "'magic'", *SCHEDULER_NAMES]),
+        ("out-is-a-file", ["`out` must be a folder", "is a file"]),
+        ("out-under-a-file", ["`out`", "cannot be a folder", "is a file"]),
     ],
 )
 def test_invalid_manifest_or_invocation_exits_2(tmp_path, capsys, kind, words):
@@ -56,8 +58,33 @@ def test_invalid_manifest_or_invocation_exits_2(tmp_path, capsys, kind, words):
         write_manifest(manifest, [{"id": "a", "prompt": "a"}])
         (tmp_path / "sweep.yaml").write_text("scheduler: magic\n")
         extra = ["--config", str(tmp_path / "sweep.yaml")]
+    elif kind.startswith("out-"):
+        write_manifest(manifest, [{"id": "a", "prompt": "a"}])
+        (tmp_path / "afile").write_text("")
+        out = str(tmp_path / "afile") + ("/sub" if kind == "out-under-a-file" else "")
     returncode = main(["sweep", str(manifest), "--out", out, *extra])
     assert_refused(returncode, capsys.readouterr().err, out, *words)
+
+
+@pytest.mark.parametrize(
+    "command", [["priors", "--class-prompt", "a star", "--num", "2", "--out"], ["eval", "--out"],
+                ["quickstart", "--out"]],
+)  # fmt: skip
+def test_every_command_refuses_a_file_for_its_output_folder(tmp_path, capsys, command):
+    (tmp_path / "afile").write_text("")
+    returncode = main([*command, str(tmp_path / "afile")])
+    assert_refused(returncode, capsys.readouterr().err, str(tmp_path), "`", "is a file")
+
+
+def test_an_interrupt_ends_in_one_line_and_code_130(monkeypatch, capsys):
+    from easel.flows import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "command_function", lambda run: interrupted)
+    assert cli.main(["sweep", "m.parquet", "--out", "out"]) == 130
+    assert capsys.readouterr().err == "easel sweep: interrupted\n"
 
 
 def test_exit_2_from_a_real_process(tmp_path):

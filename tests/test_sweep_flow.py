@@ -168,14 +168,16 @@ def test_an_output_location_carries_the_runs_date_and_name(tmp_path):
     assert state.result().out == str(folder)
 
 
-def test_a_flow_run_without_a_dashboard_keeps_no_address(monkeypatch):
-    """Prefect's temporary server has no UI: its runtime reads "None/flow-runs/..."."""
+def test_the_flow_run_address_is_the_dashboard_s_and_none_without_one(monkeypatch):
+    """The tag links to the run's page on the dashboard (`/runs/flow-run/ID`); Prefect's
+    temporary server has no dashboard (its runtime's `ui_url` reads "None/flow-runs/...")."""
     from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
     monkeypatch.setitem(flow_run.FIELDS, "id", lambda: "7f0c")
     monkeypatch.setitem(flow_run.FIELDS, "run_count", lambda: 1)
-    monkeypatch.setitem(flow_run.FIELDS, "ui_url", lambda: "None/flow-runs/flow-run/7f0c")
-    assert prefect_tags() == {"prefect.flow_run_id": "7f0c", "prefect.run_count": "1"}
-    url = "http://127.0.0.1:4200/flow-runs/flow-run/7f0c"
-    monkeypatch.setitem(flow_run.FIELDS, "ui_url", lambda: url)
-    assert prefect_tags()["prefect.flow_run_url"] == url
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
+        url = prefect_tags()["prefect.flow_run_url"]
+    assert url == "http://127.0.0.1:4200/runs/flow-run/7f0c"
+    with temporary_settings({PREFECT_API_URL: None, PREFECT_UI_URL: None}):
+        assert prefect_tags() == {"prefect.flow_run_id": "7f0c", "prefect.run_count": "1"}

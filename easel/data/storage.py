@@ -23,6 +23,8 @@ from typing import Any, BinaryIO
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from easel.errors import InvalidInput
+
 # a hidden temporary file untouched this long was left by a writer that died
 STALE_TEMPORARY_SECONDS = 15 * 60
 # in every temporary name: which process writes it ("~" is in no host name)
@@ -60,6 +62,21 @@ def version_tag(info: dict) -> str:
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
     return fs.exists(path)
+
+
+def check_output_folder(uri: str, field: str) -> None:
+    """Refuse an output location no folder can be made at, before any work: a file there,
+    or on a local disk a file in place of one of its parents (`InvalidInput` naming `field`
+    and `uri`)."""
+    fs, path = filesystem(uri)
+    if fs.isfile(path):
+        raise InvalidInput(f"`{field}` must be a folder but {uri!r} is a file")
+    if isinstance(fs, LocalFileSystem):
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise InvalidInput(f"`{field}` {uri!r} cannot be a folder: {parent!r} is a file")
 
 
 def path_of(uri: str) -> str:

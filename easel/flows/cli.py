@@ -3,7 +3,7 @@
 `easel.flows.commands` defines every command's parser (light: `--help` imports no model
 library); the parser sets `run`, the `module:function` that runs the command, imported only
 once it is chosen. The function returns the exit code: 0 all work succeeded, 1 some rows
-failed, 2 the invocation as a whole is invalid (one line on stderr).
+failed, 2 the invocation as a whole is invalid (one line on stderr), 130 interrupted (^C).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from easel import startup
 from easel.errors import InvalidInput
 from easel.flows import watchdog
 from easel.flows.commands import add_commands
+
+INTERRUPTED = 130  # the shell's code for a command ended by SIGINT (128 + 2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidInput as error:
         print(f"easel {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # ^C: what is done stays done; a rerun does the rest
+        print(f"easel {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
     finally:
         startup.before_exit()
 

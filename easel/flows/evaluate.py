@@ -184,6 +184,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     params = load_parameters(EvalParameters, args.config, {k: getattr(args, k) for k in keys})
     if params.judge is not None and not os.path.exists(os.path.join(params.judge, "config.json")):
         raise InvalidInput(f"`--judge` {params.judge!r} is not a judge folder (no config.json)")
+    storage.check_output_folder(params.out, "out")
     resolve_model_reference(params.model)  # a bad reference fails here: exit 2, nothing generated
     if params.subject():
         try:

@@ -92,6 +92,7 @@ def run_priors_command(args: argparse.Namespace) -> int:
         "show_progress": sys.stderr.isatty(),
     }  # fmt: skip
     params = load_parameters(PriorsParameters, args.config, overrides)
+    storage.check_output_folder(params.out, "out")
     priors = class_priors_flow(params)
     print(
         f"class priors:  {priors.folder}  ({len(priors.image_uris)} images, "

@@ -16,13 +16,14 @@ def prefect_tags() -> dict[str, str]:
     """The current flow run's id, attempt (`prefect.run_count`: 2 and more are retries) and
     dashboard URL where its server has a UI (empty outside a flow run)."""
     from prefect.runtime import flow_run
+    from prefect.utilities.urls import url_for
 
     if not flow_run.id:
         return {}
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.run_count": str(flow_run.run_count)}
-    url = str(flow_run.ui_url or "")
-    if url.startswith(("http://", "https://")):  # Prefect writes "None/flow-runs/..." without
-        tags["prefect.flow_run_url"] = url  # a UI (its temporary server): no address to keep
+    url = url_for("flow-run", obj_id=flow_run.id)  # the dashboard's own path; None: no UI
+    if url:  # (Prefect's temporary server)
+        tags["prefect.flow_run_url"] = url
     return tags
 
 

@@ -33,7 +33,7 @@ from easel.data.limits import (
 from easel.data.manifest import SweepDefaults
 from easel.data.results import SweepSummary
 from easel.flows.config import load_parameters
-from easel.flows.run_context import expand_placeholders, prefect_tags
+from easel.flows.run_context import PLACEHOLDER, expand_placeholders, prefect_tags
 from easel.flows.shards import run_shards
 from easel.models.engine.performance import Performance
 from easel.models.engine.sweep import BatchOutcome, SweepInputs, runtime_params, utilisation
@@ -141,6 +141,7 @@ def sweep_flow(params: SweepParameters) -> SweepSummary | BatchOutcome:
     """Validate the manifest, generate the missing images chunk by chunk (split into
     `shards` flow runs when asked), record everything, merge `results.parquet`."""
     params = params.model_copy(update={"out": expand_placeholders(params.out)})
+    storage.check_output_folder(params.out, "out")
     if params.shard is not None:
         return _shard_run(params)
     inputs = params.inputs()
@@ -290,6 +291,8 @@ def run_sweep(params: SweepParameters) -> SweepSummary:
     """Check the manifest as a whole first (exit 2, no flow run, nothing generated), then run
     the flow, which validates each row (a bad row fails alone)."""
     manifest.check_manifest(params.manifest)
+    if not PLACEHOLDER.search(params.out):  # else known once the flow run is
+        storage.check_output_folder(params.out, "out")
     return sweep_flow(params)
 
 

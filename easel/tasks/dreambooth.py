@@ -64,6 +64,7 @@ def resolve_model(model: str) -> ResolvedModel:
 def check_inputs(config: DreamBoothConfig, model_digest: str) -> TrainingInputs:
     """Everything about the config that needs I/O, before any work: the output folder, the
     instance and class images, and what a resume from the last checkpoint may honour."""
+    storage.check_output_folder(config.output, "output")
     images = check_instance_data(config.instance_data)
     if config.class_data is not None and config.class_images_used:
         if not storage.exists(config.class_data) or not list_images(config.class_data):
