@@ -33,6 +33,8 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 LINEAGE_TAGS = ("prefect.flow_run_id", "prefect.flow_run_url")  # copied to child runs
 ATTEMPT_TAG = "prefect.run_count"  # which attempt of the flow run made the run (1: the first)
 ENDED_BY_TAG = "easel.ended_by"  # why easel, not the run's own process, ended a run
+PROCESS_TAG = "easel.process"  # the process whose run it is ("host~pid"): if it is killed,
+# its watchdog (flows/watchdog.py) ends the runs it left RUNNING
 NAMED_MODELS = 3  # a run's name names up to this many models, else counts them
 PARAM_LENGTH = 500  # MLflow's limit on a parameter value
 PIPELINE_ARTIFACT = "pipeline"  # the pyfunc model's artifact: the diffusers folder
@@ -104,7 +106,7 @@ def start_run(
     if tags and int(tags.get(ATTEMPT_TAG, 1)) > 1:
         end_crashed_attempts(tags["prefect.flow_run_id"])
     nested = mlflow.active_run() is not None
-    tags = dict(tags or {})
+    tags = {**(tags or {}), PROCESS_TAG: storage.process_name(os.getpid())}
     if parent_run_id and not nested:
         tags["mlflow.parentRunId"] = parent_run_id
         experiment_id = client.get_run(parent_run_id).info.experiment_id
@@ -123,17 +125,31 @@ def end_crashed_attempts(
     (an attempt that crashed: its process was killed before it could end them), tagged
     `easel.ended_by` with `reason`. Call it only once that attempt is known to be gone (a
     later attempt of it; a run that took over the output it held). Returns their ids."""
+    return _end_running(f"tags.`prefect.flow_run_id` = '{flow_run_id}'", reason, "FAILED")
+
+
+def end_runs_of_process(process: str, reason: str) -> list[str]:
+    """End as KILLED every run still RUNNING that the process `process` ("host~pid") made,
+    tagged `easel.ended_by` with `reason`: called once that process is known to be gone.
+    A store that does not exist yet (a SQLite file not made) is left alone. Returns their
+    ids."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not os.path.exists(uri.removeprefix("sqlite:///")):
+        return []
+    return _end_running(f"tags.`{PROCESS_TAG}` = '{process}'", reason, "KILLED")
+
+
+def _end_running(run_filter: str, reason: str, status: str) -> list[str]:
     import mlflow
 
     client = _client()
     stale = mlflow.search_runs(
         search_all_experiments=True, output_format="list",
-        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' "
-        "and attributes.status = 'RUNNING'",
+        filter_string=f"{run_filter} and attributes.status = 'RUNNING'",
     )  # fmt: skip
     for run in stale:
         client.set_tag(run.info.run_id, ENDED_BY_TAG, reason)
-        client.set_terminated(run.info.run_id, "FAILED")
+        client.set_terminated(run.info.run_id, status)
     return [run.info.run_id for run in stale]
 
 
@@ -144,6 +160,7 @@ def child_run(parent_run_id: str, name: str) -> str:
     parent = client.get_run(parent_run_id)
     tags = {key: parent.data.tags[key] for key in LINEAGE_TAGS if key in parent.data.tags}
     tags["mlflow.parentRunId"] = parent_run_id
+    tags[PROCESS_TAG] = storage.process_name(os.getpid())
     return client.create_run(parent.info.experiment_id, run_name=name, tags=tags).info.run_id
 
 
@@ -186,6 +203,7 @@ def resumable_child_run(
         if ENDED_BY_TAG in client.get_run(run_id).data.tags:  # ended with a crashed attempt
             client.delete_tag(run_id, ENDED_BY_TAG)
             client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, PROCESS_TAG, storage.process_name(os.getpid()))  # now this one's
         return run_id
     client = _client()
     if parent_run_id:
@@ -193,7 +211,8 @@ def resumable_child_run(
     else:
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-        run_id = client.create_run(experiment_id, run_name=name).info.run_id
+        tags = {PROCESS_TAG: storage.process_name(os.getpid())}
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     for key, value in (params or {}).items():
         if value is not None:
             client.log_param(run_id, key, _param(value))

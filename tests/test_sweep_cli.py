@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import mlflow
 import pytest
 from PIL import Image
 from sweep_helpers import STEPS, easel, read_results, write_manifest
@@ -16,7 +17,7 @@ from sweep_helpers import STEPS, easel, read_results, write_manifest
 from easel.data.limits import SCHEDULER_NAMES
 from easel.data.results import read_records
 from easel.flows.cli import main
-from easel.flows.watchdog import descendants, started
+from easel.flows.watchdog import KILLED_REASON, descendants, started
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -140,6 +141,13 @@ def test_kill_9_then_rerun_does_each_image_exactly_once(tmp_path):
     assert len(recorded) >= 4
     stamps = {i: os.stat(r.image_uri).st_mtime_ns for i, r in recorded.items()}
     assert_only_whole_pngs(out)
+    killed = next(iter(recorded.values())).mlflow_run_id  # its MLflow run: ended, not RUNNING
+    client, deadline = mlflow.MlflowClient(), time.time() + 60
+    while client.get_run(killed).info.status == "RUNNING":
+        assert time.time() < deadline, "the killed command's MLflow run stays RUNNING"
+        time.sleep(0.5)
+    assert client.get_run(killed).info.status == "KILLED"
+    assert client.get_run(killed).data.tags["easel.ended_by"] == KILLED_REASON
 
     result = easel("sweep", manifest, "--out", out, "--batch-size", "1")
     assert result.returncode == 0, result.stderr
@@ -157,6 +165,8 @@ def test_kill_9_then_rerun_does_each_image_exactly_once(tmp_path):
             assert row["mlflow_run_id"] == recorded[row["id"]].mlflow_run_id
             assert os.stat(row["image_uri"]).st_mtime_ns == stamps[row["id"]]
     assert len({r["mlflow_run_id"] for r in results}) == 2
+    assert {client.get_run(r["mlflow_run_id"]).info.status for r in results} == {
+        "KILLED", "FINISHED"}  # fmt: skip
     assert_only_whole_pngs(out)
 
 

@@ -27,8 +27,15 @@ from easel.errors import InvalidInput
 
 # a hidden temporary file untouched this long was left by a writer that died
 STALE_TEMPORARY_SECONDS = 15 * 60
-# in every temporary name: which process writes it ("~" is in no host name)
-WRITER = f"{socket.gethostname()}~{os.getpid()}"
+
+
+def process_name(pid: int) -> str:
+    """A process on this machine, as other machines and later processes can tell it apart:
+    "host~pid" ("~" is in no host name)."""
+    return f"{socket.gethostname()}~{pid}"
+
+
+WRITER = process_name(os.getpid())  # in every temporary name: which process writes it
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:

@@ -48,10 +48,19 @@ def quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     """The `easel` command; `argv` given (a test, a script): in this process, unwatched."""
     quiet_libraries()
-    if argv is None:  # the command itself: nothing it starts may outlive it (kill -9)
-        watchdog.watch()
-        startup.begin()
-    argv = sys.argv[1:] if argv is None else argv
+    if argv is not None:
+        return run(argv)
+    watchdog.watch()  # the command itself: nothing it starts may outlive it (kill -9)
+    startup.begin()
+    try:
+        return run(sys.argv[1:])
+    finally:  # however it ends (argparse's exit included), it was not killed
+        watchdog.disarm()
+        startup.before_exit()
+
+
+def run(argv: list[str]) -> int:
+    """Parse `argv`, run the command, turn its end into the exit code."""
     args = build_parser().parse_args(argv)
     try:
         with startup.importing():
@@ -63,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # ^C: what is done stays done; a rerun does the rest
         print(f"easel {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED
-    finally:
-        startup.before_exit()
 
 
 if __name__ == "__main__":
