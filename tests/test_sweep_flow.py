@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 
 import mlflow
 import pytest
@@ -181,3 +183,28 @@ def test_the_flow_run_address_is_the_dashboard_s_and_none_without_one(monkeypatc
     assert url == "http://127.0.0.1:4200/runs/flow-run/7f0c"
     with temporary_settings({PREFECT_API_URL: None, PREFECT_UI_URL: None}):
         assert prefect_tags() == {"prefect.flow_run_id": "7f0c", "prefect.run_count": "1"}
+
+
+def test_an_image_changed_since_it_was_written_is_made_again(tmp_path):
+    """A file truncated or replaced after its record vouched for it is generated again (a
+    rerun compares each image's size with the recorded one); one changed in place at the
+    same size is not noticed, and its contact-sheet tile says it cannot be read."""
+    rows = [{"id": f"r{i}", "prompt": p, "seed": i} for i, p in enumerate(PROMPTS[:3])]
+    first, out = run(tmp_path, "o", rows)
+    before = {r["id"]: r for r in read_results(out)}
+    shutil.copy(before["r0"]["image_uri"], tmp_path / "r0.png")
+    with open(before["r0"]["image_uri"], "w") as f:
+        f.write("x")  # replaced
+    size = os.path.getsize(before["r1"]["image_uri"])
+    with open(before["r1"]["image_uri"], "wb") as f:
+        f.write(b"\0" * size)  # changed in place, same size
+
+    again, _ = run(tmp_path, "o", rows)
+    assert (again.generated_now, again.images_ok) == (1, 3)
+    after = {r["id"]: r for r in read_results(out)}
+    with open(after["r0"]["image_uri"], "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == after["r0"]["image_sha256"]
+    assert max_pixel_difference(after["r0"]["image_uri"], tmp_path / "r0.png") <= 2  # again
+    assert after["r0"]["mlflow_run_id"] != before["r0"]["mlflow_run_id"]  # made by the rerun
+    assert after["r2"] == before["r2"]
+    assert os.path.exists(again.contact_sheet_uri)

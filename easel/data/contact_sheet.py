@@ -49,10 +49,14 @@ def tile_label(row_id: str, image_index: int, prompt: str | None) -> str:
 
 def contact_sheet(image_uris: list[str], labels: list[str], columns: int = 8) -> Image.Image:
     """A grid of thumbnails of the images at `image_uris` (at most MAX_IMAGES)."""
-    thumbs = []
-    for uri in image_uris[:MAX_IMAGES]:
-        with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
-            thumbs.append(image.convert("RGB"))
+    thumbs, labels = [], list(labels)
+    for i, uri in enumerate(image_uris[:MAX_IMAGES]):
+        try:
+            with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
+                thumbs.append(image.convert("RGB"))
+        except (OSError, SyntaxError):  # changed since it was written: a grey tile says so
+            thumbs.append(Image.new("RGB", (THUMBNAIL, THUMBNAIL), "grey"))
+            labels[i] = f"unreadable: {labels[i]}"
     return grid(thumbs, labels, columns)
 
 

@@ -34,7 +34,11 @@ RESULT_FIELDS = pa.schema([
     ("mlflow_run_id", pa.string()),
     ("flow_run_id", pa.string()),  # the Prefect flow run that generated it (a shard's own)
 ])  # fmt: skip
-RECORD_SCHEMA = pa.schema([("id", pa.string()), ("request_key", pa.string()), *RESULT_FIELDS])
+RECORD_SCHEMA = pa.schema([
+    ("id", pa.string()), ("request_key", pa.string()), *RESULT_FIELDS,
+    ("image_bytes", pa.int64()),  # the PNG's size as written: a file changed since is redone
+    ("written_at", pa.float64()),  # when (Unix seconds): of two records of one image, the later
+])  # fmt: skip
 
 
 @dataclass
@@ -56,6 +60,8 @@ class ImageRecord:
     image_sha256: str | None
     mlflow_run_id: str | None
     flow_run_id: str | None = None
+    image_bytes: int | None = None  # records written before it: None (the size is not checked)
+    written_at: float | None = None  # records written before it: None (the oldest)
 
 
 def image_uri(out: str, row_id: str, image_index: int) -> str:
@@ -95,14 +101,22 @@ def slot(record: ImageRecord) -> tuple[str, int | None, str | None]:
     return (record.id, record.image_index, record.request_key)
 
 
+def vouching_records(out: str) -> list[ImageRecord]:
+    """Every record under `out` but the ok ones whose image is gone, or no longer has the
+    size it was written with (deleted, truncated, replaced since: done again). The image
+    folder is listed once: one call per 1,000 files on an object store, not one per image."""
+    sizes = storage.file_sizes(storage.join(out, "images"))
+    return [r for r in read_records(out) if r.status != "ok" or _unchanged(r, sizes)]
+
+
 def done_slots(out: str) -> set[tuple[str, int, str]]:
-    """The slots recorded as ok whose file still exists (the image folder is listed once:
-    one call per 1,000 files on an object store, not one per image)."""
-    present = storage.files_under(storage.join(out, "images"))
-    return {
-        slot(r) for r in read_records(out)
-        if r.status == "ok" and r.request_key and storage.path_of(r.image_uri) in present
-    }  # fmt: skip
+    """The slots whose image is done (`vouching_records`)."""
+    return {slot(r) for r in vouching_records(out) if r.status == "ok" and r.request_key}
+
+
+def _unchanged(record: ImageRecord, sizes: dict[str, int]) -> bool:
+    size = sizes.get(storage.path_of(record.image_uri))
+    return size is not None and record.image_bytes in (None, size)
 
 
 def assemble_results(
@@ -219,9 +233,9 @@ def final_records(plan: SweepPlan, recorded: list[ImageRecord]) -> list[tuple[in
     row, its index, its content), failed images included; a row that failed before any of
     its images was tried (at validation, or a run stopped first) keeps one."""
     by_slot: dict[tuple, ImageRecord] = {}
-    for record in recorded:  # an ok record wins over a failed try of the same image
+    for record in recorded:  # an ok record wins over a failed try, a later one over an earlier
         existing = by_slot.get(slot(record))
-        if record.request_key and (existing is None or existing.status != "ok"):
+        if record.request_key and (existing is None or _rank(record) > _rank(existing)):
             by_slot[slot(record)] = record
     rows: list[tuple[int, ImageRecord]] = []
     for failure in plan.failures:
@@ -236,6 +250,10 @@ def final_records(plan: SweepPlan, recorded: list[ImageRecord]) -> list[tuple[in
         rows.extend((job.row_index, record) for record in found)
     rows.sort(key=lambda item: (item[0], item[1].image_index or 0))
     return rows
+
+
+def _rank(record: ImageRecord) -> tuple[bool, float]:
+    return (record.status == "ok", record.written_at or 0.0)
 
 
 MAX_LISTED_FAILURES = 20  # on stderr when a sweep exits 1; all of them are in results
@@ -266,7 +284,7 @@ def row_captions(manifest: pa.Table, row_indices: list[int]) -> list[str | None]
 def publish_results(out: str, manifest: pa.Table, plan: SweepPlan, generated_now: int):
     """`results.parquet` assembled from the manifest and every record under `out`, and the
     contact sheet of its images; returns the `SweepSummary`."""
-    rows = final_records(plan, read_records(out))
+    rows = final_records(plan, vouching_records(out))
     table = assemble_results(manifest, [index for index, _ in rows], [r for _, r in rows])
     results_uri = write_results(out, table)
     ok = [record for _, record in rows if record.status == "ok"]

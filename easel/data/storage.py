@@ -91,10 +91,13 @@ def path_of(uri: str) -> str:
     return filesystem(uri)[1]
 
 
-def files_under(folder: str) -> set[str]:
-    """Every file below `folder`, as `path_of` gives them (empty if it does not exist)."""
+def file_sizes(folder: str) -> dict[str, int]:
+    """Every file below `folder`, as `path_of` gives them, with its size in bytes (empty if
+    it does not exist): one listing, one call per 1,000 files on an object store."""
     fs, path = filesystem(folder)
-    return set(fs.find(path)) if fs.exists(path) else set()
+    if not fs.exists(path):
+        return {}
+    return {name: info["size"] for name, info in fs.find(path, detail=True).items()}
 
 
 def read_bytes(uri: str) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
@@ -26,14 +27,14 @@ def write_batch(
     written = []
     for image, output, record in zip(batch.images, outputs, records, strict=True):
         if isinstance(output, Exception):
-            written.append(
-                replace(record, status="failed", error=str(output) or type(output).__name__)
-            )
+            written.append(replace(record, status="failed", written_at=time.time(),
+                                   error=str(output) or type(output).__name__))  # fmt: skip
             continue
         uri = results.image_uri(out, image.row_id, image.image_index)
         data = storage.write_png_atomic(uri, output)
-        written.append(replace(record, status="ok", image_uri=uri,
-                               image_sha256=hashlib.sha256(data).hexdigest()))  # fmt: skip
+        written.append(replace(record, status="ok", image_uri=uri, image_bytes=len(data),
+                               image_sha256=hashlib.sha256(data).hexdigest(),
+                               written_at=time.time()))  # fmt: skip
     results.write_record_shard(out, batch.key, written)
     return written
 
