@@ -135,3 +135,24 @@ def test_contact_sheet_labels_draw_cyrillic_glyphs_not_boxes():
     drawn = [np.asarray(grid([tile], [f"r/0\n{text}"]))[128:] for text in ("красный", "зелёный")]
     assert (drawn[0] != drawn[1]).any()  # different words, different pixels
     assert (drawn[0] < 128).any()  # something was drawn
+
+
+def test_a_contact_sheet_is_made_small_enough_for_a_prefect_artifact():
+    """Prefect's server refuses (with a warning) an event over 1.5 MB: the sheet embedded in
+    the sweep's summary is halved until its PNG is at most EMBEDDED_BYTES (base64: 4/3)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from easel.data.contact_sheet import EMBEDDED_BYTES, embeddable_png
+
+    noise = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    assert len(buffer.getvalue()) > EMBEDDED_BYTES
+    png, factor = embeddable_png(buffer.getvalue())
+    assert len(png) <= EMBEDDED_BYTES and factor >= 2
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.size == (1024 // factor, 1024 // factor)
+    assert embeddable_png(png) == (png, 1)  # small enough: unchanged

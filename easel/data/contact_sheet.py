@@ -17,6 +17,9 @@ THUMBNAIL = 128
 MAX_IMAGES = 256
 LABEL_CHARACTERS = 21  # what fits under a thumbnail in Pillow's default font
 LINE = 12  # pixels per label line
+# a contact sheet embedded in a Prefect artifact (as base64: 4/3 of this) stays under the
+# Prefect server's 1.5 MB limit on an event, which otherwise refuses it with a warning
+EMBEDDED_BYTES = 750_000
 
 
 @functools.cache
@@ -83,3 +86,18 @@ def write_contact_sheet(out: str, image_uris: list[str], labels: list[str]) -> s
     uri = storage.join(out, "contact_sheet.png")
     storage.write_png_atomic(uri, contact_sheet(image_uris, labels), compress_level=1)  # fast
     return uri
+
+
+def embeddable_png(png: bytes, max_bytes: int = EMBEDDED_BYTES) -> tuple[bytes, int]:
+    """The PNG `png`, halved in size until it has at most `max_bytes` bytes; returns it and
+    how many times smaller its sides are (1: unchanged)."""
+    factor = 1
+    while len(png) > max_bytes:
+        factor *= 2
+        with Image.open(io.BytesIO(png)) as image:
+            size = (max(1, image.width // 2), max(1, image.height // 2))
+            smaller = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        smaller.save(buffer, format="PNG", optimize=True)
+        png = buffer.getvalue()
+    return png, factor

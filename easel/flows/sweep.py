@@ -19,7 +19,7 @@ from prefect.artifacts import (
 from pydantic import BaseModel, Field, model_validator
 
 from easel import tracking
-from easel.data import limits, manifest, storage
+from easel.data import contact_sheet, limits, manifest, storage
 from easel.data.batching import ALL, Shard, chunk_batches
 from easel.data.limits import (
     BatchSizeSetting,
@@ -267,8 +267,10 @@ def _publish_artifacts(summary: SweepSummary, mlflow_run_id: str) -> None:
         f"MLflow: {tracking.run_link(mlflow_run_id)}\n"
     )
     if summary.contact_sheet_uri:
-        encoded = base64.b64encode(storage.read_bytes(summary.contact_sheet_uri)).decode()
-        markdown += f"\n![contact sheet](data:image/png;base64,{encoded})\n"
+        png, factor = contact_sheet.embeddable_png(storage.read_bytes(summary.contact_sheet_uri))
+        scale = "" if factor == 1 else f" (1/{factor} of its size: the whole is in the folder)"
+        markdown += (f"\nContact sheet: `{summary.contact_sheet_uri}`{scale}\n\n"
+                     f"![contact sheet](data:image/png;base64,{base64.b64encode(png).decode()})\n")
     create_markdown_artifact(markdown, key="sweep-summary", description="sweep summary")
 
 
