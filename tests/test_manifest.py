@@ -235,3 +235,14 @@ def test_a_model_whose_own_scheduler_easel_has_no_name_for_still_runs_with_it():
     assert settings_problem(own, facts, "model 'lcm'") is None
     other = BatchSettings(**{**own.__dict__, "scheduler": "KarrasVeScheduler"})
     assert "`scheduler` 'KarrasVeScheduler'" in settings_problem(other, facts, "model 'lcm'")
+
+
+def test_a_flow_default_matters_only_to_rows_without_their_own_value():
+    import pyarrow as pa
+
+    from easel.data.manifest import uses_default
+
+    assert not uses_default(pa.table({"prompt": ["a"], "model": ["tiny-shapes"]}), "model")
+    assert uses_default(pa.table({"prompt": ["a", "b"], "model": ["tiny-shapes", None]}), "model")
+    assert uses_default(pa.table({"prompt": ["a"]}), "model")
+    assert not uses_default(pa.table({"prompt": pa.array([], pa.string())}), "model")

@@ -41,6 +41,7 @@ def assert_refused(returncode, stderr, out, *words):
         ("bad-config", ["batch_size", "0"]),
         ("unknown-scheduler", ["`scheduler`", "'magic'", *SCHEDULER_NAMES]),
         ("out-is-a-file", ["`out` must be a folder", "is a file"]),
+        ("unknown-default-model", ["`model`", "'nosuch'"]),
         ("out-under-a-file", ["`out`", "cannot be a folder", "is a file"]),
     ],
 )
@@ -59,6 +60,10 @@ def test_invalid_manifest_or_invocation_exits_2(tmp_path, capsys, kind, words):
         write_manifest(manifest, [{"id": "a", "prompt": "a"}])
         (tmp_path / "sweep.yaml").write_text("scheduler: magic\n")
         extra = ["--config", str(tmp_path / "sweep.yaml")]
+    elif kind == "unknown-default-model":  # rows without a `model` of their own use it
+        write_manifest(manifest, [{"id": "a", "prompt": "a", "model": "tiny-shapes"},
+                                  {"id": "b", "prompt": "b"}])  # fmt: skip
+        extra = ["--model", "nosuch"]
     elif kind.startswith("out-"):
         write_manifest(manifest, [{"id": "a", "prompt": "a"}])
         (tmp_path / "afile").write_text("")

@@ -271,6 +271,13 @@ def derived_seed(row_id: str) -> int:
     return int(hashlib.sha256(row_id.encode()).hexdigest()[:8], 16)
 
 
+def uses_default(table: pa.Table, column: str) -> bool:
+    """Whether some row of `table` leaves `column` unset (the flow's default applies)."""
+    return table.num_rows > 0 and (
+        column not in table.column_names or table.column(column).null_count > 0
+    )
+
+
 def check_manifest(uri: str) -> Manifest:
     """Read the manifest and check what invalidates it as a whole (files, schema, `prompt`
     column, duplicate ids), without validating its rows one by one."""

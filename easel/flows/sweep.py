@@ -32,10 +32,12 @@ from easel.data.limits import (
 )
 from easel.data.manifest import SweepDefaults
 from easel.data.results import SweepSummary
+from easel.errors import InvalidInput
 from easel.flows.config import load_parameters
 from easel.flows.run_context import PLACEHOLDER, expand_placeholders, prefect_tags
 from easel.flows.shards import run_shards
 from easel.models.engine.performance import Performance
+from easel.models.engine.references import resolve_model_reference
 from easel.models.engine.sweep import BatchOutcome, SweepInputs, runtime_params, utilisation
 from easel.progress import ProgressLine
 from easel.tasks import locks
@@ -292,9 +294,14 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 def run_sweep(params: SweepParameters) -> SweepSummary:
     """Check the manifest as a whole first (exit 2, no flow run, nothing generated), then run
     the flow, which validates each row (a bad row fails alone)."""
-    manifest.check_manifest(params.manifest)
+    checked = manifest.check_manifest(params.manifest)
     if not PLACEHOLDER.search(params.out):  # else known once the flow run is
         storage.check_output_folder(params.out, "out")
+    if manifest.uses_default(checked.table, "model"):  # a default no row can use: refused whole
+        try:
+            resolve_model_reference(params.model)
+        except InvalidInput as error:
+            raise InvalidInput(f"`model` (rows without their own): {error}") from None
     return sweep_flow(params)
 
 
