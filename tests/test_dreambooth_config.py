@@ -101,9 +101,25 @@ def test_bad_config_is_one_clear_error_before_any_work(tmp_path, valid, capsys, 
     assert not os.path.exists(valid["output"])  # nothing was started
 
 
-def test_set_overrides_are_validated_too(tmp_path, valid, capsys):
-    assert _cli(tmp_path, valid, "--set", "resolution=12") == 2
-    assert "resolution" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [("resolution=12", ["--set", "`resolution`", "12"]), ("foo=1", ["--set", "unknown", "`foo`"]),
+     ("resolution=[1", ["--set", "'resolution=[1'", "not valid YAML"])],
+)  # fmt: skip
+def test_set_overrides_are_validated_too_and_named_as_given(tmp_path, valid, capsys, override,
+                                                            words):  # fmt: skip
+    assert _cli(tmp_path, valid, "--set", override) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "config.yaml" not in err, err
+    for word in words:
+        assert word in err, (word, err)
+
+
+def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("model: [tiny-shapes\nmax_steps: 3\n")
+    assert main(["dreambooth", "--config", str(tmp_path / "config.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not valid YAML" in err, err
 
 
 def test_identifier_is_given_or_derived():

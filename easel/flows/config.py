@@ -20,8 +20,9 @@ def read_yaml(uri: str) -> dict:
         content = yaml.safe_load(storage.read_bytes(uri)) or {}
     except FileNotFoundError:
         raise InvalidInput(f"config file {uri!r} does not exist") from None
-    except yaml.YAMLError as error:
-        raise InvalidInput(f"config file {uri!r} is not valid YAML: {error}") from None
+    except yaml.YAMLError as error:  # its message spans lines: one line here
+        said = " ".join(str(error).split())
+        raise InvalidInput(f"config file {uri!r} is not valid YAML: {said}") from None
     if not isinstance(content, dict):
         raise InvalidInput(
             f"config file {uri!r} must hold a mapping of keys, not {type(content).__name__}"
@@ -43,10 +44,16 @@ def load_parameters(model: type[Parameters], config: str | None, overrides: dict
     an error names where the bad value came from (the file, or the command line)."""
     values = read_yaml(config) if config else {}
     given = {k: v for k, v in overrides.items() if v is not None}
-    values.update(given)
+    return validated(model, {**values, **given}, config, given, "")
+
+
+def validated(model: type[Parameters], values: dict, config: str | None, given: dict,
+              given_as: str) -> Parameters:  # fmt: skip
+    """`values` validated as `model`; an error names where the bad value came from: the
+    command line (`given`, said as `given_as`, e.g. "--set ") or the file `config`."""
     try:
         return model.model_validate(values)
     except ValidationError as error:
         field = error.errors()[0]["loc"][0] if error.errors()[0]["loc"] else None
-        source = f"{config}: " if config and field not in given else ""
+        source = given_as if field in given else (f"{config}: " if config else "")
         raise InvalidInput(validation_message(error, source)) from None

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import yaml
 from prefect import flow
-from pydantic import ValidationError
 
 from easel import tracking
 from easel.errors import InvalidInput
-from easel.flows.config import read_yaml, validation_message
+from easel.flows.config import read_yaml, validated
 from easel.flows.priors import PriorsParameters, class_priors_flow
 from easel.flows.run_context import prefect_tags
 from easel.flows.sweep import SweepParameters, sweep_flow
@@ -185,18 +184,19 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise InvalidInput(f"--set expects KEY=VALUE but got {item!r}")
-        values[key.strip()] = yaml.safe_load(raw) if raw else ""
+        try:
+            values[key.strip()] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as error:
+            said = " ".join(str(error).split())
+            raise InvalidInput(f"--set {item!r}: the value is not valid YAML: {said}") from None
     return values
 
 
 def load_config(config: str, overrides: list[str] = ()) -> DreamBoothConfig:
     """Read, override (`key=null` resets a key) and validate the config, then check its
     inputs; all before any work."""
-    values = {**read_yaml(config), **parse_overrides(list(overrides))}
-    try:
-        parsed = DreamBoothConfig.model_validate(values)
-    except ValidationError as error:
-        raise InvalidInput(validation_message(error, f"{config}: ")) from None
+    given = parse_overrides(list(overrides))
+    parsed = validated(DreamBoothConfig, {**read_yaml(config), **given}, config, given, "--set ")
     check_inputs(parsed, resolve_model(parsed.model).digest)
     return parsed
 
