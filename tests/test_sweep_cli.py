@@ -42,6 +42,7 @@ def assert_refused(returncode, stderr, out, *words):
         ("unknown-scheduler", ["`scheduler`", "'magic'", *SCHEDULER_NAMES]),
         ("out-is-a-file", ["`out` must be a folder", "is a file"]),
         ("unknown-default-model", ["`model`", "'nosuch'"]),
+        ("unknown-placeholder", ["`out`", "{bogus}", "{scheduled_date}"]),
         ("out-under-a-file", ["`out`", "cannot be a folder", "is a file"]),
     ],
 )
@@ -64,6 +65,9 @@ def test_invalid_manifest_or_invocation_exits_2(tmp_path, capsys, kind, words):
         write_manifest(manifest, [{"id": "a", "prompt": "a", "model": "tiny-shapes"},
                                   {"id": "b", "prompt": "b"}])  # fmt: skip
         extra = ["--model", "nosuch"]
+    elif kind == "unknown-placeholder":
+        write_manifest(manifest, [{"id": "a", "prompt": "a"}])
+        out = str(tmp_path / "o" / "{bogus}")
     elif kind.startswith("out-"):
         write_manifest(manifest, [{"id": "a", "prompt": "a"}])
         (tmp_path / "afile").write_text("")
@@ -80,6 +84,16 @@ def test_every_command_refuses_a_file_for_its_output_folder(tmp_path, capsys, co
     (tmp_path / "afile").write_text("")
     returncode = main([*command, str(tmp_path / "afile")])
     assert_refused(returncode, capsys.readouterr().err, str(tmp_path), "`", "is a file")
+
+
+def test_a_relative_output_folder_is_recorded_from_the_root(tmp_path, monkeypatch, capsys):
+    """`--out renders`: the results say where the images are from anywhere."""
+    monkeypatch.chdir(tmp_path)
+    write_manifest(tmp_path / "m.parquet", [{"id": "a", "prompt": "a red circle",
+                                             "num_inference_steps": STEPS}])  # fmt: skip
+    assert main(["sweep", "m.parquet", "--out", "renders"]) == 0
+    (row,) = read_results(tmp_path / "renders")
+    assert row["image_uri"] == str(tmp_path / "renders" / "images" / "a" / "0.png")
 
 
 def test_an_interrupt_ends_in_one_line_and_code_130(monkeypatch, capsys):

@@ -50,6 +50,11 @@ def is_local(uri: str) -> bool:
     return isinstance(filesystem(uri)[0], LocalFileSystem)
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (from the working folder); any other URI as it is."""
+    return os.path.abspath(uri) if "://" not in uri and is_local(uri) else uri
+
+
 def join(base: str, *parts: str) -> str:
     """Join URI parts with '/', keeping the protocol of `base`."""
     if is_local(base) and "://" not in base:

@@ -36,6 +36,7 @@ QUICK_DREAMBOOTH = {
 
 def run_quickstart(args: argparse.Namespace) -> int:
     rows = SAMPLE_ROWS + EDIT_ROWS + KANDINSKY_ROWS
+    args.out = storage.absolute(args.out)  # where it says its outputs are: from anywhere
     storage.check_output_folder(args.out, "--out")
     if not args.skip_dreambooth:
         from easel.flows.dreambooth import dreambooth_flow, tiny_shapes_config

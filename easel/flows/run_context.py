@@ -10,6 +10,19 @@ from datetime import timezone
 # `{scheduled_date}`: the run's scheduled start, YYYY-MM-DD (UTC); `{flow_run_name}`: its
 # name. A retry of a run keeps both, so it resumes in the same folder.
 PLACEHOLDER = re.compile(r"\{(scheduled_date|flow_run_name)\}")
+LOOKS_LIKE_PLACEHOLDER = re.compile(r"\{[A-Za-z_]+\}")  # `{word}`: a misspelt one is refused
+
+
+def check_placeholders(location: str, field: str) -> str:
+    """`location` if every `{word}` in it is a known placeholder, else `ValueError` naming
+    `field`, the word and the known ones (a misspelt one would be a folder of that name)."""
+    for word in LOOKS_LIKE_PLACEHOLDER.findall(location):
+        if not PLACEHOLDER.fullmatch(word):
+            raise ValueError(
+                f"`{field}` {location!r} has the unknown placeholder {word}: the known ones "
+                "are {scheduled_date} and {flow_run_name}"
+            )
+    return location
 
 
 def prefect_tags() -> dict[str, str]:

@@ -16,7 +16,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from easel import tracking
 from easel.data import contact_sheet, limits, manifest, storage
@@ -34,7 +34,12 @@ from easel.data.manifest import SweepDefaults
 from easel.data.results import SweepSummary
 from easel.errors import InvalidInput
 from easel.flows.config import load_parameters
-from easel.flows.run_context import PLACEHOLDER, expand_placeholders, prefect_tags
+from easel.flows.run_context import (
+    PLACEHOLDER,
+    check_placeholders,
+    expand_placeholders,
+    prefect_tags,
+)
 from easel.flows.shards import run_shards
 from easel.models.engine.performance import Performance
 from easel.models.engine.references import resolve_model_reference
@@ -116,6 +121,13 @@ class SweepParameters(BaseModel):
     parent_mlflow_run_id: str | None = Field(
         None, description="set by the parent run: its MLflow run (leave empty)"
     )
+
+    @field_validator("out")
+    @classmethod
+    def _placeholders_known_and_local_folders_absolute(cls, out: str) -> str:
+        """A misspelt placeholder refused; a local folder made absolute, so that the
+        results' `image_uri`s do not depend on where they are read from."""
+        return storage.absolute(check_placeholders(out, "out"))
 
     @model_validator(mode="after")
     def _shard_in_range(self):
