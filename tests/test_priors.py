@@ -38,3 +38,11 @@ def test_priors_command(tmp_path):
     assert "2 generated now" in result.stdout
     bad = easel("priors", "--class-prompt", "", "--num", "2", "--out", out)
     assert bad.returncode == 2 and "class_prompt" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_bad_option_is_named_as_the_user_typed_it(capsys):
+    from easel.flows.cli import main
+
+    assert main(["priors", "--class-prompt", "a star", "--num", "0", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("easel priors: error: `--num`:") and "(value: 0)" in err, err

@@ -38,7 +38,7 @@ def assert_refused(returncode, stderr, out, *words):
         ("not-parquet", ["not a readable Parquet"]),
         ("no-prompt", ["`prompt`"]),
         ("duplicate-ids", ["duplicate", "'twin'"]),
-        ("bad-config", ["batch_size", "0"]),
+        ("bad-config", ["`--batch-size`", "0"]),  # named as the user gave it
         ("unknown-scheduler", ["`scheduler`", "'magic'", *SCHEDULER_NAMES]),
         ("out-is-a-file", ["`out` must be a folder", "is a file"]),
         ("unknown-default-model", ["`model`", "'nosuch'"]),

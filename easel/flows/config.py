@@ -30,30 +30,38 @@ def read_yaml(uri: str) -> dict:
     return content
 
 
-def validation_message(error: ValidationError, source: str = "") -> str:
-    """The first problem, as `field `x`: message (value: ...)`."""
+def validation_message(error: ValidationError, source: str = "", flag: str | None = None) -> str:
+    """The first problem, as `field `x`: message (value: ...)` (`flag`: as `--x: message`,
+    for a value given as that command-line option)."""
     first = error.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or "(root)"
     if first["type"] == "extra_forbidden":
         return f"{source}unknown field `{field}` (value: {first.get('input')!r})"
-    return f"{source}field `{field}`: {first['msg']} (value: {first.get('input')!r})"
+    said = f"`{flag}`" if flag else f"field `{field}`"
+    message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix to our own words
+    return f"{source}{said}: {message} (value: {first.get('input')!r})"
 
 
-def load_parameters(model: type[Parameters], config: str | None, overrides: dict) -> Parameters:
+def load_parameters(model: type[Parameters], config: str | None, overrides: dict,
+                    flags: dict[str, str] | None = None) -> Parameters:  # fmt: skip
     """`config`'s values, then the command line's `overrides` (None: not given), validated;
-    an error names where the bad value came from (the file, or the command line)."""
+    an error names where the bad value came from: the file, or the command line's option
+    (`--field-name`, or as `flags` maps the field, e.g. {"num_images": "--num"})."""
     values = read_yaml(config) if config else {}
     given = {k: v for k, v in overrides.items() if v is not None}
-    return validated(model, {**values, **given}, config, given, "")
+    options = {field: (flags or {}).get(field, "--" + field.replace("_", "-")) for field in given}
+    return validated(model, {**values, **given}, config, given, "", options)
 
 
 def validated(model: type[Parameters], values: dict, config: str | None, given: dict,
-              given_as: str) -> Parameters:  # fmt: skip
+              given_as: str, options: dict[str, str] | None = None) -> Parameters:  # fmt: skip
     """`values` validated as `model`; an error names where the bad value came from: the
-    command line (`given`, said as `given_as`, e.g. "--set ") or the file `config`."""
+    command line (`given`, said as `given_as`, e.g. "--set ", or as the field's option in
+    `options`) or the file `config`."""
     try:
         return model.model_validate(values)
     except ValidationError as error:
         field = error.errors()[0]["loc"][0] if error.errors()[0]["loc"] else None
         source = given_as if field in given else (f"{config}: " if config else "")
-        raise InvalidInput(validation_message(error, source)) from None
+        flag = (options or {}).get(field)
+        raise InvalidInput(validation_message(error, source, flag)) from None

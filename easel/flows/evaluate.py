@@ -181,7 +181,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
         *SUBJECT_FIELDS,
         "subject_images",
     )
-    params = load_parameters(EvalParameters, args.config, {k: getattr(args, k) for k in keys})
+    flags = {"num_inference_steps": "--steps", "suites": "--suite"}
+    params = load_parameters(EvalParameters, args.config, {k: getattr(args, k) for k in keys},
+                             flags)  # fmt: skip
     if params.judge is not None and not os.path.exists(os.path.join(params.judge, "config.json")):
         raise InvalidInput(f"`--judge` {params.judge!r} is not a judge folder (no config.json)")
     storage.check_output_folder(params.out, "out")

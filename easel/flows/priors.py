@@ -91,7 +91,7 @@ def run_priors_command(args: argparse.Namespace) -> int:
         "model": args.model, "negative_prompt": args.negative_prompt,
         "show_progress": sys.stderr.isatty(),
     }  # fmt: skip
-    params = load_parameters(PriorsParameters, args.config, overrides)
+    params = load_parameters(PriorsParameters, args.config, overrides, {"num_images": "--num"})
     storage.check_output_folder(params.out, "out")
     priors = class_priors_flow(params)
     print(
