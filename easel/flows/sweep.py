@@ -58,7 +58,7 @@ class SweepParameters(BaseModel):
     out: str = Field(
         description="output folder (any fsspec URI); `{scheduled_date}` (YYYY-MM-DD, UTC) and "
         "`{flow_run_name}` in it are filled in from the run, so scheduled runs keep their "
-        "outputs apart"
+        "outputs apart (any other `{word}` is refused); a local folder is made absolute"
     )
     model: str = Field("tiny-shapes", description="default for rows without a `model`")
     batch_size: BatchSizeSetting = Field(
