@@ -103,24 +103,32 @@ def test_record_shard_schema_is_pinned():
         ("warning", "string"), ("seed", "int64"), ("model_ref", "string"),
         ("model_digest", "string"), ("scheduler", "string"), ("duration_s", "double"),
         ("image_sha256", "string"), ("mlflow_run_id", "string"), ("flow_run_id", "string"),
+        ("image_bytes", "int64"), ("written_at", "double"),
     ]  # fmt: skip
 
 
-def test_record_shards_written_before_flow_run_ids_still_read(tmp_path):
-    """Shards from before `flow_run_id` existed vouch for their images as before."""
+def test_record_shards_written_before_flow_run_ids_and_sizes_still_read(tmp_path):
+    """Shards from before `flow_run_id`, `image_bytes` and `written_at` existed vouch for
+    their images as before (whatever their size)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from easel.data.results import read_records, records_dir
+    from easel.data.results import done_slots, read_records, records_dir
 
-    old = pa.schema([f for f in RECORD_SCHEMA if f.name != "flow_run_id"])
-    row = {"id": "a", "request_key": "k", "image_index": 0, "image_uri": "x.png",
-           "status": "ok", "seed": 1, "mlflow_run_id": "r"}  # fmt: skip
-    folder = tmp_path / records_dir("out")
+    newer = ("flow_run_id", "image_bytes", "written_at")
+    old = pa.schema([f for f in RECORD_SCHEMA if f.name not in newer])
+    out = tmp_path / "out"
+    (out / "images" / "a").mkdir(parents=True)
+    (out / "images" / "a" / "0.png").write_bytes(b"an image")
+    row = {"id": "a", "request_key": "k", "image_index": 0, "status": "ok", "seed": 1,
+           "image_uri": str(out / "images" / "a" / "0.png"), "mlflow_run_id": "r"}  # fmt: skip
+    folder = out / records_dir("")
     folder.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist([row], schema=old), folder / "b.parquet")
-    (record,) = read_records(str(tmp_path / "out"))
-    assert (record.id, record.status, record.flow_run_id) == ("a", "ok", None)
+    (record,) = read_records(str(out))
+    assert (record.id, record.status, record.flow_run_id, record.written_at) == (
+        "a", "ok", None, None)  # fmt: skip
+    assert done_slots(str(out)) == {("a", 0, "k")}
 
 
 @pytest.fixture(autouse=True)
