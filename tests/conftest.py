@@ -71,6 +71,7 @@ def prefect_server(tmp_path_factory):
     try:
         with temporary_settings({PREFECT_API_URL: url}):
             yield url
+            send_what_prefect_holds()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.terminate()
@@ -78,6 +79,20 @@ def prefect_server(tmp_path_factory):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def send_what_prefect_holds() -> None:
+    """Send the logs and events Prefect's background workers still hold while the server is
+    up: at exit they would retry a stopped server for a minute and more before giving up
+    (as Prefect's own test harness does before it stops its server)."""
+    import contextlib
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    with contextlib.suppress(RuntimeError):  # no log worker was started
+        APILogWorker.instance().drain()
+    EventsWorker.drain_all()
 
 
 @pytest.fixture(scope="session")
