@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -128,6 +129,8 @@ def test_a_bad_row_exits_1_and_the_rest_is_done(tmp_path):
     assert "results:" in result.stdout
     assert "failed: 1 images in 1 rows" in result.stderr  # exit 1 says which row and why
     assert "  bad: `width` must be divisible by 8 but is 65" in result.stderr
+    logged = result.stdout + result.stderr  # one batch: its progress line has a rate too
+    assert re.search(r"sweep: 1/1 images \(100%\), [0-9.]+ images/s", logged), logged
 
 
 def test_kill_9_then_rerun_does_each_image_exactly_once(tmp_path):

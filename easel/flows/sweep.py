@@ -227,6 +227,8 @@ class Progress:
         self.total, self.reported_at = total, time.monotonic()
         self.bar = tqdm(total=total, unit="img", desc="sweep", disable=not self.show_bar)
         self.line = None if self.show_bar else ProgressLine("sweep", total, "images")
+        if self.line and total:
+            self.line.update(0)  # the rate counts from here (a one-batch sweep has one too)
         start = 0.0 if total else 100.0
         self.artifact = create_progress_artifact(
             start, key="sweep-progress", description=self.description
