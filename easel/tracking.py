@@ -49,19 +49,18 @@ def tracking_uri() -> str:
 
 def _client():
     uri = tracking_uri()
-    if uri not in _READY:
-        with startup.importing():  # MLflow and its store's modules: seconds, once
-            import mlflow
+    first = uri not in _READY
+    # the first time: MLflow's and its store's modules imported (seconds)
+    with startup.importing() if first else contextlib.nullcontext():
+        import mlflow
 
-            mlflow.set_tracking_uri(uri)
-            client = mlflow.MlflowClient()
+        mlflow.set_tracking_uri(uri)
+        client = mlflow.MlflowClient()
+    if first:
         with _sqlite_lock(uri):  # one process at a time creates a fresh database's tables
             client.search_experiments(max_results=1)
         _READY.add(uri)
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient()
+    return client
 
 
 _READY: set[str] = set()  # tracking URIs whose store this process has opened
@@ -106,7 +105,7 @@ def start_run(
     if tags and int(tags.get(ATTEMPT_TAG, 1)) > 1:
         end_crashed_attempts(tags["prefect.flow_run_id"])
     nested = mlflow.active_run() is not None
-    tags = {**(tags or {}), PROCESS_TAG: storage.process_name(os.getpid())}
+    tags = {**(tags or {}), PROCESS_TAG: _this_process()}
     if parent_run_id and not nested:
         tags["mlflow.parentRunId"] = parent_run_id
         experiment_id = client.get_run(parent_run_id).info.experiment_id
@@ -126,6 +125,11 @@ def end_crashed_attempts(
     `easel.ended_by` with `reason`. Call it only once that attempt is known to be gone (a
     later attempt of it; a run that took over the output it held). Returns their ids."""
     return _end_running(f"tags.`prefect.flow_run_id` = '{flow_run_id}'", reason, "FAILED")
+
+
+def _this_process() -> str:
+    """The `easel.process` tag of this process's runs."""
+    return storage.process_name(os.getpid())
 
 
 def end_runs_of_process(process: str, reason: str) -> list[str]:
@@ -160,7 +164,7 @@ def child_run(parent_run_id: str, name: str) -> str:
     parent = client.get_run(parent_run_id)
     tags = {key: parent.data.tags[key] for key in LINEAGE_TAGS if key in parent.data.tags}
     tags["mlflow.parentRunId"] = parent_run_id
-    tags[PROCESS_TAG] = storage.process_name(os.getpid())
+    tags[PROCESS_TAG] = _this_process()
     return client.create_run(parent.info.experiment_id, run_name=name, tags=tags).info.run_id
 
 
@@ -203,7 +207,7 @@ def resumable_child_run(
         if ENDED_BY_TAG in client.get_run(run_id).data.tags:  # ended with a crashed attempt
             client.delete_tag(run_id, ENDED_BY_TAG)
             client.update_run(run_id, status="RUNNING")
-        client.set_tag(run_id, PROCESS_TAG, storage.process_name(os.getpid()))  # now this one's
+        client.set_tag(run_id, PROCESS_TAG, _this_process())  # now this one's
         return run_id
     client = _client()
     if parent_run_id:
@@ -211,7 +215,7 @@ def resumable_child_run(
     else:
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-        tags = {PROCESS_TAG: storage.process_name(os.getpid())}
+        tags = {PROCESS_TAG: _this_process()}
         run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     for key, value in (params or {}).items():
         if value is not None:

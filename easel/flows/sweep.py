@@ -300,7 +300,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         "trust_pickle": args.trust_pickle, "show_progress": sys.stderr.isatty(),
     }  # fmt: skip
     params = load_parameters(SweepParameters, args.config, overrides,
-                             {"manifest": "MANIFEST", "input_roots": "--input-root"})  # fmt: skip
+                             {"input_roots": "--input-root"})  # fmt: skip
     summary = run_sweep(params)
     print_summary(summary)
     return 1 if summary.rows_failed else 0
