@@ -1,5 +1,5 @@
 """Each limit and name list is defined once (easel.data.limits): the engine builds every
-scheduler the manifest accepts, and the README states the same rules."""
+scheduler the manifest accepts, and the sweeps page (docs/sweeps.md) states the same rules."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from easel.models.engine.families import FAMILIES
 from easel.models.engine.loading import load_model
 from easel.models.engine.schedulers import SCHEDULERS, build_scheduler
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+SWEEPS_PAGE = (Path(__file__).resolve().parents[1] / "docs" / "sweeps.md").read_text()
 
 
 def test_the_manifests_scheduler_names_are_the_engines():
@@ -32,14 +32,14 @@ def test_every_scheduler_name_builds_from_a_models_config(name):
 
 
 def manifest_rule(column: str) -> str:
-    """The README manifest table's rule for `column`."""
-    for line in README.splitlines():
+    """The sweeps page's manifest table's rule for `column`."""
+    for line in SWEEPS_PAGE.splitlines():
         if line.startswith(f"| `{column}`"):
             return line
-    raise AssertionError(f"the README's manifest table has no row for `{column}`")
+    raise AssertionError(f"docs/sweeps.md's manifest table has no row for `{column}`")
 
 
-def test_the_readme_states_the_limits():
+def test_the_sweeps_page_states_the_limits():
     assert f"{limits.MIN_STEPS}..{limits.MAX_STEPS}" in manifest_rule("num_inference_steps")
     assert f"{limits.MIN_IMAGES}..{limits.MAX_IMAGES}" in manifest_rule("num_images")
     sides = manifest_rule("width")
