@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 IMAGE  ?= easel:0.1.0
 GPU_TORCH ?= torch==2.6.0
 
-.PHONY: install demo test lint bench clean image push
+.PHONY: install demo test test-fast lint bench clean image push
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,14 @@ demo: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/easel quickstart
 
 # Two processes, a test file each at a time: the end-to-end tests mostly wait (heartbeat
-# windows, leases) while the others compute.
+# windows, leases) while the others compute. `test` is everything (CI's command);
+# `test-fast` leaves out what is slow by nature (`-m slow`: servers end to end, kill -9,
+# DDP, compile, the trained model's quality), for the edit-test loop.
 test: install
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
+
+test-fast: install
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10 -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check easel tests bench

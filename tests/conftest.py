@@ -33,6 +33,28 @@ def isolated_environment(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def prefect_harness():
+    """The one Prefect API for a test process's flows: Prefect's own test harness (a temporary
+    server on a temporary database), also named in PREFECT_API_URL so the `easel` commands a
+    test starts as subprocesses report to it instead of each starting a server of its own."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    before = os.environ.get("PREFECT_API_URL")
+    with prefect_test_harness(server_startup_timeout=180):
+        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
+        yield PREFECT_API_URL.value()
+        restore_environment("PREFECT_API_URL", before)
+
+
+def restore_environment(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """A real `prefect server` for the session, with its services (lease expiry,
     automations), on loopback; subprocesses reach it via PREFECT_API_URL."""
@@ -67,13 +89,14 @@ def prefect_server(tmp_path_factory):
                 (root / "server.log").read_text()[-3000:]
             )
             time.sleep(0.5)
+    before = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = url
     try:
         with temporary_settings({PREFECT_API_URL: url}):
             yield url
             send_what_prefect_holds()
     finally:
-        os.environ.pop("PREFECT_API_URL", None)
+        restore_environment("PREFECT_API_URL", before)
         server.terminate()
         try:
             server.wait(timeout=20)
@@ -114,6 +137,10 @@ def s3_server():
 
 
 def pytest_collection_modifyitems(items):
-    """The end-to-end stack tests first: they wait more than they compute (heartbeat windows,
-    leases), so under `make test`'s two processes the other files run beside them."""
-    items.sort(key=lambda item: not item.nodeid.startswith("tests/test_stack.py"))
+    """Everything under tests/e2e/ is slow by nature (`make test-fast` leaves it out). The stack
+    tests first: they wait more than they compute (heartbeat windows, leases), so under
+    `make test`'s two processes the other files run beside them."""
+    for item in items:
+        if item.nodeid.startswith("tests/e2e/"):
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/e2e/test_stack.py"))

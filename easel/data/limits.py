@@ -2,7 +2,7 @@
 
 The manifest rules (`easel.data.manifest`), the flow parameters and configs (pydantic
 fields built from the annotated types below), the CLI help and the docs all read these;
-`tests/test_limits.py` checks that docs/sweeps.md states the same values.
+`tests/data/test_limits.py` checks that docs/sweeps.md states the same values.
 """
 
 from __future__ import annotations

@@ -133,6 +133,7 @@ def test_a_bad_row_exits_1_and_the_rest_is_done(tmp_path):
     assert re.search(r"sweep: 1/1 images \(100%\), [0-9.]+ images/s", logged), logged
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_does_each_image_exactly_once(tmp_path):
     rows = [{"id": f"r{i:02d}", "prompt": f"a red circle number {i}", "seed": i,
              "num_inference_steps": 20} for i in range(16)]  # fmt: skip
@@ -232,6 +233,7 @@ def test_every_command_runs_a_function_of_its_flow():
         assert run.startswith("easel.flows.") and callable(command_function(run)), name
 
 
+@pytest.mark.slow
 def test_two_sweeps_at_once_into_one_local_folder_generate_each_image_once(tmp_path):
     """Two processes, one manifest, one output on a local disk, a Prefect server between
     them: one holds the output's shard and generates; the other waits, then finds it done.

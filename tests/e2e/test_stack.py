@@ -27,7 +27,7 @@ from sweep_helpers import write_manifest
 
 from easel.models.testing.random_pipelines import build_random_sd
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 HEARTBEAT, WINDOW = 30, 45  # seconds: Prefect's shortest heartbeat; one missed, plus slack
 DEPLOYMENTS = ("sweep-local", "priors-local", "dreambooth-local")

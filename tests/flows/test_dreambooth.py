@@ -14,6 +14,8 @@ from dreambooth_fixtures import make_workspace, tiny_config
 
 from easel.flows.cli import main
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 
 def test_dreambooth_command_trains_exports_validates_and_registers(
     tmp_path, prefect_server, capsys

@@ -15,6 +15,8 @@ import pytest
 import torch
 from dreambooth_fixtures import make_workspace, tiny_config, train_logged
 
+pytestmark = pytest.mark.slow  # kill -9 at several points, each a training subprocess
+
 RUNNER = textwrap.dedent('''
     import json, os, signal, sys
     import pytorch_lightning as pl
@@ -55,7 +57,7 @@ def _run(tmp_path, config: dict, kill_hook: str = "none", kill_step: int = -1) -
     env = dict(
         os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", PYTHONPATH=os.getcwd()
     )
-    tests_dir = os.path.dirname(__file__)
+    tests_dir = os.path.dirname(os.path.dirname(__file__))  # tests/: dreambooth_fixtures
     done = subprocess.run(
         check=False,
         args=[sys.executable, str(runner), str(config_path), kill_hook, str(kill_step), tests_dir],

@@ -8,8 +8,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from dreambooth_fixtures import make_workspace, tiny_config
+
+pytestmark = pytest.mark.slow  # two training processes (gloo)
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys

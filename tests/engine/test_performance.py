@@ -18,6 +18,8 @@ from easel.models.engine.loading import load_model
 from easel.models.engine.performance import Performance
 from easel.models.testing.random_pipelines import build_random_sd
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 SAME_IMAGE = 2  # out of 255: an image at batch 1 against batch 8, as on the eager path
 PROMPTS = ["a red circle", "a blue square on a green background", "a yellow triangle", "shape"]
 
@@ -41,6 +43,7 @@ def requests(n, **fields) -> list[ImageRequest]:
             for i in range(n)]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_compiled_channels_last_images_do_not_depend_on_the_batch(random_sd):
     fast = load_model(random_sd, "cpu", performance=Performance(compile="regional",
                                                                 channels_last=True))  # fmt: skip

@@ -14,7 +14,8 @@ from easel.models.engine.loading import load_model
 from easel.models.shapes.evaluation import vae_round_trip
 from easel.models.shapes.judge import Judge
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+# slow: the trained model judged on many images
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 SCENES = [("circle", "red", "blue"), ("square", "yellow", "black"), ("star", "white", "green"),
           ("heart", "red", "white"), ("cross", "blue", "yellow"), ("triangle", "green", "purple"),
           ("square", "orange", "blue"), ("star", "black", "white")]  # fmt: skip

@@ -14,6 +14,8 @@ from easel.models.engine.loading import load_model
 from easel.models.shapes import evaluation
 from easel.models.shapes.judge import Judge
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 # small samples: enough to check the thresholds, seconds on a CPU
 SMALL = evaluation.EvalSettings(
     adherence_images=24,

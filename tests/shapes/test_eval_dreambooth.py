@@ -16,6 +16,8 @@ from easel.models.engine.loading import LoadedModel, load_model
 from easel.models.shapes import evaluation
 from easel.models.shapes.judge import Judge
 
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
 TINY = evaluation.EvalSettings(num_inference_steps=4, subject_images=4, world_images=64)
 SUBJECT_METRICS = {
     "subject_fidelity/base/feature_similarity",

@@ -15,7 +15,7 @@ import pytest
 
 from easel.flows.recovery import HEARTBEAT_FREQUENCY
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 IMAGE = "registry.example.com/easel:0.1.0-cuda"
 MLFLOW = "http://mlflow.easel.svc:5000"
 

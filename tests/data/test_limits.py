@@ -14,7 +14,7 @@ from easel.models.engine.families import FAMILIES
 from easel.models.engine.loading import load_model
 from easel.models.engine.schedulers import SCHEDULERS, build_scheduler
 
-SWEEPS_PAGE = (Path(__file__).resolve().parents[1] / "docs" / "sweeps.md").read_text()
+SWEEPS_PAGE = (Path(__file__).resolve().parents[2] / "docs" / "sweeps.md").read_text()
 
 
 def test_the_manifests_scheduler_names_are_the_engines():
