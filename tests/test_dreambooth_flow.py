@@ -27,8 +27,8 @@ def test_dreambooth_command_trains_exports_validates_and_registers(
         workspace, str(tmp_path / "out"), max_steps=4, register_as="sks-tiny@candidate",
         validation_every_n_steps=2,
     )
-    del values["class_data"]  # generate the class priors
-    values["num_class_images"] = 3
+    del values["prior_preservation"]["class_data"]  # generate the class priors
+    values["prior_preservation"]["num_class_images"] = 3
     config = tmp_path / "dreambooth.yaml"
     config.write_text(yaml.safe_dump(values))
 
