@@ -170,3 +170,20 @@ def test_instance_data_may_be_an_fsspec_uri(tmp_path):
     images = check_instance_data("memory://subject")
     assert len(images) == 3 and all(uri.startswith("memory://") for uri in images)
     assert load_pixels(images, 16).shape == (3, 3, 16, 16)
+
+
+def test_a_flat_config_file_and_flat_set_keys_still_read_with_one_warning(tmp_path, valid,
+                                                                          caplog):  # fmt: skip
+    from easel.flows.dreambooth import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**valid, "train_text_encoder": False}))
+    with caplog.at_level("WARNING"):
+        config = load_config(str(path), ["max_steps=7", "compile_unet=true"])
+    assert (config.train.max_steps, config.runtime.compile_unet) == (7, "full")
+    assert config.train.text_encoder == "off" and config.subject.identifier == "sks"
+    [record] = [r for r in caplog.records if "flat keys" in r.getMessage()]
+    message = record.getMessage()
+    assert "\n" not in message and "max_steps -> train.max_steps" in message
+    assert "compile_unet -> runtime.compile_unet" in message
+    assert "train_text_encoder -> train.text_encoder" in message

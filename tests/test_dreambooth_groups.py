@@ -110,8 +110,8 @@ def _as_previous_release(checkpoint_path: str) -> None:
     new = checkpoint[SNAPSHOT_KEY]
     old_of = {place: old for old, place in MOVED.items()}
     flat = {old_of.get(key, key): value for key, value in new.items()}
-    flat["train_text_encoder"] = {"off": False, "all": True}.get(flat["train_text_encoder"],
-                                                                 flat["train_text_encoder"])  # fmt: skip
+    mode = flat["train_text_encoder"]
+    flat["train_text_encoder"] = {"off": False, "all": True}.get(mode, mode)
     checkpoint[SNAPSHOT_KEY] = flat
     module_arguments = ("method", "lora_rank", "train_text_encoder", "identifier",
                         "learning_rate", "text_encoder_learning_rate", "lr_scheduler",
