@@ -81,7 +81,8 @@ def test_dreambooth_command_trains_exports_validates_and_registers(
     assert training.info.run_name == "training 'sks' (full, 4 steps)"
     for run in (parent, training):
         assert "None" not in run.data.params.values(), run.data.params
-    assert parent.data.params["max_steps"] == "4" and "snr_gamma" not in parent.data.params
+    assert parent.data.params["train.max_steps"] == "4"
+    assert "train.snr_gamma" not in parent.data.params
     assert parent.data.metrics["steps"] == 4
     assert parent.data.metrics["training/train/loss"] == training.data.metrics["train/loss"]
     # throughput: counted work of a step (3 x the UNet forward of its examples), its time
