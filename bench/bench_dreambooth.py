@@ -78,25 +78,18 @@ def _config(args, workdir: str):
 
     return DreamBoothConfig(
         model=args.model_dir,
-        instance_data=os.path.join(workdir, "instance"),
-        class_data=os.path.join(workdir, "class"),
-        instance_prompt="a photo of sks shape",
-        class_prompt="a photo of shape",
-        resolution=args.resolution,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        max_steps=args.steps,
-        precision=args.precision,
-        checkpoint_every_n_steps=10**6,
-        keep_last_n_checkpoints=1,
+        subject={"instance_data": os.path.join(workdir, "instance"),
+                 "instance_prompt": "a photo of sks shape", "class_prompt": "a photo of shape"},
+        prior_preservation={"class_data": os.path.join(workdir, "class")},
+        train={"resolution": args.resolution, "batch_size": args.batch_size,
+               "learning_rate": args.learning_rate, "max_steps": args.steps, "seed": 0,
+               "method": args.method, "lora_rank": args.lora_rank},
+        runtime={"precision": args.precision, "accelerator": "gpu" if args.device == "cuda"
+                 else "cpu", "compile_unet": COMPILE.get(args.variant, "off"),
+                 "gradient_checkpointing": args.gradient_checkpointing},
+        checkpoints={"every_n_steps": 10**6, "keep_last_n": 1},
         output=os.path.join(workdir, "out"),
-        accelerator="gpu" if args.device == "cuda" else "cpu",
-        seed=0,
-        compile_unet=COMPILE.get(args.variant, "off"),
-        gradient_checkpointing=args.gradient_checkpointing,
-        method=args.method,
-        lora_rank=args.lora_rank,
-    )
+    )  # fmt: skip
 
 
 def run_easel(args, workdir: str) -> dict:
@@ -127,8 +120,8 @@ def run_easel(args, workdir: str) -> dict:
     train(
         config,
         config.model,
-        list_images(config.instance_data),
-        list_images(config.class_data),
+        list_images(config.subject.instance_data),
+        list_images(config.prior_preservation.class_data),
         checkpoints,
         callbacks=[Clock()],
         enable_progress_bar=False,
@@ -150,15 +143,15 @@ def run_baseline(args, workdir: str) -> dict:
 
     config, device = _config(args, workdir), args.device
     torch.manual_seed(0)
-    mixed = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(config.precision)
+    mixed = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(config.runtime.precision)
     frozen_dtype = mixed or torch.float32
     unet = UNet2DConditionModel.from_pretrained(config.model, subfolder="unet").to(device).train()
-    if config.method == "lora":  # the same adapter as easel's: rank, targets, init
+    if config.train.method == "lora":  # the same adapter as easel's: rank, targets, init
         from easel.models.dreambooth.module import LORA_UNET_TARGETS, lora_config
 
         unet.requires_grad_(False)
-        unet.add_adapter(lora_config(config.lora_rank, LORA_UNET_TARGETS))
-    if config.gradient_checkpointing:
+        unet.add_adapter(lora_config(config.train.lora_rank, LORA_UNET_TARGETS))
+    if config.runtime.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     vae = (
         AutoencoderKL.from_pretrained(config.model, subfolder="vae")
@@ -172,25 +165,27 @@ def run_baseline(args, workdir: str) -> dict:
     tokenizer = CLIPTokenizer.from_pretrained(config.model, subfolder="tokenizer")
     scheduler = DDPMScheduler.from_pretrained(config.model, subfolder="scheduler")
     trainable = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
-    lr_schedule = get_scheduler(config.lr_scheduler, optimizer, num_training_steps=config.max_steps)
-    scaler = torch.amp.GradScaler(device, enabled=config.precision == "16-mixed")
+    optimizer = torch.optim.AdamW(trainable, lr=config.train.learning_rate)
+    steps = config.train.max_steps
+    lr_schedule = get_scheduler(config.train.lr_scheduler, optimizer, num_training_steps=steps)
+    scaler = torch.amp.GradScaler(device, enabled=config.runtime.precision == "16-mixed")
 
-    instance = load_pixels(list_images(config.instance_data), config.resolution)
-    classes = load_pixels(list_images(config.class_data), config.resolution)
+    side = config.train.resolution
+    instance = load_pixels(list_images(config.subject.instance_data), side)
+    classes = load_pixels(list_images(config.prior_preservation.class_data), side)
     ids = tokenizer(
-        [config.instance_prompt, config.class_prompt],
+        [config.subject.instance_prompt, config.subject.class_prompt],
         padding="max_length",
         truncation=True,
         max_length=tokenizer.model_max_length,
         return_tensors="pt",
     ).input_ids
     generator = torch.Generator().manual_seed(0)
-    b = config.batch_size
+    b = config.train.batch_size
     times, losses = [], []
     profiler = StepProfiler(args, workdir)
     started = time.perf_counter()
-    for step in range(config.max_steps):
+    for step in range(config.train.max_steps):
         profiler.step(step)
         pick_i = torch.randint(len(instance), (b,), generator=generator)
         pick_c = torch.randint(len(classes), (b,), generator=generator)
@@ -211,7 +206,8 @@ def run_baseline(args, workdir: str) -> dict:
         per_example = F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(
             dim=(1, 2, 3)
         )
-        loss = per_example[:b].mean() + config.prior_loss_weight * per_example[b:].mean()
+        prior_weight = config.prior_preservation.loss_weight
+        loss = per_example[:b].mean() + prior_weight * per_example[b:].mean()
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from easel.data import shapes
+from easel.models.lightning import last_complete_checkpoint
 from easel.models.shapes import evaluation, recipe, tiny_shapes
 from easel.models.shapes import training as tiny_shapes_training
 from easel.models.shapes.judge import Judge, JudgeTraining, train_judge
@@ -84,7 +85,7 @@ def main() -> None:
         pipeline.save_pretrained(out / "tiny-shapes", safe_serialization=True)
     if args.only == "diffusion":  # stage 2 on its own, on the VAE of a finished stage 1
         stage1 = tiny_shapes_training.VaeModule.load_from_checkpoint(
-            str(work / "vae" / "last.ckpt"), map_location="cpu"
+            last_complete_checkpoint(str(work / "vae")), map_location="cpu"
         )
         specs = shapes.sample_specs(config.vae_images, config.seed, "train")[:512]
         vae = stage1.vae.eval()
@@ -104,7 +105,7 @@ def main() -> None:
     if args.only in ("all", "decoder"):
         if args.only == "decoder":  # stage 1b on its own: the VAE of a finished stage 1
             stage1 = tiny_shapes_training.VaeModule.load_from_checkpoint(
-                str(work / "vae" / "last.ckpt"), map_location="cpu"
+                last_complete_checkpoint(str(work / "vae")), map_location="cpu"
             )
             images = recipe.images_to_tensor(
                 tiny_shapes_training.shapes.render_array(

@@ -43,12 +43,13 @@ def main() -> None:
 
     overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}
     start = time.monotonic()
-    config = tiny_shapes_config(args.out, **{**QUICK_DREAMBOOTH, **overrides})
+    config = tiny_shapes_config(args.out, {**QUICK_DREAMBOOTH, **overrides})
     if args.background:
-        caption = config.instance_prompt + " on a {background} background"
+        caption = config.subject.instance_prompt + " on a {background} background"
         instance = write_shape_subject(f"{args.out}/one-background", args.count,
                                        caption=caption, background=args.background)  # fmt: skip
-        config = config.model_copy(update={"instance_data": instance})
+        subject = config.subject.model_copy(update={"instance_data": instance})
+        config = config.model_copy(update={"subject": subject})
     result = dreambooth_flow(config)
     report = {"overrides": overrides, "train_s": round(time.monotonic() - start)}
     model, judge = load_model(result.pipeline, device="cpu"), Judge.load()

@@ -35,6 +35,15 @@ def make_workspace(root: str) -> dict[str, str]:
 
 
 def tiny_config(workspace: dict[str, str], output: str, **overrides) -> dict:
+    """A grouped config; `overrides` by their old flat names (`max_steps=2`) or as groups."""
+    from easel.models.dreambooth.flat_keys import regroup
+
+    config, _ = regroup(flat_config(workspace, output, **overrides))
+    return config
+
+
+def flat_config(workspace: dict[str, str], output: str, **overrides) -> dict:
+    """The same config in the flat keys of earlier releases."""
     values = {
         "model": workspace["model"],
         "instance_data": workspace["instance_data"],
@@ -86,8 +95,8 @@ def train_logged(config_values: dict, tracking_uri: str, callbacks=()) -> str:
     return train(
         config,
         config.model,
-        list_images(config.instance_data),
-        list_images(config.class_data),
+        list_images(config.subject.instance_data),
+        list_images(config.prior_preservation.class_data),
         os.path.join(config.output, "checkpoints"),
         logger=logger,
         callbacks=[*callbacks, *validation_callbacks(config, config.model, run_id)],

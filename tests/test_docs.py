@@ -22,8 +22,10 @@ def test_the_configuration_reference_is_the_code_s():
     assert written == reference_markdown(), (
         "docs/configuration.md is stale: python -m easel.flows.reference > docs/configuration.md"
     )
-    for key in ("lora_rank", "snr_gamma", "offset_noise", "lr_warmup_steps", "class_data",
-                "class_priors_dir", "validation_every_n_steps", "shards", "images_per_task"):
+    for key in ("train.lora_rank", "train.snr_gamma", "train.offset_noise",
+                "train.lr_warmup_steps", "prior_preservation.class_data",
+                "prior_preservation.class_priors_dir", "validation.every_n_steps", "shards",
+                "images_per_task"):
         assert f"| `{key}` |" in written, key  # fmt: skip
 
 

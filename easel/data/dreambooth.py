@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 import pytorch_lightning as pl
@@ -212,6 +213,17 @@ class MicroBatches(IterableDataset):
             yield self.batch(number)
 
 
+class Batches(Protocol):
+    """What the DataModule reads of the config's `train` group
+    (`easel.models.dreambooth.config.Train`)."""
+
+    resolution: int  # pixels per side
+    batch_size: int  # instance images per micro-batch
+    max_steps: int  # optimizer steps
+    gradient_accumulation: int  # micro-batches per step
+    seed: int
+
+
 class DreamBoothDataModule(pl.LightningDataModule):
     """Instance (and class) images, encoded once in `setup`, served by `MicroBatches`."""
 
@@ -219,11 +231,7 @@ class DreamBoothDataModule(pl.LightningDataModule):
         self,
         instance_images: list[str],
         instance_prompts: list[str],
-        resolution: int,
-        batch_size: int,
-        max_steps: int,
-        gradient_accumulation: int,
-        seed: int,
+        train: Batches,
         class_images: list[str] | None = None,
         class_prompt: str | None = None,
         class_prompts: list[str] | None = None,
@@ -233,8 +241,7 @@ class DreamBoothDataModule(pl.LightningDataModule):
         self.instance_images, self.instance_prompts = instance_images, instance_prompts
         self.class_images, self.class_prompt = class_images, class_prompt
         self.class_prompts = class_prompts  # per instance image: differential output
-        self.resolution, self.batch_size, self.seed = resolution, batch_size, seed
-        self.max_steps, self.gradient_accumulation = max_steps, gradient_accumulation
+        self.settings = train
         self.instance_cache: LatentCache | None = None
         self.prior_cache: LatentCache | None = None
 
@@ -244,7 +251,7 @@ class DreamBoothDataModule(pl.LightningDataModule):
         module = self.trainer.lightning_module
         device = self.trainer.strategy.root_device
         self.instance_cache = _encode(
-            module, self.instance_images, self.instance_prompts, self.resolution, device,
+            module, self.instance_images, self.instance_prompts, self.settings.resolution, device,
             "instance_data",
         )  # fmt: skip
         if self.class_prompts:
@@ -254,7 +261,7 @@ class DreamBoothDataModule(pl.LightningDataModule):
             )
         if self.class_images:
             self.prior_cache = _encode(
-                module, self.class_images, [self.class_prompt], self.resolution, device,
+                module, self.class_images, [self.class_prompt], self.settings.resolution, device,
                 "class_data",
             )  # fmt: skip
         module.release_frozen_encoders()
@@ -264,11 +271,11 @@ class DreamBoothDataModule(pl.LightningDataModule):
         dataset = MicroBatches(
             self.instance_cache,
             self.prior_cache,
-            self.batch_size,
+            self.settings.batch_size,
             num_train_timesteps=trainer.lightning_module.num_train_timesteps,
-            seed=self.seed,
-            start=trainer.global_step * self.gradient_accumulation,  # resume point, exact
-            stop=self.max_steps * self.gradient_accumulation,
+            seed=self.settings.seed,
+            start=trainer.global_step * self.settings.gradient_accumulation,  # resume point, exact
+            stop=self.settings.max_steps * self.settings.gradient_accumulation,
             rank=trainer.global_rank,
             world_size=trainer.world_size,
         )

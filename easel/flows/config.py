@@ -4,6 +4,7 @@ Any error becomes one `InvalidInput` line that names the field and the value."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TypeVar
 
 import yaml
@@ -53,15 +54,19 @@ def load_parameters(model: type[Parameters], config: str | None, overrides: dict
     return validated(model, {**values, **given}, config, given, "", options)
 
 
-def validated(model: type[Parameters], values: dict, config: str | None, given: dict,
-              given_as: str, options: dict[str, str] | None = None) -> Parameters:  # fmt: skip
+def validated(model: type[Parameters], values: dict, config: str | None,
+              given: Collection[str], given_as: str,
+              options: dict[str, str] | None = None) -> Parameters:  # fmt: skip
     """`values` validated as `model`; an error names where the bad value came from: the
-    command line (`given`, said as `given_as`, e.g. "--set ", or as the field's option in
-    `options`) or the file `config`."""
+    command line (`given`: the keys it set, `group.key` in a group; said as `given_as`, e.g.
+    "--set ", or as the field's option in `options`) or the file `config`."""
     try:
         return model.model_validate(values)
     except ValidationError as error:
-        field = error.errors()[0]["loc"][0] if error.errors()[0]["loc"] else None
-        source = given_as if field in given else (f"{config}: " if config else "")
+        loc = error.errors()[0]["loc"]
+        field = loc[0] if loc else None  # a group's key was given as `group.key`, or the group
+        path = ".".join(str(part) for part in loc)
+        named = field in given or path in given
+        source = given_as if named else (f"{config}: " if config else "")
         flag = (options or {}).get(field)
         raise InvalidInput(validation_message(error, source, flag)) from None

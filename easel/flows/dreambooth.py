@@ -19,6 +19,7 @@ from easel.flows.priors import PriorsParameters, class_priors_flow
 from easel.flows.run_context import prefect_tags
 from easel.flows.sweep import SweepParameters, sweep_flow
 from easel.models.dreambooth.config import DreamBoothConfig
+from easel.models.dreambooth.flat_keys import with_overrides
 from easel.tasks import locks
 from easel.tasks.dreambooth import (
     EXPERIMENT,
@@ -56,17 +57,18 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
     with holding_output(config.output), \
          tracking.start_run(EXPERIMENT, run_name(config), config.model_dump(), tags) as run_id:
         class_images: list[str] = []
-        if config.class_images_used and config.class_data:
+        prior = config.prior_preservation
+        if prior.class_images_used and prior.class_data:
             class_images = class_images_task(config)
-        elif config.class_images_used:
+        elif prior.class_images_used:
             priors = class_priors_flow(
                 PriorsParameters(
-                    class_prompt=config.class_prompt,
-                    num_images=config.num_class_images,
-                    guidance_scale=config.class_guidance_scale,
-                    out=config.class_priors_dir or f"{config.output}/class_priors",
+                    class_prompt=config.subject.class_prompt,
+                    num_images=prior.num_class_images,
+                    guidance_scale=prior.class_guidance_scale,
+                    out=prior.class_priors_dir or f"{config.output}/class_priors",
                     model=config.model,
-                    seed=config.seed,
+                    seed=config.train.seed,
                     experiment=EXPERIMENT,
                 )
             )
@@ -76,7 +78,7 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
         pipeline = export_task(config, checkpoint, model.path)
         tracking.set_tags(run_id, {"easel.pipeline": pipeline, "easel.checkpoint": checkpoint})
         sheet = None
-        if config.validation_prompts:
+        if config.validation.prompts:
             manifest = write_manifest_task(
                 f"{config.output}/validation/manifest.parquet", validation_rows(config, pipeline)
             )
@@ -85,7 +87,7 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
                     manifest=manifest,
                     out=f"{config.output}/validation",
                     model=pipeline,
-                    num_inference_steps=config.validation_inference_steps,
+                    num_inference_steps=config.validation.inference_steps,
                     experiment=EXPERIMENT,
                 )
             )
@@ -101,7 +103,7 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
         mlflow_run_id=run_id,
         pipeline=pipeline,
         checkpoint=checkpoint,
-        identifier=config.identifier,
+        identifier=config.subject.identifier,
         validation_contact_sheet=sheet,
         registered=registered,
     )
@@ -111,8 +113,9 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
 
 def run_name(config: DreamBoothConfig) -> str:
     """E.g. "dreambooth 'sks' from subject-star on tiny-shapes"."""
-    subject = f"{config.identifier!r} from {tracking.short_name(config.instance_data)}"
-    return tracking.run_name("dreambooth", subject, config.model)
+    subject = config.subject
+    named = f"{subject.identifier!r} from {tracking.short_name(subject.instance_data)}"
+    return tracking.run_name("dreambooth", named, config.model)
 
 
 @contextlib.contextmanager
@@ -140,12 +143,13 @@ def _publish_summary(config: DreamBoothConfig, result: DreamBoothResult) -> None
     from prefect.artifacts import create_markdown_artifact
 
     lines = [
-        f"# DreamBooth: `{config.instance_prompt}`",
+        f"# DreamBooth: `{config.subject.instance_prompt}`",
         "",
-        f"- identifier: `{result.identifier}` (use it in prompts, e.g. `{config.instance_prompt}`)",
+        f"- identifier: `{result.identifier}` (use it in prompts, e.g. "
+        f"`{config.subject.instance_prompt}`)",
         f"- pipeline (use as `--model`): `{result.pipeline}`",
-        f"- final checkpoint: `{result.checkpoint}` ({config.max_steps} steps, "
-        f"method `{config.method}`)",
+        f"- final checkpoint: `{result.checkpoint}` ({config.train.max_steps} steps, "
+        f"method `{config.train.method}`)",
         f"- MLflow: {tracking.run_link(result.mlflow_run_id)}",
     ]
     if result.registered:
@@ -162,15 +166,16 @@ def _publish_summary(config: DreamBoothConfig, result: DreamBoothResult) -> None
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "dreambooth-tiny.yaml"
 
 
-def tiny_shapes_config(out: str, **overrides) -> DreamBoothConfig:
+def tiny_shapes_config(out: str, overrides: dict | None = None) -> DreamBoothConfig:
     """The `dreambooth-tiny` preset with its subject images (captioned with their
     backgrounds) written under `out/instance` and its output under `out`: a ready-made short
-    run on tiny-shapes (for the quickstart)."""
+    run on tiny-shapes (for the quickstart). `overrides`: {dotted key: value}, as `--set`."""
     from easel.data.shapes import write_shape_subject
 
-    values = {**read_yaml(str(PRESET)), "output": out, **overrides}
-    caption = values["instance_prompt"] + " on a {background} background"
-    values["instance_data"] = write_shape_subject(f"{out}/instance", caption=caption)
+    values, _ = with_overrides(read_yaml(str(PRESET)), {"output": out, **(overrides or {})})
+    caption = values["subject"]["instance_prompt"] + " on a {background} background"
+    instance_data = write_shape_subject(f"{out}/instance", caption=caption)
+    values["subject"] = {**values["subject"], "instance_data": instance_data}
     return DreamBoothConfig.model_validate(values)
 
 
@@ -178,7 +183,8 @@ def tiny_shapes_config(out: str, **overrides) -> DreamBoothConfig:
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """`key=value` strings as a mapping, each value read as YAML (numbers, booleans, lists)."""
+    """`key=value` strings as a mapping, each value read as YAML (numbers, booleans, lists);
+    a key is dotted in a group (`train.max_steps`) or an old flat one (`max_steps`)."""
     values = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -193,10 +199,10 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def load_config(config: str, overrides: list[str] = ()) -> DreamBoothConfig:
-    """Read, override (`key=null` resets a key) and validate the config, then check its
+    """Read, override (`group.key=null` resets a key) and validate the config, then check its
     inputs; all before any work."""
-    given = parse_overrides(list(overrides))
-    parsed = validated(DreamBoothConfig, {**read_yaml(config), **given}, config, given, "--set ")
+    values, given = with_overrides(read_yaml(config), parse_overrides(list(overrides)))
+    parsed = validated(DreamBoothConfig, values, config, given, "--set ")
     check_inputs(parsed, resolve_model(parsed.model).digest)
     return parsed
 

@@ -28,9 +28,9 @@ from easel.flows.sweep import SweepParameters, print_summary, run_sweep
 # The dreambooth-tiny preset (its subject: bench/README.md, "The quickstart's DreamBooth
 # subject"), shortened: fewer class images, no validation sweep (the sweep shows it).
 QUICK_DREAMBOOTH = {
-    "checkpoint_every_n_steps": 100,
-    "num_class_images": 96,
-    "validation_prompts": [],
+    "checkpoints.every_n_steps": 100,
+    "prior_preservation.num_class_images": 96,
+    "validation.prompts": [],
 }
 
 
@@ -41,7 +41,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
     if not args.skip_dreambooth:
         from easel.flows.dreambooth import dreambooth_flow, tiny_shapes_config
 
-        config = tiny_shapes_config(storage.join(args.out, "dreambooth"), **QUICK_DREAMBOOTH)
+        config = tiny_shapes_config(storage.join(args.out, "dreambooth"), QUICK_DREAMBOOTH)
         result = dreambooth_flow(config)
         print(f"dreambooth:      {result.pipeline}  (identifier {result.identifier!r})")
         rows = rows + subject_rows(result.pipeline, result.identifier)

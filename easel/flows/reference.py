@@ -26,6 +26,14 @@ or a value out of its limits is refused before any work, naming the key and the 
 """
 
 
+DREAMBOOTH_INTRO = """Keys come in groups (`subject:`, `train:`, ... in the YAML;
+`--set train.max_steps=50` on the command line). The flat keys of earlier releases
+(`max_steps`, `train_text_encoder: true`) are still read, moved into their groups with one
+warning naming each.
+
+"""
+
+
 def _default(field: FieldInfo) -> str:
     if field.default is PydanticUndefined and field.default_factory is None:
         return "**required**"
@@ -61,25 +69,45 @@ def _type(annotation) -> str:
     return "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
 
 
-def table(model: type[BaseModel]) -> str:
+def table(model: type[BaseModel], prefix: str = "") -> str:
     """One row per key: name, type, default, limits, meaning."""
     rows = ["| key | type | default | limits | meaning |", "|---|---|---|---|---|"]
-    return "\n".join(rows + _rows(model, ""))
+    return "\n".join(rows + _rows(model, prefix))
 
 
 def _rows(model: type[BaseModel], prefix: str) -> list[str]:
     """A nested settings model (`performance`) gives one row per key, as `outer.inner`."""
     rows = []
     for name, field in model.model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+        if _is_group(field):
             rows += _rows(field.annotation, f"{prefix}{name}.")
-            continue
-        meaning = (field.description or "").replace("|", "\\|")
-        kind = _type(field.annotation)
-        rows.append(
-            f"| `{prefix}{name}` | {kind} | {_default(field)} | {_limits(field)} | {meaning} |"
-        )
+        else:
+            rows.append(_row(f"{prefix}{name}", field))
     return rows
+
+
+def _row(key: str, field: FieldInfo) -> str:
+    meaning = (field.description or "").replace("|", "\\|")
+    kind = _type(field.annotation)
+    return f"| `{key}` | {kind} | {_default(field)} | {_limits(field)} | {meaning} |"
+
+
+def grouped_tables(model: type[BaseModel]) -> str:
+    """The top-level keys in one table, then a table per group (a nested model), keys as
+    `group.key`, each under the group's own description."""
+    top = {n: f for n, f in model.model_fields.items() if not _is_group(f)}
+    rows = ["| key | type | default | limits | meaning |", "|---|---|---|---|---|"]
+    parts = ["\n".join(rows + [_row(name, field) for name, field in top.items()])]
+    for name, field in model.model_fields.items():
+        if _is_group(field):
+            group = field.annotation
+            intro = f"### `{name}`: {(group.__doc__ or '').strip()}\n\n"
+            parts.append(intro + table(group, f"{name}."))
+    return "\n\n".join(parts)
+
+
+def _is_group(field: FieldInfo) -> bool:
+    return isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
 
 
 def results_table() -> str:
@@ -100,7 +128,8 @@ def reference_markdown() -> str:
         HEADER,
         "## Sweep (`easel sweep`, the `sweep` flow)\n\n" + table(SweepParameters),
         "## Class priors (the `class-priors` flow)\n\n" + table(PriorsParameters),
-        "## DreamBooth (`easel dreambooth`, the `dreambooth` flow)\n\n" + table(DreamBoothConfig),
+        "## DreamBooth (`easel dreambooth`, the `dreambooth` flow)\n\n" + DREAMBOOTH_INTRO
+        + grouped_tables(DreamBoothConfig),
         "## Results (`OUT/results.parquet`)\n\nEvery column of the manifest row, then:\n\n"
         + results_table(),
     ]

@@ -26,10 +26,10 @@ from easel.data.dreambooth import (
 from easel.errors import InvalidInput, ModelReferenceError
 from easel.models.dreambooth import resume
 from easel.models.dreambooth.config import DreamBoothConfig, words
-from easel.models.dreambooth.training import last_complete_checkpoint
 from easel.models.engine import serving, stable_diffusion
 from easel.models.engine.loading import resolve_family
 from easel.models.engine.references import ResolvedModel, resolve_model_reference
+from easel.models.lightning import last_complete_checkpoint
 
 EXPERIMENT = "easel-dreambooth"
 
@@ -65,12 +65,13 @@ def check_inputs(config: DreamBoothConfig, model_digest: str) -> TrainingInputs:
     """Everything about the config that needs I/O, before any work: the output folder, the
     instance and class images, and what a resume from the last checkpoint may honour."""
     storage.check_output_folder(config.output, "output")
-    images = check_instance_data(config.instance_data)
-    if config.class_data is not None and config.class_images_used:
-        if not storage.exists(config.class_data) or not list_images(config.class_data):
+    images = check_instance_data(config.subject.instance_data)
+    class_data = config.prior_preservation.class_data
+    if class_data is not None and config.prior_preservation.class_images_used:
+        if not storage.exists(class_data) or not list_images(class_data):
             raise InvalidInput(
-                f"config field `class_data` must be a folder of images but "
-                f"{config.class_data!r} holds none"
+                f"config field `prior_preservation.class_data` must be a folder of images but "
+                f"{class_data!r} holds none"
             )
     captions = check_captions(config, images)
     snapshot = resume.snapshot(config, model_digest, images_digest(images, captions))
@@ -81,16 +82,16 @@ def check_inputs(config: DreamBoothConfig, model_digest: str) -> TrainingInputs:
 def check_captions(config: DreamBoothConfig, images: list[str]) -> dict[str, str]:
     """The instance images' own captions (`{image uri: caption}`, those that differ from
     `instance_prompt`), each checked to name the subject by its identifier."""
-    if not config.instance_captions:
+    if not config.subject.captions:
         return {}
-    captions = dict(zip(images, read_captions(images, config.instance_prompt), strict=True))
+    captions = dict(zip(images, read_captions(images, config.subject.instance_prompt), strict=True))
     for uri, caption in captions.items():
-        if config.identifier.lower() not in words(caption):
+        if config.subject.identifier.lower() not in words(caption):
             raise InvalidInput(
                 f"config field `instance_data`: caption {caption_uri(uri)!r} must contain the "
-                f"identifier {config.identifier!r} as a word but is {caption!r}"
+                f"identifier {config.subject.identifier!r} as a word but is {caption!r}"
             )
-    return {uri: c for uri, c in captions.items() if c != config.instance_prompt}
+    return {uri: c for uri, c in captions.items() if c != config.subject.instance_prompt}
 
 
 @task
@@ -114,15 +115,15 @@ def write_manifest_task(uri: str, rows: list[dict]) -> str:
 def validation_rows(config: DreamBoothConfig, trained_model: str) -> list[dict]:
     """Each validation prompt on the trained and the base model, same seeds."""
     rows = []
-    for i, prompt in enumerate(config.validation_prompts):
+    for i, prompt in enumerate(config.validation.prompts):
         for tag, model in (("trained", trained_model), ("base", config.model)):
             rows.append(
                 {
                     "id": f"{tag}-{i:03d}",
                     "prompt": prompt,
                     "model": model,
-                    "seed": config.seed + i,
-                    "num_images": config.validation_images_per_prompt,
+                    "seed": config.train.seed + i,
+                    "num_images": config.validation.images_per_prompt,
                 }
             )
     return rows
@@ -131,7 +132,7 @@ def validation_rows(config: DreamBoothConfig, trained_model: str) -> list[dict]:
 @task
 def class_images_task(config: DreamBoothConfig) -> list[str]:
     """The user's class images (`class_data`)."""
-    return list_images(config.class_data)
+    return list_images(config.prior_preservation.class_data)
 
 
 @task
@@ -145,12 +146,12 @@ def train_task(
     """Train or resume to `max_steps`, logging to the training run (a child of the flow's
     run, the same one for every rerun, its parameters the first run's config and a tag per
     change a resume honoured); return the final checkpoint path."""
-    from easel.models.dreambooth.training import ProgressLines, train
+    from easel.models.dreambooth.training import train
 
     run_file = storage.join(checkpoint_dir(config), "training_run_id")
     run_id = tracking.resumable_child_run(
-        run_file, parent_run_id, f"training {config.identifier!r} ({config.method}, "
-        f"{config.max_steps} steps)", EXPERIMENT, params=inputs.snapshot
+        run_file, parent_run_id, f"training {config.subject.identifier!r} ({config.train.method}, "
+        f"{config.train.max_steps} steps)", EXPERIMENT, params=inputs.snapshot
     )
     for change in inputs.changes:
         print(f"resuming with a changed config: {change}")
@@ -162,11 +163,10 @@ def train_task(
         class_images or None,
         checkpoint_dir(config),
         logger=tracking.lightning_logger(run_id),
-        callbacks=[*validation_callbacks(config, model_dir, run_id),
-                   *([] if sys.stderr.isatty() else [ProgressLines()])],  # fmt: skip
+        callbacks=validation_callbacks(config, model_dir, run_id),
         before_checkpoint=tracking.flush_metrics,
         snapshot=inputs.snapshot,
-        enable_progress_bar=sys.stderr.isatty(),
+        progress="bar" if sys.stderr.isatty() else "lines",
     )
 
 
@@ -177,7 +177,7 @@ def log_training_summary(config: DreamBoothConfig, run_id: str) -> None:
     run_file = storage.join(checkpoint_dir(config), "training_run_id")
     training_run_id = storage.read_bytes(run_file).decode()
     metrics = {f"training/{k}": v for k, v in tracking.latest_metrics(training_run_id).items()}
-    tracking.log_metrics({"steps": config.max_steps, **metrics})
+    tracking.log_metrics({"steps": config.train.max_steps, **metrics})
     tracking.copy_images(training_run_id, run_id)
 
 
@@ -186,16 +186,16 @@ def validation_callbacks(config: DreamBoothConfig, model_dir: str, run_id: str) 
     as the image `validation` at its step; none when not asked for."""
     from easel.models.dreambooth.validation import ValidationGrid
 
-    if not (config.validation_every_n_steps and config.validation_prompts):
+    if not (config.validation.every_n_steps and config.validation.prompts):
         return []
-    seeds = [config.seed + k for k in range(config.validation_images_per_prompt)]
+    seeds = [config.train.seed + k for k in range(config.validation.images_per_prompt)]
 
     def log_grid(image, step: int) -> None:
         tracking.log_image(run_id, image, "validation", step)
 
     return [ValidationGrid(
-        model_dir, config.validation_prompts, seeds, config.validation_inference_steps,
-        config.resolution, config.validation_every_n_steps, log_grid,
+        model_dir, config.validation.prompts, seeds, config.validation.inference_steps,
+        config.train.resolution, config.validation.every_n_steps, log_grid,
     )]  # fmt: skip
 
 
@@ -211,7 +211,7 @@ def export_task(config: DreamBoothConfig, checkpoint: str, model_dir: str) -> st
 def log_model_task(config: DreamBoothConfig, pipeline: str) -> str:
     """The exported pipeline as a model of the flow's run, by its location; returns the
     model's id (`register_task` logs and registers a copy instead)."""
-    return tracking.log_external_model(f"dreambooth-{config.identifier}", pipeline,
+    return tracking.log_external_model(f"dreambooth-{config.subject.identifier}", pipeline,
                                        "diffusers-pipeline")  # fmt: skip
 
 

@@ -21,8 +21,8 @@ from easel.models.dreambooth.config import DreamBoothConfig
 REQUIRED = {  # the least each model needs to be valid
     SweepParameters: {"manifest": "m.parquet", "out": "out"},
     PriorsParameters: {"class_prompt": "a star", "num_images": 2, "out": "priors"},
-    DreamBoothConfig: {"instance_data": "subject", "instance_prompt": "a sks star",
-                       "class_prompt": "a star", "output": "db"},
+    DreamBoothConfig: {"subject": {"instance_data": "subject", "instance_prompt": "a sks star",
+                                   "class_prompt": "a star"}, "output": "db"},
     EvalParameters: {},
     BootstrapParameters: {},
     BootstrapK22Parameters: {},
@@ -30,11 +30,18 @@ REQUIRED = {  # the least each model needs to be valid
 NON_FINITE = [math.nan, math.inf, -math.inf]
 
 
-def float_fields(model: type[BaseModel]) -> list[str]:
+def float_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """The float keys of `model`, a group's as `group.key`."""
     def has_float(annotation) -> bool:
         return annotation is float or any(has_float(a) for a in typing.get_args(annotation))
 
-    return [name for name, field in model.model_fields.items() if has_float(field.annotation)]
+    names = []
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            names += float_fields(field.annotation, f"{prefix}{name}.")
+        elif has_float(field.annotation):
+            names.append(prefix + name)
+    return names
 
 
 CASES = [(model, name) for model in REQUIRED for name in float_fields(model)]
@@ -43,8 +50,9 @@ CASES = [(model, name) for model in REQUIRED for name in float_fields(model)]
 def test_the_cases_cover_the_float_fields_users_meet():
     names = {(model.__name__, name) for model, name in CASES}
     for expected in [("SweepParameters", "guidance_scale"), ("SweepParameters",
-                     "prior_guidance_scale"), ("DreamBoothConfig", "learning_rate"),
-                     ("DreamBoothConfig", "snr_gamma"), ("DreamBoothConfig", "offset_noise"),
+                     "prior_guidance_scale"), ("DreamBoothConfig", "train.learning_rate"),
+                     ("DreamBoothConfig", "train.snr_gamma"),
+                     ("DreamBoothConfig", "train.offset_noise"),
                      ("PriorsParameters", "guidance_scale"), ("EvalParameters",
                      "guidance_scale"), ("BootstrapParameters", "diffusion_ema_decay")]:
         assert expected in names  # fmt: skip
@@ -55,9 +63,12 @@ def test_the_cases_cover_the_float_fields_users_meet():
 @pytest.mark.parametrize(("model", "name"), CASES, ids=[f"{m.__name__}.{n}" for m, n in CASES])
 def test_every_float_refuses_non_finite_values(model, name, value):
     with pytest.raises(ValidationError) as error:
-        model.model_validate({**REQUIRED[model], name: value})
+        *group, key = name.split(".")
+        given = {group[0]: {key: value}} if group else {key: value}
+        model.model_validate({**REQUIRED[model], **given})
     (problem,) = error.value.errors()
-    assert problem["loc"] == (name,) and problem["type"] == "finite_number", problem
+    assert problem["loc"] == tuple(name.split(".")), problem
+    assert problem["type"] == "finite_number", problem
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -75,11 +86,11 @@ def test_an_infinite_guidance_in_a_sweep_config_exits_2_before_any_work(tmp_path
 def test_an_infinite_learning_rate_in_a_dreambooth_config_exits_2(tmp_path, capsys):
     config = tmp_path / "db.yaml"
     config.write_text(
-        "instance_data: subject\ninstance_prompt: a sks star\nclass_prompt: a star\n"
-        f"output: {tmp_path / 'db'}\nlearning_rate: .inf\n"
+        "subject: {instance_data: subject, instance_prompt: a sks star, class_prompt: a star}\n"
+        f"output: {tmp_path / 'db'}\ntrain: {{learning_rate: .inf}}\n"
     )
-    for extra in ([], ["--set", "learning_rate=.nan"]):
+    for extra in ([], ["--set", "train.learning_rate=.nan"]):
         assert main(["dreambooth", "--config", str(config), *extra]) == 2
         error = capsys.readouterr().err.strip()
-        assert "`learning_rate`" in error and "finite" in error, error
+        assert "`train.learning_rate`" in error and "finite" in error, error
     assert not (tmp_path / "db").exists()

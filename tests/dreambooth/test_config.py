@@ -11,6 +11,7 @@ from dreambooth_fixtures import write_images
 import easel.flows.dreambooth  # noqa: F401  Prefect sets up its log handler on import: not under capsys
 from easel.flows.cli import main
 from easel.models.dreambooth.config import DreamBoothConfig
+from easel.models.dreambooth.flat_keys import regroup
 
 
 @pytest.fixture
@@ -27,8 +28,9 @@ def valid(tmp_path) -> dict:
 
 
 def _cli(tmp_path, values: dict, *extra: str) -> int:
+    """Run the command on `values` (flat keys, written in their groups)."""
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(values))
+    path.write_text(yaml.safe_dump(regroup(values)[0]))
     return main(["dreambooth", "--config", str(path), *extra])
 
 
@@ -54,6 +56,7 @@ def _too_few(tmp_path, valid):
     [
         (lambda tmp, v: {"learning_rat": 1e-4}, ["learning_rat", "0.0001"]),
         (lambda tmp, v: {"instance_data": str(tmp / "missing")}, ["instance_data", "missing"]),
+        (lambda tmp, v: {"train": {"max_step": 5}}, ["unknown", "`train.max_step`", "5"]),
         (_too_few, ["instance_data", "holds 2"]),
         (_unreadable, ["instance_data", "03.png", "unreadable"]),
         (lambda tmp, v: {"identifier": "zxq"}, ["instance_prompt", "zxq", "a photo of sks shape"]),
@@ -61,23 +64,24 @@ def _too_few(tmp_path, valid):
             lambda tmp, v: {"instance_prompt": "a photo of shape"},
             ["instance_prompt", "no identifier"],
         ),
-        (lambda tmp, v: {"resolution": 65}, ["resolution", "multiple of 8", "65"]),
-        (lambda tmp, v: {"method": "dora"}, ["method", "dora"]),
+        (lambda tmp, v: {"resolution": 65}, ["train.resolution", "multiple of 8", "65"]),
+        (lambda tmp, v: {"method": "dora"}, ["train.method", "dora"]),
         (_kandinsky, ["`model`", "Kandinsky 2.2", "Stable Diffusion"]),
         (
             lambda tmp, v: {"train_text_encoder": "identifier", "method": "lora"},
-            ["train_text_encoder", "identifier", "method", "lora"],
+            ["train.text_encoder", "identifier", "train.method", "lora"],
         ),
         (
             lambda tmp, v: {
                 "prior_preservation_method": "differential_output",
                 "train_text_encoder": True,
             },  # fmt: skip
-            ["differential_output", "train_text_encoder", "true"],
+            ["differential_output", "train.text_encoder", "'all'"],
         ),
     ],
     ids=[
         "unknown-key",
+        "unknown-key-in-a-group",
         "missing-folder",
         "too-few-images",
         "unreadable-image",
@@ -103,8 +107,10 @@ def test_bad_config_is_one_clear_error_before_any_work(tmp_path, valid, capsys, 
 
 @pytest.mark.parametrize(
     ("override", "words"),
-    [("resolution=12", ["--set", "`resolution`", "12"]), ("foo=1", ["--set", "unknown", "`foo`"]),
-     ("resolution=[1", ["--set", "'resolution=[1'", "not valid YAML"])],
+    [("train.resolution=12", ["--set", "`train.resolution`", "12"]),
+     ("foo=1", ["--set", "unknown", "`foo`"]),
+     ("train.foo=1", ["--set", "unknown", "`train.foo`", "1"]),
+     ("train.resolution=[1", ["--set", "'train.resolution=[1'", "not valid YAML"])],
 )  # fmt: skip
 def test_set_overrides_are_validated_too_and_named_as_given(tmp_path, valid, capsys, override,
                                                             words):  # fmt: skip
@@ -125,18 +131,19 @@ def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path, capsys):
 def test_identifier_is_given_or_derived():
     base = {"instance_data": "x", "output": "y", "class_prompt": "a photo of shape"}
     derived = DreamBoothConfig(**base, instance_prompt="a photo of sks shape")
-    assert derived.identifier == "sks"
+    assert derived.subject.identifier == "sks"
     given = DreamBoothConfig(**base, instance_prompt="a photo of zxq sks shape", identifier="sks")
-    assert given.identifier == "sks"
+    assert given.subject.identifier == "sks"
 
 
 def test_preset_is_valid_and_ready_made_for_tiny_shapes(tmp_path):
     from easel.flows.dreambooth import tiny_shapes_config
     from easel.tasks.dreambooth import check_inputs
 
-    config = tiny_shapes_config(str(tmp_path / "db"), max_steps=3)
-    assert config.identifier == "v" and config.resolution == 64 and config.max_steps == 3
-    assert config.train_text_encoder == "identifier"
+    config = tiny_shapes_config(str(tmp_path / "db"), {"train.max_steps": 3})
+    assert config.subject.identifier == "v" and config.train.resolution == 64
+    assert config.train.max_steps == 3
+    assert config.train.text_encoder == "identifier"
     assert len(check_inputs(config, model_digest="d").instance_images) == 5
 
 
@@ -144,12 +151,12 @@ def test_set_reads_yaml_values_and_null_resets(tmp_path, valid):
     from easel.flows.dreambooth import load_config
 
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({**valid, "register_as": "sks@candidate"}))
+    path.write_text(yaml.safe_dump({**regroup(valid)[0], "register_as": "sks@candidate"}))
     config = load_config(
-        str(path), ["register_as=null", "max_steps=7", "validation_prompts=[a sks shape]"]
+        str(path), ["register_as=null", "train.max_steps=7", "validation.prompts=[a sks shape]"]
     )
-    assert config.register_as is None and config.max_steps == 7
-    assert config.validation_prompts == ["a sks shape"]
+    assert config.register_as is None and config.train.max_steps == 7
+    assert config.validation.prompts == ["a sks shape"]
 
 
 def test_instance_data_may_be_an_fsspec_uri(tmp_path):
@@ -163,3 +170,20 @@ def test_instance_data_may_be_an_fsspec_uri(tmp_path):
     images = check_instance_data("memory://subject")
     assert len(images) == 3 and all(uri.startswith("memory://") for uri in images)
     assert load_pixels(images, 16).shape == (3, 3, 16, 16)
+
+
+def test_a_flat_config_file_and_flat_set_keys_still_read_with_one_warning(tmp_path, valid,
+                                                                          caplog):  # fmt: skip
+    from easel.flows.dreambooth import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**valid, "train_text_encoder": False}))
+    with caplog.at_level("WARNING"):
+        config = load_config(str(path), ["max_steps=7", "compile_unet=true"])
+    assert (config.train.max_steps, config.runtime.compile_unet) == (7, "full")
+    assert config.train.text_encoder == "off" and config.subject.identifier == "sks"
+    [record] = [r for r in caplog.records if "flat keys" in r.getMessage()]
+    message = record.getMessage()
+    assert "\n" not in message and "max_steps -> train.max_steps" in message
+    assert "compile_unet -> runtime.compile_unet" in message
+    assert "train_text_encoder -> train.text_encoder" in message

@@ -21,7 +21,8 @@ SCRIPT = textwrap.dedent("""
     from easel.models.dreambooth.training import train
 
     config = DreamBoothConfig.model_validate(json.load(open(sys.argv[1])))
-    images = list_images(config.instance_data), list_images(config.class_data)
+    images = (list_images(config.subject.instance_data),
+              list_images(config.prior_preservation.class_data))
     final = train(config, config.model, *images,
                   os.path.join(config.output, "checkpoints"), enable_progress_bar=False)
     print("FINAL", os.environ.get("LOCAL_RANK", "0"), final, flush=True)

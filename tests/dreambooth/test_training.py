@@ -10,7 +10,7 @@ import torch
 from dreambooth_fixtures import make_workspace, tiny_config, write_images
 
 from easel.data.dreambooth import LatentCache, MicroBatches, list_images
-from easel.models.dreambooth.config import DreamBoothConfig
+from easel.models.dreambooth.config import DreamBoothConfig, Runtime
 from easel.models.dreambooth.training import train
 from easel.models.testing.random_pipelines import build_random_sd
 
@@ -25,8 +25,8 @@ def _train(workspace, output, **overrides) -> str:
     return train(
         config,
         config.model,
-        list_images(config.instance_data),
-        list_images(config.class_data),
+        list_images(config.subject.instance_data),
+        list_images(config.prior_preservation.class_data),
         os.path.join(output, "checkpoints"),
         enable_progress_bar=False,
         **overrides.get("trainer", {}),
@@ -47,8 +47,8 @@ def test_fast_dev_run(workspace, tmp_path, variant):
         train(
             config,
             config.model,
-            list_images(config.instance_data),
-            list_images(config.class_data),
+            list_images(config.subject.instance_data),
+            list_images(config.prior_preservation.class_data),
             str(tmp_path / "checkpoints"),
             fast_dev_run=True,
             enable_progress_bar=False,
@@ -129,10 +129,10 @@ def test_compiled_unet_keeps_parameter_names(workspace):
     from easel.models.dreambooth.module import DreamBoothModule
 
     plain = DreamBoothModule(workspace["model"])
-    compiled = DreamBoothModule(workspace["model"], compile_unet="full")
+    compiled = DreamBoothModule(workspace["model"], runtime=Runtime(compile_unet="full"))
     assert compiled.unet._compiled_call_impl is not None
     assert plain.unet._compiled_call_impl is None
-    regional = DreamBoothModule(workspace["model"], compile_unet="regional")
+    regional = DreamBoothModule(workspace["model"], runtime=Runtime(compile_unet="regional"))
     blocks = [m for m in regional.unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
     assert regional.unet._compiled_call_impl is None
     assert blocks and all(block._compiled_call_impl is not None for block in blocks)
@@ -198,7 +198,9 @@ def test_gradient_checkpointing_recomputes_the_unet_blocks(workspace):
     from easel.models.dreambooth.module import DreamBoothModule
 
     def resnet_runs(checkpointing: bool) -> int:
-        unet = DreamBoothModule(workspace["model"], gradient_checkpointing=checkpointing).unet
+        unet = DreamBoothModule(
+            workspace["model"], runtime=Runtime(gradient_checkpointing=checkpointing)
+        ).unet
         runs = []  # a pre-hook: a recomputation stops once it has what the backward needs
         unet.down_blocks[0].resnets[0].register_forward_pre_hook(lambda *_: runs.append(1))
         size, width = unet.config.sample_size, unet.config.cross_attention_dim
@@ -237,8 +239,9 @@ def test_a_step_s_losses_reach_the_loggers_before_its_checkpoint_is_written(work
     config = DreamBoothConfig.model_validate(tiny_config(
         workspace, str(tmp_path), max_steps=4, checkpoint_every_n_steps=2, gradient_accumulation=2
     ))  # fmt: skip
-    train(config, config.model, list_images(config.instance_data),
-          list_images(config.class_data), str(tmp_path / "checkpoints"), logger=logger,
+    images = list_images(config.subject.instance_data)
+    train(config, config.model, images, list_images(config.prior_preservation.class_data),
+          str(tmp_path / "checkpoints"), logger=logger,
           callbacks=[AtSave()], enable_progress_bar=False)  # fmt: skip
     assert logger.steps == [0, 1, 2, 3]  # one point per optimizer step, not per micro-batch
     for step, logged in at_save:

@@ -29,8 +29,8 @@ def test_dreambooth_command_trains_exports_validates_and_registers(
         workspace, str(tmp_path / "out"), max_steps=4, register_as="sks-tiny@candidate",
         validation_every_n_steps=2,
     )
-    del values["class_data"]  # generate the class priors
-    values["num_class_images"] = 3
+    del values["prior_preservation"]["class_data"]  # generate the class priors
+    values["prior_preservation"]["num_class_images"] = 3
     config = tmp_path / "dreambooth.yaml"
     config.write_text(yaml.safe_dump(values))
 
@@ -83,7 +83,8 @@ def test_dreambooth_command_trains_exports_validates_and_registers(
     assert training.info.run_name == "training 'sks' (full, 4 steps)"
     for run in (parent, training):
         assert "None" not in run.data.params.values(), run.data.params
-    assert parent.data.params["max_steps"] == "4" and "snr_gamma" not in parent.data.params
+    assert parent.data.params["train.max_steps"] == "4"
+    assert "train.snr_gamma" not in parent.data.params
     assert parent.data.metrics["steps"] == 4
     assert parent.data.metrics["training/train/loss"] == training.data.metrics["train/loss"]
     # throughput: counted work of a step (3 x the UNet forward of its examples), its time

@@ -1,4 +1,10 @@
-"""The DreamBooth config (SPEC §6): one pydantic model, validated before any work.
+"""The DreamBooth config (SPEC §6): pydantic models, validated before any work.
+
+Keys come in groups, as ai-toolkit's YAML does: `subject` (what to learn),
+`prior_preservation` (what keeps the class), `train` (the optimisation), `runtime` (where and
+how it computes), `checkpoints`, `validation`; `model`, `output` and `register_as` stay at the
+top. The flat keys of earlier releases (`max_steps`, `train_text_encoder: true`, ...) still
+read, moved into their groups by `easel.models.dreambooth.flat_keys` with one warning.
 
 The identifier is the rare token that names the subject. It is `identifier` when given,
 otherwise the first word of `instance_prompt` that does not occur in `class_prompt`
@@ -12,10 +18,19 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from easel.data import limits
-from easel.data.limits import CompileMode, InferenceSteps, Side
+from easel.data.limits import COMPILE_MODES, InferenceSteps, Side
+from easel.models.dreambooth.flat_keys import group_flat_keys
 
 LR_SCHEDULERS = (
     "constant",
@@ -26,6 +41,12 @@ LR_SCHEDULERS = (
     "polynomial",
 )
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")
+TEXT_ENCODER_MODES = ("off", "all", "identifier")  # what of the text encoder trains
+# YAML 1.1 reads a bare `off` as false: that is "off", the one spelling
+_OFF = BeforeValidator(lambda value: "off" if value is False else value)
+TextEncoderMode = Annotated[Literal[TEXT_ENCODER_MODES], _OFF]
+UnetCompileMode = Annotated[Literal[COMPILE_MODES], _OFF]
+GROUP = ConfigDict(**limits.PARAMETERS, frozen=True)
 
 
 def words(prompt: str) -> list[str]:
@@ -39,130 +60,25 @@ def without_word(prompt: str, word: str) -> str:
     return " ".join(kept.split())
 
 
-class DreamBoothConfig(BaseModel):
-    """Everything one DreamBooth run needs; unknown keys are an error."""
+class Subject(BaseModel):
+    """What to learn: the instance images and the prompts that name them."""
 
-    model_config = ConfigDict(**limits.PARAMETERS, protected_namespaces=(), frozen=True)
+    model_config = GROUP
 
-    # What to learn.
-    model: str = Field(
-        "tiny-shapes",
-        description="the Stable Diffusion model to fine-tune "
-        "(a model reference: embedded name, folder, fsspec URI, models:/...)",
-    )
     instance_data: str = Field(description="folder (or fsspec URI) of 3-20 images of the subject")
     class_prompt: str = Field(description="the subject's class without the identifier: 'a dog'")
     identifier: str | None = Field(
         None, description="the rare token naming the subject; default: the first word of "
-        "`instance_prompt` not in `class_prompt`",
+        "`subject.instance_prompt` not in `subject.class_prompt`",
     )  # fmt: skip
     instance_prompt: str = Field(  # after class_prompt and identifier: its check reads them
         description="the subject's prompt with the identifier: 'a photo of sks dog'"
     )
-    instance_captions: bool = Field(
+    captions: bool = Field(
         True, description="read an instance image's prompt from NAME.txt beside it when there "
         "is one (it must contain the identifier; name what is not the subject, e.g. 'a sks dog "
-        "on a beach'); images without one use `instance_prompt`",
+        "on a beach'); images without one use `subject.instance_prompt`",
     )  # fmt: skip
-    prior_preservation: bool = Field(
-        True, description="also train on class images, so the class keeps its own look"
-    )
-    prior_preservation_method: Literal["class_images", "differential_output"] = Field(
-        "class_images", description="with `prior_preservation`, what keeps the class: "
-        "class_images (the paper's: generated class images and `class_prompt`) or "
-        "differential_output (ai-toolkit's: no class images; on each instance example's noisy "
-        "latent, the prediction for its prompt without the identifier is pulled to the base "
-        "model's own; needs a frozen or identifier-only text encoder)",
-    )  # fmt: skip
-    prior_loss_weight: float = Field(1.0, ge=0, description="weight of the prior loss")
-    num_class_images: int = Field(
-        100, ge=1, le=10_000, description="class images generated (about batch_size x "
-        "max_steps / 2 works well)",
-    )  # fmt: skip
-    # Class images are sampled without guidance by default: then they are samples of the
-    # model's own "class_prompt" distribution, which the prior loss keeps where it is. Guided
-    # samples (e.g. 7.5) are a sharper distribution; training on them moves the class prompt
-    # towards it and guidance at inference sharpens it again (bench/README.md measures this).
-    class_guidance_scale: float = Field(
-        1.0, ge=0, description="guidance of the generated class images (1: unguided samples)"
-    )
-    class_data: str | None = Field(
-        None, description="a folder of class images to use instead of generating them"
-    )
-    class_priors_dir: str | None = Field(
-        None, description="the class-prior cache root; default <output>/class_priors"
-    )
-
-    # How to learn it.
-    method: Literal["full", "lora"] = Field(
-        "full", description="full: train the UNet's weights; lora: low-rank adapters only"
-    )
-    lora_rank: int = Field(4, ge=1, description="rank of the LoRA adapters (method lora)")
-    train_text_encoder: bool | Literal["identifier"] = Field(
-        False, description="train the text encoder too; identifier: only the identifier's "
-        "token embeddings (textual inversion's update; every other word keeps its meaning)",
-    )  # fmt: skip
-    resolution: Side = Field(512, description="training image side in pixels (resize + crop)")
-    batch_size: int = Field(1, ge=1, description="instance images per step (as many class)")
-    gradient_accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    learning_rate: float = Field(5e-6, gt=0, description="AdamW's learning rate")
-    text_encoder_learning_rate: float | None = Field(
-        None, gt=0, description="the text encoder's learning rate when it trains (a tenth of "
-        "the UNet's keeps its other words' meaning); unset: `learning_rate`",
-    )  # fmt: skip
-    lr_scheduler: Literal[LR_SCHEDULERS] = Field(
-        "constant", description="learning-rate schedule (diffusers' get_scheduler names)"
-    )
-    lr_warmup_steps: int = Field(0, ge=0, description="steps of linear warm-up")
-    max_steps: int = Field(400, ge=1, description="optimizer steps in all")
-    precision: Literal[PRECISIONS] = Field(
-        "32-true", description="Lightning precision; 16-mixed or bf16-mixed on a GPU"
-    )
-    seed: int = Field(0, ge=0, description="seeds the data order, noise and class images")
-    snr_gamma: float | None = Field(
-        None, gt=0, description="min-SNR loss weighting's gamma (5 is usual); unset: off"
-    )
-    offset_noise: float = Field(
-        0.0, ge=0, description="offset-noise strength (0.05-0.1 helps very dark or light images)"
-    )
-    compile_unet: CompileMode = Field(
-        "off", description="torch.compile the UNet's forward and backward: off, regional (its "
-        "repeated blocks: a short compile) or full (the whole network; true means full)",
-    )  # fmt: skip
-    gradient_checkpointing: bool = Field(
-        False, description="recompute activations in the backward pass: less memory, slower "
-        "steps, the same weights",
-    )  # fmt: skip
-
-    # Where it runs (Lightning's own names and values).
-    accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu, ...")
-    devices: Annotated[int, Field(ge=-1)] | str = Field(
-        1, description="Lightning devices per node: a count (-1: all), a list such as '0,1', auto"
-    )
-    num_nodes: int = Field(1, ge=1, description="Lightning nodes")
-    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, fsdp, ...")
-
-    # Checkpoints, validation, output.
-    checkpoint_every_n_steps: int = Field(100, ge=1, description="steps between checkpoints")
-    keep_last_n_checkpoints: int = Field(2, ge=1, description="checkpoints kept")
-    validation_prompts: list[str] = Field(
-        default_factory=list, description="prompts sampled on the trained and the base model"
-    )
-    validation_images_per_prompt: int = Field(2, ge=1, le=16, description="seeds per prompt")
-    validation_every_n_steps: int | None = Field(
-        None, ge=1, description="while training, every N steps: a grid of the validation "
-        "prompts x seeds on the weights so far, logged to the MLflow training run at that step "
-        "(None: only the trained-against-base images at the end)",
-    )  # fmt: skip
-    validation_inference_steps: InferenceSteps = Field(
-        25, description="denoising steps of the validation images"
-    )
-    output: str = Field(
-        description="folder or object-store URI for checkpoints, the pipeline, validation"
-    )
-    register_as: str | None = Field(
-        None, description="register the pipeline in MLflow as NAME or NAME@ALIAS"
-    )
 
     @model_validator(mode="before")
     @classmethod
@@ -178,45 +94,11 @@ class DreamBoothConfig(BaseModel):
                 return {**values, "identifier": derived}
         return values
 
-    @model_validator(mode="after")
-    def _identifier_embeddings_with_full(self):
-        if self.train_text_encoder == "identifier" and self.method == "lora":
-            raise ValueError(
-                "`train_text_encoder` 'identifier' needs `method` full (the token embeddings "
-                "are trained as they are, not through adapters) but `method` is 'lora'"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _differential_output_with_the_base_text(self):
-        if self.differential_output and self.train_text_encoder is True:
-            raise ValueError(
-                "`prior_preservation_method` 'differential_output' needs the text encoder "
-                "frozen or `train_text_encoder` 'identifier' (its target is the base model's "
-                "prediction for the same text) but `train_text_encoder` is true"
-            )
-        return self
-
-    @property
-    def class_images_used(self) -> bool:
-        return self.prior_preservation and self.prior_preservation_method == "class_images"
-
-    @property
-    def differential_output(self) -> bool:
-        return self.prior_preservation and self.prior_preservation_method == "differential_output"
-
     @field_validator("instance_prompt", "class_prompt")
     @classmethod
     def _non_empty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
-        return value
-
-    @field_validator("register_as")
-    @classmethod
-    def _registry_name(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z0-9._-]+(@[A-Za-z0-9_-]+)?", value):
-            raise ValueError(f"must be NAME or NAME@ALIAS (letters, digits, ._-) but is {value!r}")
         return value
 
     @field_validator("instance_prompt")
@@ -235,6 +117,192 @@ class DreamBoothConfig(BaseModel):
         if identifier is None and all(word in class_words for word in instance_words):
             raise ValueError(
                 "has no identifier: every word also occurs in class_prompt; put a rare "
-                "token in it (e.g. 'a photo of sks shape') or set `identifier`"
+                "token in it (e.g. 'a photo of sks shape') or set `subject.identifier`"
             )
+        return value
+
+
+class PriorPreservation(BaseModel):
+    """What keeps the class its own look while the subject is learnt."""
+
+    model_config = GROUP
+
+    enabled: bool = Field(True, description="also train on the class, so it keeps its own look")
+    method: Literal["class_images", "differential_output"] = Field(
+        "class_images", description="what keeps the class: class_images (the paper's: "
+        "generated class images and `subject.class_prompt`) or differential_output "
+        "(ai-toolkit's: no class images; on each instance example's noisy latent, the "
+        "prediction for its prompt without the identifier is pulled to the base model's own; "
+        "needs `train.text_encoder` off or identifier)",
+    )  # fmt: skip
+    loss_weight: float = Field(1.0, ge=0, description="weight of the prior loss")
+    num_class_images: int = Field(
+        100, ge=1, le=10_000, description="class images generated (about train.batch_size x "
+        "train.max_steps / 2 works well)",
+    )  # fmt: skip
+    # Class images are sampled without guidance by default: then they are samples of the
+    # model's own "class_prompt" distribution, which the prior loss keeps where it is. Guided
+    # samples (e.g. 7.5) are a sharper distribution; training on them moves the class prompt
+    # towards it and guidance at inference sharpens it again (bench/README.md measures this).
+    class_guidance_scale: float = Field(
+        1.0, ge=0, description="guidance of the generated class images (1: unguided samples)"
+    )
+    class_data: str | None = Field(
+        None, description="a folder of class images to use instead of generating them"
+    )
+    class_priors_dir: str | None = Field(
+        None, description="the class-prior cache root; default <output>/class_priors"
+    )
+
+    @property
+    def class_images_used(self) -> bool:
+        return self.enabled and self.method == "class_images"
+
+    @property
+    def differential_output(self) -> bool:
+        return self.enabled and self.method == "differential_output"
+
+
+class Train(BaseModel):
+    """The optimisation: what trains, on what batches, at what rate, for how long."""
+
+    model_config = GROUP
+
+    method: Literal["full", "lora"] = Field(
+        "full", description="full: train the UNet's weights; lora: low-rank adapters only"
+    )
+    lora_rank: int = Field(4, ge=1, description="rank of the LoRA adapters (method lora)")
+    text_encoder: TextEncoderMode = Field(
+        "off", description="what of the text encoder trains: off, all, or identifier (only the "
+        "identifier's token embeddings: textual inversion's update; every other word keeps "
+        "its meaning)",
+    )  # fmt: skip
+    resolution: Side = Field(512, description="training image side in pixels (resize + crop)")
+    batch_size: int = Field(1, ge=1, description="instance images per step (as many class)")
+    gradient_accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    learning_rate: float = Field(5e-6, gt=0, description="AdamW's learning rate")
+    text_encoder_learning_rate: float | None = Field(
+        None, gt=0, description="the text encoder's learning rate when it trains (a tenth of "
+        "the UNet's keeps its other words' meaning); unset: `train.learning_rate`",
+    )  # fmt: skip
+    lr_scheduler: Literal[LR_SCHEDULERS] = Field(
+        "constant", description="learning-rate schedule (diffusers' get_scheduler names)"
+    )
+    lr_warmup_steps: int = Field(0, ge=0, description="steps of linear warm-up")
+    max_steps: int = Field(400, ge=1, description="optimizer steps in all")
+    seed: int = Field(0, ge=0, description="seeds the data order, noise and class images")
+    snr_gamma: float | None = Field(
+        None, gt=0, description="min-SNR loss weighting's gamma (5 is usual); unset: off"
+    )
+    offset_noise: float = Field(
+        0.0, ge=0, description="offset-noise strength (0.05-0.1 helps very dark or light images)"
+    )
+
+
+class Runtime(BaseModel):
+    """Where and how it computes (Lightning's own names and values for the first five)."""
+
+    model_config = GROUP
+
+    accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu, ...")
+    devices: Annotated[int, Field(ge=-1)] | str = Field(
+        1, description="Lightning devices per node: a count (-1: all), a list such as '0,1', auto"
+    )
+    num_nodes: int = Field(1, ge=1, description="Lightning nodes")
+    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, fsdp, ...")
+    precision: Literal[PRECISIONS] = Field(
+        "32-true", description="Lightning precision; 16-mixed or bf16-mixed on a GPU"
+    )
+    compile_unet: UnetCompileMode = Field(
+        "off", description="torch.compile the UNet's forward and backward: off, regional (its "
+        "repeated blocks: a short compile) or full (the whole network)",
+    )  # fmt: skip
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, slower "
+        "steps, the same weights",
+    )  # fmt: skip
+
+
+class Checkpoints(BaseModel):
+    """When checkpoints are written (`OUTPUT/checkpoints/step=NNNNNNNN.ckpt`) and how many stay."""
+
+    model_config = GROUP
+
+    every_n_steps: int = Field(100, ge=1, description="steps between checkpoints")
+    keep_last_n: int = Field(2, ge=1, description="checkpoints kept")
+
+
+class Validation(BaseModel):
+    """Images that show what was learnt: the trained model against the base, same seeds."""
+
+    model_config = GROUP
+
+    prompts: list[str] = Field(
+        default_factory=list, description="prompts sampled on the trained and the base model"
+    )
+    images_per_prompt: int = Field(2, ge=1, le=16, description="seeds per prompt")
+    every_n_steps: int | None = Field(
+        None, ge=1, description="while training, every N steps: a grid of the validation "
+        "prompts x seeds on the weights so far, logged to the MLflow training run at that step "
+        "(unset: only the trained-against-base images at the end)",
+    )  # fmt: skip
+    inference_steps: InferenceSteps = Field(
+        25, description="denoising steps of the validation images"
+    )
+
+
+class DreamBoothConfig(BaseModel):
+    """Everything one DreamBooth run needs, in groups; unknown keys are an error."""
+
+    model_config = ConfigDict(**limits.PARAMETERS, protected_namespaces=(), frozen=True)
+
+    model: str = Field(
+        "tiny-shapes",
+        description="the Stable Diffusion model to fine-tune "
+        "(a model reference: embedded name, folder, fsspec URI, models:/...)",
+    )
+    subject: Subject
+    prior_preservation: PriorPreservation = PriorPreservation()
+    train: Train = Train()
+    runtime: Runtime = Runtime()
+    checkpoints: Checkpoints = Checkpoints()
+    validation: Validation = Validation()
+    output: str = Field(
+        description="folder or object-store URI for checkpoints, the pipeline, validation"
+    )
+    register_as: str | None = Field(
+        None, description="register the pipeline in MLflow as NAME or NAME@ALIAS"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_keys(cls, values):
+        """The flat keys of earlier releases, moved into their groups (one warning)."""
+        return group_flat_keys(values) if isinstance(values, dict) else values
+
+    @model_validator(mode="after")
+    def _identifier_embeddings_with_full(self):
+        if self.train.text_encoder == "identifier" and self.train.method == "lora":
+            raise ValueError(
+                "`train.text_encoder` 'identifier' needs `train.method` full (the token "
+                "embeddings are trained as they are, not through adapters) but `train.method` "
+                "is 'lora'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _differential_output_with_the_base_text(self):
+        if self.prior_preservation.differential_output and self.train.text_encoder == "all":
+            raise ValueError(
+                "`prior_preservation.method` 'differential_output' needs `train.text_encoder` "
+                "off or 'identifier' (its target is the base model's prediction for the same "
+                "text) but `train.text_encoder` is 'all'"
+            )
+        return self
+
+    @field_validator("register_as")
+    @classmethod
+    def _registry_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9._-]+(@[A-Za-z0-9_-]+)?", value):
+            raise ValueError(f"must be NAME or NAME@ALIAS (letters, digits, ._-) but is {value!r}")
         return value

@@ -45,13 +45,13 @@ def export_pipeline(
     from easel.models.dreambooth.module import DreamBoothModule
 
     checkpoint = load_checkpoint_file(checkpoint_path, weights_only=True)
-    module = DreamBoothModule(**{**checkpoint["hyper_parameters"], "model_dir": model_dir})
-    module.load_state_dict(checkpoint["state_dict"], strict=module.hparams.method == "full")
+    module = DreamBoothModule.from_hyperparameters(checkpoint["hyper_parameters"], model_dir)
+    module.load_state_dict(checkpoint["state_dict"], strict=module.settings.method == "full")
     pipeline = StableDiffusionPipeline.from_pretrained(
         model_dir, use_safetensors=True, safety_checker=None, requires_safety_checker=False
     )
     with storage.staged_folder(pipeline_dir, last=EXPORT_MARKER) as staging:
-        if module.hparams.method == "lora":
+        if module.settings.method == "lora":
             _fuse_lora(pipeline, module, staging, base_reference)
         else:
             for name, network in module.trained_networks().items():
@@ -60,7 +60,7 @@ def export_pipeline(
         marker = {
             "checkpoint": _identity(checkpoint_path),
             "base_model": base_reference,
-            "method": module.hparams.method,
+            "method": module.settings.method,
         }
         with open(os.path.join(staging, EXPORT_MARKER), "w") as f:
             json.dump(marker, f, indent=2)
@@ -107,7 +107,7 @@ def _fuse_lora(pipeline, module, staging: str, base_reference: str) -> None:
         json.dump(
             {
                 "base_model": base_reference,
-                "rank": module.hparams.lora_rank,
+                "rank": module.settings.lora_rank,
                 "networks": sorted(networks),
             },
             f,

@@ -9,7 +9,7 @@ latents, between the prediction for their prompt without the identifier and the 
 model's prediction for the same (the frozen base UNet; with LoRA, the adapters off).
 
 The VAE is always frozen and is used once, by the DataModule, to cache latents; so is the
-text encoder unless `train_text_encoder`. Frozen networks are kept outside the module's
+text encoder when `train.text_encoder` is off. Frozen networks are kept outside the module's
 registered children: they are not in `state_dict`, checkpoints or the optimizer.
 """
 
@@ -23,6 +23,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+
+from easel.models.dreambooth.config import PriorPreservation, Runtime, Train
+from easel.models.dreambooth.flat_keys import dotted_snapshot, nested
 
 LORA_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 LORA_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -59,26 +62,22 @@ class DreamBoothModule(pl.LightningModule):
     def __init__(
         self,
         model_dir: str,
-        method: str = "full",
-        lora_rank: int = 4,
-        train_text_encoder: bool | str = False,  # or "identifier": its token embeddings only
-        identifier: str | None = None,
-        learning_rate: float = 5e-6,
-        text_encoder_learning_rate: float | None = None,
-        lr_scheduler: str = "constant",
-        lr_warmup_steps: int = 0,
-        max_steps: int = 400,
-        prior_loss_weight: float = 1.0,
-        differential_output: bool = False,
-        snr_gamma: float | None = None,
-        offset_noise: float = 0.0,
-        compile_unet: str = "off",
-        gradient_checkpointing: bool = False,
+        train: Train | None = None,  # None: the defaults
+        prior_preservation: PriorPreservation | None = None,  # None: none
+        runtime: Runtime | None = None,  # None: the defaults
+        identifier: str | None = None,  # `subject.identifier`: for `train.text_encoder` identifier
     ):
         super().__init__()
+        train, runtime = train or Train(), runtime or Runtime()
+        prior_preservation = prior_preservation or PriorPreservation(enabled=False)
+        self.settings, self.prior, self.runtime = train, prior_preservation, runtime
         # in checkpoints, not in MLflow: the training run's parameters are the config's,
-        # logged once by the task (a resume may honour a changed `max_steps`)
-        self.save_hyperparameters(logger=False)
+        # logged once by the task (a resume may honour a changed `train.max_steps`)
+        self.save_hyperparameters({
+            "model_dir": model_dir, "identifier": identifier, "train": train.model_dump(),
+            "prior_preservation": prior_preservation.model_dump(), "runtime": runtime.model_dump(),
+        }, logger=False)  # fmt: skip
+        method, text_encoder_mode = train.method, train.text_encoder
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -95,13 +94,13 @@ class DreamBoothModule(pl.LightningModule):
 
         if method == "lora":
             self.unet.requires_grad_(False)
-            self.unet.add_adapter(lora_config(lora_rank, LORA_UNET_TARGETS))
+            self.unet.add_adapter(lora_config(train.lora_rank, LORA_UNET_TARGETS))
             self.strict_loading = False  # checkpoints hold only the adapter weights
-        if train_text_encoder == "identifier":
+        if text_encoder_mode == "identifier":
             self.text_encoder = text_encoder.train()
             text_encoder.requires_grad_(False)
             train_token_embeddings(text_encoder, self.identifier_token_ids(identifier))
-        elif train_text_encoder:
+        elif text_encoder_mode == "all":
             self.text_encoder = text_encoder.train()
             if method == "lora":
                 from peft import (
@@ -109,27 +108,51 @@ class DreamBoothModule(pl.LightningModule):
                 )
 
                 text_encoder.requires_grad_(False)
-                inject_adapter_in_model(lora_config(lora_rank, LORA_TEXT_TARGETS), text_encoder)
+                inject_adapter_in_model(
+                    lora_config(train.lora_rank, LORA_TEXT_TARGETS), text_encoder
+                )
         else:
             text_encoder.requires_grad_(False).eval()
-        if gradient_checkpointing:  # activations recomputed in the backward: less memory
+        if runtime.gradient_checkpointing:  # activations recomputed in the backward: less memory
             self.unet.enable_gradient_checkpointing()
-            if train_text_encoder:
+            if self.text_encoder_trains:
                 text_encoder.gradient_checkpointing_enable(
                     gradient_checkpointing_kwargs={"use_reentrant": False}
                 )
-        if compile_unet == "regional":  # the repeated blocks, forward and backward: a short compile
+        if runtime.compile_unet == "regional":  # the repeated blocks, forward and backward
             self.unet.compile_repeated_blocks()
-        elif compile_unet in ("full", True):  # in place: names, so checkpoints, unchanged
+        elif runtime.compile_unet == "full":  # in place: names, so checkpoints, unchanged
             self.unet.compile()
         self.step_metrics: dict = {}  # name -> (sum, count) over this step's micro-batches
         base_unet = None
-        if differential_output and method == "full":  # LoRA: the UNet with adapters off
+        if prior_preservation.differential_output and method == "full":  # LoRA: adapters off
             base_unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", **load)
             base_unet.requires_grad_(False).eval()
         self._frozen = _FrozenEncoders(
-            vae=vae, text_encoder=None if train_text_encoder else text_encoder, base_unet=base_unet
+            vae=vae, text_encoder=None if self.text_encoder_trains else text_encoder,
+            base_unet=base_unet,
         )
+
+    @classmethod
+    def from_hyperparameters(cls, hparams: dict, model_dir: str) -> DreamBoothModule:
+        """The module a checkpoint's `hyper_parameters` describe, on `model_dir` (also the flat
+        arguments of checkpoints made before the config's groups)."""
+        groups = nested(dotted_snapshot(hparams))
+        prior = groups.get("prior_preservation", {})
+        if groups.get("differential_output"):  # a flat module argument once
+            prior = {**prior, "enabled": True, "method": "differential_output"}
+        return cls(
+            model_dir,
+            Train(**groups.get("train", {})),
+            PriorPreservation(**prior),
+            Runtime(**groups.get("runtime", {})),
+            groups.get("subject", {}).get("identifier"),
+        )
+
+    @property
+    def text_encoder_trains(self) -> bool:
+        """Whether the text encoder is in the module (`train.text_encoder` all or identifier)."""
+        return self.settings.text_encoder != "off"
 
     def identifier_token_ids(self, identifier: str | None) -> list[int]:
         """The tokens of `identifier` as a word of a prompt ("sks": `s`, `k`, `s</w>`)."""
@@ -166,7 +189,7 @@ class DreamBoothModule(pl.LightningModule):
             return_tensors="pt",
             max_length=self.tokenizer.model_max_length,
         ).input_ids
-        if self.hparams.train_text_encoder:
+        if self.text_encoder_trains:
             return ids
         text_encoder = self._frozen.text_encoder.to(device)
         embeddings = text_encoder(ids.to(device))[0].float().cpu()
@@ -194,16 +217,16 @@ class DreamBoothModule(pl.LightningModule):
     def _min_snr_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
         alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
         snr = alphas_cumprod / (1 - alphas_cumprod)
-        clipped = snr.clamp(max=self.hparams.snr_gamma)
+        clipped = snr.clamp(max=self.settings.snr_gamma)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             return clipped / (snr + 1)
         return clipped / snr
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         latents, timesteps = batch["latents"], batch["timesteps"]  # (B, 4, h, w), (B,)
-        noise = batch["noise"] + self.hparams.offset_noise * batch["offset"]
+        noise = batch["noise"] + self.settings.offset_noise * batch["offset"]
         condition = batch["condition"]
-        if self.hparams.train_text_encoder:
+        if self.text_encoder_trains:
             condition = self.text_encoder(condition)[0]  # ids (B, L) -> (B, L, D)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         prediction = self.unet(noisy, timesteps, encoder_hidden_states=condition).sample
@@ -224,7 +247,7 @@ class DreamBoothModule(pl.LightningModule):
         else:
             prior_loss = None
         if prior_loss is not None:
-            loss = loss + self.hparams.prior_loss_weight * prior_loss
+            loss = loss + self.prior.loss_weight * prior_loss
             self._record("train/prior_loss", prior_loss)
         self._record("train/loss", loss)
         self.log("train/loss", loss, prog_bar=True, logger=False)  # the bar; loggers: below
@@ -235,14 +258,14 @@ class DreamBoothModule(pl.LightningModule):
         per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(
             dim=(1, 2, 3)
         )
-        if self.hparams.snr_gamma is not None:
+        if self.settings.snr_gamma is not None:
             per_example = per_example * self._min_snr_weights(timesteps)
         return per_example
 
     def _differential_output_loss(self, noisy, timesteps, class_condition) -> torch.Tensor:
         """The prediction for the class prompt (the prompt without the identifier) on the
         instance examples' noisy latents, against the base model's own for the same input."""
-        if self.hparams.train_text_encoder:  # "identifier": the class prompt's words are
+        if self.text_encoder_trains:  # identifier: the class prompt's words are
             class_condition = self.text_encoder(class_condition)[0]  # the base's
         target = self.base_prediction(noisy, timesteps, class_condition)
         prediction = self.unet(noisy, timesteps, encoder_hidden_states=class_condition).sample
@@ -288,15 +311,15 @@ class DreamBoothModule(pl.LightningModule):
         """One group; or the UNet's and the text encoder's, when that has its own learning
         rate or trains only the identifier's embeddings (no weight decay there: it would
         shrink the rows left untrained)."""
-        hp = self.hparams
-        if hp.train_text_encoder != "identifier" and not (
-            hp.train_text_encoder and hp.text_encoder_learning_rate
+        hp = self.settings
+        if hp.text_encoder != "identifier" and not (
+            hp.text_encoder == "all" and hp.text_encoder_learning_rate
         ):  # one group: what checkpoints made before the text encoder's own rate hold
             return [{"params": [p for p in self.parameters() if p.requires_grad]}]
         trainable = lambda network: [p for p in network.parameters() if p.requires_grad]
         text = {"params": trainable(self.text_encoder),
                 "lr": hp.text_encoder_learning_rate or hp.learning_rate}  # fmt: skip
-        if hp.train_text_encoder == "identifier":
+        if hp.text_encoder == "identifier":
             text["weight_decay"] = 0.0
         return [{"params": trainable(self.unet)}, text]
 
@@ -307,18 +330,18 @@ class DreamBoothModule(pl.LightningModule):
         # The fused kernel: one launch for all parameters instead of a dozen per group
         # (SD1.5 full fine-tuning on an H100: 11.7 ms a step against 29.7 ms).
         fused = all(p.device.type in FUSED_ADAMW_DEVICES for g in groups for p in g["params"])
-        optimizer = torch.optim.AdamW(groups, lr=self.hparams.learning_rate, fused=fused)
+        optimizer = torch.optim.AdamW(groups, lr=self.settings.learning_rate, fused=fused)
         schedule = get_scheduler(
-            self.hparams.lr_scheduler,
+            self.settings.lr_scheduler,
             optimizer,
-            num_warmup_steps=self.hparams.lr_warmup_steps,
-            num_training_steps=self.hparams.max_steps,
+            num_warmup_steps=self.settings.lr_warmup_steps,
+            num_training_steps=self.settings.max_steps,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # ---- checkpoints: trainable weights only, plus the RNG streams -----------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.hparams.method == "lora":
+        if self.settings.method == "lora":
             checkpoint["state_dict"] = {
                 k: v for k, v in checkpoint["state_dict"].items() if "lora_" in k
             }
@@ -357,6 +380,6 @@ class DreamBoothModule(pl.LightningModule):
     def trained_networks(self) -> dict[str, torch.nn.Module]:
         """The networks that were trained, by pipeline component name."""
         networks = {"unet": self.unet}
-        if self.hparams.train_text_encoder:
+        if self.text_encoder_trains:
             networks["text_encoder"] = self.text_encoder
         return networks

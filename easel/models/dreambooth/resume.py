@@ -5,12 +5,13 @@ config, the base model's digest and the instance images' digest). A rerun compar
 snapshot with the last checkpoint's:
 - changes that do not touch the trained weights are applied (`HONOURED`: checkpoint cadence
   and retention, validation, registration, the class-prior cache folder, gradient
-  checkpointing); so is `max_steps` when the learning-rate schedule does not depend on it,
+  checkpointing); so is `train.max_steps` when the learning-rate schedule does not depend on it,
   and a `model` or `instance_data` reference that names the same content;
 - any other change cannot be honoured exactly (the weights would be neither the old run's
   nor what the new config gives from scratch) and is refused before any work, as is a
   `max_steps` below the last checkpoint's step.
-Checkpoints made before snapshots existed are compared on their module hyperparameters.
+Checkpoints made before snapshots existed are compared on their module hyperparameters;
+snapshots made before the config's groups (flat keys) are read in the groups' dotted keys.
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ from dataclasses import dataclass
 from easel.errors import InvalidInput
 from easel.models.checkpoint_io import load_checkpoint_file
 from easel.models.dreambooth.config import DreamBoothConfig
+from easel.models.dreambooth.flat_keys import dotted, dotted_snapshot
+from easel.models.lightning import SNAPSHOT_KEY
 
-SNAPSHOT_KEY = "easel_snapshot"  # in every checkpoint
 HONOURED = frozenset({
-    "checkpoint_every_n_steps", "keep_last_n_checkpoints", "validation_prompts",
-    "validation_images_per_prompt", "validation_inference_steps", "validation_every_n_steps",
-    "register_as",
-    "class_priors_dir", "gradient_checkpointing",
+    "checkpoints.every_n_steps", "checkpoints.keep_last_n", "validation.prompts",
+    "validation.images_per_prompt", "validation.inference_steps", "validation.every_n_steps",
+    "register_as", "prior_preservation.class_priors_dir", "runtime.gradient_checkpointing",
 })  # fmt: skip
-CONTENT = {"model": "model_digest", "instance_data": "instance_data_digest"}  # same content: fine
+CONTENT = {"model": "model_digest", "subject.instance_data": "instance_data_digest"}  # same content
+MAX_STEPS, LR_SCHEDULER = "train.max_steps", "train.lr_scheduler"
 SCHEDULES_WITHOUT_LENGTH = ("constant", "constant_with_warmup")  # max_steps may move
 NOT_COMPARED = ("output",)  # where the checkpoints are: the same by definition
 
@@ -48,17 +50,18 @@ class Change:
 
 
 def snapshot(config: DreamBoothConfig, model_digest: str, instance_data_digest: str) -> dict:
-    """What a checkpoint records of the run that made it (plain types: loadable with
-    `weights_only`)."""
-    return {**config.model_dump(mode="json"), "model_digest": model_digest,
+    """What a checkpoint records of the run that made it, in dotted keys (`train.seed`; plain
+    types: loadable with `weights_only`)."""
+    return {**dotted(config.model_dump(mode="json")), "model_digest": model_digest,
             "instance_data_digest": instance_data_digest}  # fmt: skip
 
 
 def checkpoint_snapshot(path: str) -> tuple[int, dict]:
-    """(global step, snapshot) of a checkpoint; its hyperparameters where it has none."""
+    """(global step, snapshot in dotted keys) of a checkpoint; its hyperparameters where it
+    has none."""
     checkpoint = load_checkpoint_file(path, weights_only=True)
     recorded = checkpoint.get(SNAPSHOT_KEY) or dict(checkpoint.get("hyper_parameters", {}))
-    return int(checkpoint["global_step"]), recorded
+    return int(checkpoint["global_step"]), dotted_snapshot(recorded)
 
 
 def check_resume(new: dict, checkpoint: str | None) -> list[Change]:
@@ -69,17 +72,17 @@ def check_resume(new: dict, checkpoint: str | None) -> list[Change]:
     step, old = checkpoint_snapshot(checkpoint)
     folder = checkpoint.rsplit("/", 1)[0]
     fresh = f"start fresh by deleting {folder} or setting another `output`"
-    if new["max_steps"] < step:
+    if new[MAX_STEPS] < step:
         raise InvalidInput(
-            f"`max_steps` {new['max_steps']} is below the step of the last checkpoint, {step} "
-            f"({checkpoint}): raise `max_steps` to at least {step}, or {fresh}"
+            f"`{MAX_STEPS}` {new[MAX_STEPS]} is below the step of the last checkpoint, {step} "
+            f"({checkpoint}): raise `{MAX_STEPS}` to at least {step}, or {fresh}"
         )
     changes = [change for key in sorted(old) if (change := _change(key, old, new))]
     refused = [c for c in changes if not _honoured(c, new)]
     if refused:
         shown = [
-            f"{c} (a {new.get('lr_scheduler')} schedule's shape depends on it)"
-            if c.key == "max_steps" else str(c)
+            f"{c} (a {new.get(LR_SCHEDULER)} schedule's shape depends on it)"
+            if c.key == MAX_STEPS else str(c)
             for c in refused
         ]  # fmt: skip
         raise InvalidInput(
@@ -106,6 +109,6 @@ def _honoured(change: Change, new: dict) -> bool:
         return True
     if change.key in CONTENT:  # another reference to the same content
         return change.same_content
-    if change.key == "max_steps":
-        return new.get("lr_scheduler", "constant") in SCHEDULES_WITHOUT_LENGTH
+    if change.key == MAX_STEPS:
+        return new.get(LR_SCHEDULER, "constant") in SCHEDULES_WITHOUT_LENGTH
     return False

@@ -66,7 +66,7 @@ class Throughput(pl.Callback):
         step = (self.last_ended - ended) / self.steps
         latent_side, context = self.shape
         forward = flops.denoiser_flops(pl_module.unet, latent_side, context)
-        factor = 2 if pl_module.hparams.method == "lora" else 3
+        factor = 2 if pl_module.settings.method == "lora" else 3
         work = factor * forward * self.examples / self.steps
         metrics.update(
             step_seconds=step, steps_per_s=1 / step, train_tflop_per_step=work / 1e12,

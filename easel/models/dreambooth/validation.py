@@ -68,7 +68,7 @@ def validation_pipeline(module, model_dir: str):
     from diffusers import StableDiffusionPipeline
 
     trained = {"unet": module.unet}
-    if module.hparams.train_text_encoder:
+    if module.text_encoder_trains:
         trained["text_encoder"] = module.text_encoder
     pipeline = StableDiffusionPipeline.from_pretrained(
         model_dir, **trained, tokenizer=module.tokenizer, safety_checker=None,
@@ -90,7 +90,7 @@ def sample_images(
     from easel.models.engine.loading import LoadedModel
     from easel.models.engine.references import resolve_model_reference
 
-    trained = [module.unet] + ([module.text_encoder] if module.hparams.train_text_encoder else [])
+    trained = [module.unet] + ([module.text_encoder] if module.text_encoder_trains else [])
     frozen = [n for n in (pipeline.vae, pipeline.text_encoder) if all(n is not t for t in trained)]
     resolved, family = resolve_model_reference(model_dir), stable_diffusion.FAMILY
     loaded = LoadedModel(resolved, family, pipeline, family.facts(resolved.path, resolved.digest))

@@ -1,13 +1,11 @@
 """What every shapes-world recipe shares (tiny-shapes, tiny-shapes-k22, the judge): the
-training schedule and its optimizer, the Lightning fit loop (seeded, deterministic,
-resumable from `last.ckpt`), loaders over in-memory tensors, and the foreground map that
-tells a shape from its background."""
+training schedule and its optimizer, the fit loop (`easel.models.lightning.fit`: seeded,
+deterministic, resumable from its last `step=N.ckpt`), loaders over in-memory tensors, and
+the foreground map that tells a shape from its background."""
 
 from __future__ import annotations
 
 import math
-import os
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from easel.models.checkpoint_io import AtomicCheckpointIO
+from easel.models import lightning
 
 
 @dataclass(frozen=True)
@@ -47,18 +45,7 @@ def adamw_warmup_cosine(module: pl.LightningModule, schedule: TrainingSchedule):
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class PrintProgress(pl.Callback):
-    """One line per `every` steps (step, loss, seconds so far): progress for logs and pipes."""
-
-    def __init__(self, every: int = 100):
-        self.every, self.started = every, time.time()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = trainer.global_step
-        if step % self.every == 0 or step == trainer.max_steps:
-            loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
-            print(f"{type(pl_module).__name__} step {step}/{trainer.max_steps} loss {loss:.4f} "
-                  f"{time.time() - self.started:.0f}s", flush=True)  # fmt: skip
+CHECKPOINT_EVERY_N_STEPS = 250
 
 
 def fit(
@@ -71,38 +58,24 @@ def fit(
     max_time: str | None = None,
     ema_decay: float = 0.0,
 ):
-    """Train `module` for `steps` optimizer steps (or until `max_time`, "DD:HH:MM:SS"),
-    checkpointing to `work_dir` every 250 steps; a rerun with the same `work_dir` resumes
-    from its `last.ckpt`. With `ema_decay`, the module ends with its weights' exponential
-    moving average (Lightning's WeightAveraging; checkpoints hold both)."""
-    checkpoint = pl.callbacks.ModelCheckpoint(
-        dirpath=work_dir, every_n_train_steps=250, save_last=True, save_top_k=0
-    )
-    callbacks = [checkpoint] if progress else [checkpoint, PrintProgress()]
+    """Train `module` for `steps` optimizer steps (or until `max_time`, "DD:HH:MM:SS")
+    through the one harness (`easel.models.lightning.fit`), checkpointing to `work_dir` every
+    250 steps as `step=N.ckpt`; a rerun with the same `work_dir` resumes exactly from the
+    last. `progress`: Lightning's bar, else plain lines. With `ema_decay`, the module ends
+    with its weights' exponential moving average (Lightning's WeightAveraging; checkpoints
+    hold both)."""
+    callbacks = []
     if ema_decay:
         from torch.optim.swa_utils import get_ema_multi_avg_fn
 
         callbacks.append(pl.callbacks.WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(ema_decay)))
-    trainer = pl.Trainer(
-        max_steps=steps,
-        max_time=max_time,
-        accelerator="auto",
-        devices=1,
-        precision="32-true",
-        logger=logger if logger is not None else False,
-        callbacks=callbacks,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        log_every_n_steps=25,
-        gradient_clip_val=1.0,
-        deterministic="warn",
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=work_dir,
-    )
-    last = os.path.join(work_dir, "last.ckpt")
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=last if os.path.exists(last) else None)
-    # the final state, whole, so a rerun (or a later stage) starts from it
-    trainer.save_checkpoint(last, weights_only=False)
+    lightning.fit(
+        module, loader, steps, lightning.CheckpointPolicy(work_dir, CHECKPOINT_EVERY_N_STEPS),
+        "bar" if progress else "lines", callbacks,
+        max_time=max_time, accelerator="auto", devices=1, precision="32-true",
+        logger=logger if logger is not None else False, log_every_n_steps=25,
+        gradient_clip_val=1.0, deterministic="warn",
+    )  # fmt: skip
     return module
 
 

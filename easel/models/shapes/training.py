@@ -1,9 +1,9 @@
 """Training `tiny-shapes` from nothing: first the VAE, then text encoder and UNet together.
 
 Both stages are LightningModules driven by `recipe.fit` (one Lightning Trainer recipe:
-seeded, deterministic, resumable from `last.ckpt`). The data are rendered on the fly from the
-shapes world's training split, so a run needs no files and two runs with the same config
-give the same weights on the same device.
+seeded, deterministic, resumable from its last `step=N.ckpt`). The data are rendered on the
+fly from the shapes world's training split, so a run needs no files and two runs with the
+same config give the same weights on the same device.
 """
 
 from __future__ import annotations
