@@ -146,7 +146,8 @@ def main() -> None:
         grid.save(out / "samples.png")
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     results = harness.Results("bootstrap", args, report["device"])
-    results.add_figures({k: v for k, v in report.items() if k != "metrics"})
+    results.parameters["seed"] = args.seed
+    results.add_figures({k: v for k, v in report.items() if k not in ("metrics", "seed")})
     results.add_figures(report.get("metrics", {}), prefix="eval: ")
     results.write()
 

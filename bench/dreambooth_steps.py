@@ -106,7 +106,8 @@ def main() -> None:
     n = harness.repeats(args, 10)
     device = torch.cuda.get_device_name() if cuda else "cpu"
     results = harness.Results("dreambooth_steps", args, device)
-    report: dict = {"resolution": r, "model": args.model_dir}
+    results.parameters.update(resolution=r, model=args.model_dir)
+    report: dict = {}
     report |= encoder_times(args.model_dir, r, half, n)
 
     unet = UNet2DConditionModel.from_pretrained(args.model_dir, subfolder="unet").to(DEVICE)

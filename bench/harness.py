@@ -37,7 +37,7 @@ RESULTS = ROOT / "bench" / "results"
 EASEL = [sys.executable, "-m", "easel.flows.cli"]
 SHARED_NOTE = "the machine is shared with other jobs; figures vary between runs"
 _PREFIX = "RESULT "
-_UNIT_SUFFIXES = (("_per_s", "/s"), ("_ms", "ms"), ("_mb", "MiB"), ("_s", "s"))
+_UNIT_SUFFIXES = (("_per_s", "/s"), ("_ms", "ms"), ("_mb", "MiB"), ("_s", "s"), ("_seconds", "s"))
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -63,7 +63,8 @@ def repeats(args: argparse.Namespace, normal: int) -> int:
 
 
 def unit_of(key: str) -> str:
-    """The unit a figure's key names by its suffix (`_ms`, `_s`, `_mb`, `_per_s`), else ''."""
+    """The unit a figure's key names by its suffix (`_ms`, `_s`/`_seconds`, `_mb`, `_per_s`),
+    else ''."""
     return next((unit for suffix, unit in _UNIT_SUFFIXES if key.endswith(suffix)), "")
 
 
