@@ -41,7 +41,8 @@ lint: install
 	$(VENV)/bin/ruff check easel tests bench
 
 bench: install
-	$(PY) bench/bench_sweep.py
+	$(PY) -m bench.sweep
+	$(PY) -m bench.render
 
 image:
 	docker build --build-arg TORCH="$(GPU_TORCH)" -t "$(IMAGE)" .

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One lent-GPU session's measurements, in priority order, each part under its own timeout
-# so a slow part cannot starve the rest. Results go to $OUT (or ./gpu-results).
+# so a slow part cannot starve the rest. Results go to $OUT (or ./gpu-results): each part's
+# log, and its bench/harness.py JSON (copy those to bench/results/ and run
+# `python -m bench.render` to put them in bench/README.md's table). From the repository root:
 #   bash bench/gpu_session.sh
 # Wheels for what the GPU image lacks (diffusers, pydantic, ...) may sit in .whl/. The
 # sweep-flow parts need prefect and mlflow too (with their dependencies the lent H200 lacks):
@@ -45,7 +47,7 @@ part() {  # name seconds command...
 
 # In priority order (each part under its own timeout; BUDGET 480 s = 8 minutes in all):
 # 1. the whole sweep flow (Prefect flow, MLflow run, PNGs, records) with the fast path and
-#    batch_size auto against a bare batched eager diffusers loop, in one run (bench_sweep.py;
+#    batch_size auto against a bare batched eager diffusers loop, in one run (bench/sweep.py;
 #    the MLflow figures: images/s, TFLOP an image, MFU); 2. DreamBooth 1+1, 16-mixed: the
 #    baseline loop, easel eager, easel with regional compile (start-up, steps/s, memory);
 # 3. each fast-path setting against eager (speed, pixel differences, batch invariance);
@@ -56,13 +58,14 @@ export MLFLOW_TRACKING_URI="sqlite:///$WORK/mlflow.db"
 FAST='{"compile": "regional", "channels_last": true}'
 part build_model 90 $PY -c "from easel.models.testing.random_pipelines import build_random_sd
 build_random_sd('$MODEL', size='$SIZE')"
-part sweep_flow_fast 150 $PY bench/bench_sweep.py --model "$MODEL" --rows $ROWS \
-  --batch-size auto --performance "$FAST" --no-batch1 --skip-process --json "$OUT/sweep_flow_fast.json"
-part dreambooth_fp16_b1 150 $PY bench/bench_dreambooth.py --model "$MODEL" --resolution $RES \
-  --steps 40 --precision 16-mixed --variants baseline,easel,easel-regional --workdir "$WORK/db"
-part fast_path 120 $PY bench/bench_fast_path.py --model "$MODEL" --size $RES --repeats 2 \
+part sweep_flow_fast 150 $PY -m bench.sweep --model "$MODEL" --rows $ROWS --batch-size auto \
+  --performance "$FAST" --no-batch1 --skip-process --results "$OUT" --label fast-$SIZE
+part dreambooth_fp16_b1 150 $PY -m bench.dreambooth --model "$MODEL" --resolution $RES \
+  --steps 40 --precision 16-mixed --variants baseline,easel,easel-regional --workdir "$WORK/db" \
+  --results "$OUT" --label $SIZE
+part fast_path 120 $PY -m bench.fast_path --model "$MODEL" --size $RES --repeats 2 \
   --settings eager channels_last "compile regional" "compile regional + channels_last" \
-  "vae bfloat16" "compile full + channels_last" --json "$OUT/fast_path.json"
-part sweep_flow_eager 90 $PY bench/bench_sweep.py --model "$MODEL" --rows $ROWS --batch-size 8 \
-  --no-batch1 --skip-process --json "$OUT/sweep_flow_eager.json"
+  "vae bfloat16" "compile full + channels_last" --results "$OUT" --label $SIZE
+part sweep_flow_eager 90 $PY -m bench.sweep --model "$MODEL" --rows $ROWS --batch-size 8 \
+  --no-batch1 --skip-process --results "$OUT" --label eager-$SIZE
 echo "=== done ($(date +%T))"

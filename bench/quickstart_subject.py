@@ -6,23 +6,25 @@ top, then generates each context prompt at seeds 100..100+N-1 (guidance 7.5, 20 
 sweep's defaults) and prints, per prompt, how often the judge reads the subject (a blue
 star) and the prompt's background.
 
-    OMP_NUM_THREADS=1 python bench/quickstart_subject.py --out OUT [--set KEY=VALUE ...]
+    OMP_NUM_THREADS=1 python -m bench.quickstart_subject --out OUT [--set KEY=VALUE ...]
+
+`--smoke`: 2 training steps, 2 generations per prompt of 2 steps.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import yaml
+
+from bench import harness
 
 SUBJECT = ("star", "blue")
 BACKGROUNDS = ("white", "orange", "red", "green")  # green: a quickstart instance's
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--out", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--images", type=int, default=16, help="generations per prompt")
@@ -33,6 +35,9 @@ def main() -> None:
     )
     parser.add_argument("--count", type=int, default=4, help="instance images, --background")
     args = parser.parse_args()
+    steps = 2 if args.smoke else 20
+    if args.smoke:
+        args.images, args.overrides = 2, [*args.overrides, "max_steps=2"]
 
     from easel.data.shapes import write_shape_subject
     from easel.flows.dreambooth import dreambooth_flow, tiny_shapes_config
@@ -51,18 +56,20 @@ def main() -> None:
         subject = config.subject.model_copy(update={"instance_data": instance})
         config = config.model_copy(update={"subject": subject})
     result = dreambooth_flow(config)
-    report = {"overrides": overrides, "train_s": round(time.monotonic() - start)}
+    results = harness.Results("quickstart_subject", args)
+    results.parameters.update(overrides=overrides, images=args.images)
+    results.add("train", "s", time.monotonic() - start)
     model, judge = load_model(result.pipeline, device="cpu"), Judge.load()
     seeds = [100 + k for k in range(args.images)]
     for background in BACKGROUNDS:
         prompt = f"a {result.identifier} star on a {background} background"
-        images = text_to_image(model, [prompt] * len(seeds), seeds, 7.5, 20, None, 64)
+        images = text_to_image(model, [prompt] * len(seeds), seeds, 7.5, steps, None, 64)
         readings = [(p["shape"], p["color"], p["background"]) for p in judge.predict(images)]
-        report[background] = {
-            "subject": sum(r[:2] == SUBJECT for r in readings) / len(readings),
-            "context": sum(r[2] == background for r in readings) / len(readings),
-        }
-    print(json.dumps(report))
+        subject = sum(r[:2] == SUBJECT for r in readings) / len(readings)
+        context = sum(r[2] == background for r in readings) / len(readings)
+        results.add(f"{background} background: read as the subject", "rate", subject)
+        results.add(f"{background} background: its background read", "rate", context)
+    results.write()
 
 
 if __name__ == "__main__":

@@ -329,7 +329,7 @@ def log_artifact(uri: str, artifact_path: str | None = None) -> None:
 def lightning_logger(run_id: str, uri: str | None = None):
     """Lightning's MLflow logger writing to the existing run `run_id` (at `uri`, default the
     configured tracking URI). Metrics are queued and sent in the background (a blocking call
-    per step costs tens of milliseconds against a tracking server: bench/README.md);
+    per step costs tens of milliseconds against a tracking server: bench/HISTORY.md);
     `flush_metrics` waits for them.
 
     Exactly one point per step: a resumed training (the same run, reopened) leaves out the

@@ -59,7 +59,7 @@ KANDINSKY_ROWS = [  # the same world through Kandinsky 2.2's prior and decoder
 
 # What the judge (easel.models.shapes.judge) must read in every image of each row: (shape,
 # colour, background), None where the row does not decide it. Each prompt was picked among
-# candidates for being drawn right by its model at the row's seeds (bench/README.md, "The
+# candidates for being drawn right by its model at the row's seeds (bench/HISTORY.md, "The
 # quickstart's contact sheet"); tests/e2e/test_quickstart.py checks every row.
 JUDGED_AS: dict[str, tuple[str | None, str | None, str | None]] = {
     "red-circle": ("circle", "red", "blue"),

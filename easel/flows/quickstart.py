@@ -25,7 +25,7 @@ from easel.data.samples import (
 )
 from easel.flows.sweep import SweepParameters, print_summary, run_sweep
 
-# The dreambooth-tiny preset (its subject: bench/README.md, "The quickstart's DreamBooth
+# The dreambooth-tiny preset (its subject: bench/HISTORY.md, "The quickstart's DreamBooth
 # subject"), shortened: fewer class images, no validation sweep (the sweep shows it).
 QUICK_DREAMBOOTH = {
     "checkpoints.every_n_steps": 100,

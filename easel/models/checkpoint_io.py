@@ -20,7 +20,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Lightning's own writer serialises the whole checkpoint into memory before writing, and
     its reader loads the whole file before the model and optimizer copy it in: each needs
     the checkpoint's size again (SD1.5 full fine-tuning with AdamW: about 10 GB), measured
-    in bench/bench_checkpoint_io.py.
+    in bench/checkpoint_io.py.
 
     On an object store (`s3://...`) a checkpoint is streamed to a local temporary file and
     uploaded in one PUT (it appears whole); resuming downloads it once into the cache

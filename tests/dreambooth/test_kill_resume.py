@@ -188,7 +188,7 @@ CHECKPOINT_ROUND_TRIP = textwrap.dedent("""
 def test_checkpoints_take_no_second_copy_of_the_state_in_memory(tmp_path):
     """Lightning's writer would hold the serialised checkpoint in memory, its reader all of
     it before the copy into the model (measured: +1 GiB each for a 1 GiB checkpoint,
-    bench/bench_checkpoint_io.py); easel streams the write and memory-maps the read."""
+    bench/checkpoint_io.py); easel streams the write and memory-maps the read."""
     path = tmp_path / "step=00000001.ckpt"
     done = subprocess.run(
         [sys.executable, "-c", CHECKPOINT_ROUND_TRIP, str(path)],

@@ -1,6 +1,6 @@
 """The DreamBooth suites of `easel eval` (subject fidelity, prior preservation, DIV): their
 math, the suites on tiny samples, and the command. The measured quality figures live in
-bench/README.md; these tests check that the measures compute, register and react."""
+bench/HISTORY.md; these tests check that the measures compute, register and react."""
 
 import json
 

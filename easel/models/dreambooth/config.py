@@ -143,7 +143,7 @@ class PriorPreservation(BaseModel):
     # Class images are sampled without guidance by default: then they are samples of the
     # model's own "class_prompt" distribution, which the prior loss keeps where it is. Guided
     # samples (e.g. 7.5) are a sharper distribution; training on them moves the class prompt
-    # towards it and guidance at inference sharpens it again (bench/README.md measures this).
+    # towards it and guidance at inference sharpens it again (bench/HISTORY.md measures this).
     class_guidance_scale: float = Field(
         1.0, ge=0, description="guidance of the generated class images (1: unguided samples)"
     )

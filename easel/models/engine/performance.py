@@ -15,7 +15,7 @@
 
 An image still depends on its seed and settings only: every setting applies to every batch
 alike. What a setting changes in the pixels, and what it gains, is measured in
-bench/README.md ("The fast path"). The sweep's default is channels-last alone (1.10-1.14x
+bench/HISTORY.md ("The fast path"). The sweep's default is channels-last alone (1.10-1.14x
 on CPU, at most 1/255 from eager); compilation pays only for long sweeps, so it is off.
 `EAGER` (everything off) is what the other callers of the engine use.
 """

@@ -1,8 +1,8 @@
 """Sweep engine throughput at Stable Diffusion 1.5 size: easel's planning, batching,
 per-image generators and background writer against bare diffusers loops, no orchestration.
 
-    python bench/bench_sweep_engine.py --model sd15 --rows 32 --batch-size 8   # GPU
-    python bench/bench_sweep_engine.py --model tiny-shapes --rows 16           # CPU
+    python -m bench.sweep_engine --model sd15 --rows 32 --batch-size 8   # GPU
+    python -m bench.sweep_engine --model tiny-shapes --rows 16           # CPU
 
 `--model sd15` builds random weights with SD1.5's shapes (nothing is downloaded); any easel
 model reference works too, a Kandinsky 2.2 folder included. Variants, on the same loaded
@@ -10,32 +10,22 @@ pipeline and the same rows: (a) a bare loop, one pipeline call per row (batch 1)
 bare loop with easel's batches; (c) easel's engine (`easel.models.engine.sweep`: validate
 the manifest, plan, generate, write PNGs and record shards), and (d) the same command
 again into the same output, which finds everything recorded and generates nothing. The
-Prefect flow adds its server and task overhead on top; bench/bench_sweep.py measures that
-on CPU.
+Prefect flow adds its server and task overhead on top; bench/sweep.py measures that
+on CPU. `--smoke`: 2 rows, 2 steps, batches of 2, one repeat.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
+import shutil
 import tempfile
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from bench_sweep import bare_loop, manifest_rows  # noqa: E402  the same rows, the same loop
-
-
-def timed(function, sync) -> float:
-    start = time.perf_counter()
-    function()
-    sync()
-    return time.perf_counter() - start
+from bench import harness
+from bench.sweep import bare_loop, manifest_rows  # the same rows, the same loop
 
 
 def engine_inputs(manifest: str, out: str, model: str, args):
@@ -77,17 +67,22 @@ def model_path(args, work: str) -> str:
     return folder
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def options():
+    parser = harness.parser(__doc__)
     parser.add_argument("--model", default="tiny-shapes")
     parser.add_argument("--rows", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
+    if args.smoke:
+        args.rows, args.steps, args.batch_size = 2, 2, 2
+    return args
 
+
+def main() -> None:
+    args = options()
     from easel.models.engine.loading import load_model
 
     work = tempfile.mkdtemp(prefix="easel-bench-engine-")
@@ -101,35 +96,36 @@ def main() -> None:
     loop = lambda batch_size, chunk=rows: bare_loop(  # noqa: E731
         pipe, chunk, args.steps, args.guidance, batch_size, size
     )
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    timed(lambda: loop(2, rows[:2]), sync)  # warm-up
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    harness.timed(lambda: loop(2, rows[:2]), sync)  # warm-up
+    variants = {"a_bare_batch1_s": lambda: loop(1),
+                "b_bare_batched_s": lambda: loop(args.batch_size)}  # fmt: skip
+    times = {name: [] for name in [*variants, "c_easel_engine_s", "d_easel_rerun_nothing_to_do_s"]}
     out = os.path.join(work, "out")
     inputs = engine_inputs(manifest, out, model, args)
-    seconds = {
-        "a_bare_batch1": timed(lambda: loop(1), sync),
-        "b_bare_batched": timed(lambda: loop(args.batch_size), sync),
-        "c_easel_engine": timed(lambda: run_engine(inputs), sync),
-        "d_easel_rerun_nothing_to_do": timed(lambda: run_engine(inputs), sync),
-    }
-    images = len(os.listdir(os.path.join(out, "images")))
-    figures = {
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-        "model": args.model,
-        "dtype": str(pipe.unet.dtype),
-        "size": size,
-        "rows": args.rows,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "row_folders_written": images,
-        **{f"{name}_s": round(value, 2) for name, value in seconds.items()},
-        "images_per_s_easel": round(args.rows / seconds["c_easel_engine"], 2),
-        "speedup_vs_a": round(seconds["a_bare_batch1"] / seconds["c_easel_engine"], 2),
-        "ratio_vs_b": round(seconds["b_bare_batched"] / seconds["c_easel_engine"], 2),
-    }
-    print(json.dumps(figures, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=1)
+    for _ in range(harness.repeats(args, 1)):
+        for name, function in variants.items():
+            times[name].append(harness.timed(function, sync))
+        shutil.rmtree(out, ignore_errors=True)  # (c) starts from nothing each repeat
+        times["c_easel_engine_s"].append(harness.timed(lambda: run_engine(inputs), sync))
+        times["d_easel_rerun_nothing_to_do_s"].append(
+            harness.timed(lambda: run_engine(inputs), sync)
+        )
+    if (written := len(os.listdir(os.path.join(out, "images")))) != args.rows:
+        raise RuntimeError(f"the engine wrote {written} row folders, not --rows {args.rows}")
+    results = harness.Results("sweep_engine", args,
+                              torch.cuda.get_device_name() if cuda else "cpu")  # fmt: skip
+    results.parameters.update(model=args.model, dtype=str(pipe.unet.dtype), size=size,
+                              rows=args.rows, steps=args.steps,
+                              batch_size=args.batch_size)  # fmt: skip
+    for name, samples in times.items():
+        results.add(name, "s", samples)
+    engine = min(times["c_easel_engine_s"])
+    results.add("easel engine: images_per_s", "/s", args.rows / engine)
+    results.add("speed-up of (c) on (a), best times", "x", min(times["a_bare_batch1_s"]) / engine)
+    results.add("(b) time / (c) time, best times", "x", min(times["b_bare_batched_s"]) / engine)
+    results.write()
 
 
 if __name__ == "__main__":

@@ -5,31 +5,28 @@ the style of diffusers' train_dreambooth.py (VAE encode + text encode every step
 Same model, images, batch (instance + class), precision, optimizer and LR. Each variant runs
 in its own process so peak memory is its own.
 
-    python bench/bench_dreambooth.py --model tiny --resolution 32 --steps 60        # CPU
-    python bench/bench_dreambooth.py --model sd15 --resolution 512 --steps 40 \\
-        --precision 16-mixed                                                       # GPU
+    python -m bench.dreambooth --model tiny --resolution 32 --steps 60        # CPU
+    python -m bench.dreambooth --model sd15 --resolution 512 --steps 40 \\
+        --precision 16-mixed                                                 # GPU
 
 `--model` is `tiny` or `sd15` (random weights with those shapes, built locally) or a
-diffusers directory / easel model reference.
+diffusers directory / easel model reference. A variant's step times are its repeats;
+`--repeats N` runs each variant N times (processes) and keeps every run's steps.
+`--smoke`: the tiny model, 32x32, 8 steps.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-import isolated  # noqa: E402 (beside this file)
+from bench import harness
 
 WARMUP_STEPS = 5
 VARIANTS = ("baseline", "easel", "easel-compile", "easel-regional")
@@ -247,27 +244,25 @@ def _prepare(args, workdir: str) -> None:
             image.save(os.path.join(workdir, folder, f"{i:02d}.png"))
 
 
-def _summary(name: str, result: dict, args) -> dict:
-    times, losses = result["times"], result["losses"]
-    timed = len(times) - 1 - WARMUP_STEPS
-    steps_per_s = timed / (times[-1] - times[WARMUP_STEPS])
-    durations = [b - a for a, b in itertools.pairwise(times[WARMUP_STEPS:])]
-    window = max(1, len(losses) // 4)
-    return {
-        "variant": name,
-        "steps_per_s": round(steps_per_s, 3),
-        # robust to a busy neighbour stalling a few steps (shared CPU machines)
-        "median_step_ms": round(1000 * statistics.median(durations), 1),
-        "warmup_s": round(times[WARMUP_STEPS] - result["started"], 1),  # incl. any compile
-        "peak_memory_mb": round(result["peak_memory_mb"], 1),
-        "loss_first_quarter": round(sum(losses[:window]) / window, 4),
-        "loss_last_quarter": round(sum(losses[-window:]) / window, 4),
-        "steps": len(losses),
-    }
+def _add(results: harness.Results, name: str, runs: list[dict]) -> None:
+    """A variant's figures from its runs: every timed step, steps/s, warm-up, memory, loss."""
+    steps, speeds, warmups, losses = [], [], [], []
+    for run in runs:
+        times = run["times"][WARMUP_STEPS:]
+        steps += [1000 * (b - a) for a, b in itertools.pairwise(times)]
+        speeds.append((len(times) - 1) / (times[-1] - times[0]))
+        warmups.append(times[0] - run["started"])  # incl. any compile
+        window = max(1, len(run["losses"]) // 4)
+        losses.append(sum(run["losses"][-window:]) / window)
+    results.add(f"{name}: step", "ms", steps)  # the median is robust to a busy neighbour
+    results.add(f"{name}: steps_per_s", "/s", speeds)
+    results.add(f"{name}: warm-up (first {WARMUP_STEPS} steps)", "s", warmups)
+    results.add(f"{name}: peak memory", "MiB", [run["peak_memory_mb"] for run in runs])
+    results.add(f"{name}: loss, last quarter of the steps", "loss", losses)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def options():
+    parser = harness.parser(__doc__)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=1)
@@ -290,53 +285,44 @@ def main() -> None:
         help="comma-separated, in order: baseline, easel, easel-compile (torch.compile'd UNet), "
         "easel-regional (its repeated blocks compiled)",
     )
-    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=VARIANTS, help=harness.argparse.SUPPRESS)
     args = parser.parse_args()
-    workdir = args.workdir or tempfile.mkdtemp(prefix="bench-dreambooth-")
+    if args.smoke:
+        args.model, args.resolution, args.steps = "tiny", 32, WARMUP_STEPS + 3
+    if unknown := sorted(set(args.variants.split(",")) - set(VARIANTS)):
+        parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    if args.steps < WARMUP_STEPS + 2:
+        parser.error(f"--steps must be at least {WARMUP_STEPS + 2}, got {args.steps}")
+    return args
 
+
+def main() -> None:
+    args = options()
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bench-dreambooth-")
     if args.variant:  # one measurement, in this process
         _prepare(args, workdir)
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         result = (run_baseline if args.variant == "baseline" else run_easel)(args, workdir)
-        result["peak_memory_mb"] = isolated.peak_memory_mb(args.device)
-        isolated.report(result)
+        result["peak_memory_mb"] = harness.peak_memory_mb(args.device)
+        harness.report(result)
         return
-
-    variants = args.variants.split(",")
-    if unknown := sorted(set(variants) - set(VARIANTS)):
-        parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
-    rows = []
-    for variant in variants:
-        arguments = [*sys.argv[1:], "--variant", variant, "--workdir", workdir]
-        result = isolated.run(__file__, *arguments, label=variant)
-        rows.append(_summary(variant, result, args))
-    device = (
-        torch.cuda.get_device_name() if args.device == "cuda" else f"cpu x{torch.get_num_threads()}"
-    )
-    print(
-        json.dumps(
-            {
-                "device": device,
-                "model": args.model,
-                "resolution": args.resolution,
-                "batch": f"{args.batch_size} instance + {args.batch_size} class",
-                "precision": args.precision,
-                "method": args.method,
-                "gradient_checkpointing": args.gradient_checkpointing,
-                "results": rows,
-            },
-            indent=1,
-        )
-    )
-    baseline = next((row for row in rows if row["variant"] == "baseline"), None)
-    for row in rows:
-        if baseline and row is not baseline:
-            print(
-                f"{row['variant']}/baseline: {row['steps_per_s'] / baseline['steps_per_s']:.2f}x "
-                f"steps/s ({baseline['median_step_ms'] / row['median_step_ms']:.2f}x by median "
-                f"step), {row['peak_memory_mb'] / baseline['peak_memory_mb']:.2f}x peak memory"
-            )
+    cuda = args.device == "cuda"
+    results = harness.Results("dreambooth", args, torch.cuda.get_device_name() if cuda else "cpu")
+    results.parameters.update(
+        model=args.model, resolution=args.resolution, precision=args.precision,
+        batch=f"{args.batch_size} instance + {args.batch_size} class", method=args.method,
+        gradient_checkpointing=args.gradient_checkpointing, steps=args.steps,
+        torch_threads=torch.get_num_threads(),
+    )  # fmt: skip
+    child = [a for a in sys.argv[1:] if a != "--smoke"]
+    child += ["--model", args.model, "--resolution", str(args.resolution),
+              "--steps", str(args.steps), "--workdir", workdir]  # fmt: skip
+    for variant in args.variants.split(","):
+        runs = [harness.isolated("bench.dreambooth", *child, "--variant", variant, label=variant)
+                for _ in range(harness.repeats(args, 1))]  # fmt: skip
+        _add(results, variant, runs)
+    results.write()
 
 
 if __name__ == "__main__":

@@ -1,29 +1,27 @@
 """The sweep's fast path against the eager path, one run, the same model, rows and seeds.
 
-    python bench/bench_fast_path.py --model tiny-shapes                      # CPU
-    python bench/bench_fast_path.py --model sd15 --dtype float16 --size 512  # GPU
+    python -m bench.fast_path --model tiny-shapes                      # CPU
+    python -m bench.fast_path --model sd15 --dtype float16 --size 512  # GPU
 
 For each performance setting (`easel.models.engine.performance.Performance`): the first
 batch (compilation included), then images/s over `--repeats` batches of `--batch-size`
 through the engine's one generation path, the ratio to eager, the largest pixel difference
 from the eager images (of 255), and whether an image at batch 1 equals itself at batch
 `--batch-size` among other rows. `--model sd15` builds random weights with SD 1.5's shapes
-(nothing is downloaded). Prints a Markdown table; `--json` writes the figures.
+(nothing is downloaded). `--smoke`: eager and channels-last, 2 images, 2 steps, 1 repeat.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
+import statistics
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from bench import harness
 
 SETTINGS = {
     "eager": {},
@@ -33,6 +31,11 @@ SETTINGS = {
     "compile regional": {"compile": "regional"},
     "compile regional + channels_last": {"compile": "regional", "channels_last": True},
     "compile full + channels_last": {"compile": "full", "channels_last": True},
+}
+UNITS = {
+    "max_pixel_difference_from_eager": "of 255",
+    "batch_1_vs_batch_n": "of 255",
+    "speed_vs_eager": "x",
 }
 PROMPTS = [
     "a red circle on a blue background", "a green star on a white background",
@@ -56,30 +59,31 @@ def measure(loaded, settings, requests, repeats: int, sync) -> dict:
     sync()
     first_seconds = time.perf_counter() - start
     alone = generate(loaded, settings, requests[1:2])[0]
-    start = time.perf_counter()
-    for _ in range(repeats):
-        generate(loaded, settings, requests)
-    sync()
-    seconds = time.perf_counter() - start
+    batches = [harness.timed(lambda: generate(loaded, settings, requests), sync)
+               for _ in range(repeats)]  # fmt: skip
     pixels = np.stack([np.asarray(image, dtype=np.int16) for image in first])
     batch_difference = int(np.abs(np.asarray(alone, dtype=np.int16) - pixels[1]).max())
-    return {"first_batch_s": first_seconds, "images_per_s": repeats * len(requests) / seconds,
+    return {"first_batch_s": first_seconds, "images_per_s": [len(requests) / b for b in batches],
             "pixels": pixels, "batch_1_vs_batch_n": batch_difference}  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def options():
+    parser = harness.parser(__doc__)
     parser.add_argument("--model", default="tiny-shapes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float16, bfloat16 (default: the device's)")
     parser.add_argument("--size", type=int, default=None, help="image side (default: native)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--json")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.batch_size, args.settings = 2, 2, ["eager", "channels_last"]
+    return args
 
+
+def main() -> None:
+    args = options()
     from easel.data.batching import BatchSettings, ImageRequest
     from easel.models.engine.loading import load_model
     from easel.models.engine.performance import Performance
@@ -94,29 +98,29 @@ def main() -> None:
                              num_inference_steps=args.steps, width=side, height=side)  # fmt: skip
     requests = [ImageRequest(prompt=PROMPTS[i % len(PROMPTS)], negative_prompt=None, seed=i)
                 for i in range(args.batch_size)]  # fmt: skip
-    results, reference = {}, None
+    results = harness.Results("fast_path", args, torch.cuda.get_device_name() if cuda else "cpu")
+    dtype_name = str(eager.pipeline.unet.dtype).removeprefix("torch.")
+    results.parameters.update(
+        model=args.model,
+        size=side,
+        steps=args.steps,
+        dtype=dtype_name,
+        batch_size=args.batch_size,
+        threads=torch.get_num_threads(),
+    )
+    reference, eager_speed = None, None
     for name in ["eager", *[s for s in args.settings if s != "eager"]]:
         loaded = load_model(ref, args.device, dtype, performance=Performance(**SETTINGS[name]))
-        figures = measure(loaded, settings, requests, args.repeats, sync)
+        figures = measure(loaded, settings, requests, harness.repeats(args, 3), sync)
         pixels = figures.pop("pixels")
         reference = pixels if reference is None else reference
+        speed = statistics.median(figures["images_per_s"])
+        eager_speed = eager_speed or speed
         figures["max_pixel_difference_from_eager"] = int(np.abs(pixels - reference).max())
-        figures["speed_vs_eager"] = figures["images_per_s"] / results.get(
-            "eager", figures)["images_per_s"]  # fmt: skip
-        results[name] = figures
-        print(name, {k: round(v, 3) for k, v in figures.items()}, flush=True)
-    device = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{args.model}, {side}², {args.steps} steps, batch {args.batch_size}, {device}, "
-          f"{str(eager.pipeline.unet.dtype).removeprefix('torch.')}\n")  # fmt: skip
-    print("| setting | images/s | vs eager | first batch (s) | max diff from eager | "
-          "batch 1 vs batch n |\n|---|---|---|---|---|---|")  # fmt: skip
-    for name, f in results.items():
-        print(f"| {name} | {f['images_per_s']:.2f} | {f['speed_vs_eager']:.2f}× | "
-              f"{f['first_batch_s']:.1f} | {f['max_pixel_difference_from_eager']} | "
-              f"{f['batch_1_vs_batch_n']} |")  # fmt: skip
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": device, "results": results, "args": vars(args)}, f, indent=1)
+        figures["speed_vs_eager"] = speed / eager_speed
+        for key, value in figures.items():
+            results.add(f"{name}: {key}", UNITS.get(key, harness.unit_of(key)), value)
+    results.write()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Sweep throughput: `easel sweep` against bare diffusers loops on the same 64 rows.
 
-    python bench/bench_sweep.py [--rows 64] [--steps 20] [--batch-size 8] [--model tiny-shapes]
-    python bench/bench_sweep.py --model MODEL_DIR --rows 256 --batch-size auto \
+    python -m bench.sweep [--rows 64] [--steps 20] [--batch-size 8] [--model tiny-shapes]
+    python -m bench.sweep --model MODEL_DIR --rows 256 --batch-size auto \
         --performance '{"compile": "regional", "channels_last": true}' --skip-process  # GPU
 
 `--model` takes any reference, a Kandinsky 2.2 folder too (the bare loops then call the
@@ -15,22 +15,23 @@ and, on their own, the start-up of Prefect's temporary server and a whole `easel
 process. Each variant runs `--repeats` times, alternating; the best time counts (the flow
 keeps its loaded, compiled model between repeats, as a worker process does between
 batches). `--performance` sets the flow's fast path (JSON of `performance:` keys); the
-bare loops stay eager. The figures the last flow run logged to MLflow are printed too.
+bare loops stay eager. The figures the last flow run logged to MLflow are recorded too.
+`--smoke`: 2 rows, 2 steps, one repeat, no start-up figures.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
+from bench import harness
 
 SHAPES = ["circle", "square", "triangle", "star", "heart", "cross"]
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
@@ -96,7 +97,7 @@ def prefect_startup() -> float:
 def whole_process(manifest, out, args) -> float:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     start = time.perf_counter()
-    command = [sys.executable, "-m", "easel.flows.cli", "sweep", manifest, "--out", out,
+    command = [*harness.EASEL, "sweep", manifest, "--out", out,
                "--batch-size", str(args.batch_size), "--model", args.model]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -104,22 +105,26 @@ def whole_process(manifest, out, args) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def options():
+    parser = harness.parser(__doc__)
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--batch-size", type=lambda t: t if t == "auto" else int(t), default=8)
     parser.add_argument("--model", default="tiny-shapes")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--performance", default="{}", help="the flow's `performance:` as JSON")
     parser.add_argument("--no-batch1", action="store_true", help="skip (a), the per-row loop")
     parser.add_argument("--skip-process", action="store_true",
                         help="skip the server start-up and whole-process figures")  # fmt: skip
-    parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
+    if args.smoke:
+        args.rows, args.steps, args.batch_size, args.skip_process = 2, 2, 2, True
+    return args
 
+
+def main() -> None:
+    args = options()
     from prefect.testing.utilities import prefect_test_harness
 
     from easel.models.engine.loading import load_model
@@ -135,40 +140,42 @@ def main() -> None:
     sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
     bare_loop(pipe, rows[:2], args.steps, args.guidance, 2, size)  # warm-up
     bare_batch = 8 if args.batch_size == "auto" else args.batch_size
-    times = {"a_bare_batch1": [], "b_bare_batched": [], "easel_flow": []}
+    times = {"a_bare_batch1_s": [], "b_bare_batched_s": [], "c_easel_flow_s": []}
     with prefect_test_harness(server_startup_timeout=120):
-        for repeat in range(args.repeats):
+        for repeat in range(harness.repeats(args, 2)):
             if not args.no_batch1:
-                times["a_bare_batch1"].append(
+                times["a_bare_batch1_s"].append(
                     bare_loop(pipe, rows, args.steps, args.guidance, 1, size)
                 )
             sync()
-            times["b_bare_batched"].append(
+            times["b_bare_batched_s"].append(
                 bare_loop(pipe, rows, args.steps, args.guidance, bare_batch, size)
             )
             sync()
-            times["easel_flow"].append(
+            times["c_easel_flow_s"].append(
                 easel_flow(manifest, os.path.join(work, f"out{repeat}"), args)
             )
+    results = harness.Results("sweep", args, str(pipe.device))
+    results.parameters.update(model=args.model, rows=args.rows, steps=args.steps,
+                              batch_size=args.batch_size, size=size,
+                              torch_threads=torch.get_num_threads(),
+                              performance=json.loads(args.performance))  # fmt: skip
+    for key, samples in times.items():
+        if samples:
+            results.add(key, "s", samples)
     best = {k: min(v) for k, v in times.items() if v}
-    figures = {
-        "model": args.model, "rows": args.rows, "steps": args.steps,
-        "batch_size": args.batch_size, "size": size,
-        "device": str(pipe.device), "torch_threads": torch.get_num_threads(),
-        **{f"{k}_s": round(v, 2) for k, v in best.items()},
-        "images_per_s_easel": round(args.rows / best["easel_flow"], 2),
-        "speedup_vs_a": round(best.get("a_bare_batch1", 0) / best["easel_flow"], 2),
-        "ratio_vs_b": round(best["b_bare_batched"] / best["easel_flow"], 2),
-        "performance": json.loads(args.performance), "mlflow": last_run_figures(),
-    }  # fmt: skip
+    results.add("easel flow: images_per_s", "/s", args.rows / best["c_easel_flow_s"])
+    if "a_bare_batch1_s" in best:
+        results.add("speed-up of the flow on (a), best times", "x",
+                    best["a_bare_batch1_s"] / best["c_easel_flow_s"])  # fmt: skip
+    results.add("(b) time / flow time, best times", "x",
+                best["b_bare_batched_s"] / best["c_easel_flow_s"])  # fmt: skip
+    results.add_figures(last_run_figures(), prefix="mlflow: ")
     if not args.skip_process:
-        figures["prefect_server_startup_s"] = round(prefect_startup(), 2)
+        results.add("prefect_server_startup_s", "s", prefect_startup())
         whole = whole_process(manifest, os.path.join(work, "cli"), args)
-        figures["whole_easel_sweep_process_s"] = round(whole, 2)
-    print(json.dumps(figures, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+        results.add("whole_easel_sweep_process_s", "s", whole)
+    results.write()
 
 
 if __name__ == "__main__":

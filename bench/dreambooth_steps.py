@@ -5,24 +5,23 @@ fine-tuning step of an SD-1.5-shaped model with random weights: the VAE encode a
 encode that caching removes, the UNet forward and backward, the optimizer (foreach and
 fused AdamW), gradient clipping and the grad scaler; then the same UNet with a LoRA
 adapter, in channels-last memory format, and at larger batches (is the step bound by
-kernel launches or by arithmetic?). Prints one JSON object.
+kernel launches or by arithmetic?). Each figure's repeats are its timed calls.
 
-    python bench/dreambooth_step_breakdown.py --model-dir /tmp/easel-bench/db/model-sd15
+    python -m bench.dreambooth_steps --model-dir /tmp/easel-bench/db/model-sd15
+
+Without `--model-dir`, random weights with SD1.5's shapes are built in a temporary folder.
+On CPU (bfloat16 autocast) it is a dry run only. `--smoke`: the tiny model, 64x64, 1 repeat.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import statistics
-import sys
+import tempfile
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
+from bench import harness
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: a smoke run only
 
@@ -32,8 +31,9 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, repeats: int, warmup: int = 3) -> float:
-    """Median wall milliseconds of `fn()`, the device synchronised around each call."""
+def timed(fn, repeats: int, warmup: int = 3) -> list[float]:
+    """Wall milliseconds of each of `repeats` calls of `fn()`, the device synchronised around
+    each, after `warmup` calls."""
     for _ in range(warmup):
         fn()
     samples = []
@@ -43,7 +43,7 @@ def timed(fn, repeats: int, warmup: int = 3) -> float:
         fn()
         _sync()
         samples.append((time.perf_counter() - start) * 1000)
-    return round(statistics.median(samples), 2)
+    return samples
 
 
 def unet_pass(unet, batch: int, resolution: int, dtype, backward: bool, channels_last=False):
@@ -79,32 +79,46 @@ def encoder_times(model_dir: str, resolution: int, dtype, repeats: int) -> dict[
     }
 
 
+def model_dir(args) -> str:
+    if args.model_dir:
+        return args.model_dir
+    from easel.models.testing.random_pipelines import build_random_sd
+
+    size = "tiny" if args.smoke else "sd15"
+    return build_random_sd(os.path.join(tempfile.mkdtemp(prefix="bench-steps-"), size), size)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", required=True)
+    parser = harness.parser(__doc__)
+    parser.add_argument("--model-dir", default=None)
     parser.add_argument("--resolution", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
+    if args.smoke:
+        args.resolution = 64
+    args.model_dir = model_dir(args)
 
     from diffusers import UNet2DConditionModel
 
     from easel.models.dreambooth.module import LORA_UNET_TARGETS, MAX_GRAD_NORM, lora_config
 
     cuda = DEVICE == "cuda"
-    half, r, n = torch.float16 if cuda else torch.bfloat16, args.resolution, args.repeats
-    name = torch.cuda.get_device_name() if cuda else "cpu"
-    report: dict[str, float | str] = {"device": name, "resolution": r}
+    half, r = torch.float16 if cuda else torch.bfloat16, args.resolution
+    n = harness.repeats(args, 10)
+    device = torch.cuda.get_device_name() if cuda else "cpu"
+    results = harness.Results("dreambooth_steps", args, device)
+    results.parameters.update(resolution=r, model=args.model_dir)
+    report: dict = {}
     report |= encoder_times(args.model_dir, r, half, n)
 
     unet = UNet2DConditionModel.from_pretrained(args.model_dir, subfolder="unet").to(DEVICE)
     params = list(unet.parameters())
-    report["unet_params_m"] = round(sum(p.numel() for p in params) / 1e6, 1)
+    results.add("unet parameters", "millions", sum(p.numel() for p in params) / 1e6)
     with torch.no_grad():
         report["unet_forward_b2_ms"] = timed(unet_pass(unet, 2, r, half, False), n)
     report["unet_forward_backward_b2_ms"] = timed(unet_pass(unet, 2, r, half, True), n)
     for batch in (4, 8):
         report[f"unet_forward_backward_b{batch}_ms"] = timed(
-            unet_pass(unet, batch, r, half, True), max(3, n // 2)
+            unet_pass(unet, batch, r, half, True), max(1, n // 2)
         )
     scaler = torch.amp.GradScaler(DEVICE)
     for fused in (False, True) if cuda else (False,):
@@ -133,8 +147,12 @@ def main() -> None:
     unet.add_adapter(lora_config(4, LORA_UNET_TARGETS))
     report["unet_lora_forward_backward_b2_ms"] = timed(unet_pass(unet, 2, r, half, True), n)
     if cuda:
-        report["peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
-    print(json.dumps(report, indent=1))
+        report["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    for key, value in report.items():
+        if isinstance(value, list):
+            results.add(key, harness.unit_of(key), value)
+    results.add_figures({k: v for k, v in report.items() if not isinstance(v, list)})
+    results.write()
 
 
 if __name__ == "__main__":

@@ -1,21 +1,20 @@
 """How fast the `easel` command answers, and what a sweep costs besides its images.
 
-    python bench/bench_cli.py [--repeats 5]
+    python -m bench.cli [--repeats 5]
 
-1. `easel --help` and every `easel CMD --help` (median of `repeats`);
+1. `easel --help` and every `easel CMD --help`;
 2. an invalid manifest (not Parquet) to exit 2;
 3. with a Prefect server running (started here, on loopback, in a temporary folder): a
    whole `easel sweep` process on an 8-image manifest (tiny-shapes, 4 steps) minus its
    generation time (the MLflow run's `generation_seconds`): the sweep's fixed cost;
 4. `python -c 'from diffusers import StableDiffusionPipeline'`, the floor any diffusers
    command pays.
-Prints one JSON object of medians, in seconds.
+Each `--repeats` times (default 5). `--smoke`: one repeat of `easel --help`, the invalid
+manifest and the import, no sweep.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import socket
 import statistics
@@ -28,20 +27,25 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench import harness
+
 BIN = Path(sys.executable).parent
+IMPORT = "import diffusers' StableDiffusionPipeline"
 COMMANDS = ("sweep", "priors", "dreambooth", "eval", "quickstart", "bootstrap", "automations")
 
 
 def seconds(command: list[str], env: dict | None = None, ok=(0,)) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    assert done.returncode in ok, (command, done.returncode, done.stderr[-2000:])
+    """Wall seconds of `command`; raises RuntimeError naming it when it exits other than `ok`."""
+    done: list = []
+    elapsed = harness.timed(lambda: done.append(
+        subprocess.run(command, env=env, capture_output=True, text=True)))  # fmt: skip
+    if done[0].returncode not in ok:
+        raise RuntimeError(f"{command} exited {done[0].returncode}: {done[0].stderr[-2000:]}")
     return elapsed
 
 
-def median(repeats: int, command: list[str], **kwargs) -> float:
-    return round(statistics.median(seconds(command, **kwargs) for _ in range(repeats)), 3)
+def samples(repeats: int, command: list[str], **kwargs) -> list[float]:
+    return [seconds(command, **kwargs) for _ in range(repeats)]
 
 
 def free_port() -> int:
@@ -82,46 +86,47 @@ def sweep_fixed_cost(repeats: int, work: Path, api_url: str) -> dict:
     whole, generation = [], []
     for i in range(repeats):
         out = work / f"out{i}"
-        whole.append(seconds([str(BIN / "easel"), "sweep", str(manifest), "--out", str(out)],
+        whole.append(seconds([*harness.EASEL, "sweep", str(manifest), "--out", str(out)],
                              env=env))  # fmt: skip
         run_id = pq.read_table(out / "results.parquet").column("mlflow_run_id")[0].as_py()
         run = mlflow.MlflowClient(tracking).get_run(run_id)
         generation.append(run.data.metrics["generation_seconds"])
     fixed = [w - g for w, g in zip(whole, generation, strict=True)]
-    return {"sweep_process_s": round(statistics.median(whole), 3),
-            "sweep_generation_s": round(statistics.median(generation), 3),
-            "sweep_fixed_cost_s": round(statistics.median(fixed), 3)}  # fmt: skip
+    return {"sweep process": whole, "sweep generation": generation,
+            "sweep fixed cost (process - generation)": fixed}  # fmt: skip
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    easel = str(BIN / "easel")
-    report = {"easel --help": median(args.repeats, [easel, "--help"])}
-    for command in COMMANDS:
-        report[f"easel {command} --help"] = median(args.repeats, [easel, command, "--help"])
+    args = harness.parser(__doc__).parse_args()
+    repeats = harness.repeats(args, 5)
+    easel = harness.EASEL
+    report = {"easel --help": samples(repeats, [*easel, "--help"])}
+    for command in () if args.smoke else COMMANDS:
+        report[f"easel {command} --help"] = samples(repeats, [*easel, command, "--help"])
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         (work / "bad.parquet").write_text("id,prompt\na,b\n")
-        report["invalid manifest, exit 2"] = median(
-            args.repeats, [easel, "sweep", str(work / "bad.parquet"), "--out", str(work / "x")],
-            ok=(2,),
-        )  # fmt: skip
-        report["import diffusers' StableDiffusionPipeline"] = median(
-            args.repeats, [sys.executable, "-c", "from diffusers import StableDiffusionPipeline"]
+        bad = [*easel, "sweep", str(work / "bad.parquet"), "--out", str(work / "x")]
+        report["invalid manifest, exit 2"] = samples(repeats, bad, ok=(2,))
+        report[IMPORT] = samples(
+            repeats, [sys.executable, "-c", "from diffusers import StableDiffusionPipeline"]
         )
-        server, url = prefect_server(work / "prefect")
-        try:
-            report.update(sweep_fixed_cost(args.repeats, work, url))
-        finally:
-            server.terminate()
-            server.wait(30)
-    floor = report["import diffusers' StableDiffusionPipeline"]
-    report["sweep fixed cost above the diffusers import"] = round(
-        report["sweep_fixed_cost_s"] - floor, 3
-    )
-    print(json.dumps(report, indent=2))
+        if not args.smoke:
+            server, url = prefect_server(work / "prefect")
+            try:
+                report.update(sweep_fixed_cost(repeats, work, url))
+            finally:
+                server.terminate()
+                server.wait(30)
+    results = harness.Results("cli", args)
+    results.parameters["easel"] = " ".join(easel[1:])
+    for name, values in report.items():
+        results.add(name, "s", values)
+    if "sweep process" in report:
+        floor = statistics.median(report[IMPORT])
+        above = statistics.median(report["sweep fixed cost (process - generation)"]) - floor
+        results.add("sweep fixed cost above the diffusers import (of medians)", "s", above)
+    results.write()
 
 
 if __name__ == "__main__":

@@ -2,27 +2,23 @@
 against easel's AtomicCheckpointIO (streamed to a temporary file, fsynced, renamed; read
 back memory-mapped).
 
-    python bench/bench_checkpoint_io.py --gb 2
+    python -m bench.checkpoint_io --gb 2 [--repeats 3]
 
 The checkpoint is a dict of float32 tensors of that total size (a stand-in for weights and
 AdamW state). Each writer runs in its own process. Saving: "extra" is the peak resident
 memory after the save minus the peak before it. Loading, as a resume does
 (read, then copy into the live tensors): "extra" is the anonymous (not file-backed, so not
 reclaimable) resident memory after the copy, the loaded checkpoint still held, minus before.
+`--smoke`: a 64 MiB checkpoint.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-import isolated  # noqa: E402 (beside this file)
+from bench import harness
 
 WRITERS = ("lightning", "easel")
 
@@ -47,11 +43,11 @@ def measure(writer: str, gigabytes: float, folder: str) -> dict:
     path = os.path.join(folder, f"{writer}.ckpt")
     # peak to peak, not from the current figure: a library page evicted under memory
     # pressure and read back during the save would count otherwise
-    before = isolated.peak_memory_mb()
+    before = harness.peak_memory_mb()
     started = time.perf_counter()
     io.save_checkpoint(checkpoint, path)
     save_seconds = time.perf_counter() - started
-    save_extra = isolated.peak_memory_mb() - before
+    save_extra = harness.peak_memory_mb() - before
 
     before = _anonymous_mb()
     started = time.perf_counter()
@@ -64,28 +60,34 @@ def measure(writer: str, gigabytes: float, folder: str) -> dict:
     del loaded
     os.remove(path)
     return {
-        "writer": writer,
-        "checkpoint_mb": round(size),
-        "save_extra_host_memory_mb": round(save_extra),
-        "save_seconds": round(save_seconds, 2),
-        "load_extra_anonymous_memory_mb": round(load_extra),
-        "load_seconds": round(load_seconds, 2),
+        "checkpoint_mb": size,
+        "save_extra_host_memory_mb": save_extra,
+        "save_s": save_seconds,
+        "load_extra_anonymous_memory_mb": load_extra,
+        "load_s": load_seconds,
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--gb", type=float, default=1.0, help="checkpoint size in GiB")
     parser.add_argument("--folder", default=None, help="where to write (default: a temp dir)")
-    parser.add_argument("--writer", choices=WRITERS, help=argparse.SUPPRESS)
+    parser.add_argument("--writer", choices=WRITERS, help=harness.argparse.SUPPRESS)
     args = parser.parse_args()
+    gigabytes = 1 / 16 if args.smoke else args.gb
     folder = args.folder or tempfile.mkdtemp(prefix="bench-ckpt-")
     if args.writer:
-        isolated.report(measure(args.writer, args.gb, folder))
+        harness.report(measure(args.writer, gigabytes, folder))
         return
-    arguments = ["--gb", str(args.gb), "--folder", folder]
-    rows = [isolated.run(__file__, *arguments, "--writer", w, label=w) for w in WRITERS]
-    print(json.dumps(rows, indent=1))
+    results = harness.Results("checkpoint_io", args)
+    results.parameters["checkpoint_gib"] = gigabytes
+    for writer in WRITERS:
+        arguments = ["--gb", str(gigabytes), "--folder", folder, "--writer", writer]
+        runs = [harness.isolated("bench.checkpoint_io", *arguments, label=writer)
+                for _ in range(harness.repeats(args, 1))]  # fmt: skip
+        for key in runs[0]:
+            results.add(f"{writer}: {key}", harness.unit_of(key), [r[key] for r in runs])
+    results.write()
 
 
 if __name__ == "__main__":

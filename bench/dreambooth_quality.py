@@ -19,25 +19,26 @@ star", class prompt "a star". Variants, all from the `dreambooth-tiny` preset:
 Columns: the subject suites, the class prompt's preservation and diversity, and context
 (`subject_context`: backgrounds no instance image shows, asked of "a star" and "a v star").
 
-    python bench/quality_dreambooth.py [--out DIR] [--steps 400] [--class-images 400]
+    python -m bench.dreambooth_quality [--out DIR] [--steps 400] [--class-images 400]
                                        [--images 48] [--shape circle --color green] [--seed 0]
                                        [--identifier sks] [--learning-rate 1e-4]
 
 `--seed` is the training seed (DreamBooth's `seed`, which also seeds the class images:
 image i has seed `seed + i`), so repeated runs with other seeds measure the spread.
+Each variant's metrics go into the bench result. `--smoke`: 2 steps, 2 class images,
+2 generations, the `no_prior` variant alone.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
 import subprocess
-import sys
 
-REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, REPO)
+from bench import harness
+
+REPO = str(harness.ROOT)
 
 PRESET = os.path.join(REPO, "easel", "configs", "dreambooth-tiny.yaml")
 VARIANTS = {
@@ -86,7 +87,8 @@ def train(args, name: str, instance: str) -> str:
         f"output={output}",
         *VARIANTS[name],
     ]
-    run(["easel", "dreambooth", "--config", PRESET, *[a for o in overrides for a in ("--set", o)]])
+    sets = [a for o in overrides for a in ("--set", o)]
+    run([*harness.EASEL, "dreambooth", "--config", PRESET, *sets])
     return os.path.join(output, "pipeline")
 
 
@@ -94,7 +96,7 @@ def evaluate(args, name: str, pipeline: str, instance: str) -> dict:
     """`easel eval` of the DreamBooth suites against tiny-shapes; its report."""
     out = os.path.join(args.out, name, "eval")
     run(
-        ["easel", "eval", "--model", pipeline, "--base-model", "tiny-shapes", "--out", out]
+        [*harness.EASEL, "eval", "--model", pipeline, "--base-model", "tiny-shapes", "--out", out]
         + ["--instance-data", instance, "--instance-prompt", instance_prompt(args)]
         + ["--class-prompt", f"a {args.shape}", "--subject-images", str(args.images)]
     )
@@ -126,7 +128,7 @@ def table(reports: dict[str, dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--out", default="easel-out/quality-dreambooth")
     parser.add_argument("--shape", default="star")
     parser.add_argument("--color", default="blue")
@@ -138,6 +140,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=48, help="generations per prompt, model")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.class_images, args.images, args.variants = 2, 2, 2, ["no_prior"]
     args.out = os.path.abspath(args.out)
 
     from easel.data.shapes import write_shape_subject
@@ -153,6 +157,16 @@ def main() -> None:
     print(summary)
     with open(os.path.join(args.out, "quality.md"), "w") as f:
         f.write(summary + "\n")
+    results = harness.Results("dreambooth_quality", args)
+    results.parameters.update(shape=args.shape, color=args.color, steps=args.steps,
+                              class_images=args.class_images, seed=args.seed,
+                              images=args.images, identifier=args.identifier)  # fmt: skip
+    for name, report in reports.items():
+        for column, key in COLUMNS.items():
+            value = report["metrics"].get(key.format(case="fine_tuned", context_case="fine_tuned"))
+            if value is not None:
+                results.add(f"{name}: {column}", "rate" if "rate" in key else "score", value)
+    results.write()
 
 
 if __name__ == "__main__":

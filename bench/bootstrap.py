@@ -4,28 +4,26 @@ The same training functions, config and order as `easel bootstrap`, without Pref
 MLflow, so it runs where only torch, Lightning, transformers and diffusers are installed
 (the GPU workers). Usage:
 
-    python bench/bootstrap_device.py OUT_DIR [--seed N] [--smoke] [--no-eval]
+    python -m bench.bootstrap OUT_DIR [--seed N] [--smoke] [--no-eval]
 
 Writes OUT_DIR/tiny-shapes (diffusers format), OUT_DIR/judge, OUT_DIR/report.json
-(training wall times and the eval metrics) and OUT_DIR/samples.png.
+(training wall times and the eval metrics) and OUT_DIR/samples.png; the wall times and
+metrics as a bench result too. `--smoke`: a few steps of everything.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 
+from bench import harness
 from easel.data import shapes
 from easel.models.lightning import last_complete_checkpoint
 from easel.models.shapes import evaluation, recipe, tiny_shapes
@@ -36,10 +34,9 @@ SMOKE = {"steps": 3, "batch_size": 8, "learning_rate": 1e-3, "warmup_steps": 1}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = harness.parser(__doc__)
     parser.add_argument("out")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="a few steps of everything")
     parser.add_argument("--no-eval", action="store_true")
     parser.add_argument(
         "--only", choices=("all", "model", "judge", "decoder", "diffusion"), default="all"
@@ -149,7 +146,11 @@ def main() -> None:
         )
         grid.save(out / "samples.png")
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2), flush=True)
+    results = harness.Results("bootstrap", args, report["device"])
+    results.parameters["seed"] = args.seed
+    results.add_figures({k: v for k, v in report.items() if k not in ("metrics", "seed")})
+    results.add_figures(report.get("metrics", {}), prefix="eval: ")
+    results.write()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 and what one shard costs before its first image, on the whole local stack
 (deploy/local_stack.py: Prefect and MLflow servers, S3, process workers).
 
-    python bench/bench_shards.py [--images 128] [--steps 20] [--batch-size 8] [--workers 2]
+    python -m bench.shards [--images 128] [--steps 20] [--batch-size 8] [--workers 2]
 
 1. one worker, `shards: 1`: the sweep's generation phase (first to last image, from the
    records' timings) and the whole flow run;
@@ -10,14 +10,13 @@ and what one shard costs before its first image, on the whole local stack
    run taken by a worker (Pending) to the last one's end, and per shard: that span minus
    its `generation_seconds` (process start, imports, model load, planning, the hold,
    writes).
-Prints one JSON object: the speed-up, the fixed cost per shard, and the images a shard needs
-for that cost to stay under 5% of its time.
+Records the speed-up, the fixed cost per shard, and the images a shard needs for that cost
+to stay under 5% of its time. One run (the stack is not restarted); `--smoke`: 4 images,
+2 steps, batches of 2.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import subprocess
 import sys
@@ -28,9 +27,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "deploy"))
-import local_stack  # noqa: E402
+from bench import harness
+from deploy import local_stack
+
+ROOT = harness.ROOT
 
 
 def run(stack_env: dict, root: Path, params: dict) -> dict:
@@ -77,12 +77,14 @@ def mlflow_runs(stack_env: dict, flow_run_id) -> list:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
+    if args.smoke:
+        args.images, args.steps, args.batch_size = 4, 2, 2
 
     root = Path(tempfile.mkdtemp(prefix="easel-bench-shards-"))
     script = [sys.executable, str(ROOT / "deploy" / "local_stack.py")]
@@ -119,18 +121,20 @@ def main() -> None:
         fixed = [end - start - s.data.metrics["generation_seconds"]
                  for (start, end), s in zip(spans, shards, strict=True)]  # fmt: skip
         per_image = single["generation_s"] / args.images
-        fixed_cost = max(fixed)
-        print(json.dumps({
-            "images": args.images, "steps": args.steps, "batch_size": args.batch_size,
-            "one_worker": single, "workers": args.workers,
-            "sharded_generation_phase_s": round(phase, 2),
-            "speedup_generation_phase": round(single["generation_s"] / phase, 2),
-            "speedup_whole_run": round(single["flow_run_s"]
-                                       / (many.end_time - many.start_time).total_seconds(), 2),
-            "fixed_cost_per_shard_s": [round(f, 2) for f in fixed],
-            "per_image_s": round(per_image, 4),
-            "images_per_shard_for_fixed_cost_under_5pct": int(fixed_cost / (0.05 * per_image)),
-        }, indent=1))  # fmt: skip
+        results = harness.Results("shards", args)
+        results.parameters.update(images=args.images, steps=args.steps, workers=args.workers,
+                                  batch_size=args.batch_size)  # fmt: skip
+        results.add("one worker: flow run", "s", single["flow_run_s"])
+        results.add("one worker: generation", "s", single["generation_s"])
+        results.add("one worker: per image", "s", per_image)
+        results.add(f"{args.workers} shards: generation phase", "s", phase)
+        results.add("speed-up of the generation phase", "x", single["generation_s"] / phase)
+        whole = (many.end_time - many.start_time).total_seconds()
+        results.add("speed-up of the whole run", "x", single["flow_run_s"] / whole)
+        results.add("fixed cost per shard", "s", fixed)
+        results.add("images a shard needs for its fixed cost to stay under 5%", "images",
+                    max(fixed) / (0.05 * per_image))  # fmt: skip
+        results.write()
     finally:
         subprocess.run([*script, "stop", "--dir", str(root)], env=env)
 
