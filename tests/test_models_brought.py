@@ -39,12 +39,12 @@ def sweep(tmp_path, name, model, rows=(ROW,), *extra) -> dict:
     return {"code": code, **{(r["id"], r["image_index"]): r for r in read_results(out)}}
 
 
-def by_diffusers(pipe, row=ROW) -> np.ndarray:
+def by_diffusers(pipe, row=ROW, size=SIZE) -> np.ndarray:
     """The image a user gets from `pipe` alone for `row`, as uint8 pixels."""
     pipe.set_progress_bar_config(disable=True)
     image = pipe(
         row["prompt"], guidance_scale=row["guidance_scale"], num_inference_steps=STEPS,
-        height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(row["seed"]),
+        height=size, width=size, generator=torch.Generator().manual_seed(row["seed"]),
         output_type="np",
     ).images[0]  # fmt: skip
     return (image * 255).round().astype(np.uint8)
@@ -253,3 +253,56 @@ def test_a_folder_of_any_name_registers_as_a_loadable_model(sd, tmp_path):
                                       serving.predict)  # fmt: skip
     resolved = resolve_model_reference(ref)
     assert resolved.digest == resolve_model_reference(sd).digest
+
+
+# -- single-file checkpoints -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def single_file(sd, tmp_path_factory) -> str:
+    from ldm_checkpoint import write_single_file
+
+    return write_single_file(sd, str(tmp_path_factory.mktemp("civitai") / "tiny-sd.safetensors"))
+
+
+def test_the_fixture_single_file_loads_back_in_diffusers_with_identical_weights(sd, single_file):
+    original = StableDiffusionPipeline.from_pretrained(sd)
+    loaded = StableDiffusionPipeline.from_single_file(single_file, config=sd,
+                                                      local_files_only=True)  # fmt: skip
+    for name in ("unet", "vae", "text_encoder"):
+        theirs = getattr(loaded, name).state_dict()
+        for key, value in getattr(original, name).state_dict().items():
+            assert torch.equal(theirs[key], value), (name, key)
+
+
+def test_a_single_file_with_config_is_converted_once_and_draws_as_diffusers(
+    sd, single_file, monkeypatch
+):  # fmt: skip
+    from easel.models.engine import single_file as module
+    from easel.models.engine.generation import text_to_image
+
+    conversions = []
+    convert = module.convert
+    monkeypatch.setattr(module, "convert", lambda *a: conversions.append(a) or convert(*a))
+    spec = ModelSpec(path=single_file, config=sd)
+    loaded = load_model(spec, device="cpu")
+    image = text_to_image(loaded, [ROW["prompt"]], [ROW["seed"]], ROW["guidance_scale"], STEPS)[0]
+    pipe = StableDiffusionPipeline.from_single_file(single_file, config=sd, local_files_only=True)
+    native = by_diffusers(pipe, size=image.size[0])  # text_to_image: the native size
+    assert max_pixel_difference(np.asarray(image), native) <= 2
+    assert len(conversions) == 1
+    again = resolve_model_reference(spec)
+    assert again.path == loaded.model.path and again.digest == loaded.model.digest
+    assert model_facts(spec).family == "Stable Diffusion" and len(conversions) == 1
+
+
+def test_a_single_file_without_config_is_one_line_naming_config(single_file, tmp_path):
+    with pytest.raises(ModelReferenceError) as error:
+        model_facts(single_file)
+    assert "give `config`" in str(error.value) and "\n" not in str(error.value)
+    pickled = tmp_path / "tiny-sd.ckpt"
+    pickled.write_bytes(b"not read: refused first")
+    with pytest.raises(ModelReferenceError, match="is a pickle.*--trust-pickle"):
+        model_facts(ModelSpec(path=str(pickled), config=str(tmp_path)))
+    with pytest.raises(ModelReferenceError, match="name the file: tiny-sd"):
+        model_facts(str(os.path.dirname(single_file)))

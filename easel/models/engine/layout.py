@@ -90,6 +90,21 @@ def weight_layout(path: str, variant: str | None = None, ref: str | None = None)
     return WeightLayout(chosen, tuple(pickled), tuple(files))
 
 
+def config_files(path: str) -> tuple[str, ...]:
+    """The files of the diffusers folder at `path` that configure its pipeline (model index,
+    component configs, tokenizer vocabularies), weights left out."""
+    with open(os.path.join(path, "model_index.json")) as f:
+        names = components(json.load(f))
+    files = ["model_index.json"]
+    for name in names:
+        folder = os.path.join(path, name)
+        if os.path.isdir(folder):
+            files += [
+                f"{name}/{f}" for f in sorted(os.listdir(folder)) if f.endswith(LOADED_SUFFIXES)
+            ]
+    return tuple(files)
+
+
 def _variant(ref: str, weights: dict[str, dict], variant: str | None) -> str | None:
     """The variant every network loads: `variant` where given (each network has its files or
     plain ones), else None where every network has plain files, else the one variant that

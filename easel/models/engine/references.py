@@ -40,7 +40,7 @@ from easel.errors import ModelReferenceError
 from easel.models.engine import single_file
 from easel.models.engine.families import prior_class_for
 from easel.models.engine.family import card_data, pipeline_class
-from easel.models.engine.layout import check_trust, components, weight_layout
+from easel.models.engine.layout import check_trust, components, config_files, weight_layout
 from easel.models.engine.spec import ModelReference, ModelSpec, as_spec
 
 # The models shipped in the package, by the names references use
@@ -99,7 +99,10 @@ def _resolve(spec: ModelSpec, trust_pickle: bool) -> ResolvedModel:
         return resolved
     local = ref.removeprefix("file://")
     if os.path.isfile(local) and local.endswith(SINGLE_FILE_SUFFIXES):
-        folder = single_file.converted_folder(spec, local, trust_pickle, cache_dir())
+        file_digest = model_digest(os.path.dirname(local), (os.path.basename(local),))
+        folder = single_file.converted_folder(
+            spec, local, file_digest, _folder_digest, trust_pickle, cache_dir()
+        )
         return _resolved(spec, folder, os.path.dirname(os.path.abspath(local)), trust_pickle)
     if os.path.isdir(local):
         if not os.path.exists(os.path.join(local, "model_index.json")):
@@ -212,6 +215,11 @@ def model_digest(path: str, files: tuple[str, ...]) -> str:
     memo.parent.mkdir(parents=True, exist_ok=True)
     storage.write_text_atomic(str(memo), value)
     return value
+
+
+def _folder_digest(path: str) -> str:
+    """The digest of the files configuring the diffusers folder at `path` (no weights)."""
+    return model_digest(path, config_files(path))
 
 
 def _copy_to_cache(uri: str) -> str:
