@@ -306,3 +306,24 @@ def test_a_single_file_without_config_is_one_line_naming_config(single_file, tmp
         model_facts(ModelSpec(path=str(pickled), config=str(tmp_path)))
     with pytest.raises(ModelReferenceError, match="name the file: tiny-sd"):
         model_facts(str(os.path.dirname(single_file)))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_register_as_from_an_s3_dreambooth_output_then_sweep_its_registry_reference(
+    tmp_path, s3_server
+):  # fmt: skip
+    import yaml
+    from dreambooth_fixtures import make_workspace, tiny_config
+
+    fsspec.filesystem("s3").mkdir("easel-registry")
+    workspace = make_workspace(str(tmp_path / "ws"))
+    values = tiny_config(workspace, "s3://easel-registry/sks", max_steps=1,
+                         checkpoint_every_n_steps=1, validation_prompts=[],
+                         register_as="sks-from-s3")  # fmt: skip
+    (tmp_path / "db.yaml").write_text(yaml.safe_dump(values))
+    assert main(["dreambooth", "--config", str(tmp_path / "db.yaml")]) == 0
+    results = sweep(tmp_path, "registered", "models:/sks-from-s3/1")
+    assert results["code"] == 0 and results[("r", 0)]["status"] == "ok"
+    pipeline = resolve_model_reference("s3://easel-registry/sks/pipeline")
+    assert results[("r", 0)]["model_digest"] == pipeline.digest
