@@ -443,12 +443,22 @@ def download_registered_model(ref: str, cache_root: Path) -> str:
             f"registry reference {ref!r} not found: {str(error).splitlines()[0]}"
         ) from None
     target = cache_root / name / str(version.version)
-    pipeline = target / "artifacts" / PIPELINE_ARTIFACT
-    if not (pipeline / "model_index.json").exists():
+    if not (target / "MLmodel").exists():
         with storage.staged_folder(str(target)) as staging:
             mlflow.artifacts.download_artifacts(
                 artifact_uri=f"models:/{name}/{version.version}", dst_path=staging
             )
+    pipeline = target / _pipeline_artifact(target / "MLmodel")
     if not (pipeline / "model_index.json").exists():
         raise ModelReferenceError(f"registry reference {ref!r} holds no diffusers pipeline")
     return str(pipeline)
+
+
+def _pipeline_artifact(mlmodel: Path) -> str:
+    """Where a downloaded pyfunc model keeps its `pipeline` artifact, as its MLmodel file
+    records it (MLflow names the folder after the logged one's: `artifacts/NAME`)."""
+    import yaml
+
+    flavor = yaml.safe_load(mlmodel.read_text()).get("flavors", {}).get("python_function", {})
+    artifact = flavor.get("artifacts", {}).get(PIPELINE_ARTIFACT, {})
+    return artifact.get("path") or f"artifacts/{PIPELINE_ARTIFACT}"

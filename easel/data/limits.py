@@ -18,6 +18,9 @@ EDIT_TASKS = ("img2img", "inpaint")  # generate at the init image's size
 # The manifest's `scheduler` values; the engine builds each one (easel.models.engine.schedulers)
 SCHEDULER_NAMES = ("ddim", "ddpm", "pndm", "euler", "euler_a", "dpmpp_2m", "unipc", "lms", "heun")
 SchedulerName = Literal[SCHEDULER_NAMES]
+# A model's own scheduler without a short name is recorded by its diffusers class
+# (`LCMScheduler`); the manifest takes that back, and planning checks it is the row model's
+SCHEDULER_CLASS = re.compile(r"[A-Z][A-Za-z0-9]*Scheduler")
 # The sweep's fast path (easel.models.engine.performance)
 COMPILE_MODES = ("off", "regional", "full")
 # YAML reads a bare `off` as false (and `on` as true): false means off, true the whole network
@@ -80,6 +83,17 @@ def _batch_size_setting(value):
 # auto: the largest batch the device's memory holds
 BatchSizeSetting = Annotated[BatchSize | Literal["auto"], BeforeValidator(_batch_size_setting)]
 Shards = Annotated[int, Field(ge=1, le=MAX_SHARDS)]
+
+
+def scheduler_error(scheduler: str) -> str | None:
+    """Why `scheduler` cannot be a row's `scheduler` (a short name, or a diffusers class
+    name as results record a model's own), or None."""
+    if scheduler in SCHEDULER_NAMES or SCHEDULER_CLASS.fullmatch(scheduler):
+        return None
+    return (
+        f"`scheduler` must be one of {', '.join(SCHEDULER_NAMES)} (or the model's own "
+        f"scheduler class, as results record it) but is {scheduler!r}"
+    )
 
 
 def side_error(column: str, side: int) -> str | None:

@@ -349,10 +349,8 @@ def validate_row(
             f"{defaults.max_pixels} pixels"
         )
     scheduler = _optional_str(values, "scheduler") or defaults.scheduler
-    if scheduler is not None and scheduler not in limits.SCHEDULER_NAMES:
-        raise RowError(
-            f"`scheduler` must be one of {', '.join(limits.SCHEDULER_NAMES)} but is {scheduler!r}"
-        )
+    if scheduler is not None and (problem := limits.scheduler_error(scheduler)):
+        raise RowError(problem)
     init_image = _image_uri(values, "init_image", base, roots)
     mask_image = _image_uri(values, "mask_image", base, roots)
     task = _task(values, init_image, mask_image, fusion_inputs)

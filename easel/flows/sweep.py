@@ -314,7 +314,7 @@ def run_sweep(params: SweepParameters) -> SweepSummary:
         storage.check_output_folder(params.out, "out")
     if manifest.uses_default(checked.table, "model"):  # a default no row can use: refused whole
         try:
-            resolve_model_reference(params.model)
+            resolve_model_reference(params.model, params.trust_pickle)
         except InvalidInput as error:
             raise InvalidInput(f"`model` (rows without their own): {error}") from None
     return sweep_flow(params)

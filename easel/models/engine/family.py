@@ -129,8 +129,10 @@ class ModelFamily:
         for name in self.pipeline_classes:
             getattr(diffusers, name)
 
-    def load(self, model_path: str, prior_path: str | None, options: dict):
-        """The diffusers pipeline (`options`: `from_pretrained`'s dtype and safetensors)."""
+    def load(self, model_path: str, prior_path: str | None, options: dict,
+             prior_options: dict | None = None):  # fmt: skip
+        """The diffusers pipeline (`options`: `from_pretrained`'s dtype, safetensors and
+        variant; `prior_options` the same for the prior's folder)."""
         raise NotImplementedError
 
     def generate(

@@ -142,13 +142,14 @@ class Kandinsky22(ModelFamily):
         scale = autoencoder_scale(read_config(model_path, "movq/config.json"))
         return scale * scale
 
-    def load(self, model_path: str, prior_path: str | None, options: dict):
+    def load(self, model_path, prior_path, options, prior_options=None):
         import diffusers
 
         combined = getattr(diffusers, self.combined_class)
         if prior_path is None:
             return combined.from_pretrained(model_path, **options)
-        prior = getattr(diffusers, self.prior_class).from_pretrained(prior_path, **options)
+        prior_class = getattr(diffusers, self.prior_class)
+        prior = prior_class.from_pretrained(prior_path, **(prior_options or options))
         decoder = getattr(diffusers, self.decoders["text2img"]).from_pretrained(
             model_path, **options
         )

@@ -19,6 +19,7 @@ from easel.models.engine.families import family_of
 from easel.models.engine.family import ModelFamily
 from easel.models.engine.performance import EAGER, Performance, apply, cast_at_boundary
 from easel.models.engine.references import ResolvedModel, resolve_model_reference
+from easel.models.engine.spec import ModelReference
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,12 @@ def resolve_family(resolved: ResolvedModel) -> ModelFamily:
     return family_of(resolved.path, resolved.prior.path if resolved.prior else None)
 
 
-def model_facts(ref: str) -> ModelFacts:
+def model_facts(ref: ModelReference, trust_pickle: bool = False) -> ModelFacts:
     """What planning needs to know of `ref` (digest, family, native size, default scheduler,
-    tasks, schedulers, size step), from its configs, without loading its weights."""
-    resolved = resolve_model_reference(ref)
+    tasks, schedulers, size step), from its configs, without loading its weights.
+    `ModelReferenceError` for a model that cannot load (pickle-only weights unless
+    `trust_pickle`, a missing variant, an unknown layout), in one line."""
+    resolved = resolve_model_reference(ref, trust_pickle)
     return resolve_family(resolved).facts(resolved.path, resolved.digest)
 
 
@@ -56,7 +59,7 @@ def default_dtype(device: str) -> torch.dtype:
 
 
 def load_model(
-    ref: str, device: str | None = None, dtype: torch.dtype | None = None,
+    ref: ModelReference, device: str | None = None, dtype: torch.dtype | None = None,
     trust_pickle: bool = False, performance: Performance = EAGER,
 ) -> LoadedModel:  # fmt: skip
     """Resolve and load `ref` once per process and (device, dtype, performance): later calls,
@@ -66,7 +69,7 @@ def load_model(
     with _LOCK:
         by_ref = (ref, device, dtype, trust_pickle, performance)
         if by_ref not in _BY_REFERENCE:
-            resolved = resolve_model_reference(ref)
+            resolved = resolve_model_reference(ref, trust_pickle)
             by_content = (resolved.digest, device, dtype, performance)
             if by_content not in _BY_CONTENT:
                 _BY_CONTENT[by_content] = _load(resolved, device, dtype, trust_pickle, performance)
@@ -82,24 +85,28 @@ def _load(resolved: ResolvedModel, device: str, dtype: torch.dtype, trust_pickle
     family = resolve_family(resolved)
     with startup.importing():
         family.import_pipelines()
-    options = {"dtype": dtype, "use_safetensors": None if trust_pickle else True}
-    prior_path = resolved.prior.path if resolved.prior else None
+    options = _options(resolved, dtype)
+    prior = resolved.prior
     try:
-        pipeline = family.load(resolved.path, prior_path, options)
+        pipeline = family.load(resolved.path, prior and prior.path, options,
+                               prior and _options(prior, dtype))  # fmt: skip
         if performance.vae_dtype and getattr(torch, performance.vae_dtype) != dtype:
             _reload_autoencoder(pipeline, family, resolved.path, performance.vae_dtype, options)
     except OSError as error:
-        if not trust_pickle and "safetensors" in str(error).lower():
-            raise ModelReferenceError(
-                f"model {resolved.ref!r} has no safetensors weights; pickle checkpoints are "
-                "refused unless you pass the explicit trust flag (--trust-pickle)"
-            ) from error
         raise ModelReferenceError(f"model {resolved.ref!r} could not be loaded: {error}") from error
     pipeline.set_progress_bar_config(disable=True)
     facts = family.facts(resolved.path, resolved.digest)
     pipeline = pipeline.to(device)
     apply(pipeline, family, performance)
     return LoadedModel(resolved, family, pipeline, facts, performance)
+
+
+def _options(resolved: ResolvedModel, dtype: torch.dtype) -> dict:
+    """`from_pretrained`'s options for the resolved folder: dtype, its variant, and
+    safetensors only unless it has pickle-only weights (which resolving refused untrusted;
+    diffusers then still prefers safetensors where a component has them)."""
+    return {"dtype": dtype, "use_safetensors": None if resolved.pickle_components else True,
+            "variant": resolved.variant}  # fmt: skip
 
 
 def _reload_autoencoder(pipeline, family: ModelFamily, path: str, dtype: str, options: dict):

@@ -27,7 +27,7 @@ class StableDiffusion(ModelFamily):
     name = "Stable Diffusion"
     pipeline_classes = tuple(PIPELINES.values())
 
-    def load(self, model_path: str, prior_path: str | None, options: dict):
+    def load(self, model_path, prior_path, options, prior_options=None):
         from diffusers import StableDiffusionPipeline
 
         return StableDiffusionPipeline.from_pretrained(

@@ -56,11 +56,17 @@ class BatchOutcome:
                             self.seconds + other.seconds, self.flops + other.flops)  # fmt: skip
 
 
-def _facts_for(ref: str):
-    try:
-        return model_facts(ref)
-    except InvalidInput as error:  # a bad model fails its rows, not the manifest
-        raise ValueError(str(error)) from None
+def _facts_for(trust_pickle: bool):
+    """The planner's model facts: a model that cannot load fails its rows, in one line
+    each, before any batch runs (not the manifest)."""
+
+    def facts(ref: str):
+        try:
+            return model_facts(ref, trust_pickle)
+        except InvalidInput as error:
+            raise ValueError(str(error)) from None
+
+    return facts
 
 
 def plan_sweep(
@@ -78,7 +84,7 @@ def plan_sweep(
         done = results.done_slots(inputs.out)
         storage.remove_stale_temporaries(inputs.out)  # what a killed run was writing
     batch_size = MAX_BATCH if inputs.batch_size == "auto" else inputs.batch_size  # split later
-    plan = build_plan(jobs, failures, _facts_for, batch_size, done, shard)
+    plan = build_plan(jobs, failures, _facts_for(inputs.trust_pickle), batch_size, done, shard)
     return table, plan
 
 

@@ -1,0 +1,125 @@
+"""A diffusers Stable Diffusion folder written as an A1111 / original-LDM single file: the
+UNet under `model.diffusion_model.*`, the VAE under `first_stage_model.*`, the CLIP text
+encoder under `cond_stage_model.transformer.*`, each key as the LDM code names it."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPTextModel
+
+RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+VAE_ATTENTION = {
+    "group_norm": "norm",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
+}
+
+
+def unet_key(key: str, per_level: int) -> str:
+    """A diffusers UNet key as LDM's UNetModel names it (`per_level`: layers per block + 1)."""
+    fixed = {
+        "time_embedding.linear_1": "time_embed.0",
+        "time_embedding.linear_2": "time_embed.2",
+        "conv_in": "input_blocks.0.0",
+        "conv_norm_out": "out.0",
+        "conv_out": "out.2",
+    }
+    for old, new in fixed.items():
+        if key.startswith(old + "."):
+            return new + key[len(old) :]
+    if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
+        level, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        block = f"input_blocks.{1 + level * per_level + j}"
+        return f"{block}.1.{rest}" if kind == "attentions" else f"{block}.0.{_resnet(rest)}"
+    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
+        return f"input_blocks.{(int(m[1]) + 1) * per_level}.0.op.{m[2]}"
+    if m := re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", key):
+        if m[1] == "attentions":
+            return f"middle_block.1.{m[3]}"
+        return f"middle_block.{2 * int(m[2])}.{_resnet(m[3])}"
+    if m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
+        block = f"output_blocks.{int(m[1]) * per_level + int(m[3])}"
+        return f"{block}.1.{m[4]}" if m[2] == "attentions" else f"{block}.0.{_resnet(m[4])}"
+    raise KeyError(key)  # upsamplers: placed by `unet_state_dict`, which knows the attentions
+
+
+def _resnet(rest: str) -> str:
+    name, _, tail = rest.partition(".")
+    return f"{RESNET[name]}.{tail}"
+
+
+def unet_state_dict(unet: UNet2DConditionModel) -> dict:
+    per_level = unet.config.layers_per_block + 1
+    out = {}
+    for key, value in unet.state_dict().items():
+        if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
+            level = int(m[1])
+            has_attention = hasattr(unet.up_blocks[level], "attentions")
+            block = level * per_level + per_level - 1
+            out[f"output_blocks.{block}.{2 if has_attention else 1}.conv.{m[2]}"] = value
+        else:
+            out[unet_key(key, per_level)] = value
+    return out
+
+
+def vae_key(key: str, levels: int) -> str:
+    """A diffusers AutoencoderKL key as LDM's AutoencoderKL names it."""
+    key = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+    key = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets", r"encoder.down.\1.block", key)
+    key = re.sub(
+        r"encoder\.down_blocks\.(\d+)\.downsamplers\.0", r"encoder.down.\1.downsample", key
+    )
+    key = re.sub(
+        r"decoder\.up_blocks\.(\d+)\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.", key
+    )
+    key = re.sub(r"(decoder\.up\.\d+)\.resnets", r"\1.block", key)
+    key = re.sub(r"(decoder\.up\.\d+)\.upsamplers\.0", r"\1.upsample", key)
+    key = re.sub(r"mid_block\.resnets\.(\d+)", lambda m: f"mid.block_{int(m[1]) + 1}", key)
+    key = key.replace("mid_block.attentions.0.", "mid.attn_1.")
+    for old, new in VAE_ATTENTION.items():
+        key = key.replace(f"mid.attn_1.{old}.", f"mid.attn_1.{new}.")
+    return key
+
+
+def vae_state_dict(vae: AutoencoderKL) -> dict:
+    levels = len(vae.config.block_out_channels)
+    out = {}
+    for key, value in vae.state_dict().items():
+        ldm = vae_key(key, levels)
+        if ".attn_1." in ldm and ldm.endswith(".weight") and value.ndim == 2:
+            value = value[:, :, None, None]  # LDM's attention is 1x1 convolutions
+        out[ldm] = value
+    return out
+
+
+def clip_key(key: str) -> str:
+    """A CLIPTextModel key as the original checkpoints hold it: under `text_model.`
+    (transformers 5 leaves that prefix out of `state_dict`)."""
+    return key if key.startswith("text_model.") else f"text_model.{key}"
+
+
+def write_single_file(folder: str, path: str) -> str:
+    """The diffusers SD folder at `folder` as one LDM-keyed safetensors file at `path`."""
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+    text = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+    state = {f"model.diffusion_model.{k}": v for k, v in unet_state_dict(unet).items()}
+    state |= {f"first_stage_model.{k}": v for k, v in vae_state_dict(vae).items()}
+    state |= {
+        f"cond_stage_model.transformer.{clip_key(k)}": v for k, v in text.state_dict().items()
+    }
+    save_file({k: v.contiguous().to(torch.float32) for k, v in state.items()}, path)
+    return path
