@@ -96,7 +96,7 @@ def prefect_startup() -> float:
 def whole_process(manifest, out, args) -> float:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     start = time.perf_counter()
-    command = [sys.executable, "-m", "easel.flows.cli", "sweep", manifest, "--out", out,
+    command = [sys.executable, "-m", "easel.cli", "sweep", manifest, "--out", out,
                "--batch-size", str(args.batch_size), "--model", args.model]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:

@@ -28,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from easel.flows.recovery import HEARTBEAT_FREQUENCY
+from easel.orchestration.recovery import HEARTBEAT_FREQUENCY
 
 BIN = Path(sys.executable).parent  # prefect, mlflow, moto_server and easel of this venv
 BUCKETS = ("prompts", "renders", "models", "subjects", "mlflow-artifacts")

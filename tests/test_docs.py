@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from easel.flows.reference import reference_markdown
+from easel.cli.reference import reference_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]
@@ -16,7 +16,7 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 def test_the_configuration_reference_is_the_code_s():
     written = (ROOT / "docs" / "configuration.md").read_text()
     assert written == reference_markdown(), (
-        "docs/configuration.md is stale: python -m easel.flows.reference > docs/configuration.md"
+        "docs/configuration.md is stale: python -m easel.cli.reference > docs/configuration.md"
     )
     for key in ("lora_rank", "snr_gamma", "offset_noise", "lr_warmup_steps", "class_data",
                 "class_priors_dir", "validation_every_n_steps", "shards", "images_per_task"):

@@ -12,7 +12,7 @@ import torch
 import yaml
 from dreambooth_fixtures import make_workspace, tiny_config
 
-from easel.flows.cli import main
+from easel.cli import main
 
 
 def test_dreambooth_command_trains_exports_validates_and_registers(

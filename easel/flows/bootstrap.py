@@ -5,9 +5,7 @@ weights. The committed weights under `easel/models/weights/` are their output.""
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from dataclasses import replace
 
 from prefect import flow
@@ -16,11 +14,10 @@ from pydantic import BaseModel, Field
 from easel import tracking
 from easel.data import limits
 from easel.data.limits import InferenceSteps
-from easel.flows.config import load_parameters
-from easel.flows.run_context import prefect_tags
 from easel.models.engine.references import WEIGHTS_DIR, resolve_model_reference
 from easel.models.shapes import recipe, tiny_shapes_k22, tiny_shapes_k22_inpaint, training
 from easel.models.shapes.judge import JudgeTraining
+from easel.orchestration.run_context import prefect_tags
 
 _MODEL, _JUDGE = training.TinyShapesTraining(), JudgeTraining()
 _K22 = tiny_shapes_k22.TinyShapesK22Training()
@@ -207,26 +204,3 @@ def bootstrap_k22_inpaint_flow(params: BootstrapK22InpaintParameters) -> dict[st
                                   params.work_dir, run_id, params.show_progress)  # fmt: skip
         out = publish_task(folder, os.path.join(params.out, "tiny-shapes-k22-inpaint"))
     return {"model": out, "mlflow_run_id": run_id}
-
-
-FLOWS = {  # `easel bootstrap --model NAME`: its flow and parameters
-    "tiny-shapes": (bootstrap_flow, BootstrapParameters),
-    "tiny-shapes-k22": (bootstrap_k22_flow, BootstrapK22Parameters),
-    "tiny-shapes-k22-inpaint": (bootstrap_k22_inpaint_flow, BootstrapK22InpaintParameters),
-}
-
-
-def run_bootstrap_command(args: argparse.Namespace) -> int:
-    overrides = {
-        "out": args.out,
-        "work_dir": args.work_dir,
-        "seed": args.seed,
-        "show_progress": sys.stderr.isatty(),
-    }
-    bootstrap, parameters = FLOWS[args.model]
-    result = bootstrap(load_parameters(parameters, args.config, overrides))
-    for name in ("judge", "model", "samples"):
-        if name in result:
-            print(f"{name + ':':12} {result[name]}")
-    print(f"mlflow runs: {tracking.tracking_uri()} (run {result['mlflow_run_id']})")
-    return 0
