@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 # How a bench script starts the `easel` command line (one place, should the module move).
-EASEL = [sys.executable, "-m", "easel.flows.cli"]
+EASEL = [sys.executable, "-m", "easel.cli"]
 SHARED_NOTE = "the machine is shared with other jobs; figures vary between runs"
 _PREFIX = "RESULT "
 _UNIT_SUFFIXES = (("_per_s", "/s"), ("_ms", "ms"), ("_mb", "MiB"), ("_s", "s"), ("_seconds", "s"))

@@ -28,9 +28,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from easel.flows.recovery import HEARTBEAT_FREQUENCY
+from easel.orchestration.recovery import HEARTBEAT_FREQUENCY
 
-BIN = Path(sys.executable).parent  # prefect, mlflow, moto_server and easel of this venv
+BIN = Path(sys.executable).parent  # prefect, mlflow and moto_server of this venv
 BUCKETS = ("prompts", "renders", "models", "subjects", "mlflow-artifacts")
 READY_SECONDS = 180.0  # the servers start slowly on a busy two-core machine
 
@@ -129,7 +129,7 @@ def start(
          "--overwrite"],
         [str(BIN / "prefect"), "variable", "set", "easel_mlflow_tracking_uri", mlflow_url,
          "--overwrite"],
-        [str(BIN / "easel"), "automations", "--heartbeat-frequency", str(heartbeat),
+        [sys.executable, "-m", "easel.cli", "automations", "--heartbeat-frequency", str(heartbeat),
          *(["--heartbeat-window", str(window)] if window else [])],
     ]  # fmt: skip
     for command in setup:

@@ -34,7 +34,7 @@ LINEAGE_TAGS = ("prefect.flow_run_id", "prefect.flow_run_url")  # copied to chil
 ATTEMPT_TAG = "prefect.run_count"  # which attempt of the flow run made the run (1: the first)
 ENDED_BY_TAG = "easel.ended_by"  # why easel, not the run's own process, ended a run
 PROCESS_TAG = "easel.process"  # the process whose run it is ("host~pid"): if it is killed,
-# its watchdog (flows/watchdog.py) ends the runs it left RUNNING
+# its watchdog (watchdog.py) ends the runs it left RUNNING
 NAMED_MODELS = 3  # a run's name names up to this many models, else counts them
 PARAM_LENGTH = 500  # MLflow's limit on a parameter value
 PIPELINE_ARTIFACT = "pipeline"  # the pyfunc model's artifact: the diffusers folder

@@ -41,7 +41,7 @@ def read_results(out) -> list[dict]:
 def easel(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     """Run the `easel` command in a subprocess (same interpreter, same environment)."""
     return subprocess.run(
-        [sys.executable, "-m", "easel.flows.cli", *args], capture_output=True, text=True,
+        [sys.executable, "-m", "easel.cli", *args], capture_output=True, text=True,
         timeout=timeout, **kwargs,
     )  # fmt: skip
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from easel.flows.reference import reference_markdown
+from easel.cli.reference import reference_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -20,7 +20,7 @@ README_MAX_BYTES = 12 * 1024  # a landing page; the manual lives in docs/
 def test_the_configuration_reference_is_the_code_s():
     written = (ROOT / "docs" / "configuration.md").read_text()
     assert written == reference_markdown(), (
-        "docs/configuration.md is stale: python -m easel.flows.reference > docs/configuration.md"
+        "docs/configuration.md is stale: python -m easel.cli.reference > docs/configuration.md"
     )
     for key in ("train.lora_rank", "train.snr_gamma", "train.offset_noise",
                 "train.lr_warmup_steps", "prior_preservation.class_data",

@@ -10,7 +10,8 @@ always complete after a rerun, and a rerun skips every slot recorded as ok.
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Annotated, get_args, get_origin, get_type_hints
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,35 +20,17 @@ import pyarrow.parquet as pq
 from easel.data import contact_sheet, fusion, storage
 from easel.data.batching import SweepPlan, planned_images
 
-RESULT_FIELDS = pa.schema([
-    ("image_index", pa.int32()),
-    ("image_uri", pa.string()),
-    ("status", pa.string()),
-    ("error", pa.string()),
-    ("warning", pa.string()),
-    ("seed", pa.int64()),
-    ("model_ref", pa.string()),
-    ("model_digest", pa.string()),
-    ("scheduler", pa.string()),
-    ("duration_s", pa.float64()),
-    ("image_sha256", pa.string()),
-    ("mlflow_run_id", pa.string()),
-    ("flow_run_id", pa.string()),  # the Prefect flow run that generated it (a shard's own)
-])  # fmt: skip
-RECORD_SCHEMA = pa.schema([
-    ("id", pa.string()), ("request_key", pa.string()), *RESULT_FIELDS,
-    ("image_bytes", pa.int64()),  # the PNG's size as written: a file changed since is redone
-    ("written_at", pa.float64()),  # when (Unix seconds): of two records of one image, the later
-])  # fmt: skip
-
 
 @dataclass
 class ImageRecord:
-    """What happened to one image (or to a whole row that failed before generation)."""
+    """What happened to one image (or to a whole row that failed before generation). Its
+    fields, in order, are the record shards' columns (`RECORD_SCHEMA`): each nullable, typed
+    as the annotation says (`str`: string, `int`: int64, `float`: double, an `Annotated`
+    Arrow type as given)."""
 
     id: str
     request_key: str | None
-    image_index: int | None
+    image_index: Annotated[int | None, pa.int32()]
     image_uri: str | None
     status: str  # "ok" | "failed"
     error: str | None
@@ -59,9 +42,36 @@ class ImageRecord:
     duration_s: float | None
     image_sha256: str | None
     mlflow_run_id: str | None
-    flow_run_id: str | None = None
-    image_bytes: int | None = None  # records written before it: None (the size is not checked)
-    written_at: float | None = None  # records written before it: None (the oldest)
+    flow_run_id: str | None = None  # the Prefect flow run that generated it (a shard's own)
+    # the PNG's size as written: a file changed since is redone (None: a record written
+    # before it; the size is not checked)
+    image_bytes: int | None = None
+    # when (Unix seconds): of two records of one image, the later wins (None: a record
+    # written before it, the oldest)
+    written_at: float | None = None
+
+
+ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64()}
+RECORD_ONLY = ("id", "request_key", "image_bytes", "written_at")  # not in results.parquet
+
+
+def _arrow_type(hint) -> pa.DataType:
+    """The Arrow type of a field's annotation: an `Annotated` one's Arrow type, else the type
+    (None aside) through `ARROW_TYPES`."""
+    if get_origin(hint) is Annotated:
+        return next(extra for extra in get_args(hint)[1:] if isinstance(extra, pa.DataType))
+    (kind,) = [arg for arg in get_args(hint) or (hint,) if arg is not type(None)]
+    return ARROW_TYPES[kind]
+
+
+def _record_schema() -> pa.Schema:
+    hints = get_type_hints(ImageRecord, include_extras=True)
+    return pa.schema([pa.field(f.name, _arrow_type(hints[f.name])) for f in fields(ImageRecord)])
+
+
+RECORD_SCHEMA = _record_schema()  # a record shard's columns
+# what each image adds to its manifest row in results.parquet
+RESULT_FIELDS = pa.schema([f for f in RECORD_SCHEMA if f.name not in RECORD_ONLY])
 
 
 def image_uri(out: str, row_id: str, image_index: int) -> str:

@@ -5,9 +5,7 @@ weights. The committed weights under `easel/models/weights/` are their output.""
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from dataclasses import replace
 
 from prefect import flow
@@ -16,11 +14,10 @@ from pydantic import BaseModel, Field
 from easel import tracking
 from easel.data import limits
 from easel.data.limits import InferenceSteps
-from easel.flows.config import load_parameters
-from easel.flows.run_context import prefect_tags
 from easel.models.engine.references import WEIGHTS_DIR, resolve_model_reference
 from easel.models.shapes import recipe, tiny_shapes_k22, tiny_shapes_k22_inpaint, training
 from easel.models.shapes.judge import JudgeTraining
+from easel.orchestration.run_context import prefect_tags
 
 _MODEL, _JUDGE = training.TinyShapesTraining(), JudgeTraining()
 _K22 = tiny_shapes_k22.TinyShapesK22Training()
@@ -156,22 +153,17 @@ def _start_run(params, run_name: str):
 def bootstrap_flow(params: BootstrapParameters) -> dict[str, str]:
     """VAE, its decoder alone, then text encoder + UNet, then the judge; a sample grid;
     publish both folders."""
-    from easel.tasks.bootstrap import (
-        publish_task,
-        refine_decoder_task,
-        sample_grid_task,
-        train_judge_task,
-        train_text_to_image_task,
-        train_vae_task,
-    )
+    from easel.tasks.bootstrap import publish_task, sample_grid_task, train_stage_task
 
     with _start_run(params, "bootstrap") as run_id:
         work, progress = params.work_dir, params.show_progress
         model_config = params.model_training()
-        vae_dir = train_vae_task(model_config, work, run_id, progress)
-        vae_dir = refine_decoder_task(model_config, vae_dir, work, run_id, progress)
-        pipeline_dir = train_text_to_image_task(model_config, vae_dir, work, run_id, progress)
-        judge_dir = train_judge_task(params.judge_training(), work, run_id, progress)
+        vae_dir = train_stage_task("vae", model_config, None, work, run_id, progress)
+        vae_dir = train_stage_task("refine-decoder", model_config, vae_dir, work, run_id, progress)
+        pipeline_dir = train_stage_task(
+            "text-to-image", model_config, vae_dir, work, run_id, progress
+        )
+        judge_dir = train_stage_task("judge", params.judge_training(), None, work, run_id, progress)
         grid = sample_grid_task(
             pipeline_dir, os.path.join(work, "samples.png"), steps=params.sample_steps
         )
@@ -184,17 +176,13 @@ def bootstrap_flow(params: BootstrapParameters) -> dict[str, str]:
 @flow(name="bootstrap-k22")
 def bootstrap_k22_flow(params: BootstrapK22Parameters) -> dict[str, str]:
     """Image encoder, prior and decoder grown from tiny-shapes; a sample grid; publish."""
-    from easel.tasks.bootstrap import (
-        publish_task,
-        sample_grid_task,
-        train_tiny_shapes_k22_task,
-    )
+    from easel.tasks.bootstrap import publish_task, sample_grid_task, train_stage_task
 
     base_dir = resolve_model_reference(params.base).path
     with _start_run(params, "bootstrap-k22") as run_id:
         work = params.work_dir
-        pipeline_dir = train_tiny_shapes_k22_task(
-            params.training(), base_dir, work, run_id, params.show_progress
+        pipeline_dir = train_stage_task(
+            "tiny-shapes-k22", params.training(), base_dir, work, run_id, params.show_progress
         )
         grid = sample_grid_task(
             pipeline_dir, os.path.join(work, "samples-k22.png"), steps=params.sample_steps,
@@ -208,35 +196,11 @@ def bootstrap_k22_flow(params: BootstrapK22Parameters) -> dict[str, str]:
 @flow(name="bootstrap-k22-inpaint")
 def bootstrap_k22_inpaint_flow(params: BootstrapK22InpaintParameters) -> dict[str, str]:
     """The inpainting decoder grown from tiny-shapes-k22; publish it beside it."""
-    from easel.tasks.bootstrap import publish_task, train_k22_inpaint_task
+    from easel.tasks.bootstrap import publish_task, train_stage_task
 
     base_dir = resolve_model_reference(params.base).path
     with _start_run(params, "bootstrap-k22-inpaint") as run_id:
-        folder = train_k22_inpaint_task(
-            params.training(), base_dir, params.work_dir, run_id, params.show_progress
-        )
+        folder = train_stage_task("tiny-shapes-k22-inpaint", params.training(), base_dir,
+                                  params.work_dir, run_id, params.show_progress)  # fmt: skip
         out = publish_task(folder, os.path.join(params.out, "tiny-shapes-k22-inpaint"))
     return {"model": out, "mlflow_run_id": run_id}
-
-
-FLOWS = {  # `easel bootstrap --model NAME`: its flow and parameters
-    "tiny-shapes": (bootstrap_flow, BootstrapParameters),
-    "tiny-shapes-k22": (bootstrap_k22_flow, BootstrapK22Parameters),
-    "tiny-shapes-k22-inpaint": (bootstrap_k22_inpaint_flow, BootstrapK22InpaintParameters),
-}
-
-
-def run_bootstrap_command(args: argparse.Namespace) -> int:
-    overrides = {
-        "out": args.out,
-        "work_dir": args.work_dir,
-        "seed": args.seed,
-        "show_progress": sys.stderr.isatty(),
-    }
-    bootstrap, parameters = FLOWS[args.model]
-    result = bootstrap(load_parameters(parameters, args.config, overrides))
-    for name in ("judge", "model", "samples"):
-        if name in result:
-            print(f"{name + ':':12} {result[name]}")
-    print(f"mlflow runs: {tracking.tracking_uri()} (run {result['mlflow_run_id']})")
-    return 0

@@ -13,14 +13,15 @@ import yaml
 from prefect import flow
 
 from easel import tracking
+from easel.data.config import read_yaml, validated
 from easel.errors import InvalidInput
-from easel.flows.config import read_yaml, validated
 from easel.flows.priors import PriorsParameters, class_priors_flow
-from easel.flows.run_context import prefect_tags
-from easel.flows.sweep import SweepParameters, sweep_flow
+from easel.flows.sweep import sweep_flow
+from easel.flows.sweep_parameters import SweepParameters
 from easel.models.dreambooth.config import DreamBoothConfig
 from easel.models.dreambooth.flat_keys import with_overrides
-from easel.tasks import locks
+from easel.orchestration import locks
+from easel.orchestration.run_context import prefect_tags
 from easel.tasks.dreambooth import (
     EXPERIMENT,
     check_inputs,

@@ -10,8 +10,6 @@ The DreamBooth suites (`evaluation.SUBJECT_SUITES`) score a fine-tuned `model` a
 
 from __future__ import annotations
 
-import argparse
-import os
 from dataclasses import replace
 
 from prefect import flow
@@ -22,10 +20,9 @@ from easel.data import limits, storage
 from easel.data.dreambooth import list_images
 from easel.data.limits import GuidanceScale, InferenceSteps
 from easel.errors import InvalidInput
-from easel.flows.config import load_parameters
-from easel.flows.run_context import prefect_tags
 from easel.models.engine.references import resolve_model_reference
 from easel.models.shapes import evaluation
+from easel.orchestration.run_context import prefect_tags
 
 QUICK = {
     "adherence_images": 16,
@@ -153,48 +150,3 @@ def eval_flow(params: EvalParameters) -> dict:
             if suite["grid"]:
                 tracking.log_artifact(suite["grid"], artifact_path="grids")
     return report | {"report_path": report_path}
-
-
-def format_table(rows: list[dict]) -> str:
-    """The rows as an aligned text table; numbers with 3 decimals, missing cells blank."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
-    widths = {c: max(len(c), *(len(cell(r.get(c))) for r in rows)) for c in columns}
-    lines = [
-        "  ".join(c.ljust(widths[c]) for c in columns),
-        "  ".join("-" * widths[c] for c in columns),
-    ]
-    lines += ["  ".join(cell(r.get(c)).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines)
-
-
-def run_eval_command(args: argparse.Namespace) -> int:
-    keys = (
-        "model",
-        "judge",
-        "out",
-        "suites",
-        "guidance_scale",
-        "num_inference_steps",
-        "seed",
-        "quick",
-        *SUBJECT_FIELDS,
-        "subject_images",
-    )
-    flags = {"num_inference_steps": "--steps", "suites": "--suite"}
-    params = load_parameters(EvalParameters, args.config, {k: getattr(args, k) for k in keys},
-                             flags)  # fmt: skip
-    if params.judge is not None and not os.path.exists(os.path.join(params.judge, "config.json")):
-        raise InvalidInput(f"`--judge` {params.judge!r} is not a judge folder (no config.json)")
-    storage.check_output_folder(params.out, "out")
-    resolve_model_reference(params.model)  # a bad reference fails here: exit 2, nothing generated
-    if params.subject():
-        try:
-            resolve_model_reference(params.base_model)
-        except InvalidInput as error:
-            raise InvalidInput(f"`base_model`: {error}") from None
-    report = eval_flow(params)
-    print(format_table(report["rows"]))
-    print(f"report:      {report['report_path']}")
-    print(f"mlflow runs: {tracking.tracking_uri()} (run {report['mlflow_run_id']})")
-    return 0

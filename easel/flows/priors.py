@@ -3,8 +3,6 @@ cached by content under `OUT/<key>/`."""
 
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
 
 from prefect import flow
@@ -14,9 +12,9 @@ from easel import tracking
 from easel.data import limits, results, storage
 from easel.data.limits import BatchSize, GuidanceScale, InferenceSteps, SchedulerName, Side
 from easel.data.priors import PriorSpec, prior_rows
-from easel.flows.config import load_parameters
-from easel.flows.run_context import prefect_tags
-from easel.flows.sweep import SweepParameters, sweep_flow
+from easel.flows.sweep import sweep_flow
+from easel.flows.sweep_parameters import SweepParameters
+from easel.orchestration.run_context import prefect_tags
 from easel.tasks.priors import resolve_prior_spec_task, write_prior_manifest_task
 
 
@@ -80,22 +78,3 @@ def class_priors_flow(params: PriorsParameters) -> ClassPriors:
         )
     uris = [results.image_uri(folder, row["id"], 0) for row in prior_rows(spec, params.num_images)]
     return ClassPriors(folder=folder, image_uris=uris, generated_now=summary.generated_now)
-
-
-# --- CLI -----------------------------------------------------------------------------
-
-
-def run_priors_command(args: argparse.Namespace) -> int:
-    overrides = {
-        "class_prompt": args.class_prompt, "num_images": args.num, "out": args.out,
-        "model": args.model, "negative_prompt": args.negative_prompt,
-        "show_progress": sys.stderr.isatty(),
-    }  # fmt: skip
-    params = load_parameters(PriorsParameters, args.config, overrides, {"num_images": "--num"})
-    storage.check_output_folder(params.out, "out")
-    priors = class_priors_flow(params)
-    print(
-        f"class priors:  {priors.folder}  ({len(priors.image_uris)} images, "
-        f"{priors.generated_now} generated now)"
-    )
-    return 0

@@ -1,15 +1,17 @@
 """Tasks of `easel bootstrap`: thin adapters over `easel.models.shapes`.
 
-Each task takes a config and paths, writes its result under a work folder, and returns the
-path. Training tasks log to a child MLflow run of the flow's run (one per stage), through
-Lightning's MLflow logger.
+One task trains any stage of `STAGES` (the table of what each stage trains, from what, into
+which folder under the work folder, returning the path); each stage logs to child MLflow
+runs of the flow's run (one per trained part), through Lightning's MLflow logger. A sample
+grid and the publishing of a folder are tasks of their own.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import torch
 from prefect import task
@@ -21,7 +23,7 @@ from easel.models.engine.loading import load_model
 from easel.models.shapes import tiny_shapes, tiny_shapes_k22, tiny_shapes_k22_inpaint
 from easel.models.shapes import training as tiny_shapes_training
 from easel.models.shapes.evaluation import image_grid
-from easel.models.shapes.judge import JudgeTraining, train_judge
+from easel.models.shapes.judge import train_judge
 
 SAMPLE_PROMPTS = [
     f"a {c} {s} on a {b} background"
@@ -38,141 +40,121 @@ SAMPLE_PROMPTS = [
 ]
 
 
-def _stage_run(parent_run_id: str | None, name: str):
-    """(run id, Lightning logger) of a training stage: a child run of the flow's run."""
-    if parent_run_id is None:
-        return None, None
-    run_id = tracking.child_run(parent_run_id, name)
-    return run_id, tracking.lightning_logger(run_id)
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of the bootstrap (a row of `STAGES`): `train(config, source,
+    checkpoints, loggers, progress, folder)` trains from `source` (a folder, or None),
+    checkpointing into `checkpoints`, logging through `loggers` (run name -> Lightning
+    logger, None without a parent run), writes `folder`, and returns the parameters to log
+    per run name."""
+
+    runs: tuple[str, ...]  # its child MLflow runs of the flow's run, one per trained part
+    checkpoints: str  # its checkpoint folder, under the work folder (a rerun resumes there)
+    folder: str  # what it writes, under the work folder
+    train: Callable[..., dict[str, dict]]
 
 
-def _finish(run_id: str | None, params: dict) -> None:
-    if run_id is not None:
-        tracking.finish_run(run_id, params)
-
-
-@task(name="train-vae")
-def train_vae_task(
-    config: tiny_shapes_training.TinyShapesTraining,
-    work_dir: str,
-    parent_run_id: str | None,
-    progress: bool = False,
-) -> str:
-    """Stage 1: the VAE; returns its diffusers-format folder."""
-    run_id, logger = _stage_run(parent_run_id, "vae")
-    vae = tiny_shapes_training.train_vae(
-        config, os.path.join(work_dir, "vae-checkpoints"), logger, progress
-    )
-    folder = os.path.join(work_dir, "vae")
+def _vae(config, source, checkpoints, loggers, progress, folder) -> dict[str, dict]:
+    vae = tiny_shapes_training.train_vae(config, checkpoints, loggers["vae"], progress)
     vae.save_pretrained(folder, safe_serialization=True)
-    _finish(run_id, {"vae": asdict(config.vae), "scaling_factor": vae.config.scaling_factor})
-    return folder
+    return {"vae": {"vae": asdict(config.vae), "scaling_factor": vae.config.scaling_factor}}
 
 
-@task(name="refine-decoder")
-def refine_decoder_task(
-    config: tiny_shapes_training.TinyShapesTraining,
-    vae_dir: str,
-    work_dir: str,
-    parent_run_id: str | None,
-    progress: bool = False,
-) -> str:
-    """Stage 1b: the VAE's decoder alone (encoder and latents unchanged); returns its folder."""
+def _decoder(config, vae_dir, checkpoints, loggers, progress, folder) -> dict[str, dict]:
     from diffusers import AutoencoderKL
 
-    run_id, logger = _stage_run(parent_run_id, "vae-decoder")
     vae = AutoencoderKL.from_pretrained(vae_dir)
-    checkpoints = os.path.join(work_dir, "decoder-checkpoints")
+    logger = loggers["vae-decoder"]
     refined = tiny_shapes_training.refine_decoder(config, vae, checkpoints, logger, progress)
-    folder = os.path.join(work_dir, "vae-refined")
     refined.save_pretrained(folder, safe_serialization=True)
-    _finish(run_id, {"decoder": asdict(config.decoder)})
-    return folder
+    return {"vae-decoder": {"decoder": asdict(config.decoder)}}
 
 
-@task(name="train-text-to-image")
-def train_text_to_image_task(
-    config: tiny_shapes_training.TinyShapesTraining,
-    vae_dir: str,
-    work_dir: str,
-    parent_run_id: str | None,
-    progress: bool = False,
-) -> str:
-    """Stage 2: text encoder and UNet; returns the assembled pipeline's folder."""
+def _text_to_image(config, vae_dir, checkpoints, loggers, progress, folder) -> dict[str, dict]:
     from diffusers import AutoencoderKL
 
-    run_id, logger = _stage_run(parent_run_id, "text-to-image")
     vae = AutoencoderKL.from_pretrained(vae_dir)
-    checkpoints = os.path.join(work_dir, "diffusion-checkpoints")
-    module = tiny_shapes_training.train_diffusion(config, vae, checkpoints, logger, progress)
+    module = tiny_shapes_training.train_diffusion(
+        config, vae, checkpoints, loggers["text-to-image"], progress
+    )
     pipeline = tiny_shapes.assemble_pipeline(
         module.tokenizer, module.text_encoder, vae, module.unet
     )
-    folder = os.path.join(work_dir, "tiny-shapes")
     pipeline.save_pretrained(folder, safe_serialization=True)
-    _finish(
-        run_id, {"diffusion": asdict(config.diffusion), "architecture": asdict(config.architecture)}
-    )
-    return folder
+    logged = {"diffusion": asdict(config.diffusion), "architecture": asdict(config.architecture)}
+    return {"text-to-image": logged}
 
 
-@task(name="train-tiny-shapes-k22")
-def train_tiny_shapes_k22_task(
-    config: tiny_shapes_k22.TinyShapesK22Training,
-    base_dir: str,
-    work_dir: str,
-    parent_run_id: str | None,
-    progress: bool = False,
-) -> str:
-    """tiny-shapes-k22 grown from the tiny-shapes pipeline at `base_dir`; returns its folder.
-    Each stage logs to its own nested run."""
-    runs = {stage: _stage_run(parent_run_id, f"k22-{stage}") for stage in tiny_shapes_k22.STAGES}
-    run_ids = {stage: run_id for stage, (run_id, _) in runs.items()}
-    loggers = {stage: logger for stage, (_, logger) in runs.items()}
-    checkpoints = os.path.join(work_dir, "k22-checkpoints")
-    pipeline = tiny_shapes_k22.train(base_dir, config, checkpoints, loggers, progress)
-    folder = tiny_shapes_k22.save(
-        pipeline, os.path.join(work_dir, "tiny-shapes-k22"), "tiny-shapes-k22",
+def _k22(config, base_dir, checkpoints, loggers, progress, folder) -> dict[str, dict]:
+    by_stage = {stage: loggers[f"k22-{stage}"] for stage in tiny_shapes_k22.STAGES}
+    pipeline = tiny_shapes_k22.train(base_dir, config, checkpoints, by_stage, progress)
+    tiny_shapes_k22.save(
+        pipeline, folder, "tiny-shapes-k22",
         "The shapes world as a Kandinsky 2.2 model (`easel bootstrap --model tiny-shapes-k22`).",
     )  # fmt: skip
-    for stage, run_id in run_ids.items():  # each stage's schedule, and the shared sizes
-        schedule = asdict(getattr(config, stage.replace("-", "_")))
-        _finish(run_id, {**schedule, "images": config.images, "seed": config.seed})
-    return folder
+    shared = {"images": config.images, "seed": config.seed}  # each stage's own schedule too
+    return {f"k22-{stage}": {**asdict(getattr(config, stage.replace("-", "_"))), **shared}
+            for stage in tiny_shapes_k22.STAGES}  # fmt: skip
 
 
-@task(name="train-tiny-shapes-k22-inpaint")
-def train_k22_inpaint_task(
-    config: tiny_shapes_k22_inpaint.InpaintTraining,
-    base_dir: str,
-    work_dir: str,
-    parent_run_id: str | None,
-    progress: bool = False,
-) -> str:
-    """The inpainting decoder grown from the tiny-shapes-k22 pipeline at `base_dir`, with
-    its prior; returns the folder."""
-    run_id, logger = _stage_run(parent_run_id, "k22-inpaint-decoder")
-    checkpoints = os.path.join(work_dir, "k22-inpaint-checkpoints")
+def _k22_inpaint(config, base_dir, checkpoints, loggers, progress, folder) -> dict[str, dict]:
+    logger = loggers["k22-inpaint-decoder"]
     pipeline = tiny_shapes_k22_inpaint.train(base_dir, config, checkpoints, logger, progress)
-    folder = tiny_shapes_k22.save(
-        pipeline, os.path.join(work_dir, "tiny-shapes-k22-inpaint"), "tiny-shapes-k22-inpaint",
+    tiny_shapes_k22.save(
+        pipeline, folder, "tiny-shapes-k22-inpaint",
         "tiny-shapes-k22 with Kandinsky 2.2's inpainting decoder "
         "(`easel bootstrap --model tiny-shapes-k22-inpaint`).",
     )  # fmt: skip
-    _finish(run_id, {**asdict(config.schedule), "images": config.images, "seed": config.seed})
-    return folder
+    schedule = asdict(config.schedule)
+    return {"k22-inpaint-decoder": {**schedule, "images": config.images, "seed": config.seed}}
 
 
-@task(name="train-judge")
-def train_judge_task(
-    config: JudgeTraining, work_dir: str, parent_run_id: str | None, progress: bool = False
+def _judge(config, source, checkpoints, loggers, progress, folder) -> dict[str, dict]:
+    train_judge(config, checkpoints, loggers["judge"], progress).save(folder)
+    return {"judge": asdict(config)}
+
+
+STAGES = {  # a stage's name -> how it trains; the flows run them in their order
+    "vae": Stage(("vae",), "vae-checkpoints", "vae", _vae),
+    # the VAE's decoder alone (encoder and latents unchanged), from the VAE's folder
+    "refine-decoder": Stage(("vae-decoder",), "decoder-checkpoints", "vae-refined", _decoder),
+    # text encoder and UNet over the VAE's folder: the assembled tiny-shapes pipeline
+    "text-to-image": Stage(("text-to-image",), "diffusion-checkpoints", "tiny-shapes",
+                           _text_to_image),  # fmt: skip
+    # grown from the tiny-shapes pipeline: image encoder, prior and decoder
+    "tiny-shapes-k22": Stage(tuple(f"k22-{s}" for s in tiny_shapes_k22.STAGES),
+                             "k22-checkpoints", "tiny-shapes-k22", _k22),  # fmt: skip
+    # the inpainting decoder grown from the tiny-shapes-k22 pipeline, with its prior
+    "tiny-shapes-k22-inpaint": Stage(("k22-inpaint-decoder",), "k22-inpaint-checkpoints",
+                                     "tiny-shapes-k22-inpaint", _k22_inpaint),  # fmt: skip
+    "judge": Stage(("judge",), "judge-checkpoints", "judge", _judge),
+}
+
+
+@task(name="train-stage", task_run_name="train-{stage}")
+def train_stage_task(
+    stage: str,
+    config,
+    source: str | None,
+    work_dir: str,
+    parent_run_id: str | None,
+    progress: bool = False,
 ) -> str:
-    """The judge; returns its folder."""
-    run_id, logger = _stage_run(parent_run_id, "judge")
-    judge = train_judge(config, os.path.join(work_dir, "judge-checkpoints"), logger, progress)
-    folder = os.path.join(work_dir, "judge")
-    judge.save(folder)
-    _finish(run_id, asdict(config))
+    """Train the stage `stage` of `STAGES` with `config` (its recipe's training config) from
+    `source` (a folder it grows from; None: from scratch), each of its parts logging to a
+    child run of `parent_run_id` (None: no MLflow); returns the folder it wrote under
+    `work_dir`."""
+    row = STAGES[stage]
+    runs = {name: tracking.child_run(parent_run_id, name) if parent_run_id else None
+            for name in row.runs}  # fmt: skip
+    loggers = {name: None if run_id is None else tracking.lightning_logger(run_id)
+               for name, run_id in runs.items()}  # fmt: skip
+    folder = os.path.join(work_dir, row.folder)
+    checkpoints = os.path.join(work_dir, row.checkpoints)
+    logged = row.train(config, source, checkpoints, loggers, progress, folder)
+    for name, run_id in runs.items():
+        if run_id is not None:
+            tracking.finish_run(run_id, logged[name])
     return folder
 
 

@@ -38,7 +38,7 @@ def write_results_task(
 ) -> SweepSummary:
     """Assemble `results.parquet` from every record, and draw the contact sheet, holding the
     output's results (two runs into one output merge, never overwrite, each other's rows)."""
-    from easel.tasks import locks
+    from easel.orchestration import locks
 
     with locks.hold(locks.lock_name("results", inputs.out)):
         return results.publish_results(inputs.out, table.table, plan, generated_now)

@@ -11,8 +11,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 from sweep_helpers import write_manifest
 
+from easel.cli import main
 from easel.flows.bootstrap import BootstrapK22Parameters, BootstrapParameters
-from easel.flows.cli import main
 from easel.flows.evaluate import EvalParameters
 from easel.flows.priors import PriorsParameters
 from easel.flows.sweep import SweepParameters

@@ -53,7 +53,7 @@ def test_the_easel_command_runs_its_work_with_the_collector_on(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text(
         "import gc, sys\n"
-        "from easel.flows import cli\n"
+        "from easel import cli\n"
         "def command_function(run):\n"
         "    assert not gc.isenabled()\n"
         "    return lambda args: print(gc.isenabled(), gc.get_freeze_count() > 0) or 0\n"

@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 from sweep_helpers import STEPS, easel, read_results, write_manifest
 
+from easel.cli import main
 from easel.data.limits import SCHEDULER_NAMES
 from easel.data.results import read_records
-from easel.flows.cli import main
-from easel.flows.watchdog import KILLED_REASON, descendants, started
+from easel.watchdog import KILLED_REASON, descendants, started
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -98,7 +98,7 @@ def test_a_relative_output_folder_is_recorded_from_the_root(tmp_path, monkeypatc
 
 
 def test_an_interrupt_ends_in_one_line_and_code_130(monkeypatch, capsys):
-    from easel.flows import cli
+    from easel import cli
 
     def interrupted(args):
         raise KeyboardInterrupt
@@ -138,7 +138,7 @@ def test_kill_9_then_rerun_does_each_image_exactly_once(tmp_path):
     rows = [{"id": f"r{i:02d}", "prompt": f"a red circle number {i}", "seed": i,
              "num_inference_steps": 20} for i in range(16)]  # fmt: skip
     manifest, out = write_manifest(tmp_path / "m.parquet", rows), str(tmp_path / "out")
-    command = [sys.executable, "-m", "easel.flows.cli", "sweep", manifest, "--out", out,
+    command = [sys.executable, "-m", "easel.cli", "sweep", manifest, "--out", out,
                "--batch-size", "1"]  # fmt: skip
     shell = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # a user's shell
     process = subprocess.Popen(command, env=shell, stdout=subprocess.DEVNULL,
@@ -213,7 +213,7 @@ def test_help_answers_without_importing_a_model_library(command):
     took 8.5 s when each command's module was imported to build its parser)."""
     argv = [command, "--help"] if command else ["--help"]
     check = "\n".join([
-        "import sys", "from easel.flows.cli import main", "try:", f"    main({argv!r})",
+        "import sys", "from easel.cli import main", "try:", f"    main({argv!r})",
         "except SystemExit:", "    pass",
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))",
     ])  # fmt: skip
@@ -224,13 +224,14 @@ def test_help_answers_without_importing_a_model_library(command):
 
 
 def test_every_command_runs_a_function_of_its_flow():
-    from easel.flows.cli import build_parser, command_function
+    from easel.cli import build_parser, command_function
 
     parser = build_parser()
     (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     for name, sub in subparsers.choices.items():
         run = sub.get_default("run")
-        assert run.startswith("easel.flows.") and callable(command_function(run)), name
+        assert run.startswith(("easel.cli.", "easel.flows.")), name
+        assert callable(command_function(run)), name
 
 
 @pytest.mark.slow
@@ -248,7 +249,7 @@ def test_two_sweeps_at_once_into_one_local_folder_generate_each_image_once(tmp_p
         for i in range(4)
     ])  # fmt: skip
     out = str(tmp_path / "out")
-    command = [sys.executable, "-m", "easel.flows.cli", "sweep", first, "--out", out,
+    command = [sys.executable, "-m", "easel.cli", "sweep", first, "--out", out,
                "--batch-size", "2"]  # fmt: skip
     both = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]  # fmt: skip

@@ -107,6 +107,25 @@ def test_record_shard_schema_is_pinned():
     ]  # fmt: skip
 
 
+def test_the_schemas_derived_from_image_record_are_those_written_before():
+    """`RECORD_SCHEMA` and `RESULT_FIELDS` come from `ImageRecord`'s fields: the same Arrow
+    schemas as the lists written out before (names, types, order, every column nullable, no
+    metadata)."""
+    from easel.data.results import RESULT_FIELDS
+
+    record = (
+        "id: string\nrequest_key: string\nimage_index: int32\nimage_uri: string\n"
+        "status: string\nerror: string\nwarning: string\nseed: int64\nmodel_ref: string\n"
+        "model_digest: string\nscheduler: string\nduration_s: double\nimage_sha256: string\n"
+        "mlflow_run_id: string\nflow_run_id: string\nimage_bytes: int64\nwritten_at: double"
+    )
+    assert RECORD_SCHEMA.to_string(show_schema_metadata=True) == record
+    assert all(field.nullable for field in RECORD_SCHEMA) and RECORD_SCHEMA.metadata is None
+    inner = record.split("\n")[2:-2]  # without id, request_key, image_bytes, written_at
+    assert RESULT_FIELDS.to_string(show_schema_metadata=True) == "\n".join(inner)
+    assert all(field.nullable for field in RESULT_FIELDS)
+
+
 def test_record_shards_written_before_flow_run_ids_and_sizes_still_read(tmp_path):
     """Shards from before `flow_run_id`, `image_bytes` and `written_at` existed vouch for
     their images as before (whatever their size)."""

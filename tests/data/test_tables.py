@@ -88,7 +88,7 @@ def test_a_true_type_conflict_names_the_column_and_the_files(tmp_path, numbers):
 
 @pytest.mark.usefixtures("prefect_server")
 def test_a_true_type_conflict_exits_2_from_the_command(tmp_path, capsys):
-    from easel.flows.cli import main
+    from easel.cli import main
 
     write_file(tmp_path / "a.parquet", "seed", pa.array([1, 2]), ["p", "q"])
     write_file(tmp_path / "b.parquet", "seed", pa.array(["x", "y"]), ["r", "s"])

@@ -9,7 +9,7 @@ import yaml
 from dreambooth_fixtures import write_images
 
 import easel.flows.dreambooth  # noqa: F401  Prefect sets up its log handler on import: not under capsys
-from easel.flows.cli import main
+from easel.cli import main
 from easel.models.dreambooth.config import DreamBoothConfig
 from easel.models.dreambooth.flat_keys import regroup
 

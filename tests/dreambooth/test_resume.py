@@ -11,7 +11,7 @@ import yaml
 from dreambooth_fixtures import make_workspace, tiny_config
 
 import easel.flows.dreambooth  # noqa: F401  Prefect sets up its log handler on import: not under capsys
-from easel.flows.cli import main
+from easel.cli import main
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -14,7 +14,7 @@ import yaml
 from dreambooth_fixtures import make_workspace, tiny_config
 
 import easel.flows.dreambooth  # noqa: F401  Prefect sets up its log handler on import: not under capsys
-from easel.flows.cli import main
+from easel.cli import main
 from easel.models.checkpoint_io import load_checkpoint_file
 from easel.models.engine.references import cache_dir
 

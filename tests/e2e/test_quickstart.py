@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from sweep_helpers import read_results
 
+from easel.cli import main
 from easel.data.samples import JUDGED_AS
-from easel.flows.cli import main
 from easel.models.shapes.judge import Judge
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

@@ -12,7 +12,7 @@ import torch
 import yaml
 from dreambooth_fixtures import make_workspace, tiny_config
 
-from easel.flows.cli import main
+from easel.cli import main
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -13,7 +13,7 @@ from unittest import mock
 
 import pytest
 
-from easel.flows.recovery import HEARTBEAT_FREQUENCY
+from easel.orchestration.recovery import HEARTBEAT_FREQUENCY
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 IMAGE = "registry.example.com/easel:0.1.0-cuda"

@@ -42,7 +42,7 @@ def test_priors_command(tmp_path):
 
 
 def test_a_bad_option_is_named_as_the_user_typed_it(capsys):
-    from easel.flows.cli import main
+    from easel.cli import main
 
     assert main(["priors", "--class-prompt", "a star", "--num", "0", "--out", "unused"]) == 2
     err = capsys.readouterr().err

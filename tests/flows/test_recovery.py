@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from easel.flows.cli import main
-from easel.flows.recovery import (
+from easel.cli import main
+from easel.orchestration.recovery import (
     DEPLOYED_FLOWS,
     RETRY_SETTLE_SECONDS,
     recovery_automations,

@@ -12,9 +12,9 @@ import torch
 from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
 from sweep_helpers import STEPS, max_pixel_difference, read_results, write_manifest
 
-from easel.flows.run_context import prefect_tags
 from easel.flows.sweep import SweepParameters, sweep_flow
 from easel.models.engine.references import resolve_model_reference
+from easel.orchestration.run_context import prefect_tags
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

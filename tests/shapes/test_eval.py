@@ -9,7 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from easel.flows.cli import main
+from easel.cli import main
 from easel.models.engine.loading import load_model
 from easel.models.shapes import evaluation
 from easel.models.shapes.judge import Judge

@@ -9,9 +9,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from easel.cli import main
 from easel.data.dreambooth import list_images
 from easel.data.shapes import write_shape_subject
-from easel.flows.cli import main
 from easel.models.engine.loading import LoadedModel, load_model
 from easel.models.shapes import evaluation
 from easel.models.shapes.judge import Judge

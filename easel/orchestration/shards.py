@@ -22,8 +22,8 @@ from datetime import datetime, timezone
 
 from easel.data import results, storage
 from easel.data.batching import SweepPlan
-from easel.flows.recovery import RETRY_SETTLE_SECONDS
 from easel.models.engine.sweep import BatchOutcome
+from easel.orchestration.recovery import RETRY_SETTLE_SECONDS
 
 SHARD_RETRIES = 1  # new runs the parent starts for a shard whose run failed or crashed
 POLL_SECONDS = 5.0  # how often the parent looks at its shards' runs

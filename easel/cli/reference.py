@@ -1,7 +1,7 @@
 """The configuration reference (`docs/configuration.md`), generated from the parameter
 models themselves, so that every key is documented with its real default and limits.
 
-    python -m easel.flows.reference > docs/configuration.md
+    python -m easel.cli.reference > docs/configuration.md
 
 `tests/test_docs.py` fails when the file and the models disagree."""
 
@@ -20,7 +20,7 @@ HEADER = """# Configuration reference
 Every key of a sweep (`easel sweep --config FILE`, a deployment's `params`), a class-prior
 run (`params`) and a DreamBooth run (`easel dreambooth --config FILE`, a deployment's
 `config`), with its default and limits. Generated from the code
-(`python -m easel.flows.reference > docs/configuration.md`); a key set on the command line
+(`python -m easel.cli.reference > docs/configuration.md`); a key set on the command line
 (`--set key=value` for DreamBooth, the flags for sweeps) wins over the file. An unknown key
 or a value out of its limits is refused before any work, naming the key and the value.
 """
@@ -121,7 +121,7 @@ def results_table() -> str:
 
 def reference_markdown() -> str:
     from easel.flows.priors import PriorsParameters
-    from easel.flows.sweep import SweepParameters
+    from easel.flows.sweep_parameters import SweepParameters
     from easel.models.dreambooth.config import DreamBoothConfig
 
     sections = [

@@ -1,6 +1,6 @@
 """The `easel` command line.
 
-`easel.flows.commands` defines every command's parser (light: `--help` imports no model
+`easel.cli.commands` defines every command's parser (light: `--help` imports no model
 library); the parser sets `run`, the `module:function` that runs the command, imported only
 once it is chosen. The function returns the exit code: 0 all work succeeded, 1 some rows
 failed, 2 the invocation as a whole is invalid (one line on stderr), 130 interrupted (^C).
@@ -14,10 +14,9 @@ import os
 import sys
 import warnings
 
-from easel import startup
+from easel import startup, watchdog
+from easel.cli.commands import add_commands
 from easel.errors import InvalidInput
-from easel.flows import watchdog
-from easel.flows.commands import add_commands
 
 INTERRUPTED = 130  # the shell's code for a command ended by SIGINT (128 + 2)
 
@@ -72,7 +71,3 @@ def run(argv: list[str]) -> int:
     except KeyboardInterrupt:  # ^C: what is done stays done; a rerun does the rest
         print(f"easel {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """`easel sweep`, in two steps: the manifest checked as a whole before Prefect, torch and
 diffusers are imported (an invalid manifest exits 2 within about a second, not the
-seconds those imports take), then the sweep (`flows/sweep.run_sweep_command`), which reuses
+seconds those imports take), then the sweep (`cli/sweep.run_sweep_command`), which reuses
 that read of the manifest."""
 
 from __future__ import annotations
@@ -15,5 +15,5 @@ def check_then_sweep(args: argparse.Namespace) -> int:
     from easel import startup
 
     with startup.importing():
-        from easel.flows.sweep import run_sweep_command
+        from easel.cli.sweep import run_sweep_command
     return run_sweep_command(args)

@@ -13,7 +13,7 @@ which removes the file `watch()` made. If the file is still there once the comma
 the command was killed: the MLflow runs it left RUNNING (tagged `easel.process` with its
 "host~pid") are ended KILLED, tagged `easel.ended_by` (only then is MLflow imported).
 
-    python -m easel.flows.watchdog PID ARMED_FILE
+    python -m easel.watchdog PID ARMED_FILE
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def watch() -> None:
     descriptor, _armed = tempfile.mkstemp(prefix=f"easel-{os.getpid()}-", suffix=".armed")
     os.close(descriptor)
     subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "easel.flows.watchdog", str(os.getpid()), _armed],
+        [sys.executable, "-m", "easel.watchdog", str(os.getpid()), _armed],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,  # not in the terminal's group: a ^C does not reach it
     )  # fmt: skip

@@ -5,7 +5,7 @@ heavy is imported here, so `easel --help` and `easel CMD --help` answer at once.
 from __future__ import annotations
 
 from easel.data import limits
-from easel.flows import recovery  # constants only: nothing heavy at import
+from easel.orchestration import recovery  # constants only: nothing heavy at import
 
 
 def batch_size(text: str) -> int | str:
@@ -40,7 +40,7 @@ def _sweep(subparsers) -> None:
         default=None,
         help="allow loading pickle (.bin/.ckpt) weights",
     )
-    parser.set_defaults(run="easel.flows.sweep_command:check_then_sweep")
+    parser.set_defaults(run="easel.cli.sweep_command:check_then_sweep")
 
 
 def _priors(subparsers) -> None:
@@ -51,7 +51,7 @@ def _priors(subparsers) -> None:
     parser.add_argument("--model", help="model reference (default tiny-shapes)")
     parser.add_argument("--negative-prompt")
     parser.add_argument("--config", help="YAML file of prior parameters")
-    parser.set_defaults(run="easel.flows.priors:run_priors_command")
+    parser.set_defaults(run="easel.cli.priors:run_priors_command")
 
 
 def _dreambooth(subparsers) -> None:
@@ -74,7 +74,7 @@ def _quickstart(subparsers) -> None:
     parser.add_argument(
         "--skip-dreambooth", action="store_true", help="only the sweep (no fine-tuning stage)"
     )
-    parser.set_defaults(run="easel.flows.quickstart:run_quickstart")
+    parser.set_defaults(run="easel.cli.quickstart:run_quickstart")
 
 
 def _eval(subparsers) -> None:
@@ -106,7 +106,7 @@ def _eval(subparsers) -> None:
     subject.add_argument(
         "--subject-images", type=int, help="generations per prompt and model (default 48)"
     )
-    parser.set_defaults(run="easel.flows.evaluate:run_eval_command")
+    parser.set_defaults(run="easel.cli.evaluate:run_eval_command")
 
 
 def _bootstrap(subparsers) -> None:
@@ -124,7 +124,7 @@ def _bootstrap(subparsers) -> None:
     )
     parser.add_argument("--work-dir", help="checkpoint folder; rerunning resumes from it")
     parser.add_argument("--seed", type=int)
-    parser.set_defaults(run="easel.flows.bootstrap:run_bootstrap_command")
+    parser.set_defaults(run="easel.cli.bootstrap:run_bootstrap_command")
 
 
 def _automations(subparsers) -> None:
@@ -146,7 +146,7 @@ def _automations(subparsers) -> None:
         "--crash-retries", type=int, default=recovery.CRASH_RETRIES,
         help="times one crashed run is scheduled again (0: never; default %(default)s)",
     )  # fmt: skip
-    parser.set_defaults(run="easel.flows.recovery:run_automations_command")
+    parser.set_defaults(run="easel.cli.automations:run_automations_command")
 
 
 COMMANDS = {"sweep": _sweep, "priors": _priors, "dreambooth": _dreambooth,

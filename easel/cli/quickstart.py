@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from easel import tracking
+from easel.cli.sweep import print_summary, run_sweep
 from easel.data import storage
 from easel.data.samples import (
     EDIT_ROWS,
@@ -23,7 +24,7 @@ from easel.data.samples import (
     subject_rows,
     write_sample_manifest,
 )
-from easel.flows.sweep import SweepParameters, print_summary, run_sweep
+from easel.flows.sweep_parameters import SweepParameters
 
 # The dreambooth-tiny preset (its subject: bench/HISTORY.md, "The quickstart's DreamBooth
 # subject"), shortened: fewer class images, no validation sweep (the sweep shows it).

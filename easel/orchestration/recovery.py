@@ -22,7 +22,6 @@ Prefect refuses to schedule them again.
 
 from __future__ import annotations
 
-import argparse
 from datetime import timedelta
 
 # Seconds between heartbeats of easel's flow runs: the GPU pools' templates set
@@ -147,24 +146,3 @@ def create_recovery_automations(**settings) -> list[str]:
             else:
                 ids.append(str(client.create_automation(automation)))
     return ids
-
-
-def run_automations_command(args: argparse.Namespace) -> int:
-    from easel.errors import InvalidInput
-
-    try:
-        ids = create_recovery_automations(
-            heartbeat_frequency=args.heartbeat_frequency,
-            heartbeat_window=args.heartbeat_window,
-            crash_retries=args.crash_retries,
-        )
-    except ValueError as error:
-        raise InvalidInput(str(error)) from None
-    for name, automation_id in zip((ZOMBIE_AUTOMATION, RETRY_AUTOMATION), ids, strict=True):
-        print(f"{automation_id}  {name}")
-    print(
-        f"flow runs must send heartbeats every {args.heartbeat_frequency} s: "
-        f"PREFECT_FLOWS_HEARTBEAT_FREQUENCY={args.heartbeat_frequency} in the workers' "
-        "environment (the GPU pools' templates set it)"
-    )
-    return 0

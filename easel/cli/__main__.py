@@ -1,0 +1,7 @@
+"""`python -m easel.cli`: the `easel` command."""
+
+import sys
+
+from easel.cli import main
+
+sys.exit(main())

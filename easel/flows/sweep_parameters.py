@@ -1,0 +1,124 @@
+"""The sweep flow's parameters (`SweepParameters`): everything a sweep run takes, each key
+with its default, limits and description (the dashboard's form, `docs/configuration.md`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from easel.data import limits, storage
+from easel.data.limits import (
+    BatchSizeSetting,
+    FusionWeights,
+    GuidanceScale,
+    InferenceSteps,
+    PriorInferenceSteps,
+    SchedulerName,
+    Shards,
+)
+from easel.data.manifest import SweepDefaults
+from easel.models.engine.performance import Performance
+from easel.models.engine.sweep import SweepInputs
+from easel.orchestration.run_context import check_placeholders
+
+
+class SweepParameters(BaseModel):
+    """Everything a sweep run takes; validated before any work."""
+
+    model_config = limits.PARAMETERS
+
+    manifest: str = Field(description="Parquet file, folder or glob (any fsspec URI)")
+    out: str = Field(
+        description="output folder (any fsspec URI); `{scheduled_date}` (YYYY-MM-DD, UTC) and "
+        "`{flow_run_name}` in it are filled in from the run, so scheduled runs keep their "
+        "outputs apart (any other `{word}` is refused); a local folder is made absolute"
+    )
+    model: str = Field("tiny-shapes", description="default for rows without a `model`")
+    batch_size: BatchSizeSetting = Field(
+        limits.BATCH_SIZE, description="images per pipeline call, or `auto`: the largest the "
+        "device's free memory holds, measured for each model and settings (CUDA; elsewhere "
+        f"{limits.BATCH_SIZE})",
+    )  # fmt: skip
+    guidance_scale: GuidanceScale = Field(
+        limits.GUIDANCE_SCALE, description="default for rows without a `guidance_scale`"
+    )
+    num_inference_steps: InferenceSteps = Field(
+        limits.NUM_INFERENCE_STEPS, description="default for rows without `num_inference_steps`"
+    )
+    scheduler: SchedulerName | None = Field(
+        None, description="default for rows without a `scheduler` (None: the model's own)"
+    )
+    prior_guidance_scale: GuidanceScale | None = Field(
+        None, description="Kandinsky's prior: default guidance (None: the model card's "
+        f"`prior_guidance_scale`, else diffusers' {limits.PRIOR_GUIDANCE_SCALE:g})",
+    )  # fmt: skip
+    prior_num_inference_steps: PriorInferenceSteps = Field(
+        limits.PRIOR_NUM_INFERENCE_STEPS, description="Kandinsky's prior: default steps"
+    )
+    fusion_weights: FusionWeights = Field(
+        "sum_to_one", description="Kandinsky fusion: `fusion_inputs` weights divided by their "
+        "sum, so the mixed embedding keeps the scale the decoder knows (`sum_to_one`), or as "
+        "written (`raw`: diffusers' `interpolate`, which sums the weighted embeddings as they are)",
+    )  # fmt: skip
+    max_pixels: int = Field(
+        limits.DEFAULT_MAX_PIXELS, ge=limits.MIN_MAX_PIXELS,
+        description="pixel budget for width x height",
+    )  # fmt: skip
+    input_roots: list[str] = Field(
+        default_factory=list, description="folders init, mask and fusion images may come from, "
+        "besides the manifest's",
+    )  # fmt: skip
+    device: str | None = Field(None, description="torch device (default: cuda if present)")
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        None, description="weights' dtype (default: float16 on cuda, else float32)"
+    )
+    trust_pickle: bool = Field(False, description="allow pickle (.bin/.ckpt) weights")
+    performance: Performance = Field(
+        Performance(), description="the fast path: compile, channels_last, attention_backend, "
+        "vae_dtype (docs/performance.md)",
+    )  # fmt: skip
+    experiment: str = Field("easel-sweep", description="the MLflow experiment")
+    show_progress: bool = Field(False, description="a progress bar on the terminal")
+    images_per_task: int = Field(
+        256, ge=1, le=100_000, description="images per Prefect task (a retry unit)"
+    )
+    shards: Shards = Field(
+        1, description="flow runs the work is split into, by content (the same on every "
+        "rerun): a deployment's run starts each on any worker of its pool, a run from a shell "
+        "runs them one after the other; runs into one output should use the same number",
+    )  # fmt: skip
+    shard: int | None = Field(
+        None, ge=0, lt=limits.MAX_SHARDS,
+        description="set by the parent run: the one shard this run generates (leave empty)",
+    )  # fmt: skip
+    parent_mlflow_run_id: str | None = Field(
+        None, description="set by the parent run: its MLflow run (leave empty)"
+    )
+
+    @field_validator("out")
+    @classmethod
+    def _placeholders_known_and_local_folders_absolute(cls, out: str) -> str:
+        """A misspelt placeholder refused; a local folder made absolute, so that the
+        results' `image_uri`s do not depend on where they are read from."""
+        return storage.absolute(check_placeholders(out, "out"))
+
+    @model_validator(mode="after")
+    def _shard_in_range(self):
+        if self.shard is not None and self.shard >= self.shards:
+            raise ValueError(f"`shard` {self.shard} must be below `shards` ({self.shards})")
+        return self
+
+    def inputs(self) -> SweepInputs:
+        defaults = SweepDefaults(
+            model=self.model, guidance_scale=self.guidance_scale,
+            num_inference_steps=self.num_inference_steps, max_pixels=self.max_pixels,
+            scheduler=self.scheduler, prior_guidance_scale=self.prior_guidance_scale,
+            prior_num_inference_steps=self.prior_num_inference_steps,
+            fusion_weights=self.fusion_weights,
+        )  # fmt: skip
+        return SweepInputs(
+            manifest=self.manifest, out=self.out, defaults=defaults,
+            input_roots=tuple(self.input_roots), batch_size=self.batch_size, device=self.device,
+            dtype=self.dtype, trust_pickle=self.trust_pickle, performance=self.performance,
+        )  # fmt: skip
