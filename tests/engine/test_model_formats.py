@@ -16,8 +16,8 @@ import torch
 from diffusers import KandinskyV22CombinedPipeline, StableDiffusionPipeline
 from sweep_helpers import max_pixel_difference, pixels, read_results, write_manifest
 
-from easel.errors import ModelReferenceError
 from easel.cli import main
+from easel.errors import ModelReferenceError
 from easel.models.engine.loading import load_model, model_facts
 from easel.models.engine.references import resolve_model_reference
 from easel.models.engine.spec import ModelSpec
