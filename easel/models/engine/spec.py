@@ -1,16 +1,30 @@
 """A model as a user names it: a reference and what the folder or file cannot say itself.
 
-`ModelSpec(path, variant, config, prior)`: `path` is any model reference
+`ModelSpec(path, variant, config, prior, safety_checker, loras)`: `path` is any model reference
 (`references.resolve_model_reference`); `variant` picks weight files such as
 `diffusion_pytorch_model.fp16.safetensors` (found by itself when only one variant's files
 exist); `config` is a local diffusers folder giving a single-file checkpoint's
 configuration and tokenizer; `prior` is a Kandinsky decoder's prior, a reference that
-overrides its model card's. A plain string is the spec `ModelSpec(path=string)`.
+overrides its model card's; `safety_checker` runs the model's own checker (`auto`) or not
+(`off`); `loras` are the LoRA adapters applied by default (`LoraAdapter(path, scale)`). A plain
+string is the spec `ModelSpec(path=string)`.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
+
+class LoraAdapter(BaseModel):
+    """One LoRA adapter and its weight (diffusers' `set_adapters(..., adapter_weights)`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(min_length=1, description="a LoRA .safetensors file (kohya/A1111 or "
+                      "diffusers/PEFT keys), any fsspec URI")  # fmt: skip
+    scale: float = Field(1.0, allow_inf_nan=False, description="the adapter's weight")
 
 
 class ModelSpec(BaseModel):
@@ -22,6 +36,10 @@ class ModelSpec(BaseModel):
     variant: str | None = Field(None, description="weight files' variant, e.g. fp16")
     config: str | None = Field(None, description="a single file's diffusers config folder")
     prior: str | None = Field(None, description="a Kandinsky decoder's prior reference")
+    safety_checker: Literal["auto", "off"] = Field(
+        "auto", description="auto: run the model's safety checker where it has one; off: never"
+    )
+    loras: tuple[LoraAdapter, ...] = Field((), description="LoRA adapters applied by default")
 
     def __str__(self) -> str:
         return self.path
