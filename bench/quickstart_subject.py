@@ -39,9 +39,9 @@ def main() -> None:
     if args.smoke:
         args.images, args.overrides = 2, [*args.overrides, "max_steps=2"]
 
+    from easel.cli.dreambooth import dreambooth_flow, tiny_shapes_config
     from easel.cli.quickstart import QUICK_DREAMBOOTH
     from easel.data.shapes import write_shape_subject
-    from easel.flows.dreambooth import dreambooth_flow, tiny_shapes_config
     from easel.models.engine.generation import text_to_image
     from easel.models.engine.loading import load_model
     from easel.models.shapes.judge import Judge

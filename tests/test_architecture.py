@@ -115,8 +115,7 @@ def test_flows_hold_only_flows_and_their_parameters():
             parameters = name.endswith("_parameters")
             assert "flow" in decorators or parameters, f"{name} defines no flow"
             commands = sorted(f.name for f in functions if f.name.endswith("_command"))
-            # (the DreamBooth flow's command moves once its config's restructuring has landed)
-            assert name == "easel.flows.dreambooth" or not commands, f"{name}: {commands}"
+            assert not commands, f"{name}: {commands}"
         if within(name, "easel.orchestration"):
             assert not decorators & {"flow", "task"}, f"{name} defines a flow or a task"
 

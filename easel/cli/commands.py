@@ -65,7 +65,7 @@ def _dreambooth(subparsers) -> None:
         dest="overrides",
         help="override a config key; the value is read as YAML (repeatable)",
     )
-    parser.set_defaults(run="easel.flows.dreambooth:run_dreambooth_command")
+    parser.set_defaults(run="easel.cli.dreambooth:run_dreambooth_command")
 
 
 def _quickstart(subparsers) -> None:

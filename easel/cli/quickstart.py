@@ -40,7 +40,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
     args.out = storage.absolute(args.out)  # where it says its outputs are: from anywhere
     storage.check_output_folder(args.out, "--out")
     if not args.skip_dreambooth:
-        from easel.flows.dreambooth import dreambooth_flow, tiny_shapes_config
+        from easel.cli.dreambooth import dreambooth_flow, tiny_shapes_config
 
         config = tiny_shapes_config(storage.join(args.out, "dreambooth"), QUICK_DREAMBOOTH)
         result = dreambooth_flow(config)

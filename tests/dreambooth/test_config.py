@@ -137,7 +137,7 @@ def test_identifier_is_given_or_derived():
 
 
 def test_preset_is_valid_and_ready_made_for_tiny_shapes(tmp_path):
-    from easel.flows.dreambooth import tiny_shapes_config
+    from easel.cli.dreambooth import tiny_shapes_config
     from easel.tasks.dreambooth import check_inputs
 
     config = tiny_shapes_config(str(tmp_path / "db"), {"train.max_steps": 3})
@@ -148,7 +148,7 @@ def test_preset_is_valid_and_ready_made_for_tiny_shapes(tmp_path):
 
 
 def test_set_reads_yaml_values_and_null_resets(tmp_path, valid):
-    from easel.flows.dreambooth import load_config
+    from easel.cli.dreambooth import load_config
 
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({**regroup(valid)[0], "register_as": "sks@candidate"}))
@@ -174,7 +174,7 @@ def test_instance_data_may_be_an_fsspec_uri(tmp_path):
 
 def test_a_flat_config_file_and_flat_set_keys_still_read_with_one_warning(tmp_path, valid,
                                                                           caplog):  # fmt: skip
-    from easel.flows.dreambooth import load_config
+    from easel.cli.dreambooth import load_config
 
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({**valid, "train_text_encoder": False}))
