@@ -261,12 +261,21 @@ class DreamBoothConfig(BaseModel):
         description="the Stable Diffusion model to fine-tune "
         "(a model reference: embedded name, folder, fsspec URI, models:/...)",
     )
-    subject: Subject
-    prior_preservation: PriorPreservation = PriorPreservation()
-    train: Train = Train()
-    runtime: Runtime = Runtime()
-    checkpoints: Checkpoints = Checkpoints()
-    validation: Validation = Validation()
+    subject: Subject = Field(description="what to learn: the images, prompts and identifier")
+    prior_preservation: PriorPreservation = Field(
+        PriorPreservation(), description="what keeps the class's own look: class images or "
+        "differential output, and their weight",
+    )  # fmt: skip
+    train: Train = Field(Train(), description="how to learn it: method, steps, optimiser, seed")
+    runtime: Runtime = Field(
+        Runtime(), description="where it runs: accelerator, devices, precision, compile"
+    )
+    checkpoints: Checkpoints = Field(
+        Checkpoints(), description="how often a resumable checkpoint is saved, how many kept"
+    )
+    validation: Validation = Field(
+        Validation(), description="images generated from the prompts while training"
+    )
     output: str = Field(
         description="folder or object-store URI for checkpoints, the pipeline, validation"
     )
