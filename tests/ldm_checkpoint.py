@@ -123,3 +123,61 @@ def write_single_file(folder: str, path: str) -> str:
     }
     save_file({k: v.contiguous().to(torch.float32) for k, v in state.items()}, path)
     return path
+
+
+def write_ldm_yaml(folder: str, path: str, parameterization: str = "eps") -> str:
+    """The LDM (A1111) config at `path` of the diffusers SD folder at `folder`: the UNet's
+    and VAE's architecture as the original `v1-inference.yaml` spells it."""
+    import yaml
+
+    unet = UNet2DConditionModel.load_config(folder, subfolder="unet")
+    vae = AutoencoderKL.load_config(folder, subfolder="vae")
+    base = unet["block_out_channels"][0]
+    attention = [2**i for i, kind in enumerate(unet["down_block_types"]) if "CrossAttn" in kind]
+    unet_params = {
+        "image_size": unet["sample_size"], "in_channels": unet["in_channels"],
+        "out_channels": unet["out_channels"], "model_channels": base,
+        "attention_resolutions": attention, "num_res_blocks": unet["layers_per_block"],
+        "channel_mult": [c // base for c in unet["block_out_channels"]],
+        "num_heads": unet["attention_head_dim"], "context_dim": unet["cross_attention_dim"],
+        "use_linear_in_transformer": unet["use_linear_projection"], "transformer_depth": 1,
+    }  # fmt: skip
+    ddconfig = {
+        "double_z": True, "z_channels": vae["latent_channels"], "resolution": vae["sample_size"],
+        "in_channels": vae["in_channels"], "out_ch": vae["out_channels"],
+        "ch": vae["block_out_channels"][0],
+        "ch_mult": [c // vae["block_out_channels"][0] for c in vae["block_out_channels"]],
+        "num_res_blocks": vae["layers_per_block"], "attn_resolutions": [],
+    }  # fmt: skip
+    config = {"model": {
+        "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
+        "params": {
+            "parameterization": parameterization, "linear_start": 0.00085,
+            "linear_end": 0.012, "timesteps": 1000, "scale_factor": 0.18215,
+            "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
+                            "params": unet_params},
+            "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL",
+                                   "params": {"embed_dim": vae["latent_channels"],
+                                              "ddconfig": ddconfig}},
+            "cond_stage_config": {"target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder"},
+        },
+    }}  # fmt: skip
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    return path
+
+
+def ldm_expressible_sd(folder: str, target: str, prediction_type: str = "epsilon") -> str:
+    """The tiny SD folder at `folder` with a UNet and VAE an LDM `.yaml` can describe (its
+    conversion assumes 32 groups per norm), random weights, saved at `target`."""
+    from diffusers import StableDiffusionPipeline
+
+    torch.manual_seed(1)
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    unet = UNet2DConditionModel.from_config({**pipe.unet.config, "norm_num_groups": 32})
+    vae = AutoencoderKL.from_config({**pipe.vae.config, "norm_num_groups": 32,
+                                     "block_out_channels": (32, 64)})  # fmt: skip
+    pipe.register_modules(unet=unet, vae=vae)
+    pipe.scheduler.register_to_config(prediction_type=prediction_type)
+    pipe.save_pretrained(target, safe_serialization=True)
+    return target

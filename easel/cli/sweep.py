@@ -15,6 +15,7 @@ from easel.errors import InvalidInput
 from easel.flows.sweep import sweep_flow
 from easel.flows.sweep_parameters import SweepParameters
 from easel.models.engine.references import resolve_model_reference
+from easel.models.engine.sweep import unknown_name_hint
 from easel.orchestration.run_context import PLACEHOLDER
 
 
@@ -39,9 +40,10 @@ def run_sweep(params: SweepParameters) -> SweepSummary:
         storage.check_output_folder(params.out, "out")
     if manifest.uses_default(checked.table, "model"):  # a default no row can use: refused whole
         try:
-            resolve_model_reference(params.model, params.trust_pickle)
+            resolve_model_reference(params.inputs().spec(params.model), params.trust_pickle)
         except InvalidInput as error:
-            raise InvalidInput(f"`model` (rows without their own): {error}") from None
+            hint = unknown_name_hint(params.model, params.models)
+            raise InvalidInput(f"`model` (rows without their own): {error}{hint}") from None
     return sweep_flow(params)
 
 
@@ -50,6 +52,9 @@ def print_summary(summary: SweepSummary) -> None:
         f"images:        {summary.out}/images  ({summary.images_ok} ok, "
         f"{summary.images_failed} failed, {summary.generated_now} generated now)"
     )
+    if summary.images_nsfw:
+        print(f"safety:        {summary.images_nsfw} images flagged by the model's safety "
+              "checker, written black (`nsfw_content_detected`)")  # fmt: skip
     print(f"results:       {summary.results_uri}")
     if summary.contact_sheet_uri:
         print(f"contact sheet: {summary.contact_sheet_uri}")

@@ -49,9 +49,12 @@ class ImageRecord:
     # when (Unix seconds): of two records of one image, the later wins (None: a record
     # written before it, the oldest)
     written_at: float | None = None
+    # the model's safety checker flagged it (the image is black); None: no checker ran (the
+    # model has none, or its `safety_checker` is off)
+    nsfw_content_detected: bool | None = None
 
 
-ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64()}
+ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 RECORD_ONLY = ("id", "request_key", "image_bytes", "written_at")  # not in results.parquet
 
 
@@ -282,6 +285,7 @@ class SweepSummary:
     rows_failed: int
     generated_now: int
     failures: tuple[str, ...] = ()  # "id[/k]: error" of the first failed images
+    images_nsfw: int = 0  # ok images the safety checker flagged (written black)
 
 
 def row_captions(manifest: pa.Table, row_indices: list[int]) -> list[str | None]:
@@ -309,7 +313,7 @@ def publish_results(out: str, manifest: pa.Table, plan: SweepPlan, generated_now
         out=out, results_uri=results_uri, contact_sheet_uri=sheet, rows=manifest.num_rows,
         images_ok=len(ok), images_failed=len(rows) - len(ok),
         rows_failed=len({r.id for _, r in rows if r.status == "failed"}),
-        generated_now=generated_now,
+        generated_now=generated_now, images_nsfw=sum(bool(r.nsfw_content_detected) for r in ok),
         failures=tuple(
             f"{r.id}{'' if r.image_index is None else f'/{r.image_index}'}: {r.error}"
             for r in failed[:MAX_LISTED_FAILURES]

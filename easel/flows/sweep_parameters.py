@@ -19,6 +19,7 @@ from easel.data.limits import (
 )
 from easel.data.manifest import SweepDefaults
 from easel.models.engine.performance import Performance
+from easel.models.engine.spec import ModelSpec
 from easel.models.engine.sweep import SweepInputs
 from easel.orchestration.run_context import check_placeholders
 
@@ -34,7 +35,18 @@ class SweepParameters(BaseModel):
         "`{flow_run_name}` in it are filled in from the run, so scheduled runs keep their "
         "outputs apart (any other `{word}` is refused); a local folder is made absolute"
     )
-    model: str = Field("tiny-shapes", description="default for rows without a `model`")
+    model: str = Field(
+        "tiny-shapes", description="default for rows without a `model`: a name in `models` or "
+        "a model reference",
+    )  # fmt: skip
+    models: dict[str, ModelSpec] = Field(
+        default_factory=dict, description="named models: a short name (usable as `model`) -> "
+        "`{path, variant, config, prior, safety_checker, loras}` (docs/models.md)",
+    )  # fmt: skip
+    safety_checker: Literal["auto", "off"] = Field(
+        "auto", description="auto: run each model's safety checker where it has one (flagged "
+        "images are written black, `nsfw_content_detected`); off: never",
+    )  # fmt: skip
     batch_size: BatchSizeSetting = Field(
         limits.BATCH_SIZE, description="images per pipeline call, or `auto`: the largest the "
         "device's free memory holds, measured for each model and settings (CUDA; elsewhere "
@@ -121,4 +133,5 @@ class SweepParameters(BaseModel):
             manifest=self.manifest, out=self.out, defaults=defaults,
             input_roots=tuple(self.input_roots), batch_size=self.batch_size, device=self.device,
             dtype=self.dtype, trust_pickle=self.trust_pickle, performance=self.performance,
+            models=self.models, safety_checker=self.safety_checker,
         )  # fmt: skip

@@ -103,7 +103,7 @@ def test_record_shard_schema_is_pinned():
         ("warning", "string"), ("seed", "int64"), ("model_ref", "string"),
         ("model_digest", "string"), ("scheduler", "string"), ("duration_s", "double"),
         ("image_sha256", "string"), ("mlflow_run_id", "string"), ("flow_run_id", "string"),
-        ("image_bytes", "int64"), ("written_at", "double"),
+        ("image_bytes", "int64"), ("written_at", "double"), ("nsfw_content_detected", "bool"),
     ]  # fmt: skip
 
 
@@ -117,11 +117,13 @@ def test_the_schemas_derived_from_image_record_are_those_written_before():
         "id: string\nrequest_key: string\nimage_index: int32\nimage_uri: string\n"
         "status: string\nerror: string\nwarning: string\nseed: int64\nmodel_ref: string\n"
         "model_digest: string\nscheduler: string\nduration_s: double\nimage_sha256: string\n"
-        "mlflow_run_id: string\nflow_run_id: string\nimage_bytes: int64\nwritten_at: double"
+        "mlflow_run_id: string\nflow_run_id: string\nimage_bytes: int64\nwritten_at: double\n"
+        "nsfw_content_detected: bool"
     )
     assert RECORD_SCHEMA.to_string(show_schema_metadata=True) == record
     assert all(field.nullable for field in RECORD_SCHEMA) and RECORD_SCHEMA.metadata is None
-    inner = record.split("\n")[2:-2]  # without id, request_key, image_bytes, written_at
+    lines = record.split("\n")  # results: without id, request_key, image_bytes, written_at
+    inner = lines[2:-3] + lines[-1:]
     assert RESULT_FIELDS.to_string(show_schema_metadata=True) == "\n".join(inner)
     assert all(field.nullable for field in RESULT_FIELDS)
 

@@ -134,5 +134,6 @@ def test_a_request_failing_at_generation_fails_alone(tmp_path):
                 ImageRequest("a red circle", None, 2, init_image=str(tmp_path / "gone.png")),
                 ImageRequest("a red circle", None, 3, init_image=init)]  # fmt: skip
     outputs = generate_each(load_model("tiny-shapes", device="cpu"), settings, requests)
-    assert isinstance(outputs[0], Image.Image) and isinstance(outputs[2], Image.Image)
+    assert isinstance(outputs[0].image, Image.Image) and isinstance(outputs[2].image, Image.Image)
+    assert outputs[0].nsfw_content_detected is None  # tiny-shapes has no safety checker
     assert isinstance(outputs[1], Exception) and "gone.png" in str(outputs[1])

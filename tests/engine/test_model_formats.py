@@ -327,3 +327,47 @@ def test_register_as_from_an_s3_dreambooth_output_then_sweep_its_registry_refere
     assert results["code"] == 0 and results[("r", 0)]["status"] == "ok"
     pipeline = resolve_model_reference("s3://easel-registry/sks/pipeline")
     assert results[("r", 0)]["model_digest"] == pipeline.digest
+
+
+@pytest.fixture(scope="module")
+def sd_ldm(sd, tmp_path_factory) -> str:
+    """A tiny SD folder whose UNet and VAE an LDM `.yaml` can describe."""
+    from ldm_checkpoint import ldm_expressible_sd
+
+    return ldm_expressible_sd(sd, str(tmp_path_factory.mktemp("sd32") / "model"))
+
+
+def with_sidecar(folder: str, root, parameterization: str = "eps") -> str:
+    """`folder` as a single file with its A1111 `.yaml` beside it, under `root`."""
+    from ldm_checkpoint import write_ldm_yaml, write_single_file
+
+    write_ldm_yaml(folder, str(root / "tiny-sd.yaml"), parameterization)
+    return write_single_file(folder, str(root / "tiny-sd.safetensors"))
+
+
+def test_a_sidecar_yaml_saying_v_gives_a_v_prediction_scheduler(sd_ldm, tmp_path):
+    path = with_sidecar(sd_ldm, tmp_path, "v")
+    scheduler = json.loads(open(f"{sd_ldm}/scheduler/scheduler_config.json").read())
+    assert scheduler["prediction_type"] == "epsilon"  # the config folder's; the yaml wins
+    loaded = load_model(ModelSpec(path=path, config=sd_ldm), device="cpu")
+    assert loaded.pipeline.scheduler.config.prediction_type == "v_prediction"
+    eps = tmp_path / "eps"
+    eps.mkdir()
+    plain = load_model(ModelSpec(path=with_sidecar(sd_ldm, eps), config=sd_ldm), device="cpu")
+    assert plain.pipeline.scheduler.config.prediction_type == "epsilon"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_a_single_file_with_a_sidecar_yaml_sweeps_by_name_as_diffusers(sd_ldm, tmp_path):
+    import yaml
+
+    path = with_sidecar(sd_ldm, tmp_path)
+    config = {"models": {"civitai": {"path": path, "config": sd_ldm}}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
+    results = sweep(tmp_path, "sidecar", "civitai", [ROW], "--config", str(tmp_path / "sweep.yaml"))
+    assert results["code"] == 0 and results[("r", 0)]["model_ref"] == "civitai"
+    pipe = StableDiffusionPipeline.from_single_file(
+        path, config=sd_ldm, original_config=str(tmp_path / "tiny-sd.yaml"), local_files_only=True
+    )
+    assert max_pixel_difference(pixels(results[("r", 0)]["image_uri"]), by_diffusers(pipe)) <= 2

@@ -3,12 +3,14 @@ evaluation, sample grids, the registry's pyfunc), whatever the model's family.
 
 Every image has its own `torch.Generator` seeded with its own seed, so an image depends on
 its prompt, settings and seed only, never on the batch it happens to share: the same as
-calling the family's diffusers pipeline directly with one seeded generator.
+calling the family's diffusers pipeline directly with one seeded generator. Where the model's
+safety checker runs (`safety`), an image it flags is black, as diffusers returns it.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,13 +24,27 @@ from easel.models.engine.loading import LoadedModel
 from easel.models.engine.performance import attention
 
 
-@torch.inference_mode()
+class Screened(NamedTuple):
+    """A finished image and what the model's safety checker said of it."""
+
+    image: Image.Image  # black where the checker flagged it
+    nsfw_content_detected: bool | None  # None: no checker ran (none, or `safety_checker: off`)
+
+
 def generate(
     loaded: LoadedModel, settings: BatchSettings, requests: list[ImageRequest]
 ) -> list[Image.Image]:
     """One batch for all `requests` (one pipeline call where the family allows); one PIL
-    image per request, in order. Raises `ValueError` naming the column for a batch the model
-    cannot run."""
+    image per request, in order, black where the safety checker flagged it. Raises
+    `ValueError` naming the column for a batch the model cannot run."""
+    return [screened.image for screened in generate_screened(loaded, settings, requests)]
+
+
+@torch.inference_mode()
+def generate_screened(
+    loaded: LoadedModel, settings: BatchSettings, requests: list[ImageRequest]
+) -> list[Screened]:
+    """`generate`, with each image's safety checker verdict."""
     # 1. Check inputs
     check_inputs(loaded, settings)
     # 2. Prepare: edit images and masks at the batch's size; a fusion's weighted conditions
@@ -53,9 +69,13 @@ def generate(
             f"{settings.guidance_scale!r}: an extreme guidance (or a float16 overflow) does this"
         )
     generated = [numpy_to_pil(np.asarray(array)[None])[0] for array in arrays]
-    if masks is None:
-        return list(generated)
-    return [images.composite(i, g, m) for i, g, m in zip(inits, generated, masks, strict=True)]
+    if masks is not None:
+        generated = [images.composite(i, g, m) for i, g, m in zip(inits, generated, masks,
+                                                                   strict=True)]  # fmt: skip
+    # 5. Screen: the model's safety checker on the finished images
+    if loaded.safety is None:
+        return [Screened(image, None) for image in generated]
+    return [Screened(*pair) for pair in zip(*loaded.safety.screen(generated), strict=True)]
 
 
 def fusion_conditions(
@@ -88,9 +108,10 @@ def generate_each(
     loaded: LoadedModel, settings: BatchSettings, requests: list[ImageRequest]
 ) -> list:
     """Images for `requests` in one pipeline call; if that call fails, one call per request so
-    that a bad request fails alone. Each entry is a PIL image or the exception it raised."""
+    that a bad request fails alone. Each entry is a `Screened` image or the exception it
+    raised."""
     try:
-        return list(generate(loaded, settings, requests))
+        return generate_screened(loaded, settings, requests)
     except Exception as error:  # noqa: BLE001 - recorded, or isolated below
         if len(requests) == 1:
             return [error]

@@ -7,6 +7,7 @@ load from safetensors only unless the caller trusts pickle explicitly.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass
 
@@ -19,7 +20,8 @@ from easel.models.engine.families import family_of
 from easel.models.engine.family import ModelFamily
 from easel.models.engine.performance import EAGER, Performance, apply, cast_at_boundary
 from easel.models.engine.references import ResolvedModel, resolve_model_reference
-from easel.models.engine.spec import ModelReference
+from easel.models.engine.safety import SafetyChecker, has_safety_checker, load_safety_checker
+from easel.models.engine.spec import ModelReference, as_spec
 
 
 @dataclass(frozen=True)
@@ -29,10 +31,12 @@ class LoadedModel:
     pipeline: object  # the family's diffusers pipeline, on its device
     facts: ModelFacts  # what it runs: tasks, schedulers, sizes (as planning saw them)
     performance: Performance = EAGER  # how its networks run (compiled, memory format, ...)
+    safety: SafetyChecker | None = None  # the model's own checker, unless its spec says off
 
 
 _BY_CONTENT: dict[tuple, LoadedModel] = {}  # (digest, device, dtype, performance): one load
 _BY_REFERENCE: dict[tuple, LoadedModel] = {}
+_CHECKERS: dict[tuple, SafetyChecker | None] = {}  # (digest, device, dtype): one load
 _LOCK = threading.Lock()
 
 
@@ -47,7 +51,17 @@ def model_facts(ref: ModelReference, trust_pickle: bool = False) -> ModelFacts:
     `ModelReferenceError` for a model that cannot load (pickle-only weights unless
     `trust_pickle`, a missing variant, an unknown layout), in one line."""
     resolved = resolve_model_reference(ref, trust_pickle)
-    return resolve_family(resolved).facts(resolved.path, resolved.digest)
+    return resolve_family(resolved).facts(resolved.path, screened_digest(ref, resolved))
+
+
+def screened_digest(ref: ModelReference, resolved: ResolvedModel) -> str:
+    """The model's identity in request keys: its digest, and for a model whose safety
+    checker is turned off (`safety_checker: off`) that too, since its images then differ
+    where the checker would flag them (keys of models without a checker, or with it on,
+    are unchanged)."""
+    if as_spec(ref).safety_checker == "auto" or not has_safety_checker(resolved.path):
+        return resolved.digest
+    return hashlib.sha256(f"{resolved.digest}\nsafety_checker off".encode()).hexdigest()
 
 
 def default_device() -> str:
@@ -74,8 +88,11 @@ def load_model(
             if by_content not in _BY_CONTENT:
                 _BY_CONTENT[by_content] = _load(resolved, device, dtype, trust_pickle, performance)
             loaded = _BY_CONTENT[by_content]
+            safety = None
+            if as_spec(ref).safety_checker == "auto":
+                safety = _safety_checker(resolved, device, dtype)
             _BY_REFERENCE[by_ref] = LoadedModel(
-                resolved, loaded.family, loaded.pipeline, loaded.facts, performance
+                resolved, loaded.family, loaded.pipeline, loaded.facts, performance, safety
             )
         return _BY_REFERENCE[by_ref]
 
@@ -99,6 +116,13 @@ def _load(resolved: ResolvedModel, device: str, dtype: torch.dtype, trust_pickle
     pipeline = pipeline.to(device)
     apply(pipeline, family, performance)
     return LoadedModel(resolved, family, pipeline, facts, performance)
+
+
+def _safety_checker(resolved: ResolvedModel, device: str, dtype: torch.dtype):
+    key = (resolved.digest, device, dtype)
+    if key not in _CHECKERS:
+        _CHECKERS[key] = load_safety_checker(resolved.path, _options(resolved, dtype), device)
+    return _CHECKERS[key]
 
 
 def _options(resolved: ResolvedModel, dtype: torch.dtype) -> dict:

@@ -8,8 +8,9 @@ they come, in this order, from
 1. the spec's `config`: a local diffusers folder of the same model type (its configs and
    tokenizer; weights are not needed);
 2. an LDM `.yaml` beside the file (A1111's convention, `model.yaml` beside
-   `model.safetensors`) for the UNet and VAE, with the tokenizer and text encoder config
-   of `config`, which is then still required.
+   `model.safetensors`) for the UNet and VAE (and `parameterization: v`: the scheduler
+   predicts `v_prediction`), with the tokenizer and text encoder config of `config`,
+   which is then still required.
 Without them the conversion is refused in one line naming `config`.
 
 The converted folder lies in the content-addressed model cache under the digest of the
@@ -97,4 +98,15 @@ def convert(path: str, config: str, yaml: str | None, folder: str) -> None:
     pipeline = getattr(diffusers, pipeline_class(config)).from_single_file(
         path, config=config, original_config=yaml, local_files_only=True
     )
+    if yaml and ldm_parameterization(yaml) == "v":  # SD 2.x 768: the yaml, not `config`, says
+        pipeline.scheduler.register_to_config(prediction_type="v_prediction")
     pipeline.save_pretrained(folder, safe_serialization=True)
+
+
+def ldm_parameterization(yaml: str) -> str:
+    """What the LDM config's UNet predicts: `model.params.parameterization`, `eps` (noise)
+    where unset, `v` for SD 2.x 768."""
+    import yaml as pyyaml
+
+    content = pyyaml.safe_load(Path(yaml).read_text()) or {}
+    return content.get("model", {}).get("params", {}).get("parameterization", "eps")

@@ -12,6 +12,7 @@ string is the spec `ModelSpec(path=string)`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,3 +52,12 @@ ModelReference = str | ModelSpec  # what every engine entry point takes
 def as_spec(ref: ModelReference) -> ModelSpec:
     """`ref` as a spec: a string is its path alone."""
     return ref if isinstance(ref, ModelSpec) else ModelSpec(path=ref)
+
+
+def named_spec(
+    model: str, models: Mapping[str, ModelSpec], safety_checker: Literal["auto", "off"] = "auto"
+) -> ModelSpec:
+    """The spec a `model` value means: the named model `models[model]`, else the plain
+    reference `model`; a sweep's `safety_checker: off` turns every model's checker off."""
+    spec = models.get(model) or ModelSpec(path=model)
+    return spec if safety_checker == "auto" else spec.model_copy(update={"safety_checker": "off"})

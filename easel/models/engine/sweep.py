@@ -5,7 +5,8 @@ benchmark or another orchestrator can call them directly."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from easel.data import manifest, results, storage
@@ -18,6 +19,7 @@ from easel.models.engine import flops, memory
 from easel.models.engine.generation import generate, generate_each, prompt_truncation_warning
 from easel.models.engine.loading import default_device, default_dtype, load_model, model_facts
 from easel.models.engine.performance import EAGER, Performance
+from easel.models.engine.spec import ModelSpec, named_spec
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,12 @@ class SweepInputs:
     dtype: str | None
     trust_pickle: bool
     performance: Performance = EAGER
+    models: Mapping[str, ModelSpec] = field(default_factory=dict)  # named models
+    safety_checker: Literal["auto", "off"] = "auto"  # off: no model's checker runs
+
+    def spec(self, model: str) -> ModelSpec:
+        """The spec a row's (or the default) `model` means: a named model or a reference."""
+        return named_spec(model, self.models, self.safety_checker)
 
     @property
     def resolved_device(self) -> str:
@@ -56,17 +64,24 @@ class BatchOutcome:
                             self.seconds + other.seconds, self.flops + other.flops)  # fmt: skip
 
 
-def _facts_for(trust_pickle: bool):
-    """The planner's model facts: a model that cannot load fails its rows, in one line
-    each, before any batch runs (not the manifest)."""
+def _facts_for(inputs: SweepInputs):
+    """The planner's model facts, of a named model or a reference: a model that cannot load
+    fails its rows, in one line each, before any batch runs (not the manifest)."""
 
-    def facts(ref: str):
+    def facts(model: str):
         try:
-            return model_facts(ref, trust_pickle)
+            return model_facts(inputs.spec(model), inputs.trust_pickle)
         except InvalidInput as error:
-            raise ValueError(str(error)) from None
+            raise ValueError(str(error) + unknown_name_hint(model, inputs.models)) from None
 
     return facts
+
+
+def unknown_name_hint(model: str, models: Mapping[str, ModelSpec]) -> str:
+    """For a `model` that failed as a reference: the names it might have meant."""
+    if model in models or not models:
+        return ""
+    return f" (nor a name in `models`: {', '.join(sorted(models))})"
 
 
 def plan_sweep(
@@ -84,7 +99,7 @@ def plan_sweep(
         done = results.done_slots(inputs.out)
         storage.remove_stale_temporaries(inputs.out)  # what a killed run was writing
     batch_size = MAX_BATCH if inputs.batch_size == "auto" else inputs.batch_size  # split later
-    plan = build_plan(jobs, failures, _facts_for(inputs.trust_pickle), batch_size, done, shard)
+    plan = build_plan(jobs, failures, _facts_for(inputs), batch_size, done, shard)
     return table, plan
 
 
@@ -98,7 +113,7 @@ def generate_batches(
     seconds, work = 0.0, 0.0
     with BatchWriter(inputs.out) as writer:
         for planned in batches:
-            loaded = load_model(planned.model, inputs.device, inputs.torch_dtype(),
+            loaded = load_model(inputs.spec(planned.model), inputs.device, inputs.torch_dtype(),
                                 inputs.trust_pickle, inputs.performance)  # fmt: skip
             for batch in _fitted(inputs, loaded, planned):
                 start = time.perf_counter()
@@ -108,12 +123,23 @@ def generate_batches(
                 made = sum(not isinstance(output, Exception) for output in outputs)
                 work += made * flops.image_flops(loaded.family, loaded.pipeline, batch.settings)
                 records = pending_records(loaded, batch, elapsed, run_id, flow_run_id)
-                writer.submit(batch, outputs, records)
+                writer.submit(batch, *_screened(outputs, records))
                 if on_batch:
                     on_batch(len(batch.images))
         records = writer.close()
     ok = sum(r.status == "ok" for r in records)
     return BatchOutcome(ok=ok, failed=len(records) - ok, seconds=seconds, flops=work)
+
+
+def _screened(outputs: list, records: list[ImageRecord]) -> tuple[list, list[ImageRecord]]:
+    """The writer's images (or exceptions) and the records with the safety checker's
+    verdicts, from `generate_each`'s `Screened` images (or exceptions)."""
+    images = [o if isinstance(o, Exception) else o.image for o in outputs]
+    records = [
+        r if isinstance(o, Exception) else replace(r, nsfw_content_detected=o.nsfw_content_detected)
+        for o, r in zip(outputs, records, strict=True)
+    ]  # fmt: skip
+    return images, records
 
 
 def _fitted(inputs: SweepInputs, loaded, batch: PlannedBatch) -> list[PlannedBatch]:
