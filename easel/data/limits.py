@@ -56,6 +56,8 @@ STRENGTH = 0.75
 BATCH_SIZE = 8
 # Kandinsky's diffusion prior: diffusers' defaults (its combined pipelines' arguments)
 PRIOR_GUIDANCE_SCALE, PRIOR_NUM_INFERENCE_STEPS = 4.0, 25
+# A LoRA adapter's weight: negative weights (slider adapters) are real; past ±10 a typo
+MAX_LORA_SCALE = 10.0
 
 # -- the same rules for pydantic models ----------------------------------------------------
 # Every flow parameter and config model: unknown keys and non-finite floats (NaN, ±inf, as
@@ -64,6 +66,7 @@ PARAMETERS = ConfigDict(extra="forbid", allow_inf_nan=False)
 InferenceSteps = Annotated[int, Field(ge=MIN_STEPS, le=MAX_STEPS)]
 PriorInferenceSteps = Annotated[int, Field(ge=MIN_PRIOR_STEPS, le=MAX_STEPS)]
 GuidanceScale = Annotated[float, Field(ge=0)]
+LoraScale = Annotated[float, Field(ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE)]
 Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)]
 BatchSize = Annotated[int, Field(ge=MIN_BATCH, le=MAX_BATCH)]
 
