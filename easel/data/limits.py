@@ -52,6 +52,8 @@ MIN_MAX_PIXELS = 64
 # -- defaults ----------------------------------------------------------------------------
 GUIDANCE_SCALE = 7.5
 NUM_INFERENCE_STEPS = 20
+MAX_LORA_SCALE = 16.0  # |scale| of a LoRA adapter (`loras`); far beyond any use
+
 STRENGTH = 0.75
 BATCH_SIZE = 8
 # Kandinsky's diffusion prior: diffusers' defaults (its combined pipelines' arguments)

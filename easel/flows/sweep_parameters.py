@@ -19,6 +19,7 @@ from easel.data.limits import (
 )
 from easel.data.manifest import SweepDefaults
 from easel.models.engine.performance import Performance
+from easel.models.engine.spec import LoraAdapter
 from easel.models.engine.sweep import SweepInputs
 from easel.orchestration.run_context import check_placeholders
 
@@ -35,6 +36,11 @@ class SweepParameters(BaseModel):
         "outputs apart (any other `{word}` is refused); a local folder is made absolute"
     )
     model: str = Field("tiny-shapes", description="default for rows without a `model`")
+    loras: list[LoraAdapter] = Field(
+        default_factory=list, description="LoRA adapters for rows without a `loras` value: "
+        "[{path, scale}] (scale 1.0 by default; several stack; a local path relative to the "
+        "working directory)",
+    )  # fmt: skip
     batch_size: BatchSizeSetting = Field(
         limits.BATCH_SIZE, description="images per pipeline call, or `auto`: the largest the "
         "device's free memory holds, measured for each model and settings (CUDA; elsewhere "
@@ -103,6 +109,12 @@ class SweepParameters(BaseModel):
         results' `image_uri`s do not depend on where they are read from."""
         return storage.absolute(check_placeholders(out, "out"))
 
+    @field_validator("loras")
+    @classmethod
+    def _local_adapters_absolute(cls, loras: list[LoraAdapter]) -> list[LoraAdapter]:
+        """Local adapter files made absolute: the flow may run in another folder."""
+        return [a.model_copy(update={"path": storage.absolute(a.path)}) for a in loras]
+
     @model_validator(mode="after")
     def _shard_in_range(self):
         if self.shard is not None and self.shard >= self.shards:
@@ -116,6 +128,7 @@ class SweepParameters(BaseModel):
             scheduler=self.scheduler, prior_guidance_scale=self.prior_guidance_scale,
             prior_num_inference_steps=self.prior_num_inference_steps,
             fusion_weights=self.fusion_weights,
+            loras=tuple((adapter.path, adapter.scale) for adapter in self.loras),
         )  # fmt: skip
         return SweepInputs(
             manifest=self.manifest, out=self.out, defaults=defaults,

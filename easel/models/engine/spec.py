@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from easel.data.limits import MAX_LORA_SCALE
+
 
 class LoraAdapter(BaseModel):
     """One LoRA adapter and its weight (diffusers' `set_adapters(..., adapter_weights)`)."""
@@ -24,7 +26,9 @@ class LoraAdapter(BaseModel):
 
     path: str = Field(min_length=1, description="a LoRA .safetensors file (kohya/A1111 or "
                       "diffusers/PEFT keys), any fsspec URI")  # fmt: skip
-    scale: float = Field(1.0, allow_inf_nan=False, description="the adapter's weight")
+    scale: float = Field(
+        1.0, ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE, description="the adapter's weight"
+    )
 
 
 class ModelSpec(BaseModel):
