@@ -25,7 +25,7 @@ import torch
 
 from bench import harness
 from bench.sweep import manifest_rows
-from bench.sweep_engine import engine_inputs, run_engine
+from bench.sweep_engine import engine_inputs, generation_options, run_engine
 
 ADAPTERS = 4
 
@@ -69,13 +69,9 @@ def bare_loop(pipe, prompts, adapters, args) -> None:
 
 
 def options():
-    parser = harness.parser(__doc__)
+    parser = generation_options(harness.parser(__doc__))
     parser.add_argument("--model", choices=("tiny", "sd15"), default="tiny")
     parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     if args.smoke:
         args.prompts, args.steps, args.batch_size = 2, 2, 2
