@@ -67,14 +67,19 @@ def model_path(args, work: str) -> str:
     return folder
 
 
-def options():
-    parser = harness.parser(__doc__)
-    parser.add_argument("--model", default="tiny-shapes")
-    parser.add_argument("--rows", type=int, default=32)
+def generation_options(parser):
+    """The options every sweep benchmark shares: steps, guidance, batch size, device."""
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
+
+
+def options():
+    parser = generation_options(harness.parser(__doc__))
+    parser.add_argument("--model", default="tiny-shapes")
+    parser.add_argument("--rows", type=int, default=32)
     args = parser.parse_args()
     if args.smoke:
         args.rows, args.steps, args.batch_size = 2, 2, 2

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TIME_UNITS = {"s", "ms"}
 # script -> extra arguments; slow ones (several processes importing diffusers, a Prefect
 # server, training) are marked so the fast tier stays quick
-SCRIPTS = {"checkpoint_io": [], "sweep_engine": [], "fast_path": []}
+SCRIPTS = {"checkpoint_io": [], "sweep_engine": [], "fast_path": [], "lora": []}
 SLOW_SCRIPTS = {
     "activation_memory": [],
     "mlflow_logging": [],

@@ -1,8 +1,8 @@
 """From validated rows to batches of images: the unit of work of a sweep.
 
 A row asks for `num_images` images; image k uses seed + k. Images whose settings agree
-(model, task, scheduler, guidance, steps, size, strength; for Kandinsky 2.2 also the
-prior's guidance and steps) share a batch. Each image has
+(model, task, scheduler, guidance, steps, size, strength, LoRA adapters and their scales;
+for Kandinsky 2.2 also the prior's guidance and steps) share a batch. Each image has
 a `request_key`, a digest of everything that determines its pixels: a rerun skips an
 image whose key is already recorded, and regenerates one whose row has changed.
 """
@@ -16,6 +16,7 @@ from itertools import groupby
 
 from easel.data import limits
 from easel.data.fusion import FusionInput
+from easel.data.loras import LoraRef
 from easel.data.manifest import RowFailure, RowJob
 
 
@@ -32,6 +33,7 @@ class BatchSettings:
     strength: float = limits.STRENGTH
     prior_guidance_scale: float | None = None  # Kandinsky's prior; None for other families
     prior_num_inference_steps: int | None = None
+    loras: tuple[LoraRef, ...] | None = None  # the adapters, stacked; None: none
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class ModelFacts:
     # diffusers' default (None without a prior)
     prior_guidance_scale: float | None = None
     strength_tasks: tuple[str, ...] = limits.EDIT_TASKS  # where strength x steps is denoised
+    takes_loras: bool = True  # whether the family applies LoRA adapters (`loras`)
     # scheduler -> (fewest inference steps it runs from this model's config, the rule why)
     minimum_steps: dict[str, tuple[int, str]] = field(default_factory=dict)
 
@@ -106,6 +109,9 @@ def settings_problem(settings: BatchSettings, facts: ModelFacts, model: str) -> 
     if settings.task not in facts.tasks:
         runs = ", ".join(facts.tasks)
         return f"`task` {settings.task!r} is not supported by {model}, which runs {runs}"
+    if settings.loras and not facts.takes_loras:
+        shown = ", ".join(adapter.uri for adapter in settings.loras)
+        return f"`loras` [{shown}] are given but {model} takes no LoRA adapters"
     own = settings.scheduler == facts.default_scheduler  # whatever it is, the model's own runs
     if settings.scheduler not in facts.schedulers and not own:
         return (
@@ -156,7 +162,7 @@ def row_settings(job: RowJob, facts: ModelFacts) -> BatchSettings:
         task=job.task, scheduler=job.scheduler or facts.default_scheduler,
         guidance_scale=job.guidance_scale, num_inference_steps=job.num_inference_steps,
         width=job.width or facts.native_size, height=job.height or facts.native_size,
-        strength=strength, **prior,
+        strength=strength, loras=job.loras or None, **prior,
     )  # fmt: skip
 
 
@@ -169,6 +175,8 @@ def request_key(model_digest: str, settings: BatchSettings, request: ImageReques
     have (None), and fields added since keys were first written when unset, leave it as it
     was, so a text-to-image row keeps its key across versions."""
     present = {name: value for name, value in asdict(settings).items() if value is not None}
+    if settings.loras:  # each adapter's content and weight, not where its file lies
+        present["loras"] = [{"sha256": a.sha256, "scale": a.scale} for a in settings.loras]
     asked = {name: value for name, value in asdict(request).items()
              if value is not None or name not in ADDED_REQUEST_FIELDS}  # fmt: skip
     content = {"model": model_digest, **present, **asked}

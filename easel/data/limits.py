@@ -52,12 +52,12 @@ MIN_MAX_PIXELS = 64
 # -- defaults ----------------------------------------------------------------------------
 GUIDANCE_SCALE = 7.5
 NUM_INFERENCE_STEPS = 20
+MAX_LORA_SCALE = 16.0  # |scale| of a LoRA adapter (`loras`); far beyond any use
+
 STRENGTH = 0.75
 BATCH_SIZE = 8
 # Kandinsky's diffusion prior: diffusers' defaults (its combined pipelines' arguments)
 PRIOR_GUIDANCE_SCALE, PRIOR_NUM_INFERENCE_STEPS = 4.0, 25
-# A LoRA adapter's weight: negative weights (slider adapters) are real; past ±10 a typo
-MAX_LORA_SCALE = 10.0
 
 # -- the same rules for pydantic models ----------------------------------------------------
 # Every flow parameter and config model: unknown keys and non-finite floats (NaN, ±inf, as

@@ -21,17 +21,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from easel.data import fusion, limits, storage
+from easel.data import fusion, limits, loras, storage
 from easel.data.fusion import FusionInput, FusionInputError
 from easel.data.images import ImageInputError, open_image, probe_edit_inputs
 from easel.data.limits import PRIOR_NUM_INFERENCE_STEPS
+from easel.data.loras import LoraInputError, LoraRef
 from easel.errors import InvalidInput
 
 KNOWN_COLUMNS = (
     "prompt", "id", "negative_prompt", "seed", "num_images", "guidance_scale",
     "num_inference_steps", "width", "height", "scheduler", "model", "task",
     "init_image", "mask_image", "strength", "prior_guidance_scale", "prior_num_inference_steps",
-    "fusion_inputs",
+    "fusion_inputs", "loras",
 )  # fmt: skip
 
 
@@ -54,6 +55,7 @@ class SweepDefaults:
     prior_guidance_scale: float | None = None  # None: the model's (`ModelFacts`)
     prior_num_inference_steps: int = PRIOR_NUM_INFERENCE_STEPS
     fusion_weights: limits.FusionWeights = "sum_to_one"  # how fusion weights reach the prior
+    loras: tuple[tuple[str, float], ...] = ()  # (URI, scale) for rows without `loras`
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class RowJob:
     init_image_sha256: str | None = None  # the bytes the row's images had when validated
     mask_image_sha256: str | None = None
     fusion_inputs: tuple[FusionInput, ...] | None = None  # weights as the prior gets them
+    loras: tuple[LoraRef, ...] = ()  # the adapters applied, stacked, in order
 
 
 @dataclass(frozen=True)
@@ -382,7 +385,7 @@ def validate_row(
         height=height, scheduler=scheduler, model=_optional_str(values, "model") or defaults.model,
         task=task, init_image=init_image, mask_image=mask_image, strength=strength,
         prior_guidance_scale=prior_guidance, prior_num_inference_steps=prior_steps,
-        fusion_inputs=fusion_inputs, **digests,
+        fusion_inputs=fusion_inputs, loras=_loras(values, defaults, base, roots), **digests,
     )  # fmt: skip
 
 
@@ -477,6 +480,26 @@ def _fusion_inputs(
             for index, ((text, image, _), weight) in enumerate(zip(items, weights, strict=True))
         )
     except (FusionInputError, ImageInputError) as error:
+        raise RowError(str(error)) from None
+
+
+def _loras(
+    values: dict[str, Any], defaults: SweepDefaults, base: str, roots: list[str]
+) -> tuple[LoraRef, ...]:
+    """The row's adapters, each path resolved like `init_image` and its file digested; the
+    sweep's `loras` (its own paths, not checked against the roots) for a row without."""
+    value = values.get(loras.COLUMN)
+    try:
+        if value is None:
+            return tuple(loras.adapter_ref(uri, scale) for uri, scale in defaults.loras)
+        items = enumerate(loras.read_items(value))
+        return tuple(
+            loras.adapter_ref(
+                _resolved_uri(path, f"{loras.COLUMN}` item {i} `path", base, roots), scale
+            )
+            for i, (path, scale) in items
+        )
+    except LoraInputError as error:
         raise RowError(str(error)) from None
 
 

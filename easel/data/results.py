@@ -20,6 +20,9 @@ import pyarrow.parquet as pq
 from easel.data import contact_sheet, fusion, storage
 from easel.data.batching import SweepPlan, planned_images
 
+LORAS_TYPE = pa.list_(pa.struct([("path", pa.string()), ("scale", pa.float64()),
+                                 ("sha256", pa.string())]))  # fmt: skip
+
 
 @dataclass
 class ImageRecord:
@@ -52,6 +55,8 @@ class ImageRecord:
     # the model's safety checker flagged it (the image is black); None: no checker ran (the
     # model has none, or its `safety_checker` is off)
     nsfw_content_detected: bool | None = None
+    # the LoRA adapters applied, stacked, as [{path, scale, sha256}] (None: none)
+    loras: Annotated[list | None, LORAS_TYPE] = None
 
 
 ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}

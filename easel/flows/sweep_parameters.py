@@ -19,7 +19,7 @@ from easel.data.limits import (
 )
 from easel.data.manifest import SweepDefaults
 from easel.models.engine.performance import Performance
-from easel.models.engine.spec import ModelSpec
+from easel.models.engine.spec import LoraAdapter, ModelSpec
 from easel.models.engine.sweep import SweepInputs
 from easel.orchestration.run_context import check_placeholders
 
@@ -46,6 +46,11 @@ class SweepParameters(BaseModel):
     safety_checker: Literal["auto", "off"] = Field(
         "auto", description="auto: run each model's safety checker where it has one (flagged "
         "images are written black, `nsfw_content_detected`); off: never",
+    )  # fmt: skip
+    loras: list[LoraAdapter] = Field(
+        default_factory=list, description="LoRA adapters for rows without a `loras` value: "
+        "[{path, scale}] (scale 1.0 by default; several stack; a local path relative to the "
+        "working directory)",
     )  # fmt: skip
     batch_size: BatchSizeSetting = Field(
         limits.BATCH_SIZE, description="images per pipeline call, or `auto`: the largest the "
@@ -115,6 +120,12 @@ class SweepParameters(BaseModel):
         results' `image_uri`s do not depend on where they are read from."""
         return storage.absolute(check_placeholders(out, "out"))
 
+    @field_validator("loras")
+    @classmethod
+    def _local_adapters_absolute(cls, loras: list[LoraAdapter]) -> list[LoraAdapter]:
+        """Local adapter files made absolute: the flow may run in another folder."""
+        return [a.model_copy(update={"path": storage.absolute(a.path)}) for a in loras]
+
     @model_validator(mode="after")
     def _shard_in_range(self):
         if self.shard is not None and self.shard >= self.shards:
@@ -128,6 +139,7 @@ class SweepParameters(BaseModel):
             scheduler=self.scheduler, prior_guidance_scale=self.prior_guidance_scale,
             prior_num_inference_steps=self.prior_num_inference_steps,
             fusion_weights=self.fusion_weights,
+            loras=tuple((adapter.path, adapter.scale) for adapter in self.loras),
         )  # fmt: skip
         return SweepInputs(
             manifest=self.manifest, out=self.out, defaults=defaults,

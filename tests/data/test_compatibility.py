@@ -104,6 +104,7 @@ def test_record_shard_schema_is_pinned():
         ("model_digest", "string"), ("scheduler", "string"), ("duration_s", "double"),
         ("image_sha256", "string"), ("mlflow_run_id", "string"), ("flow_run_id", "string"),
         ("image_bytes", "int64"), ("written_at", "double"), ("nsfw_content_detected", "bool"),
+        ("loras", "list<item: struct<path: string, scale: double, sha256: string>>"),
     ]  # fmt: skip
 
 
@@ -118,12 +119,15 @@ def test_the_schemas_derived_from_image_record_are_those_written_before():
         "status: string\nerror: string\nwarning: string\nseed: int64\nmodel_ref: string\n"
         "model_digest: string\nscheduler: string\nduration_s: double\nimage_sha256: string\n"
         "mlflow_run_id: string\nflow_run_id: string\nimage_bytes: int64\nwritten_at: double\n"
-        "nsfw_content_detected: bool"
+        "nsfw_content_detected: bool\n"
+        "loras: list<item: struct<path: string, scale: double, sha256: string>>\n"
+        "  child 0, item: struct<path: string, scale: double, sha256: string>\n"
+        "      child 0, path: string\n      child 1, scale: double\n      child 2, sha256: string"
     )
     assert RECORD_SCHEMA.to_string(show_schema_metadata=True) == record
     assert all(field.nullable for field in RECORD_SCHEMA) and RECORD_SCHEMA.metadata is None
-    lines = record.split("\n")  # results: without id, request_key, image_bytes, written_at
-    inner = lines[2:-3] + lines[-1:]
+    lines = record.split("\n")
+    inner = lines[2:15] + lines[17:]  # without id, request_key, image_bytes, written_at
     assert RESULT_FIELDS.to_string(show_schema_metadata=True) == "\n".join(inner)
     assert all(field.nullable for field in RESULT_FIELDS)
 
@@ -136,7 +140,7 @@ def test_record_shards_written_before_flow_run_ids_and_sizes_still_read(tmp_path
 
     from easel.data.results import done_slots, read_records, records_dir
 
-    newer = ("flow_run_id", "image_bytes", "written_at")
+    newer = ("flow_run_id", "image_bytes", "written_at", "loras")
     old = pa.schema([f for f in RECORD_SCHEMA if f.name not in newer])
     out = tmp_path / "out"
     (out / "images" / "a").mkdir(parents=True)

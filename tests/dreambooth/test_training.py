@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -122,6 +123,30 @@ def test_lora_export_is_loadable_and_names_its_base(tmp_path, workspace):
     image_fused = fused(**kwargs, generator=torch.Generator().manual_seed(0)).images
     image_adapter = base(**kwargs, generator=torch.Generator().manual_seed(0)).images
     assert abs(image_fused - image_adapter).max() < 1e-3  # the fused export = base + adapter
+    _adapter_in_loras_is_the_merged_pipeline(workspace["model"], exported)
+
+
+def _adapter_in_loras_is_the_merged_pipeline(base: str, exported: str) -> None:
+    """The exported adapter as a sweep's `loras` on the base model: the merged pipeline's
+    image within 2/255 (easel's engine on both, same seed)."""
+    import numpy as np
+
+    from easel.data.batching import BatchSettings, ImageRequest
+    from easel.data.loras import adapter_ref
+    from easel.models.engine.generation import generate
+    from easel.models.engine.loading import load_model
+
+    adapter = adapter_ref(os.path.join(exported, "lora", "pytorch_lora_weights.safetensors"), 1.0)
+    settings = BatchSettings(task="text2img", scheduler=None, guidance_scale=5.0,
+                             num_inference_steps=2, width=16, height=16)  # fmt: skip
+    request = [ImageRequest(prompt="a photo of sks shape", negative_prompt=None, seed=3)]
+    (merged,) = generate(load_model(exported, "cpu"), settings, request)
+    base_model = load_model(base, "cpu")
+    (applied,) = generate(base_model, replace(settings, loras=(adapter,)), request)
+    (plain,) = generate(base_model, settings, request)
+    difference = np.abs(np.asarray(merged, np.int16) - np.asarray(applied, np.int16)).max()
+    assert difference <= 2
+    assert np.abs(np.asarray(plain, np.int16) - np.asarray(applied, np.int16)).max() > difference
 
 
 def test_compiled_unet_keeps_parameter_names(workspace):

@@ -66,6 +66,7 @@ class ModelFamily:
     # tasks in which `strength` sets where denoising starts (diffusers' int(strength x steps))
     strength_tasks: ClassVar[tuple[str, ...]] = ("img2img", "inpaint")
     autoencoder_folder: ClassVar[str] = "vae"
+    takes_loras: ClassVar[bool] = True  # LoRA adapters through diffusers' `load_lora_weights`
     # A folder of one of these classes holds no prior; its model card (README.md) names one
     # (`prior: REF`), a folder of class `prior_class`, resolved with it.
     decoder_classes: ClassVar[tuple[str, ...]] = ()
@@ -104,6 +105,7 @@ class ModelFamily:
             tasks=self.tasks(read_config(model_path, "unet/config.json")),
             schedulers=self.schedulers, size_multiple=self.size_multiple(model_path),
             has_prior=self.has_prior, strength_tasks=self.strength_tasks,
+            takes_loras=self.takes_loras,
             prior_guidance_scale=self.prior_guidance_scale(model_path),
             minimum_steps={name: rule for name, rule in minimum.items() if rule[0] > 1},
         )  # fmt: skip

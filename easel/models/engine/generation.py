@@ -20,6 +20,7 @@ from PIL import Image
 from easel.data import fusion, images
 from easel.data.batching import BatchSettings, ImageRequest, settings_problem
 from easel.data.fusion import FusionConditions
+from easel.models.engine import loras
 from easel.models.engine.loading import LoadedModel
 from easel.models.engine.performance import attention
 
@@ -47,7 +48,10 @@ def generate_screened(
     """`generate`, with each image's safety checker verdict."""
     # 1. Check inputs
     check_inputs(loaded, settings)
-    # 2. Prepare: edit images and masks at the batch's size; a fusion's weighted conditions
+    # 2. Prepare: the batch's LoRA adapters; edit images and masks at the batch's size; a
+    # fusion's weighted conditions
+    if loaded.facts.takes_loras:
+        loras.activate(loaded.pipeline, settings.loras)
     size = (settings.width, settings.height)
     inits = masks = None
     if settings.task == "fusion":

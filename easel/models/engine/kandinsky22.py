@@ -113,6 +113,7 @@ class Kandinsky22(ModelFamily):
     schedulers = DECODER_SCHEDULERS
     strength_tasks = ("img2img",)  # the inpainting decoder always denoises from pure noise
     autoencoder_folder = "movq"
+    takes_loras = False  # diffusers' Kandinsky pipelines have no LoRA loader
     decoder_classes = tuple(dict.fromkeys(DECODERS.values()))
     prior_class = "KandinskyV22PriorPipeline"
     decoders: ClassVar[dict[str, str]] = DECODERS  # the decoder pipeline of each task

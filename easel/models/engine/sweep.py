@@ -4,12 +4,13 @@ benchmark or another orchestrator can call them directly."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from easel.data import manifest, results, storage
+from easel.data import loras, manifest, results, storage
 from easel.data.batching import ALL, PlannedBatch, Shard, SweepPlan, build_plan
 from easel.data.limits import MAX_BATCH
 from easel.data.results import ImageRecord
@@ -20,6 +21,8 @@ from easel.models.engine.generation import generate, generate_each, prompt_trunc
 from easel.models.engine.loading import default_device, default_dtype, load_model, model_facts
 from easel.models.engine.performance import EAGER, Performance
 from easel.models.engine.spec import ModelSpec, named_spec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ def plan_sweep(
 
     Raises `InvalidInput` when the manifest as a whole is unusable."""
     table = manifest.read_manifest(inputs.manifest)
+    for warning in loras.misnamed_warnings(table.table.column_names):
+        log.warning(warning)
     jobs, failures = manifest.validate_manifest(table, inputs.defaults, list(inputs.input_roots))
     done = set()
     if check_done:
@@ -197,6 +202,11 @@ def pending_records(
             image_sha256=None,
             mlflow_run_id=run_id,
             flow_run_id=flow_run_id,
+            loras=[
+                {"path": a.uri, "scale": a.scale, "sha256": a.sha256} for a in batch.settings.loras
+            ]
+            if batch.settings.loras
+            else None,
         )  # fmt: skip
         for image in batch.images
     ]
