@@ -56,6 +56,8 @@ class SweepDefaults:
     prior_num_inference_steps: int = PRIOR_NUM_INFERENCE_STEPS
     fusion_weights: limits.FusionWeights = "sum_to_one"  # how fusion weights reach the prior
     loras: tuple[tuple[str, float], ...] = ()  # (URI, scale) for rows without `loras`
+    # a named model's own default adapters, for its rows without `loras`: (name, adapters)
+    model_loras: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -374,6 +376,7 @@ def validate_row(
             open_image(init_image, "init_image")
         except ImageInputError as error:
             raise RowError(str(error)) from None
+    model = _optional_str(values, "model") or defaults.model
     digests = {}  # an image edited in place makes new requests
     if init_image:
         digests["init_image_sha256"] = storage.sha256(init_image)
@@ -382,10 +385,11 @@ def validate_row(
     return RowJob(
         row_index=index, id=row_id, prompt=prompt, negative_prompt=negative, seed=seed,
         num_images=num_images, guidance_scale=guidance, num_inference_steps=steps, width=width,
-        height=height, scheduler=scheduler, model=_optional_str(values, "model") or defaults.model,
+        height=height, scheduler=scheduler, model=model,
         task=task, init_image=init_image, mask_image=mask_image, strength=strength,
         prior_guidance_scale=prior_guidance, prior_num_inference_steps=prior_steps,
-        fusion_inputs=fusion_inputs, loras=_loras(values, defaults, base, roots), **digests,
+        fusion_inputs=fusion_inputs, loras=_loras(values, model, defaults, base, roots),
+        **digests,
     )  # fmt: skip
 
 
@@ -484,14 +488,16 @@ def _fusion_inputs(
 
 
 def _loras(
-    values: dict[str, Any], defaults: SweepDefaults, base: str, roots: list[str]
+    values: dict[str, Any], model: str, defaults: SweepDefaults, base: str, roots: list[str]
 ) -> tuple[LoraRef, ...]:
-    """The row's adapters, each path resolved like `init_image` and its file digested; the
-    sweep's `loras` (its own paths, not checked against the roots) for a row without."""
+    """The row's adapters, each path resolved like `init_image` and its file digested; for a
+    row without, its named model's `loras`, else the sweep's (their own paths, not checked
+    against the roots)."""
     value = values.get(loras.COLUMN)
     try:
         if value is None:
-            return tuple(loras.adapter_ref(uri, scale) for uri, scale in defaults.loras)
+            given = dict(defaults.model_loras).get(model, defaults.loras)
+            return tuple(loras.adapter_ref(uri, scale) for uri, scale in given)
         items = enumerate(loras.read_items(value))
         return tuple(
             loras.adapter_ref(

@@ -124,7 +124,13 @@ class SweepParameters(BaseModel):
     @classmethod
     def _local_adapters_absolute(cls, loras: list[LoraAdapter]) -> list[LoraAdapter]:
         """Local adapter files made absolute: the flow may run in another folder."""
-        return [a.model_copy(update={"path": storage.absolute(a.path)}) for a in loras]
+        return [absolute_adapter(adapter) for adapter in loras]
+
+    @field_validator("models")
+    @classmethod
+    def _named_models_adapters_absolute(cls, models: dict[str, ModelSpec]) -> dict:
+        return {name: spec.model_copy(update={"loras": tuple(map(absolute_adapter, spec.loras))})
+                for name, spec in models.items()}  # fmt: skip
 
     @model_validator(mode="after")
     def _shard_in_range(self):
@@ -139,7 +145,9 @@ class SweepParameters(BaseModel):
             scheduler=self.scheduler, prior_guidance_scale=self.prior_guidance_scale,
             prior_num_inference_steps=self.prior_num_inference_steps,
             fusion_weights=self.fusion_weights,
-            loras=tuple((adapter.path, adapter.scale) for adapter in self.loras),
+            loras=adapter_pairs(self.loras),
+            model_loras=tuple((name, adapter_pairs(spec.loras))
+                              for name, spec in self.models.items() if spec.loras),
         )  # fmt: skip
         return SweepInputs(
             manifest=self.manifest, out=self.out, defaults=defaults,
@@ -147,3 +155,12 @@ class SweepParameters(BaseModel):
             dtype=self.dtype, trust_pickle=self.trust_pickle, performance=self.performance,
             models=self.models, safety_checker=self.safety_checker,
         )  # fmt: skip
+
+
+def absolute_adapter(adapter: LoraAdapter) -> LoraAdapter:
+    return adapter.model_copy(update={"path": storage.absolute(adapter.path)})
+
+
+def adapter_pairs(adapters) -> tuple[tuple[str, float], ...]:
+    """(path, scale) of each adapter, as the manifest's defaults take them."""
+    return tuple((adapter.path, adapter.scale) for adapter in adapters)

@@ -197,6 +197,22 @@ def test_rows_without_loras_take_the_sweeps_and_an_empty_list_takes_none(tmp_pat
     assert jobs[1].loras == ()
 
 
+def test_a_named_model_s_loras_apply_to_its_rows_without_their_own(tmp_path, adapter_file):
+    from easel.flows.sweep_parameters import SweepParameters
+
+    other = shutil.copy(adapter_file, tmp_path / "sweep-wide.safetensors")
+    params = SweepParameters(
+        manifest="unused", out=str(tmp_path / "out"), loras=[{"path": str(other)}],
+        models={"styled": {"path": "tiny-shapes", "loras": [{"path": adapter_file, "scale": 0.7}]}},
+    )  # fmt: skip
+    jobs, _ = validated(tmp_path, [{"id": "named", "prompt": "p", "model": "styled"},
+                                   {"id": "own", "prompt": "p", "model": "styled", "loras": []},
+                                   {"id": "plain", "prompt": "p"}], params.inputs().defaults)
+    assert [(a.uri, a.scale) for a in jobs[0].loras] == [(adapter_file, 0.7)]
+    assert jobs[1].loras == ()  # the row's own value wins, even an empty one
+    assert [a.uri for a in jobs[2].loras] == [str(other)]  # other rows: the sweep's
+
+
 def plan(jobs, facts):
     return build_plan(jobs, [], lambda ref: facts, batch_size=8, done=set())
 
