@@ -27,8 +27,8 @@ def test_dreambooth_into_s3_resumes_on_a_fresh_machine(tmp_path, s3_server):
     workspace = make_workspace(str(tmp_path / "ws"))
     values = tiny_config(workspace, "s3://easel-db/sks", max_steps=2, checkpoint_every_n_steps=1,
                          keep_last_n_checkpoints=2)  # fmt: skip
-    del values["class_data"]  # class priors generated into the store too
-    values["num_class_images"] = 2
+    del values["prior_preservation"]["class_data"]  # class priors generated into the store too
+    values["prior_preservation"]["num_class_images"] = 2
     config = tmp_path / "db.yaml"
     config.write_text(yaml.safe_dump(values))
     assert main(["dreambooth", "--config", str(config)]) == 0
@@ -42,15 +42,15 @@ def test_dreambooth_into_s3_resumes_on_a_fresh_machine(tmp_path, s3_server):
     assert s3.exists("easel-db/sks/validation/results.parquet")
 
     shutil.rmtree(cache_dir())  # a fresh machine: nothing local but the config
-    assert main(["dreambooth", "--config", str(config), "--set", "max_steps=4"]) == 0
+    assert main(["dreambooth", "--config", str(config), "--set", "train.max_steps=4"]) == 0
     s3.invalidate_cache()
     names = sorted(p.rsplit("/", 1)[-1] for p in s3.glob("easel-db/sks/checkpoints/*.ckpt"))
     assert names == ["step=00000003.ckpt", "step=00000004.ckpt"]  # resumed, pruned
 
     straight = tiny_config(workspace, str(tmp_path / "straight"), max_steps=4,
                            checkpoint_every_n_steps=1, validation_prompts=[])  # fmt: skip
-    del straight["class_data"]
-    straight["num_class_images"] = 2
+    del straight["prior_preservation"]["class_data"]
+    straight["prior_preservation"]["num_class_images"] = 2
     (tmp_path / "straight.yaml").write_text(yaml.safe_dump(straight))
     assert main(["dreambooth", "--config", str(tmp_path / "straight.yaml")]) == 0
     resumed = load_checkpoint_file("s3://easel-db/sks/checkpoints/step=00000004.ckpt")

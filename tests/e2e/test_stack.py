@@ -136,12 +136,18 @@ def subject(stack, tmp_path_factory):
 
 
 def dreambooth_config(subject: dict, output: str) -> dict:
+    """A deployment's `config` parameter: the grouped keys (Prefect checks a run's parameters
+    against the flow's schema, so the old flat keys are for config files and `--set` only)."""
     return {
-        **subject, "output": output, "instance_prompt": "a photo of sks shape",
-        "class_prompt": "a photo of shape", "num_class_images": 2, "resolution": 32,
-        "batch_size": 2, "learning_rate": 1e-3, "max_steps": 120, "checkpoint_every_n_steps": 10,
-        "keep_last_n_checkpoints": 2, "accelerator": "cpu", "validation_images_per_prompt": 1,
-        "validation_prompts": ["a photo of sks shape"], "validation_inference_steps": 2,
+        "model": subject["model"], "output": output,
+        "subject": {"instance_data": subject["instance_data"],
+                    "instance_prompt": "a photo of sks shape", "class_prompt": "a photo of shape"},
+        "prior_preservation": {"num_class_images": 2},
+        "train": {"resolution": 32, "batch_size": 2, "learning_rate": 1e-3, "max_steps": 120},
+        "checkpoints": {"every_n_steps": 10, "keep_last_n": 2},
+        "runtime": {"accelerator": "cpu"},
+        "validation": {"images_per_prompt": 1, "prompts": ["a photo of sks shape"],
+                       "inference_steps": 2},
     }  # fmt: skip
 
 
