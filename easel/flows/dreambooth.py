@@ -35,6 +35,7 @@ from easel.tasks.dreambooth import (
 @dataclass(frozen=True)
 class DreamBoothResult:
     pipeline: str  # the exported diffusers directory, usable as --model
+    lora: str | None  # method lora: the adapter file, usable in `loras` on the base model
     checkpoint: str
     identifier: str
     validation_contact_sheet: str | None
@@ -69,8 +70,10 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
             class_images = priors.image_uris
         checkpoint = train_task(config, model.path, inputs, class_images, run_id)
         log_training_summary(config, run_id)
-        pipeline = export_task(config, checkpoint, model.path)
-        tracking.set_tags(run_id, {"easel.pipeline": pipeline, "easel.checkpoint": checkpoint})
+        exported = export_task(config, checkpoint, model.path)
+        pipeline = exported.pipeline
+        tracking.set_tags(run_id, {"easel.pipeline": pipeline, "easel.checkpoint": checkpoint,
+                                   **({"easel.lora": exported.lora} if exported.lora else {})})
         sheet = None
         if config.validation.prompts:
             manifest = write_manifest_task(
@@ -96,6 +99,7 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
     result = DreamBoothResult(
         mlflow_run_id=run_id,
         pipeline=pipeline,
+        lora=exported.lora,
         checkpoint=checkpoint,
         identifier=config.subject.identifier,
         validation_contact_sheet=sheet,
@@ -142,6 +146,8 @@ def _publish_summary(config: DreamBoothConfig, result: DreamBoothResult) -> None
         f"- identifier: `{result.identifier}` (use it in prompts, e.g. "
         f"`{config.subject.instance_prompt}`)",
         f"- pipeline (use as `--model`): `{result.pipeline}`",
+        *([f"- LoRA adapter (use in `loras` on `{config.model}`): `{result.lora}`"]
+          if result.lora else []),
         f"- final checkpoint: `{result.checkpoint}` ({config.train.max_steps} steps, "
         f"method `{config.train.method}`)",
         f"- MLflow: {tracking.run_link(result.mlflow_run_id)}",

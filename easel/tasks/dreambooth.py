@@ -3,8 +3,9 @@ and the engine.
 
 Layout under the config's `output` folder:
 `checkpoints/step=NNNNNNNN.ckpt` (+ `training_run_id`, the MLflow run a rerun continues),
-`pipeline/` (the exported diffusers directory), `validation/` (a sweep), and `class_priors/`
-(the content-addressed class-prior cache, unless the config names another).
+`pipeline/` (the exported diffusers directory), `lora/` (method lora: the adapter alone,
+`pytorch_lora_weights.safetensors`, for `loras` on the base model), `validation/` (a sweep),
+and `class_priors/` (the content-addressed class-prior cache, unless the config names another).
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def checkpoint_dir(config: DreamBoothConfig) -> str:
 
 def pipeline_dir(config: DreamBoothConfig) -> str:
     return storage.join(config.output, "pipeline")
+
+
+def lora_dir(config: DreamBoothConfig) -> str:
+    return storage.join(config.output, "lora")
 
 
 @dataclass(frozen=True)
@@ -200,11 +205,12 @@ def validation_callbacks(config: DreamBoothConfig, model_dir: str, run_id: str) 
 
 
 @task
-def export_task(config: DreamBoothConfig, checkpoint: str, model_dir: str) -> str:
-    """Export the final checkpoint as a diffusers pipeline directory."""
-    from easel.models.dreambooth.export import export_pipeline
+def export_task(config: DreamBoothConfig, checkpoint: str, model_dir: str):
+    """Export the final checkpoint as a diffusers pipeline directory (and, method lora, the
+    adapter alone); returns `export.Exported`."""
+    from easel.models.dreambooth.export import export
 
-    return export_pipeline(checkpoint, model_dir, config.model, pipeline_dir(config))
+    return export(checkpoint, model_dir, config.model, pipeline_dir(config), lora_dir(config))
 
 
 @task
