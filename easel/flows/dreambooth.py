@@ -19,6 +19,7 @@ from easel.orchestration import locks
 from easel.orchestration.run_context import prefect_tags
 from easel.tasks.dreambooth import (
     EXPERIMENT,
+    base_models,
     check_inputs_task,
     class_images_task,
     export_task,
@@ -68,9 +69,9 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
                 )
             )
             class_images = priors.image_uris
-        checkpoint = train_task(config, model.path, inputs, class_images, run_id)
+        checkpoint = train_task(config, model, inputs, class_images, run_id)
         log_training_summary(config, run_id)
-        exported = export_task(config, checkpoint, model.path)
+        exported = export_task(config, checkpoint, model)
         pipeline = exported.pipeline
         tracking.set_tags(run_id, {"easel.pipeline": pipeline, "easel.checkpoint": checkpoint,
                                    **({"easel.lora": exported.lora} if exported.lora else {})})
@@ -84,6 +85,7 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
                     manifest=manifest,
                     out=f"{config.output}/validation",
                     model=pipeline,
+                    models=base_models(config),
                     num_inference_steps=config.validation.inference_steps,
                     experiment=EXPERIMENT,
                 )
@@ -113,7 +115,7 @@ def run_name(config: DreamBoothConfig) -> str:
     """E.g. "dreambooth 'sks' from subject-star on tiny-shapes"."""
     subject = config.subject
     named = f"{subject.identifier!r} from {tracking.short_name(subject.instance_data)}"
-    return tracking.run_name("dreambooth", named, config.model)
+    return tracking.run_name("dreambooth", named, str(config.model))
 
 
 @contextlib.contextmanager

@@ -54,12 +54,14 @@ def _adapter_done(lora_dir: str, identity: str) -> bool:
 
 
 def export(
-    checkpoint_path: str, model_dir: str, base_reference: str, pipeline_dir: str, lora_dir: str
+    checkpoint_path: str, model_dir: str, base_reference: str, pipeline_dir: str, lora_dir: str,
+    variant: str | None = None,
 ) -> Exported:
     """Write the pipeline trained in `checkpoint_path` to `pipeline_dir` and, when it trained
     a LoRA adapter, the adapter to `lora_dir` (`lora_dir/LORA_FILE`). `model_dir`: the base
-    model's local diffusers folder (its untrained components are copied); `base_reference`:
-    how the markers name the base. Idempotent: what already came from this checkpoint is kept."""
+    model's local diffusers folder (its untrained components are copied; `variant`: its weight
+    files', e.g. fp16; the export is float32 plain files); `base_reference`: how the markers
+    name the base. Idempotent: what already came from this checkpoint is kept."""
     identity = _identity(checkpoint_path)
     pipeline_marker = _marker(pipeline_dir, EXPORT_MARKER)
     pipeline_done = bool(pipeline_marker) and pipeline_marker["checkpoint"] == identity
@@ -68,35 +70,41 @@ def export(
     lora_file = storage.join(lora_dir, LORA_FILE)
     if pipeline_done and _adapter_done(lora_dir, identity):
         return Exported(pipeline_dir, lora_file)
-    module = _trained_module(checkpoint_path, model_dir)
+    module = _trained_module(checkpoint_path, model_dir, variant)
+    base = (model_dir, variant, base_reference)
     if module.settings.method != "lora":
-        _write_pipeline(module, model_dir, pipeline_dir, base_reference, identity)
+        _write_pipeline(module, base, pipeline_dir, identity)
         return Exported(pipeline_dir, None)
     if not _adapter_done(lora_dir, identity):
         with storage.staged_folder(lora_dir, last=LORA_MARKER) as staging:
             _save_adapter(module, staging, base_reference, identity)
     if not pipeline_done:
-        _write_pipeline(module, model_dir, pipeline_dir, base_reference, identity)
+        _write_pipeline(module, base, pipeline_dir, identity)
     return Exported(pipeline_dir, lora_file)
 
 
-def _trained_module(checkpoint_path: str, model_dir: str):
+def _trained_module(checkpoint_path: str, model_dir: str, variant: str | None):
     from easel.models.dreambooth.module import DreamBoothModule
 
     checkpoint = load_checkpoint_file(checkpoint_path, weights_only=True)
-    module = DreamBoothModule.from_hyperparameters(checkpoint["hyper_parameters"], model_dir)
+    module = DreamBoothModule.from_hyperparameters(
+        checkpoint["hyper_parameters"], model_dir, variant
+    )
     module.load_state_dict(checkpoint["state_dict"], strict=module.settings.method == "full")
     return module
 
 
-def _write_pipeline(module, model_dir: str, pipeline_dir: str, base_reference: str,
-                    identity: str) -> None:  # fmt: skip
-    """The base pipeline from `model_dir` with `module`'s trained networks (a LoRA merged)."""
+def _write_pipeline(module, base: tuple, pipeline_dir: str, identity: str) -> None:
+    """The base pipeline (`base`: its folder, weight variant and reference) with `module`'s
+    trained networks (a LoRA merged)."""
+    import torch
     from diffusers import StableDiffusionPipeline
 
+    model_dir, variant, base_reference = base
     pipeline = StableDiffusionPipeline.from_pretrained(
-        model_dir, use_safetensors=True, safety_checker=None, requires_safety_checker=False
-    )
+        model_dir, use_safetensors=True, variant=variant, dtype=torch.float32,
+        safety_checker=None, requires_safety_checker=False,
+    )  # fmt: skip
     with storage.staged_folder(pipeline_dir, last=EXPORT_MARKER) as staging:
         for name, network in module.trained_networks().items():
             merged = module.settings.method == "lora"
