@@ -62,6 +62,8 @@ def run_dreambooth_command(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     result = dreambooth_flow(config)
     print(f"pipeline:      {result.pipeline}  (use as --model; identifier {result.identifier!r})")
+    if result.lora:
+        print(f"lora:          {result.lora}  (use in loras on {config.model})")
     print(f"checkpoint:    {result.checkpoint}")
     if result.validation_contact_sheet:
         print(f"validation:    {result.validation_contact_sheet}")

@@ -19,6 +19,7 @@ from easel.orchestration import locks
 from easel.orchestration.run_context import prefect_tags
 from easel.tasks.dreambooth import (
     EXPERIMENT,
+    base_models,
     check_inputs_task,
     class_images_task,
     export_task,
@@ -35,6 +36,7 @@ from easel.tasks.dreambooth import (
 @dataclass(frozen=True)
 class DreamBoothResult:
     pipeline: str  # the exported diffusers directory, usable as --model
+    lora: str | None  # method lora: the adapter file, usable in `loras` on the base model
     checkpoint: str
     identifier: str
     validation_contact_sheet: str | None
@@ -67,10 +69,12 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
                 )
             )
             class_images = priors.image_uris
-        checkpoint = train_task(config, model.path, inputs, class_images, run_id)
+        checkpoint = train_task(config, model, inputs, class_images, run_id)
         log_training_summary(config, run_id)
-        pipeline = export_task(config, checkpoint, model.path)
-        tracking.set_tags(run_id, {"easel.pipeline": pipeline, "easel.checkpoint": checkpoint})
+        exported = export_task(config, checkpoint, model)
+        pipeline = exported.pipeline
+        tracking.set_tags(run_id, {"easel.pipeline": pipeline, "easel.checkpoint": checkpoint,
+                                   **({"easel.lora": exported.lora} if exported.lora else {})})
         sheet = None
         if config.validation.prompts:
             manifest = write_manifest_task(
@@ -81,6 +85,7 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
                     manifest=manifest,
                     out=f"{config.output}/validation",
                     model=pipeline,
+                    models=base_models(config),
                     num_inference_steps=config.validation.inference_steps,
                     experiment=EXPERIMENT,
                 )
@@ -96,6 +101,7 @@ def dreambooth_flow(config: DreamBoothConfig) -> DreamBoothResult:
     result = DreamBoothResult(
         mlflow_run_id=run_id,
         pipeline=pipeline,
+        lora=exported.lora,
         checkpoint=checkpoint,
         identifier=config.subject.identifier,
         validation_contact_sheet=sheet,
@@ -109,7 +115,7 @@ def run_name(config: DreamBoothConfig) -> str:
     """E.g. "dreambooth 'sks' from subject-star on tiny-shapes"."""
     subject = config.subject
     named = f"{subject.identifier!r} from {tracking.short_name(subject.instance_data)}"
-    return tracking.run_name("dreambooth", named, config.model)
+    return tracking.run_name("dreambooth", named, str(config.model))
 
 
 @contextlib.contextmanager
@@ -142,6 +148,8 @@ def _publish_summary(config: DreamBoothConfig, result: DreamBoothResult) -> None
         f"- identifier: `{result.identifier}` (use it in prompts, e.g. "
         f"`{config.subject.instance_prompt}`)",
         f"- pipeline (use as `--model`): `{result.pipeline}`",
+        *([f"- LoRA adapter (use in `loras` on `{config.model}`): `{result.lora}`"]
+          if result.lora else []),
         f"- final checkpoint: `{result.checkpoint}` ({config.train.max_steps} steps, "
         f"method `{config.train.method}`)",
         f"- MLflow: {tracking.run_link(result.mlflow_run_id)}",

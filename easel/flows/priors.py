@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prefect import flow
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from easel import tracking
 from easel.data import limits, results, storage
@@ -14,6 +14,7 @@ from easel.data.limits import BatchSize, GuidanceScale, InferenceSteps, Schedule
 from easel.data.priors import PriorSpec, prior_rows
 from easel.flows.sweep import sweep_flow
 from easel.flows.sweep_parameters import SweepParameters
+from easel.models.engine.spec import ModelSpec, as_named, reference_value
 from easel.orchestration.run_context import prefect_tags
 from easel.tasks.priors import resolve_prior_spec_task, write_prior_manifest_task
 
@@ -24,7 +25,9 @@ class PriorsParameters(BaseModel):
     class_prompt: str = Field(min_length=1, description="the class: 'a photo of a dog'")
     num_images: int = Field(ge=1, le=100_000, description="images in the set")
     out: str = Field(description="cache root; the set goes to OUT/<key>/")
-    model: str = Field("tiny-shapes", description="model reference")
+    model: str | ModelSpec = Field(
+        "tiny-shapes", description="a model reference or a spec {path, variant, ...}"
+    )
     negative_prompt: str | None = Field(None, description="negative prompt of every image")
     scheduler: SchedulerName | None = Field(None, description="default: the model's own")
     num_inference_steps: InferenceSteps = Field(
@@ -39,6 +42,11 @@ class PriorsParameters(BaseModel):
     batch_size: BatchSize = Field(limits.BATCH_SIZE, description="images per pipeline call")
     experiment: str = Field("easel-priors", description="the MLflow experiment")
     show_progress: bool = Field(False, description="a progress bar on the terminal")
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_spec(cls, value):
+        return reference_value(value)
 
     def spec(self) -> PriorSpec:
         """The set asked for, the model's defaults still open."""
@@ -64,10 +72,12 @@ def class_priors_flow(params: PriorsParameters) -> ClassPriors:
     folder = storage.join(params.out, spec.key)
     manifest = write_prior_manifest_task(folder, spec, params.num_images)
     logged = params.model_dump()
-    name = tracking.run_name("class priors", repr(params.class_prompt), params.model)
+    name = tracking.run_name("class priors", repr(params.class_prompt), str(params.model))
+    model, models = as_named(params.model)
     with tracking.start_run(params.experiment, name, logged, prefect_tags()):
         summary = sweep_flow(SweepParameters(  # its run nests under this one
-            manifest=manifest, out=folder, model=params.model, batch_size=params.batch_size,
+            manifest=manifest, out=folder, model=model, models=models,
+            batch_size=params.batch_size,
             experiment=params.experiment, show_progress=params.show_progress,
         ))  # fmt: skip
         tracking.log_metrics({"images": params.num_images, "generated_now": summary.generated_now,

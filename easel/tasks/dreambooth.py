@@ -3,8 +3,9 @@ and the engine.
 
 Layout under the config's `output` folder:
 `checkpoints/step=NNNNNNNN.ckpt` (+ `training_run_id`, the MLflow run a rerun continues),
-`pipeline/` (the exported diffusers directory), `validation/` (a sweep), and `class_priors/`
-(the content-addressed class-prior cache, unless the config names another).
+`pipeline/` (the exported diffusers directory), `lora/` (method lora: the adapter alone,
+`pytorch_lora_weights.safetensors`, for `loras` on the base model), `validation/` (a sweep),
+and `class_priors/` (the content-addressed class-prior cache, unless the config names another).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from easel.models.dreambooth.config import DreamBoothConfig, words
 from easel.models.engine import serving, stable_diffusion
 from easel.models.engine.loading import resolve_family
 from easel.models.engine.references import ResolvedModel, resolve_model_reference
+from easel.models.engine.spec import ModelReference, ModelSpec, as_named
 from easel.models.lightning import last_complete_checkpoint
 
 EXPERIMENT = "easel-dreambooth"
@@ -42,6 +44,10 @@ def pipeline_dir(config: DreamBoothConfig) -> str:
     return storage.join(config.output, "pipeline")
 
 
+def lora_dir(config: DreamBoothConfig) -> str:
+    return storage.join(config.output, "lora")
+
+
 @dataclass(frozen=True)
 class TrainingInputs:
     instance_images: list[str]
@@ -49,13 +55,14 @@ class TrainingInputs:
     changes: list  # list[resume.Change]: what a resume honours of an edited config
 
 
-def resolve_model(model: str) -> ResolvedModel:
-    """A model reference resolved; `ModelReferenceError` unless Stable Diffusion."""
+def resolve_model(model: ModelReference) -> ResolvedModel:
+    """A model reference or spec resolved to a local diffusers folder (`.path`, its weight
+    files' `.variant`); `ModelReferenceError` unless Stable Diffusion."""
     resolved = resolve_model_reference(model)
     family = resolve_family(resolved)
     if family is not stable_diffusion.FAMILY:
         raise ModelReferenceError(
-            f"`model` {model!r} is a {family.name} model; DreamBooth fine-tuning "
+            f"`model` {str(model)!r} is a {family.name} model; DreamBooth fine-tuning "
             "runs on Stable Diffusion 1.x/2.x models"
         )
     return resolved
@@ -101,7 +108,7 @@ def check_inputs_task(config: DreamBoothConfig, model_digest: str) -> TrainingIn
 
 
 @task
-def resolve_model_task(model: str) -> ResolvedModel:
+def resolve_model_task(model: ModelReference) -> ResolvedModel:
     """A model reference resolved to a local folder, refused unless Stable Diffusion."""
     return resolve_model(model)
 
@@ -113,10 +120,12 @@ def write_manifest_task(uri: str, rows: list[dict]) -> str:
 
 
 def validation_rows(config: DreamBoothConfig, trained_model: str) -> list[dict]:
-    """Each validation prompt on the trained and the base model, same seeds."""
+    """Each validation prompt on the trained and the base model, same seeds (a base given
+    as a spec by its name in `base_models`)."""
+    base, _ = as_named(config.model)
     rows = []
     for i, prompt in enumerate(config.validation.prompts):
-        for tag, model in (("trained", trained_model), ("base", config.model)):
+        for tag, model in (("trained", trained_model), ("base", base)):
             rows.append(
                 {
                     "id": f"{tag}-{i:03d}",
@@ -129,6 +138,11 @@ def validation_rows(config: DreamBoothConfig, trained_model: str) -> list[dict]:
     return rows
 
 
+def base_models(config: DreamBoothConfig) -> dict[str, ModelSpec]:
+    """The sweep key `models` that `validation_rows`' base rows need."""
+    return as_named(config.model)[1]
+
+
 @task
 def class_images_task(config: DreamBoothConfig) -> list[str]:
     """The user's class images (`class_data`)."""
@@ -138,7 +152,7 @@ def class_images_task(config: DreamBoothConfig) -> list[str]:
 @task
 def train_task(
     config: DreamBoothConfig,
-    model_dir: str,
+    model: ResolvedModel,
     inputs: TrainingInputs,
     class_images: list[str],
     parent_run_id: str | None,
@@ -158,15 +172,16 @@ def train_task(
         tracking.set_tags(run_id, {f"easel.resumed.{change.key}": str(change)})
     return train(
         config,
-        model_dir,
+        model.path,
         inputs.instance_images,
         class_images or None,
         checkpoint_dir(config),
         logger=tracking.lightning_logger(run_id),
-        callbacks=validation_callbacks(config, model_dir, run_id),
+        callbacks=validation_callbacks(config, model.path, run_id, model.variant),
         before_checkpoint=tracking.flush_metrics,
         snapshot=inputs.snapshot,
         progress="bar" if sys.stderr.isatty() else "lines",
+        variant=model.variant,
     )
 
 
@@ -181,9 +196,12 @@ def log_training_summary(config: DreamBoothConfig, run_id: str) -> None:
     tracking.copy_images(training_run_id, run_id)
 
 
-def validation_callbacks(config: DreamBoothConfig, model_dir: str, run_id: str) -> list:
-    """The grid every `validation_every_n_steps` steps, logged to the training run `run_id`
-    as the image `validation` at its step; none when not asked for."""
+def validation_callbacks(
+    config: DreamBoothConfig, model_dir: str, run_id: str, variant: str | None = None
+) -> list:
+    """The grid every `validation_every_n_steps` steps of the model in `model_dir` (its
+    weight files' `variant`), logged to the training run `run_id` as the image `validation`
+    at its step; none when not asked for."""
     from easel.models.dreambooth.validation import ValidationGrid
 
     if not (config.validation.every_n_steps and config.validation.prompts):
@@ -195,16 +213,18 @@ def validation_callbacks(config: DreamBoothConfig, model_dir: str, run_id: str) 
 
     return [ValidationGrid(
         model_dir, config.validation.prompts, seeds, config.validation.inference_steps,
-        config.train.resolution, config.validation.every_n_steps, log_grid,
+        config.train.resolution, config.validation.every_n_steps, log_grid, variant,
     )]  # fmt: skip
 
 
 @task
-def export_task(config: DreamBoothConfig, checkpoint: str, model_dir: str) -> str:
-    """Export the final checkpoint as a diffusers pipeline directory."""
-    from easel.models.dreambooth.export import export_pipeline
+def export_task(config: DreamBoothConfig, checkpoint: str, model: ResolvedModel):
+    """Export the final checkpoint as a diffusers pipeline directory (and, method lora, the
+    adapter alone) from the base model's resolved folder; returns `export.Exported`."""
+    from easel.models.dreambooth.export import export
 
-    return export_pipeline(checkpoint, model_dir, config.model, pipeline_dir(config))
+    return export(checkpoint, model.path, str(config.model), pipeline_dir(config),
+                  lora_dir(config), model.variant)  # fmt: skip
 
 
 @task

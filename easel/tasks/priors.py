@@ -7,10 +7,11 @@ from prefect import task
 from easel.data import manifest, storage
 from easel.data.priors import PriorSpec, prior_rows
 from easel.models.engine.loading import model_facts
+from easel.models.engine.spec import ModelReference
 
 
 @task(name="resolve-prior-spec")
-def resolve_prior_spec_task(model: str, spec: PriorSpec) -> PriorSpec:
+def resolve_prior_spec_task(model: ModelReference, spec: PriorSpec) -> PriorSpec:
     """Fill the model's defaults in, so the cache key names exactly what is generated."""
     return spec.resolved(model_facts(model))
 

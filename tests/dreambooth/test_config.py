@@ -68,6 +68,14 @@ def _too_few(tmp_path, valid):
         (lambda tmp, v: {"method": "dora"}, ["train.method", "dora"]),
         (_kandinsky, ["`model`", "Kandinsky 2.2", "Stable Diffusion"]),
         (
+            lambda tmp, v: {"model": {"path": "tiny-shapes", "varient": "fp16"}},
+            ["unknown field `model.varient`", "fp16"],
+        ),
+        (
+            lambda tmp, v: {"model": {"path": "tiny-shapes", "loras": [{"path": "a.safetensors"}]}},
+            ["`model`", "model.loras", "a.safetensors"],
+        ),
+        (
             lambda tmp, v: {"train_text_encoder": "identifier", "method": "lora"},
             ["train.text_encoder", "identifier", "train.method", "lora"],
         ),
@@ -90,6 +98,8 @@ def _too_few(tmp_path, valid):
         "resolution",
         "method",
         "kandinsky-model",
+        "model-spec-unknown-key",
+        "model-spec-loras",
         "identifier-embeddings-with-lora",
         "differential-output-with-text-encoder",
     ],
@@ -134,6 +144,22 @@ def test_identifier_is_given_or_derived():
     assert derived.subject.identifier == "sks"
     given = DreamBoothConfig(**base, instance_prompt="a photo of zxq sks shape", identifier="sks")
     assert given.subject.identifier == "sks"
+
+
+def test_model_is_a_reference_or_a_spec(valid):
+    from easel.models.dreambooth.resume import snapshot
+    from easel.models.engine.spec import ModelSpec
+
+    grouped = regroup(valid)[0]
+    plain = DreamBoothConfig.model_validate(grouped)
+    path_only = DreamBoothConfig.model_validate({**grouped, "model": {"path": "tiny-shapes"}})
+    assert path_only == plain and plain.model == "tiny-shapes"  # a path alone: the reference
+    spec = DreamBoothConfig.model_validate(
+        {**grouped, "model": {"path": "tiny-shapes", "variant": "fp16"}}
+    )
+    assert spec.model == ModelSpec(path="tiny-shapes", variant="fp16")
+    # a resume compares the model by its path and content (the digest covers the variant)
+    assert snapshot(spec, "d", "i")["model"] == snapshot(plain, "d", "i")["model"] == "tiny-shapes"
 
 
 def test_preset_is_valid_and_ready_made_for_tiny_shapes(tmp_path):

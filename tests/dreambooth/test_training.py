@@ -97,22 +97,28 @@ def test_micro_batches_are_a_function_of_their_number_and_rank():
 def test_lora_export_is_loadable_and_names_its_base(tmp_path, workspace):
     from diffusers import StableDiffusionPipeline
 
-    from easel.models.dreambooth.export import export_pipeline
+    from easel.models.dreambooth.export import export
 
     final = _train(workspace, str(tmp_path / "out"), method="lora", max_steps=2, learning_rate=1e-2)
     state = torch.load(final, weights_only=True)["state_dict"]
     assert state and all("lora_" in k for k in state)  # only the adapter is checkpointed
-    exported = export_pipeline(final, workspace["model"], "base-ref", str(tmp_path / "pipeline"))
-    assert os.path.exists(os.path.join(exported, "lora", "pytorch_lora_weights.safetensors"))
-    with open(os.path.join(exported, "lora", "base_model.json")) as f:
+    folders = (str(tmp_path / "pipeline"), str(tmp_path / "lora"))
+    result = export(final, workspace["model"], "base-ref", *folders)
+    exported, lora_dir = folders
+    assert result.pipeline == exported
+    assert result.lora == os.path.join(lora_dir, "pytorch_lora_weights.safetensors")
+    assert sorted(os.listdir(lora_dir)) == ["base_model.json", "pytorch_lora_weights.safetensors"]
+    assert not os.path.exists(os.path.join(exported, "lora"))  # the adapter has one place
+    with open(os.path.join(lora_dir, "base_model.json")) as f:
         assert json.load(f)["base_model"] == "base-ref"
     assert not any(
         name.endswith((".bin", ".ckpt")) for _, _, files in os.walk(exported) for name in files
     )
+    _rerun_keeps_and_repairs(final, workspace["model"], folders)
 
     fused = StableDiffusionPipeline.from_pretrained(exported, use_safetensors=True)
     base = StableDiffusionPipeline.from_pretrained(workspace["model"], use_safetensors=True)
-    base.load_lora_weights(os.path.join(exported, "lora"))
+    base.load_lora_weights(lora_dir)
     kwargs = {
         "prompt": "a photo of sks shape",
         "num_inference_steps": 2,
@@ -123,10 +129,27 @@ def test_lora_export_is_loadable_and_names_its_base(tmp_path, workspace):
     image_fused = fused(**kwargs, generator=torch.Generator().manual_seed(0)).images
     image_adapter = base(**kwargs, generator=torch.Generator().manual_seed(0)).images
     assert abs(image_fused - image_adapter).max() < 1e-3  # the fused export = base + adapter
-    _adapter_in_loras_is_the_merged_pipeline(workspace["model"], exported)
+    _adapter_in_loras_is_the_merged_pipeline(workspace["model"], exported, result.lora)
 
 
-def _adapter_in_loras_is_the_merged_pipeline(base: str, exported: str) -> None:
+def _rerun_keeps_and_repairs(checkpoint: str, base: str, folders: tuple[str, str]) -> None:
+    """A second export of the same checkpoint writes nothing; a deleted adapter folder is
+    written again without touching the pipeline."""
+    import shutil
+
+    from easel.models.dreambooth.export import export
+
+    pipeline, lora_dir = folders
+    stamps = {folder: os.stat(folder).st_ino for folder in folders}
+    export(checkpoint, base, "base-ref", *folders)
+    assert {folder: os.stat(folder).st_ino for folder in folders} == stamps
+    shutil.rmtree(lora_dir)
+    export(checkpoint, base, "base-ref", *folders)
+    assert os.stat(pipeline).st_ino == stamps[pipeline]
+    assert os.path.exists(os.path.join(lora_dir, "pytorch_lora_weights.safetensors"))
+
+
+def _adapter_in_loras_is_the_merged_pipeline(base: str, exported: str, lora: str) -> None:
     """The exported adapter as a sweep's `loras` on the base model: the merged pipeline's
     image within 2/255 (easel's engine on both, same seed)."""
     import numpy as np
@@ -136,7 +159,7 @@ def _adapter_in_loras_is_the_merged_pipeline(base: str, exported: str) -> None:
     from easel.models.engine.generation import generate
     from easel.models.engine.loading import load_model
 
-    adapter = adapter_ref(os.path.join(exported, "lora", "pytorch_lora_weights.safetensors"), 1.0)
+    adapter = adapter_ref(lora, 1.0)
     settings = BatchSettings(task="text2img", scheduler=None, guidance_scale=5.0,
                              num_inference_steps=2, width=16, height=16)  # fmt: skip
     request = [ImageRequest(prompt="a photo of sks shape", negative_prompt=None, seed=3)]

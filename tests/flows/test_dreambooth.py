@@ -143,3 +143,45 @@ def test_dreambooth_command_trains_exports_validates_and_registers(
         filter_string=f"source_run_id = '{rerun.info.run_id}'",
     )  # fmt: skip
     assert model.tags["easel.location"] == str(pipeline_dir)
+
+
+@pytest.mark.slow
+def test_a_model_spec_with_an_fp16_variant_reaches_priors_training_validation_and_export(
+    tmp_path, prefect_server, capsys
+):
+    """`model: {path, variant: fp16}` on an fp16-only folder, method lora: class priors,
+    training, validation sweep and export all load the variant files; the adapter lands in
+    OUTPUT/lora/, named by the printed summary and the MLflow tag `easel.lora`."""
+    from diffusers import StableDiffusionPipeline
+
+    workspace = make_workspace(str(tmp_path / "ws"))
+    fp16 = str(tmp_path / "sd-fp16")
+    base = StableDiffusionPipeline.from_pretrained(workspace["model"], dtype=torch.float16)
+    base.save_pretrained(fp16, variant="fp16", safe_serialization=True)
+    assert not os.path.exists(f"{fp16}/unet/diffusion_pytorch_model.safetensors")
+    values = tiny_config(workspace, str(tmp_path / "out"), max_steps=2, method="lora",
+                         checkpoint_every_n_steps=2)  # fmt: skip
+    values["model"] = {"path": fp16, "variant": "fp16"}
+    del values["prior_preservation"]["class_data"]  # generated from the spec's model
+    values["prior_preservation"]["num_class_images"] = 2
+    config = tmp_path / "dreambooth.yaml"
+    config.write_text(yaml.safe_dump(values))
+
+    assert main(["dreambooth", "--config", str(config)]) == 0
+    out = tmp_path / "out"
+    lora = out / "lora" / "pytorch_lora_weights.safetensors"
+    printed = capsys.readouterr().out
+    assert f"lora:          {lora}  (use in loras on {fp16})" in printed
+    assert len(list((out / "class_priors").glob("*/images/*/*.png"))) == 2
+    validation = pq.read_table(out / "validation" / "results.parquet").to_pylist()
+    assert {row["model_ref"] for row in validation} == {str(out / "pipeline"), "base"}
+    assert all(row["status"] == "ok" for row in validation)
+
+    pipeline = StableDiffusionPipeline.from_pretrained(str(out / "pipeline"), use_safetensors=True)
+    assert pipeline.unet.dtype == torch.float32  # plain float32 files, loadable without variant
+    image = pipeline("a photo of sks shape", num_inference_steps=2, height=16, width=16,
+                     output_type="np").images  # fmt: skip
+    assert image.shape == (1, 16, 16, 3)
+    (run,) = mlflow.search_runs(experiment_names=["easel-dreambooth"], output_format="list",
+                                filter_string=f"tags.`easel.lora` = '{lora}'")  # fmt: skip
+    assert run.data.params["model.variant"] == "fp16"

@@ -31,6 +31,7 @@ from pydantic import (
 from easel.data import limits
 from easel.data.limits import COMPILE_MODES, InferenceSteps, Side
 from easel.models.dreambooth.flat_keys import group_flat_keys
+from easel.models.engine.spec import ModelSpec, reference_value
 
 LR_SCHEDULERS = (
     "constant",
@@ -256,10 +257,11 @@ class DreamBoothConfig(BaseModel):
 
     model_config = ConfigDict(**limits.PARAMETERS, protected_namespaces=(), frozen=True)
 
-    model: str = Field(
+    model: str | ModelSpec = Field(
         "tiny-shapes",
-        description="the Stable Diffusion model to fine-tune "
-        "(a model reference: embedded name, folder, fsspec URI, models:/...)",
+        description="the Stable Diffusion model to fine-tune: a model reference (embedded "
+        "name, folder, fsspec URI, models:/...) or a spec {path, variant, config} "
+        "(docs/models.md)",
     )
     subject: Subject = Field(description="what to learn: the images, prompts and identifier")
     prior_preservation: PriorPreservation = Field(
@@ -308,6 +310,21 @@ class DreamBoothConfig(BaseModel):
                 "text) but `train.text_encoder` is 'all'"
             )
         return self
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_spec(cls, value):
+        return reference_value(value)
+
+    @field_validator("model")
+    @classmethod
+    def _no_adapters_on_the_base(cls, value: str | ModelSpec) -> str | ModelSpec:
+        if isinstance(value, ModelSpec) and value.loras:
+            raise ValueError(
+                "DreamBooth trains the base model's own weights, so `model.loras` would not be "
+                f"applied; remove them (given: {[a.path for a in value.loras]})"
+            )
+        return value
 
     @field_validator("register_as")
     @classmethod

@@ -66,6 +66,7 @@ class DreamBoothModule(pl.LightningModule):
         prior_preservation: PriorPreservation | None = None,  # None: none
         runtime: Runtime | None = None,  # None: the defaults
         identifier: str | None = None,  # `subject.identifier`: for `train.text_encoder` identifier
+        variant: str | None = None,  # the weight files' variant in `model_dir` (`fp16`)
     ):
         super().__init__()
         train, runtime = train or Train(), runtime or Runtime()
@@ -81,7 +82,8 @@ class DreamBoothModule(pl.LightningModule):
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        load = {"use_safetensors": True}
+        # float32 whatever the files hold (transformers would keep an fp16 variant's dtype)
+        load = {"use_safetensors": True, "variant": variant, "dtype": torch.float32}
         self.unet = UNet2DConditionModel.from_pretrained(
             model_dir, subfolder="unet", **load
         ).train()
@@ -134,9 +136,12 @@ class DreamBoothModule(pl.LightningModule):
         )
 
     @classmethod
-    def from_hyperparameters(cls, hparams: dict, model_dir: str) -> DreamBoothModule:
-        """The module a checkpoint's `hyper_parameters` describe, on `model_dir` (also the flat
-        arguments of checkpoints made before the config's groups)."""
+    def from_hyperparameters(
+        cls, hparams: dict, model_dir: str, variant: str | None = None
+    ) -> DreamBoothModule:
+        """The module a checkpoint's `hyper_parameters` describe, on `model_dir` (its weight
+        files' `variant`; also the flat arguments of checkpoints made before the config's
+        groups)."""
         groups = nested(dotted_snapshot(hparams))
         prior = groups.get("prior_preservation", {})
         if groups.get("differential_output"):  # a flat module argument once
@@ -147,6 +152,7 @@ class DreamBoothModule(pl.LightningModule):
             PriorPreservation(**prior),
             Runtime(**groups.get("runtime", {})),
             groups.get("subject", {}).get("identifier"),
+            variant,
         )
 
     @property

@@ -52,7 +52,9 @@ class Change:
 def snapshot(config: DreamBoothConfig, model_digest: str, instance_data_digest: str) -> dict:
     """What a checkpoint records of the run that made it, in dotted keys (`train.seed`; plain
     types: loadable with `weights_only`)."""
-    return {**dotted(config.model_dump(mode="json")), "model_digest": model_digest,
+    values = config.model_dump(mode="json")
+    values["model"] = str(config.model)  # a spec's path: `model_digest` is its content
+    return {**dotted(values), "model_digest": model_digest,
             "instance_data_digest": instance_data_digest}  # fmt: skip
 
 

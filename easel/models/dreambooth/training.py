@@ -43,9 +43,11 @@ class StepMetrics(pl.Callback):
             logger.log_metrics(metrics, step=trainer.global_step - 1)
 
 
-def build_module(config: DreamBoothConfig, model_dir: str) -> DreamBoothModule:
+def build_module(
+    config: DreamBoothConfig, model_dir: str, variant: str | None = None
+) -> DreamBoothModule:
     return DreamBoothModule(model_dir, config.train, config.prior_preservation, config.runtime,
-                            config.subject.identifier)  # fmt: skip
+                            config.subject.identifier, variant)  # fmt: skip
 
 
 def build_datamodule(
@@ -79,9 +81,12 @@ def train(
     before_checkpoint: Callable[[], None] | None = None,
     snapshot: dict | None = None,
     progress: str = "lines",
+    variant: str | None = None,
     **trainer_overrides: Any,
 ) -> str:
-    """Train (or resume) to `train.max_steps`; return the path of the final checkpoint.
+    """Train (or resume) to `train.max_steps` the model in the local diffusers folder
+    `model_dir` (its weight files' `variant`, e.g. fp16: `ResolvedModel.variant`); return
+    the path of the final checkpoint.
     `before_checkpoint` runs before each checkpoint is written (e.g. flushing metrics);
     `snapshot` (`resume.snapshot`) goes into every checkpoint; `progress`: "bar" or "lines"."""
     final = storage.join(checkpoint_dir, checkpoint_name(config.train.max_steps))
@@ -94,7 +99,7 @@ def train(
     )  # fmt: skip
     runtime = config.runtime
     return fit(
-        build_module(config, model_dir),
+        build_module(config, model_dir, variant),
         build_datamodule(config, instance_images, class_images),
         config.train.max_steps,
         policy,

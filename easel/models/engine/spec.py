@@ -49,11 +49,29 @@ class ModelSpec(BaseModel):
 
 
 ModelReference = str | ModelSpec  # what every engine entry point takes
+SPEC_NAME = "base"  # a spec's name in a sweep made for it alone (`as_named`)
 
 
 def as_spec(ref: ModelReference) -> ModelSpec:
     """`ref` as a spec: a string is its path alone."""
     return ref if isinstance(ref, ModelSpec) else ModelSpec(path=ref)
+
+
+def reference_value(value):
+    """A config's `model` value (a pydantic `before` validator): a mapping validated as a
+    `ModelSpec` (its errors located inside it, e.g. `model.varient`), a spec of a `path`
+    alone as that plain reference, anything else as it is."""
+    if isinstance(value, Mapping):
+        value = ModelSpec.model_validate(value)
+    if isinstance(value, ModelSpec) and value == ModelSpec(path=value.path):
+        return value.path
+    return value
+
+
+def as_named(model: ModelReference) -> tuple[str, dict[str, ModelSpec]]:
+    """How a sweep takes `model` (its `model` value and its `models` mapping): a plain
+    reference as itself, a spec as the named model `SPEC_NAME`."""
+    return (SPEC_NAME, {SPEC_NAME: model}) if isinstance(model, ModelSpec) else (model, {})
 
 
 def named_spec(
