@@ -35,6 +35,7 @@ def unet(output) -> dict:
     ]
 
 
+@pytest.mark.slow
 def test_edited_configs_on_resume(tmp_path, workspace, capsys):
     config = config_file(tmp_path, workspace, "edited")
     out = tmp_path / "edited"

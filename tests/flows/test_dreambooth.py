@@ -17,6 +17,7 @@ from easel.cli import main
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
+@pytest.mark.slow
 def test_dreambooth_command_trains_exports_validates_and_registers(
     tmp_path, prefect_server, capsys
 ):
