@@ -42,17 +42,18 @@ def list_images(folder: str) -> list[str]:
 
 
 def check_instance_data(folder: str) -> list[str]:
-    """The instance image URIs, or one InvalidInput naming `instance_data` and the problem."""
+    """The instance image URIs, or one InvalidInput naming `subject.instance_data` and the
+    problem."""
     fs, path = filesystem(folder)
     if not fs.isdir(path):
         raise InvalidInput(
-            f"config field `instance_data` must be a folder of images but "
+            f"config field `subject.instance_data` must be a folder of images but "
             f"{folder!r} does not exist or is not a folder"
         )
     images = list_images(folder)
     if not MIN_INSTANCE_IMAGES <= len(images) <= MAX_INSTANCE_IMAGES:
         raise InvalidInput(
-            f"config field `instance_data` must hold {MIN_INSTANCE_IMAGES} to "
+            f"config field `subject.instance_data` must hold {MIN_INSTANCE_IMAGES} to "
             f"{MAX_INSTANCE_IMAGES} images but {folder!r} holds {len(images)}"
         )
     for uri in images:
@@ -60,8 +61,8 @@ def check_instance_data(folder: str) -> list[str]:
             open_image(uri, "instance_data")
         except ImageInputError:
             raise InvalidInput(
-                f"config field `instance_data`: image {uri!r} is unreadable (not an image easel "
-                "can read)"
+                f"config field `subject.instance_data`: image {uri!r} is unreadable (not an "
+                "image easel can read)"
             ) from None
     return images
 

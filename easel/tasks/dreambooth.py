@@ -95,8 +95,8 @@ def check_captions(config: DreamBoothConfig, images: list[str]) -> dict[str, str
     for uri, caption in captions.items():
         if config.subject.identifier.lower() not in words(caption):
             raise InvalidInput(
-                f"config field `instance_data`: caption {caption_uri(uri)!r} must contain the "
-                f"identifier {config.subject.identifier!r} as a word but is {caption!r}"
+                f"config field `subject.instance_data`: caption {caption_uri(uri)!r} must contain "
+                f"the identifier {config.subject.identifier!r} as a word but is {caption!r}"
             )
     return {uri: c for uri, c in captions.items() if c != config.subject.instance_prompt}
 

@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+import yaml
 from dreambooth_fixtures import flat_config, make_workspace
 
 from easel.data.dreambooth import list_images
@@ -101,6 +102,20 @@ def test_an_unknown_key_in_a_group_is_refused_naming_group_and_key():
 def test_an_old_key_beside_its_new_place_names_both():
     with pytest.raises(ValueError, match=r"`max_steps` 7 .*`train.max_steps`.*\(9\)"):
         DreamBoothConfig.model_validate(_flat(max_steps=7, train={"max_steps": 9}))
+
+
+@pytest.mark.parametrize("where", ["file", "--set"])
+def test_an_old_key_beside_its_new_place_is_one_line_and_exit_2(tmp_path, capsys, where):
+    from easel.cli import main
+
+    config = tmp_path / "config.yaml"
+    values = _flat() if where == "--set" else _flat(max_steps=7, train={"max_steps": 9})
+    config.write_text(yaml.safe_dump(values))
+    extra = ["--set", "max_steps=7", "--set", "train.max_steps=9"] if where == "--set" else []
+    assert main(["dreambooth", "--config", str(config), *extra]) == 2
+    err = capsys.readouterr().err
+    assert "`max_steps`" in err and "`train.max_steps`" in err and "keep one" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
 def _as_previous_release(checkpoint_path: str) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+from easel.errors import InvalidInput
+
 log = logging.getLogger(__name__)
 
 TOP_LEVEL = ("model", "output", "register_as")  # the same key before and after
@@ -73,7 +75,7 @@ def new_value(key: str, value: object) -> object:
 
 def group_flat_keys(values: dict) -> dict:
     """`values` with every old flat key moved into its group, in the new spelling; logs one
-    warning line naming the moved keys. Raises `ValueError` when an old key and its new place
+    warning line naming the moved keys. Raises `InvalidInput` when an old key and its new place
     are both given."""
     grouped, moved = regroup(values)
     warn_moved(moved)
@@ -86,7 +88,14 @@ def with_overrides(values: dict, overrides: dict) -> tuple[dict, set[str]]:
     the config and the dotted keys the overrides set; logs one warning line for every old
     key in either."""
     grouped, moved = regroup(values)
-    renamed = {MOVED[k] if is_flat_key(k, v) else k: new_value(k, v) for k, v in overrides.items()}
+    renamed = {}
+    for key, value in overrides.items():
+        target = MOVED[key] if is_flat_key(key, value) else key
+        if target in renamed:  # `max_steps=5` and `train.max_steps=6`: which one is meant?
+            old = key if target != key else next(k for k in overrides if MOVED.get(k) == target)
+            raise InvalidInput(f"--set `{old}` is the old name of `{target}`, which is also "
+                               "set: keep one")  # fmt: skip
+        renamed[target] = new_value(key, value)
     warn_moved(moved + [key for key, value in overrides.items() if is_flat_key(key, value)])
     for key, value in renamed.items():
         *groups, name = key.split(".")
@@ -117,7 +126,7 @@ def regroup(values: dict) -> tuple[dict, list[str]]:
         if not isinstance(inner, dict):  # a group given as something else: pydantic says so
             continue
         if name in inner:
-            raise ValueError(
+            raise InvalidInput(
                 f"`{key}` {values[key]!r} is the old name of `{MOVED[key]}`, which is also "
                 f"given ({inner[name]!r}): keep one"
             )
