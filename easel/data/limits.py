@@ -28,6 +28,13 @@ CompileMode = Annotated[
     Literal[COMPILE_MODES],
     BeforeValidator(lambda v: {True: "full", False: "off"}[v] if isinstance(v, bool) else v),
 ]
+# Whether a model's safety checker runs (`auto`: where the model has one); YAML's bare `off`
+# (false) is off, `on` (true) is auto
+SAFETY_CHECKER_MODES = ("auto", "off")
+SafetyCheckerMode = Annotated[
+    Literal[SAFETY_CHECKER_MODES],
+    BeforeValidator(lambda v: {True: "auto", False: "off"}[v] if isinstance(v, bool) else v),
+]
 ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")  # PyTorch's SDPA kernels
 # How a fusion's weights reach Kandinsky's prior (easel.data.fusion): divided by their sum,
 # or as written (diffusers' `interpolate` sums the weighted embeddings as they are)

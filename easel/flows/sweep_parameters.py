@@ -14,6 +14,7 @@ from easel.data.limits import (
     GuidanceScale,
     InferenceSteps,
     PriorInferenceSteps,
+    SafetyCheckerMode,
     SchedulerName,
     Shards,
 )
@@ -43,7 +44,7 @@ class SweepParameters(BaseModel):
         default_factory=dict, description="named models: a short name (usable as `model`) -> "
         "`{path, variant, config, prior, safety_checker, loras}` (docs/models.md)",
     )  # fmt: skip
-    safety_checker: Literal["auto", "off"] = Field(
+    safety_checker: SafetyCheckerMode = Field(
         "auto", description="auto: run each model's safety checker where it has one (flagged "
         "images are written black, `nsfw_content_detected`); off: never",
     )  # fmt: skip

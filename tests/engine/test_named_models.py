@@ -65,3 +65,14 @@ def test_a_spec_is_validated_and_the_sweep_can_turn_every_checker_off(sd):
     assert named_spec(sd, models) == ModelSpec(path=sd)
     off = named_spec("mine", models, "off")
     assert off.safety_checker == "off" and off.variant == "fp16"
+
+
+def test_yaml_s_bare_off_turns_a_checker_off_as_the_docs_write_it():
+    """docs/models.md writes `safety_checker: off` unquoted: YAML reads it as false."""
+    params = SweepParameters.model_validate(yaml.safe_load(
+        "manifest: m\nout: /tmp/o\nsafety_checker: off\n"
+        "models:\n  plain: {path: tiny-shapes, safety_checker: off}\n"
+    ))  # fmt: skip
+    assert params.safety_checker == "off" and params.models["plain"].safety_checker == "off"
+    with pytest.raises(ValueError, match="safety_checker"):
+        ModelSpec(path="tiny-shapes", safety_checker="maybe")

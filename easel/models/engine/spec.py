@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from easel.data.limits import LoraScale
+from easel.data.limits import LoraScale, SafetyCheckerMode
 
 
 class LoraAdapter(BaseModel):
@@ -39,7 +39,7 @@ class ModelSpec(BaseModel):
     variant: str | None = Field(None, description="weight files' variant, e.g. fp16")
     config: str | None = Field(None, description="a single file's diffusers config folder")
     prior: str | None = Field(None, description="a Kandinsky decoder's prior reference")
-    safety_checker: Literal["auto", "off"] = Field(
+    safety_checker: SafetyCheckerMode = Field(
         "auto", description="auto: run the model's safety checker where it has one; off: never"
     )
     loras: tuple[LoraAdapter, ...] = Field((), description="LoRA adapters applied by default")
