@@ -308,6 +308,18 @@ def test_a_single_file_without_config_is_one_line_naming_config(single_file, tmp
         model_facts(str(os.path.dirname(single_file)))
 
 
+def test_a_single_file_that_is_no_pipeline_is_one_line_naming_the_file(sd, tmp_path):
+    """A LoRA file or a truncated download given as a model: refused at planning."""
+    from safetensors.torch import save_file
+
+    wrong = tmp_path / "mine.safetensors"
+    save_file({"lora_unet_down.lora_down.weight": torch.zeros(2, 2)}, str(wrong))
+    with pytest.raises(ModelReferenceError) as error:
+        model_facts(ModelSpec(path=str(wrong), config=sd))
+    message = str(error.value)
+    assert str(wrong) in message and "`config`" in message and "\n" not in message
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_register_as_from_an_s3_dreambooth_output_then_sweep_its_registry_reference(

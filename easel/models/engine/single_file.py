@@ -94,10 +94,19 @@ def convert(path: str, config: str, yaml: str | None, folder: str) -> None:
     """Write the diffusers pipeline of the checkpoint at `path` (configs and tokenizer from
     `config`, UNet and VAE architecture from the LDM `yaml` where given) to `folder`."""
     import diffusers
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+    from safetensors import SafetensorError
 
-    pipeline = getattr(diffusers, pipeline_class(config)).from_single_file(
-        path, config=config, original_config=yaml, local_files_only=True
-    )
+    try:
+        pipeline = getattr(diffusers, pipeline_class(config)).from_single_file(
+            path, config=config, original_config=yaml, local_files_only=True
+        )
+    except (SingleFileComponentError, SafetensorError, ValueError, KeyError, RuntimeError) as e:
+        said = " ".join(str(e).split())[:300]  # diffusers' reasons run to paragraphs
+        raise ModelReferenceError(
+            f"single-file checkpoint {path!r} is not a pipeline that `config` {config!r} "
+            f"describes: {type(e).__name__}: {said}"
+        ) from None
     if yaml and ldm_parameterization(yaml) == "v":  # SD 2.x 768: the yaml, not `config`, says
         pipeline.scheduler.register_to_config(prediction_type="v_prediction")
     pipeline.save_pretrained(folder, safe_serialization=True)
