@@ -45,11 +45,11 @@ def _sweep(subparsers) -> None:
 
 def _priors(subparsers) -> None:
     parser = subparsers.add_parser("priors", help="generate class-prior images (cached by content)")
-    parser.add_argument("--class-prompt", required=True)
+    parser.add_argument("--class-prompt", required=True, help="the class to draw: 'a dog'")
     parser.add_argument("--num", type=int, required=True, help="number of images")
     parser.add_argument("--out", required=True, help="cache root (fsspec URI)")
     parser.add_argument("--model", help="model reference (default tiny-shapes)")
-    parser.add_argument("--negative-prompt")
+    parser.add_argument("--negative-prompt", help="what the images should not show")
     parser.add_argument("--config", help="YAML file of prior parameters")
     parser.set_defaults(run="easel.cli.priors:run_priors_command")
 
@@ -63,7 +63,8 @@ def _dreambooth(subparsers) -> None:
         default=[],
         metavar="KEY=VALUE",
         dest="overrides",
-        help="override a config key; the value is read as YAML (repeatable)",
+        help="override a config key, dotted in its group (train.max_steps=50); the value is "
+        "read as YAML (repeatable)",
     )
     parser.set_defaults(run="easel.cli.dreambooth:run_dreambooth_command")
 
