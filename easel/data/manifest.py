@@ -297,6 +297,13 @@ def unique_row_ids(rows: list[dict[str, Any]], uri: str) -> list[str]:
     duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
     if duplicates:
         shown = ", ".join(repr(i) for i in duplicates[:5])
+        first = [index for index, i in enumerate(ids) if i == duplicates[0]]
+        if rows[first[0]].get("id") is None:  # derived from content: the rows are the same
+            raise InvalidInput(
+                f"manifest {uri!r}: rows {first[0]} and {first[1]} ask for the same content "
+                f"(without an `id`, a row's id is derived from it: {duplicates[0]!r}); give "
+                "them ids, or one row `num_images`"
+            )
         raise InvalidInput(f"manifest {uri!r}: column `id` has duplicate values: {shown}")
     return ids
 

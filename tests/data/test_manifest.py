@@ -175,6 +175,7 @@ def test_memory_filesystem(tmp_path):
         (b"this is not parquet", ["not a readable Parquet"]),
         ("no-prompt", ["no `prompt` column"]),
         ("duplicates", ["duplicate", "'x'"]),
+        ("same-content", ["rows 0 and 2 ask for the same content", "`id`", "num_images"]),
     ],
 )
 def test_bad_manifest_as_a_whole(tmp_path, content, words):
@@ -185,6 +186,8 @@ def test_bad_manifest_as_a_whole(tmp_path, content, words):
         write(tmp_path, [{"id": "a", "text": "p"}], "m.parquet")
     elif content == "duplicates":
         write(tmp_path, [{"id": "x", "prompt": "p"}, {"id": "x", "prompt": "q"}], "m.parquet")
+    elif content == "same-content":  # no `id` column: ids derived from the rows' content
+        write(tmp_path, [{"prompt": "p"}, {"prompt": "q"}, {"prompt": "p"}], "m.parquet")
     with pytest.raises(InvalidInput) as error:
         validate_manifest(read_manifest(str(path)), DEFAULTS)
     for word in words:
