@@ -23,18 +23,20 @@ SchedulerName = Literal[SCHEDULER_NAMES]
 SCHEDULER_CLASS = re.compile(r"[A-Z][A-Za-z0-9]*Scheduler")
 # The sweep's fast path (easel.models.engine.performance)
 COMPILE_MODES = ("off", "regional", "full")
-# YAML reads a bare `off` as false (and `on` as true): false means off, true the whole network
-CompileMode = Annotated[
-    Literal[COMPILE_MODES],
-    BeforeValidator(lambda v: {True: "full", False: "off"}[v] if isinstance(v, bool) else v),
-]
-# Whether a model's safety checker runs (`auto`: where the model has one); YAML's bare `off`
-# (false) is off, `on` (true) is auto
+
+
+def yaml_switch(on: str | None = None) -> BeforeValidator:
+    """YAML reads a bare `off` as false and `on` as true: false is the choice `off`, true is
+    `on` (where a choice means it; else true is refused as the Literal refuses it)."""
+    return BeforeValidator(
+        lambda v: ("off" if not v else on or v) if isinstance(v, bool) else v
+    )
+
+
+CompileMode = Annotated[Literal[COMPILE_MODES], yaml_switch(on="full")]  # true: whole network
+# Whether a model's safety checker runs (`auto`: where the model has one)
 SAFETY_CHECKER_MODES = ("auto", "off")
-SafetyCheckerMode = Annotated[
-    Literal[SAFETY_CHECKER_MODES],
-    BeforeValidator(lambda v: {True: "auto", False: "off"}[v] if isinstance(v, bool) else v),
-]
+SafetyCheckerMode = Annotated[Literal[SAFETY_CHECKER_MODES], yaml_switch(on="auto")]
 ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")  # PyTorch's SDPA kernels
 # How a fusion's weights reach Kandinsky's prior (easel.data.fusion): divided by their sum,
 # or as written (diffusers' `interpolate` sums the weighted embeddings as they are)

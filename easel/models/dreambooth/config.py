@@ -20,7 +20,6 @@ from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -29,7 +28,7 @@ from pydantic import (
 )
 
 from easel.data import limits
-from easel.data.limits import COMPILE_MODES, InferenceSteps, Side
+from easel.data.limits import COMPILE_MODES, InferenceSteps, Side, yaml_switch
 from easel.models.dreambooth.flat_keys import group_flat_keys
 from easel.models.engine.spec import ModelSpec, reference_value
 
@@ -44,9 +43,9 @@ LR_SCHEDULERS = (
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true")
 TEXT_ENCODER_MODES = ("off", "all", "identifier")  # what of the text encoder trains
 # YAML 1.1 reads a bare `off` as false: that is "off", the one spelling
-_OFF = BeforeValidator(lambda value: "off" if value is False else value)
-TextEncoderMode = Annotated[Literal[TEXT_ENCODER_MODES], _OFF]
-UnetCompileMode = Annotated[Literal[COMPILE_MODES], _OFF]
+# the grouped spellings: YAML's bare `off` is off; `true` is no choice (the flat keys' was)
+TextEncoderMode = Annotated[Literal[TEXT_ENCODER_MODES], yaml_switch()]
+UnetCompileMode = Annotated[Literal[COMPILE_MODES], yaml_switch()]
 GROUP = ConfigDict(**limits.PARAMETERS, frozen=True)
 
 
