@@ -116,12 +116,17 @@ def write_single_file(folder: str, path: str) -> str:
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
     text = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+    return write_components(unet, vae, text, path)
+
+
+def write_components(unet, vae, text, path: str, dtype=torch.float32) -> str:
+    """An SD 1.x UNet, VAE and CLIP text encoder as one LDM-keyed safetensors file."""
     state = {f"model.diffusion_model.{k}": v for k, v in unet_state_dict(unet).items()}
     state |= {f"first_stage_model.{k}": v for k, v in vae_state_dict(vae).items()}
     state |= {
         f"cond_stage_model.transformer.{clip_key(k)}": v for k, v in text.state_dict().items()
     }
-    save_file({k: v.contiguous().to(torch.float32) for k, v in state.items()}, path)
+    save_file({k: v.contiguous().to(dtype) for k, v in state.items()}, path)
     return path
 
 

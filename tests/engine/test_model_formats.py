@@ -283,7 +283,9 @@ def test_a_single_file_with_config_is_converted_once_and_draws_as_diffusers(
 
     conversions = []
     convert = module.convert
-    monkeypatch.setattr(module, "convert", lambda *a: conversions.append(a) or convert(*a))
+    monkeypatch.setattr(
+        module, "convert", lambda *a, **k: conversions.append(a) or convert(*a, **k)
+    )
     spec = ModelSpec(path=single_file, config=sd)
     loaded = load_model(spec, device="cpu")
     image = text_to_image(loaded, [ROW["prompt"]], [ROW["seed"]], ROW["guidance_scale"], STEPS)[0]
@@ -383,3 +385,28 @@ def test_a_single_file_with_a_sidecar_yaml_sweeps_by_name_as_diffusers(sd_ldm, t
         path, config=sd_ldm, original_config=str(tmp_path / "tiny-sd.yaml"), local_files_only=True
     )
     assert max_pixel_difference(pixels(results[("r", 0)]["image_uri"]), by_diffusers(pipe)) <= 2
+
+
+def test_a_single_file_at_a_uri_with_its_yaml_is_fetched_and_converted_once(
+    sd_ldm, tmp_path, monkeypatch
+):  # fmt: skip
+    """`memory://` stands for any fsspec store: the file and its `.yaml` beside it are
+    downloaded once, converted once, and give the same digest as the local file."""
+    from easel.models.engine import single_file as module
+
+    local = with_sidecar(sd_ldm, tmp_path, "v")
+    store = fsspec.filesystem("memory")
+    store.put_file(local, "/civitai/tiny-sd.safetensors")
+    store.put_file(str(tmp_path / "tiny-sd.yaml"), "/civitai/tiny-sd.yaml")
+    spec = ModelSpec(path="memory://civitai/tiny-sd.safetensors", config=sd_ldm)
+    remote = resolve_model_reference(spec)
+    assert remote.digest == resolve_model_reference(ModelSpec(path=local, config=sd_ldm)).digest
+    loaded = load_model(spec, device="cpu")
+    assert loaded.pipeline.scheduler.config.prediction_type == "v_prediction"  # its yaml's
+    monkeypatch.setattr(module, "convert", lambda *a, **k: pytest.fail("converted again"))
+    monkeypatch.setattr(store, "get_file", lambda *a, **k: pytest.fail("downloaded again"))
+    assert resolve_model_reference(spec).path == remote.path
+    with pytest.raises(ModelReferenceError, match="does not exist"):
+        resolve_model_reference(ModelSpec(path="memory://civitai/gone.safetensors", config=sd_ldm))
+    with pytest.raises(ModelReferenceError, match="is a pickle"):
+        resolve_model_reference("memory://civitai/model.ckpt")

@@ -3,8 +3,9 @@
 - `tiny-shapes` (and the other embedded names): folders shipped inside the package;
 - a local directory holding `model_index.json`, with plain or variant weight files
   (`layout`: the variant found by itself where only one variant's files exist);
-- a single-file checkpoint (`.safetensors`, `.ckpt` when pickle is trusted), converted once
-  into the cache as a diffusers folder (`single_file`);
+- a single-file checkpoint (`.safetensors`, `.ckpt` when pickle is trusted), local or at an
+  fsspec URI (downloaded once), converted once into the cache as a diffusers folder
+  (`single_file`);
 - an fsspec URI of such a directory, copied once into a local content-addressed cache;
 - `models:/NAME@ALIAS` or `models:/NAME/VERSION` from the MLflow registry;
 - a hub id (`org/name`), only from the local Hugging Face cache or with network.
@@ -91,6 +92,9 @@ def _resolve(spec: ModelSpec, trust_pickle: bool) -> ResolvedModel:
     if ref.startswith("models:/"):
         path = tracking.download_registered_model(ref, cache_dir() / "registry")
         return _resolved(spec, path, path, trust_pickle)
+    if "://" in ref and not ref.startswith("file://") and ref.endswith(SINGLE_FILE_SUFFIXES):
+        local = single_file.fetched(spec, trust_pickle, cache_dir())
+        return _single_file(spec, local, trust_pickle)
     if "://" in ref and not ref.startswith("file://"):
         resolved = _resolve_uri(spec, trust_pickle)
         if not os.path.exists(os.path.join(resolved.path, "model_index.json")):
@@ -99,11 +103,7 @@ def _resolve(spec: ModelSpec, trust_pickle: bool) -> ResolvedModel:
         return resolved
     local = ref.removeprefix("file://")
     if os.path.isfile(local) and local.endswith(SINGLE_FILE_SUFFIXES):
-        file_digest = model_digest(os.path.dirname(local), (os.path.basename(local),))
-        folder = single_file.converted_folder(
-            spec, local, file_digest, _folder_digest, trust_pickle, cache_dir()
-        )
-        return _resolved(spec, folder, os.path.dirname(os.path.abspath(local)), trust_pickle)
+        return _single_file(spec, local, trust_pickle)
     if os.path.isdir(local):
         if not os.path.exists(os.path.join(local, "model_index.json")):
             raise ModelReferenceError(
@@ -116,6 +116,15 @@ def _resolve(spec: ModelSpec, trust_pickle: bool) -> ResolvedModel:
         path = _hub_snapshot(ref)
         return _resolved(spec, path, path, trust_pickle)
     raise ModelReferenceError(f"model reference {ref!r} is not a known model, directory or URI")
+
+
+def _single_file(spec: ModelSpec, local: str, trust_pickle: bool) -> ResolvedModel:
+    """The single-file checkpoint at the local path `local`, converted once."""
+    file_digest = model_digest(os.path.dirname(local), (os.path.basename(local),))
+    folder = single_file.converted_folder(
+        spec, local, file_digest, _folder_digest, trust_pickle, cache_dir()
+    )
+    return _resolved(spec, folder, os.path.dirname(os.path.abspath(local)), trust_pickle)
 
 
 @functools.lru_cache(maxsize=64)

@@ -3,11 +3,11 @@
 `ModelSpec(path, variant, config, prior, safety_checker, loras)`: `path` is any model reference
 (`references.resolve_model_reference`); `variant` picks weight files such as
 `diffusion_pytorch_model.fp16.safetensors` (found by itself when only one variant's files
-exist); `config` is a local diffusers folder giving a single-file checkpoint's
-configuration and tokenizer; `prior` is a Kandinsky decoder's prior, a reference that
-overrides its model card's; `safety_checker` runs the model's own checker (`auto`) or not
-(`off`); `loras` are the LoRA adapters applied by default (`LoraAdapter(path, scale)`). A plain
-string is the spec `ModelSpec(path=string)`.
+exist); `config` gives a single-file checkpoint's configuration and tokenizer: a local
+diffusers folder or the name of one easel ships (`standard_configs`); `prior` is a Kandinsky
+decoder's prior, a reference that overrides its model card's; `safety_checker` runs the
+model's own checker (`auto`) or not (`off`); `loras` are the LoRA adapters applied by
+default (`LoraAdapter(path, scale)`). A plain string is the spec `ModelSpec(path=string)`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ class ModelSpec(BaseModel):
 
     path: str = Field(min_length=1, description="any model reference")
     variant: str | None = Field(None, description="weight files' variant, e.g. fp16")
-    config: str | None = Field(None, description="a single file's diffusers config folder")
+    config: str | None = Field(None, description="a single file's configuration: a diffusers "
+                               "folder or a shipped name (stable-diffusion-v1-5, ...)")  # fmt: skip
     prior: str | None = Field(None, description="a Kandinsky decoder's prior reference")
     safety_checker: SafetyCheckerMode = Field(
         "auto", description="auto: run the model's safety checker where it has one; off: never"
