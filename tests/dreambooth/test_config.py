@@ -162,6 +162,20 @@ def test_model_is_a_reference_or_a_spec(valid):
     assert snapshot(spec, "d", "i")["model"] == snapshot(plain, "d", "i")["model"] == "tiny-shapes"
 
 
+def test_model_may_name_one_of_models(valid):
+    from easel.models.engine.spec import ModelSpec
+
+    grouped = regroup(valid)[0]
+    models = {"base": {"path": "tiny-shapes", "variant": "fp16"}}
+    named = DreamBoothConfig.model_validate({**grouped, "models": models, "model": "base"})
+    assert named.model == ModelSpec(path="tiny-shapes", variant="fp16")
+    unnamed = DreamBoothConfig.model_validate({**grouped, "models": models})
+    assert unnamed.model == "tiny-shapes"  # the default reference, not a name
+    models["base"]["loras"] = [{"path": "style.safetensors"}]
+    with pytest.raises(ValueError, match="model.loras"):
+        DreamBoothConfig.model_validate({**grouped, "models": models, "model": "base"})
+
+
 def test_preset_is_valid_and_ready_made_for_tiny_shapes(tmp_path):
     from easel.cli.dreambooth import tiny_shapes_config
     from easel.tasks.dreambooth import check_inputs

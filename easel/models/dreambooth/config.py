@@ -258,10 +258,14 @@ class DreamBoothConfig(BaseModel):
 
     model: str | ModelSpec = Field(
         "tiny-shapes",
-        description="the Stable Diffusion model to fine-tune: a model reference (embedded "
-        "name, folder, fsspec URI, models:/...) or a spec {path, variant, config} "
-        "(docs/models.md)",
+        description="the Stable Diffusion model to fine-tune: a name in `models`, a model "
+        "reference (embedded name, folder, single file, fsspec URI, models:/...) or a spec "
+        "{path, variant, config} (docs/models.md)",
     )
+    models: dict[str, ModelSpec] = Field(
+        default_factory=dict, description="named models: a short name (usable as `model`) -> "
+        "`{path, variant, config}` (docs/models.md)",
+    )  # fmt: skip
     subject: Subject = Field(description="what to learn: the images, prompts and identifier")
     prior_preservation: PriorPreservation = Field(
         PriorPreservation(), description="what keeps the class's own look: class images or "
@@ -314,6 +318,16 @@ class DreamBoothConfig(BaseModel):
     @classmethod
     def _model_spec(cls, value):
         return reference_value(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_model(cls, values):
+        """`model` naming one of `models`: that spec, validated as a `model` spec is."""
+        if isinstance(values, dict) and isinstance(values.get("models"), dict):
+            name = values.get("model")
+            if isinstance(name, str) and name in values["models"]:
+                return {**values, "model": values["models"][name]}
+        return values
 
     @field_validator("model")
     @classmethod
