@@ -255,6 +255,44 @@ def test_a_folder_of_any_name_registers_as_a_loadable_model(sd, tmp_path):
     assert resolved.digest == resolve_model_reference(sd).digest
 
 
+def register_in_store(store: str, folder: str, name: str) -> str:
+    """`folder` registered as `name` in the SQLite tracking store `store` (made the current
+    one); returns its reference."""
+    from easel import tracking
+    from easel.models.engine import serving
+
+    os.environ["MLFLOW_TRACKING_URI"] = store
+    mlflow.set_tracking_uri(store)
+    with mlflow.start_run():
+        return tracking.register_model(folder, name, serving.load_registered, serving.predict)
+
+
+def test_two_tracking_stores_sharing_one_cache_each_serve_their_own_model(
+    sd, tmp_path, monkeypatch
+):  # fmt: skip
+    """`models:/subject/1` of a second store is never served from the first's cached copy."""
+    other = tmp_path / "other-model"
+    shutil.copytree(sd, other)
+    config = json.loads((other / "scheduler" / "scheduler_config.json").read_text())
+    config["steps_offset"] = 1 - config.get("steps_offset", 0)  # another model's files
+    (other / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    monkeypatch.chdir(tmp_path)  # each store's artifacts under ./mlruns
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", os.environ["MLFLOW_TRACKING_URI"])
+    first, second = f"sqlite:///{tmp_path / 'first.db'}", f"sqlite:///{tmp_path / 'second.db'}"
+    try:
+        assert register_in_store(first, sd, "subject") == "models:/subject/1"
+        from_first = resolve_model_reference("models:/subject/1")  # now in the cache
+        assert register_in_store(second, str(other), "subject") == "models:/subject/1"
+        from_second = resolve_model_reference("models:/subject/1")
+        os.environ["MLFLOW_TRACKING_URI"] = first
+        again = resolve_model_reference("models:/subject/1")
+    finally:
+        mlflow.set_tracking_uri(None)  # back to the environment's
+    assert from_first.digest == resolve_model_reference(sd).digest
+    assert from_second.digest == resolve_model_reference(str(other)).digest != from_first.digest
+    assert from_second.path != from_first.path and again.path == from_first.path
+
+
 # -- single-file checkpoints -----------------------------------------------------------------
 
 
