@@ -273,6 +273,14 @@ def _upload_folder(fs, staging: str, path: str, last: str | None) -> None:
         fs.put_file(os.path.join(staging, name), remote)
 
 
+def inside(folder: str, relative: str) -> str | None:
+    """The local path `relative` (a name a store or an archive supplies, '/'-separated)
+    names under `folder`, or None where it would leave it (`..`, an absolute path)."""
+    root = os.path.abspath(folder)
+    joined = os.path.normpath(os.path.join(root, *relative.split("/")))
+    return joined if joined.startswith(root + os.sep) else None
+
+
 def is_within(child: str, root: str) -> bool:
     """Whether `child` resolves inside `root` (both normalised, same filesystem)."""
     fs_c, path_c = filesystem(child)
