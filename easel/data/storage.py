@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import posixpath
+import re
 import shutil
 import socket
 import tempfile
@@ -36,6 +37,9 @@ def process_name(pid: int) -> str:
 
 
 WRITER = process_name(os.getpid())  # in every temporary name: which process writes it
+# The names `local_atomic_writer` gives its temporaries: ".NAME.host~pid~12 hex digits.tmp"
+# (before the writer was named: ".NAME.32 hex digits.tmp"); nothing else is easel's to clean
+TEMPORARY_NAME = re.compile(r"\..+\.(?:[^~/]+~\d+~[0-9a-f]{12}|[0-9a-f]{32})\.tmp")
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -297,15 +301,17 @@ def is_within(child: str, root: str) -> bool:
 def remove_stale_temporaries(folder: str) -> int:
     """Delete temporary files left under `folder` by writers that died (kill -9, OOM).
 
-    Only for local folders: object stores never show a partial upload. Another run may be
-    writing into the same folder: a temporary file is removed only when the process named in
-    it is gone from this host, or when it has been untouched for `STALE_TEMPORARY_SECONDS`."""
+    Only for local folders: object stores never show a partial upload. Only files named as
+    easel names its temporaries (`TEMPORARY_NAME`) are candidates: a user's `.notes.tmp`
+    stays. Another run may be writing into the same folder: a temporary file is removed only
+    when the process named in it is gone from this host, or when it has been untouched for
+    `STALE_TEMPORARY_SECONDS`."""
     fs, path = filesystem(folder)
     if not isinstance(fs, LocalFileSystem) or not os.path.isdir(path):
         return 0
     removed = 0
     for parent, _, names in os.walk(path):
-        for name in (n for n in names if n.startswith(".") and n.endswith(".tmp")):
+        for name in filter(TEMPORARY_NAME.fullmatch, names):
             temporary = os.path.join(parent, name)
             with contextlib.suppress(FileNotFoundError):  # its writer may just have renamed it
                 if _writer_gone(name) or _untouched_for(temporary, STALE_TEMPORARY_SECONDS):

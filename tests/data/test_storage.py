@@ -20,11 +20,18 @@ def test_atomic_write_leaves_only_the_final_file(tmp_path):
 
 
 def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    """Only easel's own temporaries go: a user's hidden `.tmp` files in the output stay."""
     (tmp_path / "images" / "a").mkdir(parents=True)
     (tmp_path / "images" / "a" / "0.png").write_bytes(b"done")
-    (tmp_path / "images" / "a" / ".1.png.3f2a.tmp").write_bytes(b"half")
+    (tmp_path / "images" / "a" / f".1.png.{'3f2a' * 8}.tmp").write_bytes(b"half")  # older easel
+    theirs = [".notes.tmp", ".1.png.3f2a.tmp", ".draft.host~1~x.tmp", ".2.png.h~1~abc.tmp"]
+    for name in theirs:
+        (tmp_path / name).write_bytes(b"a user's")
+        old = time.time() - storage.STALE_TEMPORARY_SECONDS - 1
+        os.utime(tmp_path / name, (old, old))
     assert storage.remove_stale_temporaries(str(tmp_path)) == 1
     assert os.listdir(tmp_path / "images" / "a") == ["0.png"]
+    assert sorted(theirs + ["images"]) == sorted(os.listdir(tmp_path))
 
 
 def test_a_live_writers_temporary_is_left_alone_until_it_goes_stale(tmp_path):
@@ -32,9 +39,9 @@ def test_a_live_writers_temporary_is_left_alone_until_it_goes_stale(tmp_path):
     host = socket.gethostname()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    live = tmp_path / f".0.png.{host}~{os.getpid()}~ab12.tmp"  # this process: alive
-    elsewhere = tmp_path / ".1.png.other-host~1~cd34.tmp"  # another machine's writer
-    gone = tmp_path / f".2.png.{host}~{dead.pid}~ef56.tmp"
+    live = tmp_path / f".0.png.{host}~{os.getpid()}~ab12ab12ab12.tmp"  # this process: alive
+    elsewhere = tmp_path / ".1.png.other-host~1~cd34cd34cd34.tmp"  # another machine's writer
+    gone = tmp_path / f".2.png.{host}~{dead.pid}~ef56ef56ef56.tmp"
     for path in (live, elsewhere, gone):
         path.write_bytes(b"half")
     assert storage.remove_stale_temporaries(str(tmp_path)) == 1
