@@ -26,6 +26,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from easel.errors import InvalidInput
 
+# in every local folder `staged_folder` publishes: easel wrote it, and may replace it
+OWNED_MARKER = ".easel-folder"
 # a hidden temporary file untouched this long was left by a writer that died
 STALE_TEMPORARY_SECONDS = 15 * 60
 
@@ -230,9 +232,13 @@ def staged_folder(target: str, replace: bool = True, last: str | None = None) ->
     without it, a folder that another process published first is kept and ours discarded.
     On an object store, where a folder cannot be renamed, the files are uploaded one by one
     and the file named `last` (a marker that vouches for the rest) is uploaded after them.
-    Yields the (empty, existing) local staging folder."""
+    Easel replaces only folders it wrote: a local folder without a `last` marker gets
+    `OWNED_MARKER`, and an existing `target` holding files but neither marker is refused
+    before any work (`InvalidInput` naming it). Yields the (empty, existing) local staging
+    folder."""
     fs, path = filesystem(target)
     if isinstance(fs, LocalFileSystem):
+        _check_replaceable(os.path.abspath(path), last)
         parent, name = os.path.split(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         staging = os.path.join(parent, f".{name}.{uuid.uuid4().hex}.staging")
@@ -242,11 +248,25 @@ def staged_folder(target: str, replace: bool = True, last: str | None = None) ->
     try:
         yield staging
         if isinstance(fs, LocalFileSystem):
+            if last is None:  # else `last` says easel wrote it
+                open(os.path.join(staging, OWNED_MARKER), "w").close()
             _rename_into_place(staging, os.path.abspath(path), replace)
         else:
             _upload_folder(fs, staging, path, last)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_replaceable(target: str, last: str | None) -> None:
+    """Refuse to replace the local folder `target` unless easel wrote it (or it is empty)."""
+    if not os.path.isdir(target):
+        return
+    names = os.listdir(target)
+    if names and OWNED_MARKER not in names and (last is None or last not in names):
+        raise InvalidInput(
+            f"{target!r} already exists and easel did not write it (it has no {OWNED_MARKER}): "
+            "easel replaces only folders it wrote; move it away or write elsewhere"
+        )
 
 
 def _rename_into_place(staging: str, target: str, replace: bool) -> None:

@@ -8,8 +8,10 @@ import subprocess
 import time
 
 import fsspec
+import pytest
 
 from easel.data import storage
+from easel.errors import InvalidInput
 
 
 def test_atomic_write_leaves_only_the_final_file(tmp_path):
@@ -79,6 +81,25 @@ def test_a_staged_folder_appears_whole_and_replaces_the_old_one(tmp_path):
         _fill(staging, "two")
     assert (target / "a.txt").read_text() == "two"
     assert sorted(os.listdir(tmp_path / "out")) == ["model"]  # no staging or retired folder
+
+
+def test_a_folder_easel_did_not_write_is_never_replaced(tmp_path):
+    """An output pointed at a user's folder: refused before any work, nothing deleted."""
+    target = tmp_path / "theirs"
+    _fill(str(target), "the user's")
+    with pytest.raises(InvalidInput) as error, storage.staged_folder(str(target)):
+        raise AssertionError("refused before the staging folder is filled")
+    assert repr(str(target)) in str(error.value) and storage.OWNED_MARKER in str(error.value)
+    assert (target / "a.txt").read_text() == "the user's"
+    assert sorted(os.listdir(tmp_path)) == ["theirs"]  # no staging folder left
+    with storage.staged_folder(str(target), last="marker.json") as staging:
+        _fill(staging, "two")  # its marker says an older easel wrote it
+    assert (target / "a.txt").read_text() == "two"
+    (tmp_path / "empty").mkdir()
+    with storage.staged_folder(str(tmp_path / "empty")) as staging:
+        _fill(staging, "three")
+    assert (tmp_path / "empty" / "a.txt").read_text() == "three"
+    assert (tmp_path / "empty" / storage.OWNED_MARKER).exists()  # replaced on the next run
 
 
 def test_a_failed_staging_leaves_the_old_folder_and_no_debris(tmp_path):
