@@ -370,13 +370,14 @@ def test_register_as_from_an_s3_dreambooth_output_then_sweep_its_registry_refere
     workspace = make_workspace(str(tmp_path / "ws"))
     values = tiny_config(workspace, "s3://easel-registry/sks", max_steps=1,
                          checkpoint_every_n_steps=1, validation_prompts=[],
-                         register_as="sks-from-s3")  # fmt: skip
+                         register_as="sks-from-s3@prod")  # fmt: skip
     (tmp_path / "db.yaml").write_text(yaml.safe_dump(values))
     assert main(["dreambooth", "--config", str(tmp_path / "db.yaml")]) == 0
-    results = sweep(tmp_path, "registered", "models:/sks-from-s3/1")
+    results = sweep(tmp_path, "registered", "models:/sks-from-s3@prod")
     assert results["code"] == 0 and results[("r", 0)]["status"] == "ok"
     pipeline = resolve_model_reference("s3://easel-registry/sks/pipeline")
     assert results[("r", 0)]["model_digest"] == pipeline.digest
+    assert resolve_model_reference("models:/sks-from-s3/1").digest == pipeline.digest
 
 
 @pytest.fixture(scope="module")
