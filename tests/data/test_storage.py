@@ -184,3 +184,17 @@ def test_a_contact_sheet_is_made_small_enough_for_a_prefect_artifact():
     with Image.open(io.BytesIO(png)) as image:
         assert image.size == (1024 // factor, 1024 // factor)
     assert embeddable_png(png) == (png, 1)  # small enough: unchanged
+
+
+def test_a_contact_sheet_tile_of_a_file_declaring_too_many_pixels_is_grey(tmp_path):
+    """An image replaced since it was written by one declaring 81 MP is never decoded."""
+    from PIL import Image
+
+    from easel.data.contact_sheet import THUMBNAIL, contact_sheet
+
+    Image.new("1", (9000, 9000)).save(tmp_path / "huge.png")
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "fine.png")
+    labels = ["huge/0\\n", "fine/0\\n"]
+    sheet = contact_sheet([str(tmp_path / "huge.png"), str(tmp_path / "fine.png")], labels, 2)
+    assert sheet.getpixel((THUMBNAIL // 2, THUMBNAIL // 2)) == (128, 128, 128)  # grey
+    assert sheet.getpixel((THUMBNAIL + THUMBNAIL // 2, THUMBNAIL // 2)) == (255, 0, 0)
