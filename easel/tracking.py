@@ -470,11 +470,10 @@ def registry_key(version) -> str:
 
 def store_identity(uri: str) -> str:
     """The tracking URI `uri` as the same store is named from any working folder: a SQLite
-    database's or a file store's path made absolute."""
-    scheme, sep, path = uri.partition(":///") if uri.startswith("sqlite:") else ("", "", uri)
-    if sep:
-        return f"{scheme}:///{os.path.abspath(path)}"
-    if "://" not in uri or uri.startswith("file://"):
+    database's or a file store's path made absolute (any other URI as it is)."""
+    if uri.startswith("sqlite:///"):
+        return "sqlite:///" + os.path.abspath(uri.removeprefix("sqlite:///"))
+    if uri.startswith("file://") or ("://" not in uri and not uri.startswith("databricks")):
         return "file://" + os.path.abspath(uri.removeprefix("file://"))
     return uri
 

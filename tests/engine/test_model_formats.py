@@ -255,6 +255,17 @@ def test_a_folder_of_any_name_registers_as_a_loadable_model(sd, tmp_path):
     assert resolved.digest == resolve_model_reference(sd).digest
 
 
+def test_a_tracking_store_is_named_alike_from_any_working_folder(tmp_path, monkeypatch):
+    from easel.tracking import store_identity
+
+    monkeypatch.chdir(tmp_path)
+    assert store_identity("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
+    assert store_identity(f"sqlite:///{tmp_path}/mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
+    assert store_identity("mlruns") == store_identity(f"file://{tmp_path}/mlruns")
+    for remote in ("http://mlflow:5000", "databricks", "databricks://profile"):
+        assert store_identity(remote) == remote
+
+
 def register_in_store(store: str, folder: str, name: str) -> str:
     """`folder` registered as `name` in the SQLite tracking store `store` (made the current
     one); returns its reference."""
