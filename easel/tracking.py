@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import tempfile
@@ -423,7 +424,9 @@ def register_model(pipeline_dir: str, register_as: str, load: Callable, predict:
 
 def download_registered_model(ref: str, cache_root: Path) -> str:
     """The local diffusers folder of the model registered as `ref`, downloaded once under
-    `cache_root/NAME/VERSION`; `ModelReferenceError` saying why not."""
+    `cache_root/NAME/VERSION-KEY`, KEY naming the model version's identity (`registry_key`):
+    another tracking store's `NAME/VERSION` is another entry. `ModelReferenceError` saying
+    why not."""
     import mlflow
 
     match = REGISTRY_REFERENCE.match(ref)
@@ -442,7 +445,7 @@ def download_registered_model(ref: str, cache_root: Path) -> str:
         raise ModelReferenceError(
             f"registry reference {ref!r} not found: {str(error).splitlines()[0]}"
         ) from None
-    target = cache_root / name / str(version.version)
+    target = cache_root / name / f"{version.version}-{registry_key(version)}"
     if not (target / "MLmodel").exists():
         with storage.staged_folder(str(target)) as staging:
             mlflow.artifacts.download_artifacts(
@@ -452,6 +455,27 @@ def download_registered_model(ref: str, cache_root: Path) -> str:
     if not (pipeline / "model_index.json").exists():
         raise ModelReferenceError(f"registry reference {ref!r} holds no diffusers pipeline")
     return str(pipeline)
+
+
+def registry_key(version) -> str:
+    """What tells one registered model version from every other (16 hex digits): the
+    tracking store it is in (a SQLite or file store by its absolute path), its name and
+    number, the run that logged it and where its files are (`source`)."""
+    identity = "\n".join(
+        (store_identity(tracking_uri()), version.name, str(version.version),
+         str(version.run_id), str(version.source), str(version.creation_timestamp))
+    )  # fmt: skip
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def store_identity(uri: str) -> str:
+    """The tracking URI `uri` as the same store is named from any working folder: a SQLite
+    database's or a file store's path made absolute (any other URI as it is)."""
+    if uri.startswith("sqlite:///"):
+        return "sqlite:///" + os.path.abspath(uri.removeprefix("sqlite:///"))
+    if uri.startswith("file://") or ("://" not in uri and not uri.startswith("databricks")):
+        return "file://" + os.path.abspath(uri.removeprefix("file://"))
+    return uri
 
 
 def _pipeline_artifact(mlmodel: Path) -> str:

@@ -11,7 +11,7 @@ import os
 
 from PIL import Image, ImageDraw, ImageFont
 
-from easel.data import storage
+from easel.data import limits, storage
 
 THUMBNAIL = 128
 MAX_IMAGES = 256
@@ -54,13 +54,25 @@ def contact_sheet(image_uris: list[str], labels: list[str], columns: int = 8) ->
     """A grid of thumbnails of the images at `image_uris` (at most MAX_IMAGES)."""
     thumbs, labels = [], list(labels)
     for i, uri in enumerate(image_uris[:MAX_IMAGES]):
-        try:
-            with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
-                thumbs.append(image.convert("RGB"))
-        except (OSError, SyntaxError):  # changed since it was written: a grey tile says so
-            thumbs.append(Image.new("RGB", (THUMBNAIL, THUMBNAIL), "grey"))
+        image = _read(uri)
+        if image is None:  # changed since it was written: a grey tile says so
+            image = Image.new("RGB", (THUMBNAIL, THUMBNAIL), "grey")
             labels[i] = f"unreadable: {labels[i]}"
+        thumbs.append(image)
     return grid(thumbs, labels, columns)
+
+
+def _read(uri: str) -> Image.Image | None:
+    """The image at `uri` as an RGB tile (as `grid` makes it: the sheet holds tiles, not 256
+    whole images); None where it cannot be read or its header declares more than
+    `limits.MAX_INPUT_PIXELS` (never decoded)."""
+    try:
+        with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
+            if image.width * image.height > limits.MAX_INPUT_PIXELS:
+                return None
+            return _tile(image)
+    except (OSError, SyntaxError, Image.DecompressionBombError):
+        return None
 
 
 def grid(images: list[Image.Image], labels: list[str], columns: int = 8) -> Image.Image:
@@ -73,13 +85,17 @@ def grid(images: list[Image.Image], labels: list[str], columns: int = 8) -> Imag
     sheet = Image.new("RGB", (columns * THUMBNAIL, rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (image, label) in enumerate(zip(images, labels, strict=False)):
-        thumb = image.convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.NEAREST)
+        thumb = _tile(image)
         x, y = (i % columns) * THUMBNAIL, (i // columns) * cell_h
         sheet.paste(thumb, (x, y))
         for line, text in enumerate(label.split("\n")[:2]):
             draw.text((x + 2, y + THUMBNAIL + 1 + line * LINE), text, fill="black",
                       font=label_font())  # fmt: skip
     return sheet
+
+
+def _tile(image: Image.Image) -> Image.Image:
+    return image.convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.NEAREST)
 
 
 def write_contact_sheet(out: str, image_uris: list[str], labels: list[str]) -> str:

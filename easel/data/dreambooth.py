@@ -59,11 +59,8 @@ def check_instance_data(folder: str) -> list[str]:
     for uri in images:
         try:
             open_image(uri, "instance_data")
-        except ImageInputError:
-            raise InvalidInput(
-                f"config field `subject.instance_data`: image {uri!r} is unreadable (not an "
-                "image easel can read)"
-            ) from None
+        except ImageInputError as error:
+            raise InvalidInput(f"config field `subject.instance_data`: {error}") from None
     return images
 
 

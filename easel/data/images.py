@@ -32,6 +32,10 @@ class ImageInputError(ValueError):
 
 
 def open_image(uri: str, column: str) -> Image.Image:
+    """The image at `uri` decoded, upright (its EXIF orientation applied), in its own mode.
+    `ImageInputError` naming `column` and `uri` where it is missing, unreadable, not an
+    image, or declares in its header more than `limits.MAX_INPUT_PIXELS` pixels (checked
+    before decoding: a small file cannot take the memory of a huge image)."""
     try:
         data = storage.read_bytes(uri)
     except FileNotFoundError:
@@ -39,16 +43,29 @@ def open_image(uri: str, column: str) -> Image.Image:
     except OSError as error:
         raise ImageInputError(f"`{column}` {uri!r} cannot be read: {error}") from None
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))  # the header only
+    except Image.DecompressionBombError:  # Pillow's own limit, above ours
+        raise ImageInputError(_too_large(column, uri, None)) from None
+    except Exception:  # noqa: BLE001 - PIL raises many kinds for a non-image
+        raise ImageInputError(f"`{column}` {uri!r} is not an image easel can read") from None
+    if image.width * image.height > limits.MAX_INPUT_PIXELS:
+        raise ImageInputError(_too_large(column, uri, image.size))
+    try:
         image.load()
         image = ImageOps.exif_transpose(image)  # stored sideways, read as displayed
-    except Image.DecompressionBombError as error:
-        raise ImageInputError(f"`{column}` {uri!r} is too large to read: {error}") from None
-    except Exception:  # noqa: BLE001 - PIL raises many kinds for a non-image
+    except Exception:  # noqa: BLE001 - PIL raises many kinds for a damaged image
         raise ImageInputError(f"`{column}` {uri!r} is not an image easel can read") from None
     if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
         raise ImageInputError(f"`{column}` {uri!r} has non-finite (NaN or inf) pixel values")
     return image
+
+
+def _too_large(column: str, uri: str, size: tuple[int, int] | None) -> str:
+    declared = f"{size[0]}x{size[1]} ({size[0] * size[1]:,} pixels)" if size else "larger"
+    return (
+        f"`{column}` {uri!r} is {declared}, over the {limits.MAX_INPUT_PIXELS:,} pixels an "
+        "input image may have: downscale it"
+    )
 
 
 def read_rgb(uri: str, column: str) -> Image.Image:

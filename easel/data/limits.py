@@ -56,6 +56,11 @@ MAX_SEED = 2**63 - 1
 MIN_BATCH, MAX_BATCH = 1, 256  # images per pipeline call
 MAX_SHARDS = 256  # flow runs one sweep may split into
 DEFAULT_MAX_PIXELS = 2048 * 2048  # the sweep's pixel budget for width x height
+# The most pixels an input image (init image, mask, fusion or DreamBooth image) may declare
+# in its header: checked before it is decoded, so reading one takes at most ~1 GiB
+# (4 bytes a pixel in its widest mode, plus an RGB copy). 8192 x 8192; a 108 MP phone photo
+# is downscaled first.
+MAX_INPUT_PIXELS = 8192 * 8192
 MIN_MAX_PIXELS = 64
 
 # -- defaults ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import posixpath
+import re
 import shutil
 import socket
 import tempfile
@@ -25,6 +26,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from easel.errors import InvalidInput
 
+# in every local folder `staged_folder` publishes: easel wrote it, and may replace it
+OWNED_MARKER = ".easel-folder"
 # a hidden temporary file untouched this long was left by a writer that died
 STALE_TEMPORARY_SECONDS = 15 * 60
 
@@ -36,6 +39,9 @@ def process_name(pid: int) -> str:
 
 
 WRITER = process_name(os.getpid())  # in every temporary name: which process writes it
+# The names `local_atomic_writer` gives its temporaries: ".NAME.host~pid~12 hex digits.tmp"
+# (before the writer was named: ".NAME.32 hex digits.tmp"); nothing else is easel's to clean
+TEMPORARY_NAME = re.compile(r"\..+\.(?:[^~/]+~\d+~[0-9a-f]{12}|[0-9a-f]{32})\.tmp")
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -226,9 +232,13 @@ def staged_folder(target: str, replace: bool = True, last: str | None = None) ->
     without it, a folder that another process published first is kept and ours discarded.
     On an object store, where a folder cannot be renamed, the files are uploaded one by one
     and the file named `last` (a marker that vouches for the rest) is uploaded after them.
-    Yields the (empty, existing) local staging folder."""
+    Easel replaces only folders it wrote: a local folder without a `last` marker gets
+    `OWNED_MARKER`, and an existing `target` holding files but neither marker is refused
+    before any work (`InvalidInput` naming it). Yields the (empty, existing) local staging
+    folder."""
     fs, path = filesystem(target)
     if isinstance(fs, LocalFileSystem):
+        _check_replaceable(os.path.abspath(path), last)
         parent, name = os.path.split(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         staging = os.path.join(parent, f".{name}.{uuid.uuid4().hex}.staging")
@@ -238,11 +248,25 @@ def staged_folder(target: str, replace: bool = True, last: str | None = None) ->
     try:
         yield staging
         if isinstance(fs, LocalFileSystem):
+            if last is None:  # else `last` says easel wrote it
+                open(os.path.join(staging, OWNED_MARKER), "w").close()
             _rename_into_place(staging, os.path.abspath(path), replace)
         else:
             _upload_folder(fs, staging, path, last)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_replaceable(target: str, last: str | None) -> None:
+    """Refuse to replace the local folder `target` unless easel wrote it (or it is empty)."""
+    if not os.path.isdir(target):
+        return
+    names = os.listdir(target)
+    if names and OWNED_MARKER not in names and (last is None or last not in names):
+        raise InvalidInput(
+            f"{target!r} already exists and easel did not write it (it has no {OWNED_MARKER}): "
+            "easel replaces only folders it wrote; move it away or write elsewhere"
+        )
 
 
 def _rename_into_place(staging: str, target: str, replace: bool) -> None:
@@ -273,6 +297,14 @@ def _upload_folder(fs, staging: str, path: str, last: str | None) -> None:
         fs.put_file(os.path.join(staging, name), remote)
 
 
+def inside(folder: str, relative: str) -> str | None:
+    """The local path `relative` (a name a store or an archive supplies, '/'-separated)
+    names under `folder`, or None where it would leave it (`..`, an absolute path)."""
+    root = os.path.abspath(folder)
+    joined = os.path.normpath(os.path.join(root, *relative.split("/")))
+    return joined if joined.startswith(root + os.sep) else None
+
+
 def is_within(child: str, root: str) -> bool:
     """Whether `child` resolves inside `root` (both normalised, same filesystem)."""
     fs_c, path_c = filesystem(child)
@@ -289,15 +321,17 @@ def is_within(child: str, root: str) -> bool:
 def remove_stale_temporaries(folder: str) -> int:
     """Delete temporary files left under `folder` by writers that died (kill -9, OOM).
 
-    Only for local folders: object stores never show a partial upload. Another run may be
-    writing into the same folder: a temporary file is removed only when the process named in
-    it is gone from this host, or when it has been untouched for `STALE_TEMPORARY_SECONDS`."""
+    Only for local folders: object stores never show a partial upload. Only files named as
+    easel names its temporaries (`TEMPORARY_NAME`) are candidates: a user's `.notes.tmp`
+    stays. Another run may be writing into the same folder: a temporary file is removed only
+    when the process named in it is gone from this host, or when it has been untouched for
+    `STALE_TEMPORARY_SECONDS`."""
     fs, path = filesystem(folder)
     if not isinstance(fs, LocalFileSystem) or not os.path.isdir(path):
         return 0
     removed = 0
     for parent, _, names in os.walk(path):
-        for name in (n for n in names if n.startswith(".") and n.endswith(".tmp")):
+        for name in filter(TEMPORARY_NAME.fullmatch, names):
             temporary = os.path.join(parent, name)
             with contextlib.suppress(FileNotFoundError):  # its writer may just have renamed it
                 if _writer_gone(name) or _untouched_for(temporary, STALE_TEMPORARY_SECONDS):

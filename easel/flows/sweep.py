@@ -22,7 +22,7 @@ from easel.tasks.sweep import generate_batches_task, plan_sweep_task, write_resu
 def sweep_flow(params: SweepParameters) -> SweepSummary | BatchOutcome:
     """Validate the manifest, generate the missing images chunk by chunk (split into
     `shards` flow runs when asked), record everything, merge `results.parquet`."""
-    params = params.model_copy(update={"out": expand_placeholders(params.out)})
+    params = params.model_copy(update={"out": expand_placeholders(params.out, "out")})
     storage.check_output_folder(params.out, "out")
     if params.shard is not None:
         return _shard_run(params)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from datetime import timezone
 
+from easel.errors import InvalidInput
+
 # `{scheduled_date}`: the run's scheduled start, YYYY-MM-DD (UTC); `{flow_run_name}`: its
 # name. A retry of a run keeps both, so it resumes in the same folder.
 PLACEHOLDER = re.compile(r"\{(scheduled_date|flow_run_name)\}")
@@ -40,9 +42,12 @@ def prefect_tags() -> dict[str, str]:
     return tags
 
 
-def expand_placeholders(location: str) -> str:
-    """`location` with `{scheduled_date}` and `{flow_run_name}` filled in from the current
-    flow run (any other brace is left as it is)."""
+def expand_placeholders(location: str, field: str) -> str:
+    """`location` (the value of `field`) with `{scheduled_date}` and `{flow_run_name}` filled
+    in from the current flow run (any other brace is left as it is). A value that is not one
+    folder name (a run named `../escaped` or `a/b`, typed in the dashboard) is refused,
+    `InvalidInput` naming `field`, the placeholder and the value: the location stays inside
+    the folder that holds the placeholder."""
     if not PLACEHOLDER.search(location):
         return location
     from prefect.runtime import flow_run
@@ -53,4 +58,16 @@ def expand_placeholders(location: str) -> str:
         ),
         "flow_run_name": str(flow_run.name),
     }
+    for word in PLACEHOLDER.findall(location):
+        if not is_folder_name(values[word]):
+            raise InvalidInput(
+                f"`{field}` {location!r}: {{{word}}} is {values[word]!r}, which is not one "
+                "folder name (no '/', '\\', '.' or '..'): rename the flow run"
+            )
     return PLACEHOLDER.sub(lambda match: values[match.group(1)], location)
+
+
+def is_folder_name(value: str) -> bool:
+    """Whether `value` names one folder inside its parent: not empty, `.` or `..`, no path
+    separator or NUL."""
+    return value not in ("", ".", "..") and not any(c in value for c in "/\\\0")

@@ -161,3 +161,23 @@ def test_a_phone_photo_and_a_mask_drawn_on_it_upright_inpaint_upright(tmp_path):
     # a 10% mask repaints 10%: every pixel within 10% of the way to the generated image
     blended = pixels(results["faint"]["image_uri"]).astype(int)
     assert np.abs(blended - init).max() <= 0.1 * 255 + 1
+
+
+def test_an_image_declaring_too_many_pixels_is_refused_from_its_header(tmp_path, monkeypatch):
+    """A PNG of a few KB may declare 81 million pixels: refused before any is decoded."""
+    from PIL import ImageFile
+
+    from easel.data import limits
+
+    huge, largest = str(tmp_path / "huge.png"), str(tmp_path / "largest.png")
+    Image.new("1", (9000, 9000)).save(huge)
+    Image.new("1", (8192, limits.MAX_INPUT_PIXELS // 8192)).save(largest)
+    decoded = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: decoded.append(im) or load(im))
+    with pytest.raises(images.ImageInputError) as error:
+        images.open_image(huge, "mask_image")
+    message = str(error.value)
+    assert message.startswith(f"`mask_image` {huge!r} is 9000x9000 (81,000,000 pixels)")
+    assert f"{limits.MAX_INPUT_PIXELS:,}" in message and decoded == []
+    assert images.open_image(largest, "mask_image").size == (8192, 8192) and decoded

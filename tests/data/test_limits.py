@@ -49,6 +49,9 @@ def test_the_sweeps_page_states_the_limits():
     assert f"config ({limits.NUM_INFERENCE_STEPS})" in manifest_rule("num_inference_steps")
     assert str(limits.STRENGTH) in manifest_rule("strength")
     assert limits.ID_RULE in manifest_rule("id")
+    assert f"at most {limits.MAX_INPUT_PIXELS:,} pixels" in manifest_rule("init_image")
+    operations = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    assert f"at most\n  {limits.MAX_INPUT_PIXELS:,} pixels" in operations
     prior = manifest_rule("prior_guidance_scale")
     assert f"({limits.PRIOR_GUIDANCE_SCALE:g}, {limits.PRIOR_NUM_INFERENCE_STEPS})" in prior
     assert f"{limits.MIN_PRIOR_STEPS}..{limits.MAX_STEPS}" in prior

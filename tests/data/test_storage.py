@@ -8,8 +8,10 @@ import subprocess
 import time
 
 import fsspec
+import pytest
 
 from easel.data import storage
+from easel.errors import InvalidInput
 
 
 def test_atomic_write_leaves_only_the_final_file(tmp_path):
@@ -20,11 +22,18 @@ def test_atomic_write_leaves_only_the_final_file(tmp_path):
 
 
 def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    """Only easel's own temporaries go: a user's hidden `.tmp` files in the output stay."""
     (tmp_path / "images" / "a").mkdir(parents=True)
     (tmp_path / "images" / "a" / "0.png").write_bytes(b"done")
-    (tmp_path / "images" / "a" / ".1.png.3f2a.tmp").write_bytes(b"half")
+    (tmp_path / "images" / "a" / f".1.png.{'3f2a' * 8}.tmp").write_bytes(b"half")  # older easel
+    theirs = [".notes.tmp", ".1.png.3f2a.tmp", ".draft.host~1~x.tmp", ".2.png.h~1~abc.tmp"]
+    for name in theirs:
+        (tmp_path / name).write_bytes(b"a user's")
+        old = time.time() - storage.STALE_TEMPORARY_SECONDS - 1
+        os.utime(tmp_path / name, (old, old))
     assert storage.remove_stale_temporaries(str(tmp_path)) == 1
     assert os.listdir(tmp_path / "images" / "a") == ["0.png"]
+    assert sorted(theirs + ["images"]) == sorted(os.listdir(tmp_path))
 
 
 def test_a_live_writers_temporary_is_left_alone_until_it_goes_stale(tmp_path):
@@ -32,9 +41,9 @@ def test_a_live_writers_temporary_is_left_alone_until_it_goes_stale(tmp_path):
     host = socket.gethostname()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    live = tmp_path / f".0.png.{host}~{os.getpid()}~ab12.tmp"  # this process: alive
-    elsewhere = tmp_path / ".1.png.other-host~1~cd34.tmp"  # another machine's writer
-    gone = tmp_path / f".2.png.{host}~{dead.pid}~ef56.tmp"
+    live = tmp_path / f".0.png.{host}~{os.getpid()}~ab12ab12ab12.tmp"  # this process: alive
+    elsewhere = tmp_path / ".1.png.other-host~1~cd34cd34cd34.tmp"  # another machine's writer
+    gone = tmp_path / f".2.png.{host}~{dead.pid}~ef56ef56ef56.tmp"
     for path in (live, elsewhere, gone):
         path.write_bytes(b"half")
     assert storage.remove_stale_temporaries(str(tmp_path)) == 1
@@ -72,6 +81,25 @@ def test_a_staged_folder_appears_whole_and_replaces_the_old_one(tmp_path):
         _fill(staging, "two")
     assert (target / "a.txt").read_text() == "two"
     assert sorted(os.listdir(tmp_path / "out")) == ["model"]  # no staging or retired folder
+
+
+def test_a_folder_easel_did_not_write_is_never_replaced(tmp_path):
+    """An output pointed at a user's folder: refused before any work, nothing deleted."""
+    target = tmp_path / "theirs"
+    _fill(str(target), "the user's")
+    with pytest.raises(InvalidInput) as error, storage.staged_folder(str(target)):
+        raise AssertionError("refused before the staging folder is filled")
+    assert repr(str(target)) in str(error.value) and storage.OWNED_MARKER in str(error.value)
+    assert (target / "a.txt").read_text() == "the user's"
+    assert sorted(os.listdir(tmp_path)) == ["theirs"]  # no staging folder left
+    with storage.staged_folder(str(target), last="marker.json") as staging:
+        _fill(staging, "two")  # its marker says an older easel wrote it
+    assert (target / "a.txt").read_text() == "two"
+    (tmp_path / "empty").mkdir()
+    with storage.staged_folder(str(tmp_path / "empty")) as staging:
+        _fill(staging, "three")
+    assert (tmp_path / "empty" / "a.txt").read_text() == "three"
+    assert (tmp_path / "empty" / storage.OWNED_MARKER).exists()  # replaced on the next run
 
 
 def test_a_failed_staging_leaves_the_old_folder_and_no_debris(tmp_path):
@@ -156,3 +184,17 @@ def test_a_contact_sheet_is_made_small_enough_for_a_prefect_artifact():
     with Image.open(io.BytesIO(png)) as image:
         assert image.size == (1024 // factor, 1024 // factor)
     assert embeddable_png(png) == (png, 1)  # small enough: unchanged
+
+
+def test_a_contact_sheet_tile_of_a_file_declaring_too_many_pixels_is_grey(tmp_path):
+    """An image replaced since it was written by one declaring 81 MP is never decoded."""
+    from PIL import Image
+
+    from easel.data.contact_sheet import THUMBNAIL, contact_sheet
+
+    Image.new("1", (9000, 9000)).save(tmp_path / "huge.png")
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "fine.png")
+    labels = ["huge/0\\n", "fine/0\\n"]
+    sheet = contact_sheet([str(tmp_path / "huge.png"), str(tmp_path / "fine.png")], labels, 2)
+    assert sheet.getpixel((THUMBNAIL // 2, THUMBNAIL // 2)) == (128, 128, 128)  # grey
+    assert sheet.getpixel((THUMBNAIL + THUMBNAIL // 2, THUMBNAIL // 2)) == (255, 0, 0)

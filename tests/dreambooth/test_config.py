@@ -40,6 +40,13 @@ def _unreadable(tmp_path, valid):
     return {}
 
 
+def _too_large(tmp_path, valid):
+    from PIL import Image
+
+    Image.new("1", (9000, 9000)).save(os.path.join(valid["instance_data"], "04.png"))
+    return {}
+
+
 def _kandinsky(tmp_path, valid):
     from easel.models.testing.random_pipelines import build_random_kandinsky22
 
@@ -58,7 +65,8 @@ def _too_few(tmp_path, valid):
         (lambda tmp, v: {"instance_data": str(tmp / "missing")}, ["instance_data", "missing"]),
         (lambda tmp, v: {"train": {"max_step": 5}}, ["unknown", "`train.max_step`", "5"]),
         (_too_few, ["instance_data", "holds 2"]),
-        (_unreadable, ["instance_data", "03.png", "unreadable"]),
+        (_unreadable, ["instance_data", "03.png", "not an image"]),
+        (_too_large, ["instance_data", "04.png", "9000x9000", "downscale it"]),
         (lambda tmp, v: {"identifier": "zxq"}, ["instance_prompt", "zxq", "a photo of sks shape"]),
         (
             lambda tmp, v: {"instance_prompt": "a photo of shape"},
@@ -93,6 +101,7 @@ def _too_few(tmp_path, valid):
         "missing-folder",
         "too-few-images",
         "unreadable-image",
+        "too-large-image",
         "identifier-absent",
         "no-identifier",
         "resolution",

@@ -85,6 +85,7 @@ def test_bad_edit_inputs_fail_their_row_alone(tmp_path):
     Image.new("L", (32, 32), 255).save(tmp_path / "small-mask.png")
     alpha = square_mask(tmp_path / "alpha.png", mode="RGBA")
     Image.new("RGB", (60, 60)).save(tmp_path / "odd.png")
+    Image.new("1", (9000, 9000)).save(tmp_path / "huge.png")  # KBs on disk, 81 MP declared
     outside = tmp_path.parent / "outside.png"
     Image.new("RGB", (64, 64)).save(outside)
     prompt = "a red circle"
@@ -99,6 +100,7 @@ def test_bad_edit_inputs_fail_their_row_alone(tmp_path):
         {"id": "outside", "prompt": prompt, "init_image": str(outside)},
         {"id": "odd-size", "prompt": prompt, "init_image": "odd.png"},
         {"id": "resized", "prompt": prompt, "init_image": "odd.png", "width": 64, "height": 64},
+        {"id": "huge", "prompt": prompt, "init_image": "huge.png", "width": 64, "height": 64},
     ]
     summary, results = sweep(tmp_path, rows)
     errors = {key[0]: r["error"] for key, r in results.items() if r["status"] == "failed"}
@@ -111,6 +113,7 @@ def test_bad_edit_inputs_fail_their_row_alone(tmp_path):
         "strength-1.5": ["`strength`", "1.5"],
         "outside": ["`init_image`", "outside"],
         "odd-size": ["`init_image`", "60x60", "multiples of 8"],
+        "huge": ["`init_image`", "huge.png", "9000x9000", "downscale it"],
     }
     assert set(errors) == set(expected)
     for row_id, words in expected.items():

@@ -255,6 +255,55 @@ def test_a_folder_of_any_name_registers_as_a_loadable_model(sd, tmp_path):
     assert resolved.digest == resolve_model_reference(sd).digest
 
 
+def test_a_tracking_store_is_named_alike_from_any_working_folder(tmp_path, monkeypatch):
+    from easel.tracking import store_identity
+
+    monkeypatch.chdir(tmp_path)
+    assert store_identity("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
+    assert store_identity(f"sqlite:///{tmp_path}/mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
+    assert store_identity("mlruns") == store_identity(f"file://{tmp_path}/mlruns")
+    for remote in ("http://mlflow:5000", "databricks", "databricks://profile"):
+        assert store_identity(remote) == remote
+
+
+def register_in_store(store: str, folder: str, name: str) -> str:
+    """`folder` registered as `name` in the SQLite tracking store `store` (made the current
+    one); returns its reference."""
+    from easel import tracking
+    from easel.models.engine import serving
+
+    os.environ["MLFLOW_TRACKING_URI"] = store
+    mlflow.set_tracking_uri(store)
+    with mlflow.start_run():
+        return tracking.register_model(folder, name, serving.load_registered, serving.predict)
+
+
+def test_two_tracking_stores_sharing_one_cache_each_serve_their_own_model(
+    sd, tmp_path, monkeypatch
+):  # fmt: skip
+    """`models:/subject/1` of a second store is never served from the first's cached copy."""
+    other = tmp_path / "other-model"
+    shutil.copytree(sd, other)
+    config = json.loads((other / "scheduler" / "scheduler_config.json").read_text())
+    config["steps_offset"] = 1 - config.get("steps_offset", 0)  # another model's files
+    (other / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    monkeypatch.chdir(tmp_path)  # each store's artifacts under ./mlruns
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", os.environ["MLFLOW_TRACKING_URI"])
+    first, second = f"sqlite:///{tmp_path / 'first.db'}", f"sqlite:///{tmp_path / 'second.db'}"
+    try:
+        assert register_in_store(first, sd, "subject") == "models:/subject/1"
+        from_first = resolve_model_reference("models:/subject/1")  # now in the cache
+        assert register_in_store(second, str(other), "subject") == "models:/subject/1"
+        from_second = resolve_model_reference("models:/subject/1")
+        os.environ["MLFLOW_TRACKING_URI"] = first
+        again = resolve_model_reference("models:/subject/1")
+    finally:
+        mlflow.set_tracking_uri(None)  # back to the environment's
+    assert from_first.digest == resolve_model_reference(sd).digest
+    assert from_second.digest == resolve_model_reference(str(other)).digest != from_first.digest
+    assert from_second.path != from_first.path and again.path == from_first.path
+
+
 # -- single-file checkpoints -----------------------------------------------------------------
 
 
@@ -334,13 +383,14 @@ def test_register_as_from_an_s3_dreambooth_output_then_sweep_its_registry_refere
     workspace = make_workspace(str(tmp_path / "ws"))
     values = tiny_config(workspace, "s3://easel-registry/sks", max_steps=1,
                          checkpoint_every_n_steps=1, validation_prompts=[],
-                         register_as="sks-from-s3")  # fmt: skip
+                         register_as="sks-from-s3@prod")  # fmt: skip
     (tmp_path / "db.yaml").write_text(yaml.safe_dump(values))
     assert main(["dreambooth", "--config", str(tmp_path / "db.yaml")]) == 0
-    results = sweep(tmp_path, "registered", "models:/sks-from-s3/1")
+    results = sweep(tmp_path, "registered", "models:/sks-from-s3@prod")
     assert results["code"] == 0 and results[("r", 0)]["status"] == "ok"
     pipeline = resolve_model_reference("s3://easel-registry/sks/pipeline")
     assert results[("r", 0)]["model_digest"] == pipeline.digest
+    assert resolve_model_reference("models:/sks-from-s3/1").digest == pipeline.digest
 
 
 @pytest.fixture(scope="module")

@@ -90,3 +90,23 @@ def test_pickle_weights_are_refused_without_the_trust_flag(tiny_copy):
         load_model(str(tiny_copy), device="cpu")
     loaded = load_model(str(tiny_copy), device="cpu", trust_pickle=True)
     assert loaded.family is stable_diffusion.FAMILY
+
+
+def test_a_model_key_leaving_its_folder_is_refused_and_nothing_copied(
+    tiny_copy, s3_server, tmp_path, monkeypatch
+):  # fmt: skip
+    """An object store's keys are names its writer chose: `unet/../../../../escaped.txt`
+    would be copied outside EASEL_CACHE_DIR."""
+    cache = tmp_path / "deep" / "cache" / "dir"
+    monkeypatch.setenv("EASEL_CACHE_DIR", str(cache))
+    fs = fsspec.filesystem("s3")
+    fs.mkdir("hostile")
+    fs.put(str(tiny_copy), "hostile/tiny", recursive=True)
+    fs.pipe_file("hostile/tiny/unet/../../../../escaped.txt", b"outside")
+    assert "hostile/tiny/unet/../../../../escaped.txt" in fs.find("hostile/tiny")  # kept as is
+    with pytest.raises(ModelReferenceError) as error:
+        resolve_model_reference("s3://hostile/tiny")
+    assert "'unet/../../../../escaped.txt'" in str(error.value)
+    assert "s3://hostile/tiny" in str(error.value)
+    assert not any(p.name == "escaped.txt" for p in tmp_path.rglob("*"))
+    assert not (cache / "models").exists()

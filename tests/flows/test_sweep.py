@@ -170,6 +170,35 @@ def test_an_output_location_carries_the_runs_date_and_name(tmp_path):
     assert state.result().out == str(folder)
 
 
+def test_a_flow_run_named_to_escape_its_folder_is_refused_naming_out_and_the_name(tmp_path):
+    """Run names are typed in the dashboard: `renders/{flow_run_name}` with a run named
+    `../escaped` writes nothing, outside `renders/` or in it."""
+    from easel.errors import InvalidInput
+
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": "a", "prompt": PROMPTS[0]}])
+    out = str(tmp_path / "renders" / "{flow_run_name}")
+    params = SweepParameters(manifest=manifest, out=out, num_inference_steps=STEPS)
+    with pytest.raises(InvalidInput) as error:
+        sweep_flow.with_options(flow_run_name="../escaped")(params)
+    message = str(error.value)
+    assert "`out`" in message and "'../escaped'" in message and "{flow_run_name}" in message
+    assert sorted(os.listdir(tmp_path)) == ["m.parquet"]
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "a\\b", ""])
+def test_a_placeholder_value_must_be_one_folder_name(name, monkeypatch):
+    from prefect.runtime import flow_run
+
+    from easel.errors import InvalidInput
+    from easel.orchestration.run_context import expand_placeholders
+
+    monkeypatch.setitem(flow_run.FIELDS, "name", lambda: name)
+    with pytest.raises(InvalidInput, match="`out` 'r/{flow_run_name}': {flow_run_name} is "):
+        expand_placeholders("r/{flow_run_name}", "out")
+    monkeypatch.setitem(flow_run.FIELDS, "name", lambda: "..nightly.. 2")
+    assert expand_placeholders("r/{flow_run_name}", "out") == "r/..nightly.. 2"
+
+
 def test_the_flow_run_address_is_the_dashboard_s_and_none_without_one(monkeypatch):
     """The tag links to the run's page on the dashboard (`/runs/flow-run/ID`); Prefect's
     temporary server has no dashboard (its runtime's `ui_url` reads "None/flow-runs/...")."""

@@ -233,7 +233,25 @@ def _folder_digest(path: str) -> str:
 
 def _copy_to_cache(uri: str) -> str:
     """Copy the files of a remote diffusers directory that a pipeline can load (its
-    model_index.json, model card and component folders) once; later calls reuse the copy."""
+    model_index.json, model card and component folders) once; later calls reuse the copy,
+    keyed by the URI and each file's version (an object store's ETag: its content)."""
+    fs, files = _remote_files(uri)
+    identity = json.dumps(sorted((f"/{member}", tag) for member, (_, tag) in files.items()))
+    key = hashlib.sha256(f"{uri}\n{identity}".encode()).hexdigest()[:32]
+    target = cache_dir() / "models" / key
+    if not (target / "model_index.json").exists():
+        with storage.staged_folder(str(target), replace=False) as staging:
+            for member, (name, _) in files.items():
+                local = storage.inside(staging, member)
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                fs.get_file(name, local)
+    return str(target)
+
+
+def _remote_files(uri: str) -> tuple[object, dict[str, tuple[str, str]]]:
+    """The filesystem of `uri` and the files a pipeline loads from it: {path relative to the
+    model's folder: (the store's name, its version tag)}. A key that would leave the folder
+    (`unet/../../x`) is refused, `ModelReferenceError` naming it, before anything is copied."""
     fs, root = storage.filesystem(uri)
     root = root.rstrip("/")
     try:
@@ -243,24 +261,19 @@ def _copy_to_cache(uri: str) -> str:
         raise ModelReferenceError(f"model reference {uri!r} has no model_index.json") from None
     except Exception as error:
         raise ModelReferenceError(f"model reference {uri!r} cannot be listed: {error}") from error
-    wanted = {"model_index.json", "README.md"}
-    folders = set(components(index))
-    listing = {
-        name: info for name, info in listing.items()
-        if (rel := name[len(root) :].lstrip("/")) in wanted or rel.split("/", 1)[0] in folders
-    }  # fmt: skip
-    identity = json.dumps(
-        sorted((name[len(root) :], storage.version_tag(info)) for name, info in listing.items())
-    )
-    key = hashlib.sha256(f"{uri}\n{identity}".encode()).hexdigest()[:32]
-    target = cache_dir() / "models" / key
-    if not (target / "model_index.json").exists():
-        with storage.staged_folder(str(target), replace=False) as staging:
-            for name in listing:
-                local = os.path.join(staging, name[len(root) :].lstrip("/"))
-                os.makedirs(os.path.dirname(local), exist_ok=True)
-                fs.get_file(name, local)
-    return str(target)
+    wanted, folders = {"model_index.json", "README.md"}, set(components(index))
+    files = {}
+    for name, info in listing.items():
+        member = name[len(root) :].lstrip("/")
+        if member not in wanted and member.split("/", 1)[0] not in folders:
+            continue
+        if storage.inside(str(cache_dir()), member) is None:
+            raise ModelReferenceError(
+                f"model reference {uri!r} holds the key {member!r}, which leaves the model's "
+                "folder: refused (nothing is copied outside the cache)"
+            )
+        files[member] = (name, storage.version_tag(info))
+    return fs, files
 
 
 def _hub_cached(ref: str) -> str | None:
