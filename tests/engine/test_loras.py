@@ -256,3 +256,24 @@ def test_a_column_named_like_loras_is_a_warning_naming_loras(tmp_path, sd, caplo
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 2 and all("`loras`" in message for message in warned)
     assert any("`lora_scale`" in message for message in warned)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_adapters_on_a_compiled_unet_draw_as_on_the_eager_one(tmp_path, sd, adapters):
+    """`performance.compile` and adapter sets switching between batches: the compiled UNet
+    takes each set (PEFT's layers inside compiled blocks) and draws as the eager one."""
+    chosen = {"base", "peft-1", "stacked"}
+    manifest = write_manifest(tmp_path / "m.parquet",
+                              [r for r in rows(adapters) if r["id"] in chosen])  # fmt: skip
+    eager = sweep(manifest, str(tmp_path / "eager"), adapters, "--model", sd)
+    for mode in ("regional",):  # full compiles the same blocks and more (minutes on a CPU)
+        config = tmp_path / f"{mode}.yaml"
+        config.write_text(yaml.safe_dump({"performance": {"compile": mode}}))
+        compiled = sweep(manifest, str(tmp_path / mode), adapters, "--model", sd,
+                         "--config", str(config), "--batch-size", "1")  # fmt: skip
+        for row_id in chosen:
+            assert compiled[row_id]["status"] == "ok", compiled[row_id]["error"]
+            difference = max_pixel_difference(pixels(compiled[row_id]["image_uri"]),
+                                              pixels(eager[row_id]["image_uri"]))  # fmt: skip
+            assert difference <= 2, (mode, row_id, difference)
