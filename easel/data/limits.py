@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 # -- names -------------------------------------------------------------------------------
 TASKS = ("text2img", "img2img", "inpaint", "fusion")
@@ -33,6 +33,25 @@ def yaml_switch(on: str | None = None) -> BeforeValidator:
     )
 
 
+UNSET_CHOICE = "default"  # a choice left to easel (None in Python), as forms and JSON name it
+
+
+def default_or(choices: tuple[str, ...]):
+    """The type of a choice among `choices` that may be left to easel (None; `UNSET_CHOICE`
+    in JSON, and accepted as None): its JSON Schema is one `enum`, which the dashboard's
+    form shows as a dropdown (an optional enum shows as a "str | None" toggle)."""
+    return Annotated[
+        Literal[choices] | None,
+        BeforeValidator(lambda v: None if v == UNSET_CHOICE else v),
+        PlainSerializer(lambda v: UNSET_CHOICE if v is None else v, when_used="json"),
+        WithJsonSchema({"type": "string", "enum": [UNSET_CHOICE, *choices]}),
+        Field(json_schema_extra={"default": UNSET_CHOICE}),  # a field's default is None
+    ]
+
+
+DTYPES = ("float32", "float16", "bfloat16")  # weights' dtypes a run may ask for
+DtypeChoice = default_or(DTYPES)
+SchedulerChoice = default_or(SCHEDULER_NAMES)  # a default scheduler (None: the model's own)
 CompileMode = Annotated[Literal[COMPILE_MODES], yaml_switch(on="full")]  # true: whole network
 # Whether a model's safety checker runs (`auto`: where the model has one)
 SAFETY_CHECKER_MODES = ("auto", "off")
