@@ -40,6 +40,8 @@ NAMED_MODELS = 3  # a run's name names up to this many models, else counts them
 SOURCE_TAG = "mlflow.source.name"  # what the MLflow UI shows as a run's source
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # which view the MLflow 3 UI opens it on
 MODEL_TRAINING = "custom_model_development"  # that tag's value for "Model training"
+TRAINING_VIEW = "workflowType=machine_learning"  # the same view in a link (MLflow 3.17's UI
+# follows its global GenAI / Model training switch, unless a link names one)
 PARAM_LENGTH = 500  # MLflow's limit on a parameter value
 PIPELINE_ARTIFACT = "pipeline"  # the pyfunc model's artifact: the diffusers folder
 REGISTRY_REFERENCE = re.compile(
@@ -226,11 +228,12 @@ def short_name(reference: str) -> str:
 
 
 def run_link(run_id: str) -> str:
-    """Where to see the run: its page on a tracking server, else its id and store."""
+    """Where to see the run: its page on a tracking server (in the model-training view),
+    else its id and store."""
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
         experiment_id = _client().get_run(run_id).info.experiment_id
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
     return f"run {run_id} in {uri} (mlflow ui --backend-store-uri {uri})"
 
 

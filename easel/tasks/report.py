@@ -79,8 +79,8 @@ def _log_table(rows: list[dict]) -> None:
             with Image.open(io.BytesIO(storage.read_bytes(row["image_uri"]))) as found:
                 image = found.convert("RGB")
         images.append(image)
-    if rows:
-        tracking.log_table({**columns, "image": images}, "results.json")
+    if rows:  # the image beside the id: the MLflow table shows it without scrolling
+        tracking.log_table({"id": columns.pop("id"), "image": images, **columns}, "results.json")
 
 
 def browser_link(uri: str) -> str:
