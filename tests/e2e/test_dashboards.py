@@ -64,7 +64,10 @@ class Dashboards:
             return json.load(response)
 
     def open(self, url: str, *texts: str) -> str:
-        """Open `url` and wait until the page shows every one of `texts`; returns its text."""
+        """Open `url` afresh (a single-page app may keep the last page when only the part
+        after `#` changes) and wait until the page shows every one of `texts`; returns its
+        text."""
+        self.driver.get("about:blank")
         self.driver.get(url)
         return self.wait_for(*texts)
 
@@ -77,16 +80,16 @@ class Dashboards:
             if all(text in body for text in texts):
                 return body
             time.sleep(1.0)
-        self.shoot("timed-out")
+        self.shoot("timed-out", publish=False)
         missing = [text for text in texts if text not in body]
         raise AssertionError(f"{self.driver.current_url} never showed {missing}:\n{body[:3000]}")
 
-    def shoot(self, name: str) -> Path:
-        """A screenshot of the page as it is, kept as `NAME.png` (and copied to
-        EASEL_SCREENSHOTS)."""
+    def shoot(self, name: str, publish: bool = True) -> Path:
+        """A screenshot of the page as it is, kept as `NAME.png` (and, with `publish`, copied
+        to EASEL_SCREENSHOTS)."""
         path = self.shots / f"{name}.png"
         self.driver.save_screenshot(str(path))
-        if os.environ.get("EASEL_SCREENSHOTS"):
+        if publish and os.environ.get("EASEL_SCREENSHOTS"):
             target = Path(os.environ["EASEL_SCREENSHOTS"])
             target.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, target / path.name)
@@ -144,10 +147,10 @@ def quick_run(dashboards, deployment) -> dict:
 
 
 def test_the_dashboard_asks_its_own_server_and_shows_the_deployment(dashboards, deployment):
-    with urllib.request.urlopen(f"{dashboards.prefect}/ui-settings", timeout=30) as answer:
+    with urllib.request.urlopen(f"{dashboards.env['PREFECT_UI_URL']}/ui-settings") as answer:
         settings = json.load(answer)
     assert settings["api_url"] == dashboards.env["PREFECT_API_URL"]  # not the default :4200
-    url = f"{dashboards.prefect}/deployments/deployment/{deployment['id']}"
+    url = f"{dashboards.prefect}/deployments/deployment/{deployment['id']}?tab=Description"
     dashboards.open(url, "sweep-local", "Prompt sweep on the local CPU pool", "docs/sweeps.md")
     dashboards.shoot("prefect-deployment")
 
