@@ -15,7 +15,7 @@ from prefect.cache_policies import NONE
 
 from easel import tracking
 from easel.data import contact_sheet, storage
-from easel.data.results import SweepSummary
+from easel.data.results import MAX_LISTED_FAILURES, SweepSummary
 from easel.models.engine.sweep import BatchOutcome
 from easel.progress import say
 
@@ -38,7 +38,7 @@ def report_sweep_task(summary: SweepSummary, pending: int, outcome: BatchOutcome
     rows = _read_rows(summary.results_uri)
     _log_table(rows[:TABLE_ROWS])
     _publish_artifacts(summary, rows, mlflow_run_id)
-    _say_outcome(summary, mlflow_run_id)
+    _say_outcome(summary, rows, mlflow_run_id)
 
 
 def _log_to_mlflow(summary: SweepSummary, pending: int, outcome: BatchOutcome) -> None:
@@ -133,8 +133,9 @@ def _publish_artifacts(summary: SweepSummary, rows: list[dict], mlflow_run_id: s
     create_markdown_artifact(markdown, key="sweep-summary", description="sweep summary")
 
 
-def _say_outcome(summary: SweepSummary, mlflow_run_id: str) -> None:
-    """The run's logs: what it made, where, and each failed image (the first few)."""
+def _say_outcome(summary: SweepSummary, rows: list[dict], mlflow_run_id: str) -> None:
+    """The run's logs: what it made, where, each failed image and each image with a warning
+    (the first `MAX_LISTED_FAILURES` of each)."""
     say(f"{summary.images_ok} images ok, {summary.images_failed} failed "
         f"({summary.generated_now} generated now); results: {summary.results_uri}; MLflow: "
         f"{tracking.run_link(mlflow_run_id)}")  # fmt: skip
@@ -144,3 +145,9 @@ def _say_outcome(summary: SweepSummary, mlflow_run_id: str) -> None:
             logging.WARNING)  # fmt: skip
         for failure in summary.failures:
             say(f"  {failure}", logging.WARNING)
+    warned = [row for row in rows if row.get("warning")]
+    if warned:
+        say(f"{len(warned)} images with a warning (the first {MAX_LISTED_FAILURES} below):",
+            logging.WARNING)  # fmt: skip
+        for row in warned[:MAX_LISTED_FAILURES]:
+            say(f"  {row['id']}/{row['image_index']}: {row['warning']}", logging.WARNING)

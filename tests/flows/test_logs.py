@@ -4,9 +4,9 @@ lines) and easel's warnings, not other libraries' output."""
 from __future__ import annotations
 
 import logging
-import time
 
 from prefect import flow, task
+from sweep_helpers import flow_run_logs
 
 import easel.flows  # noqa: F401 - importing the flows sends easel's warnings to Prefect
 from easel.progress import ProgressLine, say
@@ -27,25 +27,9 @@ def _logged() -> None:
     _work()
 
 
-def flow_run_logs(flow_run_id, until: str, seconds: float = 30.0) -> list:
-    """The run's logs once `until` is among them (they are sent in batches)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-    deadline, logs = time.monotonic() + seconds, []
-    while time.monotonic() < deadline:
-        with get_client(sync_client=True) as client:
-            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-        if any(until in log.message for log in logs):
-            return logs
-        time.sleep(0.5)
-    return logs
-
-
 def test_easel_lines_and_warnings_reach_the_run_logs_and_library_noise_does_not(capsys):
     state = _logged(return_state=True)
-    logs = flow_run_logs(state.state_details.flow_run_id, "an easel warning")
-    by_message = {log.message: log.level for log in logs}
+    by_message = flow_run_logs(state.state_details.flow_run_id, "an easel warning")
     assert by_message["MLflow run 'x': http://mlflow.example/#/experiments/1/runs/abc"] == 20
     progress = [message for message in by_message if message.startswith("work: ")]
     assert len(progress) == 1 and progress[0].startswith("work: 2/2 items (100%)")  # cadence

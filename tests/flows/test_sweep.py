@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
-import time
 
 import mlflow
 import pytest
 import torch
 from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
-from sweep_helpers import STEPS, max_pixel_difference, read_results, write_manifest
+from sweep_helpers import (
+    STEPS,
+    flow_run_logs,
+    max_pixel_difference,
+    read_results,
+    write_manifest,
+)
 
 from easel.flows.sweep import SweepParameters, sweep_flow
 from easel.models.engine.references import resolve_model_reference
@@ -119,6 +125,8 @@ def test_overlong_prompt_is_truncated_with_a_warning_and_derived_ids_are_recorde
     _, out = run(tmp_path, "long", [{"prompt": words}, {"prompt": "красный круг"}])
     long, other = read_results(out)
     assert long["status"] == "ok" and "truncated" in long["warning"]
+    said = flow_run_logs(long["flow_run_id"], "images with a warning")  # the Logs tab
+    assert said[f"  {long['id']}/0: {long['warning']}"] == logging.WARNING
     assert other["status"] == "ok"  # any script reaches the tokenizer
     for row in (long, other):  # no `id` column: results name each row's image folder
         assert row["id"].startswith("row-") and f"/images/{row['id']}/0.png" in row["image_uri"]
@@ -144,14 +152,7 @@ def test_prefect_artifacts_are_published(tmp_path):
     assert PROMPTS[0] in results and "| ok |" in results and "[open](file://" in results
     assert "| figure | count |" in by_key["sweep-summary"].data  # a header, not empty cells
     # the run's Logs tab: the progress line and the MLflow link, from the run logger
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-    run_logs = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
-    deadline, said = time.monotonic() + 30, ""
-    while "1 images ok, 0 failed" not in said and time.monotonic() < deadline:  # sent in batches
-        time.sleep(0.5)
-        with get_client(sync_client=True) as client:
-            said = "\n".join(log.message for log in client.read_logs(run_logs))
+    said = "\n".join(flow_run_logs(state.state_details.flow_run_id, "1 images ok, 0 failed"))
     assert "sweep: 1/1 images (100%)" in said and "1 images ok, 0 failed" in said
     assert ": sweep m.parquet on tiny-shapes': run " in said  # the MLflow run, named
     # linked both ways: the MLflow run names the flow run, the summary names the MLflow run
