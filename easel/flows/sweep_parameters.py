@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from easel.data import limits, storage
 from easel.data.limits import (
     BatchSizeSetting,
+    DeviceSetting,
     DtypeChoice,
     FusionWeights,
     GuidanceScale,
@@ -105,7 +106,9 @@ class SweepParameters(BaseModel):
         default_factory=list, description="folders init, mask and fusion images may come from, "
         "besides the manifest's",
     )  # fmt: skip
-    device: str | None = Field(None, description="torch device (default: cuda if present)")
+    device: DeviceSetting = Field(
+        None, description="torch device: cpu, cuda, cuda:1, mps... (default: cuda if present)"
+    )
     dtype: DtypeChoice = Field(
         None, description="weights' dtype (default: float16 on cuda, else float32)"
     )

@@ -68,6 +68,8 @@ def test_sweep_form_hides_internal_fields_and_refuses_what_json_schema_can_expre
     assert fields["SweepParameters.dtype"]["enum"] == ["default", "float32", "float16", "bfloat16"]
     assert fields["Performance.vae_dtype"]["enum"][0] == "default"
     assert fields["Performance.compile"]["enum"] == ["off", "regional", "full"]
+    assert fields["SweepParameters.device"] == {**fields["SweepParameters.device"],
+                                                "type": "string", "default": "default"}  # fmt: skip
     base = {"manifest": "s3://prompts/m.parquet", "out": "s3://renders/{scheduled_date}"}
     assert is_valid({"params": base}, schema)
     for bad in ({"out": "s3://renders/{schedule_date}"}, {"batch_size": 0}, {"typo": 1},
