@@ -113,7 +113,8 @@ def start_run(
     nested = mlflow.active_run() is not None
     flow_run_name, source = _origin()
     tags = {**(tags or {}), PROCESS_TAG: _this_process(), SOURCE_TAG: source}
-    if flow_run_name and not nested:  # reruns of one work told apart, as in the dashboard
+    if flow_run_name and not (nested or parent_run_id):  # reruns of one work told apart, as
+        # in the dashboard (a child run is named within its parent's, which has the name)
         run_name = f"{flow_run_name}: {run_name}"
     if parent_run_id and not nested:
         tags["mlflow.parentRunId"] = parent_run_id
