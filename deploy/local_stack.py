@@ -6,12 +6,16 @@ MLflow server (artifacts served through it, stored in the S3 store), a Prefect s
     python deploy/local_stack.py start --dir .stack [--workers 2]   # then: . .stack/stack.env
     python deploy/local_stack.py add-worker --dir .stack            # one more worker
     python deploy/local_stack.py stop --dir .stack
+    python deploy/local_stack.py seed --dir .stack  # (start does it) the local deployments' inputs
 
 Everything lives in `--dir`: each server's data and log (`logs/NAME.log`), each worker's
 working folder and model cache (`worker-N/`: as on separate machines), the process ids
 (`pids/NAME`), and `stack.env`, the client environment (the servers' URLs, the store's
-endpoint and test credentials). Run it from a checkout whose virtual environment has easel
-installed (`make install`); the tests start and stop the stack with this same script.
+endpoint and test credentials, under the names fsspec, MLflow, boto3, the AWS CLI, pyarrow
+and polars read). The store starts with what `prefect.yaml`'s local deployments read: a
+sample manifest (s3://prompts/nightly/) and DreamBooth instance images (s3://subjects/v-star).
+Run it from a checkout whose virtual environment has easel installed (`make install`); the
+tests start and stop the stack with this same script. `seed` needs stack.env's environment.
 """
 
 from __future__ import annotations
@@ -93,7 +97,10 @@ def start(
     s3 = f"http://127.0.0.1:{free_port()}"
     credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                    "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
-    store = {**credentials, "FSSPEC_S3_ENDPOINT_URL": s3, "MLFLOW_S3_ENDPOINT_URL": s3}
+    # every client's name for the endpoint: fsspec (s3fs), MLflow, and boto3, the AWS CLI,
+    # pyarrow and polars (AWS_ENDPOINT_URL; polars also needs AWS_ALLOW_HTTP for http://)
+    store = {**credentials, "FSSPEC_S3_ENDPOINT_URL": s3, "MLFLOW_S3_ENDPOINT_URL": s3,
+             "AWS_ENDPOINT_URL": s3, "AWS_ALLOW_HTTP": "true"}  # fmt: skip
     moto = launch(root, "s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p",
                                s3.rsplit(":", 1)[1]], base)  # fmt: skip
     wait_until(root, "s3", moto, answers(f"{s3}/moto-api/"))
@@ -109,16 +116,20 @@ def start(
         "--artifacts-destination", "s3://mlflow-artifacts", "--serve-artifacts",
     ], {**base, **store})  # fmt: skip
 
-    prefect_url = f"http://127.0.0.1:{free_port()}/api"
-    prefect_env = {**base, "PREFECT_HOME": str(root / "prefect")}
+    prefect_ui = f"http://127.0.0.1:{free_port()}"
+    prefect_url = f"{prefect_ui}/api"
+    # the UI's browser code asks the server's own API (by default it would ask port 4200)
+    prefect_env = {**base, "PREFECT_HOME": str(root / "prefect"), "PREFECT_UI_API_URL": prefect_url,
+                   "PREFECT_UI_URL": prefect_ui}  # fmt: skip
     server = launch(root, "prefect", [
         str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-        "--port", prefect_url.split(":")[-1].removesuffix("/api"), "--ui" if ui else "--no-ui",
+        "--port", prefect_ui.rsplit(":", 1)[1], "--ui" if ui else "--no-ui",
     ], prefect_env)  # fmt: skip
     wait_until(root, "mlflow", mlflow, answers(f"{mlflow_url}/health"))
     wait_until(root, "prefect", server, answers(f"{prefect_url}/health"))
 
-    client = {**store, "PREFECT_API_URL": prefect_url, "MLFLOW_TRACKING_URI": mlflow_url,
+    client = {**store, "PREFECT_API_URL": prefect_url, "PREFECT_UI_URL": prefect_ui,
+              "MLFLOW_TRACKING_URI": mlflow_url,
               "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat)}  # fmt: skip
     (root / "stack.env").write_text(
         "".join(f"export {key}={shlex.quote(value)}\n" for key, value in client.items())
@@ -131,6 +142,7 @@ def start(
          "--overwrite"],
         [sys.executable, "-m", "easel.cli", "automations", "--heartbeat-frequency", str(heartbeat),
          *(["--heartbeat-window", str(window)] if window else [])],
+        [sys.executable, __file__, "seed", "--dir", str(root)],
     ]  # fmt: skip
     for command in setup:
         done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -138,8 +150,25 @@ def start(
             sys.exit(f"local_stack: {shlex.join(command[1:])} failed:\n{done.stdout}{done.stderr}")
     for _ in range(workers):
         add_worker(root, limit)
-    print(f"Prefect {prefect_url}\nMLflow  {mlflow_url}\nS3      {s3}\n"
+    ui_or_api = f"Prefect UI {prefect_ui}" if ui else f"Prefect API {prefect_url}"
+    print(f"{ui_or_api}\nMLflow UI  {mlflow_url}\nS3         {s3}\n"
           f"clients: . {root / 'stack.env'}")  # fmt: skip
+
+
+SAMPLE_MANIFEST = "s3://prompts/nightly/sample.parquet"  # what sweep-local sweeps
+SAMPLE_SUBJECT = "s3://subjects/v-star"  # what dreambooth-local trains on
+SUBJECT_CAPTION = "a v star on a {background} background"  # docs/dreambooth.md's identifier
+
+
+def seed() -> None:
+    """What the shipped local deployments read (prefect.yaml), in the store: the sample
+    manifest (`easel quickstart`'s rows, and the images its edit rows use) and the
+    quickstart's DreamBooth subject, captioned. Run with stack.env's environment."""
+    from easel.data.samples import EDIT_ROWS, SAMPLE_ROWS, write_sample_manifest
+    from easel.data.shapes import write_shape_subject
+
+    write_sample_manifest(SAMPLE_MANIFEST, SAMPLE_ROWS + EDIT_ROWS)
+    write_shape_subject(SAMPLE_SUBJECT, caption=SUBJECT_CAPTION)
 
 
 def add_worker(root: Path, limit: int | None = None) -> str:
@@ -197,7 +226,7 @@ def stop(root: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    parser.add_argument("action", choices=["start", "add-worker", "stop"])
+    parser.add_argument("action", choices=["start", "add-worker", "stop", "seed"])
     parser.add_argument("--dir", default=".stack", help="where everything lives (.stack)")
     parser.add_argument("--workers", type=int, default=2, help="process workers to start (2)")
     parser.add_argument("--heartbeat-frequency", type=int, default=HEARTBEAT_FREQUENCY,
@@ -214,6 +243,8 @@ def main() -> None:
     if args.action == "start":
         start(root, args.workers, args.heartbeat_frequency, args.heartbeat_window,
               not args.no_ui, args.worker_limit)  # fmt: skip
+    elif args.action == "seed":
+        seed()
     elif args.action == "add-worker":
         print(add_worker(root, args.worker_limit))
     else:

@@ -29,6 +29,7 @@ from pathlib import Path
 from easel import startup
 from easel.data import storage
 from easel.errors import ModelReferenceError
+from easel.progress import say
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 LINEAGE_TAGS = ("prefect.flow_run_id", "prefect.flow_run_url")  # copied to child runs
@@ -37,6 +38,11 @@ ENDED_BY_TAG = "easel.ended_by"  # why easel, not the run's own process, ended a
 PROCESS_TAG = "easel.process"  # the process whose run it is ("host~pid"): if it is killed,
 # its watchdog (watchdog.py) ends the runs it left RUNNING
 NAMED_MODELS = 3  # a run's name names up to this many models, else counts them
+SOURCE_TAG = "mlflow.source.name"  # what the MLflow UI shows as a run's source
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # which view the MLflow 3 UI opens it on
+MODEL_TRAINING = "custom_model_development"  # that tag's value for "Model training"
+TRAINING_VIEW = "workflowType=machine_learning"  # the same view in a link (MLflow 3.17's UI
+# follows its global GenAI / Model training switch, unless a link names one)
 PARAM_LENGTH = 500  # MLflow's limit on a parameter value
 PIPELINE_ARTIFACT = "pipeline"  # the pyfunc model's artifact: the diffusers folder
 REGISTRY_REFERENCE = re.compile(
@@ -106,16 +112,56 @@ def start_run(
     if tags and int(tags.get(ATTEMPT_TAG, 1)) > 1:
         end_crashed_attempts(tags["prefect.flow_run_id"])
     nested = mlflow.active_run() is not None
-    tags = {**(tags or {}), PROCESS_TAG: _this_process()}
+    flow_run_name, source = _origin()
+    tags = {**(tags or {}), PROCESS_TAG: _this_process(), SOURCE_TAG: source}
+    if flow_run_name and not (nested or parent_run_id):  # reruns of one work told apart, as
+        # in the dashboard (a child run is named within its parent's, which has the name)
+        run_name = f"{flow_run_name}: {run_name}"
     if parent_run_id and not nested:
         tags["mlflow.parentRunId"] = parent_run_id
         experiment_id = client.get_run(parent_run_id).info.experiment_id
         mlflow.set_experiment(experiment_id=experiment_id)
     elif not nested:
-        mlflow.set_experiment(experiment)
+        mlflow.set_experiment(experiment_id=experiment_id_of(experiment))
     with mlflow.start_run(run_name=run_name, nested=nested, tags=tags) as run:
         log_params(params)
+        say(f"MLflow run {run_name!r}: {run_link(run.info.run_id)}")
         yield run.info.run_id
+
+
+def experiment_id_of(name: str) -> str:
+    """The id of the experiment `name`, made if missing; one easel made (or one without a
+    view of its own) opens on MLflow's model-training view (`EXPERIMENT_KIND_TAG`), not on
+    the GenAI traces a fresh experiment of MLflow 3 shows."""
+    client = _client()
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+    if EXPERIMENT_KIND_TAG not in found.tags:
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return found.experiment_id
+
+
+def _origin() -> tuple[str | None, str]:
+    """The Prefect flow run this code runs in (its name, else None) and what started it, as
+    a run's source: "prefect deployment FLOW/DEPLOYMENT", "easel COMMAND", or the flow."""
+    from prefect.runtime import deployment, flow_run
+
+    if not flow_run.id:
+        return None, _command() or "easel"
+    if deployment.id:
+        return flow_run.name, f"prefect deployment {flow_run.flow_name}/{deployment.name}"
+    return flow_run.name, _command() or f"easel flow {flow_run.flow_name}"
+
+
+def _command() -> str | None:
+    """"easel COMMAND" when this process is the easel command line, else None."""
+    import sys
+
+    program = Path(sys.argv[0]).name
+    if len(sys.argv) > 1 and (program == "easel" or sys.argv[0].endswith("easel/cli/__main__.py")):
+        return f"easel {sys.argv[1]}"
+    return None
 
 
 def end_crashed_attempts(
@@ -184,11 +230,12 @@ def short_name(reference: str) -> str:
 
 
 def run_link(run_id: str) -> str:
-    """Where to see the run: its page on a tracking server, else its id and store."""
+    """Where to see the run: its page on a tracking server (in the model-training view),
+    else its id and store."""
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
         experiment_id = _client().get_run(run_id).info.experiment_id
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
     return f"run {run_id} in {uri} (mlflow ui --backend-store-uri {uri})"
 
 
@@ -214,8 +261,7 @@ def resumable_child_run(
     if parent_run_id:
         run_id = child_run(parent_run_id, name)
     else:
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        experiment_id = experiment_id_of(experiment)
         tags = {PROCESS_TAG: _this_process()}
         run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     for key, value in (params or {}).items():
@@ -271,6 +317,14 @@ def log_metrics(metrics: dict[str, float]) -> None:
     import mlflow
 
     mlflow.log_metrics(metrics)
+
+
+def log_table(columns: dict[str, list], artifact_file: str) -> None:
+    """A table of the active run (`columns`: name -> values, one per row; a column of PIL
+    images is stored as images the MLflow UI shows), as `artifact_file` (.json)."""
+    import mlflow
+
+    mlflow.log_table(columns, artifact_file)
 
 
 def latest_metrics(run_id: str) -> dict[str, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -67,3 +68,20 @@ def fusion_by_diffusers(model, conditions, weights, seed, size, steps, **prior_a
         output_type="np",
     ).images[0]  # fmt: skip
     return (image * 255).round().astype(np.uint8)
+
+
+def flow_run_logs(flow_run_id, until: str, seconds: float = 30.0) -> dict[str, int]:
+    """A flow run's log messages (with their levels) once `until` is in one of them (logs
+    reach the API in batches); after `seconds`, those there are."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline, logs = time.monotonic() + seconds, []
+    run_logs = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(run_logs)
+        if any(until in log.message for log in logs):
+            break
+        time.sleep(0.5)
+    return {log.message: log.level for log in logs}

@@ -17,6 +17,7 @@ THUMBNAIL = 128
 MAX_IMAGES = 256
 LABEL_CHARACTERS = 21  # what fits under a thumbnail in Pillow's default font
 LINE = 12  # pixels per label line
+LABEL_LINES = 7  # at most, per tile: its id, then its prompt wrapped (longer: cut with "…")
 # a contact sheet embedded in a Prefect artifact (as base64: 4/3 of this) stays under the
 # Prefect server's 1.5 MB limit on an event, which otherwise refuses it with a warning
 EMBEDDED_BYTES = 750_000
@@ -44,10 +45,34 @@ def _fit(text: str) -> str:
 
 
 def tile_label(row_id: str, image_index: int, prompt: str | None) -> str:
-    """Two lines: the row id and image index (its start and end kept, so two tiles never
-    share a label), and the start of the prompt."""
-    start = (prompt or "")[:LABEL_CHARACTERS]
-    return f"{_fit(f'{row_id}/{image_index}')}\n{start}"
+    """The row id and image index (its start and end kept, so two tiles never share a
+    label), then on the next line the whole prompt (`grid` wraps it)."""
+    return f"{_fit(f'{row_id}/{image_index}')}\n{prompt or ''}"
+
+
+def wrap(text: str, width: int = THUMBNAIL - 4, lines: int = LABEL_LINES - 1) -> list[str]:
+    """`text` in lines at most `width` pixels wide in the label font, broken between words
+    (inside a word wider than a line), at most `lines` of them: the last ends with "…"
+    when the text goes on."""
+    font, out, current = label_font(), [], ""
+    for word in text.split():
+        candidate = f"{current} {word}" if current else word
+        while font.getlength(candidate) > width:
+            if current:  # the word starts the next line
+                out.append(current)
+                current, candidate = "", word
+                continue
+            cut = max(1, next(n for n in range(len(candidate), 0, -1)
+                              if font.getlength(candidate[:n]) <= width or n == 1))  # fmt: skip
+            out.append(candidate[:cut])
+            candidate = candidate[cut:]
+        current = candidate
+    if current:
+        out.append(current)
+    if len(out) > lines:
+        out = out[:lines]
+        out[-1] = out[-1][:-1].rstrip() + "…"
+    return out
 
 
 def contact_sheet(image_uris: list[str], labels: list[str], columns: int = 8) -> Image.Image:
@@ -76,19 +101,20 @@ def _read(uri: str) -> Image.Image | None:
 
 
 def grid(images: list[Image.Image], labels: list[str], columns: int = 8) -> Image.Image:
-    """`images` as THUMBNAIL-pixel tiles, `columns` to a row, each with its label (up to two
-    lines) underneath."""
+    """`images` as THUMBNAIL-pixel tiles, `columns` to a row, each with its label
+    underneath: its first line as it is, the rest wrapped (up to LABEL_LINES in all)."""
     images, labels = images[:MAX_IMAGES], labels[:MAX_IMAGES]
     columns = max(1, min(columns, len(images)))
     rows = max(1, math.ceil(len(images) / columns))
-    cell_h = THUMBNAIL + 2 * LINE + 4
+    lines = [_label_lines(label) for label in labels]
+    cell_h = THUMBNAIL + max([2, *map(len, lines)]) * LINE + 4
     sheet = Image.new("RGB", (columns * THUMBNAIL, rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, (image, label) in enumerate(zip(images, labels, strict=False)):
+    for i, (image, label) in enumerate(zip(images, lines, strict=False)):
         thumb = _tile(image)
         x, y = (i % columns) * THUMBNAIL, (i // columns) * cell_h
         sheet.paste(thumb, (x, y))
-        for line, text in enumerate(label.split("\n")[:2]):
+        for line, text in enumerate(label):
             draw.text((x + 2, y + THUMBNAIL + 1 + line * LINE), text, fill="black",
                       font=label_font())  # fmt: skip
     return sheet
@@ -96,6 +122,11 @@ def grid(images: list[Image.Image], labels: list[str], columns: int = 8) -> Imag
 
 def _tile(image: Image.Image) -> Image.Image:
     return image.convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.NEAREST)
+
+
+def _label_lines(label: str) -> list[str]:
+    first, _, rest = label.partition("\n")
+    return [first, *wrap(rest)]
 
 
 def write_contact_sheet(out: str, image_uris: list[str], labels: list[str]) -> str:

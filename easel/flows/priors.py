@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from easel import tracking
 from easel.data import limits, results, storage
-from easel.data.limits import BatchSize, GuidanceScale, InferenceSteps, SchedulerName, Side
+from easel.data.limits import BatchSize, GuidanceScale, InferenceSteps, SchedulerChoice, Side
 from easel.data.priors import PriorSpec, prior_rows
 from easel.flows.sweep import sweep_flow
 from easel.flows.sweep_parameters import SweepParameters
@@ -29,7 +29,7 @@ class PriorsParameters(BaseModel):
         "tiny-shapes", description="a model reference or a spec {path, variant, ...}"
     )
     negative_prompt: str | None = Field(None, description="negative prompt of every image")
-    scheduler: SchedulerName | None = Field(None, description="default: the model's own")
+    scheduler: SchedulerChoice = Field(None, description="default: the model's own")
     num_inference_steps: InferenceSteps = Field(
         limits.NUM_INFERENCE_STEPS, description="denoising steps"
     )

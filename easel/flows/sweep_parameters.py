@@ -3,35 +3,54 @@ with its default, limits and description (the dashboard's form, `docs/configurat
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from easel.data import limits, storage
 from easel.data.limits import (
     BatchSizeSetting,
+    DeviceSetting,
+    DtypeChoice,
     FusionWeights,
     GuidanceScale,
     InferenceSteps,
     PriorInferenceSteps,
     SafetyCheckerMode,
-    SchedulerName,
+    SchedulerChoice,
     Shards,
 )
 from easel.data.manifest import SweepDefaults
 from easel.models.engine.performance import Performance
 from easel.models.engine.spec import LoraAdapter, ModelSpec
 from easel.models.engine.sweep import SweepInputs
-from easel.orchestration.run_context import check_placeholders
+from easel.orchestration.run_context import (
+    LOOKS_LIKE_PLACEHOLDER,
+    PLACEHOLDER,
+    check_placeholders,
+)
+
+INTERNAL_FIELDS = ("shard", "parent_mlflow_run_id")  # set by a sharded sweep's parent run
+# `out` as JSON Schema checks it (the dashboard's form, the API): no `{word}` other than
+# the known placeholders (the field's validator says which one is wrong)
+OUT_PATTERN = rf"^(?!.*(?!{PLACEHOLDER.pattern}){LOOKS_LIKE_PLACEHOLDER.pattern}).*$"
+
+
+def _internal_fields_hidden(schema: dict) -> None:
+    """The form shows `properties`: the internal fields move to `patternProperties`, where
+    the API still checks them (and refuses any other unknown key)."""
+    hidden = {name: schema["properties"].pop(name) for name in INTERNAL_FIELDS}
+    schema["patternProperties"] = {f"^{name}$": prop for name, prop in hidden.items()}
 
 
 class SweepParameters(BaseModel):
-    """Everything a sweep run takes; validated before any work."""
+    """A prompt sweep: every row of a Parquet manifest rendered to images by its model, with
+    `results.parquet`, a contact sheet, an MLflow run and Prefect artifacts; a rerun makes
+    only what is missing (docs/sweeps.md)."""
 
-    model_config = limits.PARAMETERS
+    model_config = ConfigDict(**limits.PARAMETERS, json_schema_extra=_internal_fields_hidden)
 
     manifest: str = Field(description="Parquet file, folder or glob (any fsspec URI)")
     out: str = Field(
+        json_schema_extra={"pattern": OUT_PATTERN},
         description="output folder (any fsspec URI); `{scheduled_date}` (YYYY-MM-DD, UTC) and "
         "`{flow_run_name}` in it are filled in from the run, so scheduled runs keep their "
         "outputs apart (any other `{word}` is refused); a local folder is made absolute"
@@ -64,8 +83,8 @@ class SweepParameters(BaseModel):
     num_inference_steps: InferenceSteps = Field(
         limits.NUM_INFERENCE_STEPS, description="default for rows without `num_inference_steps`"
     )
-    scheduler: SchedulerName | None = Field(
-        None, description="default for rows without a `scheduler` (None: the model's own)"
+    scheduler: SchedulerChoice = Field(
+        None, description="default for rows without a `scheduler` (default: the model's own)"
     )
     prior_guidance_scale: GuidanceScale | None = Field(
         None, description="Kandinsky's prior: default guidance (None: the model card's "
@@ -87,8 +106,10 @@ class SweepParameters(BaseModel):
         default_factory=list, description="folders init, mask and fusion images may come from, "
         "besides the manifest's",
     )  # fmt: skip
-    device: str | None = Field(None, description="torch device (default: cuda if present)")
-    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+    device: DeviceSetting = Field(
+        None, description="torch device: cpu, cuda, cuda:1, mps... (default: cuda if present)"
+    )
+    dtype: DtypeChoice = Field(
         None, description="weights' dtype (default: float16 on cuda, else float32)"
     )
     trust_pickle: bool = Field(False, description="allow pickle (.bin/.ckpt) weights")

@@ -71,8 +71,9 @@ def _on_the_pool(children: dict, deployment_id, out: str, progress) -> set[str]:
     from prefect.deployments import run_deployment
 
     def start(child):
-        run = run_deployment(deployment_id, parameters={"params": child.model_dump()},
-                             timeout=0, as_subflow=True)  # fmt: skip
+        params = child.model_dump(mode="json")  # as the API checks them ("default" for None)
+        run = run_deployment(deployment_id, parameters={"params": params}, timeout=0,
+                             as_subflow=True)  # fmt: skip
         print(f"shard {child.shard + 1}/{child.shards}: flow run {run.name} ({run.id})")
         return run.id
 

@@ -148,8 +148,25 @@ def test_contact_sheet_labels_name_row_index_and_prompt_without_ambiguity():
     assert first != second  # two images of one row: the index survives the cut
     head, prompt = first.split("\n")
     assert len(head) <= LABEL_CHARACTERS and head.startswith("nightly") and head.endswith("/0")
-    assert prompt == "a red circle on a blu"
+    assert prompt == "a red circle on a blue background"  # whole: the grid wraps it
     assert tile_label("a", 3, None) == "a/3\n"
+
+
+def test_contact_sheet_captions_wrap_the_whole_prompt_within_the_tile():
+    from easel.data.contact_sheet import LABEL_LINES, THUMBNAIL, grid, label_font, wrap
+
+    prompt = "a red circle on a blue background, seen from far above at dusk"
+    lines = wrap(prompt)
+    assert " ".join(lines) == prompt and len(lines) > 1  # every word, in order
+    assert all(label_font().getlength(line) <= THUMBNAIL - 4 for line in lines)
+    endless = wrap(" ".join(["background"] * 50))
+    assert len(endless) == LABEL_LINES - 1 and endless[-1].endswith("…")
+    assert wrap("x" * 200)[0].startswith("xxx")  # a word wider than a tile is broken
+    from PIL import Image
+
+    tile = Image.new("RGB", (8, 8), "white")
+    short, long = (grid([tile], [f"r/0\n{text}"]) for text in ("a red circle", prompt))
+    assert long.height > short.height  # room for every line
 
 
 def test_contact_sheet_labels_draw_cyrillic_glyphs_not_boxes():

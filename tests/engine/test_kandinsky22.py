@@ -228,7 +228,7 @@ def test_rows_a_model_cannot_run_fail_alone_naming_column_and_value(tmp_path, k2
     assert results[("dpm", 0)]["scheduler"] == "dpmpp_2m" and results[("ddim", 0)]["image_sha256"]
     tracked = mlflow.MlflowClient().get_run(results[("dpm", 0)]["mlflow_run_id"])
     # named after the models of the rows that generate (the k22 folder is called "model")
-    assert tracked.info.run_name == "sweep mixed.parquet on model, tiny-shapes"
+    assert tracked.info.run_name.endswith(": sweep mixed.parquet on model, tiny-shapes")
 
 
 def test_model_facts_and_the_size_rule(k22, k22_inpaint):

@@ -80,7 +80,7 @@ def test_dreambooth_command_trains_exports_validates_and_registers(
     for tag in ("prefect.flow_run_id", "prefect.flow_run_url"):  # lineage, down to the child
         assert training.data.tags[tag] == parent.data.tags[tag]
     # tidy: names say what ran, unset values are not logged as 'None', a summary on the parent
-    assert parent.info.run_name == "dreambooth 'sks' from instance on model"
+    assert parent.info.run_name.endswith(": dreambooth 'sks' from instance on model")
     assert training.info.run_name == "training 'sks' (full, 4 steps)"
     for run in (parent, training):
         assert "None" not in run.data.params.values(), run.data.params

@@ -35,3 +35,48 @@ def test_every_parameter_has_a_description_and_every_number_limits(flow):
             assert prop.get("description"), f"{flow.name}: `{name}` has no description"
             if numeric(prop):
                 assert limited(prop), f"{flow.name}: `{name}` has no lower limit"
+
+
+def properties(flow) -> dict[str, dict]:
+    """Every field of the flow's form, nested settings included, as "Model.field"."""
+    definitions = flow.parameters.model_dump()["definitions"]
+    return {f"{model}.{name}": prop for model, schema in definitions.items()
+            for name, prop in schema["properties"].items()}  # fmt: skip
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=[f.name for f in FLOWS])
+def test_every_choice_is_one_dropdown_not_a_type_toggle(flow):
+    """An optional enum (anyOf enum, null) shows as a "str | None" toggle; one enum with
+    `default` among its values shows as a dropdown."""
+    for name, prop in properties(flow).items():
+        options = prop.get("anyOf", [])
+        assert not any("enum" in option for option in options), f"{name}: {options}"
+    if flow.name in ("sweep", "class-priors"):
+        scheduler = next(p for n, p in properties(flow).items() if n.endswith(".scheduler"))
+        assert scheduler["enum"][0] == scheduler["default"] == "default"
+        assert "ddim" in scheduler["enum"]
+
+
+def test_sweep_form_hides_internal_fields_and_refuses_what_json_schema_can_express():
+    from prefect.utilities.schema_tools.validation import is_valid
+
+    from easel.flows.sweep_parameters import SweepParameters
+
+    schema = sweep_flow.parameters.model_dump()
+    fields = properties(sweep_flow)
+    assert not {"SweepParameters.shard", "SweepParameters.parent_mlflow_run_id"} & set(fields)
+    assert fields["SweepParameters.dtype"]["enum"] == ["default", "float32", "float16", "bfloat16"]
+    assert fields["Performance.vae_dtype"]["enum"][0] == "default"
+    assert fields["Performance.compile"]["enum"] == ["off", "regional", "full"]
+    assert fields["SweepParameters.device"] == {**fields["SweepParameters.device"],
+                                                "type": "string", "default": "default"}  # fmt: skip
+    base = {"manifest": "s3://prompts/m.parquet", "out": "s3://renders/{scheduled_date}"}
+    assert is_valid({"params": base}, schema)
+    for bad in ({"out": "s3://renders/{schedule_date}"}, {"batch_size": 0}, {"typo": 1},
+                {"scheduler": "magic"}, {"shard": "first"}):  # fmt: skip
+        assert not is_valid({"params": {**base, **bad}}, schema), bad
+    # a shard's run, as its parent starts it through the API, passes the same schema
+    child = SweepParameters(**base, shards=2, shard=1, parent_mlflow_run_id="r")
+    sent = child.model_dump(mode="json")
+    assert sent["scheduler"] == "default" and is_valid({"params": sent}, schema)
+    assert SweepParameters(**sent) == child  # "default" reads back as unset

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 
@@ -10,7 +11,13 @@ import mlflow
 import pytest
 import torch
 from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
-from sweep_helpers import STEPS, max_pixel_difference, read_results, write_manifest
+from sweep_helpers import (
+    STEPS,
+    flow_run_logs,
+    max_pixel_difference,
+    read_results,
+    write_manifest,
+)
 
 from easel.flows.sweep import SweepParameters, sweep_flow
 from easel.models.engine.references import resolve_model_reference
@@ -95,7 +102,17 @@ def test_bad_rows_fail_alone_and_everything_is_tracked(tmp_path):
     client = mlflow.MlflowClient()
     tracked = client.get_run(run_id)
     assert tracked.data.params["manifest"].endswith("mixed.parquet")
-    assert tracked.info.run_name == "sweep mixed.parquet on tiny-shapes"
+    # named after the flow run (reruns told apart) and the work; its source, its view
+    flow_run_name, named = tracked.info.run_name.split(": ", 1)
+    assert named == "sweep mixed.parquet on tiny-shapes"
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as prefect:
+        flow_run = prefect.read_flow_run(tracked.data.tags["prefect.flow_run_id"])
+    assert flow_run.name == flow_run_name
+    assert tracked.data.tags["mlflow.source.name"] == "easel flow sweep"
+    experiment = client.get_experiment(tracked.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # training
     assert "None" not in tracked.data.params.values() and "scheduler" not in tracked.data.params
     assert tracked.data.metrics["images_ok"] == 3 and tracked.data.metrics["failures"] == 2
     assert tracked.data.metrics["images_per_s"] > 0
@@ -108,6 +125,8 @@ def test_overlong_prompt_is_truncated_with_a_warning_and_derived_ids_are_recorde
     _, out = run(tmp_path, "long", [{"prompt": words}, {"prompt": "красный круг"}])
     long, other = read_results(out)
     assert long["status"] == "ok" and "truncated" in long["warning"]
+    said = flow_run_logs(long["flow_run_id"], "images with a warning")  # the Logs tab
+    assert said[f"  {long['id']}/0: {long['warning']}"] == logging.WARNING
     assert other["status"] == "ok"  # any script reaches the tokenizer
     for row in (long, other):  # no `id` column: results name each row's image folder
         assert row["id"].startswith("row-") and f"/images/{row['id']}/0.png" in row["image_uri"]
@@ -128,12 +147,23 @@ def test_prefect_artifacts_are_published(tmp_path):
     assert set(by_key) == {"sweep-results", "sweep-summary", "sweep-progress"}
     assert "contact sheet" in by_key["sweep-summary"].data
     assert by_key["sweep-progress"].data == 100.0
+    assert by_key["sweep-progress"].description.startswith("1 of 1 images generated into")
+    results = by_key["sweep-results"].data  # what a person reads, the image a link
+    assert PROMPTS[0] in results and "| ok |" in results and "[open](file://" in results
+    assert "| figure | count |" in by_key["sweep-summary"].data  # a header, not empty cells
+    # the run's Logs tab: the progress line and the MLflow link, from the run logger
+    said = "\n".join(flow_run_logs(state.state_details.flow_run_id, "1 images ok, 0 failed"))
+    assert "sweep: 1/1 images (100%)" in said and "1 images ok, 0 failed" in said
+    assert ": sweep m.parquet on tiny-shapes': run " in said  # the MLflow run, named
     # linked both ways: the MLflow run names the flow run, the summary names the MLflow run
     run_id = read_results(tmp_path / "o")[0]["mlflow_run_id"]
     tags = mlflow.MlflowClient().get_run(run_id).data.tags
     assert tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
     assert tags["prefect.flow_run_url"].endswith(str(state.state_details.flow_run_id))
     assert run_id in by_key["sweep-summary"].data
+    # the MLflow results table, with its image
+    table = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
+    assert "results.json" in table and "table_images" in table
 
 
 def test_rerun_does_only_missing_or_changed_work(tmp_path):

@@ -28,7 +28,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from easel.data.limits import ATTENTION_BACKENDS, CompileMode
+from easel.data.limits import ATTENTION_BACKENDS, CompileMode, DtypeChoice
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Performance(BaseModel):
         "auto", description="the scaled-dot-product attention kernel: auto (PyTorch picks), "
         "flash, efficient, cudnn or math",
     )  # fmt: skip
-    vae_dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+    vae_dtype: DtypeChoice = Field(
         None, description="the VAE's (Kandinsky: MOVQ's) dtype (None: the weights' dtype)"
     )
 
