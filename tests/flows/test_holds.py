@@ -1,0 +1,79 @@
+"""Holds (easel/orchestration/locks.py) on a real Prefect server that restarts or goes away:
+a finished piece of work is never failed by its release, and a hold the restart left taken
+is freed, by its holder or by the next run, without anyone running a command by hand."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import PrefectServer
+
+from easel.orchestration import leases, locks
+
+pytestmark = pytest.mark.slow  # each test restarts a Prefect server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A Prefect server of this module's own (the session's is never restarted), with
+    Prefect's client retrying a stopped server once, not for half a minute."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    server = PrefectServer(tmp_path_factory.mktemp("restarted-prefect"))
+    try:
+        with temporary_settings({PREFECT_API_URL: server.url, PREFECT_CLIENT_MAX_RETRIES: 1}):
+            yield server
+    finally:
+        server.stop()
+
+
+def active_slots(name: str) -> int:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(name).active_slots
+
+
+def taken_within(name: str, seconds: float) -> float:
+    """Take and give back the hold `name` (not waiting on a live holder); how long it took."""
+    started = time.monotonic()
+    with locks.hold(name, wait=False):
+        assert active_slots(name) == 1
+    return time.monotonic() - started
+
+
+def test_a_holder_whose_lease_a_restart_lost_frees_its_slot_itself(server, capsys):
+    name = locks.lock_name("test", "restart-while-held")
+    with locks.hold(name):
+        server.stop()
+        server.start()  # the lease, kept in the server's memory, is gone; the slot is not
+        assert active_slots(name) == 1
+    assert "its lease was lost" in capsys.readouterr().err
+    assert active_slots(name) == 0
+    assert taken_within(name, leases.TRY_SECONDS) < leases.TRY_SECONDS
+
+
+def test_a_release_the_server_missed_never_fails_the_work_and_the_next_run_frees_it(
+    server, capsys
+):
+    name = locks.lock_name("test", "down-at-release")
+    finished = []
+    with locks.hold(name):
+        server.stop()
+        finished.append("the work")
+    assert finished == ["the work"]  # the block's end was not turned into an error
+    assert "not released" in capsys.readouterr().err
+    server.start()
+    assert active_slots(name) == 1  # left taken: its lease died with the server
+    assert taken_within(name, leases.TRY_SECONDS) < leases.TRY_SECONDS + 5
+    line = capsys.readouterr().err
+    assert name in line and "lease is gone" in line and "freed" in line, line
+    assert active_slots(name) == 0
+
+
+def test_a_live_holder_is_waited_on_not_taken_over(server):
+    name = locks.lock_name("test", "live-holder")
+    with locks.hold(name), pytest.raises(locks.Busy):
+        taken_within(name, leases.TRY_SECONDS)
+    assert active_slots(name) == 0
