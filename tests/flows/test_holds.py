@@ -77,3 +77,43 @@ def test_a_live_holder_is_waited_on_not_taken_over(server):
     with locks.hold(name), pytest.raises(locks.Busy):
         taken_within(name, leases.TRY_SECONDS)
     assert active_slots(name) == 0
+
+
+def test_a_sweep_through_a_server_restart_finishes_and_a_rerun_completes_by_itself(
+    server, tmp_path
+):
+    """The Prefect server restarted (down 5 s) while a sweep generates: the sweep still
+    writes every row's result, and a rerun finds everything done without waiting on a
+    hold the restart left taken."""
+    import os
+    import subprocess
+    import sys
+
+    from sweep_helpers import easel, read_results, write_manifest
+
+    rows = [{"id": f"r{i}", "prompt": "a red circle", "num_inference_steps": 8} for i in range(6)]
+    manifest = write_manifest(tmp_path / "m.parquet", rows)
+    out = tmp_path / "out"
+    env = {**os.environ, "PREFECT_API_URL": server.url}
+    command = [sys.executable, "-m", "easel.cli", "sweep", manifest, "--out", str(out),
+               "--batch-size", "1"]  # fmt: skip
+    sweep = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list(out.glob("images/*/0.png")):
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
+        time.sleep(0.2)
+    assert sweep.poll() is None, "the sweep ended before the restart"
+    server.stop()
+    time.sleep(5)
+    server.start()
+    stdout, stderr = sweep.communicate(timeout=400)
+    assert sweep.returncode == 0, stderr[-3000:]
+    assert "its lease was lost" in stderr, stderr[-3000:]  # and its slot freed at the end
+    assert sorted(row["id"] for row in read_results(out)) == [f"r{i}" for i in range(6)]
+
+    started = time.monotonic()
+    rerun = easel("sweep", manifest, "--out", str(out), env=env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "0 generated now" in rerun.stdout, rerun.stdout
+    assert time.monotonic() - started < 120, "the rerun waited on a hold"
