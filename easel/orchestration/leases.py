@@ -23,8 +23,10 @@ from uuid import UUID
 
 LEASE_SECONDS = 60  # a dead holder's hold is free again after this long (Prefect's least)
 TRY_SECONDS = 3.0  # how long `take(..., wait=False)` tries before it reports the hold busy
-POLL_SECONDS = 1.0  # between tries while a hold is taken
+POLL_SECONDS = 1.0  # between tries while a hold is taken, for the first NOTICE_SECONDS
 NOTICE_SECONDS = 10.0  # a wait longer than this is announced (one line)
+SLOW_POLL_SECONDS = 5.0  # between tries after that (a long wait: a live holder's work)
+REPOSSESS_SECONDS = 15  # how often Prefect's server frees the slots of expired leases
 LOCKED, GONE = 423, 410  # Prefect's answers: the slot is taken; the lease no longer exists
 FREE_COMMAND = "prefect gcl update {name} --active-slots 0"  # frees a hold by hand
 
@@ -66,7 +68,7 @@ def take(name: str, wait: bool, holder) -> Lease:
             if wait and not announced and waited >= NOTICE_SECONDS:
                 print(_waiting_line(name, _read_record(client, name)), file=sys.stderr)
                 announced = True
-            time.sleep(POLL_SECONDS)
+            time.sleep(POLL_SECONDS if waited < NOTICE_SECONDS else SLOW_POLL_SECONDS)
 
 
 def release(lease: Lease) -> None:
@@ -175,13 +177,13 @@ def _delete_record(client, lease: Lease) -> None:
 
 
 def _free_if_orphaned(client, name: str, probed: set[str]) -> bool:
-    """Free the slot of `name` if its recorded holder has ended (or is no flow run) and
+    """Free the slot of `name` if its recorded holder is gone (`_lease_may_be_lost`) and
     the server no longer has its lease (a restart lost it, or the holder could not release
     it); True if freed. Each recorded lease is probed once (renewing it is the only way to
     ask)."""
     record = _read_record(client, name)
     lease_id = record.get("lease_id")
-    if not lease_id or lease_id in probed or not _holder_ended(client, record):
+    if not lease_id or lease_id in probed or not _lease_may_be_lost(client, record):
         return False
     probed.add(lease_id)
     if _renew(client, UUID(lease_id)) or _read_record(client, name) != record:
@@ -195,25 +197,46 @@ def _free_if_orphaned(client, name: str, probed: set[str]) -> bool:
     return True
 
 
-def _holder_ended(client, record: dict) -> bool:
-    """Has the recorded holder's flow run ended (a holder that is no flow run: unknown, so
-    its lease is asked about)?"""
-    return not record.get("flow_run_id") or flow_run_ended(client, record["flow_run_id"])
+def _lease_may_be_lost(client, record: dict) -> bool:
+    """Is the recorded holder gone in a way that would have let its slot go, had the server
+    kept its lease: it ended and tried to release (completed, failed, cancelled), or it
+    crashed longer ago than a lease lives and the server takes to free it, or it is no
+    flow run at all (unknown)? Only then is its lease asked about: renewing a crashed
+    holder's live lease would keep its hold for another `LEASE_SECONDS`."""
+    from prefect.client.schemas.objects import StateType
+
+    flow_run_id = record.get("flow_run_id")
+    if not flow_run_id:
+        return True
+    state = _final_state(client, flow_run_id)
+    if state is None or state.type != StateType.CRASHED:
+        return state is not None
+    crashed = (datetime.now(timezone.utc) - state.timestamp).total_seconds()
+    return crashed > LEASE_SECONDS + REPOSSESS_SECONDS
+
+
+def _final_state(client, flow_run_id: str):
+    """The final state of the flow run `flow_run_id`, a COMPLETED one if it was deleted,
+    None while it runs (or it is the flow run this code runs in)."""
+    from prefect.exceptions import ObjectNotFound
+    from prefect.runtime import flow_run
+    from prefect.states import Completed
+
+    if flow_run_id == str(flow_run.id):
+        return None
+    try:
+        state = client.read_flow_run(UUID(flow_run_id)).state
+    except ObjectNotFound:
+        return Completed()
+    return state if state is not None and state.is_final() else None
 
 
 def flow_run_ended(client, flow_run_id: str) -> bool:
     """Is the flow run `flow_run_id` in a final state, deleted, or an earlier attempt of the
     flow run this code runs in?"""
-    from prefect.exceptions import ObjectNotFound
     from prefect.runtime import flow_run
 
-    if flow_run_id == str(flow_run.id):
-        return True
-    try:
-        state = client.read_flow_run(UUID(flow_run_id)).state
-    except ObjectNotFound:
-        return True
-    return state is not None and state.is_final()
+    return flow_run_id == str(flow_run.id) or _final_state(client, flow_run_id) is not None
 
 
 def _waiting_line(name: str, record: dict) -> str:
