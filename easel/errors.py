@@ -45,11 +45,15 @@ def exit_code(error: BaseException) -> int | None:
 
 
 def _chain(error: BaseException) -> list[BaseException]:
-    """`error` and the errors it was raised from (a library's own error over a failed
-    connection)."""
+    """`error` and the errors it was raised from or while handling (a library's own error
+    over a failed connection: MLflow's over requests', Prefect's over httpx's)."""
     chain = [error]
-    while chain[-1].__cause__ is not None and len(chain) < 8:
-        chain.append(chain[-1].__cause__)
+    while len(chain) < 8:
+        last = chain[-1]
+        below = last.__cause__ or (None if last.__suppress_context__ else last.__context__)
+        if below is None:
+            break
+        chain.append(below)
     return chain
 
 
@@ -61,7 +65,8 @@ def describe(error: BaseException) -> str:
     cause = next(c for c in _chain(error) if _disk_full(c) or _transport_error(c))
     if _disk_full(cause):
         return f"disk full: {cause.filename or cause}"
-    return f"a server did not answer ({type(cause).__name__}: {' '.join(str(cause).split())})"
+    said = error if str(error) else cause  # the library's words (its URL) before its cause's
+    return f"a server did not answer ({type(said).__name__}: {' '.join(str(said).split())})"
 
 
 def _disk_full(error: BaseException) -> bool:

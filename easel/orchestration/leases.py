@@ -14,6 +14,7 @@ holder of each hold is recorded in a Prefect variable of the hold's name
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import threading
 import time
@@ -137,7 +138,9 @@ def _renewed_in_background(lease: Lease) -> Lease:
             except Exception:  # unreachable for now; the next try may reach it
                 continue
 
-    threading.Thread(target=renew, daemon=True, name=f"easel-lease-{lease.name}").start()
+    context = contextvars.copy_context()  # the caller's Prefect settings (its API URL)
+    threading.Thread(target=context.run, args=(renew,), daemon=True,
+                     name=f"easel-lease-{lease.name}").start()  # fmt: skip
     return lease
 
 

@@ -99,6 +99,23 @@ def test_infrastructure_failures_exit_3_in_one_line(monkeypatch, capsys, error, 
     assert line.startswith("easel sweep: error: ") and all(w in line for w in words), line
 
 
+def test_mlflow_lost_mid_run_exits_3(monkeypatch, capsys):
+    """MLflow's client wraps the connection error it gave up on (raised while handling it)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    def command(args):
+        try:
+            raise requests.exceptions.ConnectionError("Max retries exceeded with url: /api/2.0")
+        except requests.exceptions.ConnectionError as error:
+            raise MlflowException(f"API request to http://mlflow:5000 failed with {error}")  # noqa: B904
+
+    monkeypatch.setattr(cli, "command_function", lambda run: command)
+    assert cli.main(["sweep", "m.parquet", "--out", "out"]) == errors.INFRASTRUCTURE
+    line = one_line(capsys.readouterr().err)
+    assert "did not answer" in line and "http://mlflow:5000" in line, line
+
+
 def test_an_unexpected_error_is_one_line_and_debug_shows_its_traceback(monkeypatch, capsys):
     raising(monkeypatch, RuntimeError("something easel did not foresee"))
     assert cli.main(["sweep", "m.parquet", "--out", "out"]) == errors.ROWS_FAILED

@@ -36,9 +36,10 @@ def active_slots(name: str) -> int:
 
 
 def taken_within(name: str, seconds: float) -> float:
-    """Take and give back the hold `name` (not waiting on a live holder); how long it took."""
+    """Take and give back the hold `name`, waiting at most `seconds` on a live holder (a
+    few: `Busy` after `TRY_SECONDS`); how long it took."""
     started = time.monotonic()
-    with locks.hold(name, wait=False):
+    with locks.hold(name, wait=seconds > leases.TRY_SECONDS):
         assert active_slots(name) == 1
     return time.monotonic() - started
 
@@ -72,10 +73,29 @@ def test_a_release_the_server_missed_never_fails_the_work_and_the_next_run_frees
     assert active_slots(name) == 0
 
 
-def test_a_live_holder_is_waited_on_not_taken_over(server):
+def test_a_live_holder_is_waited_on_with_one_line_naming_the_way_out(
+    server, capsys, monkeypatch
+):
+    import contextvars
+    import threading
+
     name = locks.lock_name("test", "live-holder")
-    with locks.hold(name), pytest.raises(locks.Busy):
-        taken_within(name, leases.TRY_SECONDS)
+    monkeypatch.setattr(leases, "NOTICE_SECONDS", 1.0)
+    waited = []
+    with locks.hold(name):
+        with pytest.raises(locks.Busy):
+            taken_within(name, leases.TRY_SECONDS)
+        context = contextvars.copy_context()  # this module's server
+        waiter = threading.Thread(
+            target=context.run, args=(lambda: waited.append(taken_within(name, 60)),)
+        )
+        waiter.start()
+        time.sleep(3)
+        assert waiter.is_alive()  # still waiting: the holder lives
+    waiter.join(timeout=30)
+    assert waited, "the waiter never got the hold"
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "waiting" in line]
+    assert name in line and f"prefect gcl update {name} --active-slots 0" in line, line
     assert active_slots(name) == 0
 
 
@@ -117,3 +137,14 @@ def test_a_sweep_through_a_server_restart_finishes_and_a_rerun_completes_by_itse
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "0 generated now" in rerun.stdout, rerun.stdout
     assert time.monotonic() - started < 120, "the rerun waited on a hold"
+
+
+def test_a_hold_kept_longer_than_its_lease_stays_taken(server, capsys):
+    """The lease is renewed while the holder lives: the server's expiry of dead holders'
+    leases (every 15 s) never frees it."""
+    name = locks.lock_name("test", "kept-long")
+    with locks.hold(name):
+        time.sleep(leases.LEASE_SECONDS + 2 * leases.REPOSSESS_SECONDS)
+        assert active_slots(name) == 1
+    assert "lost" not in capsys.readouterr().err
+    assert active_slots(name) == 0
