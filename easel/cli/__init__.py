@@ -10,7 +10,9 @@ with `--debug`.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
+import logging
 import os
 import sys
 import traceback
@@ -93,9 +95,35 @@ def run(argv: list[str]) -> int:
             servers.check_servers(tracking_uri())
         with startup.importing():
             function = command_function(args.run)
+        if not args.debug:
+            console_without_tracebacks()
         return int(function(args))
     except (Exception, KeyboardInterrupt) as error:
         return report(args, error)
+
+
+def console_without_tracebacks() -> None:
+    """Prefect's console log of a failed task or flow run keeps its line and loses its
+    traceback (the command's own line says what failed; `--debug` keeps them). Set on the
+    handler's class: Prefect makes new handlers when its temporary server starts."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    if not getattr(PrefectConsoleHandler.format, "without_traceback", False):
+        PrefectConsoleHandler.format = without_traceback(PrefectConsoleHandler.format)
+
+
+def without_traceback(format_record):
+    """`format_record(handler, record)` given a copy of the record without its traceback
+    (the record itself is shared: Prefect's API log keeps the traceback)."""
+
+    def format(handler: logging.Handler, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            record = copy.copy(record)
+            record.exc_info = record.exc_text = record.stack_info = None
+        return format_record(handler, record)
+
+    format.without_traceback = True
+    return format
 
 
 def report(args: argparse.Namespace, error: BaseException) -> int:

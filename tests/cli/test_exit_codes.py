@@ -176,3 +176,32 @@ def test_a_poisoned_resume_checkpoint_is_refused_in_one_line(tmp_path, capsys, m
     line = one_line(capsys.readouterr().err)
     assert "step=00000002.ckpt" in line and "posix.system" in line, line
     assert "weights_only" not in line and not (tmp_path / "pwned").exists()
+
+
+FULL_DISK = """
+import errno, sys
+from easel.data import results
+def full(out, *args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device", out + "/results.parquet")
+results.publish_results = full
+from easel.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_disk_full_inside_the_flow_is_one_line_without_prefect_s_tracebacks(tmp_path):
+    """A real `easel sweep` process whose results cannot be written (ENOSPC, raised where
+    the disk would raise it, inside a Prefect task): exit 3, and neither easel nor Prefect's
+    log of the failed task and flow prints a traceback."""
+    import subprocess
+    import sys
+
+    manifest = write_manifest(tmp_path / "m.parquet", [{"id": "a", "prompt": "a red circle",
+                                                        "num_inference_steps": 2}])  # fmt: skip
+    out = str(tmp_path / "out")
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, "sweep", manifest, "--out", out],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == errors.INFRASTRUCTURE, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"easel sweep: error: disk full: {out}/results.parquet" in done.stderr.splitlines()
