@@ -58,50 +58,70 @@ def restore_environment(name: str, value: str | None) -> None:
 def prefect_server(tmp_path_factory):
     """A real `prefect server` for the session, with its services (lease expiry,
     automations), on loopback; subprocesses reach it via PREFECT_API_URL."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-    from pathlib import Path
-
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    root = tmp_path_factory.mktemp("prefect")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "PREFECT_HOME": str(root), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    command = [str(Path(sys.executable).with_name("prefect")), "server", "start",
-               "--host", "127.0.0.1", "--port", str(port), "--no-ui"]  # fmt: skip
-    with open(root / "server.log", "wb") as log:
-        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, (
-                (root / "server.log").read_text()[-3000:]
-            )
-            time.sleep(0.5)
+    server = PrefectServer(tmp_path_factory.mktemp("prefect"))
     before = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = url
+    os.environ["PREFECT_API_URL"] = server.url
     try:
-        with temporary_settings({PREFECT_API_URL: url}):
-            yield url
+        with temporary_settings({PREFECT_API_URL: server.url}):
+            yield server.url
             send_what_prefect_holds()
     finally:
         restore_environment("PREFECT_API_URL", before)
-        server.terminate()
+        server.stop()
+
+
+class PrefectServer:
+    """`prefect server start` on loopback with its database in `root`; `stop()` and
+    `start()` again restart it on the same port and database (its in-memory state lost)."""
+
+    def __init__(self, root):
+        import socket
+
+        self.root = root
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.start()
+
+    def start(self) -> None:
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+        from pathlib import Path
+
+        env = {**os.environ, "PREFECT_HOME": str(self.root),
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
+        env.pop("PREFECT_API_URL", None)
+        command = [str(Path(sys.executable).with_name("prefect")), "server", "start",
+                   "--host", "127.0.0.1", "--port", str(self.port), "--no-ui"]  # fmt: skip
+        with open(self.root / "server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2):
+                    return
+            except OSError:
+                assert self.process.poll() is None and time.monotonic() < deadline, (
+                    (self.root / "server.log").read_text()[-3000:]
+                )
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        import subprocess
+
+        self.process.terminate()
         try:
-            server.wait(timeout=20)
+            self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            server.kill()
+            self.process.kill()
+            self.process.wait()
 
 
 def send_what_prefect_holds() -> None:

@@ -147,7 +147,7 @@ def _automations(subparsers) -> None:
         "--crash-retries", type=int, default=recovery.CRASH_RETRIES,
         help="times one crashed run is scheduled again (0: never; default %(default)s)",
     )  # fmt: skip
-    parser.set_defaults(run="easel.cli.automations:run_automations_command")
+    parser.set_defaults(run="easel.cli.automations:run_automations_command", tracked=False)
 
 
 COMMANDS = {"sweep": _sweep, "priors": _priors, "dreambooth": _dreambooth,

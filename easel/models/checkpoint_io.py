@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from easel.data import storage
+from easel.errors import UntrustedCheckpoint
 from easel.models.engine.references import cache_dir
 
 
@@ -39,8 +42,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def load_checkpoint_file(uri: str, map_location=None, weights_only=None) -> dict[str, Any]:
-    """A checkpoint on any fsspec filesystem, read memory-mapped from a local file."""
-    return torch.load(
-        storage.local_path(uri, str(cache_dir() / "checkpoints")),
-        map_location=map_location or "cpu", weights_only=weights_only, mmap=True,
-    )  # fmt: skip
+    """A checkpoint on any fsspec filesystem, read memory-mapped from a local file. Raises
+    `UntrustedCheckpoint` for one holding more than tensors and plain types (torch's
+    weights-only reader refuses it; easel never loads it otherwise)."""
+    local = storage.local_path(uri, str(cache_dir() / "checkpoints"))
+    try:
+        return torch.load(local, map_location=map_location or "cpu",
+                          weights_only=weights_only, mmap=True)  # fmt: skip
+    except pickle.UnpicklingError as error:
+        if weights_only is False:
+            raise
+        found = re.search(r"(?i)unsupported global:? (?:GLOBAL )?([\w.]+)", str(error))
+        raise UntrustedCheckpoint(
+            f"checkpoint {uri} holds objects other than tensors and plain types"
+            f"{f' ({found[1]})' if found else ''}: refused as unsafe to load; delete it, "
+            "or resume from a checkpoint easel wrote"
+        ) from None

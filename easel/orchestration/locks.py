@@ -2,16 +2,27 @@
 concurrency limits of one slot, taken under a lease.
 
 A hold is named after what it guards (`lock_name`: a sweep output's shard, a DreamBooth
-output folder, an output's results table). Prefect renews the lease while the holder
-lives; a holder that dies (kill -9, a lost node) stops renewing, and its hold is free
-again after `LEASE_SECONDS`, so nothing waits forever on a dead run. The limits are made on
-first use (one slot each) on the Prefect server the run talks to.
+output folder, an output's results table). The holder renews its lease while it lives; a
+holder that dies (kill -9, a lost node) stops renewing, and its hold is free again after
+`LEASE_SECONDS`, so nothing waits forever on a dead run. The limits are made on first use
+(one slot each) on the Prefect server the run talks to; beside each, a Prefect variable of
+the same name records its holder (`HolderRecord`: the lease, the flow run, since when).
+
+A server restart loses the leases Prefect keeps in memory (its default) but not the slots:
+- the holder finds its lease gone (renewing it answers 410) and frees its slot itself when
+  it ends;
+- a holder that could not release (the server was down at that moment) never fails its
+  finished work: one warning line, and the next run that wants the hold finds the
+  recorded lease gone while the slot is taken, and frees it (one line naming it);
+- a hold whose holder is not known to have ended is waited on, with one line naming it,
+  its holder, and the command that frees it (`FREE_COMMAND`).
+A Prefect server started with `PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=
+prefect.server.concurrency.lease_storage.filesystem` keeps its leases on disk across
+restarts (docs/operations.md).
 
 Without a Prefect server (`PREFECT_API_URL` unset: a command on a shell runs on Prefect's
 temporary server, which lives and dies with the process) nothing is held: runs started
-from two shells into one output are not kept apart. Prefect keeps leases in the server's
-memory unless it is set up with Redis (prefect-redis): a server restarted while a run held
-a slot leaves the slot taken (`prefect gcl update NAME --active-slots 0` frees it).
+from two shells into one output are not kept apart.
 """
 
 from __future__ import annotations
@@ -23,13 +34,8 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 
 from easel.data import storage
-
-LEASE_SECONDS = 60  # a dead holder's hold is free again after this long (Prefect's least)
-TRY_SECONDS = 3.0  # how long `hold(..., wait=False)` tries before it reports the hold busy
-
-
-class Busy(Exception):
-    """Another live run holds it (the message names what)."""
+from easel.orchestration import leases
+from easel.orchestration.leases import LEASE_SECONDS, Busy  # noqa: F401 - part of this API
 
 
 def lock_name(kind: str, location: str, part: str = "") -> str:
@@ -67,36 +73,19 @@ def _holder():
 def hold(name: str, wait: bool = True) -> Iterator[None]:
     """Hold `name` for the block. `wait=False`: raise `Busy` if another run holds it (after
     trying for `TRY_SECONDS`); `wait=True`: wait until it is free (at most the holder's
-    work, or `LEASE_SECONDS` after the holder died)."""
-    from prefect.concurrency.sync import concurrency
+    work, or `LEASE_SECONDS` after the holder died). Releasing never raises: a server that
+    does not answer then gets one warning line (the hold lapses, or the next run frees it)."""
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():  # Prefect's temporary server: this process alone
         yield
         return
     _ensure_limit(name)
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(concurrency(
-                name, occupy=1, timeout_seconds=None if wait else TRY_SECONDS,
-                lease_duration=LEASE_SECONDS, strict=True, holder=_holder(),
-            ))  # fmt: skip
-        except TimeoutError:
-            if _active_slots(name):
-                raise Busy(name) from None
-            # free, and yet not acquired in time: a slow server (a loaded machine), not a
-            # holder; wait for the slot
-            stack.enter_context(concurrency(
-                name, occupy=1, lease_duration=LEASE_SECONDS, strict=True, holder=_holder()
-            ))  # fmt: skip
+    lease = leases.take(name, wait, _holder())
+    try:
         yield
-
-
-def _active_slots(name: str) -> int:
-    from prefect import get_client
-
-    with get_client(sync_client=True) as client:
-        return client.read_global_concurrency_limit_by_name(name).active_slots
+    finally:
+        leases.release(lease)
 
 
 @contextlib.contextmanager
@@ -114,7 +103,7 @@ def hold_folder(kind: str, folder: str) -> Iterator[str | None]:
             stack.enter_context(hold(name, wait=False))
         except Busy:
             holder = _read_holder(holder_file)
-            if not _ended(holder.get("flow_run_id"), str(flow_run.id)):
+            if not _ended(holder.get("flow_run_id")):
                 raise Busy(
                     f"flow run {holder.get('flow_run_name', '?')} "
                     f"{holder.get('flow_run_id', '?')}, since {holder.get('since', '?')}"
@@ -133,13 +122,11 @@ def _read_holder(holder_file: str) -> dict:
     return json.loads(storage.read_bytes(holder_file)) if storage.exists(holder_file) else {}
 
 
-def _ended(holder_id: str | None, this_run: str) -> bool:
+def _ended(holder_id: str | None) -> bool:
     """Has the flow run `holder_id` ended (or is it an earlier attempt of this run)?"""
     if not holder_id:
         return False
-    if holder_id == this_run:
-        return True
     from prefect import get_client
 
     with get_client(sync_client=True) as client:
-        return client.read_flow_run(holder_id).state.is_final()
+        return leases.flow_run_ended(client, holder_id)

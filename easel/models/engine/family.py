@@ -26,13 +26,18 @@ DEFAULT_SIDE = 512  # diffusers' default when a UNet config gives no sample size
 
 
 def read_config(model_path: str, *names: str) -> dict:
-    """The first of `names` (paths under the model folder) that exists, parsed."""
+    """The first of `names` (paths under the model folder) that exists, parsed. Raises
+    `ModelReferenceError` naming the folder and the files when none does (a diffusers folder
+    missing a component's config)."""
     for name in names:
         path = os.path.join(model_path, name)
         if os.path.exists(path):
             with open(path) as f:
                 return json.load(f)
-    raise FileNotFoundError(f"{model_path!r} has none of {', '.join(names)}")
+    raise ModelReferenceError(
+        f"model folder {model_path!r} has no {' or '.join(names)}: not a complete diffusers "
+        "pipeline folder (save it with `pipeline.save_pretrained`)"
+    )
 
 
 def pipeline_class(model_path: str) -> str | None:

@@ -2,7 +2,7 @@
 component's weight files (a variant such as `.fp16`, safetensors before pickle), and so
 the files that make the model, which its digest covers and a remote copy fetches.
 
-A refusal here (a component without weights, only another variant's files, several
+A refusal here (a component without its config or weights, only another variant's files, several
 variants and none chosen) is one `ModelReferenceError` naming the folder and the fix,
 raised while planning, before any weight is read.
 """
@@ -68,6 +68,11 @@ def weight_layout(path: str, variant: str | None = None, ref: str | None = None)
                 f"{name}/ folder"
             )
         listing[name] = sorted(os.listdir(folder))
+        if not any(file.endswith(".json") for file in listing[name]):  # its loader's config
+            raise ModelReferenceError(
+                f"model {ref!r}: component {name}/ holds no config (expected a .json file "
+                f"such as {name}/{MODEL_CONFIG} or {name}/scheduler_config.json)"
+            )
     weights = {name: weight_files(files) for name, files in listing.items()}
     networks = [name for name in names if MODEL_CONFIG in listing[name]]
     for name in networks:
