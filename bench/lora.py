@@ -1,6 +1,7 @@
 """LoRA adapters in a sweep: 4 adapters x `--prompts` prompts as one sweep (a `loras`
 column), against 4 sweeps of one adapter each, and against a bare diffusers loop that loads
-each adapter once (`load_lora_weights`) and switches with `set_adapters`.
+each adapter once (`load_lora_weights`), switches with `set_adapters` and saves each image
+as a PNG (what a user's own loop does).
 
     python -m bench.lora --model tiny --prompts 64          # CPU
     python -m bench.lora --model sd15 --prompts 64          # GPU
@@ -53,19 +54,24 @@ def write(work: str, name: str, prompts: list[dict], adapters: list[str]) -> str
     return manifest
 
 
-def bare_loop(pipe, prompts, adapters, args) -> None:
-    """diffusers alone: each adapter loaded once, then its prompts in batches."""
+def bare_loop(pipe, prompts, adapters, args, folder: str) -> None:
+    """diffusers alone: each adapter loaded once, then its prompts in batches, each image
+    saved as a PNG in `folder` (what a user's own loop does with what it draws)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
     for i, path in enumerate(adapters):
         pipe.load_lora_weights(path, adapter_name=f"bare{i}")
     for i in range(len(adapters)):
         pipe.set_adapters([f"bare{i}"], [1.0])
         for start in range(0, len(prompts), args.batch_size):
             chunk = prompts[start : start + args.batch_size]
-            pipe(
+            images = pipe(
                 [r["prompt"] for r in chunk], num_inference_steps=args.steps,
                 guidance_scale=args.guidance, width=args.side, height=args.side,
                 generator=[torch.Generator().manual_seed(r["seed"]) for r in chunk],
-            )  # fmt: skip
+            ).images  # fmt: skip
+            for row, image in zip(chunk, images, strict=True):
+                image.save(os.path.join(folder, f"{row['id']}-a{i}.png"))
 
 
 def options():
@@ -105,12 +111,13 @@ def main() -> None:
     each = [write(work, f"one-{i}", prompts, [path]) for i, path in enumerate(adapters)]
     times = {"one_sweep_s": [], "four_sweeps_s": [], "bare_loop_s": []}
     loads = {}
-    harness.timed(lambda: bare_loop(pipe, prompts[:1], adapters[:1], args), sync)  # warm-up
+    bare = os.path.join(work, "bare")
+    harness.timed(lambda: bare_loop(pipe, prompts[:1], adapters[:1], args, bare), sync)  # warm
     for _ in range(harness.repeats(args, 1)):
         for name, function in (("one_sweep_s", lambda: sweep(one)),
                                ("four_sweeps_s", lambda: sweep(each)),
-                               ("bare_loop_s", lambda: (fresh(), bare_loop(pipe, prompts,
-                                                                           adapters, args))),
+                               ("bare_loop_s", lambda: (fresh(), bare_loop(
+                                   pipe, prompts, adapters, args, bare))),
                                ):  # fmt: skip
             before = sum(loras.LOADS.values())
             times[name].append(harness.timed(function, sync))
