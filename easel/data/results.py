@@ -9,109 +9,36 @@ always complete after a rerun, and a rerun skips every slot recorded as ok.
 
 from __future__ import annotations
 
+import hashlib
 import io
-from dataclasses import asdict, dataclass, fields
-from typing import Annotated, get_args, get_origin, get_type_hints
+import logging
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from easel.data import contact_sheet, fusion, storage
+from easel.data import contact_sheet, fusion, records, storage
 from easel.data.batching import SweepPlan, planned_images
+from easel.data.records import (  # noqa: F401 - the names callers import from here
+    RECORD_SCHEMA,
+    ImageRecord,
+    read_record_shard,
+    read_records,
+    records_dir,
+    write_record_shard,
+)
 
-LORAS_TYPE = pa.list_(pa.struct([("path", pa.string()), ("scale", pa.float64()),
-                                 ("sha256", pa.string())]))  # fmt: skip
+log = logging.getLogger(__name__)
 
-
-@dataclass
-class ImageRecord:
-    """What happened to one image (or to a whole row that failed before generation). Its
-    fields, in order, are the record shards' columns (`RECORD_SCHEMA`): each nullable, typed
-    as the annotation says (`str`: string, `int`: int64, `float`: double, an `Annotated`
-    Arrow type as given)."""
-
-    id: str
-    request_key: str | None
-    image_index: Annotated[int | None, pa.int32()]
-    image_uri: str | None
-    status: str  # "ok" | "failed"
-    error: str | None
-    warning: str | None
-    seed: int | None
-    model_ref: str | None
-    model_digest: str | None
-    scheduler: str | None
-    duration_s: float | None
-    image_sha256: str | None
-    mlflow_run_id: str | None
-    flow_run_id: str | None = None  # the Prefect flow run that generated it (a shard's own)
-    # the PNG's size as written: a file changed since is redone (None: a record written
-    # before it; the size is not checked)
-    image_bytes: int | None = None
-    # when (Unix seconds): of two records of one image, the later wins (None: a record
-    # written before it, the oldest)
-    written_at: float | None = None
-    # the model's safety checker flagged it (the image is black); None: no checker ran (the
-    # model has none, or its `safety_checker` is off)
-    nsfw_content_detected: bool | None = None
-    # the LoRA adapters applied, stacked, as [{path, scale, sha256}] (None: none)
-    loras: Annotated[list | None, LORAS_TYPE] = None
-
-
-ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 RECORD_ONLY = ("id", "request_key", "image_bytes", "written_at")  # not in results.parquet
-
-
-def _arrow_type(hint) -> pa.DataType:
-    """The Arrow type of a field's annotation: an `Annotated` one's Arrow type, else the type
-    (None aside) through `ARROW_TYPES`."""
-    if get_origin(hint) is Annotated:
-        return next(extra for extra in get_args(hint)[1:] if isinstance(extra, pa.DataType))
-    (kind,) = [arg for arg in get_args(hint) or (hint,) if arg is not type(None)]
-    return ARROW_TYPES[kind]
-
-
-def _record_schema() -> pa.Schema:
-    hints = get_type_hints(ImageRecord, include_extras=True)
-    return pa.schema([pa.field(f.name, _arrow_type(hints[f.name])) for f in fields(ImageRecord)])
-
-
-RECORD_SCHEMA = _record_schema()  # a record shard's columns
 # what each image adds to its manifest row in results.parquet
 RESULT_FIELDS = pa.schema([f for f in RECORD_SCHEMA if f.name not in RECORD_ONLY])
+HASHED_PER_READ = 256  # images fetched at once (concurrently) to check their digests
 
 
 def image_uri(out: str, row_id: str, image_index: int) -> str:
     return storage.join(out, "images", row_id, f"{image_index}.png")
-
-
-def records_dir(out: str) -> str:
-    return storage.join(out, ".easel", "records")
-
-
-def write_record_shard(out: str, name: str, records: list[ImageRecord]) -> str:
-    """Write the marker for a finished batch, atomically, after its images."""
-    table = pa.Table.from_pylist([asdict(r) for r in records], schema=RECORD_SCHEMA)
-    uri = storage.join(records_dir(out), f"{name}.parquet")
-    storage.write_parquet_atomic(uri, table)
-    return uri
-
-
-def read_records(out: str) -> list[ImageRecord]:
-    fs, path = storage.filesystem(records_dir(out))
-    if not fs.exists(path):
-        return []
-    records = []
-    for file in sorted(fs.glob(path.rstrip("/") + "/*.parquet")):
-        records.extend(read_record_shard(fs, file))
-    return records
-
-
-def read_record_shard(fs, file: str) -> list[ImageRecord]:
-    """The records of one shard file (older shards lack the newer, optional fields)."""
-    with fs.open(file, "rb") as f:
-        return [ImageRecord(**row) for row in pq.read_table(f).to_pylist()]
 
 
 def slot(record: ImageRecord) -> tuple[str, int | None, str | None]:
@@ -119,22 +46,73 @@ def slot(record: ImageRecord) -> tuple[str, int | None, str | None]:
     return (record.id, record.image_index, record.request_key)
 
 
-def vouching_records(out: str) -> list[ImageRecord]:
-    """Every record under `out` but the ok ones whose image is gone, or no longer has the
-    size it was written with (deleted, truncated, replaced since: done again). The image
-    folder is listed once: one call per 1,000 files on an object store, not one per image."""
-    sizes = storage.file_sizes(storage.join(out, "images"))
-    return [r for r in read_records(out) if r.status != "ok" or _unchanged(r, sizes)]
+def vouching_records(out: str, state: records.State | None = None) -> list[ImageRecord]:
+    """Every record under `out` (`state`: as read by `records.read_state`) but the ok ones
+    whose image no longer holds what they wrote: gone, another size, or other bytes than
+    their `image_sha256` (replaced since: done again). The image folder is listed once (one
+    call per 1,000 files on an object store); an image is read and hashed only where its
+    listing cannot vouch for it: its size agrees but it was modified after a record was
+    written (or a record has no `written_at`), or its records disagree on its digest.
+    Several files are fetched at once."""
+    state = state or records.read_state(out)
+    folder = storage.join(out, "images")
+    versions = storage.file_versions(folder)
+    strip = type(state.fs)._strip_protocol
+    kept, by_path = [], {}
+    for record in state.records():
+        if record.status != "ok":
+            kept.append(record)
+        else:
+            by_path.setdefault(strip(record.image_uri), []).append(record)
+    doubtful = {}
+    for path, candidates in by_path.items():
+        verdicts = [_listing_verdict(r, versions.get(path)) for r in candidates]
+        alive = [r for r, verdict in zip(candidates, verdicts, strict=True) if verdict is not False]
+        if None in verdicts or len({r.image_sha256 for r in alive}) > 1:
+            doubtful[path] = alive
+        else:
+            kept.extend(alive)
+    digests = _digests(folder, list(doubtful))
+    kept.extend(r for path, rs in doubtful.items() for r in rs
+                if digests.get(path) == r.image_sha256)  # fmt: skip
+    return kept
+
+
+def _listing_verdict(record: ImageRecord, version: tuple[int, float | None] | None):
+    """What the listing says of an ok record's image: False (gone, or another size), True
+    (the same size, untouched since the record was written, or a record without a digest:
+    its size is all it vouches for), None (only its bytes can tell)."""
+    if version is None:
+        return False
+    size, modified = version
+    if record.image_bytes is not None and record.image_bytes != size:
+        return False
+    if record.image_sha256 is None:
+        return True
+    if record.written_at is not None and modified is not None and modified <= record.written_at:
+        return True
+    return None
+
+
+def _digests(folder: str, paths: list[str]) -> dict[str, str]:
+    """The sha256 (hex) of each file of `paths` (of `folder`'s filesystem) still there."""
+    fs, _ = storage.filesystem(folder)
+    digests = {}
+    for start in range(0, len(paths), HASHED_PER_READ):
+        fetched = fs.cat(paths[start : start + HASHED_PER_READ], on_error="return")
+        digests.update({path: hashlib.sha256(data).hexdigest()
+                        for path, data in fetched.items() if isinstance(data, bytes)})  # fmt: skip
+    return digests
 
 
 def done_slots(out: str) -> set[tuple[str, int, str]]:
-    """The slots whose image is done (`vouching_records`)."""
-    return {slot(r) for r in vouching_records(out) if r.status == "ok" and r.request_key}
-
-
-def _unchanged(record: ImageRecord, sizes: dict[str, int]) -> bool:
-    size = sizes.get(storage.path_of(record.image_uri))
-    return size is not None and record.image_bytes in (None, size)
+    """The slots whose image is done (`vouching_records`). A planning pass that finds
+    `records.COMPACT_AT` small record files or more compacts them (`records.compact`)."""
+    state = records.read_state(out)
+    done = {slot(r) for r in vouching_records(out, state) if r.status == "ok" and r.request_key}
+    if len(state.small_files) >= records.COMPACT_AT:
+        records.compact(out, state)
+    return done
 
 
 def assemble_results(
@@ -176,9 +154,8 @@ def write_results(out: str, table: pa.Table) -> str:
     `id` `table` lacks (another manifest swept into the same output keeps its rows).
     Written whole (atomically); hold the output's results lock around the read and write."""
     uri = storage.join(out, "results.parquet")
-    if storage.exists(uri):
-        with io.BytesIO(storage.read_bytes(uri)) as f:
-            before = pq.read_table(f)
+    before = _readable_results(uri)
+    if before is not None:
         if "id" in before.column_names and before.num_rows:
             others = before.filter(pc.invert(pc.is_in(before.column("id"), table.column("id"))))
             if others.num_rows:
@@ -186,6 +163,22 @@ def write_results(out: str, table: pa.Table) -> str:
                 table = pa.concat_tables([table, others], promote_options="permissive")
     storage.write_parquet_atomic(uri, with_pandas_metadata(table))
     return uri
+
+
+def _readable_results(uri: str) -> pa.Table | None:
+    """The `results.parquet` at `uri`, or None: there is none, or it cannot be read (empty,
+    cut short: rebuilt from the records, with one warning; the rows of other manifests it
+    held are lost with it)."""
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        return None
+    try:
+        with io.BytesIO(data) as f:
+            return pq.read_table(f)
+    except (pa.ArrowException, OSError) as error:
+        log.warning("%s is unreadable (%s): rebuilt from the records", uri, error)
+        return None
 
 
 def _agreeing(table: pa.Table, others: pa.Table) -> tuple[pa.Table, pa.Table]:

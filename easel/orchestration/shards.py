@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
-from easel.data import results, storage
+from easel.data import records, storage
 from easel.data.batching import SweepPlan
 from easel.models.engine.sweep import BatchOutcome
 from easel.orchestration.recovery import RETRY_SETTLE_SECONDS
@@ -47,7 +47,7 @@ def run_shards(params, plan: SweepPlan, run_id: str, progress, sweep_flow) -> Ba
         run_ids = _on_the_pool(children, deployment.id, params.out, progress)
     else:
         run_ids = _in_this_process(children, progress, sweep_flow)
-    mine = [r for r in results.read_records(params.out) if r.flow_run_id in run_ids]
+    mine = [r for r in records.read_records(params.out) if r.flow_run_id in run_ids]
     ok = [r for r in mine if r.status == "ok"]
     seconds = sum(r.duration_s or 0.0 for r in mine)
     return BatchOutcome(ok=len(ok), failed=len(mine) - len(ok), seconds=seconds)
@@ -111,16 +111,26 @@ def _left_to_the_automation(state) -> bool:
 
 
 class RecordCounter:
-    """Counts the images recorded in `out` by given flow runs, reading each record shard
-    once (a shard is written whole and not changed after), so polling stays cheap."""
+    """Counts the images recorded in `out` by given flow runs, reading each record file
+    once (a file is written whole and not changed after), so polling stays cheap. A record
+    held twice (a compacted file and the shard it came from) counts once."""
 
     def __init__(self, out: str):
-        self.out, self.seen = out, {}
+        self.out, self.seen, self.counted = out, set(), {}
 
     def images_by(self, run_ids: set) -> int:
-        fs, path = storage.filesystem(results.records_dir(self.out))
+        fs, path = storage.filesystem(records.records_dir(self.out))
         names = fs.glob(path.rstrip("/") + "/*.parquet") if fs.exists(path) else []
         for name in (n for n in names if n not in self.seen):
-            self.seen[name] = results.read_record_shard(fs, name)
+            self.seen.add(name)
+            try:
+                shard = records.read_record_shard(fs, name)
+            except FileNotFoundError:  # compacted meanwhile: its rows are in a newer file
+                continue
+            except (OSError, ValueError) as error:  # unreadable: the sweep's reads set it aside
+                print(f"record file {name} unreadable ({error}): not counted")
+                continue
+            for r in shard:
+                self.counted[(r.id, r.image_index, r.request_key, r.written_at)] = r.flow_run_id
         wanted = {str(run_id) for run_id in run_ids}
-        return sum(r.flow_run_id in wanted for shard in self.seen.values() for r in shard)
+        return sum(run_id in wanted for run_id in self.counted.values())

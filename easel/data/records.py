@@ -1,0 +1,255 @@
+"""A sweep's record state under `OUT/.easel/` (SPEC §5): what it wrote, and what vouches.
+
+Layout:
+
+- `records/<batch key>.parquet`: one small record shard per finished batch, written after
+  its images (the marker, last): the unit of commitment.
+- `records/compacted-<uuid>.parquet`: many shards' rows in one file (`compact`). Written
+  whole before the shards it holds are removed, so a kill at any point loses no row; a row
+  held twice (the kill fell between the write and the removals) is one record: readers
+  drop exact duplicates, and of several records of one slot the later `written_at` wins.
+  An older easel reads a compacted file as one more shard.
+- `quarantine/<name>`: a file of `records/` that could not be read (zero-length, cut
+  short, not Parquet), set aside with one warning; its images are checked again as any
+  image without a record is, and generated again.
+
+Every read lists `records/` once and fetches its files concurrently (one `cat` of many
+paths: parallel requests on an object store).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import posixpath
+import uuid
+from dataclasses import asdict, dataclass, fields
+from typing import Annotated, get_args, get_origin, get_type_hints
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from easel.data import storage
+
+log = logging.getLogger(__name__)
+
+LORAS_TYPE = pa.list_(pa.struct([("path", pa.string()), ("scale", pa.float64()),
+                                 ("sha256", pa.string())]))  # fmt: skip
+COMPACTED_PREFIX = "compacted-"
+# small record shards a planning pass finds before it compacts them (a run's end always does)
+COMPACT_AT = 64
+# the columns that tell one record from another (two files holding the same row: one record)
+IDENTITY = ("id", "image_index", "request_key", "status", "written_at", "flow_run_id",
+            "image_sha256")  # fmt: skip
+
+
+@dataclass
+class ImageRecord:
+    """What happened to one image (or to a whole row that failed before generation). Its
+    fields, in order, are the record shards' columns (`RECORD_SCHEMA`): each nullable, typed
+    as the annotation says (`str`: string, `int`: int64, `float`: double, an `Annotated`
+    Arrow type as given)."""
+
+    id: str
+    request_key: str | None
+    image_index: Annotated[int | None, pa.int32()]
+    image_uri: str | None
+    status: str  # "ok" | "failed"
+    error: str | None
+    warning: str | None
+    seed: int | None
+    model_ref: str | None
+    model_digest: str | None
+    scheduler: str | None
+    duration_s: float | None
+    image_sha256: str | None
+    mlflow_run_id: str | None
+    flow_run_id: str | None = None  # the Prefect flow run that generated it (a shard's own)
+    # the PNG's size as written: a file changed since is redone (None: a record written
+    # before it; the size is not checked)
+    image_bytes: int | None = None
+    # when (Unix seconds): of two records of one image, the later wins (None: a record
+    # written before it, the oldest)
+    written_at: float | None = None
+    # the model's safety checker flagged it (the image is black); None: no checker ran (the
+    # model has none, or its `safety_checker` is off)
+    nsfw_content_detected: bool | None = None
+    # the LoRA adapters applied, stacked, as [{path, scale, sha256}] (None: none)
+    loras: Annotated[list | None, LORAS_TYPE] = None
+
+
+ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+
+
+def _arrow_type(hint) -> pa.DataType:
+    """The Arrow type of a field's annotation: an `Annotated` one's Arrow type, else the type
+    (None aside) through `ARROW_TYPES`."""
+    if get_origin(hint) is Annotated:
+        return next(extra for extra in get_args(hint)[1:] if isinstance(extra, pa.DataType))
+    (kind,) = [arg for arg in get_args(hint) or (hint,) if arg is not type(None)]
+    return ARROW_TYPES[kind]
+
+
+def _record_schema() -> pa.Schema:
+    hints = get_type_hints(ImageRecord, include_extras=True)
+    return pa.schema([pa.field(f.name, _arrow_type(hints[f.name])) for f in fields(ImageRecord)])
+
+
+RECORD_SCHEMA = _record_schema()  # a record shard's columns
+
+
+def state_dir(out: str, *parts: str) -> str:
+    return storage.join(out, ".easel", *parts)
+
+
+def records_dir(out: str) -> str:
+    return state_dir(out, "records")
+
+
+def quarantine_dir(out: str) -> str:
+    return state_dir(out, "quarantine")
+
+
+def write_record_shard(out: str, name: str, records: list[ImageRecord]) -> str:
+    """Write the marker for a finished batch, atomically, after its images."""
+    table = pa.Table.from_pylist([asdict(r) for r in records], schema=RECORD_SCHEMA)
+    uri = storage.join(records_dir(out), f"{name}.parquet")
+    storage.write_parquet_atomic(uri, table)
+    return uri
+
+
+@dataclass
+class State:
+    """The records of an output as read: `table` (`RECORD_SCHEMA`, exact duplicates
+    dropped) and the files it came from (protocol-less paths of `fs`)."""
+
+    fs: object
+    table: pa.Table
+    files: list[str]
+
+    def records(self) -> list[ImageRecord]:
+        return [ImageRecord(**row) for row in self.table.to_pylist()]
+
+    @property
+    def small_files(self) -> list[str]:
+        return [f for f in self.files if not is_compacted(f)]
+
+
+def is_compacted(file: str) -> bool:
+    return posixpath.basename(file).startswith(COMPACTED_PREFIX)
+
+
+def read_state(out: str) -> State:
+    """Every record under `out`, read concurrently. A file that vanishes while it is read
+    (another run compacted it: its rows are in a newer file) sends the reader back to the
+    listing for the files it has not read; a file that cannot be read is quarantined."""
+    fs, path = storage.filesystem(records_dir(out))
+    tables, read = [], []
+    while True:
+        listed = [f for f in _listing(fs, path) if f not in read]
+        if not listed:
+            break
+        vanished = 0
+        for file, data in fs.cat(listed, on_error="return").items():
+            if isinstance(data, FileNotFoundError):
+                vanished += 1
+                continue
+            table = _parsed(file, data)
+            if table is None:
+                quarantine(out, fs, file, data)
+                continue
+            tables.append(table)
+            read.append(file)
+        if not vanished:
+            break
+    return State(fs, unique_rows(_concat(tables)), read)
+
+
+def _listing(fs, path: str) -> list[str]:
+    if not fs.exists(path):
+        return []
+    return sorted(fs.glob(path.rstrip("/") + "/*.parquet"))
+
+
+def _parsed(file: str, data) -> pa.Table | None:
+    """The records of one file's bytes as `RECORD_SCHEMA` (older shards lack the newer,
+    optional columns: nulls), or None when they are not a readable record file."""
+    if isinstance(data, BaseException):
+        return None
+    try:
+        table = pq.read_table(io.BytesIO(data))
+        return conformed(table)
+    except (pa.ArrowException, OSError, ValueError, KeyError) as error:
+        log.debug("record file %s unreadable: %s", file, error)
+        return None
+
+
+def conformed(table: pa.Table) -> pa.Table:
+    """`table` with `RECORD_SCHEMA`'s columns, in order: a missing one as nulls."""
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names
+        else pa.nulls(table.num_rows, f.type)
+        for f in RECORD_SCHEMA
+    ]  # fmt: skip
+    return pa.Table.from_arrays(columns, schema=RECORD_SCHEMA)
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    return pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
+
+
+def unique_rows(table: pa.Table) -> pa.Table:
+    """`table` without rows that repeat an earlier one's `IDENTITY` (the same record held
+    by a compacted file and by the shard it was compacted from)."""
+    if table.num_rows < 2:
+        return table
+    numbered = table.select(list(IDENTITY)).append_column("_row", pa.array(range(table.num_rows)))
+    first = numbered.group_by(list(IDENTITY), use_threads=False).aggregate([("_row", "min")])
+    rows = first.column("_row_min")
+    if len(rows) == table.num_rows:
+        return table
+    return table.take(rows.sort())
+
+
+def quarantine(out: str, fs, file: str, error) -> None:
+    """Move an unreadable record file under `OUT/.easel/quarantine/`, with one warning."""
+    target = storage.path_of(storage.join(quarantine_dir(out), posixpath.basename(file)))
+    if fs.exists(target):
+        target = f"{target}.{uuid.uuid4().hex[:8]}"
+    fs.makedirs(posixpath.dirname(target), exist_ok=True)
+    try:
+        fs.mv(file, target)
+    except FileNotFoundError:  # another reader set it aside first
+        return
+    reason = error if isinstance(error, BaseException) else "not a readable Parquet file"
+    log.warning("record file %s is unreadable (%s): moved to %s; its images are checked and "
+                "generated again as needed", file, reason, target)  # fmt: skip
+
+
+def read_records(out: str) -> list[ImageRecord]:
+    """Every record under `out` (`read_state`), one object each."""
+    return read_state(out).records()
+
+
+def read_record_shard(fs, file: str) -> list[ImageRecord]:
+    """The records of one shard file (older shards lack the newer, optional fields)."""
+    with fs.open(file, "rb") as f:
+        return [ImageRecord(**row) for row in conformed(pq.read_table(f)).to_pylist()]
+
+
+def compact(out: str, state: State | None = None) -> str | None:
+    """Compact the record files of `state` (default: read now) into one file, written whole,
+    then remove them; returns its URI (None: nothing to compact). Safe against a kill at
+    any step and against another run compacting at the same time: a file is removed only
+    after its rows are in a file written before."""
+    state = state or read_state(out)
+    if len(state.files) < 2 and not state.small_files:
+        return None
+    uri = storage.join(records_dir(out), f"{COMPACTED_PREFIX}{uuid.uuid4().hex}.parquet")
+    storage.write_parquet_atomic(uri, state.table)
+    for file in state.files:
+        try:
+            state.fs.rm(file)
+        except FileNotFoundError:  # another run compacted it too
+            pass
+    return uri
