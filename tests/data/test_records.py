@@ -219,3 +219,23 @@ def test_a_reader_racing_a_compaction_finds_the_rows_in_the_new_file(tmp_path, m
     monkeypatch.setattr(type(fs), "cat", lambda self, paths, **kw: cat(paths, **kw))
     state = read_state(str(out))
     assert raced[1] and {results.slot(r) for r in state.records()} == slots
+
+
+def test_on_an_object_store_damage_is_quarantined_and_files_compacted(s3_server):
+    """The same on S3 (a local server): concurrent reads, a zero-length shard set aside,
+    compaction, and an A -> B -> A edit caught by the records' disagreeing digests (S3's
+    modification times are whole seconds)."""
+    fs = storage.filesystem("s3://records-test")[0]
+    fs.mkdir("records-test")
+    out = "s3://records-test/out"
+    slots = sweep_of(out, 3)
+    storage.write_bytes_atomic(storage.join(records_dir(out), "b2.parquet"), b"")
+    assert results.done_slots(out) == slots - {("r2", 0, "k2")}
+    assert fs.exists("records-test/out/.easel/quarantine/b2.parquet")
+    a, b = png(10), png(200)
+    generate(out, "C", "key-A", a, "batch-A")
+    generate(out, "C", "key-B", b, "batch-B")
+    assert records.compact(out).startswith("s3://records-test/out/.easel/records/compacted-")
+    assert len(fs.ls("records-test/out/.easel/records")) == 1
+    done = results.done_slots(out)
+    assert ("C", 0, "key-B") in done and ("C", 0, "key-A") not in done
