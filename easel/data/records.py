@@ -4,11 +4,16 @@ Layout:
 
 - `records/<batch key>.parquet`: one small record shard per finished batch, written after
   its images (the marker, last): the unit of commitment.
-- `records/compacted-<uuid>.parquet`: many shards' rows in one file (`compact`). Written
-  whole before the shards it holds are removed, so a kill at any point loses no row; a row
-  held twice (the kill fell between the write and the removals) is one record: readers
-  drop exact duplicates, and of several records of one slot the later `written_at` wins.
-  An older easel reads a compacted file as one more shard.
+- `records/part-<p>/compacted-<uuid>.parquet`: many shards' rows (`compact`), spread over
+  `PARTS` parts by their slot's digest, so that a shard of a sweep reads only its parts.
+  Written whole before the shards they hold are removed, so a kill at any point loses no
+  row; a row held twice (the kill fell between the write and the removals) is one record:
+  readers drop exact duplicates, and of several records of one slot the later
+  `written_at` wins. (An older easel, reading `records/*.parquet` only, sees none of them:
+  it generates again what they hold.)
+- `progress/<flow run id>~<writer>.json`: what one writer of a shard's flow run has
+  recorded so far (`Tally`), rewritten after each batch: the sharded parent's progress
+  and outcome come from these small files, never from the records.
 - `quarantine/<name>`: a file of `records/` that could not be read (zero-length, cut
   short, not Parquet), set aside with one warning; its images are checked again as any
   image without a record is, and generated again.
@@ -20,22 +25,30 @@ paths: parallel requests on an object store).
 from __future__ import annotations
 
 import io
+import json
 import logging
 import posixpath
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Annotated, get_args, get_origin, get_type_hints
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from easel.data import storage
+from easel.data.batching import ALL, Shard, slot_hash
 
 log = logging.getLogger(__name__)
 
 LORAS_TYPE = pa.list_(pa.struct([("path", pa.string()), ("scale", pa.float64()),
                                  ("sha256", pa.string())]))  # fmt: skip
 COMPACTED_PREFIX = "compacted-"
+PART_PREFIX = "part-"
+# the parts compacted records are spread over, by slot (`batching.slot_hash`): a shard
+# `i` of `n` (n dividing it) reads only the parts p with p % n == i
+PARTS = 64
+MERGE_AT = 8  # files a part holds before a compaction merges them into one
 # small record shards a planning pass finds before it compacts them (a run's end always does)
 COMPACT_AT = 64
 # the columns that tell one record from another (two files holding the same row: one record)
@@ -121,32 +134,52 @@ def write_record_shard(out: str, name: str, records: list[ImageRecord]) -> str:
 @dataclass
 class State:
     """The records of an output as read: `table` (`RECORD_SCHEMA`, exact duplicates
-    dropped) and the files it came from (protocol-less paths of `fs`)."""
+    dropped) and the files it came from (protocol-less paths of `fs`), each with its rows."""
 
     fs: object
     table: pa.Table
-    files: list[str]
+    read: dict[str, pa.Table]
 
     def records(self) -> list[ImageRecord]:
         return [ImageRecord(**row) for row in self.table.to_pylist()]
 
     @property
+    def files(self) -> list[str]:
+        return list(self.read)
+
+    @property
     def small_files(self) -> list[str]:
-        return [f for f in self.files if not is_compacted(f)]
+        """Files not compacted into a part (a part's files are `part-<p>/...`)."""
+        return [f for f in self.read if not _part_of_file(f)]
 
 
 def is_compacted(file: str) -> bool:
     return posixpath.basename(file).startswith(COMPACTED_PREFIX)
 
 
-def read_state(out: str) -> State:
-    """Every record under `out`, read concurrently. A file that vanishes while it is read
-    (another run compacted it: its rows are in a newer file) sends the reader back to the
-    listing for the files it has not read; a file that cannot be read is quarantined."""
+def _part_of_file(file: str) -> int | None:
+    folder = posixpath.basename(posixpath.dirname(file))
+    return int(folder[len(PART_PREFIX) :]) if folder.startswith(PART_PREFIX) else None
+
+
+def parts_of(shard: Shard) -> range | list[int]:
+    """The parts that hold the slots of `shard`: those p with p % count == index where the
+    count divides `PARTS`, else all."""
+    if shard.count == 1 or PARTS % shard.count:
+        return range(PARTS)
+    return [p for p in range(PARTS) if p % shard.count == shard.index]
+
+
+def read_state(out: str, shard: Shard = ALL) -> State:
+    """The records under `out` that can hold `shard`'s slots (default: all), read
+    concurrently: the small files of `records/` and the parts of `shard`. A file that
+    vanishes while it is read (another run compacted it: its rows are in a newer file) sends
+    the reader back to the listing for the files it has not read; a file that cannot be
+    read is quarantined."""
     fs, path = storage.filesystem(records_dir(out))
-    tables, read = [], []
+    read: dict[str, pa.Table] = {}
     while True:
-        listed = [f for f in _listing(fs, path) if f not in read]
+        listed = [f for f in _listing(fs, path, shard) if f not in read]
         if not listed:
             break
         vanished = 0
@@ -158,17 +191,27 @@ def read_state(out: str) -> State:
             if table is None:
                 quarantine(out, fs, file, data)
                 continue
-            tables.append(table)
-            read.append(file)
+            read[file] = table
         if not vanished:
             break
-    return State(fs, unique_rows(_concat(tables)), read)
+    return State(fs, unique_rows(_concat(list(read.values()))), read)
 
 
-def _listing(fs, path: str) -> list[str]:
+def _listing(fs, path: str, shard: Shard) -> list[str]:
+    """The record files of `records/` itself and of the parts `shard` needs: the folder
+    listed one level deep, then each part needed (all of them: one recursive listing)."""
     if not fs.exists(path):
         return []
-    return sorted(fs.glob(path.rstrip("/") + "/*.parquet"))
+    entries = fs.ls(path, detail=True)
+    files = [e["name"] for e in entries if e["type"] == "file"]
+    parts = {posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] != "file"}
+    wanted = {f"{PART_PREFIX}{p}" for p in parts_of(shard)} & parts
+    if wanted == parts and wanted:
+        files = list(fs.find(path))
+    else:
+        for part in sorted(wanted):
+            files += fs.ls(posixpath.join(path, part), detail=False)
+    return sorted(f for f in files if f.endswith(".parquet"))
 
 
 def _parsed(file: str, data) -> pa.Table | None:
@@ -237,19 +280,66 @@ def read_record_shard(fs, file: str) -> list[ImageRecord]:
         return [ImageRecord(**row) for row in conformed(pq.read_table(f)).to_pylist()]
 
 
-def compact(out: str, state: State | None = None) -> str | None:
-    """Compact the record files of `state` (default: read now) into one file, written whole,
-    then remove them; returns its URI (None: nothing to compact). Safe against a kill at
-    any step and against another run compacting at the same time: a file is removed only
-    after its rows are in a file written before."""
-    state = state or read_state(out)
-    if len(state.files) < 2 and not state.small_files:
-        return None
-    uri = storage.join(records_dir(out), f"{COMPACTED_PREFIX}{uuid.uuid4().hex}.parquet")
-    storage.write_parquet_atomic(uri, state.table)
-    for file in state.files:
+def compact(out: str, state: State | None = None, shard: Shard = ALL) -> list[str]:
+    """Move the rows of `state`'s small files (default: `read_state(out, shard)`) into the
+    parts their slots fall in, one new file per part written whole (a part's older files
+    merged into it once it has `MERGE_AT`), then remove the files read into them; returns
+    the new files' URIs ([]: nothing to compact). Safe against a kill at any step and
+    against another run compacting at the same time: a file is removed only after its rows
+    are in a file written before."""
+    state = state or read_state(out, shard)
+    by_part: dict[int, list[str]] = {}
+    for file in state.read:
+        by_part.setdefault(_part_of_file(file), []).append(file)
+    merged = [f for p, fs in by_part.items() if p is not None and len(fs) >= MERGE_AT for f in fs]
+    moved = state.small_files + merged
+    if not state.small_files and not merged:
+        return []
+    rows = unique_rows(_concat([state.read[f] for f in moved]))
+    part = pa.array([slot_hash(s) % PARTS for s in zip(rows.column("id").to_pylist(),
+                     rows.column("image_index").to_pylist(),
+                     rows.column("request_key").to_pylist(), strict=True)], pa.int64())  # fmt: skip
+    written = []
+    for p in sorted(set(part.to_pylist())):
+        name = f"{COMPACTED_PREFIX}{uuid.uuid4().hex}.parquet"
+        uri = storage.join(records_dir(out), f"{PART_PREFIX}{p}", name)
+        storage.write_parquet_atomic(uri, rows.filter(pc.equal(part, p)))
+        written.append(uri)
+    for file in moved:
         try:
             state.fs.rm(file)
         except FileNotFoundError:  # another run compacted it too
             pass
-    return uri
+    return written
+
+
+@dataclass
+class Tally:
+    """What one batch writer of flow run `flow_run_id` recorded: images ok and failed, and
+    their generation seconds. Written whole to `progress/<flow_run_id>~<writer>.json`."""
+
+    flow_run_id: str
+    ok: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    writer: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def add(self, written: list[ImageRecord]) -> None:
+        ok = sum(r.status == "ok" for r in written)
+        self.ok, self.failed = self.ok + ok, self.failed + len(written) - ok
+        self.seconds += sum(r.duration_s or 0.0 for r in written)
+
+    def write(self, out: str) -> None:
+        name = f"{self.flow_run_id}~{self.writer}.json"
+        storage.write_text_atomic(state_dir(out, "progress", name), json.dumps(asdict(self)))
+
+
+def tallies(out: str, flow_run_ids: set[str]) -> list[Tally]:
+    """The tallies of the given flow runs' writers: one listing, the files fetched at once."""
+    fs, path = storage.filesystem(state_dir(out, "progress"))
+    if not fs.exists(path):
+        return []
+    names = [f for f in fs.ls(path, detail=False)
+             if posixpath.basename(f).split("~")[0] in flow_run_ids]  # fmt: skip
+    fetched = fs.cat(names, on_error="omit") if names else {}
+    return [Tally(**json.loads(data)) for data in fetched.values()]

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from easel.data import contact_sheet, fusion, records, storage
-from easel.data.batching import SweepPlan, planned_images
+from easel.data.batching import ALL, Shard, SweepPlan, planned_images
 from easel.data.records import (  # noqa: F401 - the names callers import from here
     RECORD_SCHEMA,
     ImageRecord,
@@ -105,10 +105,11 @@ def _digests(folder: str, paths: list[str]) -> dict[str, str]:
     return digests
 
 
-def done_slots(out: str) -> set[tuple[str, int, str]]:
-    """The slots whose image is done (`vouching_records`). A planning pass that finds
+def done_slots(out: str, shard: Shard = ALL) -> set[tuple[str, int, str]]:
+    """The slots whose image is done (`vouching_records`), of `shard` at least (its parts of
+    the compacted records, and every small record file). A planning pass that finds
     `records.COMPACT_AT` small record files or more compacts them (`records.compact`)."""
-    state = records.read_state(out)
+    state = records.read_state(out, shard)
     done = {slot(r) for r in vouching_records(out, state) if r.status == "ok" and r.request_key}
     if len(state.small_files) >= records.COMPACT_AT:
         records.compact(out, state)
