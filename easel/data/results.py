@@ -41,55 +41,74 @@ def image_uri(out: str, row_id: str, image_index: int) -> str:
     return storage.join(out, "images", row_id, f"{image_index}.png")
 
 
+SLOT = ("id", "image_index", "request_key")  # the columns of a record's slot
+
+
 def slot(record: ImageRecord) -> tuple[str, int | None, str | None]:
     """The (row id, image index, request key) a record vouches for."""
     return (record.id, record.image_index, record.request_key)
 
 
 def vouching_records(out: str, state: records.State | None = None) -> list[ImageRecord]:
+    """`vouched`'s records, one object each."""
+    return [ImageRecord(**row) for row in vouched(out, state).to_pylist()]
+
+
+def vouched(out: str, state: records.State | None = None) -> pa.Table:
     """Every record under `out` (`state`: as read by `records.read_state`) but the ok ones
     whose image no longer holds what they wrote: gone, another size, or other bytes than
     their `image_sha256` (replaced since: done again). The image folder is listed once (one
     call per 1,000 files on an object store); an image is read and hashed only where its
     listing cannot vouch for it: its size agrees but it was modified after a record was
     written (or a record has no `written_at`), or its records disagree on its digest.
-    Several files are fetched at once."""
+    Several files are fetched at once. Columns, not one object per record."""
     state = state or records.read_state(out)
-    folder = storage.join(out, "images")
+    table, folder = state.table, storage.join(out, "images")
     versions = storage.file_versions(folder)
     strip = type(state.fs)._strip_protocol
-    kept, by_path = [], {}
-    for record in state.records():
-        if record.status != "ok":
-            kept.append(record)
-        else:
-            by_path.setdefault(strip(record.image_uri), []).append(record)
-    doubtful = {}
-    for path, candidates in by_path.items():
-        verdicts = [_listing_verdict(r, versions.get(path)) for r in candidates]
-        alive = [r for r, verdict in zip(candidates, verdicts, strict=True) if verdict is not False]
-        if None in verdicts or len({r.image_sha256 for r in alive}) > 1:
+    rows = {name: table.column(name).to_pylist() for name in VOUCHING}
+    keep = [status != "ok" for status in rows["status"]]
+    by_path: dict[str, list[int]] = {}
+    for index, uri in enumerate(rows["image_uri"]):
+        if not keep[index]:
+            by_path.setdefault(strip(uri), []).append(index)
+    doubtful, digest = {}, rows["image_sha256"]
+    for path, indices in by_path.items():
+        verdicts = {i: _listing_verdict(rows, i, versions.get(path)) for i in indices}
+        alive = [i for i in indices if verdicts[i] is not False]
+        if None in verdicts.values() or len({digest[i] for i in alive}) > 1:
             doubtful[path] = alive
         else:
-            kept.extend(alive)
+            keep = _marked(keep, alive)
     digests = _digests(folder, list(doubtful))
-    kept.extend(r for path, rs in doubtful.items() for r in rs
-                if digests.get(path) == r.image_sha256)  # fmt: skip
-    return kept
+    for path, indices in doubtful.items():
+        keep = _marked(keep, [i for i in indices if digests.get(path) == digest[i]])
+    return table.filter(pa.array(keep, pa.bool_()))
 
 
-def _listing_verdict(record: ImageRecord, version: tuple[int, float | None] | None):
-    """What the listing says of an ok record's image: False (gone, or another size), True
-    (the same size, untouched since the record was written, or a record without a digest:
-    its size is all it vouches for), None (only its bytes can tell)."""
+VOUCHING = ("status", "image_uri", "image_bytes", "image_sha256", "written_at")
+
+
+def _marked(keep: list[bool], indices: list[int]) -> list[bool]:
+    for index in indices:
+        keep[index] = True
+    return keep
+
+
+def _listing_verdict(rows: dict[str, list], i: int, version: tuple[int, float | None] | None):
+    """What the listing says of ok record `i`'s image (`rows`: `VOUCHING`'s columns): False
+    (gone, or another size), True (the same size, untouched since the record was written,
+    or a record without a digest: its size is all it vouches for), None (only its bytes can
+    tell)."""
     if version is None:
         return False
     size, modified = version
-    if record.image_bytes is not None and record.image_bytes != size:
+    if rows["image_bytes"][i] is not None and rows["image_bytes"][i] != size:
         return False
-    if record.image_sha256 is None:
+    if rows["image_sha256"][i] is None:
         return True
-    if record.written_at is not None and modified is not None and modified <= record.written_at:
+    written = rows["written_at"][i]
+    if written is not None and modified is not None and modified <= written:
         return True
     return None
 
@@ -110,7 +129,10 @@ def done_slots(out: str, shard: Shard = ALL) -> set[tuple[str, int, str]]:
     the compacted records, and every small record file). A planning pass that finds
     `records.COMPACT_AT` small record files or more compacts them (`records.compact`)."""
     state = records.read_state(out, shard)
-    done = {slot(r) for r in vouching_records(out, state) if r.status == "ok" and r.request_key}
+    table = vouched(out, state)
+    ok = table.filter(pc.and_(pc.equal(table.column("status"), "ok"),
+                              pc.is_valid(table.column("request_key"))))  # fmt: skip
+    done = set(zip(*(ok.column(n).to_pylist() for n in SLOT), strict=True))
     if len(state.small_files) >= records.COMPACT_AT:
         records.compact(out, state)
     return done
