@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -138,25 +138,22 @@ def done_slots(out: str, shard: Shard = ALL) -> set[tuple[str, int, str]]:
     return done
 
 
-def assemble_results(
-    manifest: pa.Table, row_indices: list[int], records: list[ImageRecord]
-) -> pa.Table:
-    """One output row per record: the manifest row's columns, then the result fields.
+def assemble_results(manifest: pa.Table, row_indices, result: pa.Table) -> pa.Table:
+    """One output row per record of `result` (`RECORD_SCHEMA`), the record of manifest row
+    `row_indices[i]` (a list or an Arrow integer array): the manifest row's columns, then
+    the result fields.
 
     `seed` and `scheduler` are replaced in place by their resolved values; every other
     input column passes through with its original type. A manifest without an `id`
     column gets the derived ids, the names of the image folders.
     """
-    assert len(row_indices) == len(records)
+    assert len(row_indices) == result.num_rows
     base = manifest.take(pa.array(row_indices, type=pa.int64()))
-    ids = pa.array([r.id for r in records], pa.string())
+    ids = result.column("id")
     if "id" not in base.column_names:
         base = base.append_column(pa.field("id", pa.string()), ids)
     elif base.column("id").null_count:  # rows without an id: the derived ids
         base = base.set_column(base.column_names.index("id"), pa.field("id", pa.string()), ids)
-    result = pa.Table.from_pylist(
-        [{f.name: getattr(r, f.name) for f in RESULT_FIELDS} for r in records], schema=RESULT_FIELDS
-    )
     for field in RESULT_FIELDS:
         values = result.column(field.name)
         if field.name not in base.column_names:
@@ -262,32 +259,39 @@ def failed_row(row_id: str, error: str) -> ImageRecord:
     )  # fmt: skip
 
 
-def final_records(plan: SweepPlan, recorded: list[ImageRecord]) -> list[tuple[int, ImageRecord]]:
-    """(row_index, record) for every requested image, each the record of its own slot (its
-    row, its index, its content), failed images included; a row that failed before any of
-    its images was tried (at validation, or a run stopped first) keeps one."""
-    by_slot: dict[tuple, ImageRecord] = {}
-    for record in recorded:  # an ok record wins over a failed try, a later one over an earlier
-        existing = by_slot.get(slot(record))
-        if record.request_key and (existing is None or _rank(record) > _rank(existing)):
-            by_slot[slot(record)] = record
-    rows: list[tuple[int, ImageRecord]] = []
+def final_records(plan: SweepPlan, recorded: pa.Table) -> pa.Table:
+    """The record (`RECORD_SCHEMA`, with its manifest row's index in `_row`) of every
+    requested image, each the record of its own slot (its row, its index, its content),
+    failed images included, in manifest order; a row that failed before any of its images
+    was tried (at validation, or a run stopped first) keeps one. Of several records of one
+    slot an ok one wins over a failed try, a later one over an earlier."""
+    ranked = recorded.filter(pc.is_valid(recorded.column("request_key")))
+    ranked = ranked.append_column("_ok", pc.equal(ranked.column("status"), "ok"))
+    ranked = ranked.sort_by([("_ok", "descending"), ("written_at", "descending")])
+    best: dict[tuple, int] = {}
+    for index, key in enumerate(zip(*(ranked.column(n).to_pylist() for n in SLOT), strict=True)):
+        best.setdefault(key, index)
+    taken, rows, failed = [], [], []
     for failure in plan.failures:
-        rows.append((failure.row_index, failed_row(failure.id, failure.error)))
+        failed.append((failure.row_index, failed_row(failure.id, failure.error)))
     for job in plan.jobs:
-        images = planned_images(job, plan.facts[job.model])
-        found = [by_slot.get(image.slot) for image in images]
-        if all(r is None for r in found):
-            found = [failed_row(job.id, "not generated: the run stopped before this image")]
-        missing = failed_row(job.id, "not generated: the run stopped before this image")
-        found = [r or missing for r in found]
-        rows.extend((job.row_index, record) for record in found)
-    rows.sort(key=lambda item: (item[0], item[1].image_index or 0))
-    return rows
+        found = [best.get(image.slot) for image in planned_images(job, plan.facts[job.model])]
+        if all(index is None for index in found):
+            found = found[:1]
+        for index in found:
+            if index is None:
+                failed.append((job.row_index, failed_row(job.id, NOT_GENERATED)))
+            else:
+                taken.append(index)
+                rows.append(job.row_index)
+    chosen = ranked.drop_columns(["_ok"]).take(pa.array(taken, pa.int64()))
+    missing = pa.Table.from_pylist([asdict(r) for _, r in failed], schema=RECORD_SCHEMA)
+    table = pa.concat_tables([chosen, missing])
+    table = table.append_column("_row", pa.array(rows + [i for i, _ in failed], pa.int64()))
+    return table.sort_by([("_row", "ascending"), ("image_index", "ascending")])
 
 
-def _rank(record: ImageRecord) -> tuple[bool, float]:
-    return (record.status == "ok", record.written_at or 0.0)
+NOT_GENERATED = "not generated: the run stopped before this image"
 
 
 MAX_LISTED_FAILURES = 20  # on stderr when a sweep exits 1; all of them are in results
@@ -317,26 +321,34 @@ def row_captions(manifest: pa.Table, row_indices: list[int]) -> list[str | None]
 
 
 def publish_results(out: str, manifest: pa.Table, plan: SweepPlan, generated_now: int):
-    """`results.parquet` assembled from the manifest and every record under `out`, and the
-    contact sheet of its images; returns the `SweepSummary`."""
-    rows = final_records(plan, vouching_records(out))
-    table = assemble_results(manifest, [index for index, _ in rows], [r for _, r in rows])
-    results_uri = write_results(out, table)
-    ok = [record for _, record in rows if record.status == "ok"]
-    failed = [record for _, record in rows if record.status == "failed"]
+    """`results.parquet` assembled from the manifest and every record under `out` that
+    vouches (`vouched`), in Arrow columns, and the contact sheet of its first images;
+    returns the `SweepSummary`."""
+    final = final_records(plan, vouched(out))
+    rows = final.column("_row")
+    final = final.drop_columns(["_row"])
+    results_uri = write_results(out, assemble_results(manifest, rows, final))
+    is_ok = pc.equal(final.column("status"), "ok")
+    ok = final.filter(is_ok).append_column("_row", rows.filter(is_ok))
+    failed = final.filter(pc.invert(is_ok))
     sheet = None
-    if ok:
-        captions = row_captions(manifest, [index for index, r in rows if r.status == "ok"])
-        labels = [contact_sheet.tile_label(r.id, r.image_index, caption)
-                  for r, caption in zip(ok, captions, strict=True)]  # fmt: skip
-        sheet = contact_sheet.write_contact_sheet(out, [r.image_uri for r in ok], labels)
+    if ok.num_rows:
+        shown = ok.slice(0, contact_sheet.MAX_IMAGES).to_pylist()
+        captions = row_captions(manifest, [r["_row"] for r in shown])
+        labels = [contact_sheet.tile_label(r["id"], r["image_index"], caption)
+                  for r, caption in zip(shown, captions, strict=True)]  # fmt: skip
+        sheet = contact_sheet.write_contact_sheet(out, [r["image_uri"] for r in shown], labels)
+    listed = failed.slice(0, MAX_LISTED_FAILURES).to_pylist()
     return SweepSummary(
         out=out, results_uri=results_uri, contact_sheet_uri=sheet, rows=manifest.num_rows,
-        images_ok=len(ok), images_failed=len(rows) - len(ok),
-        rows_failed=len({r.id for _, r in rows if r.status == "failed"}),
-        generated_now=generated_now, images_nsfw=sum(bool(r.nsfw_content_detected) for r in ok),
-        failures=tuple(
-            f"{r.id}{'' if r.image_index is None else f'/{r.image_index}'}: {r.error}"
-            for r in failed[:MAX_LISTED_FAILURES]
-        ),
+        images_ok=ok.num_rows, images_failed=failed.num_rows,
+        rows_failed=len(set(failed.column("id").to_pylist())), generated_now=generated_now,
+        images_nsfw=pc.sum(ok.column("nsfw_content_detected")).as_py() or 0,
+        failures=tuple(_failure_line(r) for r in listed),
     )  # fmt: skip
+
+
+def _failure_line(record: dict) -> str:
+    """"id[/k]: error" of a failed record."""
+    index = record["image_index"]
+    return f"{record['id']}{'' if index is None else f'/{index}'}: {record['error']}"
