@@ -187,6 +187,8 @@ def read_state(out: str, shard: Shard = ALL) -> State:
             if isinstance(data, FileNotFoundError):
                 vanished += 1
                 continue
+            if isinstance(data, BaseException):  # the store failed: not the file's fault
+                raise data
             table = _parsed(file, data)
             if table is None:
                 quarantine(out, fs, file, data)
@@ -214,11 +216,9 @@ def _listing(fs, path: str, shard: Shard) -> list[str]:
     return sorted(f for f in files if f.endswith(".parquet"))
 
 
-def _parsed(file: str, data) -> pa.Table | None:
+def _parsed(file: str, data: bytes) -> pa.Table | None:
     """The records of one file's bytes as `RECORD_SCHEMA` (older shards lack the newer,
     optional columns: nulls), or None when they are not a readable record file."""
-    if isinstance(data, BaseException):
-        return None
     try:
         table = pq.read_table(io.BytesIO(data))
         return conformed(table)
@@ -254,7 +254,7 @@ def unique_rows(table: pa.Table) -> pa.Table:
     return table.take(rows.sort())
 
 
-def quarantine(out: str, fs, file: str, error) -> None:
+def quarantine(out: str, fs, file: str, data: bytes) -> None:
     """Move an unreadable record file under `OUT/.easel/quarantine/`, with one warning."""
     target = storage.path_of(storage.join(quarantine_dir(out), posixpath.basename(file)))
     if fs.exists(target):
@@ -264,7 +264,7 @@ def quarantine(out: str, fs, file: str, error) -> None:
         fs.mv(file, target)
     except FileNotFoundError:  # another reader set it aside first
         return
-    reason = error if isinstance(error, BaseException) else "not a readable Parquet file"
+    reason = "empty" if not data else "not a readable Parquet file"
     log.warning("record file %s is unreadable (%s): moved to %s; its images are checked and "
                 "generated again as needed", file, reason, target)  # fmt: skip
 

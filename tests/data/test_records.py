@@ -283,3 +283,17 @@ def test_a_shard_reads_only_its_parts_of_the_compacted_records(tmp_path):
         assert {results.slot(r) for r in state.records()} == mine | {late}
         assert results.done_slots(str(out), shard) == mine | {late}
         assert len([f for f in state.files if records.PART_PREFIX in f]) <= records.PARTS // 4
+
+
+def test_a_store_that_fails_a_read_quarantines_nothing(tmp_path, monkeypatch):
+    """A read the store fails (a timeout, a refused request) says nothing of the file: it
+    is raised, and the file stays where it is."""
+    out = tmp_path / "out"
+    sweep_of(out, 2)
+    fs = storage.filesystem(str(out))[0]
+    monkeypatch.setattr(type(fs), "cat", lambda self, paths, **kw: dict.fromkeys(
+        paths, ConnectionError("the store timed out")))  # fmt: skip
+    with pytest.raises(ConnectionError, match="timed out"):
+        read_state(str(out))
+    assert not (out / ".easel" / "quarantine").exists()
+    assert len(record_files(out)["."]) == 2
