@@ -237,3 +237,17 @@ def test_a_damaged_record_file_and_results_heal_on_a_rerun(tmp_path):
             with open(row["image_uri"], "rb") as f:
                 assert hashlib.sha256(f.read()).hexdigest() == row["image_sha256"], seed
             assert row["seed"] == (seed if row["id"] == "r0" else 1)
+
+
+def test_a_sharded_sweep_counts_from_its_shards_tallies_and_compacts_their_records(tmp_path):
+    """Shards run one after another in this process: the parent's outcome comes from each
+    shard run's tally, and each shard compacts its records into the parts it owns."""
+    rows = [{"id": f"r{i}", "prompt": PROMPTS[i % len(PROMPTS)], "seed": i} for i in range(6)]
+    summary, out = run(tmp_path, "sharded", rows, shards=2, batch_size=1)
+    assert (summary.generated_now, summary.images_ok) == (6, 6)
+    tallies = os.listdir(f"{out}/.easel/progress")
+    assert len({name.split("~")[0] for name in tallies}) == 2  # one flow run per shard
+    folders = {os.path.relpath(folder, f"{out}/.easel/records")
+               for folder, _, names in os.walk(f"{out}/.easel/records") if names}  # fmt: skip
+    assert folders and all(f.startswith("part-") for f in folders)
+    assert sorted(r["id"] for r in read_results(out)) == [f"r{i}" for i in range(6)]
