@@ -148,6 +148,15 @@ class State:
         return list(self.read)
 
     @property
+    def crowded(self) -> bool:
+        """Compaction is due: `COMPACT_AT` small files, or a part of `MERGE_AT` files."""
+        counts: dict = {}
+        for file in self.read:
+            counts[_part_of_file(file)] = counts.get(_part_of_file(file), 0) + 1
+        parts = [n for part, n in counts.items() if part is not None]
+        return counts.get(None, 0) >= COMPACT_AT or max(parts, default=0) >= MERGE_AT
+
+    @property
     def small_files(self) -> list[str]:
         """Files not compacted into a part (a part's files are `part-<p>/...`)."""
         return [f for f in self.read if not _part_of_file(f)]
@@ -170,12 +179,12 @@ def parts_of(shard: Shard) -> range | list[int]:
     return [p for p in range(PARTS) if p % shard.count == shard.index]
 
 
-def read_state(out: str, shard: Shard = ALL) -> State:
+def read_state(out: str, shard: Shard | None = ALL) -> State:
     """The records under `out` that can hold `shard`'s slots (default: all), read
-    concurrently: the small files of `records/` and the parts of `shard`. A file that
-    vanishes while it is read (another run compacted it: its rows are in a newer file) sends
-    the reader back to the listing for the files it has not read; a file that cannot be
-    read is quarantined."""
+    concurrently: the small files of `records/` and the parts of `shard` (None: no part).
+    A file that vanishes while it is read (another run compacted it: its rows are in a
+    newer file) sends the reader back to the listing for the files it has not read; a file
+    that cannot be read is quarantined."""
     fs, path = storage.filesystem(records_dir(out))
     read: dict[str, pa.Table] = {}
     while True:
@@ -199,7 +208,7 @@ def read_state(out: str, shard: Shard = ALL) -> State:
     return State(fs, unique_rows(_concat(list(read.values()))), read)
 
 
-def _listing(fs, path: str, shard: Shard) -> list[str]:
+def _listing(fs, path: str, shard: Shard | None) -> list[str]:
     """The record files of `records/` itself and of the parts `shard` needs: the folder
     listed one level deep, then each part needed (all of them: one recursive listing)."""
     if not fs.exists(path):
@@ -207,7 +216,7 @@ def _listing(fs, path: str, shard: Shard) -> list[str]:
     entries = fs.ls(path, detail=True)
     files = [e["name"] for e in entries if e["type"] == "file"]
     parts = {posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] != "file"}
-    wanted = {f"{PART_PREFIX}{p}" for p in parts_of(shard)} & parts
+    wanted = {f"{PART_PREFIX}{p}" for p in parts_of(shard)} & parts if shard else set()
     if wanted == parts and wanted:
         files = list(fs.find(path))
     else:
@@ -280,20 +289,21 @@ def read_record_shard(fs, file: str) -> list[ImageRecord]:
         return [ImageRecord(**row) for row in conformed(pq.read_table(f)).to_pylist()]
 
 
-def compact(out: str, state: State | None = None, shard: Shard = ALL) -> list[str]:
-    """Move the rows of `state`'s small files (default: `read_state(out, shard)`) into the
-    parts their slots fall in, one new file per part written whole (a part's older files
-    merged into it once it has `MERGE_AT`), then remove the files read into them; returns
+def compact(out: str, state: State | None = None) -> list[str]:
+    """Move the rows of `state`'s small files (default: `read_state(out, None)`, the small
+    files alone) into the parts their slots fall in, one new file per part written whole
+    (a part of `state` holding `MERGE_AT` files or more merged into it), then remove the
+    files read into them; returns
     the new files' URIs ([]: nothing to compact). Safe against a kill at any step and
     against another run compacting at the same time: a file is removed only after its rows
     are in a file written before."""
-    state = state or read_state(out, shard)
+    state = state or read_state(out, None)
     by_part: dict[int, list[str]] = {}
     for file in state.read:
         by_part.setdefault(_part_of_file(file), []).append(file)
     merged = [f for p, fs in by_part.items() if p is not None and len(fs) >= MERGE_AT for f in fs]
     moved = state.small_files + merged
-    if not state.small_files and not merged:
+    if not moved:
         return []
     rows = unique_rows(_concat([state.read[f] for f in moved]))
     part = pa.array([slot_hash(s) % PARTS for s in zip(rows.column("id").to_pylist(),

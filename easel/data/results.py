@@ -127,13 +127,13 @@ def _digests(folder: str, paths: list[str]) -> dict[str, str]:
 def done_slots(out: str, shard: Shard = ALL) -> set[tuple[str, int, str]]:
     """The slots whose image is done (`vouching_records`), of `shard` at least (its parts of
     the compacted records, and every small record file). A planning pass that finds
-    `records.COMPACT_AT` small record files or more compacts them (`records.compact`)."""
+    compaction due (`records.State.crowded`) compacts what it read (`records.compact`)."""
     state = records.read_state(out, shard)
     table = vouched(out, state)
     ok = table.filter(pc.and_(pc.equal(table.column("status"), "ok"),
                               pc.is_valid(table.column("request_key"))))  # fmt: skip
     done = set(zip(*(ok.column(n).to_pylist() for n in SLOT), strict=True))
-    if len(state.small_files) >= records.COMPACT_AT:
+    if state.crowded:
         records.compact(out, state)
     return done
 

@@ -297,3 +297,19 @@ def test_a_store_that_fails_a_read_quarantines_nothing(tmp_path, monkeypatch):
         read_state(str(out))
     assert not (out / ".easel" / "quarantine").exists()
     assert len(record_files(out)["."]) == 2
+
+
+def test_a_part_of_many_files_is_merged_by_a_planning_pass(tmp_path, monkeypatch):
+    """Each end-of-run compaction adds a file to the parts its rows fall in; a planning pass
+    that finds a part of `MERGE_AT` files merges it."""
+    monkeypatch.setattr(records, "PARTS", 1)
+    monkeypatch.setattr(records, "MERGE_AT", 3)
+    out = tmp_path / "out"
+    slots = set()
+    for round_ in range(3):
+        slots |= {results.slot(generate(out, f"x{round_}", "k", png(round_), f"b{round_}"))}
+        records.compact(str(out))  # a run's end: the small files alone
+    assert len(record_files(out)["part-0"]) == 3
+    assert results.done_slots(str(out)) == slots
+    assert len(record_files(out)["part-0"]) == 1
+    assert results.done_slots(str(out)) == slots
