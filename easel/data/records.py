@@ -315,12 +315,21 @@ def compact(out: str, state: State | None = None) -> list[str]:
         uri = storage.join(records_dir(out), f"{PART_PREFIX}{p}", name)
         storage.write_parquet_atomic(uri, rows.filter(pc.equal(part, p)))
         written.append(uri)
-    for file in moved:
-        try:
-            state.fs.rm(file)
-        except FileNotFoundError:  # another run compacted it too
-            pass
+    _remove(state.fs, moved)
     return written
+
+
+def _remove(fs, files: list[str]) -> None:
+    """Remove `files`: in one request per 1,000 on an object store; one by one if some are
+    gone already (another run compacted them too)."""
+    try:
+        fs.rm(files)
+    except FileNotFoundError:
+        for file in files:
+            try:
+                fs.rm(file)
+            except FileNotFoundError:
+                pass
 
 
 @dataclass

@@ -165,11 +165,12 @@ def _kill_compaction(monkeypatch, out: str, step: str) -> None:
     state = read_state(out)
     real_rm = state.fs.rm
 
-    def rm(path, *args, **kwargs):
-        if step == "one removed" and removed:
-            raise Killed
-        real_rm(path, *args, **kwargs)
-        removed.append(path)
+    def rm(paths, *args, **kwargs):
+        for path in paths if isinstance(paths, list) else [paths]:  # one by one: killable
+            if step == "one removed" and removed:
+                raise Killed
+            real_rm(path, *args, **kwargs)
+            removed.append(path)
 
     monkeypatch.setattr(storage, "write_parquet_atomic", write)
     monkeypatch.setattr(state.fs, "rm", rm)
