@@ -61,17 +61,24 @@ def vouched(out: str, state: records.State | None = None) -> pa.Table:
     call per 1,000 files on an object store); an image is read and hashed only where its
     listing cannot vouch for it: its size agrees but it was modified after a record was
     written (or a record has no `written_at`), or its records disagree on its digest.
-    Several files are fetched at once. Columns, not one object per record."""
+    Several files are fetched at once. Columns, not one object per record.
+
+    An image is looked for where it lies in this `out` (`images/<id>/<k>.png`), whatever
+    path its record was written with (another host mounting the folder elsewhere), and the
+    vouching records name it there (`image_uri`)."""
     state = state or records.read_state(out)
     table, folder = state.table, storage.join(out, "images")
     versions = storage.file_versions(folder)
-    strip = type(state.fs)._strip_protocol
+    base, path_base = folder.rstrip("/"), storage.path_of(folder).rstrip("/")
     rows = {name: table.column(name).to_pylist() for name in VOUCHING}
     keep = [status != "ok" for status in rows["status"]]
-    by_path: dict[str, list[int]] = {}
-    for index, uri in enumerate(rows["image_uri"]):
+    uris, by_path = rows["image_uri"], {}
+    for index, (row_id, k) in enumerate(zip(rows["id"], rows["image_index"], strict=True)):
         if not keep[index]:
-            by_path.setdefault(strip(uri), []).append(index)
+            uris[index] = f"{base}/{row_id}/{k}.png"
+            by_path.setdefault(f"{path_base}/{row_id}/{k}.png", []).append(index)
+    table = table.set_column(table.column_names.index("image_uri"), "image_uri",
+                             pa.array(uris, pa.string()))  # fmt: skip
     doubtful, digest = {}, rows["image_sha256"]
     for path, indices in by_path.items():
         verdicts = {i: _listing_verdict(rows, i, versions.get(path)) for i in indices}
@@ -86,7 +93,7 @@ def vouched(out: str, state: records.State | None = None) -> pa.Table:
     return table.filter(pa.array(keep, pa.bool_()))
 
 
-VOUCHING = ("status", "image_uri", "image_bytes", "image_sha256", "written_at")
+VOUCHING = ("id", "image_index", "status", "image_uri", "image_bytes", "image_sha256", "written_at")
 
 
 def _marked(keep: list[bool], indices: list[int]) -> list[bool]:

@@ -314,3 +314,15 @@ def test_a_part_of_many_files_is_merged_by_a_planning_pass(tmp_path, monkeypatch
     assert results.done_slots(str(out)) == slots
     assert len(record_files(out)["part-0"]) == 1
     assert results.done_slots(str(out)) == slots
+
+
+def test_an_output_read_where_another_host_mounts_it_agrees_on_what_is_done(tmp_path):
+    """Records name their images by the writer's path; the same folder mounted elsewhere
+    (another host, moved) finds them where they lie in it, and results name them there."""
+    first = tmp_path / "host-a" / "out"
+    slots = sweep_of(first, 3)
+    second = tmp_path / "host-b-mount"
+    os.rename(first, second)
+    assert results.done_slots(str(second)) == slots
+    uris = {r.image_uri for r in results.vouching_records(str(second))}
+    assert uris == {results.image_uri(str(second), f"r{i}", 0) for i in range(3)}
