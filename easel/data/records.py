@@ -319,6 +319,16 @@ def compact(out: str, state: State | None = None) -> list[str]:
     return written
 
 
+def compact_after_run(out: str) -> None:
+    """A run's end: `compact(out)`, the small record files alone; a store that fails it
+    fails no finished work (one warning: the next run compacts them)."""
+    try:
+        compact(out)
+    except OSError as error:
+        log.warning("record files of %s not compacted (%s): the next run compacts them", out,
+                    error)  # fmt: skip
+
+
 def _remove(fs, files: list[str]) -> None:
     """Remove `files`: in one request per 1,000 on an object store; one by one if some are
     gone already (another run compacted them too)."""

@@ -63,7 +63,7 @@ def _generate_shard(inputs: SweepInputs, shard: Shard, run_id: str, progress, pa
         for chunk in chunk_batches(plan.batches, params.images_per_task):
             outcome = outcome + generate_batches_task(inputs, chunk, run_id, on_batch)
         if plan.batches:
-            records.compact(inputs.out)  # the small record files into their parts
+            records.compact_after_run(inputs.out)  # the small record files into their parts
     return outcome, plan
 
 

@@ -326,3 +326,17 @@ def test_an_output_read_where_another_host_mounts_it_agrees_on_what_is_done(tmp_
     assert results.done_slots(str(second)) == slots
     uris = {r.image_uri for r in results.vouching_records(str(second))}
     assert uris == {results.image_uri(str(second), f"r{i}", 0) for i in range(3)}
+
+
+def test_a_compaction_the_store_fails_at_a_run_s_end_fails_no_work(tmp_path, monkeypatch, caplog):
+    out = tmp_path / "out"
+    slots = sweep_of(out, 2)
+
+    def refused(uri, table):
+        raise PermissionError(f"{uri}: write refused")
+
+    monkeypatch.setattr(storage, "write_parquet_atomic", refused)
+    with caplog.at_level(logging.WARNING, logger="easel.data.records"):
+        records.compact_after_run(str(out))
+    assert "not compacted" in caplog.text and "write refused" in caplog.text
+    assert results.done_slots(str(out)) == slots and len(record_files(out)["."]) == 2
