@@ -32,6 +32,7 @@ SLOW_SCRIPTS = {
     "sweep": [],
     "cli": [],
     "shards": [],
+    "bench_scale": [],
     "bootstrap": ["{tmp}/bootstrap", "--no-eval"],
     "dreambooth_quality": ["--out", "{tmp}/quality"],
     "quickstart_subject": ["--out", "{tmp}/quickstart"],

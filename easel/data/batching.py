@@ -201,8 +201,12 @@ def planned_images(job: RowJob, facts: ModelFacts) -> list[PlannedImage]:
 def shard_of(image: PlannedImage, shards: int) -> int:
     """Which of `shards` shards does `image` (0-based)? Decided by its slot's content (row
     id, image index, request key), never by its position: the same on every rerun."""
-    digest = hashlib.sha256("|".join(map(str, image.slot)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") % shards
+    return slot_hash(image.slot) % shards
+
+
+def slot_hash(slot: tuple) -> int:
+    """A slot's (row id, image index, request key) digest as an unsigned 64-bit integer."""
+    return int.from_bytes(hashlib.sha256("|".join(map(str, slot)).encode()).digest()[:8], "big")
 
 
 @dataclass(frozen=True)

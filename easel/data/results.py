@@ -9,109 +9,39 @@ always complete after a rerun, and a rerun skips every slot recorded as ok.
 
 from __future__ import annotations
 
+import hashlib
 import io
-from dataclasses import asdict, dataclass, fields
-from typing import Annotated, get_args, get_origin, get_type_hints
+import logging
+from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from easel.data import contact_sheet, fusion, storage
-from easel.data.batching import SweepPlan, planned_images
+from easel.data import contact_sheet, fusion, records, storage
+from easel.data.batching import ALL, Shard, SweepPlan, planned_images
+from easel.data.records import (  # noqa: F401 - the names callers import from here
+    RECORD_SCHEMA,
+    ImageRecord,
+    read_record_shard,
+    read_records,
+    records_dir,
+    write_record_shard,
+)
 
-LORAS_TYPE = pa.list_(pa.struct([("path", pa.string()), ("scale", pa.float64()),
-                                 ("sha256", pa.string())]))  # fmt: skip
+log = logging.getLogger(__name__)
 
-
-@dataclass
-class ImageRecord:
-    """What happened to one image (or to a whole row that failed before generation). Its
-    fields, in order, are the record shards' columns (`RECORD_SCHEMA`): each nullable, typed
-    as the annotation says (`str`: string, `int`: int64, `float`: double, an `Annotated`
-    Arrow type as given)."""
-
-    id: str
-    request_key: str | None
-    image_index: Annotated[int | None, pa.int32()]
-    image_uri: str | None
-    status: str  # "ok" | "failed"
-    error: str | None
-    warning: str | None
-    seed: int | None
-    model_ref: str | None
-    model_digest: str | None
-    scheduler: str | None
-    duration_s: float | None
-    image_sha256: str | None
-    mlflow_run_id: str | None
-    flow_run_id: str | None = None  # the Prefect flow run that generated it (a shard's own)
-    # the PNG's size as written: a file changed since is redone (None: a record written
-    # before it; the size is not checked)
-    image_bytes: int | None = None
-    # when (Unix seconds): of two records of one image, the later wins (None: a record
-    # written before it, the oldest)
-    written_at: float | None = None
-    # the model's safety checker flagged it (the image is black); None: no checker ran (the
-    # model has none, or its `safety_checker` is off)
-    nsfw_content_detected: bool | None = None
-    # the LoRA adapters applied, stacked, as [{path, scale, sha256}] (None: none)
-    loras: Annotated[list | None, LORAS_TYPE] = None
-
-
-ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 RECORD_ONLY = ("id", "request_key", "image_bytes", "written_at")  # not in results.parquet
-
-
-def _arrow_type(hint) -> pa.DataType:
-    """The Arrow type of a field's annotation: an `Annotated` one's Arrow type, else the type
-    (None aside) through `ARROW_TYPES`."""
-    if get_origin(hint) is Annotated:
-        return next(extra for extra in get_args(hint)[1:] if isinstance(extra, pa.DataType))
-    (kind,) = [arg for arg in get_args(hint) or (hint,) if arg is not type(None)]
-    return ARROW_TYPES[kind]
-
-
-def _record_schema() -> pa.Schema:
-    hints = get_type_hints(ImageRecord, include_extras=True)
-    return pa.schema([pa.field(f.name, _arrow_type(hints[f.name])) for f in fields(ImageRecord)])
-
-
-RECORD_SCHEMA = _record_schema()  # a record shard's columns
 # what each image adds to its manifest row in results.parquet
 RESULT_FIELDS = pa.schema([f for f in RECORD_SCHEMA if f.name not in RECORD_ONLY])
+HASHED_PER_READ = 256  # images fetched at once (concurrently) to check their digests
 
 
 def image_uri(out: str, row_id: str, image_index: int) -> str:
     return storage.join(out, "images", row_id, f"{image_index}.png")
 
 
-def records_dir(out: str) -> str:
-    return storage.join(out, ".easel", "records")
-
-
-def write_record_shard(out: str, name: str, records: list[ImageRecord]) -> str:
-    """Write the marker for a finished batch, atomically, after its images."""
-    table = pa.Table.from_pylist([asdict(r) for r in records], schema=RECORD_SCHEMA)
-    uri = storage.join(records_dir(out), f"{name}.parquet")
-    storage.write_parquet_atomic(uri, table)
-    return uri
-
-
-def read_records(out: str) -> list[ImageRecord]:
-    fs, path = storage.filesystem(records_dir(out))
-    if not fs.exists(path):
-        return []
-    records = []
-    for file in sorted(fs.glob(path.rstrip("/") + "/*.parquet")):
-        records.extend(read_record_shard(fs, file))
-    return records
-
-
-def read_record_shard(fs, file: str) -> list[ImageRecord]:
-    """The records of one shard file (older shards lack the newer, optional fields)."""
-    with fs.open(file, "rb") as f:
-        return [ImageRecord(**row) for row in pq.read_table(f).to_pylist()]
+SLOT = ("id", "image_index", "request_key")  # the columns of a record's slot
 
 
 def slot(record: ImageRecord) -> tuple[str, int | None, str | None]:
@@ -119,43 +49,118 @@ def slot(record: ImageRecord) -> tuple[str, int | None, str | None]:
     return (record.id, record.image_index, record.request_key)
 
 
-def vouching_records(out: str) -> list[ImageRecord]:
-    """Every record under `out` but the ok ones whose image is gone, or no longer has the
-    size it was written with (deleted, truncated, replaced since: done again). The image
-    folder is listed once: one call per 1,000 files on an object store, not one per image."""
-    sizes = storage.file_sizes(storage.join(out, "images"))
-    return [r for r in read_records(out) if r.status != "ok" or _unchanged(r, sizes)]
+def vouching_records(out: str, state: records.State | None = None) -> list[ImageRecord]:
+    """`vouched`'s records, one object each."""
+    return [ImageRecord(**row) for row in vouched(out, state).to_pylist()]
 
 
-def done_slots(out: str) -> set[tuple[str, int, str]]:
-    """The slots whose image is done (`vouching_records`)."""
-    return {slot(r) for r in vouching_records(out) if r.status == "ok" and r.request_key}
+def vouched(out: str, state: records.State | None = None) -> pa.Table:
+    """Every record under `out` (`state`: as read by `records.read_state`) but the ok ones
+    whose image no longer holds what they wrote: gone, another size, or other bytes than
+    their `image_sha256` (replaced since: done again). The image folder is listed once (one
+    call per 1,000 files on an object store); an image is read and hashed only where its
+    listing cannot vouch for it: its size agrees but it was modified after a record was
+    written (or a record has no `written_at`), or its records disagree on its digest.
+    Several files are fetched at once. Columns, not one object per record.
+
+    An image is looked for where it lies in this `out` (`images/<id>/<k>.png`), whatever
+    path its record was written with (another host mounting the folder elsewhere), and the
+    vouching records name it there (`image_uri`)."""
+    state = state or records.read_state(out)
+    table, folder = state.table, storage.join(out, "images")
+    versions = storage.file_versions(folder)
+    base, path_base = folder.rstrip("/"), storage.path_of(folder).rstrip("/")
+    rows = {name: table.column(name).to_pylist() for name in VOUCHING}
+    keep = [status != "ok" for status in rows["status"]]
+    uris, by_path = rows["image_uri"], {}
+    for index, (row_id, k) in enumerate(zip(rows["id"], rows["image_index"], strict=True)):
+        if not keep[index]:
+            uris[index] = f"{base}/{row_id}/{k}.png"
+            by_path.setdefault(f"{path_base}/{row_id}/{k}.png", []).append(index)
+    table = table.set_column(table.column_names.index("image_uri"), "image_uri",
+                             pa.array(uris, pa.string()))  # fmt: skip
+    doubtful, digest = {}, rows["image_sha256"]
+    for path, indices in by_path.items():
+        verdicts = {i: _listing_verdict(rows, i, versions.get(path)) for i in indices}
+        alive = [i for i in indices if verdicts[i] is not False]
+        if None in verdicts.values() or len({digest[i] for i in alive}) > 1:
+            doubtful[path] = alive
+        else:
+            keep = _marked(keep, alive)
+    digests = _digests(folder, list(doubtful))
+    for path, indices in doubtful.items():
+        keep = _marked(keep, [i for i in indices if digests.get(path) == digest[i]])
+    return table.filter(pa.array(keep, pa.bool_()))
 
 
-def _unchanged(record: ImageRecord, sizes: dict[str, int]) -> bool:
-    size = sizes.get(storage.path_of(record.image_uri))
-    return size is not None and record.image_bytes in (None, size)
+VOUCHING = ("id", "image_index", "status", "image_uri", "image_bytes", "image_sha256", "written_at")
 
 
-def assemble_results(
-    manifest: pa.Table, row_indices: list[int], records: list[ImageRecord]
-) -> pa.Table:
-    """One output row per record: the manifest row's columns, then the result fields.
+def _marked(keep: list[bool], indices: list[int]) -> list[bool]:
+    for index in indices:
+        keep[index] = True
+    return keep
+
+
+def _listing_verdict(rows: dict[str, list], i: int, version: tuple[int, float | None] | None):
+    """What the listing says of ok record `i`'s image (`rows`: `VOUCHING`'s columns): False
+    (gone, or another size), True (the same size, untouched since the record was written,
+    or a record without a digest: its size is all it vouches for), None (only its bytes can
+    tell)."""
+    if version is None:
+        return False
+    size, modified = version
+    if rows["image_bytes"][i] is not None and rows["image_bytes"][i] != size:
+        return False
+    if rows["image_sha256"][i] is None:
+        return True
+    written = rows["written_at"][i]
+    if written is not None and modified is not None and modified <= written:
+        return True
+    return None
+
+
+def _digests(folder: str, paths: list[str]) -> dict[str, str]:
+    """The sha256 (hex) of each file of `paths` (of `folder`'s filesystem) still there."""
+    fs, _ = storage.filesystem(folder)
+    digests = {}
+    for start in range(0, len(paths), HASHED_PER_READ):
+        fetched = fs.cat(paths[start : start + HASHED_PER_READ], on_error="return")
+        digests.update({path: hashlib.sha256(data).hexdigest()
+                        for path, data in fetched.items() if isinstance(data, bytes)})  # fmt: skip
+    return digests
+
+
+def done_slots(out: str, shard: Shard = ALL) -> set[tuple[str, int, str]]:
+    """The slots whose image is done (`vouching_records`), of `shard` at least (its parts of
+    the compacted records, and every small record file). A planning pass that finds
+    compaction due (`records.State.crowded`) compacts what it read (`records.compact`)."""
+    state = records.read_state(out, shard)
+    table = vouched(out, state)
+    ok = table.filter(pc.and_(pc.equal(table.column("status"), "ok"),
+                              pc.is_valid(table.column("request_key"))))  # fmt: skip
+    done = set(zip(*(ok.column(n).to_pylist() for n in SLOT), strict=True))
+    if state.crowded:
+        records.compact(out, state)
+    return done
+
+
+def assemble_results(manifest: pa.Table, row_indices, result: pa.Table) -> pa.Table:
+    """One output row per record of `result` (`RECORD_SCHEMA`), the record of manifest row
+    `row_indices[i]` (a list or an Arrow integer array): the manifest row's columns, then
+    the result fields.
 
     `seed` and `scheduler` are replaced in place by their resolved values; every other
     input column passes through with its original type. A manifest without an `id`
     column gets the derived ids, the names of the image folders.
     """
-    assert len(row_indices) == len(records)
+    assert len(row_indices) == result.num_rows
     base = manifest.take(pa.array(row_indices, type=pa.int64()))
-    ids = pa.array([r.id for r in records], pa.string())
+    ids = result.column("id")
     if "id" not in base.column_names:
         base = base.append_column(pa.field("id", pa.string()), ids)
     elif base.column("id").null_count:  # rows without an id: the derived ids
         base = base.set_column(base.column_names.index("id"), pa.field("id", pa.string()), ids)
-    result = pa.Table.from_pylist(
-        [{f.name: getattr(r, f.name) for f in RESULT_FIELDS} for r in records], schema=RESULT_FIELDS
-    )
     for field in RESULT_FIELDS:
         values = result.column(field.name)
         if field.name not in base.column_names:
@@ -176,9 +181,8 @@ def write_results(out: str, table: pa.Table) -> str:
     `id` `table` lacks (another manifest swept into the same output keeps its rows).
     Written whole (atomically); hold the output's results lock around the read and write."""
     uri = storage.join(out, "results.parquet")
-    if storage.exists(uri):
-        with io.BytesIO(storage.read_bytes(uri)) as f:
-            before = pq.read_table(f)
+    before = _readable_results(uri)
+    if before is not None:
         if "id" in before.column_names and before.num_rows:
             others = before.filter(pc.invert(pc.is_in(before.column("id"), table.column("id"))))
             if others.num_rows:
@@ -186,6 +190,22 @@ def write_results(out: str, table: pa.Table) -> str:
                 table = pa.concat_tables([table, others], promote_options="permissive")
     storage.write_parquet_atomic(uri, with_pandas_metadata(table))
     return uri
+
+
+def _readable_results(uri: str) -> pa.Table | None:
+    """The `results.parquet` at `uri`, or None: there is none, or it cannot be read (empty,
+    cut short: rebuilt from the records, with one warning; the rows of other manifests it
+    held are lost with it)."""
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        return None
+    try:
+        with io.BytesIO(data) as f:
+            return pq.read_table(f)
+    except (pa.ArrowException, OSError) as error:
+        log.warning("%s is unreadable (%s): rebuilt from the records", uri, error)
+        return None
 
 
 def _agreeing(table: pa.Table, others: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -246,32 +266,39 @@ def failed_row(row_id: str, error: str) -> ImageRecord:
     )  # fmt: skip
 
 
-def final_records(plan: SweepPlan, recorded: list[ImageRecord]) -> list[tuple[int, ImageRecord]]:
-    """(row_index, record) for every requested image, each the record of its own slot (its
-    row, its index, its content), failed images included; a row that failed before any of
-    its images was tried (at validation, or a run stopped first) keeps one."""
-    by_slot: dict[tuple, ImageRecord] = {}
-    for record in recorded:  # an ok record wins over a failed try, a later one over an earlier
-        existing = by_slot.get(slot(record))
-        if record.request_key and (existing is None or _rank(record) > _rank(existing)):
-            by_slot[slot(record)] = record
-    rows: list[tuple[int, ImageRecord]] = []
+def final_records(plan: SweepPlan, recorded: pa.Table) -> pa.Table:
+    """The record (`RECORD_SCHEMA`, with its manifest row's index in `_row`) of every
+    requested image, each the record of its own slot (its row, its index, its content),
+    failed images included, in manifest order; a row that failed before any of its images
+    was tried (at validation, or a run stopped first) keeps one. Of several records of one
+    slot an ok one wins over a failed try, a later one over an earlier."""
+    ranked = recorded.filter(pc.is_valid(recorded.column("request_key")))
+    ranked = ranked.append_column("_ok", pc.equal(ranked.column("status"), "ok"))
+    ranked = ranked.sort_by([("_ok", "descending"), ("written_at", "descending")])
+    best: dict[tuple, int] = {}
+    for index, key in enumerate(zip(*(ranked.column(n).to_pylist() for n in SLOT), strict=True)):
+        best.setdefault(key, index)
+    taken, rows, failed = [], [], []
     for failure in plan.failures:
-        rows.append((failure.row_index, failed_row(failure.id, failure.error)))
+        failed.append((failure.row_index, failed_row(failure.id, failure.error)))
     for job in plan.jobs:
-        images = planned_images(job, plan.facts[job.model])
-        found = [by_slot.get(image.slot) for image in images]
-        if all(r is None for r in found):
-            found = [failed_row(job.id, "not generated: the run stopped before this image")]
-        missing = failed_row(job.id, "not generated: the run stopped before this image")
-        found = [r or missing for r in found]
-        rows.extend((job.row_index, record) for record in found)
-    rows.sort(key=lambda item: (item[0], item[1].image_index or 0))
-    return rows
+        found = [best.get(image.slot) for image in planned_images(job, plan.facts[job.model])]
+        if all(index is None for index in found):
+            found = found[:1]
+        for index in found:
+            if index is None:
+                failed.append((job.row_index, failed_row(job.id, NOT_GENERATED)))
+            else:
+                taken.append(index)
+                rows.append(job.row_index)
+    chosen = ranked.drop_columns(["_ok"]).take(pa.array(taken, pa.int64()))
+    missing = pa.Table.from_pylist([asdict(r) for _, r in failed], schema=RECORD_SCHEMA)
+    table = pa.concat_tables([chosen, missing])
+    table = table.append_column("_row", pa.array(rows + [i for i, _ in failed], pa.int64()))
+    return table.sort_by([("_row", "ascending"), ("image_index", "ascending")])
 
 
-def _rank(record: ImageRecord) -> tuple[bool, float]:
-    return (record.status == "ok", record.written_at or 0.0)
+NOT_GENERATED = "not generated: the run stopped before this image"
 
 
 MAX_LISTED_FAILURES = 20  # on stderr when a sweep exits 1; all of them are in results
@@ -301,26 +328,34 @@ def row_captions(manifest: pa.Table, row_indices: list[int]) -> list[str | None]
 
 
 def publish_results(out: str, manifest: pa.Table, plan: SweepPlan, generated_now: int):
-    """`results.parquet` assembled from the manifest and every record under `out`, and the
-    contact sheet of its images; returns the `SweepSummary`."""
-    rows = final_records(plan, vouching_records(out))
-    table = assemble_results(manifest, [index for index, _ in rows], [r for _, r in rows])
-    results_uri = write_results(out, table)
-    ok = [record for _, record in rows if record.status == "ok"]
-    failed = [record for _, record in rows if record.status == "failed"]
+    """`results.parquet` assembled from the manifest and every record under `out` that
+    vouches (`vouched`), in Arrow columns, and the contact sheet of its first images;
+    returns the `SweepSummary`."""
+    final = final_records(plan, vouched(out))
+    rows = final.column("_row")
+    final = final.drop_columns(["_row"])
+    results_uri = write_results(out, assemble_results(manifest, rows, final))
+    is_ok = pc.equal(final.column("status"), "ok")
+    ok = final.filter(is_ok).append_column("_row", rows.filter(is_ok))
+    failed = final.filter(pc.invert(is_ok))
     sheet = None
-    if ok:
-        captions = row_captions(manifest, [index for index, r in rows if r.status == "ok"])
-        labels = [contact_sheet.tile_label(r.id, r.image_index, caption)
-                  for r, caption in zip(ok, captions, strict=True)]  # fmt: skip
-        sheet = contact_sheet.write_contact_sheet(out, [r.image_uri for r in ok], labels)
+    if ok.num_rows:
+        shown = ok.slice(0, contact_sheet.MAX_IMAGES).to_pylist()
+        captions = row_captions(manifest, [r["_row"] for r in shown])
+        labels = [contact_sheet.tile_label(r["id"], r["image_index"], caption)
+                  for r, caption in zip(shown, captions, strict=True)]  # fmt: skip
+        sheet = contact_sheet.write_contact_sheet(out, [r["image_uri"] for r in shown], labels)
+    listed = failed.slice(0, MAX_LISTED_FAILURES).to_pylist()
     return SweepSummary(
         out=out, results_uri=results_uri, contact_sheet_uri=sheet, rows=manifest.num_rows,
-        images_ok=len(ok), images_failed=len(rows) - len(ok),
-        rows_failed=len({r.id for _, r in rows if r.status == "failed"}),
-        generated_now=generated_now, images_nsfw=sum(bool(r.nsfw_content_detected) for r in ok),
-        failures=tuple(
-            f"{r.id}{'' if r.image_index is None else f'/{r.image_index}'}: {r.error}"
-            for r in failed[:MAX_LISTED_FAILURES]
-        ),
+        images_ok=ok.num_rows, images_failed=failed.num_rows,
+        rows_failed=len(set(failed.column("id").to_pylist())), generated_now=generated_now,
+        images_nsfw=pc.sum(ok.column("nsfw_content_detected")).as_py() or 0,
+        failures=tuple(_failure_line(r) for r in listed),
     )  # fmt: skip
+
+
+def _failure_line(record: dict) -> str:
+    """"id[/k]: error" of a failed record."""
+    index = record["image_index"]
+    return f"{record['id']}{'' if index is None else f'/{index}'}: {record['error']}"

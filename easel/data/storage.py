@@ -102,13 +102,23 @@ def path_of(uri: str) -> str:
     return filesystem(uri)[1]
 
 
-def file_sizes(folder: str) -> dict[str, int]:
-    """Every file below `folder`, as `path_of` gives them, with its size in bytes (empty if
-    it does not exist): one listing, one call per 1,000 files on an object store."""
+def file_versions(folder: str) -> dict[str, tuple[int, float | None]]:
+    """Every file below `folder`, as `path_of` gives them, with its size in bytes and its
+    modification time (Unix seconds; None where the store gives none): one listing, one call
+    per 1,000 files on an object store ({} if `folder` does not exist)."""
     fs, path = filesystem(folder)
     if not fs.exists(path):
         return {}
-    return {name: info["size"] for name, info in fs.find(path, detail=True).items()}
+    return {name: (info["size"], modified_at(info))
+            for name, info in fs.find(path, detail=True).items()}  # fmt: skip
+
+
+def modified_at(info: dict) -> float | None:
+    """A file's modification time from its fsspec `info`, in Unix seconds (None: not given)."""
+    value = info.get("mtime") or info.get("LastModified")
+    if value is None:
+        return None
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)
 
 
 def read_bytes(uri: str) -> bytes:

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
-from easel.data import results, storage
+from easel.data import records, results, storage
 from easel.data.batching import PlannedBatch
 from easel.data.results import ImageRecord
 
@@ -40,15 +40,27 @@ def write_batch(
 
 
 class BatchWriter:
+    """Writes batches in order on one thread; after each, its `records.Tally` (what this
+    writer recorded, for the sharded parent's progress)."""
+
     def __init__(self, out: str, max_pending: int = 2):
         self.out = out
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="easel-writer")
         self._slots = threading.Semaphore(max_pending)
         self._futures: list[Future] = []
+        self._tally: records.Tally | None = None
+
+    def _write(self, batch: PlannedBatch, outputs: list, pending: list[ImageRecord]):
+        written = write_batch(self.out, batch, outputs, pending)
+        if written and written[0].flow_run_id:  # a shard's own flow run: its parent polls
+            self._tally = self._tally or records.Tally(written[0].flow_run_id)
+            self._tally.add(written)
+            self._tally.write(self.out)
+        return written
 
     def submit(self, batch: PlannedBatch, outputs: list, records: list[ImageRecord]) -> None:
         self._slots.acquire()  # back-pressure: generation waits if writing falls behind
-        future = self._pool.submit(write_batch, self.out, batch, outputs, records)
+        future = self._pool.submit(self._write, batch, outputs, records)
         future.add_done_callback(lambda _: self._slots.release())
         self._futures.append(future)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from easel import tracking
-from easel.data import storage
+from easel.data import records, storage
 from easel.data.batching import ALL, Shard, chunk_batches
 from easel.data.results import SweepSummary
 from easel.flows.sweep_parameters import SweepParameters
@@ -62,6 +62,8 @@ def _generate_shard(inputs: SweepInputs, shard: Shard, run_id: str, progress, pa
             on_batch = progress.advance
         for chunk in chunk_batches(plan.batches, params.images_per_task):
             outcome = outcome + generate_batches_task(inputs, chunk, run_id, on_batch)
+        if plan.batches:
+            records.compact_after_run(inputs.out)  # the small record files into their parts
     return outcome, plan
 
 

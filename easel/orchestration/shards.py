@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
-from easel.data import results, storage
+from easel.data import records
 from easel.data.batching import SweepPlan
 from easel.models.engine.sweep import BatchOutcome
 from easel.orchestration.recovery import RETRY_SETTLE_SECONDS
@@ -34,7 +34,7 @@ CRASH_GRACE_SECONDS = RETRY_SETTLE_SECONDS + 3 * POLL_SECONDS
 def run_shards(params, plan: SweepPlan, run_id: str, progress, sweep_flow) -> BatchOutcome:
     """Run every shard of `params.shards` that has pending images, each as a flow run of
     `sweep_flow` whose MLflow run is a child of `run_id`; wait for all; `progress.advance(n)`
-    as images land. Returns what the shards generated (from the records they wrote)."""
+    as images land. Returns what the shards generated (from their writers' tallies)."""
     from prefect.runtime import deployment
 
     children = {
@@ -47,10 +47,9 @@ def run_shards(params, plan: SweepPlan, run_id: str, progress, sweep_flow) -> Ba
         run_ids = _on_the_pool(children, deployment.id, params.out, progress)
     else:
         run_ids = _in_this_process(children, progress, sweep_flow)
-    mine = [r for r in results.read_records(params.out) if r.flow_run_id in run_ids]
-    ok = [r for r in mine if r.status == "ok"]
-    seconds = sum(r.duration_s or 0.0 for r in mine)
-    return BatchOutcome(ok=len(ok), failed=len(mine) - len(ok), seconds=seconds)
+    counted = records.tallies(params.out, run_ids)
+    return BatchOutcome(ok=sum(t.ok for t in counted), failed=sum(t.failed for t in counted),
+                        seconds=sum(t.seconds for t in counted))  # fmt: skip
 
 
 def _in_this_process(children: dict, progress, sweep_flow) -> set[str]:
@@ -79,8 +78,7 @@ def _on_the_pool(children: dict, deployment_id, out: str, progress) -> set[str]:
 
     waiting = {index: start(child) for index, child in children.items()}
     started, retries = set(waiting.values()), dict.fromkeys(children, 0)
-    counter = RecordCounter(out)
-    shown = counter.images_by(started)
+    shown = images_recorded(out, started)
     while waiting:
         time.sleep(POLL_SECONDS)
         with get_client(sync_client=True) as client:
@@ -97,7 +95,7 @@ def _on_the_pool(children: dict, deployment_id, out: str, progress) -> set[str]:
                 retries[index] += 1
                 waiting[index] = start(children[index])
                 started.add(waiting[index])
-        now = counter.images_by(started)
+        now = images_recorded(out, started)
         progress.advance(now - shown)
         shown = now
     return {str(run_id) for run_id in started}
@@ -111,17 +109,7 @@ def _left_to_the_automation(state) -> bool:
     return (datetime.now(timezone.utc) - state.timestamp).total_seconds() < CRASH_GRACE_SECONDS
 
 
-class RecordCounter:
-    """Counts the images recorded in `out` by given flow runs, reading each record shard
-    once (a shard is written whole and not changed after), so polling stays cheap."""
-
-    def __init__(self, out: str):
-        self.out, self.seen = out, {}
-
-    def images_by(self, run_ids: set) -> int:
-        fs, path = storage.filesystem(results.records_dir(self.out))
-        names = fs.glob(path.rstrip("/") + "/*.parquet") if fs.exists(path) else []
-        for name in (n for n in names if n not in self.seen):
-            self.seen[name] = results.read_record_shard(fs, name)
-        wanted = {str(run_id) for run_id in run_ids}
-        return sum(r.flow_run_id in wanted for shard in self.seen.values() for r in shard)
+def images_recorded(out: str, run_ids: set) -> int:
+    """Images the given flow runs have recorded in `out`, from their writers' tallies (one
+    listing and a small file per writer: the cost of a poll does not grow with the sweep)."""
+    return sum(t.ok + t.failed for t in records.tallies(out, {str(r) for r in run_ids}))

@@ -246,8 +246,9 @@ def test_the_flow_run_address_is_the_dashboard_s_and_none_without_one(monkeypatc
 
 def test_an_image_changed_since_it_was_written_is_made_again(tmp_path):
     """A file truncated or replaced after its record vouched for it is generated again (a
-    rerun compares each image's size with the recorded one); one changed in place at the
-    same size is not noticed, and its contact-sheet tile says it cannot be read."""
+    rerun compares each image's size with the recorded one), and so is one changed in place
+    at the same size (modified after its record: its bytes are hashed); results name the
+    digest each file has."""
     rows = [{"id": f"r{i}", "prompt": p, "seed": i} for i, p in enumerate(PROMPTS[:3])]
     first, out = run(tmp_path, "o", rows)
     before = {r["id"]: r for r in read_results(out)}
@@ -259,11 +260,53 @@ def test_an_image_changed_since_it_was_written_is_made_again(tmp_path):
         f.write(b"\0" * size)  # changed in place, same size
 
     again, _ = run(tmp_path, "o", rows)
-    assert (again.generated_now, again.images_ok) == (1, 3)
+    assert (again.generated_now, again.images_ok) == (2, 3)
     after = {r["id"]: r for r in read_results(out)}
-    with open(after["r0"]["image_uri"], "rb") as f:
-        assert hashlib.sha256(f.read()).hexdigest() == after["r0"]["image_sha256"]
+    for row in after.values():
+        with open(row["image_uri"], "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == row["image_sha256"]
+    assert after["r1"]["mlflow_run_id"] != before["r1"]["mlflow_run_id"]
     assert max_pixel_difference(after["r0"]["image_uri"], tmp_path / "r0.png") <= 2  # again
     assert after["r0"]["mlflow_run_id"] != before["r0"]["mlflow_run_id"]  # made by the rerun
     assert after["r2"] == before["r2"]
     assert os.path.exists(again.contact_sheet_uri)
+
+
+def test_a_damaged_record_file_and_results_heal_on_a_rerun(tmp_path):
+    """A record file cut to zero bytes (power loss) and an empty `results.parquet`: the
+    rerun sets the file aside under `.easel/quarantine/`, generates its images again, and
+    rebuilds complete results; then a seed edited A -> B -> A ends with results naming the
+    digest each file holds."""
+    rows = [{"id": f"r{i}", "prompt": p, "seed": i} for i, p in enumerate(PROMPTS[:2])]
+    _, out = run(tmp_path, "o", rows)
+    state = [os.path.join(folder, name) for folder, _, names in os.walk(f"{out}/.easel/records")
+             for name in names]  # fmt: skip
+    for file in state:  # the run compacted its record shards into parts
+        open(file, "wb").close()
+    open(f"{out}/results.parquet", "wb").close()
+    again, _ = run(tmp_path, "o", rows)
+    assert (again.generated_now, again.images_ok) == (2, 2)
+    quarantined = os.listdir(f"{out}/.easel/quarantine")
+    assert sorted(quarantined) == sorted(os.path.basename(f) for f in state)
+    assert sorted(r["id"] for r in read_results(out)) == ["r0", "r1"]
+    for seed in (7, 8, 7):
+        rows[0]["seed"] = seed
+        run(tmp_path, "o", rows)
+        for row in read_results(out):
+            with open(row["image_uri"], "rb") as f:
+                assert hashlib.sha256(f.read()).hexdigest() == row["image_sha256"], seed
+            assert row["seed"] == (seed if row["id"] == "r0" else 1)
+
+
+def test_a_sharded_sweep_counts_from_its_shards_tallies_and_compacts_their_records(tmp_path):
+    """Shards run one after another in this process: the parent's outcome comes from each
+    shard run's tally, and each shard compacts its records into the parts it owns."""
+    rows = [{"id": f"r{i}", "prompt": PROMPTS[i % len(PROMPTS)], "seed": i} for i in range(6)]
+    summary, out = run(tmp_path, "sharded", rows, shards=2, batch_size=1)
+    assert (summary.generated_now, summary.images_ok) == (6, 6)
+    tallies = os.listdir(f"{out}/.easel/progress")
+    assert len({name.split("~")[0] for name in tallies}) == 2  # one flow run per shard
+    folders = {os.path.relpath(folder, f"{out}/.easel/records")
+               for folder, _, names in os.walk(f"{out}/.easel/records") if names}  # fmt: skip
+    assert folders and all(f.startswith("part-") for f in folders)
+    assert sorted(r["id"] for r in read_results(out)) == [f"r{i}" for i in range(6)]

@@ -101,7 +101,7 @@ def plan_sweep(
     jobs, failures = manifest.validate_manifest(table, inputs.defaults, list(inputs.input_roots))
     done = set()
     if check_done:
-        done = results.done_slots(inputs.out)
+        done = results.done_slots(inputs.out, shard)
         storage.remove_stale_temporaries(inputs.out)  # what a killed run was writing
     batch_size = MAX_BATCH if inputs.batch_size == "auto" else inputs.batch_size  # split later
     plan = build_plan(jobs, failures, _facts_for(inputs), batch_size, done, shard)

@@ -1,0 +1,342 @@
+"""A sweep's record state: damaged files set aside, images vouched for by their bytes,
+compaction that a kill at any step cannot spoil (issues 30, 31)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from easel.data import records, results, storage
+from easel.data.records import ImageRecord, read_state, records_dir, write_record_shard
+
+
+def png(value: int) -> bytes:
+    """An uncompressed 16x16 grey PNG: every value gives the same byte size."""
+    buffer = io.BytesIO()
+    Image.new("L", (16, 16), value).save(buffer, format="PNG", compress_level=0)
+    return buffer.getvalue()
+
+
+def record(out, row_id: str, key: str, data: bytes, written_at=None, run="run-1") -> ImageRecord:
+    return ImageRecord(
+        id=row_id, request_key=key, image_index=0, status="ok", error=None, warning=None,
+        image_uri=results.image_uri(str(out), row_id, 0), seed=1, model_ref="m",
+        model_digest="d", scheduler="ddim", duration_s=0.1, mlflow_run_id="r",
+        flow_run_id=run, image_bytes=len(data), image_sha256=hashlib.sha256(data).hexdigest(),
+        written_at=time.time() if written_at is None else written_at,
+    )  # fmt: skip
+
+
+def generate(out, row_id: str, key: str, data: bytes, batch: str, run="run-1") -> ImageRecord:
+    """What a batch of one image writes: its PNG, then its record shard."""
+    storage.write_bytes_atomic(results.image_uri(str(out), row_id, 0), data)
+    made = record(out, row_id, key, data, run=run)
+    write_record_shard(str(out), batch, [made])
+    return made
+
+
+def record_files(out) -> dict[str, list[str]]:
+    """The visible record files under `out`, by folder relative to `records/` ("." itself)."""
+    root, found = records_dir(str(out)), {}
+    for folder, _, names in os.walk(root):
+        visible = sorted(n for n in names if not n.startswith("."))
+        if visible:
+            found[os.path.relpath(folder, root)] = visible
+    return found
+
+
+def sweep_of(out, n: int, run="run-1") -> set:
+    """`n` one-image batches; returns their slots."""
+    return {results.slot(generate(out, f"r{i}", f"k{i}", png(i), f"b{i}", run)) for i in range(n)}
+
+
+@pytest.mark.parametrize("damage", [b"", b"PAR1 cut short"], ids=["empty", "half-written"])
+def test_an_unreadable_record_shard_is_quarantined_and_its_images_redone(tmp_path, caplog, damage):
+    out = tmp_path / "out"
+    slots = sweep_of(out, 3)
+    broken = os.path.join(records_dir(str(out)), "b1.parquet")
+    with open(broken, "wb") as f:
+        f.write(damage)
+    with caplog.at_level(logging.WARNING, logger="easel.data.records"):
+        done = results.done_slots(str(out))
+    assert done == slots - {("r1", 0, "k1")}  # its image is generated again
+    moved = out / ".easel" / "quarantine" / "b1.parquet"
+    assert moved.read_bytes() == damage and not os.path.exists(broken)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert broken in warning and str(moved) in warning
+    caplog.clear()
+    assert results.done_slots(str(out)) == done and not caplog.records  # warned once
+
+
+@pytest.mark.parametrize("damage", [b"", b"PAR1 half a file"], ids=["empty", "half-written"])
+def test_an_unreadable_results_file_is_rebuilt(tmp_path, caplog, damage):
+    out = str(tmp_path)
+    (tmp_path / "results.parquet").write_bytes(damage)
+    with caplog.at_level(logging.WARNING, logger="easel.data.results"):
+        results.write_results(out, pa.table({"id": ["a"], "status": ["ok"]}))
+    assert pq.read_table(tmp_path / "results.parquet").to_pylist() == [{"id": "a", "status": "ok"}]
+    assert "results.parquet is unreadable" in caplog.text
+
+
+def test_a_seed_edited_a_b_a_with_equal_sizes_is_generated_again(tmp_path):
+    """Row C's seed goes A -> B -> A; both PNGs have the same size. The record of A no
+    longer vouches for the file, which holds B: the third run generates A again."""
+    out = tmp_path / "out"
+    a, b = png(10), png(200)
+    assert len(a) == len(b) and a != b
+    first = generate(out, "C", "key-A", a, "batch-A")
+    generate(out, "C", "key-B", b, "batch-B")
+    image = first.image_uri
+    os.utime(image, (first.written_at + 5, first.written_at + 5))  # written after A's record
+    assert ("C", 0, "key-A") not in results.done_slots(str(out))
+    assert ("C", 0, "key-B") in results.done_slots(str(out))
+    vouched = results.vouching_records(str(out))
+    assert {r.image_sha256 for r in vouched} == {hashlib.sha256(b).hexdigest()}
+
+
+def test_of_two_records_of_one_slot_the_one_matching_the_file_wins(tmp_path):
+    out = tmp_path / "out"
+    kept = generate(out, "C", "key", png(1), "first")
+    later = record(out, "C", "key", png(2), written_at=kept.written_at + 10)  # file never had it
+    write_record_shard(str(out), "second", [later])
+    os.utime(kept.image_uri, (kept.written_at + 1, kept.written_at + 1))
+    (vouched,) = results.vouching_records(str(out))
+    assert vouched.image_sha256 == kept.image_sha256 == storage.sha256(kept.image_uri)
+
+
+def test_an_image_untouched_since_its_record_is_not_read(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    sweep_of(out, 4)
+    asked = []
+    monkeypatch.setattr(results, "_digests", lambda folder, paths: asked.extend(paths) or {})
+    assert len(results.done_slots(str(out))) == 4 and asked == []
+
+
+class Killed(Exception):
+    pass
+
+
+STEPS = ["before", "writing", "written", "one removed", "all removed"]
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_compaction_killed_at_every_step_loses_nothing_and_counts_nothing_twice(
+    tmp_path, monkeypatch, step
+):
+    out = tmp_path / "out"
+    slots = sweep_of(out, 5)
+    before = {results.slot(r): r for r in records.read_records(str(out))}
+    _kill_compaction(monkeypatch, str(out), step)
+    files = os.listdir(records_dir(str(out)))
+    assert len([f for f in files if not f.startswith(".")]) >= 1
+    state = read_state(str(out))
+    assert state.table.num_rows == 5  # a row held twice is one record
+    assert {results.slot(r): r for r in state.records()} == before
+    assert results.done_slots(str(out)) == slots  # nothing generated again
+    records.compact(str(out))  # the next run's compaction completes it
+    assert "." not in record_files(out)
+    assert {results.slot(r): r for r in records.read_records(str(out))} == before
+
+
+def _kill_compaction(monkeypatch, out: str, step: str) -> None:
+    """Run `records.compact`, killed at `step` (an exception where the process would die)."""
+    if step == "before":
+        return
+    real_write, real_rm, removed = storage.write_parquet_atomic, None, []
+
+    def write(uri, table):
+        if step == "writing":  # a temporary file, never renamed into place
+            os.makedirs(os.path.dirname(uri), exist_ok=True)
+            with open(os.path.join(os.path.dirname(uri), ".partial.parquet.x~1~y.tmp"), "wb") as f:
+                f.write(b"PAR1")
+            raise Killed
+        real_write(uri, table)
+        if step == "written":
+            raise Killed
+
+    state = read_state(out)
+    real_rm = state.fs.rm
+
+    def rm(paths, *args, **kwargs):
+        for path in paths if isinstance(paths, list) else [paths]:  # one by one: killable
+            if step == "one removed" and removed:
+                raise Killed
+            real_rm(path, *args, **kwargs)
+            removed.append(path)
+
+    monkeypatch.setattr(storage, "write_parquet_atomic", write)
+    monkeypatch.setattr(state.fs, "rm", rm)
+    try:
+        records.compact(out, state)
+    except Killed:
+        pass
+    monkeypatch.undo()
+
+
+def test_shards_of_the_previous_layout_and_compacted_files_read_together(tmp_path):
+    """A shard an older easel wrote (no flow_run_id, sizes, times, LoRAs) next to a
+    compacted file: both read, compacted together, and still vouch."""
+    out = tmp_path / "out"
+    slots = sweep_of(out, 2)
+    records.compact(str(out))
+    data = png(77)
+    storage.write_bytes_atomic(results.image_uri(str(out), "old", 0), data)
+    newer = ("flow_run_id", "image_bytes", "written_at", "loras", "nsfw_content_detected")
+    old_schema = pa.schema([f for f in records.RECORD_SCHEMA if f.name not in newer])
+    row = {"id": "old", "request_key": "ko", "image_index": 0, "status": "ok",
+           "image_uri": results.image_uri(str(out), "old", 0), "image_sha256": None}  # fmt: skip
+    pq.write_table(pa.Table.from_pylist([row], schema=old_schema),
+                   os.path.join(records_dir(str(out)), "older-easel.parquet"))  # fmt: skip
+    assert results.done_slots(str(out)) == slots | {("old", 0, "ko")}
+    records.compact(str(out))
+    assert "." not in record_files(out)
+    assert results.done_slots(str(out)) == slots | {("old", 0, "ko")}
+
+
+def test_a_planning_pass_compacts_many_shards(tmp_path, monkeypatch):
+    monkeypatch.setattr(records, "COMPACT_AT", 3)
+    out = tmp_path / "out"
+    slots = sweep_of(out, 4)
+    assert results.done_slots(str(out)) == slots
+    files = record_files(out)
+    assert "." not in files and sum(map(len, files.values())) == len(files) <= 4
+    assert all(f.startswith(records.COMPACTED_PREFIX) for fs in files.values() for f in fs)
+    assert results.done_slots(str(out)) == slots
+
+
+def test_a_reader_racing_a_compaction_finds_the_rows_in_the_new_file(tmp_path, monkeypatch):
+    """Another run compacts between this reader's listing and its reads: the shards it
+    listed are gone, their rows in a file it had not listed; it reads that one."""
+    out = tmp_path / "out"
+    slots = sweep_of(out, 3)
+    fs = storage.filesystem(str(out))[0]
+    real_cat, raced = fs.cat, []
+
+    def cat(paths, **kwargs):
+        if not raced:
+            raced.append("started")
+            raced.append(records.compact(str(out)))
+        return real_cat(paths, **kwargs)
+
+    monkeypatch.setattr(type(fs), "cat", lambda self, paths, **kw: cat(paths, **kw))
+    state = read_state(str(out))
+    assert raced[1] and {results.slot(r) for r in state.records()} == slots
+
+
+def test_on_an_object_store_damage_is_quarantined_and_files_compacted(s3_server):
+    """The same on S3 (a local server): concurrent reads, a zero-length shard set aside,
+    compaction, and an A -> B -> A edit caught by the records' disagreeing digests (S3's
+    modification times are whole seconds)."""
+    fs = storage.filesystem("s3://records-test")[0]
+    fs.mkdir("records-test")
+    out = "s3://records-test/out"
+    slots = sweep_of(out, 3)
+    storage.write_bytes_atomic(storage.join(records_dir(out), "b2.parquet"), b"")
+    assert results.done_slots(out) == slots - {("r2", 0, "k2")}
+    assert fs.exists("records-test/out/.easel/quarantine/b2.parquet")
+    a, b = png(10), png(200)
+    generate(out, "C", "key-A", a, "batch-A")
+    generate(out, "C", "key-B", b, "batch-B")
+    written = records.compact(out)
+    assert written and all(w.startswith("s3://records-test/out/.easel/records/part-")
+                           for w in written)  # fmt: skip
+    assert not [f for f in fs.ls("records-test/out/.easel/records") if f.endswith(".parquet")]
+    done = results.done_slots(out)
+    assert ("C", 0, "key-B") in done and ("C", 0, "key-A") not in done
+
+
+def test_the_parent_counts_a_shard_s_images_from_its_writers_tallies(tmp_path):
+    """Two writers of one flow run (a task and its retry) and one of another run: the
+    parent's poll sums the runs it asks for, without reading a record."""
+    from easel.orchestration.shards import images_recorded
+
+    out = str(tmp_path)
+    for run, made in (("run-1", 3), ("run-1", 2), ("run-2", 4)):
+        tally = records.Tally(run)
+        tally.add([record(out, f"{run}-{i}", "k", png(i), run=run) for i in range(made)])
+        tally.write(out)
+    assert images_recorded(out, {"run-1"}) == 5
+    assert images_recorded(out, {"run-1", "run-2"}) == 9
+    assert images_recorded(out, {"run-3"}) == 0 and images_recorded(str(tmp_path / "x"), {"a"}) == 0
+
+
+def test_a_shard_reads_only_its_parts_of_the_compacted_records(tmp_path):
+    """Compacted records are spread over parts by slot: shard i of 4 reads the parts that
+    hold its slots (and the small files not yet compacted), and finds all of its own."""
+    from easel.data.batching import Shard, slot_hash
+
+    out = tmp_path / "out"
+    slots = sweep_of(out, 24)
+    records.compact(str(out))
+    late = results.slot(generate(out, "late", "kl", png(99), "late"))  # not compacted yet
+    for index in range(4):
+        shard = Shard(index, 4)
+        mine = {s for s in slots if slot_hash(s) % 4 == index}
+        state = read_state(str(out), shard)
+        assert {results.slot(r) for r in state.records()} == mine | {late}
+        assert results.done_slots(str(out), shard) == mine | {late}
+        assert len([f for f in state.files if records.PART_PREFIX in f]) <= records.PARTS // 4
+
+
+def test_a_store_that_fails_a_read_quarantines_nothing(tmp_path, monkeypatch):
+    """A read the store fails (a timeout, a refused request) says nothing of the file: it
+    is raised, and the file stays where it is."""
+    out = tmp_path / "out"
+    sweep_of(out, 2)
+    fs = storage.filesystem(str(out))[0]
+    monkeypatch.setattr(type(fs), "cat", lambda self, paths, **kw: dict.fromkeys(
+        paths, ConnectionError("the store timed out")))  # fmt: skip
+    with pytest.raises(ConnectionError, match="timed out"):
+        read_state(str(out))
+    assert not (out / ".easel" / "quarantine").exists()
+    assert len(record_files(out)["."]) == 2
+
+
+def test_a_part_of_many_files_is_merged_by_a_planning_pass(tmp_path, monkeypatch):
+    """Each end-of-run compaction adds a file to the parts its rows fall in; a planning pass
+    that finds a part of `MERGE_AT` files merges it."""
+    monkeypatch.setattr(records, "PARTS", 1)
+    monkeypatch.setattr(records, "MERGE_AT", 3)
+    out = tmp_path / "out"
+    slots = set()
+    for round_ in range(3):
+        slots |= {results.slot(generate(out, f"x{round_}", "k", png(round_), f"b{round_}"))}
+        records.compact(str(out))  # a run's end: the small files alone
+    assert len(record_files(out)["part-0"]) == 3
+    assert results.done_slots(str(out)) == slots
+    assert len(record_files(out)["part-0"]) == 1
+    assert results.done_slots(str(out)) == slots
+
+
+def test_an_output_read_where_another_host_mounts_it_agrees_on_what_is_done(tmp_path):
+    """Records name their images by the writer's path; the same folder mounted elsewhere
+    (another host, moved) finds them where they lie in it, and results name them there."""
+    first = tmp_path / "host-a" / "out"
+    slots = sweep_of(first, 3)
+    second = tmp_path / "host-b-mount"
+    os.rename(first, second)
+    assert results.done_slots(str(second)) == slots
+    uris = {r.image_uri for r in results.vouching_records(str(second))}
+    assert uris == {results.image_uri(str(second), f"r{i}", 0) for i in range(3)}
+
+
+def test_a_compaction_the_store_fails_at_a_run_s_end_fails_no_work(tmp_path, monkeypatch, caplog):
+    out = tmp_path / "out"
+    slots = sweep_of(out, 2)
+
+    def refused(uri, table):
+        raise PermissionError(f"{uri}: write refused")
+
+    monkeypatch.setattr(storage, "write_parquet_atomic", refused)
+    with caplog.at_level(logging.WARNING, logger="easel.data.records"):
+        records.compact_after_run(str(out))
+    assert "not compacted" in caplog.text and "write refused" in caplog.text
+    assert results.done_slots(str(out)) == slots and len(record_files(out)["."]) == 2
