@@ -359,8 +359,8 @@ def shard_runs(stack: Stack, parent) -> list:
 def recorded_by(stack: Stack, out: str) -> Counter:
     """Images recorded in `out` per flow run."""
     stack.s3.invalidate_cache()
-    counts = Counter()
-    for path in stack.s3.glob(f"{out}/.easel/records/*.parquet"):
+    counts = Counter()  # small record files and the parts they are compacted into
+    for path in stack.s3.glob(f"{out}/.easel/records/**/*.parquet"):
         with stack.s3.open(path) as f:
             counts.update(pq.read_table(f, columns=["flow_run_id"]).column(0).to_pylist())
     return counts

@@ -3,7 +3,6 @@ alone and stacked, against diffusers' own LoRA loaders on the same files and see
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import shutil
@@ -17,6 +16,7 @@ from sweep_helpers import max_pixel_difference, pixels, read_results, write_mani
 from easel.cli import main
 from easel.data.batching import ModelFacts, build_plan
 from easel.data.manifest import SweepDefaults, read_manifest, validate_manifest
+from easel.data.records import read_records
 from easel.models.engine import loras as engine_loras
 from easel.models.engine.sweep import SweepInputs, plan_sweep
 from easel.models.testing.random_loras import build_random_lora
@@ -117,14 +117,13 @@ def test_kohya_and_peft_adapters_sweep_as_diffusers_applies_them(tmp_path, sd, a
 
     # a rerun generates nothing; a changed scale regenerates only its row
     written = {row_id: r["image_sha256"] for row_id, r in results.items()}
-    shards = set(glob.glob(f"{out}/.easel/records/*.parquet"))
+    recorded = {(r.id, r.written_at) for r in read_records(out)}
     sweep(manifest, out, adapters, "--model", sd)
-    assert set(glob.glob(f"{out}/.easel/records/*.parquet")) == shards
+    assert {(r.id, r.written_at) for r in read_records(out)} == recorded
     write_manifest(tmp_path / "m.parquet", rows(adapters, {"peft-half": 0.75}))
     again = sweep(manifest, out, adapters, "--model", sd)
-    new_shards = set(glob.glob(f"{out}/.easel/records/*.parquet")) - shards
-    assert len(new_shards) == 1
-    assert {r["id"] for r in read_records_of(new_shards)} == {"peft-half"}
+    new_records = {(r.id, r.written_at) for r in read_records(out)} - recorded
+    assert {row_id for row_id, _ in new_records} == {"peft-half"}
     assert again["peft-half"]["image_sha256"] != written["peft-half"]
     assert {k: r["image_sha256"] for k, r in again.items() if k != "peft-half"} == {
         k: v for k, v in written.items() if k != "peft-half"
@@ -137,12 +136,6 @@ def test_kohya_and_peft_adapters_sweep_as_diffusers_applies_them(tmp_path, sd, a
     keyed = sweep(plain, str(tmp_path / "keyed"), adapters, "--model", sd, "--config", str(config))
     assert keyed["peft-1"]["image_sha256"] == written["peft-1"]
     assert keyed["peft-1"]["loras"][0]["scale"] == 1.0
-
-
-def read_records_of(files) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    return [row for file in files for row in pq.read_table(file).to_pylist()]
 
 
 # -- planning (fast) -----------------------------------------------------------------------
