@@ -192,7 +192,7 @@ def test_the_deployments_run_in_containers_with_outputs_on_s3_and_linked_trackin
 
 def container_of(run_id) -> str | None:
     """The running container of the flow run `run_id` (the worker labels it), if any."""
-    found = docker("ps", "-q", "--filter", f"label=prefect.io/flow-run-id={run_id}").split()
+    found = docker("ps", "-q", "--filter", f"label=io.prefect.flow-run-id={run_id}").split()
     return found[0] if found else None
 
 
@@ -229,7 +229,7 @@ def test_killed_containers_are_crashed_retried_and_finished_in_new_containers(
     for run in done:
         assert any("exited with non-zero status code 137" in (message or "")
                    for _, message in history[run.id]), history[run.id]  # the worker saw it
-        ran_in = docker("ps", "-aq", "--filter", f"label=prefect.io/flow-run-id={run.id}")
+        ran_in = docker("ps", "-aq", "--filter", f"label=io.prefect.flow-run-id={run.id}")
         assert len(set(ran_in.split()) - set(killed)) == 1, run.name  # one new container
 
     # only the missing work: images recorded before the kill were never generated again
