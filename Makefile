@@ -7,11 +7,14 @@ PY     := $(VENV)/bin/python
 # requirement would pull a multi-GB CUDA build. GPU workers install their own CUDA torch.
 TORCH  ?= torch==2.13.0
 
-# The GPU image (Dockerfile): `make image IMAGE=registry.example.com/easel:TAG`, then `make push`
+# The GPU image (Dockerfile's defaults: the public Python base, PyPI's CUDA torch of the
+# tests' line): `make image IMAGE=registry.example.com/easel:TAG`, then `make push`.
+# `make test-image` builds the test image (a local base, this machine's CPU torch) and runs
+# easel's deployments in it on a docker work pool (tests/image).
 IMAGE  ?= easel:0.1.0
-GPU_TORCH ?= torch==2.6.0
+TEST_IMAGE ?= easel:test
 
-.PHONY: install demo test test-fast lint bench clean image push
+.PHONY: install demo test test-fast test-image lint bench clean image push
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +37,14 @@ demo: install
 test: install
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
+# dockerd.sh starts a daemon when none answers, or says why it cannot; the images are cached
+# by docker, so a second run rebuilds nothing that did not change.
+test-image: install
+	deploy/image/dockerd.sh
+	start=$$(date +%s) && deploy/image/build_image.sh "$(TEST_IMAGE)" \
+	  && echo "test-image: image $(TEST_IMAGE) ready in $$(( $$(date +%s) - start )) s"
+	EASEL_TEST_IMAGE="$(TEST_IMAGE)" $(PY) -m pytest -q --durations=10 tests/image
+
 test-fast: install
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10 -m "not slow"
 
@@ -45,7 +56,7 @@ bench: install
 	$(PY) -m bench.render
 
 image:
-	docker build --build-arg TORCH="$(GPU_TORCH)" -t "$(IMAGE)" .
+	docker build -t "$(IMAGE)" .
 
 push: image
 	docker push "$(IMAGE)"

@@ -94,28 +94,47 @@ def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stack")
-    script = [sys.executable, str(ROOT / "deploy" / "local_stack.py")]
+SCRIPT = [sys.executable, str(ROOT / "deploy" / "local_stack.py")]
+
+
+def start_stack(root: Path, *options: str) -> tuple[Stack, dict]:
+    """`local_stack.py start` into `root` with `options` (quick heartbeats, no UI): the stack
+    and the environment to deploy and stop it with; a failed start is stopped and failed."""
     env = {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "2"}
     env.pop("PREFECT_API_URL", None)
     started = subprocess.run(
-        [*script, "start", "--dir", str(root), "--no-ui", "--heartbeat-frequency",
-         str(HEARTBEAT), "--heartbeat-window", str(WINDOW), "--worker-limit", "2"],
+        [*SCRIPT, "start", "--dir", str(root), "--no-ui", "--heartbeat-frequency",
+         str(HEARTBEAT), "--heartbeat-window", str(WINDOW), *options],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+    if started.returncode:
+        stop_stack(root, env)
+        pytest.fail(started.stdout + started.stderr)
+    return Stack(root), env
+
+
+def stop_stack(root: Path, env: dict) -> None:
+    subprocess.run([*SCRIPT, "stop", "--dir", str(root)], env=env, timeout=60)
+
+
+def deploy(stack: Stack, env: dict, deployments: tuple[str, ...]) -> None:
+    """`prefect deploy` of `deployments` from prefect.yaml, as a team deploys."""
+    names = [arg for name in deployments for arg in ("--name", name)]
+    deployed = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", *names], cwd=ROOT,
+                              env={**env, **stack.env}, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stack")
+    stack, env = start_stack(root, "--worker-limit", "2")
     try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        stack = Stack(root)
-        names = [arg for name in DEPLOYMENTS for arg in ("--name", name)]
-        deployed = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", *names],
-                                  cwd=ROOT, env={**env, **stack.env}, capture_output=True,
-                                  text=True, timeout=300)  # fmt: skip
-        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        deploy(stack, env, DEPLOYMENTS)
         yield stack
     finally:
-        subprocess.run([*script, "stop", "--dir", str(root)], env=env, timeout=60)
+        stop_stack(root, env)
 
 
 def put_manifest(stack: Stack, key: str, rows: list[dict], tmp_path: Path) -> str:
@@ -366,6 +385,23 @@ def recorded_by(stack: Stack, out: str) -> Counter:
     return counts
 
 
+def retried_once(stack: Stack, run_ids: list, seconds: float = WAIT) -> tuple[list, dict]:
+    """The killed runs `run_ids` once settled, and their states (type, message) by run id:
+    each crashed once, was retried once, and completed."""
+    from prefect.client.schemas.objects import StateType
+
+    settled = lambda run: run.state.is_final() and not run.state.is_crashed()  # noqa: E731
+    runs = stack.wait(run_ids, settled, seconds)  # a crashed run is retried
+    with stack.client() as client:
+        history = {r.id: [(s.type, s.message) for s in client.read_flow_run_states(r.id)]
+                   for r in runs}  # fmt: skip
+    for run in runs:
+        assert run.state.is_completed(), (run.name, history[run.id])
+        assert run.run_count == 2, (run.name, history[run.id])  # crashed once, retried once
+        assert StateType.CRASHED in dict(history[run.id]), history[run.id]
+    return runs, history
+
+
 IMAGES = 192  # the killed sweep's: each shard must still be at work when the other starts
 
 
@@ -373,8 +409,6 @@ IMAGES = 192  # the killed sweep's: each shard must still be at work when the ot
 def test_killed_runs_are_crashed_retried_and_finished_by_the_other_worker(
     stack, subject, finished, tmp_path
 ):
-    from prefect.client.schemas.objects import StateType
-
     rows = [{"id": f"k{i}", "prompt": "a blue square on a white background",
              "num_inference_steps": 40, "num_images": 4} for i in range(IMAGES // 4)]  # fmt: skip
     sharded = {"manifest": put_manifest(stack, "e2e/big.parquet", rows, tmp_path),
@@ -417,15 +451,7 @@ def test_killed_runs_are_crashed_retried_and_finished_by_the_other_worker(
     os.kill(lost, signal.SIGKILL)  # a lost shard; its worker lives
     killed_at = time.monotonic()
 
-    settled = lambda run: run.state.is_final() and not run.state.is_crashed()  # noqa: E731
-    runs = stack.wait([on[one], dreambooth, on[two]], settled)  # a crashed run is retried
-    with stack.client() as client:
-        history = {r.id: [(s.type, s.message) for s in client.read_flow_run_states(r.id)]
-                   for r in runs}  # fmt: skip
-    for run in runs:
-        assert run.state.is_completed(), (run.name, history[run.id])
-        assert run.run_count == 2, (run.name, history[run.id])  # crashed once, retried once
-        assert StateType.CRASHED in dict(history[run.id]), history[run.id]
+    runs, history = retried_once(stack, [on[one], dreambooth, on[two]])
     for run_id in (on[one], dreambooth):  # crashed by the zombie automation
         assert any("No heartbeat" in (m or "") for _, m in history[run_id]), history[run_id]
     (merged,) = stack.wait([parent])

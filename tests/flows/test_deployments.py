@@ -62,3 +62,19 @@ def test_the_optional_image_steps_call_prefect_docker_with_its_own_arguments():
         accepted = inspect.signature(function).parameters
         given = set(arguments) - {"id", "requires"}  # Prefect's own step keys
         assert given <= set(accepted) or "build_kwargs" in accepted, (path, given)
+
+
+def test_the_image_installs_the_torch_line_the_tests_run():
+    """The Dockerfile's default torch, prefect.yaml's build step and the Makefile's pin (the
+    torch every test runs) name one release."""
+    import re
+
+    import torch
+
+    dockerfile = re.search(r"^ARG TORCH=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M)[1]
+    makefile = re.search(r"^TORCH\s*\?=\s*(\S+)$", (ROOT / "Makefile").read_text(), re.M)[1]
+    (build,) = yaml.safe_load((ROOT / "prefect.yaml").read_text())["definitions"][
+        "image_steps"]["build"]  # fmt: skip
+    step = build["prefect_docker.deployments.steps.build_docker_image"]["buildargs"]["TORCH"]
+    assert dockerfile == makefile == step, (dockerfile, makefile, step)
+    assert makefile == f"torch=={torch.__version__.split('+')[0]}"
