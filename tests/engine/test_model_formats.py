@@ -274,7 +274,7 @@ def register_in_store(store: str, folder: str, name: str) -> str:
 
     os.environ["MLFLOW_TRACKING_URI"] = store
     mlflow.set_tracking_uri(store)
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id="0"):  # each new store's Default, whatever is active
         return tracking.register_model(folder, name, serving.load_registered, serving.predict)
 
 
