@@ -168,22 +168,20 @@ def test_the_dashboard_asks_its_own_server_and_shows_the_deployment(dashboards, 
 
 
 FORM_FIELD = """
-const spans = [...document.querySelectorAll('.schema-form-property__label')];
-const span = spans.find(s => s.textContent.trim().split(' (')[0] === arguments[0]);
-if (!span) return null;
-let node = span;
-while (node && !node.querySelector('fieldset')) node = node.parentElement;
-const fields = node.querySelector('fieldset');
-return {anyOf: !!fields.querySelector('.schema-form-property-any-of'),
-        inputs: [...fields.querySelectorAll('input')].map(i => i.type)};
-"""  # what the form shows for the field labelled arguments[0]: a type toggle, its inputs
+const label = [...document.querySelectorAll('label')]
+  .find(l => l.textContent.trim().split(' (')[0] === arguments[0]);
+if (!label) return null;
+const input = document.getElementById(label.htmlFor);
+let field = label.parentElement;
+while (field && input && !field.contains(input)) field = field.parentElement;
+return {input: input ? `${input.tagName.toLowerCase()}:${input.type}` : null,
+        toggle: !!(field || label.parentElement).querySelector('[role=tablist]')};
+"""  # the form's field labelled arguments[0]: what its label names, whether it has type tabs
 
 
-def form_labels(dashboards) -> list[str]:
-    """Every field label of the open form, without "(Optional)"."""
-    script = ("return [...document.querySelectorAll('.schema-form-property__label')]"
-              ".map(s => s.textContent.trim().split(' (')[0])")  # fmt: skip
-    return dashboards.driver.execute_script(script)
+def form_labels(form: str) -> set[str]:
+    """The field labels of a form's text, without " (Optional)"."""
+    return {line.split(" (")[0] for line in form.splitlines()}
 
 
 def test_the_custom_run_form_offers_choices_as_dropdowns_and_hides_internal_fields(
@@ -193,13 +191,13 @@ def test_the_custom_run_form_offers_choices_as_dropdowns_and_hides_internal_fiel
 
     url = f"{dashboards.prefect}/deployments/deployment/{deployment['id']}/run"
     form = dashboards.open(url, "Parameters", "Parquet file, folder or glob", "Scheduler")
-    labels = form_labels(dashboards)
-    assert "Shards" in labels and "Manifest" in labels, labels  # the labels, as read here
-    internal = {"Shard", "Parent Mlflow Run Id"} & set(labels)  # fields a parent run sets
+    labels = form_labels(form)
+    assert {"Shards", "Manifest", "Prior Guidance Scale"} <= labels, labels  # read as labels
+    internal = {"Shard", "Parent Mlflow Run Id"} & labels  # the fields a parent run sets
     assert not internal, f"internal fields offered in the form: {internal}"
     assert "set by the parent run" not in form  # nor their descriptions
     prior = dashboards.driver.execute_script(FORM_FIELD, "Prior Guidance Scale")
-    assert prior and not prior["anyOf"] and "number" in prior["inputs"], prior  # no toggle
+    assert prior == {"input": "input:number", "toggle": False}, prior  # a plain number field
     for field, shown in (("Scheduler", "default"), ("Dtype", "default"),
                          ("Vae Dtype", "default"), ("Compile", "off")):  # fmt: skip
         select = dashboards.driver.find_element(By.CSS_SELECTOR, f'[aria-label="Select {field}"]')
