@@ -2,9 +2,11 @@
 
 - Where runs go: `MLFLOW_TRACKING_URI` if set, else `sqlite:///mlflow.db` in the working
   directory (SPEC §7).
-- Runs: `start_run` (a flow's run, nested under an active one), `child_run` (a step's run
-  under a parent, e.g. one training stage), `resumable_child_run` (the same child run for
-  every rerun of one piece of work, its id kept in a file beside the work), `finish_run`.
+- Runs: `start_run` (a flow's run, nested under an active one), `finished_run_with_tag`
+  (an earlier run that holds the same thing, e.g. a sweep's unchanged results), `child_run`
+  (a step's run under a parent, e.g. one training stage), `resumable_child_run` (the same
+  child run for every rerun of one piece of work, its id kept in a file beside the work),
+  `finish_run`.
   Every run carries the tags the caller passes for lineage (the Prefect flow run's id and
   URL: `LINEAGE_TAGS`), a child its parent's; `run_link` gives a run's address.
 - What goes in them: `log_params`, `log_metrics`, `log_artifact` (a file on any fsspec
@@ -202,6 +204,27 @@ def _end_running(run_filter: str, reason: str, status: str) -> list[str]:
         client.set_tag(run.info.run_id, ENDED_BY_TAG, reason)
         client.set_terminated(run.info.run_id, status)
     return [run.info.run_id for run in stale]
+
+
+def finished_run_with_tag(experiment: str, key: str, value: str) -> str | None:
+    """The id of the latest FINISHED run of `experiment` whose tag `key` is `value`, or
+    None (no such run, or no such experiment)."""
+    import mlflow
+
+    found = _client().get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = mlflow.search_runs(
+        experiment_ids=[found.experiment_id], output_format="list", max_results=1,
+        filter_string=f"tags.`{key}` = '{value}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )  # fmt: skip
+    return runs[0].info.run_id if runs else None
+
+
+def run_name_of(run_id: str) -> str:
+    """The name of the run `run_id`."""
+    return _client().get_run(run_id).info.run_name
 
 
 def child_run(parent_run_id: str, name: str) -> str:

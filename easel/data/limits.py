@@ -10,7 +10,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    WithJsonSchema,
+)
 
 # -- names -------------------------------------------------------------------------------
 TASKS = ("text2img", "img2img", "inpaint", "fusion")
@@ -47,6 +54,21 @@ def left_to_easel(kind, schema: dict):
         WithJsonSchema(schema),
         Field(json_schema_extra={"default": UNSET_CHOICE}),  # a field's default is None
     ]
+
+
+def optional_number(limited):
+    """`limited` (a number type with its limits, e.g. `GuidanceScale`) or None (unset). Its
+    JSON Schema is the number's alone, with no null default: the dashboard's form shows a
+    plain number field with its limits, which may be left empty (an optional number shows as
+    a "float | None" toggle), and Prefect's validation takes null for a field without a
+    default. With a default (`Field(1)`), Prefect's validation refuses null."""
+    return Annotated[limited | None, WithJsonSchema(TypeAdapter(limited).json_schema()),
+                     Field(json_schema_extra=_without_null_default)]  # fmt: skip
+
+
+def _without_null_default(schema: dict) -> None:
+    if "default" in schema and schema["default"] is None:
+        del schema["default"]
 
 
 def default_or(choices: tuple[str, ...]):
@@ -106,8 +128,15 @@ PARAMETERS = ConfigDict(extra="forbid", allow_inf_nan=False)
 InferenceSteps = Annotated[int, Field(ge=MIN_STEPS, le=MAX_STEPS)]
 PriorInferenceSteps = Annotated[int, Field(ge=MIN_PRIOR_STEPS, le=MAX_STEPS)]
 GuidanceScale = Annotated[float, Field(ge=0)]
+PositiveNumber = Annotated[float, Field(gt=0)]  # a rate, a weighting's constant
+Count = Annotated[int, Field(ge=1)]  # steps between two things, threads
 LoraScale = Annotated[float, Field(ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE)]
 Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)]
+# Optional numbers as plain form fields (`optional_number`)
+OptionalGuidanceScale = optional_number(GuidanceScale)
+OptionalPositiveNumber = optional_number(PositiveNumber)
+OptionalCount = optional_number(Count)
+OptionalSide = optional_number(Side)
 BatchSize = Annotated[int, Field(ge=MIN_BATCH, le=MAX_BATCH)]
 
 

@@ -176,11 +176,16 @@ def assemble_results(manifest: pa.Table, row_indices, result: pa.Table) -> pa.Ta
     return base
 
 
+def results_uri(out: str) -> str:
+    """Where the results of the output `out` are: `OUT/results.parquet`."""
+    return storage.join(out, "results.parquet")
+
+
 def write_results(out: str, table: pa.Table) -> str:
     """`results.parquet` of `out`: `table`, then the rows of the one already there whose
     `id` `table` lacks (another manifest swept into the same output keeps its rows).
     Written whole (atomically); hold the output's results lock around the read and write."""
-    uri = storage.join(out, "results.parquet")
+    uri = results_uri(out)
     before = _readable_results(uri)
     if before is not None:
         if "id" in before.column_names and before.num_rows:

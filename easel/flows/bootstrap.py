@@ -34,7 +34,9 @@ class BootstrapParameters(BaseModel):
         "easel-out/bootstrap", description="checkpoints; a rerun resumes from them"
     )
     seed: int = Field(_MODEL.seed, ge=0, description="seeds data, initialisation and order")
-    threads: int | None = Field(1, ge=1, description="torch CPU threads; None: torch's default")
+    threads: limits.OptionalCount = Field(
+        1, description="torch CPU threads (None, in Python or YAML: torch's default)"
+    )
     vae_steps: int = Field(_MODEL.vae.steps, ge=1, description="VAE training steps")
     vae_images: int = Field(_MODEL.vae_images, ge=1, description="VAE training images")
     decoder_steps: int = Field(_MODEL.decoder.steps, ge=1, description="VAE decoder steps")
@@ -95,7 +97,9 @@ class BootstrapK22Parameters(BaseModel):
     base: str = Field("tiny-shapes", description="the tiny-shapes model it grows from")
     work_dir: str = Field("easel-out/bootstrap-k22", description="checkpoints; a rerun resumes")
     seed: int = Field(_K22.seed, ge=0, description="seeds data, initialisation and order")
-    threads: int | None = Field(1, ge=1, description="torch CPU threads; None: torch's default")
+    threads: limits.OptionalCount = Field(
+        1, description="torch CPU threads (None, in Python or YAML: torch's default)"
+    )
     images: int = Field(_K22.images, ge=1, description="training images of every stage")
     image_encoder_steps: int = Field(_K22.image_encoder.steps, ge=1, description="its steps")
     prior_steps: int = Field(_K22.prior.steps, ge=1, description="prior training steps")
@@ -126,7 +130,9 @@ class BootstrapK22InpaintParameters(BaseModel):
     work_dir: str = Field("easel-out/bootstrap-k22-inpaint", description="checkpoints; a "
                           "rerun resumes")  # fmt: skip
     seed: int = Field(_INPAINT.seed, ge=0, description="the base's seed (its embeddings)")
-    threads: int | None = Field(1, ge=1, description="torch CPU threads; None: torch's default")
+    threads: limits.OptionalCount = Field(
+        1, description="torch CPU threads (None, in Python or YAML: torch's default)"
+    )
     images: int = Field(_INPAINT.images, ge=1, description="training images")
     steps: int = Field(_INPAINT.schedule.steps, ge=1, description="training steps")
     experiment: str = Field("easel-bootstrap", description="the MLflow experiment")

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from easel import tracking
 from easel.data import limits, results, storage
-from easel.data.limits import BatchSize, GuidanceScale, InferenceSteps, SchedulerChoice, Side
+from easel.data.limits import BatchSize, GuidanceScale, InferenceSteps, SchedulerChoice
 from easel.data.priors import PriorSpec, prior_rows
 from easel.flows.sweep import sweep_flow
 from easel.flows.sweep_parameters import SweepParameters
@@ -36,8 +36,8 @@ class PriorsParameters(BaseModel):
     # 1: no guidance, so the images are samples of the model's own class distribution, the
     # one DreamBooth's prior loss should preserve (see DreamBoothConfig.class_guidance_scale)
     guidance_scale: GuidanceScale = Field(1.0, description="1: unguided samples of the class")
-    width: Side | None = Field(None, description="default: the model's native size")
-    height: Side | None = Field(None, description="default: the model's native size")
+    width: limits.OptionalSide = Field(None, description="unset: the model's native size")
+    height: limits.OptionalSide = Field(None, description="unset: the model's native size")
     seed: int = Field(0, ge=0, description="image i uses seed + i")
     batch_size: BatchSize = Field(limits.BATCH_SIZE, description="images per pipeline call")
     experiment: str = Field("easel-priors", description="the MLflow experiment")

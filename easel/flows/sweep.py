@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from easel import tracking
-from easel.data import records, storage
+from easel.data import records, results, storage
 from easel.data.batching import ALL, Shard, chunk_batches
 from easel.data.results import SweepSummary
 from easel.flows.sweep_parameters import SweepParameters
@@ -14,7 +14,7 @@ from easel.orchestration import locks
 from easel.orchestration.run_context import expand_placeholders, prefect_tags
 from easel.orchestration.shards import run_shards
 from easel.progress import SweepProgress
-from easel.tasks.report import report_sweep_task
+from easel.tasks.report import report_sweep_task, report_unchanged_task, run_holding
 from easel.tasks.sweep import generate_batches_task, plan_sweep_task, write_results_task
 
 
@@ -28,8 +28,14 @@ def sweep_flow(params: SweepParameters) -> SweepSummary | BatchOutcome:
         return _shard_run(params)
     inputs = params.inputs()
     sharded = params.shards > 1
-    # the manifest checked before any MLflow run; what is missing, the shard plans in its hold
-    table, plan = plan_sweep_task(inputs, check_done=sharded)
+    # the manifest checked before any MLflow run; what is missing, the shard plans in its
+    # hold (a rerun checks it here too: one that changes nothing adds no MLflow run)
+    rerun = storage.exists(results.results_uri(params.out))
+    table, plan = plan_sweep_task(inputs, check_done=sharded or rerun)
+    unchanged = rerun and not plan.pending_images and _unchanged(params.experiment, inputs,
+                                                                 table, plan)  # fmt: skip
+    if unchanged:
+        return unchanged
     tags = prefect_tags()
     models = sorted({batch.model for batch in plan.batches}) or [params.model]
     name = tracking.run_name("sweep", tracking.short_name(params.manifest), *models)
@@ -45,6 +51,18 @@ def sweep_flow(params: SweepParameters) -> SweepSummary | BatchOutcome:
         summary = write_results_task(inputs, table, plan, outcome.ok)
         report_sweep_task(summary, plan.pending_images, outcome, utilisation(outcome, inputs),
                           run_id)  # fmt: skip
+    return summary
+
+
+def _unchanged(experiment: str, inputs: SweepInputs, table, plan) -> SweepSummary | None:
+    """A rerun with nothing to generate: its results written; when they are the very ones
+    an earlier MLflow run of the experiment logged, that run reported (no new one) and the
+    summary returned, else None (the flow then logs them in a new run)."""
+    summary = write_results_task(inputs, table, plan, 0)
+    holder = run_holding(experiment, summary.results_uri)
+    if holder is None:
+        return None
+    report_unchanged_task(summary, holder)
     return summary
 
 

@@ -86,8 +86,8 @@ class SweepParameters(BaseModel):
     scheduler: SchedulerChoice = Field(
         None, description="default for rows without a `scheduler` (default: the model's own)"
     )
-    prior_guidance_scale: GuidanceScale | None = Field(
-        None, description="Kandinsky's prior: default guidance (None: the model card's "
+    prior_guidance_scale: limits.OptionalGuidanceScale = Field(
+        None, description="Kandinsky's prior: default guidance (unset: the model card's "
         f"`prior_guidance_scale`, else diffusers' {limits.PRIOR_GUIDANCE_SCALE:g})",
     )  # fmt: skip
     prior_num_inference_steps: PriorInferenceSteps = Field(

@@ -5,6 +5,7 @@ in the flow run's logs."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import logging
 from pathlib import Path
@@ -23,6 +24,7 @@ SHOWN_ROWS = 500  # rows of results.parquet in the Prefect results artifact
 TABLE_ROWS = 100  # rows (and images) in the MLflow results table: each image is uploaded
 LINK_SECONDS = 7 * 24 * 3600  # how long a presigned image link opens (S3's longest)
 SHOWN_COLUMNS = ("id", "image_index", "prompt", "model", "status", "error", "warning", "seed")
+RESULTS_TAG = "easel.results_sha256"  # the digest of the results.parquet a sweep's run logged
 
 
 @task(name="report-sweep", cache_policy=NONE, persist_result=False)
@@ -37,6 +39,31 @@ def report_sweep_task(summary: SweepSummary, pending: int, outcome: BatchOutcome
     tracking.log_metrics(utilisation)
     rows = _read_rows(summary.results_uri)
     _log_table(rows[:TABLE_ROWS])
+    tracking.set_tags(mlflow_run_id, {RESULTS_TAG: results_digest(summary.results_uri)})
+    _publish_artifacts(summary, rows, mlflow_run_id)
+    _say_outcome(summary, rows, mlflow_run_id)
+
+
+def results_digest(results_uri: str) -> str:
+    """The SHA-256 (64 hex digits) of the bytes of `results_uri`."""
+    return hashlib.sha256(storage.read_bytes(results_uri)).hexdigest()
+
+
+def run_holding(experiment: str, results_uri: str) -> str | None:
+    """The latest finished MLflow run of `experiment` that logged these very results (the
+    bytes of `results_uri`), or None."""
+    return tracking.finished_run_with_tag(experiment, RESULTS_TAG, results_digest(results_uri))
+
+
+@task(name="report-unchanged-sweep", cache_policy=NONE, persist_result=False)
+def report_unchanged_task(summary: SweepSummary, mlflow_run_id: str) -> None:
+    """A rerun that generated nothing and left `results.parquet` as the MLflow run
+    `mlflow_run_id` logged it: no new run; the run's logs and the Prefect artifacts
+    `sweep-results` and `sweep-summary` name that run."""
+    say(f"nothing to generate and {summary.results_uri} unchanged: no new MLflow run; these "
+        f"results are in MLflow run {tracking.run_name_of(mlflow_run_id)!r}: "
+        f"{tracking.run_link(mlflow_run_id)}")  # fmt: skip
+    rows = _read_rows(summary.results_uri)
     _publish_artifacts(summary, rows, mlflow_run_id)
     _say_outcome(summary, rows, mlflow_run_id)
 

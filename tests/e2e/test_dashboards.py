@@ -3,8 +3,9 @@ Selenium through Debian's `chromium-driver`, against the local stack (deploy/loc
 with the Prefect UI) and the shipped `sweep-local` deployment, run with its defaults as the
 dashboard's "Quick run" does.
 
-- Prefect: the deployment's page (its description) and its Custom run form (descriptions,
-  dropdowns for choices, no internal fields), the run's Logs tab (progress lines and the
+- Prefect: the printed UI asks its own server (not :4200), the deployment's page (its
+  description) and its Custom run form (descriptions, dropdowns for choices, an optional
+  number as a plain number field, no internal fields), the run's Logs tab (progress lines and the
   MLflow link), its artifacts (the summary's contact sheet rendered, the results with
   prompts and image links that open).
 - MLflow: the run's page (parameters, metrics), its artifacts (the contact sheet, the
@@ -42,11 +43,12 @@ pytestmark = pytest.mark.skipif(
 class Dashboards:
     """The started stack (its client environment) and a headless Chromium."""
 
-    def __init__(self, env: dict[str, str], shots: Path):
+    def __init__(self, env: dict[str, str], shots: Path, printed: str):
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
 
         self.env, self.shots = env, shots
+        self.printed_ui = printed.split("Prefect UI ", 1)[1].split()[0]  # what `start` said
         self.prefect = f"{env['PREFECT_UI_URL']}/v2"  # the UI the server opens on
         options = webdriver.ChromeOptions()
         options.binary_location = str(CHROMIUM)
@@ -118,7 +120,7 @@ def dashboards(tmp_path_factory):
             env={**env, **stack_env}, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-        browser = Dashboards(stack_env, tmp_path_factory.mktemp("screenshots"))
+        browser = Dashboards(stack_env, tmp_path_factory.mktemp("screenshots"), started.stdout)
         yield browser
     finally:
         if browser is not None:
@@ -147,12 +149,39 @@ def quick_run(dashboards, deployment) -> dict:
 
 
 def test_the_dashboard_asks_its_own_server_and_shows_the_deployment(dashboards, deployment):
-    with urllib.request.urlopen(f"{dashboards.env['PREFECT_UI_URL']}/ui-settings") as answer:
+    """Fails when the UI at the printed URL points elsewhere (Prefect's default :4200, or
+    another server): its API must be the very server that serves it and holds the
+    deployment, and the page must show the deployment, not "Oops"."""
+    printed = dashboards.printed_ui
+    assert printed == dashboards.env["PREFECT_UI_URL"], (printed, dashboards.env)
+    with urllib.request.urlopen(f"{printed}/ui-settings") as answer:
         settings = json.load(answer)
-    assert settings["api_url"] == dashboards.env["PREFECT_API_URL"]  # not the default :4200
-    url = f"{dashboards.prefect}/deployments/deployment/{deployment['id']}?tab=Description"
-    dashboards.open(url, "sweep-local", "Prompt sweep on the local CPU pool", "docs/sweeps.md")
+    assert settings["api_url"] == f"{printed}/api", settings  # the server serving this UI
+    with urllib.request.urlopen(f"{settings['api_url']}/deployments/{deployment['id']}") as found:
+        assert json.load(found)["name"] == "sweep-local"  # and holding the deployment
+    url = f"{printed}/v2/deployments/deployment/{deployment['id']}?tab=Description"
+    page = dashboards.open(url, "sweep-local", "Prompt sweep on the local CPU pool",
+                           "docs/sweeps.md")  # fmt: skip
+    for broken in ("Something went wrong", "Create a deployment to get started"):
+        assert broken not in page, broken
     dashboards.shoot("prefect-deployment")
+
+
+FORM_FIELD = """
+const label = [...document.querySelectorAll('label')]
+  .find(l => l.textContent.trim().split(' (')[0] === arguments[0]);
+if (!label) return null;
+const input = document.getElementById(label.htmlFor);
+let field = label.parentElement;
+while (field && input && !field.contains(input)) field = field.parentElement;
+return {input: input ? `${input.tagName.toLowerCase()}:${input.type}` : null,
+        toggle: !!(field || label.parentElement).querySelector('[role=tablist]')};
+"""  # the form's field labelled arguments[0]: what its label names, whether it has type tabs
+
+
+def form_labels(form: str) -> set[str]:
+    """The field labels of a form's text, without " (Optional)"."""
+    return {line.split(" (")[0] for line in form.splitlines()}
 
 
 def test_the_custom_run_form_offers_choices_as_dropdowns_and_hides_internal_fields(
@@ -162,9 +191,13 @@ def test_the_custom_run_form_offers_choices_as_dropdowns_and_hides_internal_fiel
 
     url = f"{dashboards.prefect}/deployments/deployment/{deployment['id']}/run"
     form = dashboards.open(url, "Parameters", "Parquet file, folder or glob", "Scheduler")
-    labels = set(form.splitlines())
-    assert not {"Shard (Optional)", "Parent Mlflow Run Id (Optional)"} & labels, "internal"
-    assert "Shards (Optional)" in labels  # the user's own setting stays
+    labels = form_labels(form)
+    assert {"Shards", "Manifest", "Prior Guidance Scale"} <= labels, labels  # read as labels
+    internal = {"Shard", "Parent Mlflow Run Id"} & labels  # the fields a parent run sets
+    assert not internal, f"internal fields offered in the form: {internal}"
+    assert "set by the parent run" not in form  # nor their descriptions
+    prior = dashboards.driver.execute_script(FORM_FIELD, "Prior Guidance Scale")
+    assert prior == {"input": "input:number", "toggle": False}, prior  # a plain number field
     for field, shown in (("Scheduler", "default"), ("Dtype", "default"),
                          ("Vae Dtype", "default"), ("Compile", "off")):  # fmt: skip
         select = dashboards.driver.find_element(By.CSS_SELECTOR, f'[aria-label="Select {field}"]')
@@ -178,8 +211,11 @@ def test_the_custom_run_form_offers_choices_as_dropdowns_and_hides_internal_fiel
 
 
 def test_the_logs_tab_shows_progress_and_the_mlflow_link(dashboards, quick_run):
+    """Fails when easel's progress lines or the MLflow link are missing from the run's Logs
+    tab (`open` names what the page never showed)."""
     url = f"{dashboards.prefect}/runs/flow-run/{quick_run['id']}?tab=Logs"
     logs = dashboards.open(url, "sweep: 11/11 images (100%)", "MLflow run '", "images ok")
+    assert "sweep: 11/11 images (100%)" in logs, "no progress line in the Logs tab"
     assert f"{dashboards.env['MLFLOW_TRACKING_URI']}/#/experiments/" in logs
     for noise in ("FutureWarning", "DeprecationWarning", "[transformers]", "View run"):
         assert noise not in logs  # library noise stays in the worker's own log

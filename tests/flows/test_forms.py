@@ -10,6 +10,7 @@ from easel.flows.dreambooth import dreambooth_flow
 from easel.flows.evaluate import eval_flow
 from easel.flows.priors import class_priors_flow
 from easel.flows.sweep import sweep_flow
+from easel.flows.sweep_parameters import SweepParameters
 
 FLOWS = [sweep_flow, class_priors_flow, dreambooth_flow, eval_flow, bootstrap_flow,
          bootstrap_k22_flow, bootstrap_k22_inpaint_flow]  # fmt: skip
@@ -57,10 +58,43 @@ def test_every_choice_is_one_dropdown_not_a_type_toggle(flow):
         assert "ddim" in scheduler["enum"]
 
 
-def test_sweep_form_hides_internal_fields_and_refuses_what_json_schema_can_express():
+@pytest.mark.parametrize("flow", FLOWS, ids=[f.name for f in FLOWS])
+def test_every_optional_number_is_one_plain_number_field_not_a_type_toggle(flow):
+    """An optional number (anyOf number, null) shows as a "float | None" toggle; a plain
+    number field without a default may be left empty (Prefect's validation takes null)."""
+    for name, prop in properties(flow).items():
+        options = prop.get("anyOf", [])
+        if any(option.get("type") == "null" for option in options):
+            assert not any(numeric(option) for option in options), f"{name}: {options}"
+        if numeric(prop) and "anyOf" not in prop:
+            assert prop.get("default", 0) is not None, f"{name}: a null default"
+
+
+def test_optional_numbers_show_their_limits_and_take_null_only_without_a_default():
     from prefect.utilities.schema_tools.validation import is_valid
 
-    from easel.flows.sweep_parameters import SweepParameters
+    from easel.flows.bootstrap import BootstrapParameters
+
+    schema = sweep_flow.parameters.model_dump()
+    prior = properties(sweep_flow)["SweepParameters.prior_guidance_scale"]
+    assert (prior["type"], prior["minimum"], "default" in prior) == ("number", 0, False)
+    base = {"manifest": "s3://prompts/m.parquet", "out": "s3://renders/a"}
+    for value, valid in ((2.5, True), (0, True), (None, True), (-1, False), ("x", False)):
+        params = {**base, "prior_guidance_scale": value}
+        assert is_valid({"params": params}, schema) is valid, value
+    assert SweepParameters(**base).model_dump(mode="json")["prior_guidance_scale"] is None
+    side = properties(class_priors_flow)["PriorsParameters.width"]
+    assert (side["type"], side["minimum"], side["maximum"], side["multipleOf"]) == (
+        "integer", 8, 4096, 8)  # fmt: skip
+    learning_rate = properties(dreambooth_flow)["Train.text_encoder_learning_rate"]
+    assert learning_rate["exclusiveMinimum"] == 0 and "default" not in learning_rate
+    threads = properties(bootstrap_flow)["BootstrapParameters.threads"]
+    assert (threads["type"], threads["minimum"], threads["default"]) == ("integer", 1, 1)
+    assert BootstrapParameters(threads=None).threads is None  # Python and YAML: torch's own
+
+
+def test_sweep_form_hides_internal_fields_and_refuses_what_json_schema_can_express():
+    from prefect.utilities.schema_tools.validation import is_valid
 
     schema = sweep_flow.parameters.model_dump()
     fields = properties(sweep_flow)

@@ -132,18 +132,23 @@ def test_overlong_prompt_is_truncated_with_a_warning_and_derived_ids_are_recorde
         assert row["id"].startswith("row-") and f"/images/{row['id']}/0.png" in row["image_uri"]
 
 
-def test_prefect_artifacts_are_published(tmp_path):
+def flow_run_artifacts(state) -> dict:
+    """The artifacts of the flow run whose final state is `state`, by key."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+    run_filter = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=run_filter))
+    return {a.key: a for a in found}
+
+
+def test_prefect_artifacts_are_published(tmp_path):
     manifest = write_manifest(tmp_path / "m.parquet", [{"id": "a", "prompt": PROMPTS[0]}])
     params = SweepParameters(manifest=manifest, out=str(tmp_path / "o"), num_inference_steps=STEPS)
     state = sweep_flow(params, return_state=True)
     assert state.is_completed()
-    run_filter = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=run_filter))
-    by_key = {a.key: a for a in found}
+    by_key = flow_run_artifacts(state)
     assert set(by_key) == {"sweep-results", "sweep-summary", "sweep-progress"}
     assert "contact sheet" in by_key["sweep-summary"].data
     assert by_key["sweep-progress"].data == 100.0
@@ -166,19 +171,40 @@ def test_prefect_artifacts_are_published(tmp_path):
     assert "results.json" in table and "table_images" in table
 
 
+def mlflow_runs_into(out) -> list:
+    """The MLflow runs of sweeps into `out`, the latest first."""
+    return mlflow.search_runs(search_all_experiments=True, output_format="list",
+                              filter_string=f"params.out = '{out}'",
+                              order_by=["attributes.start_time DESC"])  # fmt: skip
+
+
 def test_rerun_does_only_missing_or_changed_work(tmp_path):
     rows = [{"id": "a", "prompt": PROMPTS[0]}, {"id": "b", "prompt": PROMPTS[1], "num_images": 2}]
     first, out = run(tmp_path, "rerun", rows)
     assert first.generated_now == 3
+    [made] = mlflow_runs_into(out)
     stamps = {p: os.stat(p).st_mtime_ns for p in (f"{out}/images/a/0.png", f"{out}/images/b/1.png")}
-    again, _ = run(tmp_path, "rerun", rows)
+    manifest = str(tmp_path / "rerun.parquet")
+    params = SweepParameters(manifest=manifest, out=out, num_inference_steps=STEPS)
+    state = sweep_flow(params, return_state=True)  # nothing to do: no second, identical run
+    again = state.result()
     assert again.generated_now == 0 and again.images_ok == 3
     assert {p: os.stat(p).st_mtime_ns for p in stamps} == stamps
+    assert [r.info.run_id for r in mlflow_runs_into(out)] == [made.info.run_id]
+    said = "\n".join(flow_run_logs(state.state_details.flow_run_id, "no new MLflow run"))
+    assert f"no new MLflow run; these results are in MLflow run {made.info.run_name!r}" in said
+    assert made.info.run_id in said  # its link, in the Logs tab, and in the summary
+    assert made.info.run_id in flow_run_artifacts(state)["sweep-summary"].data
+    rows[0]["team"] = "vision"  # results change, nothing to generate: a run records them
+    noted, _ = run(tmp_path, "rerun", rows)
+    assert noted.generated_now == 0 and read_results(out)[0]["team"] == "vision"
+    latest = mlflow_runs_into(out)
+    assert len(latest) == 2 and latest[0].data.metrics["images_generated"] == 0
     rows[1]["prompt"] = PROMPTS[2]  # a changed row is generated again, the other is kept
     changed, _ = run(tmp_path, "rerun", rows)
     assert changed.generated_now == 2
     assert os.stat(f"{out}/images/a/0.png").st_mtime_ns == stamps[f"{out}/images/a/0.png"]
-    assert len(read_results(out)) == 3
+    assert len(read_results(out)) == 3 and len(mlflow_runs_into(out)) == 3
 
 
 def test_an_output_location_carries_the_runs_date_and_name(tmp_path):

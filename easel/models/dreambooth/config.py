@@ -181,8 +181,8 @@ class Train(BaseModel):
     batch_size: int = Field(1, ge=1, description="instance images per step (as many class)")
     gradient_accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
     learning_rate: float = Field(5e-6, gt=0, description="AdamW's learning rate")
-    text_encoder_learning_rate: float | None = Field(
-        None, gt=0, description="the text encoder's learning rate when it trains (a tenth of "
+    text_encoder_learning_rate: limits.OptionalPositiveNumber = Field(
+        None, description="the text encoder's learning rate when it trains (a tenth of "
         "the UNet's keeps its other words' meaning); unset: `train.learning_rate`",
     )  # fmt: skip
     lr_scheduler: Literal[LR_SCHEDULERS] = Field(
@@ -191,8 +191,8 @@ class Train(BaseModel):
     lr_warmup_steps: int = Field(0, ge=0, description="steps of linear warm-up")
     max_steps: int = Field(400, ge=1, description="optimizer steps in all")
     seed: int = Field(0, ge=0, description="seeds the data order, noise and class images")
-    snr_gamma: float | None = Field(
-        None, gt=0, description="min-SNR loss weighting's gamma (5 is usual); unset: off"
+    snr_gamma: limits.OptionalPositiveNumber = Field(
+        None, description="min-SNR loss weighting's gamma (5 is usual); unset: off"
     )
     offset_noise: float = Field(
         0.0, ge=0, description="offset-noise strength (0.05-0.1 helps very dark or light images)"
@@ -241,8 +241,8 @@ class Validation(BaseModel):
         default_factory=list, description="prompts sampled on the trained and the base model"
     )
     images_per_prompt: int = Field(2, ge=1, le=16, description="seeds per prompt")
-    every_n_steps: int | None = Field(
-        None, ge=1, description="while training, every N steps: a grid of the validation "
+    every_n_steps: limits.OptionalCount = Field(
+        None, description="while training, every N steps: a grid of the validation "
         "prompts x seeds on the weights so far, logged to the MLflow training run at that step "
         "(unset: only the trained-against-base images at the end)",
     )  # fmt: skip
