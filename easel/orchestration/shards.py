@@ -123,7 +123,9 @@ def images_recorded(out: str, run_ids: set) -> int:
 def auto_shards(out: str, pending_images: int) -> int:
     """`shards: auto` for a sweep into `out` with `pending_images` to generate: the count
     recorded for `out`, or one decided now (and recorded) for this pool's workers."""
-    decision = shard_sizing.decide(out, pending_images, pool_workers())
+    from prefect.runtime import deployment
+
+    decision = shard_sizing.decide(out, pending_images, pool_workers(deployment.id))
     print(f"shards: auto -> {decision.shards} (decided for {decision.pending_images} images, "
           f"{decision.workers} workers, {decision.fixed_s:.1f} s fixed and "
           f"{decision.image_s:.3f} s an image per shard; kept in "
@@ -131,17 +133,16 @@ def auto_shards(out: str, pending_images: int) -> int:
     return decision.shards
 
 
-def pool_workers() -> int:
-    """The online workers of this deployment's work pool; 1 outside a deployment (the
-    shards then run one after another in this process)."""
+def pool_workers(deployment_id: str | None) -> int:
+    """The online workers of the deployment's work pool (at least 1); 1 without a deployment
+    (the shards then run one after another in this process)."""
     from prefect import get_client
     from prefect.client.schemas.objects import WorkerStatus
-    from prefect.runtime import deployment
 
-    if not deployment.id:
+    if not deployment_id:
         return 1
     with get_client(sync_client=True) as client:
-        pool = client.read_deployment(deployment.id).work_pool_name
+        pool = client.read_deployment(deployment_id).work_pool_name
         workers = client.read_workers_for_work_pool(pool)
     return max(1, sum(worker.status == WorkerStatus.ONLINE for worker in workers))
 
