@@ -92,12 +92,12 @@ def recorded_decision(out: str) -> ShardDecision | None:
     return ShardDecision(**text) if text else None
 
 
-def decide(out: str, pending_images: int, workers: int) -> ShardDecision:
+def decide(out: str, pending_images: int, workers: int) -> tuple[ShardDecision, bool]:
     """The output's recorded `auto` count, or a new one (from the last measured cost, else
-    `ASSUMED_COST`), recorded where there is work to split."""
+    `ASSUMED_COST`), recorded where there is work to split; and whether it is new."""
     recorded = recorded_decision(out)
     if recorded:
-        return recorded
+        return recorded, False
     cost = measured_cost(out) or ASSUMED_COST
     decision = ShardDecision(
         shards=shard_count(pending_images, workers, cost), pending_images=pending_images,
@@ -105,7 +105,7 @@ def decide(out: str, pending_images: int, workers: int) -> ShardDecision:
     )  # fmt: skip
     if pending_images:
         storage.write_text_atomic(state_dir(out, DECISION_FILE), json.dumps(asdict(decision)))
-    return decision
+    return decision, True
 
 
 def _read_json(uri: str) -> dict | None:

@@ -125,11 +125,11 @@ def auto_shards(out: str, pending_images: int) -> int:
     recorded for `out`, or one decided now (and recorded) for this pool's workers."""
     from prefect.runtime import deployment
 
-    decision = shard_sizing.decide(out, pending_images, pool_workers(deployment.id))
-    print(f"shards: auto -> {decision.shards} (decided for {decision.pending_images} images, "
-          f"{decision.workers} workers, {decision.fixed_s:.1f} s fixed and "
-          f"{decision.image_s:.3f} s an image per shard; kept in "
-          f"{records.state_dir(out, shard_sizing.DECISION_FILE)})")  # fmt: skip
+    decision, fresh = shard_sizing.decide(out, pending_images, pool_workers(deployment.id))
+    print(f"shards: auto -> {decision.shards} (decided {'now' if fresh else 'by an earlier run'} "
+          f"for {decision.pending_images} images, {decision.workers} workers, "
+          f"{decision.fixed_s:.1f} s fixed and {decision.image_s:.3f} s an image per shard; "
+          f"kept in {records.state_dir(out, shard_sizing.DECISION_FILE)})")  # fmt: skip
     return decision.shards
 
 

@@ -51,22 +51,22 @@ def test_a_pool_without_workers_is_refused_naming_the_value():
 
 def test_the_first_decision_is_kept_for_the_output_and_uses_the_measured_cost(tmp_path):
     out = str(tmp_path / "out")
-    first = decide(out, 1_000_000, 4)  # nothing measured: the assumed cost
-    assert (first.shards, first.fixed_s) == (4, shard_sizing.ASSUMED_FIXED_S)
+    first, fresh = decide(out, 1_000_000, 4)  # nothing measured: the assumed cost
+    assert (first.shards, first.fixed_s, fresh) == (4, shard_sizing.ASSUMED_FIXED_S, True)
     # a rerun with other pending images and workers splits the same way
-    assert decide(out, 10, 64).shards == 4
+    assert decide(out, 10, 64) == (first, False)
     (tmp_path / "out" / ".easel" / shard_sizing.DECISION_FILE).unlink()
     shard_sizing.record_cost(out, ShardCost(fixed_s=100.0, image_s=0.01, images=8))
     assert shard_sizing.measured_cost(out).fixed_s == 100.0
     # 100 s fixed at 0.01 s an image: 190,000 images a shard, so 5 shards' worth -> 4
-    decided = decide(out, 190_000 * 5, 64)
+    decided, _ = decide(out, 190_000 * 5, 64)
     assert (decided.shards, decided.fixed_s) == (4, 100.0)
     recorded = json.loads((tmp_path / "out" / ".easel" / shard_sizing.DECISION_FILE).read_text())
     assert recorded["shards"] == 4 and recorded["pending_images"] == 950_000
 
 
 def test_nothing_pending_records_no_decision(tmp_path):
-    assert decide(str(tmp_path), 0, 8).shards == 1
+    assert decide(str(tmp_path), 0, 8)[0].shards == 1
     assert shard_sizing.recorded_decision(str(tmp_path)) is None
 
 
