@@ -36,7 +36,7 @@ class BatchSettings:
     loras: tuple[LoraRef, ...] | None = None  # the adapters, stacked; None: none
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a million of them in a large plan
 class ImageRequest:
     prompt: str | None  # None only in a fusion of `fusion_inputs`
     negative_prompt: str | None
@@ -49,7 +49,7 @@ class ImageRequest:
     fusion_inputs: tuple[FusionInput, ...] | None = None  # texts and images (with sha256)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a million of them in a large plan
 class PlannedImage:
     row_id: str
     image_index: int

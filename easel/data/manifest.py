@@ -63,7 +63,7 @@ class SweepDefaults:
     model_loras: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a million of them in a large plan
 class RowJob:
     """A validated manifest row: everything needed to generate its images."""
 
