@@ -33,6 +33,7 @@ SLOW_SCRIPTS = {
     "cli": [],
     "shards": [],
     "bench_scale": [],
+    "bench_manifest": [],
     "bootstrap": ["{tmp}/bootstrap", "--no-eval"],
     "dreambooth_quality": ["--out", "{tmp}/quality"],
     "quickstart_subject": ["--out", "{tmp}/quickstart"],

@@ -8,7 +8,8 @@ from easel.data import limits
 from easel.orchestration import recovery  # constants only: nothing heavy at import
 
 
-def batch_size(text: str) -> int | str:
+def count_or_auto(text: str) -> int | str:
+    """A number option that also takes `auto` (the sweep parameters check its range)."""
     return text if text == "auto" else int(text)
 
 
@@ -19,14 +20,15 @@ def _sweep(subparsers) -> None:
     parser.add_argument("--model", help="model for rows without a `model` (default tiny-shapes)")
     parser.add_argument("--config", help="YAML file of sweep parameters")
     parser.add_argument(
-        "--batch-size", type=batch_size,
+        "--batch-size", type=count_or_auto,
         help=f"images per pipeline call ({limits.MIN_BATCH}..{limits.MAX_BATCH}, or auto: the "
         f"largest the GPU's free memory holds; default {limits.BATCH_SIZE})",
     )  # fmt: skip
     parser.add_argument(
-        "--shards", type=int,
+        "--shards", type=count_or_auto,
         help=f"flow runs to split the work into, run one after the other here, on the pool's "
-        f"workers from a deployment (1..{limits.MAX_SHARDS}, default 1)",
+        f"workers from a deployment (1..{limits.MAX_SHARDS}, or auto: from the pending images, "
+        f"the pool's workers and a shard's measured fixed cost; default 1)",
     )  # fmt: skip
     parser.add_argument(
         "--input-root",

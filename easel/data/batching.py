@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
-from itertools import groupby
+from dataclasses import asdict, dataclass, field, fields
+from functools import cache, lru_cache
 
 from easel.data import limits
 from easel.data.fusion import FusionInput
@@ -36,7 +36,7 @@ class BatchSettings:
     loras: tuple[LoraRef, ...] | None = None  # the adapters, stacked; None: none
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a million of them in a large plan
 class ImageRequest:
     prompt: str | None  # None only in a fusion of `fusion_inputs`
     negative_prompt: str | None
@@ -49,7 +49,7 @@ class ImageRequest:
     fusion_inputs: tuple[FusionInput, ...] | None = None  # texts and images (with sha256)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a million of them in a large plan
 class PlannedImage:
     row_id: str
     image_index: int
@@ -174,17 +174,46 @@ def request_key(model_digest: str, settings: BatchSettings, request: ImageReques
     """A digest of everything that determines the image's pixels. Settings a family does not
     have (None), and fields added since keys were first written when unset, leave it as it
     was, so a text-to-image row keeps its key across versions."""
-    present = {name: value for name, value in asdict(settings).items() if value is not None}
-    if settings.loras:  # each adapter's content and weight, not where its file lies
-        present["loras"] = [{"sha256": a.sha256, "scale": a.scale} for a in settings.loras]
-    asked = {name: value for name, value in asdict(request).items()
+    asked = {name: value for name, value in _as_dict(request).items()
              if value is not None or name not in ADDED_REQUEST_FIELDS}  # fmt: skip
-    content = {"model": model_digest, **present, **asked}
+    content = {**_settings_content(model_digest, settings), **asked}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def planned_images(job: RowJob, facts: ModelFacts) -> list[PlannedImage]:
-    settings = row_settings(job, facts)
+@lru_cache(maxsize=4096)
+def _settings_content(model_digest: str, settings: BatchSettings) -> dict:
+    """The part of `request_key`'s content every image of `settings` shares (read only)."""
+    present = {name: value for name, value in _as_dict(settings).items() if value is not None}
+    if settings.loras:  # each adapter's content and weight, not where its file lies
+        present["loras"] = [{"sha256": a.sha256, "scale": a.scale} for a in settings.loras]
+    return {"model": model_digest, **present}
+
+
+_FLAT = (str, int, float, bool, type(None))
+
+
+def _as_dict(instance) -> dict:
+    """A dataclass instance's fields as `asdict` gives them: read directly where every value
+    is flat (a str, number or None; `asdict` deep-copies each value, most of a million-row
+    plan's time), else through `asdict`."""
+    values = {name: getattr(instance, name) for name in _field_names(type(instance))}
+    for value in values.values():
+        if not isinstance(value, _FLAT):
+            return asdict(instance)
+    return values
+
+
+@cache
+def _field_names(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(kind))
+
+
+def planned_images(
+    job: RowJob, facts: ModelFacts, settings: BatchSettings | None = None
+) -> list[PlannedImage]:
+    """The images of `job` with their request keys (`settings`: its `row_settings`, where
+    the caller has them)."""
+    settings = settings or row_settings(job, facts)
     images = []
     for k in range(job.num_images):
         request = ImageRequest(
@@ -230,20 +259,18 @@ def plan_batches(
     """Batches of at most `batch_size` images of `shard` whose slot is not done, grouped by
     shared settings."""
     assert batch_size >= 1
-    pending = []
+    pending: dict[tuple[str, BatchSettings], list[PlannedImage]] = {}
     for job in jobs:
         settings = row_settings(job, facts[job.model])
-        for image in planned_images(job, facts[job.model]):
+        group = pending.setdefault((job.model, settings), [])
+        for image in planned_images(job, facts[job.model], settings):
             if image.slot not in done and shard.holds(image):
-                pending.append((job.model, settings, image))
-    group_key = lambda item: (item[0], repr(item[1]))
-    batches = []
-    for _, group in groupby(sorted(pending, key=group_key), key=group_key):
-        items = list(group)
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            model, settings = chunk[0][0], chunk[0][1]
-            batches.append(PlannedBatch(model, settings, tuple(item[2] for item in chunk)))
+                group.append(image)
+    batches = []  # groups in the order of their model and settings, images in the manifest's
+    for model, settings in sorted(pending, key=lambda key: (key[0], repr(key[1]))):
+        images = pending[model, settings]
+        for start in range(0, len(images), batch_size):
+            batches.append(PlannedBatch(model, settings, tuple(images[start : start + batch_size])))
     return batches
 
 

@@ -103,6 +103,9 @@ MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 8, 4096, 8  # width, height, resolution (pix
 MAX_SEED = 2**63 - 1
 MIN_BATCH, MAX_BATCH = 1, 256  # images per pipeline call
 MAX_SHARDS = 256  # flow runs one sweep may split into
+# `shards: auto`: the most of a shard run's time its fixed cost (start, model load, planning)
+# may take
+SHARD_START_SHARE = 0.05
 DEFAULT_MAX_PIXELS = 2048 * 2048  # the sweep's pixel budget for width x height
 # The most pixels an input image (init image, mask, fusion or DreamBooth image) may declare
 # in its header: checked before it is decoded, so reading one takes at most ~1 GiB
@@ -140,21 +143,28 @@ OptionalSide = optional_number(Side)
 BatchSize = Annotated[int, Field(ge=MIN_BATCH, le=MAX_BATCH)]
 
 
-def _batch_size_setting(value):
-    """A number 1..256 or "auto", with one message for anything else."""
-    if value == "auto":
-        return value
-    number = value if isinstance(value, int) and not isinstance(value, bool) else None
-    if isinstance(value, str) and value.strip().isdigit():
-        number = int(value)
-    if number is None or not MIN_BATCH <= number <= MAX_BATCH:
-        raise ValueError(f"must be a whole number {MIN_BATCH}..{MAX_BATCH} or 'auto'")
-    return number
+def _count_or_auto(low: int, high: int) -> BeforeValidator:
+    """A whole number low..high or "auto", with one message for anything else."""
+
+    def check(value):
+        if value == "auto":
+            return value
+        number = value if isinstance(value, int) and not isinstance(value, bool) else None
+        if isinstance(value, str) and value.strip().isdigit():
+            number = int(value)
+        if number is None or not low <= number <= high:
+            raise ValueError(f"must be a whole number {low}..{high} or 'auto'")
+        return number
+
+    return BeforeValidator(check)
 
 
 # auto: the largest batch the device's memory holds
-BatchSizeSetting = Annotated[BatchSize | Literal["auto"], BeforeValidator(_batch_size_setting)]
+BatchSizeSetting = Annotated[BatchSize | Literal["auto"], _count_or_auto(MIN_BATCH, MAX_BATCH)]
 Shards = Annotated[int, Field(ge=1, le=MAX_SHARDS)]
+# auto: from the pending images, the pool's workers and a shard's measured fixed cost
+# (easel.data.shard_sizing)
+ShardsSetting = Annotated[Shards | Literal["auto"], _count_or_auto(1, MAX_SHARDS)]
 
 
 def scheduler_error(scheduler: str) -> str | None:

@@ -15,6 +15,7 @@ import math
 import posixpath
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,8 @@ from easel.data.limits import PRIOR_NUM_INFERENCE_STEPS
 from easel.data.loras import LoraInputError, LoraRef
 from easel.errors import InvalidInput
 
+# manifest rows made Python values at a time while validating (the rest stay Arrow)
+ROWS_AT_ONCE = 65_536
 KNOWN_COLUMNS = (
     "prompt", "id", "negative_prompt", "seed", "num_images", "guidance_scale",
     "num_inference_steps", "width", "height", "scheduler", "model", "task",
@@ -60,7 +63,7 @@ class SweepDefaults:
     model_loras: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a million of them in a large plan
 class RowJob:
     """A validated manifest row: everything needed to generate its images."""
 
@@ -287,18 +290,25 @@ def check_manifest(uri: str) -> Manifest:
     """Read the manifest and check what invalidates it as a whole (files, schema, `prompt`
     column, duplicate ids), without validating its rows one by one."""
     manifest = read_manifest(uri)
-    unique_row_ids(manifest.table.to_pylist(), manifest.uri)
+    unique_row_ids(manifest.table, manifest.uri)
     return manifest
 
 
-def unique_row_ids(rows: list[dict[str, Any]], uri: str) -> list[str]:
+def manifest_rows(table: pa.Table) -> Iterator[dict[str, Any]]:
+    """Each row of `table` as a dict, `ROWS_AT_ONCE` rows made Python values at a time."""
+    for batch in table.to_batches(max_chunksize=ROWS_AT_ONCE):
+        yield from batch.to_pylist()
+
+
+def unique_row_ids(table: pa.Table, uri: str) -> list[str]:
     """Each row's id, given or derived; `InvalidInput` if two rows share one."""
-    ids = [_row_id(values) for values in rows]
+    ids = [_row_id(values) for values in manifest_rows(table)]
     duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
     if duplicates:
         shown = ", ".join(repr(i) for i in duplicates[:5])
         first = [index for index, i in enumerate(ids) if i == duplicates[0]]
-        if rows[first[0]].get("id") is None:  # derived from content: the rows are the same
+        given = table.column("id")[first[0]].as_py() if "id" in table.column_names else None
+        if given is None:  # derived from content: the rows are the same
             raise InvalidInput(
                 f"manifest {uri!r}: rows {first[0]} and {first[1]} ask for the same content "
                 f"(without an `id`, a row's id is derived from it: {duplicates[0]!r}); give "
@@ -312,11 +322,11 @@ def validate_manifest(
     manifest: Manifest, defaults: SweepDefaults, input_roots: list[str] = ()
 ) -> tuple[list[RowJob], list[RowFailure]]:
     """Validate every row. Duplicate ids invalidate the manifest as a whole."""
-    rows = manifest.table.to_pylist()
-    ids = unique_row_ids(rows, manifest.uri)
+    ids = unique_row_ids(manifest.table, manifest.uri)
     roots = [manifest.root, *input_roots]
     jobs, failures = [], []
-    for index, (values, row_id) in enumerate(zip(rows, ids, strict=False)):
+    rows = manifest_rows(manifest.table)
+    for index, (values, row_id) in enumerate(zip(rows, ids, strict=True)):
         try:
             jobs.append(validate_row(index, row_id, values, defaults, manifest.root, roots))
         except RowError as error:

@@ -12,7 +12,7 @@ from easel.flows.sweep_parameters import SweepParameters
 from easel.models.engine.sweep import BatchOutcome, SweepInputs, runtime_params, utilisation
 from easel.orchestration import locks
 from easel.orchestration.run_context import expand_placeholders, prefect_tags
-from easel.orchestration.shards import run_shards
+from easel.orchestration.shards import auto_shards, measure_shard, run_shards, run_started_at
 from easel.progress import SweepProgress
 from easel.tasks.report import report_sweep_task, report_unchanged_task, run_holding
 from easel.tasks.sweep import generate_batches_task, plan_sweep_task, write_results_task
@@ -26,16 +26,19 @@ def sweep_flow(params: SweepParameters) -> SweepSummary | BatchOutcome:
     storage.check_output_folder(params.out, "out")
     if params.shard is not None:
         return _shard_run(params)
+    started = run_started_at()
     inputs = params.inputs()
-    sharded = params.shards > 1
     # the manifest checked before any MLflow run; what is missing, the shard plans in its
     # hold (a rerun checks it here too: one that changes nothing adds no MLflow run)
     rerun = storage.exists(results.results_uri(params.out))
-    table, plan = plan_sweep_task(inputs, check_done=sharded or rerun)
+    table, plan = plan_sweep_task(inputs, check_done=params.shards != 1 or rerun)
     unchanged = rerun and not plan.pending_images and _unchanged(params.experiment, inputs,
                                                                  table, plan)  # fmt: skip
     if unchanged:
         return unchanged
+    if params.shards == "auto":
+        params = params.model_copy(update={"shards": auto_shards(params.out, plan.pending_images)})
+    sharded = params.shards > 1
     tags = prefect_tags()
     models = sorted({batch.model for batch in plan.batches}) or [params.model]
     name = tracking.run_name("sweep", tracking.short_name(params.manifest), *models)
@@ -47,6 +50,7 @@ def sweep_flow(params: SweepParameters) -> SweepSummary | BatchOutcome:
             outcome = run_shards(params, plan, run_id, progress, sweep_flow)
         else:
             outcome, plan = _generate_shard(inputs, ALL, run_id, progress, params)
+            measure_shard(params.out, started, outcome)
         progress.close()
         summary = write_results_task(inputs, table, plan, outcome.ok)
         report_sweep_task(summary, plan.pending_images, outcome, utilisation(outcome, inputs),
@@ -87,6 +91,7 @@ def _generate_shard(inputs: SweepInputs, shard: Shard, run_id: str, progress, pa
 
 def _shard_run(params: SweepParameters) -> BatchOutcome:
     """One shard, as its own flow run: an MLflow child run of the parent's, with its figures."""
+    started = run_started_at()
     shard = Shard(params.shard, params.shards)
     name = f"sweep shard {shard.index + 1}/{shard.count}"
     inputs = params.inputs()
@@ -94,6 +99,7 @@ def _shard_run(params: SweepParameters) -> BatchOutcome:
     with tracking.start_run(params.experiment, name, logged, prefect_tags(),
                             parent_run_id=params.parent_mlflow_run_id) as run_id:  # fmt: skip
         outcome, _ = _generate_shard(inputs, shard, run_id, None, params)
+        measure_shard(params.out, started, outcome)
         tracking.log_metrics({"images_generated": outcome.ok, "images_failed": outcome.failed,
                               "generation_seconds": outcome.seconds,
                               **utilisation(outcome, inputs)})  # fmt: skip

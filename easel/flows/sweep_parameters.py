@@ -16,7 +16,7 @@ from easel.data.limits import (
     PriorInferenceSteps,
     SafetyCheckerMode,
     SchedulerChoice,
-    Shards,
+    ShardsSetting,
 )
 from easel.data.manifest import SweepDefaults
 from easel.models.engine.performance import Performance
@@ -122,10 +122,12 @@ class SweepParameters(BaseModel):
     images_per_task: int = Field(
         256, ge=1, le=100_000, description="images per Prefect task (a retry unit)"
     )
-    shards: Shards = Field(
+    shards: ShardsSetting = Field(
         1, description="flow runs the work is split into, by content (the same on every "
         "rerun): a deployment's run starts each on any worker of its pool, a run from a shell "
-        "runs them one after the other; runs into one output should use the same number",
+        "runs them one after the other; runs into one output should use the same number. "
+        f"auto: from the pending images, the pool's workers and a shard's measured fixed cost "
+        f"(at most {limits.SHARD_START_SHARE:.0%} of its time), decided once per output",
     )  # fmt: skip
     shard: int | None = Field(
         None, ge=0, lt=limits.MAX_SHARDS,
@@ -156,6 +158,9 @@ class SweepParameters(BaseModel):
 
     @model_validator(mode="after")
     def _shard_in_range(self):
+        if self.shard is not None and self.shards == "auto":
+            raise ValueError(f"`shard` {self.shard} is set by the parent with a number of "
+                             "`shards`, but `shards` is 'auto'")  # fmt: skip
         if self.shard is not None and self.shard >= self.shards:
             raise ValueError(f"`shard` {self.shard} must be below `shards` ({self.shards})")
         return self

@@ -13,14 +13,19 @@ flow (`shard` set), started by the parent run and merged by it.
   parent, so one crash never makes two runs of a shard. Two runs of one shard never
   both generate an image: each holds its shard of the output (`locks`) and plans inside the
   hold, so the later one finds the work done.
+- `shards: auto` is decided from the pending images, the pool's online workers and the
+  fixed cost the output's last shard run measured (`easel.data.shard_sizing`); every shard
+  run measures its own (`measure_shard`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime, timezone
 
-from easel.data import records
+from easel import tracking
+from easel.data import records, shard_sizing
 from easel.data.batching import SweepPlan
 from easel.models.engine.sweep import BatchOutcome
 from easel.orchestration.recovery import RETRY_SETTLE_SECONDS
@@ -113,3 +118,72 @@ def images_recorded(out: str, run_ids: set) -> int:
     """Images the given flow runs have recorded in `out`, from their writers' tallies (one
     listing and a small file per writer: the cost of a poll does not grow with the sweep)."""
     return sum(t.ok + t.failed for t in records.tallies(out, {str(r) for r in run_ids}))
+
+
+def auto_shards(out: str, pending_images: int) -> int:
+    """`shards: auto` for a sweep into `out` with `pending_images` to generate: the count
+    recorded for `out`, or one decided now (and recorded) for this pool's workers."""
+    from prefect.runtime import deployment
+
+    decision, fresh = shard_sizing.decide(out, pending_images, pool_workers(deployment.id))
+    print(f"shards: auto -> {decision.shards} (decided {'now' if fresh else 'by an earlier run'} "
+          f"for {decision.pending_images} images, {decision.workers} workers, "
+          f"{decision.fixed_s:.1f} s fixed and {decision.image_s:.3f} s an image per shard; "
+          f"kept in {records.state_dir(out, shard_sizing.DECISION_FILE)})")  # fmt: skip
+    return decision.shards
+
+
+def pool_workers(deployment_id: str | None) -> int:
+    """The online workers of the deployment's work pool (at least 1); 1 without a deployment
+    (the shards then run one after another in this process)."""
+    from prefect import get_client
+    from prefect.client.schemas.objects import WorkerStatus
+
+    if not deployment_id:
+        return 1
+    with get_client(sync_client=True) as client:
+        pool = client.read_deployment(deployment_id).work_pool_name
+        workers = client.read_workers_for_work_pool(pool)
+    return max(1, sum(worker.status == WorkerStatus.ONLINE for worker in workers))
+
+
+def run_started_at() -> float:
+    """When this flow run's fixed cost began (Unix seconds): its process's start where the
+    process was started for it (a worker's run), else the run's scheduled start (a subflow
+    in a process that was already running)."""
+    from prefect.runtime import flow_run
+
+    scheduled = flow_run.scheduled_start_time
+    scheduled = scheduled.timestamp() if scheduled else time.time()
+    return max(_process_started_at(), scheduled)
+
+
+def _process_started_at() -> float:
+    """This process's start (Unix seconds) from /proc; 0 where there is none."""
+    try:
+        with open(f"/proc/{os.getpid()}/stat") as stat:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/stat") as system:
+            boot = next(int(line.split()[1]) for line in system if line.startswith("btime"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0.0
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def measure_shard(out: str, started: float, outcome: BatchOutcome) -> shard_sizing.ShardCost:
+    """A shard run's fixed cost: its seconds since `started` outside pipeline calls (process
+    start, imports, model load, planning, the hold, the writer's tail, compaction), one log
+    line and the metrics `shard_fixed_s`, `shard_image_s` of the active MLflow run; kept in
+    `out` for the next `auto` decision where it generated images."""
+    images = outcome.ok + outcome.failed
+    cost = shard_sizing.ShardCost(
+        fixed_s=max(0.0, time.time() - started - outcome.seconds),
+        image_s=outcome.seconds / images if images else 0.0, images=images,
+        measured_at=time.time(),
+    )  # fmt: skip
+    print(f"shard fixed cost: {cost.fixed_s:.1f} s outside pipeline calls; "
+          f"{cost.image_s:.3f} s an image over {images} images")  # fmt: skip
+    tracking.log_metrics({"shard_fixed_s": cost.fixed_s, "shard_image_s": cost.image_s})
+    if images:
+        shard_sizing.record_cost(out, cost)
+    return cost

@@ -40,6 +40,7 @@ def assert_refused(returncode, stderr, out, *words):
         ("no-prompt", ["`prompt`"]),
         ("duplicate-ids", ["duplicate", "'twin'"]),
         ("bad-config", ["`--batch-size`", "0"]),  # named as the user gave it
+        ("bad-shards", ["`--shards`", "0", "'auto'"]),
         ("unknown-scheduler", ["`scheduler`", "'magic'", *SCHEDULER_NAMES]),
         ("out-is-a-file", ["`out` must be a folder", "is a file"]),
         ("unknown-default-model", ["`model`", "'nosuch'"]),
@@ -58,6 +59,9 @@ def test_invalid_manifest_or_invocation_exits_2(tmp_path, capsys, kind, words):
     elif kind == "bad-config":
         write_manifest(manifest, [{"id": "a", "prompt": "a"}])
         extra = ["--batch-size", "0"]
+    elif kind == "bad-shards":
+        write_manifest(manifest, [{"id": "a", "prompt": "a"}])
+        extra = ["--shards", "0"]
     elif kind == "unknown-scheduler":  # a sweep config's default for every row: refused whole
         write_manifest(manifest, [{"id": "a", "prompt": "a"}])
         (tmp_path / "sweep.yaml").write_text("scheduler: magic\n")

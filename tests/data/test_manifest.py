@@ -194,6 +194,25 @@ def test_bad_manifest_as_a_whole(tmp_path, content, words):
         assert word in str(error.value)
 
 
+def test_rows_are_validated_a_few_at_a_time_with_their_own_index(tmp_path, monkeypatch):
+    """Rows become Python values `ROWS_AT_ONCE` at a time: each keeps its index, a bad row
+    in a later group fails alone, ids are unique across groups."""
+    from easel.data import manifest
+
+    monkeypatch.setattr(manifest, "ROWS_AT_ONCE", 2)
+    rows = [{"id": f"r{i}", "prompt": f"shape {i}", "seed": i} for i in range(5)]
+    rows[3]["seed"] = -1
+    jobs, failures = validate(tmp_path, rows)
+    assert [(j.row_index, j.id, j.seed) for j in jobs] == [(0, "r0", 0), (1, "r1", 1),
+                                                           (2, "r2", 2), (4, "r4", 4)]
+    assert [(f.row_index, f.id) for f in failures] == [(3, "r3")]
+    rows[4]["id"] = "r0"  # a duplicate two groups later
+    with pytest.raises(InvalidInput, match="duplicate values: 'r0'"):
+        validate(tmp_path, rows)
+    with pytest.raises(InvalidInput, match="rows 0 and 4 ask for the same content"):
+        validate(tmp_path, [{"prompt": p} for p in ("a", "b", "c", "d", "a")])
+
+
 def test_request_keys_of_existing_sweeps_stay_valid():
     """An image's key decides whether a rerun generates it again: upgrading easel must not
     invalidate finished Stable Diffusion sweeps (this key was recorded before Kandinsky's
@@ -216,6 +235,37 @@ def test_request_keys_of_existing_sweeps_stay_valid():
                            init_image="/m/scene.png", init_image_sha256="a" * 64)  # fmt: skip
     key = "18a4ab9eb6c02d247ac9ea72cbec026cb1d537ffb56c383856f9ce5cc8164c1d"
     assert request_key("d" * 64, fusion, request) == key
+
+
+def test_request_keys_of_nested_fields_are_the_full_dataclass_digest():
+    """Settings with LoRA adapters and a request with `fusion_inputs` (dataclasses inside)
+    are keyed as every field of them, nested ones included, as `asdict` writes them."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from easel.data.batching import BatchSettings, ImageRequest, request_key
+    from easel.data.fusion import FusionInput
+    from easel.data.loras import LoraRef
+
+    settings = BatchSettings(task="fusion", scheduler="ddpm", guidance_scale=4.0,
+                             num_inference_steps=20, width=64, height=64, strength=1.0,
+                             loras=(LoraRef(uri="/a.safetensors", scale=0.5, sha256="b" * 64),),
+                             prior_guidance_scale=4.0, prior_num_inference_steps=25)  # fmt: skip
+    items = (FusionInput(text="a cat", image=None, weight=0.25),
+             FusionInput(text=None, image="/m/dog.png", weight=0.75, image_sha256="c" * 64))
+    request = ImageRequest(prompt=None, negative_prompt="blur", seed=7, fusion_inputs=items)
+    present = {k: v for k, v in asdict(settings).items() if v is not None}
+    present["loras"] = [{"sha256": "b" * 64, "scale": 0.5}]
+    asked = {k: v for k, v in asdict(request).items() if k not in ("init_image_sha256",
+                                                                   "mask_image_sha256")}
+    content = {"model": "d" * 64, **present, **asked}  # fields added since, unset: left out
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    assert request_key("d" * 64, settings, request) == digest
+    changed = ImageRequest(prompt=None, negative_prompt="blur", seed=7,
+                           fusion_inputs=(items[0], FusionInput(**{**items[1].__dict__,
+                                                                   "weight": 0.5})))  # fmt: skip
+    assert request_key("d" * 64, settings, changed) != digest
 
 
 def test_a_manifest_is_read_once_while_its_files_are_unchanged(tmp_path):

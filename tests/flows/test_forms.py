@@ -106,7 +106,9 @@ def test_sweep_form_hides_internal_fields_and_refuses_what_json_schema_can_expre
                                                 "type": "string", "default": "default"}  # fmt: skip
     base = {"manifest": "s3://prompts/m.parquet", "out": "s3://renders/{scheduled_date}"}
     assert is_valid({"params": base}, schema)
+    assert is_valid({"params": {**base, "shards": "auto"}}, schema)
     for bad in ({"out": "s3://renders/{schedule_date}"}, {"batch_size": 0}, {"typo": 1},
+                {"shards": 0}, {"shards": "many"},
                 {"scheduler": "magic"}, {"shard": "first"}):  # fmt: skip
         assert not is_valid({"params": {**base, **bad}}, schema), bad
     # a shard's run, as its parent starts it through the API, passes the same schema

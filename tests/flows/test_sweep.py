@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -336,3 +337,30 @@ def test_a_sharded_sweep_counts_from_its_shards_tallies_and_compacts_their_recor
                for folder, _, names in os.walk(f"{out}/.easel/records") if names}  # fmt: skip
     assert folders and all(f.startswith("part-") for f in folders)
     assert sorted(r["id"] for r in read_results(out)) == [f"r{i}" for i in range(6)]
+
+
+def test_auto_shards_keep_the_outputs_count_and_each_shard_measures_its_fixed_cost(tmp_path):
+    """`shards: auto` from a shell (one worker) decides one shard and records it; an output
+    whose recorded count is 2 splits in 2 on every auto run; every shard run logs and keeps
+    its fixed cost."""
+    rows = [{"id": f"r{i}", "prompt": PROMPTS[i % len(PROMPTS)], "seed": i} for i in range(4)]
+    summary, out = run(tmp_path, "alone", rows, shards="auto", batch_size=2)
+    assert summary.generated_now == 4
+    assert json.loads(open(f"{out}/.easel/shards.json").read())["shards"] == 1
+    cost = json.loads(open(f"{out}/.easel/shard_cost.json").read())
+    assert cost["images"] == 4 and cost["fixed_s"] > 0 and cost["image_s"] > 0
+
+    split = tmp_path / "split"
+    os.makedirs(split / ".easel")
+    (split / ".easel" / "shards.json").write_text(json.dumps(
+        {"shards": 2, "pending_images": 4, "workers": 2, "fixed_s": 1.0, "image_s": 1.0,
+         "decided_at": 0.0}))  # fmt: skip
+    summary, out = run(tmp_path, "split", rows, shards="auto", batch_size=2)
+    assert (summary.generated_now, summary.images_ok) == (4, 4)
+    runs = {name.split("~")[0] for name in os.listdir(f"{out}/.easel/progress")}
+    assert len(runs) == 2  # one flow run per shard
+    children = mlflow.search_runs(filter_string="attributes.run_name LIKE '%sweep shard %'",
+                                  search_all_experiments=True, output_format="list")  # fmt: skip
+    measured = [r.data.metrics for r in children
+                if r.data.tags.get("prefect.flow_run_id") in runs]  # fmt: skip
+    assert len(measured) == 2 and all(m["shard_fixed_s"] > 0 for m in measured)
