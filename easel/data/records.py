@@ -162,10 +162,6 @@ class State:
         return [f for f in self.read if not _part_of_file(f)]
 
 
-def is_compacted(file: str) -> bool:
-    return posixpath.basename(file).startswith(COMPACTED_PREFIX)
-
-
 def _part_of_file(file: str) -> int | None:
     folder = posixpath.basename(posixpath.dirname(file))
     return int(folder[len(PART_PREFIX) :]) if folder.startswith(PART_PREFIX) else None

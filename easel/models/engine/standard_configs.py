@@ -19,6 +19,7 @@ one; the weights alone are refused in one line naming `config`.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -118,17 +119,23 @@ class _PickleCheckpoint:
 def shipped_folder(name: str, cache: Path) -> str:
     """The complete diffusers config folder `name` (configs and tokenizer, no weights),
     written once under `cache`; later calls reuse it."""
-    source = SHIPPED_DIR / name
-    files = sorted(p for p in source.rglob("*") if p.is_file())
-    key = hashlib.sha256(BPE_MERGES.read_bytes())
-    for file in files:
-        key.update(f"{file.relative_to(source)}\n".encode() + file.read_bytes())
-    target = cache / "configs" / f"{name}-{key.hexdigest()[:16]}"
+    target = cache / "configs" / f"{name}-{_shipped_digest(name)}"
     if not (target / "model_index.json").exists():
         with storage.staged_folder(str(target), replace=False) as staging:
-            shutil.copytree(source, staging, dirs_exist_ok=True)
+            shutil.copytree(SHIPPED_DIR / name, staging, dirs_exist_ok=True)
             write_clip_tokenizer_files(os.path.join(staging, "tokenizer"))
     return str(target)
+
+
+@functools.cache
+def _shipped_digest(name: str) -> str:
+    """The digest of the shipped files configuration `name` is built from (once a process:
+    they are the package's own)."""
+    source = SHIPPED_DIR / name
+    key = hashlib.sha256(BPE_MERGES.read_bytes())
+    for file in sorted(p for p in source.rglob("*") if p.is_file()):
+        key.update(f"{file.relative_to(source)}\n".encode() + file.read_bytes())
+    return key.hexdigest()[:16]
 
 
 def write_clip_tokenizer_files(folder: str) -> None:
