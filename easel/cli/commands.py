@@ -152,9 +152,36 @@ def _automations(subparsers) -> None:
     parser.set_defaults(run="easel.cli.automations:run_automations_command", tracked=False)
 
 
+def _convert(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert", help="convert a model as its authors ship it into a folder easel loads"
+    )
+    parser.add_argument(
+        "format", choices=["kandinsky-2.0"],
+        help="kandinsky-2.0: the hub's ai-forever/Kandinsky_2.0 files (Kandinsky-2-0.pt, "
+        "vae.ckpt, text_encoder1/, text_encoder2/)",
+    )  # fmt: skip
+    parser.add_argument("source", help="the folder holding them (fsspec URI)")
+    parser.add_argument("destination", help="the diffusers folder to write (fsspec URI)")
+    parser.add_argument(
+        "--inpainting", action="store_true",
+        help="convert the inpainting UNet (Kandinsky-2-0-inpainting.pt) instead",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trust-pickle", action="store_true",
+        help="allow reading the pickle (.pt/.ckpt/.bin) files, which is all of them",
+    )  # fmt: skip
+    parser.add_argument(
+        "--attention-head-dim", type=int, default=64,
+        help="channels per attention head, which the weights do not tell (the original "
+        "config's num_head_channels: %(default)s)",
+    )  # fmt: skip
+    parser.set_defaults(run="easel.cli.convert:run_convert_command", tracked=False)
+
+
 COMMANDS = {"sweep": _sweep, "priors": _priors, "dreambooth": _dreambooth,
             "quickstart": _quickstart, "eval": _eval, "bootstrap": _bootstrap,
-            "automations": _automations}  # fmt: skip
+            "automations": _automations, "convert": _convert}  # fmt: skip
 
 
 def add_commands(subparsers) -> None:

@@ -7,11 +7,11 @@ from the model's name. Adding a family: its module, and one entry in `FAMILIES`.
 from __future__ import annotations
 
 from easel.errors import ModelReferenceError
-from easel.models.engine import kandinsky21, kandinsky22, stable_diffusion
+from easel.models.engine import kandinsky20, kandinsky21, kandinsky22, stable_diffusion
 from easel.models.engine.family import ModelFamily, pipeline_class
 
 FAMILIES: tuple[ModelFamily, ...] = (
-    stable_diffusion.FAMILY, kandinsky22.FAMILY, kandinsky21.FAMILY
+    stable_diffusion.FAMILY, kandinsky22.FAMILY, kandinsky21.FAMILY, kandinsky20.FAMILY
 )  # fmt: skip
 BY_PIPELINE_CLASS = {name: family for family in FAMILIES for name in family.pipeline_classes}
 

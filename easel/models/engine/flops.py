@@ -147,7 +147,12 @@ def denoiser_flops(denoiser, latent_side: tuple[int, int], context_length: int) 
         width = config.encoder_hid_dim  # the text encoder's, projected inside the UNet
         pooled = torch.empty(1, config.cross_attention_dim, device="meta")
         added = {"text_embeds": pooled, "image_embeds": pooled}
+    if config.class_embed_type == "identity":  # Kandinsky 2.0's: the pooled text vector
+        pooled = torch.empty(1, 4 * config.block_out_channels[0], device="meta")
+        added = {"class_labels": pooled}
     context = torch.empty(1, context_length, width, device="meta")
+    if added and "class_labels" in added:
+        return counted(copy, latents, timestep, encoder_hidden_states=context, **added)
     return counted(copy, latents, timestep, encoder_hidden_states=context, added_cond_kwargs=added)
 
 
