@@ -22,6 +22,26 @@ def write_manifest(path, rows, schema=None) -> str:
     return str(path)
 
 
+def write_scenes(folder, size: int, scenes: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """Init images (`name: (shape colour, ground colour)`, a disc over the middle half) and
+    `mask` (white over the middle half) as PNG files of `size` pixels in `folder`."""
+    from PIL import ImageDraw
+
+    quarter, paths = size // 4, {}
+    box = (quarter, quarter, size - quarter, size - quarter)
+    for name, (colour, ground) in scenes.items():
+        image = Image.new("RGB", (size, size), ground)
+        ImageDraw.Draw(image).ellipse(box, fill=colour)
+        paths[name] = str(folder / f"{name}.png")
+        image.save(paths[name])
+    mask = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(mask).rectangle((quarter, quarter, size - quarter - 1, size - quarter - 1),
+                                   fill=255)  # fmt: skip
+    paths["mask"] = str(folder / "mask.png")
+    mask.save(paths["mask"])
+    return paths
+
+
 def pixels(path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"), dtype=np.int16)

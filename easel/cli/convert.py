@@ -13,8 +13,13 @@ def run_convert_command(args: argparse.Namespace) -> int:
 
     storage.check_output_folder(args.destination, "destination")
     task = "inpaint" if args.inpainting else "text2img"
-    report = convert(args.source, args.destination, task, trust_pickle=args.trust_pickle,
-                     head_channels=args.attention_head_dim)
+    report = convert(
+        args.source,
+        args.destination,
+        task,
+        trust_pickle=args.trust_pickle,
+        head_channels=args.attention_head_dim,
+    )
     for line in report.lines():
         print(f"  {line}")
     print(f"converted:  {args.destination}  (Kandinsky 2.0, {task})")

@@ -12,8 +12,15 @@ from diffusers import (
     KandinskyImg2ImgCombinedPipeline,
     KandinskyInpaintCombinedPipeline,
 )
-from PIL import Image, ImageDraw
-from sweep_helpers import STEPS, max_pixel_difference, pixels, read_results, write_manifest
+from PIL import Image
+from sweep_helpers import (
+    STEPS,
+    max_pixel_difference,
+    pixels,
+    read_results,
+    write_manifest,
+    write_scenes,
+)
 
 from easel.data.batching import BatchSettings, ImageRequest
 from easel.data.fusion import FusionInput
@@ -43,17 +50,7 @@ def k21_inpaint(k21) -> str:
 def scenes(tmp_path_factory) -> dict[str, str]:
     """Two init images and a mask over the middle, as files."""
     folder = tmp_path_factory.mktemp("scenes")
-    paths = {}
-    for name, colour, ground in (("red", "red", "blue"), ("yellow", "yellow", "black")):
-        image = Image.new("RGB", (SIZE, SIZE), ground)
-        ImageDraw.Draw(image).ellipse((4, 4, 12, 12), fill=colour)
-        image.save(folder / f"{name}.png")
-        paths[name] = str(folder / f"{name}.png")
-    mask = Image.new("L", (SIZE, SIZE), 0)
-    ImageDraw.Draw(mask).rectangle((4, 4, 11, 11), fill=255)
-    mask.save(folder / "mask.png")
-    paths["mask"] = str(folder / "mask.png")
-    return paths
+    return write_scenes(folder, SIZE, {"red": ("red", "blue"), "yellow": ("yellow", "black")})
 
 
 def ours(model: str, task: str, requests: list[ImageRequest], **settings) -> list[np.ndarray]:

@@ -46,12 +46,15 @@ class Report:
 
     tensors: dict[str, int] = field(default_factory=dict)
     left_out: dict[str, list[str]] = field(default_factory=dict)
+    absent: dict[str, list[str]] = field(default_factory=dict)  # unused, initialised
 
     def lines(self) -> list[str]:
         lines = [f"{part}: {count} tensors" for part, count in self.tensors.items()]
         for part, keys in self.left_out.items():
             shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
             lines.append(f"{part}: left out {len(keys)} unused keys ({shown})")
+        for part, keys in self.absent.items():
+            lines.append(f"{part}: lacks {len(keys)} unused keys ({keys[0]}...), initialised")
         return lines
 
 
@@ -172,6 +175,9 @@ def convert_clip(folder: str, report: Report):
     used = {k for k in weights if k in expected}
     unused_present = {k: v for k, v in expected.items() if k.startswith(UNUSED_CLIP_KEYS)}
     load_strict(encoder, {**unused_present, **{k: weights[k] for k in used}}, CLIP_FOLDER)
+    absent = sorted(set(unused_present) - used)
+    if absent:
+        report.absent[f"{CLIP_FOLDER}/pytorch_model.bin"] = absent
     check_keys(f"{CLIP_FOLDER}/pytorch_model.bin", used, set(weights), UNUSED_CLIP_KEYS, report)
     report.tensors[CLIP_FOLDER] = len(used)
     return encoder, AutoTokenizer.from_pretrained(folder)
