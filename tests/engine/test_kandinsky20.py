@@ -154,6 +154,41 @@ def test_the_command_converts_and_the_model_sweeps(hub, tmp_path):
     assert not facts.has_prior and not facts.takes_loras
 
 
+def test_the_real_model_s_shapes_map_key_for_key():
+    """The original modules at the real CONFIG_2_0 (their keys and shapes, from the original
+    code on the meta device): every tensor has its place, the parameter counts agree."""
+    import json
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    from easel.models.kandinsky20 import conversion, unet_keys
+
+    shapes = json.loads((ORIGINAL.parent / "shapes.json").read_text())
+    for name, in_channels in (("Kandinsky-2-0.pt", 4), ("Kandinsky-2-0-inpainting.pt", 9)):
+        weights = {k: torch.empty(s, device="meta") for k, s in shapes[name].items()}
+        architecture = unet_keys.Architecture.from_weights(weights)
+        assert architecture == unet_keys.Architecture(
+            in_channels, 8, (384, 768, 1152, 1536), (False, True, True, True), 3, 768
+        )  # fmt: skip
+        with torch.device("meta"):
+            unet = UNet2DConditionModel(**architecture.diffusers_config(64))
+        converted, used = unet_keys.to_diffusers(weights, unet.state_dict(), architecture, 64)
+        unet.load_state_dict(converted, strict=True, assign=True)
+        assert set(weights) - used == {k for k in weights if k.startswith(conversion.STEM)}
+        assert sum(t.numel() for t in converted.values()) == sum(
+            t.numel() for k, t in weights.items() if k in used
+        )  # fmt: skip
+    vae_weights = {k: torch.empty(s, device="meta") for k, s in shapes["vae.ckpt"].items()}
+    with torch.device("meta"):
+        vae = AutoencoderKL(**conversion.vae_config(vae_weights))
+    assert list(vae.config.block_out_channels) == [128, 256, 512, 512]
+    converted = convert_ldm_vae_checkpoint(vae_weights, vae.config)
+    assert len(converted) == len(vae_weights)
+    vae.load_state_dict(converted, strict=True, assign=True)
+    assert sum(p.numel() for p in vae.parameters()) == 83_653_863  # SD's VAE
+
+
 # -- parity with the original code -----------------------------------------------------------
 
 

@@ -116,7 +116,11 @@ def convert_unet(path: str, report: Report, head_channels: int = HEAD_CHANNELS):
 
 def load_strict(module, weights: dict, part: str) -> None:
     """`load_state_dict(strict=True)`, its failure as one line naming the keys."""
-    result = module.load_state_dict(weights, strict=False)
+    try:
+        result = module.load_state_dict(weights, strict=False, assign=True)
+    except RuntimeError as error:  # a tensor of another shape
+        detail = str(error).splitlines()[-1].strip()
+        raise ModelReferenceError(f"{part}: {detail}: not Kandinsky 2.0's layout") from None
     problems = [f"missing {k}" for k in result.missing_keys]
     problems += [f"unexpected {k}" for k in result.unexpected_keys]
     if problems:
@@ -131,21 +135,7 @@ def convert_vae(path: str, report: Report):
     checkpoint = load_pickle(path, full=True)
     weights = checkpoint.get("state_dict", checkpoint)
     vae_weights = {k: v for k, v in weights.items() if not k.startswith(VAE_TRAINING_KEYS)}
-    levels = sorted({int(k.split(".")[2]) for k in vae_weights if k.startswith("encoder.down.")})
-    base = vae_weights["encoder.conv_in.weight"].shape[0]
-    config = {
-        "in_channels": vae_weights["encoder.conv_in.weight"].shape[1],
-        "out_channels": vae_weights["decoder.conv_out.weight"].shape[0],
-        "latent_channels": vae_weights["post_quant_conv.weight"].shape[0],
-        "block_out_channels": [vae_weights[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]
-                               for i in levels],
-        "layers_per_block": len({k.split(".")[4] for k in vae_weights
-                                 if k.startswith("encoder.down.0.block.")}),
-        "down_block_types": ["DownEncoderBlock2D"] * len(levels),
-        "up_block_types": ["UpDecoderBlock2D"] * len(levels),
-        "norm_num_groups": min(32, base), "sample_size": 512, "scaling_factor": VAE_SCALE,
-    }  # fmt: skip
-    vae = AutoencoderKL(**config)
+    vae = AutoencoderKL(**vae_config(vae_weights))
     converted = convert_ldm_vae_checkpoint(vae_weights, vae.config)
     if len(converted) != len(vae_weights):
         raise ModelReferenceError(
@@ -156,6 +146,25 @@ def convert_vae(path: str, report: Report):
     check_keys(VAE_FILE, set(vae_weights), set(weights), (VAE_TRAINING_KEYS,), report)
     report.tensors[VAE_FILE] = len(vae_weights)
     return vae
+
+
+def vae_config(weights: dict) -> dict:
+    """diffusers' `AutoencoderKL` config for the LDM autoencoder `weights` (its keys
+    without prefix): widths and depth read from the tensors, the original's scale."""
+    levels = sorted({int(k.split(".")[2]) for k in weights if k.startswith("encoder.down.")})
+    return {
+        "in_channels": weights["encoder.conv_in.weight"].shape[1],
+        "out_channels": weights["decoder.conv_out.weight"].shape[0],
+        "latent_channels": weights["post_quant_conv.weight"].shape[0],
+        "block_out_channels": [weights[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]
+                               for i in levels],
+        "layers_per_block": len({k.split(".")[4] for k in weights
+                                 if k.startswith("encoder.down.0.block.")}),
+        "down_block_types": ["DownEncoderBlock2D"] * len(levels),
+        "up_block_types": ["UpDecoderBlock2D"] * len(levels),
+        "norm_num_groups": min(32, weights["encoder.conv_in.weight"].shape[0]),
+        "sample_size": 512, "scaling_factor": VAE_SCALE,
+    }  # fmt: skip
 
 
 def convert_clip(folder: str, report: Report):
