@@ -374,3 +374,12 @@ def test_a_converted_model_sweeps_a_manifest_of_every_task(tmp_path, k20, k20_in
     assert max_pixel_difference(images["en"], images["ru"]) > 10
     blue = np.asarray(Image.open(scenes["blue"]).convert("RGB"))
     assert np.array_equal(images["fill"][:16], blue[:16])
+
+
+def test_flops_count_both_encoders_tokens_and_the_pooled_vector(k20):
+    from easel.models.engine import flops
+
+    loaded = load_model(k20, dtype=torch.float32)
+    unet = loaded.family.denoiser(loaded.pipeline)
+    assert loaded.family.context_length(loaded.pipeline) == 154  # 77 + 77
+    assert flops.denoiser_flops(unet, (8, 8), 154) > flops.denoiser_flops(unet, (8, 8), 1) > 0
