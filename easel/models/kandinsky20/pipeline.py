@@ -137,49 +137,59 @@ class Kandinsky2Pipeline(DiffusionPipeline):
         if not isinstance(negative_prompt, list):
             negatives = [negative_prompt or ""] * len(prompts)
         generators = generator if isinstance(generator, list) else [generator] * len(prompts)
-        if self.inpainting != (mask_image is not None):
-            raise ValueError(
-                "an inpainting UNet (9 input channels) needs `image` and `mask_image`"
-                if self.inpainting
-                else "`mask_image` needs an inpainting UNet (9 channels)"
-            )
+        self.check_task(image, mask_image)
         device = self._execution_device
         guided = guidance_scale > 1.0
         tokens, vector = self.encode_prompt(prompts + (negatives if guided else []), device)
         size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
         timesteps = denoising_timesteps(self.scheduler, num_inference_steps, device)
         init = self.encode_image(image, generators, (height, width)) if image is not None else None
-        if init is not None and not self.inpainting:
+        edit = init is not None and not self.inpainting
+        if edit:
             timesteps = self.strength_timesteps(timesteps, strength)
-        shape = (len(prompts), LATENT_CHANNELS, *size)
         if latents is None:
+            shape = (len(prompts), LATENT_CHANNELS, *size)
             latents = randn_tensor(shape, generator=generators, device=device, dtype=tokens.dtype)
         latents = latents.to(device, tokens.dtype)
-        if init is not None and not self.inpainting:
+        if edit:
             latents = self.scheduler.add_noise(init, latents, timesteps[:1])
         else:
             latents = latents * self.scheduler.init_noise_sigma
-        extra = {"inpaint": None}
-        if self.inpainting:
+        masked = None
+        if self.inpainting:  # the masked image's latents and the keep mask, beside the noise
             mask = self.mask_processor.preprocess(mask_image, height=height, width=width)
             keep = keep_mask(mask, size).to(device, tokens.dtype)
-            extra["inpaint"] = torch.cat([init * keep, keep], dim=1)
+            masked = torch.cat([init * keep, keep], dim=1)
         step_options = {"generator": generators[0] if len(prompts) == 1 else generators}
         if isinstance(self.scheduler, DDIMScheduler):
             step_options["eta"] = eta
         for t in timesteps:
-            model_input = self.scheduler.scale_model_input(latents, t)
-            if extra["inpaint"] is not None:
-                model_input = torch.cat([model_input, extra["inpaint"]], dim=1)
-            if guided:
-                model_input = torch.cat([model_input, model_input])
-            output = self.unet(model_input, t, encoder_hidden_states=tokens,
-                               class_labels=vector).sample[:, :LATENT_CHANNELS]  # fmt: skip
-            if guided:
-                cond, uncond = output.chunk(2)
-                output = uncond + guidance_scale * (cond - uncond)
-            latents = self.scheduler.step(output, t, latents, **step_options).prev_sample
+            noise = self.predict_noise(latents, t, tokens, vector, masked, guidance_scale)
+            latents = self.scheduler.step(noise, t, latents, **step_options).prev_sample
         return self.decode(latents, output_type, return_dict)
+
+    def check_task(self, image, mask_image) -> None:
+        """`ValueError` for inputs the UNet's task does not take."""
+        if self.inpainting and (image is None or mask_image is None):
+            raise ValueError("an inpainting UNet (9 input channels) needs `image` and `mask_image`")
+        if not self.inpainting and mask_image is not None:
+            raise ValueError("`mask_image` needs an inpainting UNet (9 input channels)")
+
+    def predict_noise(self, latents, t, tokens, vector, masked, guidance_scale: float):
+        """The UNet's noise prediction for `latents` at `t` (its variance half dropped),
+        guided by the second half of `tokens` and `vector` where they are doubled."""
+        model_input = self.scheduler.scale_model_input(latents, t)
+        if masked is not None:
+            model_input = torch.cat([model_input, masked], dim=1)
+        guided = len(tokens) == 2 * len(latents)
+        if guided:
+            model_input = torch.cat([model_input, model_input])
+        output = self.unet(model_input, t, encoder_hidden_states=tokens, class_labels=vector)
+        noise = output.sample[:, :LATENT_CHANNELS]
+        if not guided:
+            return noise
+        cond, uncond = noise.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
 
     def strength_timesteps(self, timesteps: torch.Tensor, strength: float) -> torch.Tensor:
         """The last `strength` of the schedule (whole steps of a multi-stage scheduler),
