@@ -49,6 +49,7 @@ def denoising_timesteps(scheduler, steps: int, device) -> torch.Tensor:
     if isinstance(scheduler, DDIMScheduler):
         total = scheduler.config.num_train_timesteps
         spaced = np.arange(0, total, total // steps)[::-1] + scheduler.config.steps_offset
+        spaced = spaced[spaced < total]  # over 500 steps the offset would pass the last one
         scheduler.timesteps = torch.from_numpy(spaced.copy()).to(device)
     return scheduler.timesteps
 
