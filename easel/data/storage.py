@@ -247,31 +247,40 @@ def staged_folder(target: str, replace: bool = True, last: str | None = None) ->
     before any work (`InvalidInput` naming it). Yields the (empty, existing) local staging
     folder."""
     fs, path = filesystem(target)
-    if isinstance(fs, LocalFileSystem):
-        _check_replaceable(os.path.abspath(path), last)
+    local = isinstance(fs, LocalFileSystem)
+    if local:
+        _check_replaceable(set(os.listdir(path)) if os.path.isdir(path) else set(), target, last)
         parent, name = os.path.split(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         staging = os.path.join(parent, f".{name}.{uuid.uuid4().hex}.staging")
         os.makedirs(staging)
     else:
+        before = _remote_names(fs, path)
+        _check_replaceable(before, target, last)
         staging = tempfile.mkdtemp(prefix="easel-staging-")
     try:
         yield staging
-        if isinstance(fs, LocalFileSystem):
-            if last is None:  # else `last` says easel wrote it
-                open(os.path.join(staging, OWNED_MARKER), "w").close()
+        if last is None:  # else `last` says easel wrote it
+            open(os.path.join(staging, OWNED_MARKER), "w").close()
+        if local:
             _rename_into_place(staging, os.path.abspath(path), replace)
         else:
-            _upload_folder(fs, staging, path, last)
+            _upload_folder(fs, staging, path, last or OWNED_MARKER, before, replace)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _check_replaceable(target: str, last: str | None) -> None:
-    """Refuse to replace the local folder `target` unless easel wrote it (or it is empty)."""
-    if not os.path.isdir(target):
-        return
-    names = os.listdir(target)
+def _remote_names(fs, path: str) -> set[str]:
+    """The files below the store folder `path`, relative to it ('/'-separated)."""
+    root = path.rstrip("/")
+    if not fs.exists(root):
+        return set()
+    return {posixpath.relpath(found, root) for found in fs.find(root)}
+
+
+def _check_replaceable(names: set[str], target: str, last: str | None) -> None:
+    """Refuse to replace the folder `target` (holding `names`) unless easel wrote it (or it
+    is empty)."""
     if names and OWNED_MARKER not in names and (last is None or last not in names):
         raise InvalidInput(
             f"{target!r} already exists and easel did not write it (it has no {OWNED_MARKER}): "
@@ -295,14 +304,27 @@ def _rename_into_place(staging: str, target: str, replace: bool) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def _upload_folder(fs, staging: str, path: str, last: str | None) -> None:
+def _upload_folder(fs, staging: str, path: str, marker: str, before: set[str],
+                   replace: bool) -> None:  # fmt: skip
+    """Publish `staging` as the store folder `path`, which held `before`: its marker first
+    removed (a reader sees an unvouched folder, never a mix vouched for), the new files, the
+    files of the old folder it lacks removed, the marker last. Without `replace`, a folder
+    another process published (its marker there) is kept."""
+    if marker in before and not replace:
+        return
+    root = path.rstrip("/")
+    if marker in before:
+        fs.rm_file(f"{root}/{marker}")
     names = sorted(
-        os.path.relpath(os.path.join(parent, name), staging)
+        os.path.relpath(os.path.join(parent, name), staging).replace(os.sep, "/")
         for parent, _, files in os.walk(staging)
         for name in files
     )
-    for name in sorted(names, key=lambda n: n == last):  # the marker last
-        remote = posixpath.join(path.rstrip("/"), *name.split(os.sep))
+    for name in sorted(names, key=lambda n: n == marker):  # the marker last
+        if name == marker:
+            for stale in sorted(before - set(names)):
+                fs.rm_file(f"{root}/{stale}")
+        remote = f"{root}/{name}"
         fs.makedirs(posixpath.dirname(remote), exist_ok=True)
         fs.put_file(os.path.join(staging, name), remote)
 

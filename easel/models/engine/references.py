@@ -143,6 +143,11 @@ def _resolved(spec: ModelSpec, path: str, location: str, trust_pickle: bool) -> 
         return ResolvedModel(ref=spec.path, path=path, digest=own, **found)
     prior = resolve_model_reference(prior_ref, trust_pickle)
     expected = prior_class_for(pipeline_class(path))
+    if expected is None:
+        raise ModelReferenceError(
+            f"model {spec.path!r} is a {pipeline_class(path)!r}, which takes no diffusion prior: "
+            "remove its `prior`"
+        )
     if pipeline_class(prior.path) != expected:
         named = "its `prior`" if spec.prior else f"{prior_ref!r} as its prior (README.md)"
         raise ModelReferenceError(

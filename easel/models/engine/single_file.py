@@ -30,6 +30,7 @@ from easel.errors import ModelReferenceError
 from easel.models.engine import standard_configs
 from easel.models.engine.family import pipeline_class
 from easel.models.engine.layout import PICKLE_REFUSAL
+from easel.models.kandinsky20.conversion import UNET_FILES
 
 SUFFIXES = (".safetensors", ".ckpt")
 PIPELINES = ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline")  # what it converts
@@ -37,7 +38,11 @@ PIPELINES = ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline")  # wha
 
 def hint(folder: str) -> str:
     """A hint for a folder without model_index.json that holds single-file checkpoints."""
-    files = sorted(f for f in os.listdir(folder) if f.endswith(SUFFIXES))
+    names = os.listdir(folder)
+    if set(UNET_FILES.values()) & set(names):
+        return (f"; it looks like Kandinsky 2.0 as the hub ships it: convert it first "
+                f"(easel convert kandinsky-2.0 {folder} FOLDER --trust-pickle)")  # fmt: skip
+    files = sorted(f for f in names if f.endswith(SUFFIXES))
     return f"; to use a single-file checkpoint, name the file: {files[0]}" if files else ""
 
 

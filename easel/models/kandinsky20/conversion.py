@@ -19,228 +19,64 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
-
-import torch
 
 from easel.data import storage
-from easel.errors import InvalidInput, ModelReferenceError
+from easel.errors import InvalidInput
 from easel.models.engine.layout import PICKLE_REFUSAL
-from easel.models.kandinsky20 import unet_keys
+from easel.models.kandinsky20.accounting import Report
+from easel.models.kandinsky20.parts import (
+    CLIP_FOLDER,
+    HEAD_CHANNELS,
+    T5_FOLDER,
+    VAE_FILE,
+    convert_clip,
+    convert_t5,
+    convert_unet,
+    convert_vae,
+    scheduler,
+)
 
 UNET_FILES = {"text2img": "Kandinsky-2-0.pt", "inpaint": "Kandinsky-2-0-inpainting.pt"}
-VAE_FILE = "vae.ckpt"
-CLIP_FOLDER, T5_FOLDER = "text_encoder1", "text_encoder2"
-STEM = ("to_model_dim.", "to_model_dim2.", "proj.", "proj2.", "ln_model1.", "ln_model2.",
-        "ln_model3.")  # fmt: skip
-HEAD_CHANNELS = 64  # the original's `num_head_channels`
-VAE_SCALE = 0.0512  # the original's `image_enc_params.scale`
-VAE_TRAINING_KEYS = "loss."  # the autoencoder's training loss, unused at inference
-UNUSED_CLIP_KEYS = ("transformer.pooler.", "transformer.embeddings.position_ids")
-UNUSED_T5_KEYS = ("decoder.", "lm_head.")  # a whole mT5's other half
-
-
-@dataclass
-class Report:
-    """What a conversion read: tensors per part, and keys left out (unused)."""
-
-    tensors: dict[str, int] = field(default_factory=dict)
-    left_out: dict[str, list[str]] = field(default_factory=dict)
-    absent: dict[str, list[str]] = field(default_factory=dict)  # unused, initialised
-
-    def lines(self) -> list[str]:
-        lines = [f"{part}: {count} tensors" for part, count in self.tensors.items()]
-        for part, keys in self.left_out.items():
-            shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-            lines.append(f"{part}: left out {len(keys)} unused keys ({shown})")
-        for part, keys in self.absent.items():
-            lines.append(f"{part}: lacks {len(keys)} unused keys ({keys[0]}...), initialised")
-        return lines
-
-
-def check_keys(part: str, used: set, present: set, unused: tuple[str, ...], report: Report):
-    """Fail naming the keys of `part` that are neither used nor known to be unused."""
-    left = sorted(present - used)
-    unexpected = [key for key in left if not key.startswith(unused)]
-    if unexpected:
-        raise ModelReferenceError(
-            f"{part}: {len(unexpected)} unexpected keys, e.g. {', '.join(unexpected[:3])}: not "
-            "Kandinsky 2.0's layout"
-        )
-    if left:
-        report.left_out[part] = left
-
-
-def load_pickle(path: str, full: bool = False) -> dict:
-    """A torch pickle; `full` for one holding more than tensors (a Lightning checkpoint)."""
-    return torch.load(path, map_location="cpu", weights_only=not full)
-
-
-def convert_unet(path: str, report: Report, head_channels: int = HEAD_CHANNELS):
-    """(UNet2DConditionModel, Kandinsky2TextConditioning) from the original's state dict."""
-    from diffusers import UNet2DConditionModel
-
-    from easel.models.kandinsky20.conditioning import Kandinsky2TextConditioning
-
-    part = os.path.basename(path)
-    weights = load_pickle(path)
-    try:
-        architecture = unet_keys.Architecture.from_weights(weights)
-        odd = [c for c, a in zip(architecture.channels, architecture.attention, strict=True)
-               if a and c % head_channels]  # fmt: skip
-        if odd:
-            raise ModelReferenceError(
-                f"{part}: attention over {odd[0]} channels cannot have heads of "
-                f"`attention_head_dim` {head_channels} channels (Kandinsky 2.0's is 64)"
-            )
-        unet = UNet2DConditionModel(**architecture.diffusers_config(head_channels))
-        converted, used = unet_keys.to_diffusers(
-            weights, unet.state_dict(), architecture, head_channels
-        )
-    except (KeyError, StopIteration) as error:
-        raise ModelReferenceError(f"{part}: no key {error}: not Kandinsky 2.0's UNet") from None
-    unet.load_state_dict(converted, strict=True)
-    stem_weights = {k: v for k, v in weights.items() if k.startswith(STEM)}
-    t5_width = weights["to_model_dim2.weight"].shape[1]
-    stem = Kandinsky2TextConditioning(
-        clip_width=weights["to_model_dim.weight"].shape[1],
-        clip_pooled_width=weights["proj.weight"].shape[1], t5_width=t5_width,
-        model_width=architecture.model_width,
-        time_embed_width=weights["time_embed.0.weight"].shape[0],
-    )  # fmt: skip
-    load_strict(stem, stem_weights, part)
-    check_keys(part, used | set(stem_weights), set(weights), (), report)
-    report.tensors[part] = len(weights)
-    return unet, stem
-
-
-def load_strict(module, weights: dict, part: str) -> None:
-    """`load_state_dict(strict=True)`, its failure as one line naming the keys."""
-    try:
-        result = module.load_state_dict(weights, strict=False, assign=True)
-    except RuntimeError as error:  # a tensor of another shape
-        detail = str(error).splitlines()[-1].strip()
-        raise ModelReferenceError(f"{part}: {detail}: not Kandinsky 2.0's layout") from None
-    problems = [f"missing {k}" for k in result.missing_keys]
-    problems += [f"unexpected {k}" for k in result.unexpected_keys]
-    if problems:
-        raise ModelReferenceError(f"{part}: {', '.join(problems[:4])}: not Kandinsky 2.0's layout")
-
-
-def convert_vae(path: str, report: Report):
-    """The LDM autoencoder of the Lightning checkpoint at `path` as diffusers' AutoencoderKL."""
-    from diffusers import AutoencoderKL
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-
-    checkpoint = load_pickle(path, full=True)
-    weights = checkpoint.get("state_dict", checkpoint)
-    vae_weights = {k: v for k, v in weights.items() if not k.startswith(VAE_TRAINING_KEYS)}
-    vae = AutoencoderKL(**vae_config(vae_weights))
-    converted = convert_ldm_vae_checkpoint(vae_weights, vae.config)
-    if len(converted) != len(vae_weights):
-        raise ModelReferenceError(
-            f"{os.path.basename(path)}: {len(vae_weights)} autoencoder tensors but "
-            f"{len(converted)} have a place in an LDM AutoencoderKL: not Kandinsky 2.0's VAE"
-        )
-    load_strict(vae, converted, os.path.basename(path))
-    check_keys(VAE_FILE, set(vae_weights), set(weights), (VAE_TRAINING_KEYS,), report)
-    report.tensors[VAE_FILE] = len(vae_weights)
-    return vae
-
-
-def vae_config(weights: dict) -> dict:
-    """diffusers' `AutoencoderKL` config for the LDM autoencoder `weights` (its keys
-    without prefix): widths and depth read from the tensors, the original's scale."""
-    levels = sorted({int(k.split(".")[2]) for k in weights if k.startswith("encoder.down.")})
-    return {
-        "in_channels": weights["encoder.conv_in.weight"].shape[1],
-        "out_channels": weights["decoder.conv_out.weight"].shape[0],
-        "latent_channels": weights["post_quant_conv.weight"].shape[0],
-        "block_out_channels": [weights[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]
-                               for i in levels],
-        "layers_per_block": len({k.split(".")[4] for k in weights
-                                 if k.startswith("encoder.down.0.block.")}),
-        "down_block_types": ["DownEncoderBlock2D"] * len(levels),
-        "up_block_types": ["UpDecoderBlock2D"] * len(levels),
-        "norm_num_groups": min(32, weights["encoder.conv_in.weight"].shape[0]),
-        "sample_size": 512, "scaling_factor": VAE_SCALE,
-    }  # fmt: skip
-
-
-def convert_clip(folder: str, report: Report):
-    """Multilingual CLIP (diffusers' `MultilingualCLIP`) and its tokenizer."""
-    from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
-    from transformers import AutoTokenizer
-
-    weights = load_pickle(os.path.join(folder, "pytorch_model.bin"))
-    with open(os.path.join(folder, "config.json")) as f:
-        config = json.load(f)
-    for name in ("model_type", "architectures", "transformers_version", "_name_or_path"):
-        config.pop(name, None)
-    projection = weights["LinearTransformation.weight"]
-    config.update(transformerDimSize=projection.shape[1], imageDimSize=projection.shape[0])
-    encoder = MultilingualCLIP(MCLIPConfig(**config))
-    expected = encoder.state_dict()
-    used = {k for k in weights if k in expected}
-    unused_present = {k: v for k, v in expected.items() if k.startswith(UNUSED_CLIP_KEYS)}
-    load_strict(encoder, {**unused_present, **{k: weights[k] for k in used}}, CLIP_FOLDER)
-    absent = sorted(set(unused_present) - used)
-    if absent:
-        report.absent[f"{CLIP_FOLDER}/pytorch_model.bin"] = absent
-    check_keys(f"{CLIP_FOLDER}/pytorch_model.bin", used, set(weights), UNUSED_CLIP_KEYS, report)
-    report.tensors[CLIP_FOLDER] = len(used)
-    return encoder, AutoTokenizer.from_pretrained(folder)
-
-
-def convert_t5(folder: str, report: Report):
-    """mT5's encoder (`MT5EncoderModel`) and its tokenizer."""
-    from transformers import AutoTokenizer, MT5EncoderModel
-
-    encoder, info = MT5EncoderModel.from_pretrained(
-        folder, use_safetensors=False, output_loading_info=True
-    )
-    if info["missing_keys"] or info.get("mismatched_keys"):
-        keys = [*info["missing_keys"], *[k[0] for k in info.get("mismatched_keys", [])]]
-        raise ModelReferenceError(f"{T5_FOLDER}: missing or mismatched {', '.join(keys[:4])}")
-    unexpected = set(info["unexpected_keys"])
-    check_keys(f"{T5_FOLDER}/pytorch_model.bin", set(), unexpected, UNUSED_T5_KEYS, report)
-    report.tensors[T5_FOLDER] = len(encoder.state_dict())
-    return encoder, AutoTokenizer.from_pretrained(folder)
-
-
-def scheduler():
-    """The original's diffusion: 1000 linear betas 1e-4 -> 0.02, epsilon prediction; DDIM
-    from `alphas_cumprod[0]` at the end, as its sampler does."""
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(
-        num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-        prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-        timestep_spacing="leading",
-    )  # fmt: skip
+MARKER = "easel_conversion.json"  # written last: the folder is whole, and easel's to replace
 
 
 def hub_files(task: str) -> list[str]:
-    """The files of the hub's layout a conversion for `task` reads (text encoder folders
-    whole)."""
-    return [UNET_FILES[task], VAE_FILE, f"{CLIP_FOLDER}/", f"{T5_FOLDER}/"]
+    """The weight files of the hub's layout a conversion for `task` reads (all pickles)."""
+    return [UNET_FILES[task], VAE_FILE, f"{CLIP_FOLDER}/pytorch_model.bin",
+            f"{T5_FOLDER}/pytorch_model.bin"]  # fmt: skip
+
+
+def required_files(task: str) -> list[tuple[str, ...]]:
+    """Every file a conversion for `task` needs; where a tuple names several, one of them."""
+    return [(name,) for name in hub_files(task)] + [
+        (f"{CLIP_FOLDER}/config.json",),
+        (f"{CLIP_FOLDER}/tokenizer.json", f"{CLIP_FOLDER}/sentencepiece.bpe.model"),
+        (f"{T5_FOLDER}/config.json",), (f"{T5_FOLDER}/spiece.model",),
+    ]  # fmt: skip
+
+
+def check_layout(source: str, task: str) -> None:
+    """`InvalidInput` naming the files of the hub's layout `source` lacks (no byte read)."""
+    fs, path = storage.filesystem(source)
+    root = path.rstrip("/")
+    missing = [" or ".join(names) for names in required_files(task)
+               if not any(fs.exists(f"{root}/{name}") for name in names)]  # fmt: skip
+    if missing:
+        raise InvalidInput(
+            f"`source` {source!r} has no {', '.join(missing)}: not the hub's Kandinsky_2.0 "
+            "layout (Kandinsky-2-0.pt, vae.ckpt, text_encoder1/, text_encoder2/)"
+        )
 
 
 def local_copy(source: str, task: str, into: str) -> str:
-    """`source` itself where local, else the files it needs downloaded into `into`."""
+    """`source` itself where local, else the files it needs downloaded into `into` (the
+    text encoders' folders whole)."""
     fs, path = storage.filesystem(source)
     if storage.is_local(source):
-        missing = [name for name in hub_files(task)
-                   if not os.path.exists(os.path.join(path, name))]  # fmt: skip
-        if missing:
-            raise InvalidInput(f"`source` {source!r} has no {', '.join(missing)}: not the "
-                               "hub's Kandinsky_2.0 layout")  # fmt: skip
         return path
-    for name in hub_files(task):
-        remote = f"{path.rstrip('/')}/{name}"
-        if not fs.exists(remote):
-            raise InvalidInput(f"`source` {source!r} has no {name}")
-        fs.get(remote, os.path.join(into, name), recursive=name.endswith("/"))
+    for name in (UNET_FILES[task], VAE_FILE, f"{CLIP_FOLDER}/", f"{T5_FOLDER}/"):
+        fs.get(f"{path.rstrip('/')}/{name}", os.path.join(into, name),
+               recursive=name.endswith("/"))  # fmt: skip
     return into
 
 
@@ -254,6 +90,9 @@ def convert(source: str, destination: str, task: str = "text2img", trust_pickle:
 
     if task not in UNET_FILES:
         raise InvalidInput(f"`task` must be one of {', '.join(UNET_FILES)} but is {task!r}")
+    if head_channels < 1:
+        raise InvalidInput(f"`attention_head_dim` must be 1 or more but is {head_channels}")
+    check_layout(source, task)
     if not trust_pickle:
         raise InvalidInput(
             f"Kandinsky 2.0's files in {source!r} ({', '.join(hub_files(task))}) are pickles; "
@@ -261,7 +100,7 @@ def convert(source: str, destination: str, task: str = "text2img", trust_pickle:
         )
     report = Report()
     with (
-        storage.staged_folder(destination, last="model_index.json") as staging,
+        storage.staged_folder(destination, last=MARKER) as staging,
         tempfile.TemporaryDirectory(prefix="easel-kandinsky20-") as downloads,
     ):
         folder = local_copy(source, task, downloads)
@@ -276,6 +115,8 @@ def convert(source: str, destination: str, task: str = "text2img", trust_pickle:
         )  # fmt: skip
         pipeline.save_pretrained(staging, safe_serialization=True)
         write_model_card(staging, source, task, report)
+        with open(os.path.join(staging, MARKER), "w") as f:
+            json.dump({"source": source, "task": task, "report": report.lines()}, f, indent=1)
     return report
 
 

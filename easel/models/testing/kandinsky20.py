@@ -115,7 +115,7 @@ def random_modules(seed: int = 0, inpaint: bool = False) -> dict:
     from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
     from transformers import MT5Config, MT5EncoderModel
 
-    from easel.models.kandinsky20.conversion import VAE_SCALE, scheduler
+    from easel.models.kandinsky20.parts import VAE_SCALE, scheduler
 
     torch.manual_seed(seed)
     clip_tokenizer, t5_tokenizer = build_multilingual_tokenizer(), _t5_tokenizer()
