@@ -140,6 +140,25 @@ def test_a_staged_folder_on_an_object_store_uploads_its_marker_last(monkeypatch)
     assert fs.cat_file("/bucket/staged/model/sub/b.txt") == b"one"
 
 
+def test_a_staged_folder_on_an_object_store_replaces_only_its_own_folder_whole():
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket/theirs/data.txt", b"precious")
+    with pytest.raises(InvalidInput, match=r"memory://bucket/theirs' already exists and easel"):
+        with storage.staged_folder("memory://bucket/theirs", last="marker.json"):
+            pass
+    assert fs.cat_file("/bucket/theirs/data.txt") == b"precious"
+    fs.pipe("/bucket/ours/old-only.txt", b"stale")
+    fs.pipe("/bucket/ours/marker.json", b"{}")
+    with storage.staged_folder("memory://bucket/ours", last="marker.json") as staging:
+        _fill(staging, "new")
+    assert not fs.exists("/bucket/ours/old-only.txt")  # the old folder's own file is gone
+    assert fs.cat_file("/bucket/ours/sub/b.txt") == b"new" and fs.exists("/bucket/ours/marker.json")
+    with storage.staged_folder("memory://bucket/plain") as staging:  # no marker of its own
+        _fill(staging, "one")
+    assert fs.exists(f"/bucket/plain/{storage.OWNED_MARKER}")
+    fs.rm("/bucket", recursive=True)
+
+
 def test_contact_sheet_labels_name_row_index_and_prompt_without_ambiguity():
     from easel.data.contact_sheet import LABEL_CHARACTERS, tile_label
 

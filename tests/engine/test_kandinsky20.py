@@ -16,6 +16,7 @@ from PIL import Image
 from sweep_helpers import max_pixel_difference, read_results, write_manifest, write_scenes
 
 from easel.data.batching import BatchSettings, ImageRequest
+from easel.data.limits import SCHEDULER_NAMES
 from easel.errors import InvalidInput, ModelReferenceError
 from easel.models.engine.generation import generate, prompt_truncation_warning
 from easel.models.engine.loading import load_model, model_facts
@@ -126,6 +127,69 @@ def test_a_missing_file_and_a_wrong_head_width_are_named(hub, tmp_path):
         convert(str(folder), str(tmp_path / "out"), trust_pickle=True)
     with pytest.raises(ModelReferenceError, match=r"heads of `attention_head_dim` 64 channels"):
         convert(hub, str(tmp_path / "out"), trust_pickle=True)  # the real model's 64
+
+
+def test_the_layout_is_checked_before_the_trust_refusal(tmp_path):
+    with pytest.raises(InvalidInput, match=r"has no Kandinsky-2-0\.pt, vae\.ckpt, .*not the hub"):
+        convert(str(tmp_path / "nothing"), str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize(
+    "removed, named",
+    [
+        ("text_encoder1/tokenizer.json",
+         r"text_encoder1/tokenizer\.json or text_encoder1/sentencepiece\.bpe\.model"),
+        ("text_encoder2/spiece.model", r"text_encoder2/spiece\.model"),
+        ("text_encoder1/config.json", r"text_encoder1/config\.json"),
+    ],
+)  # fmt: skip
+def test_a_missing_tokenizer_or_config_file_is_named(hub, tmp_path, removed, named):
+    folder = copy_of(hub, tmp_path)
+    os.remove(folder / removed)
+    with pytest.raises(InvalidInput, match=named):
+        convert(str(folder), str(tmp_path / "out"), trust_pickle=True, head_channels=HEAD_CHANNELS)
+
+
+def test_a_tokenizer_that_does_not_fit_its_encoder_is_refused(hub, tmp_path):
+    from transformers import XLMRobertaTokenizer
+
+    folder = copy_of(hub, tmp_path)
+    specials = [(piece, 0.0) for piece in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")]
+    XLMRobertaTokenizer(vocab=specials).save_pretrained(folder / "text_encoder1")
+    with pytest.raises(ModelReferenceError, match=r"text_encoder1: its tokenizer has 5 tokens"):
+        convert(str(folder), str(tmp_path / "out"), trust_pickle=True, head_channels=HEAD_CHANNELS)
+
+
+@pytest.mark.parametrize(
+    "file", ["Kandinsky-2-0.pt", "vae.ckpt", "text_encoder2/pytorch_model.bin"]
+)
+def test_a_truncated_file_is_named(hub, tmp_path, file):
+    folder = copy_of(hub, tmp_path)
+    data = (folder / file).read_bytes()
+    (folder / file).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelReferenceError, match=f"{file} cannot be read as a torch checkpoint"):
+        convert(str(folder), str(tmp_path / "out"), trust_pickle=True, head_channels=HEAD_CHANNELS)
+
+
+def test_a_wrapped_state_dict_converts_and_a_foreign_folder_is_kept(hub, k20, tmp_path):
+    folder = copy_of(hub, tmp_path)
+    weights = torch.load(folder / "Kandinsky-2-0.pt")
+    torch.save({"state_dict": weights, "epoch": 3}, folder / "Kandinsky-2-0.pt")
+    theirs = tmp_path / "theirs"
+    shutil.copytree(k20, theirs)
+    os.remove(theirs / "easel_conversion.json")  # a diffusers folder easel did not write
+    (theirs / "notes.txt").write_text("precious")
+    with pytest.raises(InvalidInput, match=r"already exists and easel did not write it"):
+        convert(str(folder), str(theirs), trust_pickle=True, head_channels=HEAD_CHANNELS)
+    assert (theirs / "notes.txt").read_text() == "precious"
+    ours = tmp_path / "ours"
+    for _ in range(2):  # an earlier conversion of easel's is replaced whole
+        convert(str(folder), str(ours), trust_pickle=True, head_channels=HEAD_CHANNELS)
+        (ours / "stale.txt").write_text("from before")
+    convert(str(folder), str(ours), trust_pickle=True, head_channels=HEAD_CHANNELS)
+    assert not (ours / "stale.txt").exists()
+    with pytest.raises(InvalidInput, match=r"`attention_head_dim` must be 1 or more but is 0"):
+        convert(str(folder), str(tmp_path / "zero"), trust_pickle=True, head_channels=0)
 
 
 def test_converts_from_an_fsspec_uri(hub, tmp_path):
@@ -284,13 +348,16 @@ def batched_and_alone(model: str, task: str, requests: list[ImageRequest], **set
     return batch, alone
 
 
-@pytest.mark.parametrize("scheduler", [None, "dpmpp_2m", "euler_a"])
+@pytest.mark.parametrize("scheduler", [None, *SCHEDULER_NAMES])
 def test_text2img_an_image_is_the_same_batched_and_alone(k20, scheduler):
     requests = [ImageRequest(PROMPTS[0], None, seed=1),
                 ImageRequest(PROMPTS[1], "a blue square", seed=2),
                 ImageRequest(PROMPTS[0], None, seed=3)]  # fmt: skip
     batch, alone = batched_and_alone(k20, "text2img", requests, scheduler=scheduler)
-    assert all(max_pixel_difference(b, a) <= 2 for b, a in zip(batch, alone, strict=True))
+    differences = [max_pixel_difference(b, a) for b, a in zip(batch, alone, strict=True)]
+    # the batch's size changes the kernels' float rounding; random weights' latents grow to
+    # hundreds, and a multistep solver's extrapolation carries it a level further (unipc: 3)
+    assert max(differences) <= (2 if scheduler in (None, "ddim") else 4), differences
     assert max_pixel_difference(batch[0], batch[2]) > 10  # seeds differ
     assert max_pixel_difference(batch[0], batch[1]) > 10  # prompts differ
 
@@ -316,6 +383,32 @@ def test_inpaint_keeps_the_unmasked_pixels_batched_and_alone(k20_inpaint, scenes
         init = np.asarray(Image.open(scenes[name]).convert("RGB"))
         assert np.array_equal(image[:16], init[:16])  # outside the mask: the init exactly
         assert max_pixel_difference(image[16:48, 16:48], init[16:48, 16:48]) > 10
+
+
+def test_inpaint_strength_below_one_starts_from_the_init_image(k20_inpaint, scenes):
+    request = [ImageRequest(PROMPTS[0], None, seed=1, init_image=scenes["red"],
+                            mask_image=scenes["mask"])]  # fmt: skip
+    full, half = (ours(k20_inpaint, "inpaint", request, strength=s)[0] for s in (1.0, 0.5))
+    assert max_pixel_difference(full, half) > 10
+
+
+def test_the_pipeline_names_an_argument_it_cannot_run(pipe):
+    call = {"prompt": "a red circle", "height": SIZE, "width": SIZE, "num_inference_steps": 2,
+            "output_type": "np"}  # fmt: skip
+    for change, named in (
+        ({"height": 72}, r"`height` must be a multiple of 64 but is 72"),
+        ({"num_inference_steps": 0}, r"`num_inference_steps` must be 1 or more but is 0"),
+        ({"strength": 1.5, "image": Image.new("RGB", (SIZE, SIZE))}, r"`strength` must be in"),
+        ({"guidance_scale": float("nan")}, r"`guidance_scale` must be a finite number"),
+        ({"prompt": ["a", "b"], "negative_prompt": ["x"] * 3}, r"`negative_prompt` has 3"),
+        ({"prompt": []}, r"`prompt` must be a string or a non-empty list"),
+        ({"mask_image": Image.new("L", (SIZE, SIZE))}, r"`mask_image` needs an inpainting UNet"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=named):
+            pipe(**{**call, **change})
+    rgba = Image.new("RGBA", (SIZE, SIZE), (255, 0, 0, 128))  # converted to RGB
+    images = pipe(**call, image=rgba, strength=0.5).images  # no generator: the global one
+    assert images.shape == (1, SIZE, SIZE, 3) and np.isfinite(images).all()
 
 
 def test_the_keep_mask_grows_the_repainted_region_by_one_latent_pixel():

@@ -4,8 +4,9 @@ own `Kandinsky2Pipeline` (`easel.models.kandinsky20`) runs a folder that
 `easel convert kandinsky-2.0` wrote from the hub's files.
 
 - text2img and img2img: the text-to-image UNet (img2img's `strength` as diffusers', the
-  fraction of the schedule denoised); inpaint: the inpainting UNet (9 input channels),
-  always from pure noise, the mask grown by one latent pixel as the original grows it.
+  fraction of the schedule denoised); inpaint: the inpainting UNet (9 input channels), the
+  mask grown by one latent pixel as the original grows it; from pure noise at `strength` 1
+  (the original's only way), else from the init image noised, as Stable Diffusion's.
 - Every scheduler: the pipeline splits the learned variance off the UNet's output and
   scales the model input, so any epsilon scheduler steps it; DDIM (the default) on the
   original's own step spacing.
@@ -27,7 +28,7 @@ TOKENS = 77  # each encoder's tokens
 class Kandinsky20(ModelFamily):
     name = "Kandinsky 2.0"
     pipeline_classes = (PIPELINE_CLASS,)
-    strength_tasks = ("img2img",)  # inpainting always denoises from pure noise
+    strength_tasks = ("img2img", "inpaint")
     takes_loras = False  # no LoRA format exists for it
 
     def tasks(self, unet_config: dict) -> tuple[str, ...]:

@@ -20,6 +20,9 @@ docs/kandinsky.md.
 
 from __future__ import annotations
 
+import inspect
+import math
+
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline
@@ -78,7 +81,9 @@ class Kandinsky2Pipeline(DiffusionPipeline):
             scheduler=scheduler, vae=vae,
         )  # fmt: skip
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.image_processor = VaeImageProcessor(
+            vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True
+        )
         self.mask_processor = VaeImageProcessor(
             vae_scale_factor=self.vae_scale_factor, do_normalize=False,
             do_convert_grayscale=True,
@@ -129,28 +134,29 @@ class Kandinsky2Pipeline(DiffusionPipeline):
     ):  # fmt: skip
         """Images for `prompt`: text-to-image; image-to-image with `image` (denoising the
         last `strength` of the schedule, diffusers' convention); inpainting with `image` and
-        `mask_image` (white repaints) on an inpainting UNet. `height`, `width`: pixels,
+        `mask_image` (white repaints) on an inpainting UNet, from pure noise at `strength` 1
+        (as the original), else from the image noised as for image-to-image. `height`, `width`: pixels,
         multiples of 64. `generator`: one, or one per prompt (row i draws only from its
         own). `latents`: (N, 4, height/8, width/8) initial noise. `output_type`: "pil",
         "np" ((N, H, W, 3) in [0, 1]) or "pt"."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negatives = negative_prompt
-        if not isinstance(negative_prompt, list):
-            negatives = [negative_prompt or ""] * len(prompts)
-        generators = generator if isinstance(generator, list) else [generator] * len(prompts)
-        self.check_task(image, mask_image)
+        prompts, negatives, generators = self.check_inputs(
+            prompt, negative_prompt, generator, image, mask_image, height, width,
+            num_inference_steps, strength, guidance_scale,
+        )  # fmt: skip
         device = self._execution_device
         guided = guidance_scale > 1.0
         tokens, vector = self.encode_prompt(prompts + (negatives if guided else []), device)
         size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
         timesteps = denoising_timesteps(self.scheduler, num_inference_steps, device)
         init = self.encode_image(image, generators, (height, width)) if image is not None else None
-        edit = init is not None and not self.inpainting
+        # img2img always, inpainting below strength 1, start from the init image noised
+        edit = init is not None and (not self.inpainting or strength < 1.0)
         if edit:
             timesteps = self.strength_timesteps(timesteps, strength)
         if latents is None:
             shape = (len(prompts), LATENT_CHANNELS, *size)
-            latents = randn_tensor(shape, generator=generators, device=device, dtype=tokens.dtype)
+            drawn_by = generators if any(g is not None for g in generators) else None
+            latents = randn_tensor(shape, generator=drawn_by, device=device, dtype=tokens.dtype)
         latents = latents.to(device, tokens.dtype)
         if edit:
             latents = self.scheduler.add_noise(init, latents, timesteps[:1])
@@ -161,20 +167,56 @@ class Kandinsky2Pipeline(DiffusionPipeline):
             mask = self.mask_processor.preprocess(mask_image, height=height, width=width)
             keep = keep_mask(mask, size).to(device, tokens.dtype)
             masked = torch.cat([init * keep, keep], dim=1)
-        step_options = {"generator": generators[0] if len(prompts) == 1 else generators}
-        if isinstance(self.scheduler, DDIMScheduler):
-            step_options["eta"] = eta
+        step_options = self.step_options(generators, eta)
         for t in timesteps:
             noise = self.predict_noise(latents, t, tokens, vector, masked, guidance_scale)
             latents = self.scheduler.step(noise, t, latents, **step_options).prev_sample
         return self.decode(latents, output_type, return_dict)
 
-    def check_task(self, image, mask_image) -> None:
-        """`ValueError` for inputs the UNet's task does not take."""
+    def check_inputs(
+        self, prompt, negative_prompt, generator, image, mask_image, height: int, width: int,
+        steps: int, strength: float, guidance_scale: float,
+    ) -> tuple[list[str], list[str], list]:  # fmt: skip
+        """(prompts, negative prompts, a generator or None per prompt); `ValueError` naming
+        the argument and its value for one the pipeline cannot run."""
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, list) or not prompts or not all(
+            isinstance(p, str) for p in prompts
+        ):  # fmt: skip
+            raise ValueError(f"`prompt` must be a string or a non-empty list of them: {prompt!r}")
+        negatives = negative_prompt
+        if negative_prompt is None or isinstance(negative_prompt, str):
+            negatives = [negative_prompt or ""] * len(prompts)
+        generators = generator if isinstance(generator, list) else [generator] * len(prompts)
+        for name, values in (("negative_prompt", negatives), ("generator", generators),
+                             ("image", image), ("mask_image", mask_image)):  # fmt: skip
+            if isinstance(values, list) and len(values) != len(prompts):
+                raise ValueError(f"`{name}` has {len(values)} entries for {len(prompts)} prompts")
+        multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        for name, side in (("height", height), ("width", width)):
+            if side < multiple or side % multiple:
+                raise ValueError(f"`{name}` must be a multiple of {multiple} but is {side}")
+        if steps < 1:
+            raise ValueError(f"`num_inference_steps` must be 1 or more but is {steps}")
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"`strength` must be in (0, 1] but is {strength}")
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"`guidance_scale` must be a finite number but is {guidance_scale}")
         if self.inpainting and (image is None or mask_image is None):
             raise ValueError("an inpainting UNet (9 input channels) needs `image` and `mask_image`")
         if not self.inpainting and mask_image is not None:
             raise ValueError("`mask_image` needs an inpainting UNet (9 input channels)")
+        return prompts, negatives, generators
+
+    def step_options(self, generators: list, eta: float) -> dict:
+        """The scheduler's `step` arguments it takes: the rows' generators, DDIM's `eta`."""
+        accepted = inspect.signature(self.scheduler.step).parameters
+        options = {}
+        if "generator" in accepted and any(g is not None for g in generators):
+            options["generator"] = generators[0] if len(generators) == 1 else generators
+        if "eta" in accepted:
+            options["eta"] = eta
+        return options
 
     def predict_noise(self, latents, t, tokens, vector, masked, guidance_scale: float):
         """The UNet's noise prediction for `latents` at `t` (its variance half dropped),
