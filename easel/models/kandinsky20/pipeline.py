@@ -135,10 +135,10 @@ class Kandinsky2Pipeline(DiffusionPipeline):
         """Images for `prompt`: text-to-image; image-to-image with `image` (denoising the
         last `strength` of the schedule, diffusers' convention); inpainting with `image` and
         `mask_image` (white repaints) on an inpainting UNet, from pure noise at `strength` 1
-        (as the original), else from the image noised as for image-to-image. `height`, `width`: pixels,
-        multiples of 64. `generator`: one, or one per prompt (row i draws only from its
-        own). `latents`: (N, 4, height/8, width/8) initial noise. `output_type`: "pil",
-        "np" ((N, H, W, 3) in [0, 1]) or "pt"."""
+        (as the original), else from the image noised as for image-to-image. `height`,
+        `width`: pixels, multiples of 64. `generator`: one, or one per prompt (row i draws
+        only from its own). `latents`: (N, 4, height/8, width/8) initial noise.
+        `output_type`: "pil", "np" ((N, H, W, 3) in [0, 1]) or "pt"."""
         prompts, negatives, generators = self.check_inputs(
             prompt, negative_prompt, generator, image, mask_image, height, width,
             num_inference_steps, strength, guidance_scale,
