@@ -71,7 +71,10 @@ class PlannedBatch:
 
     @property
     def key(self) -> str:
-        joined = "|".join(image.request_key for image in self.images)
+        """The name of its record shard: a digest of its images' slots (row id, image index,
+        request key), so two batches of one content for other rows (two model names of
+        the same files) never write over each other's records."""
+        joined = "\n".join("|".join(map(str, image.slot)) for image in self.images)
         return hashlib.sha256(joined.encode()).hexdigest()[:24]
 
 
