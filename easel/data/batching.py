@@ -71,7 +71,10 @@ class PlannedBatch:
 
     @property
     def key(self) -> str:
-        joined = "|".join(image.request_key for image in self.images)
+        """The name of its record shard: a digest of its images' slots (row id, image index,
+        request key), so two batches of one content for other rows (two model names of
+        the same files) never write over each other's records."""
+        joined = "\n".join("|".join(map(str, image.slot)) for image in self.images)
         return hashlib.sha256(joined.encode()).hexdigest()[:24]
 
 
@@ -99,13 +102,17 @@ class ModelFacts:
 
 def unsupported(job: RowJob, facts: ModelFacts) -> str | None:
     """Why the row's model cannot run it, naming the column and value; None if it can."""
-    return settings_problem(row_settings(job, facts), facts, f"{facts.family} model {job.model!r}")
+    model = f"{facts.family} model {job.model!r}"
+    return settings_problem(row_settings(job, facts), facts, model, job.sides_from_init)
 
 
-def settings_problem(settings: BatchSettings, facts: ModelFacts, model: str) -> str | None:
+def settings_problem(
+    settings: BatchSettings, facts: ModelFacts, model: str, sides_from_init: tuple[str, ...] = ()
+) -> str | None:
     """Why the model (`facts`, named `model` in messages) cannot run `settings`, naming the
-    columns and values; None if it can. Planning asks it of every row, the engine of every
-    batch it is handed."""
+    columns and values (`sides_from_init`: the sides an edit row took from its `init_image`,
+    which a message about them says); None if it can. Planning asks it of every row, the
+    engine of every batch it is handed."""
     if settings.task not in facts.tasks:
         runs = ", ".join(facts.tasks)
         return f"`task` {settings.task!r} is not supported by {model}, which runs {runs}"
@@ -135,8 +142,8 @@ def settings_problem(settings: BatchSettings, facts: ModelFacts, model: str) -> 
         side = getattr(settings, column)
         if side % facts.size_multiple:
             hint = ""
-            if settings.task in limits.EDIT_TASKS:
-                hint = " (an edit row without `width` and `height` takes `init_image`'s size)"
+            if column in sides_from_init:
+                hint = f" (`init_image`'s {column}: an edit row without `{column}` takes it)"
             return (
                 f"`{column}` must be a multiple of {facts.size_multiple} for {model} "
                 f"but is {side}{hint}"

@@ -89,6 +89,8 @@ class RowJob:
     mask_image_sha256: str | None = None
     fusion_inputs: tuple[FusionInput, ...] | None = None  # weights as the prior gets them
     loras: tuple[LoraRef, ...] = ()  # the adapters applied, stacked, in order
+    # the sides ("width", "height") an edit row left unset: its `init_image`'s
+    sides_from_init: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -379,11 +381,13 @@ def validate_row(
     strength = _float(values, "strength", defaults.strength)
     if not 0 < strength <= 1:
         raise RowError(f"`strength` must be in (0, 1] but is {strength!r}")
+    sides_from_init = ()
     if task in limits.EDIT_TASKS:
-        own_width, own_height = _size(values, "width", None), _size(values, "height", None)
+        own = {side: _size(values, side, None) for side in ("width", "height")}
+        sides_from_init = tuple(side for side, value in own.items() if value is None)
         try:
             width, height = probe_edit_inputs(
-                init_image, mask_image if task == "inpaint" else None, own_width, own_height,
+                init_image, mask_image if task == "inpaint" else None, own["width"], own["height"],
                 defaults.max_pixels,
             )  # fmt: skip
         except ImageInputError as error:
@@ -406,7 +410,7 @@ def validate_row(
         task=task, init_image=init_image, mask_image=mask_image, strength=strength,
         prior_guidance_scale=prior_guidance, prior_num_inference_steps=prior_steps,
         fusion_inputs=fusion_inputs, loras=_loras(values, model, defaults, base, roots),
-        **digests,
+        sides_from_init=sides_from_init, **digests,
     )  # fmt: skip
 
 

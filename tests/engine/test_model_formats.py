@@ -121,6 +121,53 @@ def test_variants_found_chosen_or_refused_in_one_true_line(fp16_only, tmp_path):
         model_facts(str(empty))
 
 
+def test_a_variant_no_network_has_is_refused_not_loaded_as_the_plain_files(sd, tmp_path):
+    """`variant: fp16` on a folder of plain files alone (a random SD folder, the embedded
+    tiny-shapes) is refused in one line naming `variant` and the model; a folder where one
+    network has the variant and the others only plain files loads it, as does unset."""
+    for folder in (sd, "tiny-shapes"):
+        with pytest.raises(ModelReferenceError) as error:
+            model_facts(ModelSpec(path=folder, variant="fp16"))
+        message = str(error.value)
+        assert f"model {folder!r} has no `variant` 'fp16' weights in " in message
+        assert "unet/" in message and "(it has: plain files)" in message and "\n" not in message
+        assert resolve_model_reference(folder).variant is None
+
+    mixed = tmp_path / "unet-fp16"
+    shutil.copytree(sd, mixed)
+    unet = mixed / "unet" / "diffusion_pytorch_model.safetensors"
+    unet.rename(unet.with_name("diffusion_pytorch_model.fp16.safetensors"))
+    resolved = resolve_model_reference(ModelSpec(path=str(mixed), variant="fp16"))
+    assert resolved.variant == "fp16"
+    assert resolve_model_reference(str(mixed)).variant == "fp16"  # found by itself
+
+
+def test_a_sweep_refuses_a_variant_its_model_lacks(sd, tmp_path, capsys):
+    """As the default model: exit 2, nothing generated; as a row's named model: that row
+    fails with the same line (docs/models.md, "Named models")."""
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"models": {"t": {"path": sd, "variant": "fp16"}}}))
+    manifest = write_manifest(tmp_path / "m.parquet", [ROW])
+    out = tmp_path / "default"
+    code = main(["sweep", manifest, "--out", str(out), "--model", "t", "--config", str(config)])
+    assert code == 2 and not (out / "results.parquet").exists() and not (out / "images").exists()
+    err = capsys.readouterr().err
+    assert "`variant` 'fp16'" in err and repr(sd) in err and "Traceback" not in err
+
+    from easel.flows.sweep_parameters import SweepParameters
+    from easel.models.engine.sweep import plan_sweep
+
+    rows = write_manifest(tmp_path / "rows.parquet", [{**ROW, "model": "t"}])
+    params = SweepParameters(manifest=rows, out=str(tmp_path / "rows"),
+                             models={"t": {"path": sd, "variant": "fp16"}})  # fmt: skip
+    plan = plan_sweep(params.inputs(), check_done=False)[1]
+    (failure,) = plan.failures
+    assert failure.error.startswith(f"`model` 't': model {sd!r} has no `variant` 'fp16'")
+    assert plan.batches == []
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_a_refused_model_is_one_line_before_any_batch(tmp_path, fp16_only, capsys):

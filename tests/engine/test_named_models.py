@@ -76,3 +76,30 @@ def test_yaml_s_bare_off_turns_a_checker_off_as_the_docs_write_it():
     assert params.safety_checker == "off" and params.models["plain"].safety_checker == "off"
     with pytest.raises(ValueError, match="safety_checker"):
         ModelSpec(path="tiny-shapes", safety_checker="maybe")
+
+
+def test_two_names_of_the_same_files_each_keep_their_row(tmp_path):
+    """`a` and `b` resolve to the same files (one with its checker off, tiny-shapes has none):
+    rows identical but for `model` have one request key, two batches and two files, and
+    each row ends ok with its own record: the record shards must not share a name."""
+    from easel.data import results
+    from easel.models.engine.sweep import generate_batches
+
+    rows = [{**ROW, "model": "a", "num_images": 2}, {**ROW, "model": "b", "num_images": 2}]
+    manifest = write_manifest(tmp_path / "m.parquet", rows)
+    models = {"a": {"path": "tiny-shapes"}, "b": {"path": "tiny-shapes", "safety_checker": "off"}}
+    params = SweepParameters(manifest=manifest, out=str(tmp_path / "out"), models=models,
+                             num_inference_steps=2, device="cpu")  # fmt: skip
+    inputs = params.inputs()
+    table, plan = plan_sweep(inputs)
+    images = [image for batch in plan.batches for image in batch.images]
+    assert len(plan.batches) == 2 and len({image.request_key for image in images}) == 2
+    outcome = generate_batches(inputs, plan.batches, None)
+    assert (outcome.ok, outcome.failed) == (4, 0)
+
+    summary = results.publish_results(inputs.out, table.table, plan, outcome.ok)
+    assert (summary.images_ok, summary.images_failed, summary.rows_failed) == (4, 0, 0)
+    written = results.vouching_records(inputs.out)
+    assert sorted((r.model_ref, r.image_index) for r in written) == [
+        ("a", 0), ("a", 1), ("b", 0), ("b", 1)]  # fmt: skip
+    assert plan_sweep(inputs)[1].batches == []  # nothing left for a rerun

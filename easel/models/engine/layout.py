@@ -2,9 +2,9 @@
 component's weight files (a variant such as `.fp16`, safetensors before pickle), and so
 the files that make the model, which its digest covers and a remote copy fetches.
 
-A refusal here (a component without its config or weights, only another variant's files, several
-variants and none chosen) is one `ModelReferenceError` naming the folder and the fix,
-raised while planning, before any weight is read.
+A refusal here (a component without its config or weights, a `variant` no network has or
+only another variant's files, several variants and none chosen) is one `ModelReferenceError`
+naming the folder and the fix, raised while planning, before any weight is read.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ LOADED_SUFFIXES = (".json", ".txt", ".model")
 PICKLE_REFUSAL = (
     "pickle checkpoints are refused unless you pass the explicit trust flag (--trust-pickle)"
 )
+PLAIN = "plain files"  # weights without a variant, as messages name them
 
 
 @dataclass(frozen=True)
@@ -111,13 +112,15 @@ def config_files(path: str) -> tuple[str, ...]:
 
 
 def _variant(ref: str, weights: dict[str, dict], variant: str | None) -> str | None:
-    """The variant every network loads: `variant` where given (each network has its files or
-    plain ones), else None where every network has plain files, else the one variant that
-    all the networks lacking plain files share."""
+    """The variant every network loads: `variant` where given (some network has its files,
+    and each has them or plain ones), else None where every network has plain files, else
+    the one variant that all the networks lacking plain files share."""
     if variant is not None:
         lacking = [name for name, found in weights.items() if not ({variant, None} & set(found))]
+        if not any(variant in found for found in weights.values()):
+            lacking = list(weights)  # plain files alone are not the variant asked for
         if lacking:
-            has = sorted({str(v) for name in lacking for v in weights[name]})
+            has = sorted({v or PLAIN for name in lacking for v in weights[name]})
             raise ModelReferenceError(
                 f"model {ref!r} has no `variant` {variant!r} weights in "
                 f"{', '.join(f'{n}/' for n in lacking)} (it has: {', '.join(has)})"
