@@ -476,3 +476,12 @@ def test_flops_count_both_encoders_tokens_and_the_pooled_vector(k20):
     unet = loaded.family.denoiser(loaded.pipeline)
     assert loaded.family.context_length(loaded.pipeline) == 154  # 77 + 77
     assert flops.denoiser_flops(unet, (8, 8), 154) > flops.denoiser_flops(unet, (8, 8), 1) > 0
+
+
+def test_the_hub_layout_as_a_model_and_a_prior_on_2_0_are_refused_in_words(hub, k20):
+    from easel.models.engine.spec import ModelSpec
+
+    with pytest.raises(ModelReferenceError, match=r"convert it first \(easel convert kandinsky"):
+        model_facts(hub)
+    with pytest.raises(ModelReferenceError, match=r"which takes no diffusion prior"):
+        model_facts(ModelSpec(path=k20, prior="tiny-shapes-k22"))
