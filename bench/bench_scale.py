@@ -20,10 +20,18 @@ is measured in its own process (its peak memory is that process's), through the 
    progress poll, `results.parquet` written;
 3. the manifest's validation and planning alone (no output read), for scale.
 `--smoke`: 256 images, 5 ms.
+
+The state is put straight into the server's store (no request per object). `--hold` leaves
+the server running after the run, its state as the run left it (compacted), and prints
+`HELD <pid> <direct> <delayed>`; `--endpoints DIRECT,DELAYED` measures against such a held
+server instead of fabricating (its `--images`, `--batch`, `--shards` are read from it); kill
+the pid when done. `--only a,b` runs only those steps; `--profile DIR` writes each step's
+cProfile statistics to `DIR/<step>.prof`.
 """
 
 from __future__ import annotations
 
+import cProfile
 import hashlib
 import io
 import json
@@ -40,14 +48,16 @@ from bench import harness
 BUCKET = "easel-scale"
 OUT = f"s3://{BUCKET}/out"
 MANIFEST = f"s3://{BUCKET}/manifest.parquet"
+PARAMETERS = f"{BUCKET}/fabricated.json"  # what the state was fabricated with
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
-UPLOAD_CHUNK = 2000  # objects put at once while fabricating
+UPLOAD_CHUNK = 2000  # objects handed to the store at once while fabricating
 
 
-def serve(latency_ms: float) -> None:
-    """In the server process: one moto store behind a direct port and a delayed one; prints
-    "PORTS direct delayed", then serves until killed."""
+def serve(latency_ms: float, fabricated: list[int]) -> None:
+    """In the server process: one moto store behind a direct port and a delayed one, holding
+    the state `fabricate(*fabricated)` makes (none: `fabricated` empty); prints "PORTS direct
+    delayed", then serves until killed."""
     import logging
     import threading
 
@@ -55,6 +65,7 @@ def serve(latency_ms: float) -> None:
     from werkzeug.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    _index_listings()
     app = DomainDispatcherApplication(create_backend_app)
 
     def delayed(environ, start_response):
@@ -64,19 +75,100 @@ def serve(latency_ms: float) -> None:
     servers = [make_server("127.0.0.1", 0, a, threaded=True) for a in (app, delayed)]
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
+    if fabricated:
+        _use_endpoint(f"http://127.0.0.1:{servers[0].server_port}")
+        fabricate(*fabricated, put=_store_put())
     print("PORTS", *(s.server_port for s in servers), flush=True)
     threading.Event().wait()
 
 
-def start_server(latency_ms: float) -> tuple[subprocess.Popen, str, str]:
-    process = subprocess.Popen([sys.executable, "-m", "bench.bench_scale", "--serve",
-                                str(latency_ms)], stdout=subprocess.PIPE, text=True,
-                               cwd=harness.ROOT)  # fmt: skip
+def _index_listings() -> None:
+    """Make moto list a page as a real store does, in the page's time: moto copies and sorts
+    the whole bucket for every page (a listing of a million keys would cost minutes of the
+    server's CPU, not the store's), so its `list_objects_v2` is replaced here by one over a
+    sorted index of the key names, rebuilt after a change to any bucket's keys."""
+    import bisect
+
+    from moto.s3 import utils
+    from moto.s3.models import FakeKey, S3Backend
+
+    store, changes, index = utils._VersionedKeyStore, [0], {}
+
+    def counted(method):
+        def changed(self, *args):
+            changes[0] += 1
+            return method(self, *args)
+
+        return changed
+
+    for name in ("__setitem__", "pop", "setlist"):
+        setattr(store, name, counted(getattr(store, name)))
+
+    def names(bucket) -> list[str]:
+        if index.get(bucket.name, (None,))[0] != changes[0]:
+            index[bucket.name] = (changes[0], sorted(dict.keys(bucket.keys)))
+        return index[bucket.name][1]
+
+    def list_v2(self, bucket, prefix, delimiter, continuation_token, start_after, max_keys):
+        keys, prefix = names(bucket), prefix or ""
+        after = self._pagination_tokens.get(continuation_token, start_after)
+        if after and delimiter and after.endswith(delimiter):  # after a folder: past it
+            after += chr(0x10FFFF)
+        after = max(after or "", prefix)
+        i = bisect.bisect_right(keys, after) if after > prefix else bisect.bisect_left(keys, after)
+        found = []
+        while i < len(keys) and keys[i].startswith(prefix) and len(found) <= max_keys:
+            rest = keys[i][len(prefix) :]
+            if delimiter and delimiter in rest:
+                folder = prefix + rest.split(delimiter)[0] + delimiter
+                found.append(folder)
+                i = bisect.bisect_left(keys, folder + chr(0x10FFFF))
+                continue
+            key = bucket.keys.get(keys[i])
+            if isinstance(key, FakeKey):
+                found.append(key)
+            i += 1
+        return self._truncate_result(found, max_keys)
+
+    S3Backend.list_objects_v2 = list_v2
+
+
+def _store_put():
+    """Puts {path: bytes} straight into this process's moto store (no request each)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+
+    def put(files: dict[str, bytes]) -> None:
+        for path, data in files.items():
+            bucket, key = path.split("/", 1)
+            backend.put_object(bucket, key, data)
+
+    return put
+
+
+def _use_endpoint(endpoint: str) -> None:
+    import fsspec.config
+
+    os.environ.update(CREDENTIALS, FSSPEC_S3_ENDPOINT_URL=endpoint)
+    fsspec.config.conf.setdefault("s3", {})["endpoint_url"] = endpoint
+
+
+def start_server(latency_ms: float, fabricated: list[int]):
+    """The server process (holding the state `fabricate(*fabricated)` makes) and its direct
+    and delayed endpoints."""
+    command = [sys.executable, "-m", "bench.bench_scale", "--serve", str(latency_ms),
+               "--fabricate", ",".join(map(str, fabricated))]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=harness.ROOT,
+                               env={**os.environ, **CREDENTIALS})  # fmt: skip
     line = process.stdout.readline().split()
     if not line or line[0] != "PORTS":
         process.kill()
         sys.exit(f"the S3 server did not start: {line}")
-    return process, f"http://127.0.0.1:{line[1]}", f"http://127.0.0.1:{line[2]}"
+    process.stdout.close()
+    direct, delayed = (f"http://127.0.0.1:{port}" for port in line[1:3])
+    return process, direct, delayed
 
 
 def inputs(manifest: str, out: str):
@@ -89,8 +181,10 @@ def inputs(manifest: str, out: str):
                        batch_size=8, device="cpu", dtype=None, trust_pickle=False)  # fmt: skip
 
 
-def fabricate(images: int, batch: int, shards: int) -> None:
-    """The state of a finished sweep of `images` rows under `OUT` (direct port)."""
+def fabricate(images: int, batch: int, shards: int, put) -> None:
+    """The state of a finished sweep of `images` rows under `OUT`: the manifest and tallies
+    written through the store's endpoint, images and record shards by `put` ({path: bytes});
+    the parameters, with the seconds it took, in `PARAMETERS`."""
     from dataclasses import asdict
 
     import pyarrow as pa
@@ -101,6 +195,7 @@ def fabricate(images: int, batch: int, shards: int) -> None:
     from easel.data.batching import shard_of
     from easel.models.engine.sweep import plan_sweep
 
+    started = time.perf_counter()
     fs = storage.filesystem(OUT)[0]
     fs.mkdir(BUCKET)
     rows = pa.table({"id": [f"r{i:07d}" for i in range(images)],
@@ -114,8 +209,8 @@ def fabricate(images: int, batch: int, shards: int) -> None:
     png = buffer.getvalue()
     for start in range(0, len(planned), UPLOAD_CHUNK):
         chunk = planned[start : start + UPLOAD_CHUNK]
-        fs.pipe({storage.path_of(results.image_uri(OUT, i.row_id, i.image_index)): png
-                 for i in chunk})  # fmt: skip
+        put({storage.path_of(results.image_uri(OUT, i.row_id, i.image_index)): png
+             for i in chunk})  # fmt: skip
     sha = hashlib.sha256(png).hexdigest()
     written_at, tallies, files = time.time() + 1, {}, {}
     for start in range(0, len(planned), batch):
@@ -130,12 +225,14 @@ def fabricate(images: int, batch: int, shards: int) -> None:
         for r in made:
             tallies.setdefault(r.flow_run_id, records.Tally(r.flow_run_id)).add([r])
         if len(files) >= UPLOAD_CHUNK // 4:
-            fs.pipe(files)
+            put(files)
             files = {}
-    if files:
-        fs.pipe(files)
+    put(files)
     for tally in tallies.values():
         tally.write(OUT)
+    made = {"images": images, "batch": batch, "shards": shards,
+            "fabricated_s": round(time.perf_counter() - started, 1)}  # fmt: skip
+    fs.pipe(PARAMETERS, json.dumps(made).encode())
 
 
 def _record(out, image, png, sha, written_at, shard):
@@ -151,10 +248,10 @@ def _record(out, image, png, sha, written_at, shard):
     )  # fmt: skip
 
 
-def measure(what: str, shards: int) -> dict:
+def measure(what: str, shards: int, profile: str | None = None) -> dict:
     """In a measuring child (whatever easel `PYTHONPATH` names): time `what` once, its
-    modules imported before the clock starts."""
-    from easel.data import results
+    modules imported before the clock starts (`profile`: a file for its cProfile stats)."""
+    from easel.data import results, storage
     from easel.data.batching import Shard
     from easel.models.engine.sweep import plan_sweep
     from easel.orchestration import shards as sharding
@@ -172,10 +269,14 @@ def measure(what: str, shards: int) -> dict:
     }
     if what not in work:
         raise SystemExit(f"--child {what!r}: not one of {sorted(work)}")
+    storage.filesystem(OUT)  # its filesystem's modules imported too
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    profiler = cProfile.Profile() if profile else None
     start = time.perf_counter()
-    count = work[what]()
+    count = profiler.runcall(work[what]) if profiler else work[what]()
     seconds = time.perf_counter() - start
+    if profiler:
+        profiler.dump_stats(profile)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds": seconds, "count": count, "peak_mb": peak, "imports_mb": before}
 
@@ -187,13 +288,14 @@ def _poll(shards, run_ids: set) -> int:
     return shards.RecordCounter(OUT).images_by(run_ids)
 
 
-def child(what: str, endpoint: str, shards: int, tree: str) -> dict:
+def child(what: str, endpoint: str, shards: int, tree: str, profile: str | None) -> dict:
     path = os.pathsep.join([tree, str(harness.ROOT)])  # that easel first
     env = {**os.environ, **CREDENTIALS, "FSSPEC_S3_ENDPOINT_URL": endpoint,
            "OMP_NUM_THREADS": "1", "PYTHONPATH": path}  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "bench.bench_scale", "--child", what,
-                           "--shards", str(shards)], capture_output=True, text=True, env=env,
-                          cwd=tree)  # fmt: skip
+    command = [sys.executable, "-m", "bench.bench_scale", "--child", what, "--shards", str(shards)]
+    if profile:
+        command += ["--profile", os.path.abspath(profile)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tree)
     lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
     if done.returncode or not lines:
         sys.exit(f"{what} ({tree}) failed:\n{done.stderr[-4000:]}")
@@ -217,7 +319,12 @@ def options():
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--latency-ms", type=float, default=20.0, help="added per request")
     parser.add_argument("--baseline", default="d2612de", help="today's easel ('': none)")
+    parser.add_argument("--hold", action="store_true", help="leave the server running")
+    parser.add_argument("--endpoints", help="DIRECT,DELAYED of a held server: no fabrication")
+    parser.add_argument("--only", help="the steps to run, comma-separated (default: all)")
+    parser.add_argument("--profile", help="a folder for each step's cProfile statistics")
     parser.add_argument("--serve", type=float, help=argparse_hidden())
+    parser.add_argument("--fabricate", default="", help=argparse_hidden())
     parser.add_argument("--child", help=argparse_hidden())
     return parser
 
@@ -231,48 +338,63 @@ def argparse_hidden():
 def main() -> None:
     args = options().parse_args()
     if args.serve is not None:
-        return serve(args.serve)
+        return serve(args.serve, [int(x) for x in args.fabricate.split(",") if x])
     if args.child:
-        print("RESULT " + json.dumps(measure(args.child, args.shards)), flush=True)
+        figures = measure(args.child, args.shards, args.profile)
+        print("RESULT " + json.dumps(figures), flush=True)
         return
     if args.smoke:
         args.images, args.latency_ms = 256, 5.0
-    server, direct, delayed = start_server(args.latency_ms)
+    server = None
+    if args.endpoints:
+        direct, delayed = args.endpoints.split(",")
+    else:
+        made = [args.images, args.batch, args.shards]
+        server, direct, delayed = start_server(args.latency_ms, made)
     work = tempfile.mkdtemp(prefix="easel-scale-")
     try:
         result = run(args, direct, delayed, work)
     finally:
-        server.kill()
-        server.wait()
         shutil.rmtree(work, ignore_errors=True)
+        if server and args.hold:
+            print("HELD", server.pid, direct, delayed, flush=True)
+        elif server:
+            server.kill()
+            server.wait()
     result.write()
 
 
-def run(args, direct: str, delayed: str, work: str) -> harness.Results:
-    os.environ.update(CREDENTIALS, FSSPEC_S3_ENDPOINT_URL=direct)
-    import fsspec.config
+STEPS = (("first_rerun_planning", "planning"), ("rerun_planning", "planning"),
+         ("shard_planning", "shard_planning"), ("progress_poll", "progress"),
+         ("results_written", "results"), ("manifest_planning", "manifest"))  # fmt: skip
+TODAY_STEPS = (("today_rerun_planning", "planning"), ("today_progress_poll", "progress"),
+               ("today_results_written", "results"))  # fmt: skip
 
-    fsspec.config.conf.setdefault("s3", {})["endpoint_url"] = direct
+
+def run(args, direct: str, delayed: str, work: str) -> harness.Results:
+    _use_endpoint(direct)
+    from easel.data import storage
+
+    made = json.loads(storage.read_bytes(f"s3://{PARAMETERS}"))
+    args.images, args.batch, args.shards = made["images"], made["batch"], made["shards"]
     results = harness.Results("bench_scale", args)
-    started = time.perf_counter()
-    fabricate(args.images, args.batch, args.shards)
     results.parameters.update(images=args.images, batch=args.batch, shards=args.shards,
                               latency_ms=args.latency_ms, baseline=args.baseline,
                               record_shards=-(-args.images // args.batch),
-                              fabricated_s=round(time.perf_counter() - started, 1))  # fmt: skip
+                              fabricated_s=made["fabricated_s"])  # fmt: skip
+    only = set(args.only.split(",")) if args.only else None
     steps = []
     if args.baseline:
         tree = baseline_tree(args.baseline, work)
-        steps += [("today_rerun_planning", "planning", tree),
-                  ("today_progress_poll", "progress", tree),
-                  ("today_results_written", "results", tree)]  # fmt: skip
-    root = str(harness.ROOT)
-    steps += [(name, what, root) for name, what in (
-        ("first_rerun_planning", "planning"), ("rerun_planning", "planning"),
-        ("shard_planning", "shard_planning"), ("progress_poll", "progress"),
-        ("results_written", "results"), ("manifest_planning", "manifest"))]  # fmt: skip
+        steps += [(name, what, tree) for name, what in TODAY_STEPS]
+    steps += [(name, what, str(harness.ROOT)) for name, what in STEPS]
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
     for name, what, tree in steps:
-        figures = child(what, delayed, args.shards, tree)
+        if only is not None and name not in only:
+            continue
+        profile = os.path.join(args.profile, f"{name}.prof") if args.profile else None
+        figures = child(what, delayed, args.shards, tree, profile)
         print(f"{name}: {figures}", flush=True)
         results.add(f"{name}_s", "s", figures["seconds"])
         results.add(f"{name}_peak_mb", "MiB", figures["peak_mb"])

@@ -254,16 +254,19 @@ ALL = Shard(0, 1)
 
 def plan_batches(
     jobs: list[RowJob], facts: dict[str, ModelFacts], batch_size: int,
-    done: set[tuple[str, int, str]], shard: Shard = ALL,
+    done: set[tuple[str, int, str]], shard: Shard = ALL, keys: dict | None = None,
 ) -> list[PlannedBatch]:  # fmt: skip
     """Batches of at most `batch_size` images of `shard` whose slot is not done, grouped by
-    shared settings."""
+    shared settings; `keys` (when given) gets each job's request keys by its row index."""
     assert batch_size >= 1
     pending: dict[tuple[str, BatchSettings], list[PlannedImage]] = {}
     for job in jobs:
         settings = row_settings(job, facts[job.model])
         group = pending.setdefault((job.model, settings), [])
-        for image in planned_images(job, facts[job.model], settings):
+        images = planned_images(job, facts[job.model], settings)
+        if keys is not None:
+            keys[job.row_index] = tuple(image.request_key for image in images)
+        for image in images:
             if image.slot not in done and shard.holds(image):
                 group.append(image)
     batches = []  # groups in the order of their model and settings, images in the manifest's
@@ -282,6 +285,9 @@ class SweepPlan:
     failures: list[RowFailure]  # rows that fail before generation
     facts: dict[str, ModelFacts]
     batches: list[PlannedBatch]
+    # each job's images' request keys, by its row index, as planned ({}: not kept, as for
+    # a shard's plan)
+    request_keys: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def total_images(self) -> int:
@@ -322,8 +328,10 @@ def build_plan(
             failures.append(RowFailure(row_index=job.row_index, id=job.id, error=error))
         else:
             runnable.append(job)
-    batches = plan_batches(runnable, facts, batch_size, done, shard)
-    return SweepPlan(jobs=runnable, failures=failures, facts=facts, batches=batches)
+    keys: dict[int, tuple[str, ...]] = {}  # kept for the whole sweep's results alone
+    batches = plan_batches(runnable, facts, batch_size, done, shard, keys if shard == ALL else None)
+    return SweepPlan(jobs=runnable, failures=failures, facts=facts, batches=batches,
+                     request_keys=keys)  # fmt: skip
 
 
 def chunk_batches(batches: list[PlannedBatch], max_images: int) -> list[list[PlannedBatch]]:

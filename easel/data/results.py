@@ -54,13 +54,15 @@ def vouching_records(out: str, state: records.State | None = None) -> list[Image
     return [ImageRecord(**row) for row in vouched(out, state).to_pylist()]
 
 
-def vouched(out: str, state: records.State | None = None) -> pa.Table:
+def vouched(out: str, state: records.State | None = None, share: float = 1.0) -> pa.Table:
     """Every record under `out` (`state`: as read by `records.read_state`) but the ok ones
     whose image no longer holds what they wrote: gone, another size, or other bytes than
     their `image_sha256` (replaced since: done again). The image folder is listed once (one
-    call per 1,000 files on an object store); an image is read and hashed only where its
-    listing cannot vouch for it: its size agrees but it was modified after a record was
-    written (or a record has no `written_at`), or its records disagree on its digest.
+    call per 1,000 files on an object store; on S3 in ranges at once, `share`: about what
+    part of the sweep's images `state` holds, as `storage.file_versions`); an image is read
+    and hashed only where its listing cannot vouch for it: its size agrees but it was
+    modified after a record was written (or a record has no `written_at`), or its records
+    disagree on its digest.
     Several files are fetched at once. Columns, not one object per record.
 
     An image is looked for where it lies in this `out` (`images/<id>/<k>.png`), whatever
@@ -68,7 +70,6 @@ def vouched(out: str, state: records.State | None = None) -> pa.Table:
     vouching records name it there (`image_uri`)."""
     state = state or records.read_state(out)
     table, folder = state.table, storage.join(out, "images")
-    versions = storage.file_versions(folder)
     base, path_base = folder.rstrip("/"), storage.path_of(folder).rstrip("/")
     rows = {name: table.column(name).to_pylist() for name in VOUCHING}
     keep = [status != "ok" for status in rows["status"]]
@@ -79,6 +80,7 @@ def vouched(out: str, state: records.State | None = None) -> pa.Table:
             by_path.setdefault(f"{path_base}/{row_id}/{k}.png", []).append(index)
     table = table.set_column(table.column_names.index("image_uri"), "image_uri",
                              pa.array(uris, pa.string()))  # fmt: skip
+    versions = storage.file_versions(folder, list(by_path), share)
     doubtful, digest = {}, rows["image_sha256"]
     for path, indices in by_path.items():
         verdicts = {i: _listing_verdict(rows, i, versions.get(path)) for i in indices}
@@ -136,7 +138,7 @@ def done_slots(out: str, shard: Shard = ALL) -> set[tuple[str, int, str]]:
     the compacted records, and every small record file). A planning pass that finds
     compaction due (`records.State.crowded`) compacts what it read (`records.compact`)."""
     state = records.read_state(out, shard)
-    table = vouched(out, state)
+    table = vouched(out, state, 1 / shard.count)
     ok = table.filter(pc.and_(pc.equal(table.column("status"), "ok"),
                               pc.is_valid(table.column("request_key"))))  # fmt: skip
     done = set(zip(*(ok.column(n).to_pylist() for n in SLOT), strict=True))
@@ -287,7 +289,7 @@ def final_records(plan: SweepPlan, recorded: pa.Table) -> pa.Table:
     for failure in plan.failures:
         failed.append((failure.row_index, failed_row(failure.id, failure.error)))
     for job in plan.jobs:
-        found = [best.get(image.slot) for image in planned_images(job, plan.facts[job.model])]
+        found = [best.get((job.id, k, key)) for k, key in enumerate(_request_keys(plan, job))]
         if all(index is None for index in found):
             found = found[:1]
         for index in found:
@@ -301,6 +303,14 @@ def final_records(plan: SweepPlan, recorded: pa.Table) -> pa.Table:
     table = pa.concat_tables([chosen, missing])
     table = table.append_column("_row", pa.array(rows + [i for i, _ in failed], pa.int64()))
     return table.sort_by([("_row", "ascending"), ("image_index", "ascending")])
+
+
+def _request_keys(plan: SweepPlan, job) -> tuple[str, ...]:
+    """`job`'s images' request keys: as planned, else computed."""
+    keys = plan.request_keys.get(job.row_index)
+    if keys is None:
+        keys = tuple(image.request_key for image in planned_images(job, plan.facts[job.model]))
+    return keys
 
 
 NOT_GENERATED = "not generated: the run stopped before this image"

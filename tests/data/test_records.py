@@ -340,3 +340,36 @@ def test_a_compaction_the_store_fails_at_a_run_s_end_fails_no_work(tmp_path, mon
         records.compact_after_run(str(out))
     assert "not compacted" in caplog.text and "write refused" in caplog.text
     assert results.done_slots(str(out)) == slots and len(record_files(out)["."]) == 2
+
+
+def test_results_from_the_planned_request_keys_equal_those_computed_again(tmp_path):
+    """`results.final_records` takes each job's request keys from the plan of the whole
+    sweep (a shard's plan keeps none): the same rows, row for row, as computing them again:
+    an ok image, a failed one, one never generated, a record of an older content, a row
+    that failed validation."""
+    import dataclasses
+
+    from easel.data.batching import Shard, build_plan
+    from easel.data.manifest import SweepDefaults, read_manifest, validate_manifest
+    from easel.models.engine.loading import model_facts
+
+    table = pa.table({"id": ["a", "b", "c"], "prompt": ["a red circle", "a blue star", "x"],
+                      "num_images": [2, 1, 1], "width": [64, 64, 65]})  # fmt: skip
+    pq.write_table(table, tmp_path / "m.parquet")
+    defaults = SweepDefaults(model="tiny-shapes", guidance_scale=7.5, num_inference_steps=2,
+                             max_pixels=512 * 512)  # fmt: skip
+    jobs, failures = validate_manifest(read_manifest(str(tmp_path / "m.parquet")), defaults)
+    plan = build_plan(jobs, failures, model_facts, batch_size=8, done=set())
+    keys = plan.request_keys
+    assert sorted(keys) == [0, 1] and len(keys[0]) == 2
+    out = str(tmp_path / "out")
+    made = [record(out, "a", keys[0][0], png(1)), record(out, "a", "older", png(2)),
+            dataclasses.replace(record(out, "b", keys[1][0], png(3)), status="failed")]
+    recorded = pa.Table.from_pylist([dataclasses.asdict(r) for r in made],
+                                    schema=records.RECORD_SCHEMA)  # fmt: skip
+    kept = results.final_records(plan, recorded)
+    again = results.final_records(dataclasses.replace(plan, request_keys={}), recorded)
+    assert kept.equals(again)
+    assert kept.column("status").to_pylist() == ["ok", "failed", "failed", "failed"]
+    assert kept.column("request_key").to_pylist()[0] == keys[0][0]
+    assert build_plan(jobs, failures, model_facts, 8, set(), Shard(0, 2)).request_keys == {}
