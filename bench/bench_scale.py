@@ -131,6 +131,41 @@ def _index_listings() -> None:
         return self._truncate_result(found, max_keys)
 
     S3Backend.list_objects_v2 = list_v2
+    _quick_listing_pages()
+
+
+def _quick_listing_pages() -> None:
+    """Have moto write a ListObjectsV2 page as plain text: its generic serializer spends
+    about 125 ms of the server's CPU on a page of 1,000 keys, which a real store does not
+    charge its client (the added latency stands for the store's time)."""
+    from xml.sax.saxutils import escape
+
+    from moto.s3.responses import S3Response
+
+    serialized = S3Response.serialized
+
+    def quick(self, action_result):
+        if self.data.get("Action") != "ListObjectsV2":
+            return serialized(self, action_result)
+        result = action_result.result
+        parts = ['<?xml version="1.0" encoding="UTF-8"?>'
+                 '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">']  # fmt: skip
+        for name in ("Name", "Prefix", "MaxKeys", "KeyCount", "Delimiter", "EncodingType",
+                     "NextContinuationToken", "StartAfter"):  # fmt: skip
+            if name in result:
+                parts.append(f"<{name}>{escape(str(result[name]))}</{name}>")
+        parts.append(f"<IsTruncated>{str(bool(result['IsTruncated'])).lower()}</IsTruncated>")
+        parts += [f"<Contents><Key>{escape(c['Key'])}</Key><LastModified>{c['LastModified']}"
+                  f"</LastModified><ETag>{escape(c['ETag'])}</ETag><Size>{c['Size']}</Size>"
+                  f"<StorageClass>{c['StorageClass']}</StorageClass></Contents>"
+                  for c in result["Contents"]]  # fmt: skip
+        parts += [f"<CommonPrefixes><Prefix>{escape(f['Prefix'])}</Prefix></CommonPrefixes>"
+                  for f in result.get("CommonPrefixes", [])]  # fmt: skip
+        parts.append("</ListBucketResult>")
+        headers = {**self.response_headers, "content-type": "application/xml", "status": 200}
+        return 200, headers, "".join(parts).encode()
+
+    S3Response.serialized = quick
 
 
 def _store_put():

@@ -71,55 +71,63 @@ def vouched(out: str, state: records.State | None = None, share: float = 1.0) ->
     state = state or records.read_state(out)
     table, folder = state.table, storage.join(out, "images")
     base, path_base = folder.rstrip("/"), storage.path_of(folder).rstrip("/")
-    rows = {name: table.column(name).to_pylist() for name in VOUCHING}
-    keep = [status != "ok" for status in rows["status"]]
-    uris, by_path = rows["image_uri"], {}
-    for index, (row_id, k) in enumerate(zip(rows["id"], rows["image_index"], strict=True)):
-        if not keep[index]:
-            uris[index] = f"{base}/{row_id}/{k}.png"
-            by_path.setdefault(f"{path_base}/{row_id}/{k}.png", []).append(index)
-    table = table.set_column(table.column_names.index("image_uri"), "image_uri",
-                             pa.array(uris, pa.string()))  # fmt: skip
-    versions = storage.file_versions(folder, list(by_path), share)
-    doubtful, digest = {}, rows["image_sha256"]
-    for path, indices in by_path.items():
-        verdicts = {i: _listing_verdict(rows, i, versions.get(path)) for i in indices}
-        alive = [i for i in indices if verdicts[i] is not False]
-        if None in verdicts.values() or len({digest[i] for i in alive}) > 1:
-            doubtful[path] = alive
-        else:
-            keep = _marked(keep, alive)
-    digests = _digests(folder, list(doubtful))
-    for path, indices in doubtful.items():
-        keep = _marked(keep, [i for i in indices if digests.get(path) == digest[i]])
+    ok = pc.fill_null(pc.equal(table.column("status"), "ok"), False)
+    name = pc.binary_join_element_wise(pc.cast(table.column("image_index"), pa.string()),
+                                       ".png", "")  # fmt: skip
+    relative = pc.binary_join_element_wise(table.column("id"), name, "/")  # id/k.png
+    uris = pc.if_else(ok, pc.binary_join_element_wise(base, relative, "/"),
+                      table.column("image_uri"))  # fmt: skip
+    table = table.set_column(table.column_names.index("image_uri"), "image_uri", uris)
+    checked = pa.table({
+        "_row": pa.array(range(table.num_rows), pa.int64()),
+        "path": pc.binary_join_element_wise(path_base, relative, "/"),
+        **{n: table.column(n) for n in ("image_bytes", "image_sha256", "written_at")},
+    }).filter(ok)  # fmt: skip
+    wanted = pc.unique(checked.column("path")).drop_null().to_pylist()
+    versions = storage.file_versions(folder, wanted, share)
+    kept = _vouched_rows(folder, checked.join(versions, "path", join_type="left outer"))
+    keep = pc.invert(ok).to_numpy(zero_copy_only=False).copy()
+    keep[kept] = True
     return table.filter(pa.array(keep, pa.bool_()))
 
 
-VOUCHING = ("id", "image_index", "status", "image_uri", "image_bytes", "image_sha256", "written_at")
+def _vouched_rows(folder: str, checked: pa.Table) -> list[int]:
+    """The `_row`s of the ok records of `checked` (path, image_bytes, image_sha256,
+    written_at, and their file's `size` and `mtime` as listed: null where it is gone) whose
+    file still holds what they wrote (`_listing_verdict`); a file whose listing cannot tell
+    for one of its records, or whose live records disagree on its digest, is read."""
+    verdict = _listing_verdict(checked)
+    alive = checked.append_column("_unsure", pc.is_null(verdict)).filter(
+        pc.fill_null(verdict, True))  # fmt: skip
+    paths = alive.group_by("path", use_threads=False).aggregate([
+        ("_unsure", "any"),
+        ("image_sha256", "count_distinct", pc.CountOptions(mode="all")),
+    ])  # fmt: skip
+    unsure = pc.or_(paths.column("_unsure_any"),
+                    pc.greater(paths.column("image_sha256_count_distinct"), 1))  # fmt: skip
+    doubtful = paths.column("path").filter(unsure)
+    in_doubt = pc.is_in(alive.column("path"), doubtful)
+    kept = alive.filter(pc.invert(in_doubt)).column("_row").to_pylist()
+    doubted = alive.filter(in_doubt)
+    digests = _digests(folder, doubtful.to_pylist())
+    columns = (doubted.column(n).to_pylist() for n in ("_row", "path", "image_sha256"))
+    for row, path, digest in zip(*columns, strict=True):
+        if digests.get(path) == digest:
+            kept.append(row)
+    return kept
 
 
-def _marked(keep: list[bool], indices: list[int]) -> list[bool]:
-    for index in indices:
-        keep[index] = True
-    return keep
-
-
-def _listing_verdict(rows: dict[str, list], i: int, version: tuple[int, float | None] | None):
-    """What the listing says of ok record `i`'s image (`rows`: `VOUCHING`'s columns): False
-    (gone, or another size), True (the same size, untouched since the record was written,
-    or a record without a digest: its size is all it vouches for), None (only its bytes can
+def _listing_verdict(checked: pa.Table) -> pa.ChunkedArray:
+    """What the listing says of each ok record's image (`checked`: `_vouched_rows`'): false
+    (gone, or another size), true (the same size, untouched since the record was written,
+    or a record without a digest: its size is all it vouches for), null (only its bytes can
     tell)."""
-    if version is None:
-        return False
-    size, modified = version
-    if rows["image_bytes"][i] is not None and rows["image_bytes"][i] != size:
-        return False
-    if rows["image_sha256"][i] is None:
-        return True
-    written = rows["written_at"][i]
-    if written is not None and modified is not None and modified <= written:
-        return True
-    return None
+    size, recorded = checked.column("size"), checked.column("image_bytes")
+    wrong = pc.or_(pc.is_null(size), pc.fill_null(pc.not_equal(recorded, size), False))
+    modified, written = checked.column("mtime"), checked.column("written_at")
+    untouched = pc.fill_null(pc.less_equal(modified, written), False)
+    sure = pc.or_(pc.is_null(checked.column("image_sha256")), untouched)
+    return pc.if_else(wrong, False, pc.if_else(sure, True, pa.scalar(None, pa.bool_())))
 
 
 def _digests(folder: str, paths: list[str]) -> dict[str, str]:

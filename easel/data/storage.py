@@ -22,8 +22,10 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import fsspec
+import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
+from easel.data import listing
 from easel.errors import InvalidInput
 
 # in every local folder `staged_folder` publishes: easel wrote it, and may replace it
@@ -102,24 +104,22 @@ def path_of(uri: str) -> str:
     return filesystem(uri)[1]
 
 
-def file_versions(
-    folder: str, wanted: list[str] | None = None, share: float = 1.0
-) -> dict[str, tuple[int, float | None]]:
-    """Files below `folder`, as `path_of` gives them, with their size in bytes and their
-    modification time (Unix seconds; None where the store gives none): every one, or, given
-    `wanted` (paths as `path_of` gives them), at least those of `wanted` that exist. One
-    listing, one call per 1,000 files on an object store; on S3, given `wanted`, listed in
-    ranges at once (`listing.versions`; `share`: about what part of the folder `wanted`
-    names). {} if `folder` does not exist."""
-    from easel.data import listing
-
+def file_versions(folder: str, wanted: list[str] | None = None, share: float = 1.0) -> pa.Table:
+    """Files below `folder` (`path`, as `path_of` gives them), with their `size` in bytes
+    and their modification time `mtime` (Unix seconds; null where the store gives none)
+    (`listing.SCHEMA`): every one, or, given `wanted` (paths as `path_of` gives them), at
+    least those of `wanted` that exist. One listing, one call per 1,000 files on an object
+    store; on S3, given `wanted`, listed in ranges at once (`listing.versions`; `share`:
+    about what part of the folder `wanted` names). No rows if `folder` does not exist."""
     fs, path = filesystem(folder)
     if wanted is not None and listing.is_ranged(fs):
         return listing.versions(fs, path, wanted, share)
     if not fs.exists(path):
-        return {}
-    return {name: (info["size"], modified_at(info))
-            for name, info in fs.find(path, detail=True).items()}  # fmt: skip
+        return listing.SCHEMA.empty_table()
+    found = fs.find(path, detail=True)
+    return pa.table([list(found), [info["size"] for info in found.values()],
+                     [modified_at(info) for info in found.values()]],
+                    schema=listing.SCHEMA)  # fmt: skip
 
 
 def modified_at(info: dict) -> float | None:
