@@ -190,3 +190,22 @@ def test_a_range_holding_less_than_a_page_costs_one_request(bucket, monkeypatch)
     monkeypatch.setattr(fs, "_call_s3", counted)
     assert listing.versions(fs, f"{name}/f", list(files)).num_rows == 45
     assert len(calls) == 5 and set(calls) == {None, *(f"f/{i:03d}.png" for i in (8, 17, 26, 35))}
+
+
+@pytest.mark.parametrize("value", ["2026-12-06T07:40:12.000Z", "2026-12-06T07:40:12Z",
+                                   "2026-12-06T07:40:12.5+02:00", "2026-12-06T07:40:12",
+                                   "Sun, 06 Dec 2026 07:40:12 GMT", "1700000000"])  # fmt: skip
+def test_quick_timestamps_are_the_instants_botocore_parses(value):
+    from botocore.parsers import DEFAULT_TIMESTAMP_PARSER
+
+    assert listing._timestamp(value) == DEFAULT_TIMESTAMP_PARSER(value)
+
+
+def test_after_a_listing_the_store_s_modification_times_read_as_before(bucket):
+    fs, name = bucket
+    fs.pipe(f"{name}/t/a.png", b"x")
+    before = fs.info(f"{name}/t/a.png")["LastModified"]
+    (row,) = listing.versions(fs, f"{name}/t", [f"{name}/t/a.png"]).to_pylist()
+    fs.invalidate_cache()
+    after = fs.info(f"{name}/t/a.png")["LastModified"]
+    assert after == before and row["mtime"] == before.timestamp()
