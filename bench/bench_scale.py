@@ -77,7 +77,7 @@ def serve(latency_ms: float, fabricated: list[int]) -> None:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     if fabricated:
         _use_endpoint(f"http://127.0.0.1:{servers[0].server_port}")
-        fabricate(*fabricated, put=_store_put())
+        fabricate(*fabricated[:3], put=_store_put(), compacted=bool(fabricated[3]))
     print("PORTS", *(s.server_port for s in servers), flush=True)
     threading.Event().wait()
 
@@ -216,18 +216,15 @@ def inputs(manifest: str, out: str):
                        batch_size=8, device="cpu", dtype=None, trust_pickle=False)  # fmt: skip
 
 
-def fabricate(images: int, batch: int, shards: int, put) -> None:
+def fabricate(images: int, batch: int, shards: int, put, compacted: bool = False) -> None:
     """The state of a finished sweep of `images` rows under `OUT`: the manifest and tallies
-    written through the store's endpoint, images and record shards by `put` ({path: bytes});
-    the parameters, with the seconds it took, in `PARAMETERS`."""
-    from dataclasses import asdict
-
+    written through the store's endpoint, images and record shards by `put` ({path: bytes}),
+    or (`compacted`) their rows in one file per part, as this easel's shard runs leave
+    them; the parameters, with the seconds it took, in `PARAMETERS`."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
     from PIL import Image
 
     from easel.data import records, results, storage
-    from easel.data.batching import shard_of
     from easel.models.engine.sweep import plan_sweep
 
     started = time.perf_counter()
@@ -246,28 +243,62 @@ def fabricate(images: int, batch: int, shards: int, put) -> None:
         chunk = planned[start : start + UPLOAD_CHUNK]
         put({storage.path_of(results.image_uri(OUT, i.row_id, i.image_index)): png
              for i in chunk})  # fmt: skip
+    tables, tallies = _record_tables(planned, batch, shards, png)
+    folder = storage.path_of(records.records_dir(OUT))
+    if compacted:
+        put(_parts(folder, pa.concat_tables(tables)))
+    else:
+        put({f"{folder}/b{i * batch}.parquet": _parquet(t) for i, t in enumerate(tables)})
+    for tally in tallies.values():
+        tally.write(OUT)
+    made = {"images": images, "batch": batch, "shards": shards, "compacted": compacted,
+            "fabricated_s": round(time.perf_counter() - started, 1)}  # fmt: skip
+    fs.pipe(PARAMETERS, json.dumps(made).encode())
+
+
+def _record_tables(planned: list, batch: int, shards: int, png: bytes):
+    """One record table per batch of `batch` images of `planned`, and the tallies of the
+    shard runs that would have written them."""
+    from dataclasses import asdict
+
+    import pyarrow as pa
+
+    from easel.data import records
+    from easel.data.batching import shard_of
+
     sha = hashlib.sha256(png).hexdigest()
-    written_at, tallies, files = time.time() + 1, {}, {}
+    written_at, tallies, tables = time.time() + 1, {}, []
     for start in range(0, len(planned), batch):
         made = [_record(OUT, image, png, sha, written_at, shard_of(image, shards))
                 for image in planned[start : start + batch]]  # fmt: skip
-        table = pa.Table.from_pylist([asdict(r) for r in made], schema=records.RECORD_SCHEMA)
-        sink = io.BytesIO()
-        pq.write_table(table, sink)
-        files[storage.path_of(storage.join(records.records_dir(OUT), f"b{start}.parquet"))] = (
-            sink.getvalue()
-        )
+        tables.append(pa.Table.from_pylist([asdict(r) for r in made],
+                                           schema=records.RECORD_SCHEMA))  # fmt: skip
         for r in made:
             tallies.setdefault(r.flow_run_id, records.Tally(r.flow_run_id)).add([r])
-        if len(files) >= UPLOAD_CHUNK // 4:
-            put(files)
-            files = {}
-    put(files)
-    for tally in tallies.values():
-        tally.write(OUT)
-    made = {"images": images, "batch": batch, "shards": shards,
-            "fabricated_s": round(time.perf_counter() - started, 1)}  # fmt: skip
-    fs.pipe(PARAMETERS, json.dumps(made).encode())
+    return tables, tallies
+
+
+def _parts(folder: str, table) -> dict[str, bytes]:
+    """`table`'s rows as compaction leaves them: one file per part of their slots."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from easel.data import records
+    from easel.data.batching import slot_hash
+
+    columns = (table.column(n).to_pylist() for n in ("id", "image_index", "request_key"))
+    slots = zip(*columns, strict=True)
+    part = pa.array([slot_hash(s) % records.PARTS for s in slots], pa.int64())
+    return {f"{folder}/{records.PART_PREFIX}{p}/{records.COMPACTED_PREFIX}bench.parquet":
+            _parquet(table.filter(pc.equal(part, p))) for p in range(records.PARTS)}  # fmt: skip
+
+
+def _parquet(table) -> bytes:
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
 
 
 def _record(out, image, png, sha, written_at, shard):
@@ -354,6 +385,8 @@ def options():
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--latency-ms", type=float, default=20.0, help="added per request")
     parser.add_argument("--baseline", default="d2612de", help="today's easel ('': none)")
+    parser.add_argument("--compacted", action="store_true",
+                        help="the records as this easel leaves them (parts), not record shards")
     parser.add_argument("--hold", action="store_true", help="leave the server running")
     parser.add_argument("--endpoints", help="DIRECT,DELAYED of a held server: no fabrication")
     parser.add_argument("--only", help="the steps to run, comma-separated (default: all)")
@@ -384,7 +417,7 @@ def main() -> None:
     if args.endpoints:
         direct, delayed = args.endpoints.split(",")
     else:
-        made = [args.images, args.batch, args.shards]
+        made = [args.images, args.batch, args.shards, int(args.compacted)]
         server, direct, delayed = start_server(args.latency_ms, made)
     work = tempfile.mkdtemp(prefix="easel-scale-")
     try:
@@ -412,9 +445,11 @@ def run(args, direct: str, delayed: str, work: str) -> harness.Results:
 
     made = json.loads(storage.read_bytes(f"s3://{PARAMETERS}"))
     args.images, args.batch, args.shards = made["images"], made["batch"], made["shards"]
+    args.compacted = made.get("compacted", False)
     results = harness.Results("bench_scale", args)
     results.parameters.update(images=args.images, batch=args.batch, shards=args.shards,
                               latency_ms=args.latency_ms, baseline=args.baseline,
+                              compacted=args.compacted,
                               record_shards=-(-args.images // args.batch),
                               fabricated_s=made["fabricated_s"])  # fmt: skip
     only = set(args.only.split(",")) if args.only else None

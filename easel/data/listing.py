@@ -15,6 +15,7 @@ import asyncio
 from datetime import datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from fsspec.asyn import sync
 
 PAGE = 1000  # keys one S3 listing request returns at most
@@ -31,30 +32,33 @@ def is_ranged(fs) -> bool:
     return hasattr(fs, "_call_s3") and hasattr(fs, "split_path")
 
 
-def versions(fs, folder: str, wanted: list[str], share: float = 1.0) -> pa.Table:
+def versions(fs, folder: str, wanted, share: float = 1.0) -> pa.Table:
     """The files below `folder` (a protocol-less path of S3 filesystem `fs`) whose keys fall
-    between the first and the last of `wanted` (paths as `fs.find` names them): every file
-    of `wanted` that exists, and others on the way; a table of `SCHEMA` (path, size in
-    bytes, modification time in Unix seconds), built a page at a time. `share` (0 < share
-    <= 1): about what part of the folder's files `wanted` names (a shard's: 1 / its count),
-    so that each range holds about `FILL` of a page of the folder: one request. Raises
-    what the store raises (FileNotFoundError: no bucket)."""
+    between the first and the last of `wanted` (paths as `fs.find` names them; a list or an
+    Arrow string array): every file of `wanted` that exists, and others on the way; a table
+    of `SCHEMA` (path, size in bytes, modification time in Unix seconds), built a page at a
+    time. `share` (0 < share <= 1): about what part of the folder's files `wanted` names (a
+    shard's: 1 / its count), so that each range holds about `FILL` of a page of the folder:
+    one request. Raises what the store raises (FileNotFoundError: no bucket)."""
     if not 0 < share <= 1:
         raise ValueError(f"share must be in (0, 1], got {share}")
     bucket, prefix, _ = fs.split_path(folder)
     prefix = prefix.rstrip("/") + "/"
-    keys = sorted({p.split("/", 1)[1] for p in wanted if p.startswith(f"{bucket}/{prefix}")})
+    paths = pa.array(wanted, pa.string()) if not isinstance(wanted, pa.Array) else wanted
+    paths = paths.filter(pc.fill_null(pc.starts_with(paths, f"{bucket}/{prefix}"), False))
+    keys = pc.unique(pc.utf8_slice_codeunits(paths, len(bucket) + 1))
+    keys = keys.take(pc.array_sort_indices(keys))  # S3's order: UTF-8 bytes
     found: list[pa.Table] = []
-    if keys:
+    if len(keys):
         stride = max(1, int(PAGE * FILL * share))
         sync(fs.loop, _list_all, fs, bucket, prefix, ranges(keys, stride), found)
     return pa.concat_tables(found) if found else SCHEMA.empty_table()
 
 
-def ranges(keys: list[str], stride: int) -> list[tuple[str | None, str]]:
+def ranges(keys: pa.Array, stride: int) -> list[tuple[str | None, str]]:
     """The sorted `keys` cut into ranges of `stride` keys: (listed after, last), the first
-    from the folder's start (None)."""
-    return [(keys[i - 1] if i else None, keys[min(i + stride, len(keys)) - 1])
+    from the folder's start (None); only the bounds become Python strings."""
+    return [(keys[i - 1].as_py() if i else None, keys[min(i + stride, len(keys)) - 1].as_py())
             for i in range(0, len(keys), stride)]  # fmt: skip
 
 

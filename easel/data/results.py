@@ -14,6 +14,7 @@ import io
 import logging
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -83,38 +84,45 @@ def vouched(out: str, state: records.State | None = None, share: float = 1.0) ->
         "path": pc.binary_join_element_wise(path_base, relative, "/"),
         **{n: table.column(n) for n in ("image_bytes", "image_sha256", "written_at")},
     }).filter(ok)  # fmt: skip
-    wanted = pc.unique(checked.column("path")).drop_null().to_pylist()
-    versions = storage.file_versions(folder, wanted, share)
-    kept = _vouched_rows(folder, checked.join(versions, "path", join_type="left outer"))
+    distinct = pc.unique(checked.column("path"))
+    versions = storage.file_versions(folder, distinct.drop_null(), share)
+    listed = pc.index_in(checked.column("path"), value_set=versions.column("path").combine_chunks())
+    for name in ("size", "mtime"):  # of each record's file as listed: null where it is gone
+        checked = checked.append_column(name, versions.column(name).take(listed))
+    kept = _vouched_rows(folder, checked, len(distinct) == checked.num_rows)
     keep = pc.invert(ok).to_numpy(zero_copy_only=False).copy()
     keep[kept] = True
-    return table.filter(pa.array(keep, pa.bool_()))
+    pa.default_memory_pool().release_unused()  # the listing's and the checks' columns
+    return table if keep.all() else table.filter(pa.array(keep, pa.bool_()))
 
 
-def _vouched_rows(folder: str, checked: pa.Table) -> list[int]:
+def _vouched_rows(folder: str, checked: pa.Table, every_path_once: bool) -> np.ndarray:
     """The `_row`s of the ok records of `checked` (path, image_bytes, image_sha256,
     written_at, and their file's `size` and `mtime` as listed: null where it is gone) whose
     file still holds what they wrote (`_listing_verdict`); a file whose listing cannot tell
-    for one of its records, or whose live records disagree on its digest, is read."""
+    for one of its records, or whose live records disagree on its digest, is read.
+    `every_path_once`: no two records name one file (none can disagree)."""
     verdict = _listing_verdict(checked)
     alive = checked.append_column("_unsure", pc.is_null(verdict)).filter(
         pc.fill_null(verdict, True))  # fmt: skip
-    paths = alive.group_by("path", use_threads=False).aggregate([
-        ("_unsure", "any"),
-        ("image_sha256", "count_distinct", pc.CountOptions(mode="all")),
-    ])  # fmt: skip
-    unsure = pc.or_(paths.column("_unsure_any"),
-                    pc.greater(paths.column("image_sha256_count_distinct"), 1))  # fmt: skip
-    doubtful = paths.column("path").filter(unsure)
+    if every_path_once:
+        doubtful = alive.column("path").filter(alive.column("_unsure"))
+    else:
+        paths = alive.group_by("path", use_threads=False).aggregate([
+            ("_unsure", "any"),
+            ("image_sha256", "count_distinct", pc.CountOptions(mode="all")),
+        ])  # fmt: skip
+        unsure = pc.or_(paths.column("_unsure_any"),
+                        pc.greater(paths.column("image_sha256_count_distinct"), 1))  # fmt: skip
+        doubtful = paths.column("path").filter(unsure)
     in_doubt = pc.is_in(alive.column("path"), doubtful)
-    kept = alive.filter(pc.invert(in_doubt)).column("_row").to_pylist()
+    kept = alive.filter(pc.invert(in_doubt)).column("_row").to_numpy()
     doubted = alive.filter(in_doubt)
     digests = _digests(folder, doubtful.to_pylist())
     columns = (doubted.column(n).to_pylist() for n in ("_row", "path", "image_sha256"))
-    for row, path, digest in zip(*columns, strict=True):
-        if digests.get(path) == digest:
-            kept.append(row)
-    return kept
+    matched = [row for row, path, digest in zip(*columns, strict=True)
+               if digests.get(path) == digest]  # fmt: skip
+    return np.concatenate([kept, np.array(matched, np.int64)])
 
 
 def _listing_verdict(checked: pa.Table) -> pa.ChunkedArray:

@@ -104,13 +104,14 @@ def path_of(uri: str) -> str:
     return filesystem(uri)[1]
 
 
-def file_versions(folder: str, wanted: list[str] | None = None, share: float = 1.0) -> pa.Table:
+def file_versions(folder: str, wanted=None, share: float = 1.0) -> pa.Table:
     """Files below `folder` (`path`, as `path_of` gives them), with their `size` in bytes
     and their modification time `mtime` (Unix seconds; null where the store gives none)
-    (`listing.SCHEMA`): every one, or, given `wanted` (paths as `path_of` gives them), at
-    least those of `wanted` that exist. One listing, one call per 1,000 files on an object
-    store; on S3, given `wanted`, listed in ranges at once (`listing.versions`; `share`:
-    about what part of the folder `wanted` names). No rows if `folder` does not exist."""
+    (`listing.SCHEMA`): every one, or, given `wanted` (paths as `path_of` gives them: a
+    list or an Arrow string array), at least those of `wanted` that exist. One listing, one
+    call per 1,000 files on an object store; on S3, given `wanted`, listed in ranges at
+    once (`listing.versions`; `share`: about what part of the folder `wanted` names). No
+    rows if `folder` does not exist."""
     fs, path = filesystem(folder)
     if wanted is not None and listing.is_ranged(fs):
         return listing.versions(fs, path, wanted, share)

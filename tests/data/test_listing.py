@@ -8,6 +8,7 @@ import os
 import time
 import uuid
 
+import pyarrow as pa
 import pytest
 
 from easel.data import listing, records, results, storage
@@ -15,7 +16,7 @@ from tests.data.test_records import generate, png, record, sweep_of
 
 
 def test_ranges_cut_the_keys_into_strides_that_follow_one_another():
-    keys = [f"k{i}" for i in range(7)]
+    keys = pa.array([f"k{i}" for i in range(7)])
     assert listing.ranges(keys, 3) == [(None, "k2"), ("k2", "k5"), ("k5", "k6")]
     assert listing.ranges(keys[:1], 1000) == [(None, "k0")]
 
@@ -134,11 +135,13 @@ def previous_vouched(out: str, state: records.State) -> list[dict]:
     return [row for row, kept in zip(rows, keep, strict=True) if kept]
 
 
-def test_vouching_in_columns_keeps_the_rows_the_per_record_algorithm_kept(tmp_path):
+@pytest.mark.parametrize("twice", [True, False], ids=["a-file-named-twice", "each-once"])
+def test_vouching_in_columns_keeps_the_rows_the_per_record_algorithm_kept(tmp_path, twice):
     """Every case the listing and the digests decide, row for row against the previous
     algorithm: intact, cut short, gone, replaced (same size, later), rewritten with its own
-    bytes, records without a digest, a size or a time, two records disagreeing on one file,
-    a failed record, a record written where another host mounts the output."""
+    bytes, records without a digest, a size or a time, two records disagreeing on one file
+    (or every file named once), a failed record, a record written where another host
+    mounts the output."""
     out, now = str(tmp_path / "out"), time.time()
     made = []
 
@@ -161,7 +164,8 @@ def test_vouching_in_columns_keeps_the_rows_the_per_record_algorithm_kept(tmp_pa
     image("no-size", png(8), now - 10, image_bytes=None)
     image("no-time", png(9), now - 10, written_at=None)
     image("twice", png(10), now - 10)
-    made.append(record(out, "twice", "kother", png(11), now))
+    if twice:
+        made.append(record(out, "twice", "kother", png(11), now))
     image("elsewhere", png(12), now - 10, image_uri="/mnt/other/images/elsewhere/0.png")
     made.append(dataclasses.replace(results.failed_row("failed", "boom"), written_at=now))
     records.write_record_shard(out, "all", made)

@@ -373,3 +373,27 @@ def test_results_from_the_planned_request_keys_equal_those_computed_again(tmp_pa
     assert kept.column("status").to_pylist() == ["ok", "failed", "failed", "failed"]
     assert kept.column("request_key").to_pylist()[0] == keys[0][0]
     assert build_plan(jobs, failures, model_facts, 8, set(), Shard(0, 2)).request_keys == {}
+
+
+def test_duplicates_are_dropped_part_by_part_and_a_lone_part_file_is_never_hashed(
+    tmp_path, monkeypatch
+):
+    """A compacted output (one file a part) is read without hashing a row; a part held
+    twice (a merge killed after its write) and a small file repeating a compacted row are
+    deduplicated within their part: every slot once."""
+    import shutil
+
+    out = tmp_path / "out"
+    slots = sweep_of(out, 12)
+    records.compact(str(out))
+    hashed, unique = [], records.unique_rows
+    monkeypatch.setattr(records, "unique_rows", lambda t: hashed.append(t.num_rows) or unique(t))
+    state = read_state(str(out))
+    assert hashed == [] and state.table.num_rows == 12
+    part_file = next(f for f in state.files if records.PART_PREFIX in f)
+    shutil.copy(part_file, part_file.replace(records.COMPACTED_PREFIX, "compacted-copy-"))
+    (again,) = [r for r in state.records() if r.id == "r3"]
+    write_record_shard(str(out), "b3-again", [again])
+    state = read_state(str(out))
+    assert state.table.num_rows == 12 and {results.slot(r) for r in state.records()} == slots
+    assert 1 <= len(hashed) <= 2
