@@ -63,8 +63,8 @@ def ranges(keys: pa.Array, stride: int) -> list[tuple[str | None, str]]:
 
 
 async def _list_all(fs, bucket: str, prefix: str, spans: list, found: list) -> None:
-    client = await fs.set_session()
-    quick_timestamps(client)
+    await fs.set_session()
+    quick_timestamps(await fs.get_s3(bucket))  # the client that serves the bucket
     gate = asyncio.Semaphore(CONCURRENT)
 
     async def one(after: str | None, last: str) -> None:
