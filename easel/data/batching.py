@@ -254,10 +254,10 @@ ALL = Shard(0, 1)
 
 def plan_batches(
     jobs: list[RowJob], facts: dict[str, ModelFacts], batch_size: int,
-    done: set[tuple[str, int, str]], shard: Shard = ALL, keys: dict | None = None,
+    done: set[tuple[str, int, str]], shard: Shard = ALL, keys: list | None = None,
 ) -> list[PlannedBatch]:  # fmt: skip
     """Batches of at most `batch_size` images of `shard` whose slot is not done, grouped by
-    shared settings; `keys` (when given) gets each job's request keys by its row index."""
+    shared settings; `keys` (when given) gets every image's request key, job after job."""
     assert batch_size >= 1
     pending: dict[tuple[str, BatchSettings], list[PlannedImage]] = {}
     for job in jobs:
@@ -265,7 +265,7 @@ def plan_batches(
         group = pending.setdefault((job.model, settings), [])
         images = planned_images(job, facts[job.model], settings)
         if keys is not None:
-            keys[job.row_index] = tuple(image.request_key for image in images)
+            keys.extend(image.request_key for image in images)
         for image in images:
             if image.slot not in done and shard.holds(image):
                 group.append(image)
@@ -285,9 +285,9 @@ class SweepPlan:
     failures: list[RowFailure]  # rows that fail before generation
     facts: dict[str, ModelFacts]
     batches: list[PlannedBatch]
-    # each job's images' request keys, by its row index, as planned ({}: not kept, as for
-    # a shard's plan)
-    request_keys: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    # every image's request key as planned, job after job in `jobs`' order ([]: not kept,
+    # as for a shard's plan): one string an image, no object of its own
+    request_keys: list[str] = field(default_factory=list)
 
     @property
     def total_images(self) -> int:
@@ -328,7 +328,7 @@ def build_plan(
             failures.append(RowFailure(row_index=job.row_index, id=job.id, error=error))
         else:
             runnable.append(job)
-    keys: dict[int, tuple[str, ...]] = {}  # kept for the whole sweep's results alone
+    keys: list[str] = []  # kept for the whole sweep's results alone
     batches = plan_batches(runnable, facts, batch_size, done, shard, keys if shard == ALL else None)
     return SweepPlan(jobs=runnable, failures=failures, facts=facts, batches=batches,
                      request_keys=keys)  # fmt: skip

@@ -304,8 +304,8 @@ def final_records(plan: SweepPlan, recorded: pa.Table) -> pa.Table:
     taken, rows, failed = [], [], []
     for failure in plan.failures:
         failed.append((failure.row_index, failed_row(failure.id, failure.error)))
-    for job in plan.jobs:
-        found = [best.get((job.id, k, key)) for k, key in enumerate(_request_keys(plan, job))]
+    for job, keys in zip(plan.jobs, _request_keys(plan), strict=True):
+        found = [best.get((job.id, k, key)) for k, key in enumerate(keys)]
         if all(index is None for index in found):
             found = found[:1]
         for index in found:
@@ -321,12 +321,15 @@ def final_records(plan: SweepPlan, recorded: pa.Table) -> pa.Table:
     return table.sort_by([("_row", "ascending"), ("image_index", "ascending")])
 
 
-def _request_keys(plan: SweepPlan, job) -> tuple[str, ...]:
-    """`job`'s images' request keys: as planned, else computed."""
-    keys = plan.request_keys.get(job.row_index)
-    if keys is None:
-        keys = tuple(image.request_key for image in planned_images(job, plan.facts[job.model]))
-    return keys
+def _request_keys(plan: SweepPlan):
+    """Each job's images' request keys, job after job: as planned, else computed."""
+    offset = 0
+    for job in plan.jobs:
+        if plan.request_keys:
+            yield plan.request_keys[offset : offset + job.num_images]
+            offset += job.num_images
+        else:
+            yield [image.request_key for image in planned_images(job, plan.facts[job.model])]
 
 
 NOT_GENERATED = "not generated: the run stopped before this image"

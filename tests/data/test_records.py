@@ -360,19 +360,20 @@ def test_results_from_the_planned_request_keys_equal_those_computed_again(tmp_pa
                              max_pixels=512 * 512)  # fmt: skip
     jobs, failures = validate_manifest(read_manifest(str(tmp_path / "m.parquet")), defaults)
     plan = build_plan(jobs, failures, model_facts, batch_size=8, done=set())
-    keys = plan.request_keys
-    assert sorted(keys) == [0, 1] and len(keys[0]) == 2
+    flat = plan.request_keys
+    assert len(flat) == 3  # a's two images, b's one; c failed
+    keys = [flat[0:2], flat[2:3]]
     out = str(tmp_path / "out")
     made = [record(out, "a", keys[0][0], png(1)), record(out, "a", "older", png(2)),
             dataclasses.replace(record(out, "b", keys[1][0], png(3)), status="failed")]
     recorded = pa.Table.from_pylist([dataclasses.asdict(r) for r in made],
                                     schema=records.RECORD_SCHEMA)  # fmt: skip
     kept = results.final_records(plan, recorded)
-    again = results.final_records(dataclasses.replace(plan, request_keys={}), recorded)
+    again = results.final_records(dataclasses.replace(plan, request_keys=[]), recorded)
     assert kept.equals(again)
     assert kept.column("status").to_pylist() == ["ok", "failed", "failed", "failed"]
     assert kept.column("request_key").to_pylist()[0] == keys[0][0]
-    assert build_plan(jobs, failures, model_facts, 8, set(), Shard(0, 2)).request_keys == {}
+    assert build_plan(jobs, failures, model_facts, 8, set(), Shard(0, 2)).request_keys == []
 
 
 def test_duplicates_are_dropped_part_by_part_and_a_lone_part_file_is_never_hashed(
