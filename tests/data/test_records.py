@@ -398,3 +398,81 @@ def test_duplicates_are_dropped_part_by_part_and_a_lone_part_file_is_never_hashe
     state = read_state(str(out))
     assert state.table.num_rows == 12 and {results.slot(r) for r in state.records()} == slots
     assert 1 <= len(hashed) <= 2
+
+
+def previous_final_records(plan, recorded: pa.Table) -> pa.Table:
+    """The per-image `results.final_records` the columnar one replaced, for comparison."""
+    import dataclasses
+
+    from easel.data.batching import planned_images
+
+    ranked = recorded.filter(pa.compute.is_valid(recorded.column("request_key")))
+    ranked = ranked.append_column("_ok", pa.compute.equal(ranked.column("status"), "ok"))
+    ranked = ranked.sort_by([("_ok", "descending"), ("written_at", "descending")])
+    best: dict = {}
+    for index, key in enumerate(zip(*(ranked.column(n).to_pylist() for n in results.SLOT))):
+        best.setdefault(key, index)
+    taken, rows, failed = [], [], []
+    for failure in plan.failures:
+        failed.append((failure.row_index, results.failed_row(failure.id, failure.error)))
+    for job in plan.jobs:
+        found = [best.get(image.slot) for image in planned_images(job, plan.facts[job.model])]
+        found = found if any(i is not None for i in found) else found[:1]
+        for index in found:
+            if index is None:
+                failed.append((job.row_index, results.failed_row(job.id, results.NOT_GENERATED)))
+            else:
+                taken.append(index)
+                rows.append(job.row_index)
+    chosen = ranked.drop_columns(["_ok"]).take(pa.array(taken, pa.int64()))
+    missing = pa.Table.from_pylist([dataclasses.asdict(r) for _, r in failed],
+                                   schema=records.RECORD_SCHEMA)  # fmt: skip
+    table = pa.concat_tables([chosen, missing])
+    table = table.append_column("_row", pa.array(rows + [i for i, _ in failed], pa.int64()))
+    return table.sort_by([("_row", "ascending"), ("image_index", "ascending")])
+
+
+def test_final_records_in_columns_equal_the_per_image_algorithm_row_for_row(tmp_path):
+    """Rows of 1 to 3 images; per slot: no record, a failed try then an ok image, two ok
+    records (the later wins), a record without a time, a record of an older content, a
+    failed try alone; rows that failed validation; records of a row not in the manifest."""
+    import dataclasses
+
+    import pyarrow.compute  # noqa: F401  (pa.compute in the reference)
+
+    from easel.data.batching import build_plan
+    from easel.data.manifest import SweepDefaults, read_manifest, validate_manifest
+    from easel.models.engine.loading import model_facts
+
+    count = 12
+    pq.write_table(pa.table({"id": [f"row{i}" for i in range(count)],
+                             "prompt": [f"a red circle {i}" for i in range(count)],
+                             "num_images": [1 + i % 3 for i in range(count)],
+                             "width": [65 if i % 5 == 4 else 64 for i in range(count)]}),
+                   tmp_path / "m.parquet")  # fmt: skip
+    defaults = SweepDefaults(model="tiny-shapes", guidance_scale=7.5, num_inference_steps=2,
+                             max_pixels=512 * 512)  # fmt: skip
+    jobs, failures = validate_manifest(read_manifest(str(tmp_path / "m.parquet")), defaults)
+    plan = build_plan(jobs, failures, model_facts, batch_size=8, done=set())
+    out, made, keys = str(tmp_path / "out"), [], iter(plan.request_keys)
+    for n, job in enumerate(plan.jobs):
+        for k in range(job.num_images):
+            key, case = next(keys), (n + k) % 6
+            base = dataclasses.replace(record(out, job.id, key, png(n), 100.0 + n), image_index=k)
+            if case == 1:
+                made += [dataclasses.replace(base, status="failed", written_at=300.0), base]
+            elif case == 2:
+                made += [base, dataclasses.replace(base, written_at=200.0, image_sha256="later")]
+            elif case == 3:
+                made += [dataclasses.replace(base, written_at=None)]
+            elif case == 4:
+                made += [dataclasses.replace(base, request_key="older")]
+            elif case == 5:
+                made += [dataclasses.replace(base, status="failed", error="boom")]
+    made.append(record(out, "not-in-the-manifest", "k", png(1)))
+    recorded = pa.Table.from_pylist([dataclasses.asdict(r) for r in made],
+                                    schema=records.RECORD_SCHEMA)  # fmt: skip
+    assert plan.failures and len(plan.request_keys) > len(plan.jobs)
+    kept = results.final_records(plan, recorded)
+    assert kept.to_pylist() == previous_final_records(plan, recorded).to_pylist()
+    assert set(kept.column("status").to_pylist()) == {"ok", "failed"}
