@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -294,64 +294,31 @@ def final_records(plan: SweepPlan, recorded: pa.Table) -> pa.Table:
     requested image, each the record of its own slot (its row, its index, its content),
     failed images included, in manifest order; a row that failed before any of its images
     was tried (at validation, or a run stopped first) keeps one. Of several records of one
-    slot an ok one wins over a failed try, a later one over an earlier. In Arrow columns:
-    the plan's slots joined with each slot's best record."""
+    slot an ok one wins over a failed try, a later one over an earlier."""
     ranked = recorded.filter(pc.is_valid(recorded.column("request_key")))
     ranked = ranked.append_column("_ok", pc.equal(ranked.column("status"), "ok"))
-    order = pc.sort_indices(ranked, [("_ok", "descending"), ("written_at", "descending")])
-    slots = ranked.select(list(SLOT)).take(order)
-    slots = slots.append_column("_rank", pa.array(range(len(order)), pa.int64()))
-    best = slots.group_by(list(SLOT), use_threads=False).aggregate([("_rank", "min")])
-    found = _planned_slots(plan).join(best, list(SLOT), join_type="left outer")
-    rank = found.column("_rank_min")
-    tried = found.group_by("_job", use_threads=False).aggregate([("_rank_min", "count")])
-    any_found = pc.is_in(found.column("_job"), tried.filter(
-        pc.greater(tried.column("_rank_min_count"), 0)).column("_job"))  # fmt: skip
-    # a missing image is one failed record; a job none of whose images was found, one
-    missing = pc.and_(pc.is_null(rank), pc.or_(any_found, pc.equal(found.column("image_index"), 0)))
-    hit = pc.is_valid(rank)
-    chosen = ranked.drop_columns(["_ok"]).take(order.take(rank.filter(hit)))
-    chosen = chosen.append_column("_row", found.column("_row").filter(hit))
-    absent = found.filter(missing)
-    parts = [chosen, _failed_records(absent.column("id"), NOT_GENERATED, absent.column("_row"))]
-    if plan.failures:
-        failures = plan.failures
-        parts.append(_failed_records([f.id for f in failures], [f.error for f in failures],
-                                     [f.row_index for f in failures]))  # fmt: skip
-    table = pa.concat_tables(parts)
+    ranked = ranked.sort_by([("_ok", "descending"), ("written_at", "descending")])
+    best: dict[tuple, int] = {}
+    for index, key in enumerate(zip(*(ranked.column(n).to_pylist() for n in SLOT), strict=True)):
+        best.setdefault(key, index)
+    taken, rows, failed = [], [], []
+    for failure in plan.failures:
+        failed.append((failure.row_index, failed_row(failure.id, failure.error)))
+    for job, keys in zip(plan.jobs, _request_keys(plan), strict=True):
+        found = [best.get((job.id, k, key)) for k, key in enumerate(keys)]
+        if all(index is None for index in found):
+            found = found[:1]
+        for index in found:
+            if index is None:
+                failed.append((job.row_index, failed_row(job.id, NOT_GENERATED)))
+            else:
+                taken.append(index)
+                rows.append(job.row_index)
+    chosen = ranked.drop_columns(["_ok"]).take(pa.array(taken, pa.int64()))
+    missing = pa.Table.from_pylist([asdict(r) for _, r in failed], schema=RECORD_SCHEMA)
+    table = pa.concat_tables([chosen, missing])
+    table = table.append_column("_row", pa.array(rows + [i for i, _ in failed], pa.int64()))
     return table.sort_by([("_row", "ascending"), ("image_index", "ascending")])
-
-
-def _planned_slots(plan: SweepPlan) -> pa.Table:
-    """Every image the plan's jobs ask for: its slot (`SLOT`), its job's manifest row
-    `_row` and position `_job`."""
-    ids, indices, keys, rows, jobs = [], [], [], [], []
-    for position, (job, mine) in enumerate(zip(plan.jobs, _request_keys(plan), strict=True)):
-        ids += [job.id] * len(mine)
-        indices += range(len(mine))
-        keys += mine
-        rows += [job.row_index] * len(mine)
-        jobs += [position] * len(mine)
-    return pa.table({"id": pa.array(ids, pa.string()), "image_index": pa.array(indices, pa.int32()),
-                     "request_key": pa.array(keys, pa.string()), "_row": pa.array(rows, pa.int64()),
-                     "_job": pa.array(jobs, pa.int64())})  # fmt: skip
-
-
-def _failed_records(ids, errors, rows) -> pa.Table:
-    """`failed_row`'s record for each id of `ids` (an error each, or one for all), with its
-    manifest row in `_row`."""
-    count = len(ids)
-    errors = [errors] * count if isinstance(errors, str) else errors
-    given = {"id": _column(ids, pa.string()), "status": pa.array(["failed"] * count, pa.string()),
-             "error": _column(errors, pa.string())}  # fmt: skip
-    columns = [given.get(f.name, pa.nulls(count, f.type)) for f in RECORD_SCHEMA]
-    schema = RECORD_SCHEMA.append(pa.field("_row", pa.int64()))
-    return pa.Table.from_arrays([*columns, _column(rows, pa.int64())], schema=schema)
-
-
-def _column(values, kind: pa.DataType):
-    """`values` (an Arrow array or column as it is, else a list) as an Arrow column."""
-    return values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values, kind)
 
 
 def _request_keys(plan: SweepPlan):
