@@ -261,16 +261,19 @@ ALL = Shard(0, 1)
 
 def plan_batches(
     jobs: list[RowJob], facts: dict[str, ModelFacts], batch_size: int,
-    done: set[tuple[str, int, str]], shard: Shard = ALL,
+    done: set[tuple[str, int, str]], shard: Shard = ALL, keys: list | None = None,
 ) -> list[PlannedBatch]:  # fmt: skip
     """Batches of at most `batch_size` images of `shard` whose slot is not done, grouped by
-    shared settings."""
+    shared settings; `keys` (when given) gets every image's request key, job after job."""
     assert batch_size >= 1
     pending: dict[tuple[str, BatchSettings], list[PlannedImage]] = {}
     for job in jobs:
         settings = row_settings(job, facts[job.model])
         group = pending.setdefault((job.model, settings), [])
-        for image in planned_images(job, facts[job.model], settings):
+        images = planned_images(job, facts[job.model], settings)
+        if keys is not None:
+            keys.extend(image.request_key for image in images)
+        for image in images:
             if image.slot not in done and shard.holds(image):
                 group.append(image)
     batches = []  # groups in the order of their model and settings, images in the manifest's
@@ -289,6 +292,9 @@ class SweepPlan:
     failures: list[RowFailure]  # rows that fail before generation
     facts: dict[str, ModelFacts]
     batches: list[PlannedBatch]
+    # every image's request key as planned, job after job in `jobs`' order ([]: not kept,
+    # as for a shard's plan): one string an image, no object of its own
+    request_keys: list[str] = field(default_factory=list)
 
     @property
     def total_images(self) -> int:
@@ -329,8 +335,10 @@ def build_plan(
             failures.append(RowFailure(row_index=job.row_index, id=job.id, error=error))
         else:
             runnable.append(job)
-    batches = plan_batches(runnable, facts, batch_size, done, shard)
-    return SweepPlan(jobs=runnable, failures=failures, facts=facts, batches=batches)
+    keys: list[str] = []  # kept for the whole sweep's results alone
+    batches = plan_batches(runnable, facts, batch_size, done, shard, keys if shard == ALL else None)
+    return SweepPlan(jobs=runnable, failures=failures, facts=facts, batches=batches,
+                     request_keys=keys)  # fmt: skip
 
 
 def chunk_batches(batches: list[PlannedBatch], max_images: int) -> list[list[PlannedBatch]]:

@@ -201,7 +201,9 @@ def read_state(out: str, shard: Shard | None = ALL) -> State:
             read[file] = table
         if not vanished:
             break
-    return State(fs, unique_rows(_concat(list(read.values()))), read)
+    table = _without_duplicates(read)
+    pa.default_memory_pool().release_unused()  # what decoding the files took and freed
+    return State(fs, table, read)
 
 
 def _listing(fs, path: str, shard: Shard | None) -> list[str]:
@@ -244,6 +246,30 @@ def conformed(table: pa.Table) -> pa.Table:
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
     return pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
+
+
+def _without_duplicates(read: dict[str, pa.Table]) -> pa.Table:
+    """The rows of the files `read`, exact duplicates dropped (`unique_rows`) part by part:
+    two equal rows share their slot, so their part; a part whose rows come from one file
+    alone (a compacted output: one file a part) is taken as it is, its rows never hashed."""
+    pieces: dict[int, list[pa.Table]] = {}
+    for file, table in read.items():
+        part = _part_of_file(file)
+        if part is not None:
+            pieces.setdefault(part, []).append(table)
+            continue
+        parts = part_of_rows(table)
+        for p in pc.unique(parts).to_pylist():
+            pieces.setdefault(p, []).append(table.filter(pc.equal(parts, p)))
+    return _concat([tables[0] if len(tables) == 1 else unique_rows(_concat(tables))
+                    for tables in pieces.values()])  # fmt: skip
+
+
+def part_of_rows(table: pa.Table) -> pa.Array:
+    """The part (of `PARTS`) each record of `table` falls in, by its slot's digest."""
+    slots = zip(*(table.column(n).to_pylist() for n in ("id", "image_index", "request_key")),
+                strict=True)  # fmt: skip
+    return pa.array([slot_hash(s) % PARTS for s in slots], pa.int64())
 
 
 def unique_rows(table: pa.Table) -> pa.Table:
@@ -302,9 +328,7 @@ def compact(out: str, state: State | None = None) -> list[str]:
     if not moved:
         return []
     rows = unique_rows(_concat([state.read[f] for f in moved]))
-    part = pa.array([slot_hash(s) % PARTS for s in zip(rows.column("id").to_pylist(),
-                     rows.column("image_index").to_pylist(),
-                     rows.column("request_key").to_pylist(), strict=True)], pa.int64())  # fmt: skip
+    part = part_of_rows(rows)
     written = []
     for p in sorted(set(part.to_pylist())):
         name = f"{COMPACTED_PREFIX}{uuid.uuid4().hex}.parquet"

@@ -14,6 +14,7 @@ import io
 import logging
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -54,13 +55,15 @@ def vouching_records(out: str, state: records.State | None = None) -> list[Image
     return [ImageRecord(**row) for row in vouched(out, state).to_pylist()]
 
 
-def vouched(out: str, state: records.State | None = None) -> pa.Table:
+def vouched(out: str, state: records.State | None = None, share: float = 1.0) -> pa.Table:
     """Every record under `out` (`state`: as read by `records.read_state`) but the ok ones
     whose image no longer holds what they wrote: gone, another size, or other bytes than
     their `image_sha256` (replaced since: done again). The image folder is listed once (one
-    call per 1,000 files on an object store); an image is read and hashed only where its
-    listing cannot vouch for it: its size agrees but it was modified after a record was
-    written (or a record has no `written_at`), or its records disagree on its digest.
+    call per 1,000 files on an object store; on S3 in ranges at once, `share`: about what
+    part of the sweep's images `state` holds, as `storage.file_versions`); an image is read
+    and hashed only where its listing cannot vouch for it: its size agrees but it was
+    modified after a record was written (or a record has no `written_at`), or its records
+    disagree on its digest.
     Several files are fetched at once. Columns, not one object per record.
 
     An image is looked for where it lies in this `out` (`images/<id>/<k>.png`), whatever
@@ -68,56 +71,71 @@ def vouched(out: str, state: records.State | None = None) -> pa.Table:
     vouching records name it there (`image_uri`)."""
     state = state or records.read_state(out)
     table, folder = state.table, storage.join(out, "images")
-    versions = storage.file_versions(folder)
     base, path_base = folder.rstrip("/"), storage.path_of(folder).rstrip("/")
-    rows = {name: table.column(name).to_pylist() for name in VOUCHING}
-    keep = [status != "ok" for status in rows["status"]]
-    uris, by_path = rows["image_uri"], {}
-    for index, (row_id, k) in enumerate(zip(rows["id"], rows["image_index"], strict=True)):
-        if not keep[index]:
-            uris[index] = f"{base}/{row_id}/{k}.png"
-            by_path.setdefault(f"{path_base}/{row_id}/{k}.png", []).append(index)
-    table = table.set_column(table.column_names.index("image_uri"), "image_uri",
-                             pa.array(uris, pa.string()))  # fmt: skip
-    doubtful, digest = {}, rows["image_sha256"]
-    for path, indices in by_path.items():
-        verdicts = {i: _listing_verdict(rows, i, versions.get(path)) for i in indices}
-        alive = [i for i in indices if verdicts[i] is not False]
-        if None in verdicts.values() or len({digest[i] for i in alive}) > 1:
-            doubtful[path] = alive
-        else:
-            keep = _marked(keep, alive)
-    digests = _digests(folder, list(doubtful))
-    for path, indices in doubtful.items():
-        keep = _marked(keep, [i for i in indices if digests.get(path) == digest[i]])
-    return table.filter(pa.array(keep, pa.bool_()))
+    ok = pc.fill_null(pc.equal(table.column("status"), "ok"), False)
+    name = pc.binary_join_element_wise(pc.cast(table.column("image_index"), pa.string()),
+                                       ".png", "")  # fmt: skip
+    relative = pc.binary_join_element_wise(table.column("id"), name, "/")  # id/k.png
+    uris = pc.if_else(ok, pc.binary_join_element_wise(base, relative, "/"),
+                      table.column("image_uri"))  # fmt: skip
+    table = table.set_column(table.column_names.index("image_uri"), "image_uri", uris)
+    checked = pa.table({
+        "_row": pa.array(range(table.num_rows), pa.int64()),
+        "path": pc.binary_join_element_wise(path_base, relative, "/"),
+        **{n: table.column(n) for n in ("image_bytes", "image_sha256", "written_at")},
+    }).filter(ok)  # fmt: skip
+    distinct = pc.unique(checked.column("path"))
+    versions = storage.file_versions(folder, distinct.drop_null(), share)
+    listed = pc.index_in(checked.column("path"), value_set=versions.column("path").combine_chunks())
+    for name in ("size", "mtime"):  # of each record's file as listed: null where it is gone
+        checked = checked.append_column(name, versions.column(name).take(listed))
+    kept = _vouched_rows(folder, checked, len(distinct) == checked.num_rows)
+    keep = pc.invert(ok).to_numpy(zero_copy_only=False).copy()
+    keep[kept] = True
+    pa.default_memory_pool().release_unused()  # the listing's and the checks' columns
+    return table if keep.all() else table.filter(pa.array(keep, pa.bool_()))
 
 
-VOUCHING = ("id", "image_index", "status", "image_uri", "image_bytes", "image_sha256", "written_at")
+def _vouched_rows(folder: str, checked: pa.Table, every_path_once: bool) -> np.ndarray:
+    """The `_row`s of the ok records of `checked` (path, image_bytes, image_sha256,
+    written_at, and their file's `size` and `mtime` as listed: null where it is gone) whose
+    file still holds what they wrote (`_listing_verdict`); a file whose listing cannot tell
+    for one of its records, or whose live records disagree on its digest, is read.
+    `every_path_once`: no two records name one file (none can disagree)."""
+    verdict = _listing_verdict(checked)
+    alive = checked.append_column("_unsure", pc.is_null(verdict)).filter(
+        pc.fill_null(verdict, True))  # fmt: skip
+    if every_path_once:
+        doubtful = alive.column("path").filter(alive.column("_unsure"))
+    else:
+        paths = alive.group_by("path", use_threads=False).aggregate([
+            ("_unsure", "any"),
+            ("image_sha256", "count_distinct", pc.CountOptions(mode="all")),
+        ])  # fmt: skip
+        unsure = pc.or_(paths.column("_unsure_any"),
+                        pc.greater(paths.column("image_sha256_count_distinct"), 1))  # fmt: skip
+        doubtful = paths.column("path").filter(unsure)
+    in_doubt = pc.is_in(alive.column("path"), doubtful)
+    kept = alive.filter(pc.invert(in_doubt)).column("_row").to_numpy()
+    doubted = alive.filter(in_doubt)
+    digests = _digests(folder, doubtful.to_pylist())
+    columns = (doubted.column(n).to_pylist() for n in ("_row", "path", "image_sha256"))
+    matched = [row for row, path, digest in zip(*columns, strict=True)
+               if digests.get(path) == digest]  # fmt: skip
+    return np.concatenate([kept, np.array(matched, np.int64)])
 
 
-def _marked(keep: list[bool], indices: list[int]) -> list[bool]:
-    for index in indices:
-        keep[index] = True
-    return keep
-
-
-def _listing_verdict(rows: dict[str, list], i: int, version: tuple[int, float | None] | None):
-    """What the listing says of ok record `i`'s image (`rows`: `VOUCHING`'s columns): False
-    (gone, or another size), True (the same size, untouched since the record was written,
-    or a record without a digest: its size is all it vouches for), None (only its bytes can
+def _listing_verdict(checked: pa.Table) -> pa.ChunkedArray:
+    """What the listing says of each ok record's image (`checked`: `_vouched_rows`'): false
+    (gone, or another size), true (the same size, untouched since the record was written,
+    or a record without a digest: its size is all it vouches for), null (only its bytes can
     tell)."""
-    if version is None:
-        return False
-    size, modified = version
-    if rows["image_bytes"][i] is not None and rows["image_bytes"][i] != size:
-        return False
-    if rows["image_sha256"][i] is None:
-        return True
-    written = rows["written_at"][i]
-    if written is not None and modified is not None and modified <= written:
-        return True
-    return None
+    size, recorded = checked.column("size"), checked.column("image_bytes")
+    wrong = pc.or_(pc.is_null(size), pc.fill_null(pc.not_equal(recorded, size), False))
+    modified, written = checked.column("mtime"), checked.column("written_at")
+    untouched = pc.fill_null(pc.less_equal(modified, written), False)
+    sure = pc.or_(pc.is_null(checked.column("image_sha256")), untouched)
+    return pc.if_else(wrong, False, pc.if_else(sure, True, pa.scalar(None, pa.bool_())))
 
 
 def _digests(folder: str, paths: list[str]) -> dict[str, str]:
@@ -136,7 +154,7 @@ def done_slots(out: str, shard: Shard = ALL) -> set[tuple[str, int, str]]:
     the compacted records, and every small record file). A planning pass that finds
     compaction due (`records.State.crowded`) compacts what it read (`records.compact`)."""
     state = records.read_state(out, shard)
-    table = vouched(out, state)
+    table = vouched(out, state, 1 / shard.count)
     ok = table.filter(pc.and_(pc.equal(table.column("status"), "ok"),
                               pc.is_valid(table.column("request_key"))))  # fmt: skip
     done = set(zip(*(ok.column(n).to_pylist() for n in SLOT), strict=True))
@@ -286,8 +304,8 @@ def final_records(plan: SweepPlan, recorded: pa.Table) -> pa.Table:
     taken, rows, failed = [], [], []
     for failure in plan.failures:
         failed.append((failure.row_index, failed_row(failure.id, failure.error)))
-    for job in plan.jobs:
-        found = [best.get(image.slot) for image in planned_images(job, plan.facts[job.model])]
+    for job, keys in zip(plan.jobs, _request_keys(plan), strict=True):
+        found = [best.get((job.id, k, key)) for k, key in enumerate(keys)]
         if all(index is None for index in found):
             found = found[:1]
         for index in found:
@@ -301,6 +319,17 @@ def final_records(plan: SweepPlan, recorded: pa.Table) -> pa.Table:
     table = pa.concat_tables([chosen, missing])
     table = table.append_column("_row", pa.array(rows + [i for i, _ in failed], pa.int64()))
     return table.sort_by([("_row", "ascending"), ("image_index", "ascending")])
+
+
+def _request_keys(plan: SweepPlan):
+    """Each job's images' request keys, job after job: as planned, else computed."""
+    offset = 0
+    for job in plan.jobs:
+        if plan.request_keys:
+            yield plan.request_keys[offset : offset + job.num_images]
+            offset += job.num_images
+        else:
+            yield [image.request_key for image in planned_images(job, plan.facts[job.model])]
 
 
 NOT_GENERATED = "not generated: the run stopped before this image"

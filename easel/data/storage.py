@@ -22,8 +22,10 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import fsspec
+import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
+from easel.data import listing
 from easel.errors import InvalidInput
 
 # in every local folder `staged_folder` publishes: easel wrote it, and may replace it
@@ -102,15 +104,23 @@ def path_of(uri: str) -> str:
     return filesystem(uri)[1]
 
 
-def file_versions(folder: str) -> dict[str, tuple[int, float | None]]:
-    """Every file below `folder`, as `path_of` gives them, with its size in bytes and its
-    modification time (Unix seconds; None where the store gives none): one listing, one call
-    per 1,000 files on an object store ({} if `folder` does not exist)."""
+def file_versions(folder: str, wanted=None, share: float = 1.0) -> pa.Table:
+    """Files below `folder` (`path`, as `path_of` gives them), with their `size` in bytes
+    and their modification time `mtime` (Unix seconds; null where the store gives none)
+    (`listing.SCHEMA`): every one, or, given `wanted` (paths as `path_of` gives them: a
+    list or an Arrow string array), at least those of `wanted` that exist. One listing, one
+    call per 1,000 files on an object store; on S3, given `wanted`, listed in ranges at
+    once (`listing.versions`; `share`: about what part of the folder `wanted` names). No
+    rows if `folder` does not exist."""
     fs, path = filesystem(folder)
+    if wanted is not None and listing.is_ranged(fs):
+        return listing.versions(fs, path, wanted, share)
     if not fs.exists(path):
-        return {}
-    return {name: (info["size"], modified_at(info))
-            for name, info in fs.find(path, detail=True).items()}  # fmt: skip
+        return listing.SCHEMA.empty_table()
+    found = fs.find(path, detail=True)
+    return pa.table([list(found), [info["size"] for info in found.values()],
+                     [modified_at(info) for info in found.values()]],
+                    schema=listing.SCHEMA)  # fmt: skip
 
 
 def modified_at(info: dict) -> float | None:
@@ -124,6 +134,21 @@ def modified_at(info: dict) -> float | None:
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     return fs.cat_file(path)
+
+
+def read_many(uris: list[str]) -> dict[str, bytes | None]:
+    """The bytes of each file of `uris` (None: gone or unreadable), fetched concurrently: one
+    `cat` of many paths a filesystem (parallel requests on an object store)."""
+    by_fs: dict[int, tuple[fsspec.AbstractFileSystem, dict[str, str]]] = {}
+    for uri in uris:
+        fs, path = filesystem(uri)
+        by_fs.setdefault(id(fs), (fs, {}))[1][path] = uri
+    found: dict[str, bytes | None] = {}
+    for fs, paths in by_fs.values():
+        fetched = fs.cat(list(paths), on_error="return")
+        for path, uri in paths.items():
+            found[uri] = data if isinstance(data := fetched.get(path), bytes) else None
+    return found
 
 
 def sha256(uri: str) -> str:

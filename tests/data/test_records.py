@@ -340,3 +340,128 @@ def test_a_compaction_the_store_fails_at_a_run_s_end_fails_no_work(tmp_path, mon
         records.compact_after_run(str(out))
     assert "not compacted" in caplog.text and "write refused" in caplog.text
     assert results.done_slots(str(out)) == slots and len(record_files(out)["."]) == 2
+
+
+def test_results_from_the_planned_request_keys_equal_those_computed_again(tmp_path):
+    """`results.final_records` takes each job's request keys from the plan of the whole
+    sweep (a shard's plan keeps none): the same rows, row for row, as computing them again:
+    an ok image, a failed one, one never generated, a record of an older content, a row
+    that failed validation."""
+    import dataclasses
+
+    from easel.data.batching import Shard, build_plan
+    from easel.data.manifest import SweepDefaults, read_manifest, validate_manifest
+    from easel.models.engine.loading import model_facts
+
+    table = pa.table({"id": ["a", "b", "c"], "prompt": ["a red circle", "a blue star", "x"],
+                      "num_images": [2, 1, 1], "width": [64, 64, 65]})  # fmt: skip
+    pq.write_table(table, tmp_path / "m.parquet")
+    defaults = SweepDefaults(model="tiny-shapes", guidance_scale=7.5, num_inference_steps=2,
+                             max_pixels=512 * 512)  # fmt: skip
+    jobs, failures = validate_manifest(read_manifest(str(tmp_path / "m.parquet")), defaults)
+    plan = build_plan(jobs, failures, model_facts, batch_size=8, done=set())
+    flat = plan.request_keys
+    assert len(flat) == 3  # a's two images, b's one; c failed
+    keys = [flat[0:2], flat[2:3]]
+    out = str(tmp_path / "out")
+    made = [record(out, "a", keys[0][0], png(1)), record(out, "a", "older", png(2)),
+            dataclasses.replace(record(out, "b", keys[1][0], png(3)), status="failed")]
+    recorded = pa.Table.from_pylist([dataclasses.asdict(r) for r in made],
+                                    schema=records.RECORD_SCHEMA)  # fmt: skip
+    kept = results.final_records(plan, recorded)
+    again = results.final_records(dataclasses.replace(plan, request_keys=[]), recorded)
+    assert kept.equals(again)
+    assert kept.column("status").to_pylist() == ["ok", "failed", "failed", "failed"]
+    assert kept.column("request_key").to_pylist()[0] == keys[0][0]
+    assert build_plan(jobs, failures, model_facts, 8, set(), Shard(0, 2)).request_keys == []
+
+
+def test_duplicates_are_dropped_part_by_part_and_a_lone_part_file_is_never_hashed(
+    tmp_path, monkeypatch
+):
+    """A compacted output (one file a part) is read without hashing a row; a part held
+    twice (a merge killed after its write) and a small file repeating a compacted row are
+    deduplicated within their part: every slot once."""
+    import shutil
+
+    out = tmp_path / "out"
+    slots = sweep_of(out, 12)
+    records.compact(str(out))
+    hashed, unique = [], records.unique_rows
+    monkeypatch.setattr(records, "unique_rows", lambda t: hashed.append(t.num_rows) or unique(t))
+    state = read_state(str(out))
+    assert hashed == [] and state.table.num_rows == 12
+    part_file = next(f for f in state.files if records.PART_PREFIX in f)
+    shutil.copy(part_file, part_file.replace(records.COMPACTED_PREFIX, "compacted-copy-"))
+    (again,) = [r for r in state.records() if r.id == "r3"]
+    write_record_shard(str(out), "b3-again", [again])
+    state = read_state(str(out))
+    assert state.table.num_rows == 12 and {results.slot(r) for r in state.records()} == slots
+    assert 1 <= len(hashed) <= 2
+
+
+def previous_final_records(plan, recorded: pa.Table) -> list[dict]:
+    """What `results.final_records` keeps, one dict a record, each image's key computed
+    again: the reference it is compared with."""
+    import dataclasses
+
+    from easel.data.batching import planned_images
+
+    def rank(row):  # ok first, then the later (no time: last); stable
+        return (row["status"] != "ok", row["written_at"] is None, -(row["written_at"] or 0))
+
+    best: dict = {}
+    for row in sorted((r for r in recorded.to_pylist() if r["request_key"]), key=rank):
+        best.setdefault((row["id"], row["image_index"], row["request_key"]), row)
+    kept = [{**dataclasses.asdict(results.failed_row(f.id, f.error)), "_row": f.row_index}
+            for f in plan.failures]  # fmt: skip
+    for job in plan.jobs:
+        found = [best.get(image.slot) for image in planned_images(job, plan.facts[job.model])]
+        for row in found if any(found) else found[:1]:
+            missing = dataclasses.asdict(results.failed_row(job.id, results.NOT_GENERATED))
+            kept.append({**(row or missing), "_row": job.row_index})
+    return sorted(kept, key=lambda r: (r["_row"], r["image_index"] is None, r["image_index"] or 0))
+
+
+def test_final_records_from_the_planned_keys_equal_the_per_image_algorithm_row_for_row(tmp_path):
+    """Rows of 1 to 3 images; per slot: no record, a failed try then an ok image, two ok
+    records (the later wins), a record without a time, a record of an older content, a
+    failed try alone; rows that failed validation; records of a row not in the manifest."""
+    import dataclasses
+
+    from easel.data.batching import build_plan
+    from easel.data.manifest import SweepDefaults, read_manifest, validate_manifest
+    from easel.models.engine.loading import model_facts
+
+    count = 12
+    pq.write_table(pa.table({"id": [f"row{i}" for i in range(count)],
+                             "prompt": [f"a red circle {i}" for i in range(count)],
+                             "num_images": [1 + i % 3 for i in range(count)],
+                             "width": [65 if i % 5 == 4 else 64 for i in range(count)]}),
+                   tmp_path / "m.parquet")  # fmt: skip
+    defaults = SweepDefaults(model="tiny-shapes", guidance_scale=7.5, num_inference_steps=2,
+                             max_pixels=512 * 512)  # fmt: skip
+    jobs, failures = validate_manifest(read_manifest(str(tmp_path / "m.parquet")), defaults)
+    plan = build_plan(jobs, failures, model_facts, batch_size=8, done=set())
+    out, made, keys = str(tmp_path / "out"), [], iter(plan.request_keys)
+    for n, job in enumerate(plan.jobs):
+        for k in range(job.num_images):
+            key, case = next(keys), (n + k) % 6
+            base = dataclasses.replace(record(out, job.id, key, png(n), 100.0 + n), image_index=k)
+            if case == 1:
+                made += [dataclasses.replace(base, status="failed", written_at=300.0), base]
+            elif case == 2:
+                made += [base, dataclasses.replace(base, written_at=200.0, image_sha256="later")]
+            elif case == 3:
+                made += [dataclasses.replace(base, written_at=None)]
+            elif case == 4:
+                made += [dataclasses.replace(base, request_key="older")]
+            elif case == 5:
+                made += [dataclasses.replace(base, status="failed", error="boom")]
+    made.append(record(out, "not-in-the-manifest", "k", png(1)))
+    recorded = pa.Table.from_pylist([dataclasses.asdict(r) for r in made],
+                                    schema=records.RECORD_SCHEMA)  # fmt: skip
+    assert plan.failures and len(plan.request_keys) > len(plan.jobs)
+    kept = results.final_records(plan, recorded)
+    assert kept.to_pylist() == previous_final_records(plan, recorded)
+    assert set(kept.column("status").to_pylist()) == {"ok", "failed"}

@@ -234,3 +234,31 @@ def test_a_contact_sheet_tile_of_a_file_declaring_too_many_pixels_is_grey(tmp_pa
     sheet = contact_sheet([str(tmp_path / "huge.png"), str(tmp_path / "fine.png")], labels, 2)
     assert sheet.getpixel((THUMBNAIL // 2, THUMBNAIL // 2)) == (128, 128, 128)  # grey
     assert sheet.getpixel((THUMBNAIL + THUMBNAIL // 2, THUMBNAIL // 2)) == (255, 0, 0)
+
+
+def test_a_contact_sheet_fetches_its_images_at_once_and_greys_a_missing_one(tmp_path, monkeypatch):
+    """One concurrent fetch of every tile's file (not one request after another); a file
+    gone since it was recorded is a grey tile, the others drawn in their place."""
+    from PIL import Image
+
+    from easel.data import contact_sheet as sheets
+
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "a.png")
+    Image.new("RGB", (32, 32), "blue").save(tmp_path / "c.png")
+    fetches, read_many = [], storage.read_many
+    monkeypatch.setattr(storage, "read_many", lambda uris: fetches.append(uris) or read_many(uris))
+    uris = [str(tmp_path / name) for name in ("a.png", "gone.png", "c.png")]
+    sheet = sheets.contact_sheet(uris, ["a/0", "gone/0", "c/0"], 3)
+    assert fetches == [uris]
+    middle = sheets.THUMBNAIL // 2
+    assert sheet.getpixel((middle, middle)) == (255, 0, 0)
+    assert sheet.getpixel((sheets.THUMBNAIL + middle, middle)) == (128, 128, 128)
+    assert sheet.getpixel((2 * sheets.THUMBNAIL + middle, middle)) == (0, 0, 255)
+
+
+def test_read_many_gives_each_file_s_bytes_and_none_for_a_missing_one(tmp_path):
+    (tmp_path / "a").write_bytes(b"A")
+    uris = [str(tmp_path / "a"), str(tmp_path / "b"), "memory://read-many/c"]
+    storage.write_bytes_atomic("memory://read-many/c", b"C")
+    assert storage.read_many(uris) == {uris[0]: b"A", uris[1]: None, uris[2]: b"C"}
+    assert storage.read_many([]) == {}
