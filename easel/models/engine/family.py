@@ -16,6 +16,7 @@ from typing import ClassVar
 
 from PIL import Image
 
+from easel.data import images
 from easel.data.batching import BatchSettings, ImageRequest, ModelFacts
 from easel.data.fusion import FusionConditions
 from easel.data.limits import PRIOR_GUIDANCE_SCALE, SCHEDULER_NAMES, SIDE_MULTIPLE
@@ -61,9 +62,33 @@ def autoencoder_scale(config: dict) -> int:
     return 2 ** (len(config["block_out_channels"]) - 1)
 
 
+def pipeline_arguments(settings: BatchSettings, requests: list[ImageRequest], inits,
+                       masks) -> dict:  # fmt: skip
+    """A text-guided pipeline's call arguments for a batch, as diffusers names them: the
+    prompts, negative prompts ("" for none), guidance, steps, a seeded generator per
+    request, numpy output; the init images with `strength` and the masks (the region they
+    touch at all) where the task has them. The sides are the family's to add."""
+    import torch
+
+    arguments = {
+        "prompt": [r.prompt for r in requests],
+        "negative_prompt": [r.negative_prompt or "" for r in requests],
+        "guidance_scale": settings.guidance_scale,
+        "num_inference_steps": settings.num_inference_steps,
+        "generator": [torch.Generator(device="cpu").manual_seed(r.seed) for r in requests],
+        "output_type": "np",
+    }
+    if inits:
+        arguments.update(image=inits, strength=settings.strength)
+    if masks:
+        arguments.update(mask_image=[images.generation_mask(m) for m in masks])
+    return arguments
+
+
 class ModelFamily:
     """The base of every family; subclasses set the class attributes and implement
-    `load`, `generate`, `tokenizer` and `autoencoder`."""
+    `load`, `generate` and `tokenizer` (and `autoencoder`, `round_trip` for one not a KL
+    VAE named `autoencoder_folder`)."""
 
     name: ClassVar[str]  # for messages: "Stable Diffusion"
     pipeline_classes: ClassVar[tuple[str, ...]]  # `_class_name`s of the folders it runs
@@ -173,10 +198,12 @@ class ModelFamily:
         return [(None, tokenizer, tokenizer.model_max_length)]
 
     def autoencoder(self, pipeline):
-        """The network between pixels and latents (a VAE, a MOVQ)."""
-        raise NotImplementedError
+        """The network between pixels and latents (a VAE, a MOVQ): the pipeline's module
+        named `autoencoder_folder`."""
+        return getattr(pipeline, self.autoencoder_folder)
 
     def round_trip(self, pipeline, pixels):
         """(N, 3, H, W) pixels in [-1, 1] encoded and decoded by the autoencoder: what any
-        edit in its latent space can keep of them at best."""
-        raise NotImplementedError
+        edit in its latent space can keep of them at best (a KL VAE: its posterior mean)."""
+        vae = self.autoencoder(pipeline)
+        return vae.decode(vae.encode(pixels).latent_dist.mode()).sample

@@ -15,10 +15,12 @@ own `Kandinsky2Pipeline` (`easel.models.kandinsky20`) runs a folder that
 
 from __future__ import annotations
 
-import torch
-
-from easel.data import images
-from easel.models.engine.family import ModelFamily, autoencoder_scale, read_config
+from easel.models.engine.family import (
+    ModelFamily,
+    autoencoder_scale,
+    pipeline_arguments,
+    read_config,
+)
 from easel.models.engine.schedulers import fresh_scheduler
 
 PIPELINE_CLASS = "Kandinsky2Pipeline"
@@ -53,19 +55,8 @@ class Kandinsky20(ModelFamily):
         return Kandinsky2Pipeline.from_pretrained(model_path, **options)
 
     def generate(self, pipeline, settings, requests, inits, masks):
-        arguments = {
-            "prompt": [r.prompt for r in requests],
-            "negative_prompt": [r.negative_prompt or "" for r in requests],
-            "guidance_scale": settings.guidance_scale,
-            "num_inference_steps": settings.num_inference_steps,
-            "width": settings.width, "height": settings.height,
-            "generator": [torch.Generator(device="cpu").manual_seed(r.seed) for r in requests],
-            "output_type": "np",
-        }  # fmt: skip
-        if inits:
-            arguments.update(image=inits, strength=settings.strength)
-        if masks:
-            arguments.update(mask_image=[images.generation_mask(m) for m in masks])
+        arguments = pipeline_arguments(settings, requests, inits, masks)
+        arguments.update(width=settings.width, height=settings.height)
         scheduler = fresh_scheduler(pipeline.scheduler, settings.scheduler)
         components = {**pipeline.components, "scheduler": scheduler}
         task_pipeline = type(pipeline)(**components)
@@ -81,14 +72,6 @@ class Kandinsky20(ModelFamily):
     def prompt_limits(self, pipeline, column: str, task: str) -> list[tuple]:
         return [("the multilingual CLIP text encoder", pipeline.tokenizer, TOKENS),
                 ("the mT5 text encoder", pipeline.tokenizer_2, TOKENS)]  # fmt: skip
-
-    def autoencoder(self, pipeline):
-        return pipeline.vae
-
-    def round_trip(self, pipeline, pixels):
-        """Encoded to the posterior mean and decoded."""
-        vae = pipeline.vae
-        return vae.decode(vae.encode(pixels).latent_dist.mode()).sample
 
 
 FAMILY = Kandinsky20()

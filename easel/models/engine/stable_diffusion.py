@@ -10,10 +10,7 @@ in pixel space afterwards.
 
 from __future__ import annotations
 
-import torch
-
-from easel.data import images
-from easel.models.engine.family import ModelFamily
+from easel.models.engine.family import ModelFamily, pipeline_arguments
 from easel.models.engine.schedulers import fresh_scheduler
 
 PIPELINES = {
@@ -46,32 +43,13 @@ class StableDiffusion(ModelFamily):
         return task_pipeline
 
     def generate(self, pipeline, settings, requests, inits, masks):
-        arguments = {
-            "prompt": [r.prompt for r in requests],
-            "negative_prompt": [r.negative_prompt or "" for r in requests],
-            "guidance_scale": settings.guidance_scale,
-            "num_inference_steps": settings.num_inference_steps,
-            "generator": [torch.Generator(device="cpu").manual_seed(r.seed) for r in requests],
-            "output_type": "np",
-        }
+        arguments = pipeline_arguments(settings, requests, inits, masks)
         if settings.task != "img2img":  # img2img takes the init images' size
             arguments.update(width=settings.width, height=settings.height)
-        if inits:
-            arguments.update(image=inits, strength=settings.strength)
-        if masks:
-            arguments.update(mask_image=[images.generation_mask(m) for m in masks])
         return list(self.task_pipeline(pipeline, settings)(**arguments).images)
 
     def tokenizer(self, pipeline):
         return pipeline.tokenizer
-
-    def autoencoder(self, pipeline):
-        return pipeline.vae
-
-    def round_trip(self, pipeline, pixels):
-        """Encoded to the posterior mean and decoded."""
-        vae = pipeline.vae
-        return vae.decode(vae.encode(pixels).latent_dist.mode()).sample
 
 
 FAMILY = StableDiffusion()
