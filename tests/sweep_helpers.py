@@ -42,6 +42,20 @@ def write_scenes(folder, size: int, scenes: dict[str, tuple[str, str]]) -> dict[
     return paths
 
 
+def generated(model: str, requests, **settings) -> list[np.ndarray]:
+    """easel's images for `requests` in one batch (`settings`: a `BatchSettings`'s fields;
+    the model's own scheduler unless given), as uint8 pixels, on the model in float32."""
+    import torch
+
+    from easel.data.batching import BatchSettings
+    from easel.models.engine.generation import generate
+    from easel.models.engine.loading import load_model
+
+    values = BatchSettings(**{"scheduler": None, **settings})
+    images = generate(load_model(model, dtype=torch.float32), values, requests)
+    return [np.asarray(image) for image in images]
+
+
 def pixels(path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"), dtype=np.int16)

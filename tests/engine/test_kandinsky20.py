@@ -13,12 +13,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sweep_helpers import max_pixel_difference, read_results, write_manifest, write_scenes
+from sweep_helpers import (
+    generated,
+    max_pixel_difference,
+    read_results,
+    write_manifest,
+    write_scenes,
+)
 
 from easel.data.batching import BatchSettings, ImageRequest
 from easel.data.limits import SCHEDULER_NAMES
 from easel.errors import InvalidInput, ModelReferenceError
-from easel.models.engine.generation import generate, prompt_truncation_warning
+from easel.models.engine.generation import prompt_truncation_warning
 from easel.models.engine.loading import load_model, model_facts
 from easel.models.kandinsky20 import pipeline as k20_pipeline
 from easel.models.kandinsky20.conversion import convert
@@ -336,10 +342,9 @@ def scenes(tmp_path_factory) -> dict[str, str]:
 
 
 def ours(model: str, task: str, requests: list[ImageRequest], **settings) -> list[np.ndarray]:
-    values = {"task": task, "scheduler": None, "guidance_scale": GUIDANCE,
-              "num_inference_steps": STEPS, "width": SIZE, "height": SIZE, **settings}  # fmt: skip
-    images = generate(load_model(model, dtype=torch.float32), BatchSettings(**values), requests)
-    return [np.asarray(image) for image in images]
+    """easel's images for `requests` in one batch, as uint8 pixels."""
+    return generated(model, requests, task=task, guidance_scale=GUIDANCE,
+                     num_inference_steps=STEPS, width=SIZE, height=SIZE, **settings)  # fmt: skip
 
 
 def batched_and_alone(model: str, task: str, requests: list[ImageRequest], **settings):

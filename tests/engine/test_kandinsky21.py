@@ -15,6 +15,7 @@ from diffusers import (
 from PIL import Image
 from sweep_helpers import (
     STEPS,
+    generated,
     max_pixel_difference,
     pixels,
     read_results,
@@ -22,10 +23,9 @@ from sweep_helpers import (
     write_scenes,
 )
 
-from easel.data.batching import BatchSettings, ImageRequest
+from easel.data.batching import ImageRequest
 from easel.data.fusion import FusionInput
 from easel.errors import ModelReferenceError
-from easel.models.engine.generation import generate
 from easel.models.engine.loading import load_model, model_facts
 from easel.models.testing.random_pipelines import build_random_kandinsky21
 
@@ -55,10 +55,8 @@ def scenes(tmp_path_factory) -> dict[str, str]:
 
 def ours(model: str, task: str, requests: list[ImageRequest], **settings) -> list[np.ndarray]:
     """easel's images for `requests` in one batch, as uint8 pixels."""
-    values = {"task": task, "scheduler": None, "guidance_scale": GUIDANCE,
-              "num_inference_steps": STEPS, "width": SIZE, "height": SIZE, **settings}  # fmt: skip
-    images = generate(load_model(model, dtype=torch.float32), BatchSettings(**values), requests)
-    return [np.asarray(image) for image in images]
+    return generated(model, requests, task=task, guidance_scale=GUIDANCE,
+                     num_inference_steps=STEPS, width=SIZE, height=SIZE, **settings)  # fmt: skip
 
 
 def uint8(image: np.ndarray) -> np.ndarray:

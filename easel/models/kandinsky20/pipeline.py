@@ -112,16 +112,15 @@ class Kandinsky2Pipeline(DiffusionPipeline):
             clip_tokens.to(dtype), clip_pooled.to(dtype), t5_tokens.to(dtype)
         )
 
-    def encode_image(self, image, generators: list, size: tuple[int, int]) -> torch.Tensor:
+    def encode_image(self, image, generators: list | None, size: tuple[int, int]) -> torch.Tensor:
         """Images (PIL or (N, 3, H, W) in [-1, 1]) -> latents sampled from the VAE's
         posterior, row i from generator i, scaled by `scaling_factor`."""
         pixels = self.image_processor.preprocess(image, height=size[0], width=size[1])
         pixels = pixels.to(self._execution_device, self.vae.dtype)
-        latents = [
-            self.vae.encode(pixels[i : i + 1]).latent_dist.sample(generator)
-            for i, generator in enumerate(generators)
-        ]
-        return torch.cat(latents) * self.vae.config.scaling_factor
+        posterior = self.vae.encode(pixels).latent_dist  # one encoder pass for the batch
+        noise = randn_tensor(posterior.mean.shape, generator=generators,
+                             device=pixels.device, dtype=posterior.mean.dtype)  # fmt: skip
+        return (posterior.mean + posterior.std * noise) * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def __call__(
@@ -155,8 +154,7 @@ class Kandinsky2Pipeline(DiffusionPipeline):
             timesteps = self.strength_timesteps(timesteps, strength)
         if latents is None:
             shape = (len(prompts), LATENT_CHANNELS, *size)
-            drawn_by = generators if any(g is not None for g in generators) else None
-            latents = randn_tensor(shape, generator=drawn_by, device=device, dtype=tokens.dtype)
+            latents = randn_tensor(shape, generator=generators, device=device, dtype=tokens.dtype)
         latents = latents.to(device, tokens.dtype)
         if edit:
             latents = self.scheduler.add_noise(init, latents, timesteps[:1])
@@ -176,8 +174,8 @@ class Kandinsky2Pipeline(DiffusionPipeline):
     def check_inputs(
         self, prompt, negative_prompt, generator, image, mask_image, height: int, width: int,
         steps: int, strength: float, guidance_scale: float,
-    ) -> tuple[list[str], list[str], list]:  # fmt: skip
-        """(prompts, negative prompts, a generator or None per prompt); `ValueError` naming
+    ) -> tuple[list[str], list[str], list | None]:  # fmt: skip
+        """(prompts, negative prompts, a generator per prompt or None); `ValueError` naming
         the argument and its value for one the pipeline cannot run."""
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not prompts or not all(
@@ -188,6 +186,8 @@ class Kandinsky2Pipeline(DiffusionPipeline):
         if negative_prompt is None or isinstance(negative_prompt, str):
             negatives = [negative_prompt or ""] * len(prompts)
         generators = generator if isinstance(generator, list) else [generator] * len(prompts)
+        if all(g is None for g in generators):
+            generators = None  # the global generator draws
         for name, values in (("negative_prompt", negatives), ("generator", generators),
                              ("image", image), ("mask_image", mask_image)):  # fmt: skip
             if isinstance(values, list) and len(values) != len(prompts):
@@ -208,11 +208,11 @@ class Kandinsky2Pipeline(DiffusionPipeline):
             raise ValueError("`mask_image` needs an inpainting UNet (9 input channels)")
         return prompts, negatives, generators
 
-    def step_options(self, generators: list, eta: float) -> dict:
+    def step_options(self, generators: list | None, eta: float) -> dict:
         """The scheduler's `step` arguments it takes: the rows' generators, DDIM's `eta`."""
         accepted = inspect.signature(self.scheduler.step).parameters
         options = {}
-        if "generator" in accepted and any(g is not None for g in generators):
+        if "generator" in accepted and generators:
             options["generator"] = generators[0] if len(generators) == 1 else generators
         if "eta" in accepted:
             options["eta"] = eta
