@@ -221,17 +221,72 @@ def planned_images(
     """The images of `job` with their request keys (`settings`: its `row_settings`, where
     the caller has them)."""
     settings = settings or row_settings(job, facts)
-    images = []
-    for k in range(job.num_images):
-        request = ImageRequest(
-            prompt=job.prompt, negative_prompt=job.negative_prompt, seed=job.seed + k,
-            init_image=job.init_image, mask_image=job.mask_image,
-            init_image_sha256=job.init_image_sha256, mask_image_sha256=job.mask_image_sha256,
-            fusion_inputs=job.fusion_inputs,
-        )  # fmt: skip
-        key = request_key(facts.digest, settings, request)
-        images.append(PlannedImage(row_id=job.id, image_index=k, request=request, request_key=key))
-    return images
+    keys = row_request_keys(facts.digest, settings, job)
+    return [PlannedImage(job.id, k, image_request(job, k), key) for k, key in enumerate(keys)]
+
+
+def image_request(job: RowJob, k: int) -> ImageRequest:
+    """What image `k` of `job` asks for: the row's inputs with seed + k."""
+    return ImageRequest(
+        prompt=job.prompt, negative_prompt=job.negative_prompt, seed=job.seed + k,
+        init_image=job.init_image, mask_image=job.mask_image,
+        init_image_sha256=job.init_image_sha256, mask_image_sha256=job.mask_image_sha256,
+        fusion_inputs=job.fusion_inputs,
+    )  # fmt: skip
+
+
+_SEED = "seed"
+_ENCODE_STR = json.encoder.encode_basestring_ascii  # json.dumps' own (ensure_ascii), in C
+
+
+def row_request_keys(model_digest: str, settings: BatchSettings, job: RowJob) -> list[str]:
+    """`request_key` of each image of `job` (seeds seed, seed + 1, ...), at about the cost of
+    hashing: the JSON `request_key` digests is written once for the row around its seed,
+    from a template of its settings (`_key_template`), and only the seed changes between
+    images. A row with `fusion_inputs` (nested values) takes `request_key` image by image.
+    The keys are `request_key`'s, character for character."""
+    if job.fusion_inputs is not None:
+        return [request_key(model_digest, settings, image_request(job, k))
+                for k in range(job.num_images)]  # fmt: skip
+    first = image_request(job, 0)
+    added = tuple(name for name in ADDED_REQUEST_FIELDS if getattr(first, name) is not None)
+    pieces, holes = _key_template(model_digest, settings, added)
+    head, tail, seen = [], [], False
+    for piece, hole in zip(pieces, holes, strict=False):
+        (tail if seen else head).append(piece)
+        if hole == _SEED:
+            seen = True
+        else:
+            value = getattr(first, hole)
+            (tail if seen else head).append("null" if value is None else _ENCODE_STR(value))
+    tail.append(pieces[-1])
+    before, after = "".join(head), "".join(tail)
+    sha256 = hashlib.sha256
+    return [sha256(f"{before}{seed}{after}".encode()).hexdigest()
+            for seed in range(job.seed, job.seed + job.num_images)]  # fmt: skip
+
+
+@lru_cache(maxsize=4096)
+def _key_template(
+    model_digest: str, settings: BatchSettings, added: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`request_key`'s JSON for `settings` and a flat request (`added`: the fields of
+    `ADDED_REQUEST_FIELDS` it sets) as its constant pieces and, between them, the request
+    fields' names (holes): pieces[0] + value of holes[0] + pieces[1] + ... + pieces[-1]."""
+    constant = _settings_content(model_digest, settings)
+    asked = [f.name for f in fields(ImageRequest)
+             if f.name not in ADDED_REQUEST_FIELDS or f.name in added]  # fmt: skip
+    pieces, holes, current = [], [], "{"
+    for i, name in enumerate(sorted([*constant, *asked])):
+        current += (", " if i else "") + json.dumps(name) + ": "
+        if name in constant:
+            current += json.dumps(constant[name], sort_keys=True)
+        else:
+            pieces.append(current)
+            holes.append(name)
+            current = ""
+    pieces.append(current + "}")
+    return tuple(pieces), tuple(holes)
 
 
 def shard_of(image: PlannedImage, shards: int) -> int:
@@ -252,8 +307,9 @@ class Shard:
     index: int
     count: int
 
-    def holds(self, image: PlannedImage) -> bool:
-        return self.count == 1 or shard_of(image, self.count) == self.index
+    def holds(self, slot: tuple[str, int, str]) -> bool:
+        """Whether an image's slot (row id, image index, request key) is this shard's."""
+        return self.count == 1 or slot_hash(slot) % self.count == self.index
 
 
 ALL = Shard(0, 1)
@@ -270,12 +326,13 @@ def plan_batches(
     for job in jobs:
         settings = row_settings(job, facts[job.model])
         group = pending.setdefault((job.model, settings), [])
-        images = planned_images(job, facts[job.model], settings)
+        row_keys = row_request_keys(facts[job.model].digest, settings, job)
         if keys is not None:
-            keys.extend(image.request_key for image in images)
-        for image in images:
-            if image.slot not in done and shard.holds(image):
-                group.append(image)
+            keys.extend(row_keys)
+        for k, key in enumerate(row_keys):  # an object only for an image this plan does
+            slot = (job.id, k, key)
+            if slot not in done and shard.holds(slot):
+                group.append(PlannedImage(job.id, k, image_request(job, k), key))
     batches = []  # groups in the order of their model and settings, images in the manifest's
     for model, settings in sorted(pending, key=lambda key: (key[0], repr(key[1]))):
         images = pending[model, settings]

@@ -63,3 +63,44 @@ def test_batches_of_one_content_for_other_rows_have_their_own_record_names(tmp_p
     assert [i.request_key for i in first.images] == [i.request_key for i in second.images]
     assert first.key != second.key
     assert first.key == plan_batches([jobs["a"]], {"a": FACTS}, 8, set())[0].key  # stable
+
+
+def test_a_row_s_request_keys_are_request_key_s_for_every_kind_of_value():
+    """`row_request_keys` writes the keyed JSON once a row from a template: its keys are
+    `request_key`'s, character for character, for texts JSON escapes (quotes, backslashes,
+    control characters, non-ASCII, characters beyond the BMP), unset and set optional
+    fields, settings of every family, LoRA adapters and a fusion's nested items."""
+    import random
+
+    from easel.data.batching import BatchSettings, image_request, request_key, row_request_keys
+    from easel.data.fusion import FusionInput
+    from easel.data.loras import LoraRef
+    from easel.data.manifest import RowJob
+
+    texts = ["a red circle", 'say "hi"', "back\\slash", "tab\there\nnewline\x00\x1f", "é ü ß",
+             "красный круг", "猫", "🐱 emoji", "\u2028\u2029", "", " "]  # fmt: skip
+    plain = BatchSettings(task="text2img", scheduler="ddim", guidance_scale=7.5,
+                          num_inference_steps=20, width=32, height=48)  # fmt: skip
+    kandinsky = replace(plain, prior_guidance_scale=4.0, prior_num_inference_steps=25,
+                        guidance_scale=0.1 + 0.2)  # fmt: skip
+    adapted = replace(plain, loras=(LoraRef(uri="/a.safetensors", scale=0.5, sha256="b" * 64),))
+    edit = replace(plain, task="inpaint", strength=0.35)
+    items = (FusionInput(text="a cat", image=None, weight=0.25),
+             FusionInput(text=None, image="/m/dog.png", weight=0.75, image_sha256="c" * 64))
+    draw = random.Random(7)
+    for case in range(200):
+        settings = draw.choice([plain, kandinsky, adapted, edit])
+        init = draw.choice([None, "/m/init \"1\".png", "s3://b/é.png"])
+        job = RowJob(
+            row_index=case, id=f"r{case}", prompt=draw.choice(texts),
+            negative_prompt=draw.choice([None, *texts]), seed=draw.choice([0, 5, 2**63 - 70]),
+            num_images=draw.randint(1, 4), guidance_scale=7.5, num_inference_steps=20,
+            width=32, height=48, scheduler="ddim", model="m", task=settings.task,
+            init_image=init, mask_image=draw.choice([None, "/m/mask.png"]), strength=1.0,
+            init_image_sha256=init and "a" * 64, mask_image_sha256=draw.choice([None, "e" * 64]),
+            fusion_inputs=items if case % 17 == 0 else None,
+        )  # fmt: skip
+        digest = draw.choice(["d" * 64, "model \"x\""])
+        expected = [request_key(digest, settings, image_request(job, k))
+                    for k in range(job.num_images)]  # fmt: skip
+        assert row_request_keys(digest, settings, job) == expected, job
