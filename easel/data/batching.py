@@ -100,10 +100,14 @@ class ModelFacts:
     minimum_steps: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
-def unsupported(job: RowJob, facts: ModelFacts) -> str | None:
-    """Why the row's model cannot run it, naming the column and value; None if it can."""
+def unsupported(
+    job: RowJob, facts: ModelFacts, settings: BatchSettings | None = None
+) -> str | None:
+    """Why the row's model cannot run it (`settings`: its `row_settings`, where the caller
+    has them), naming the column and value; None if it can."""
     model = f"{facts.family} model {job.model!r}"
-    return settings_problem(row_settings(job, facts), facts, model, job.sides_from_init)
+    settings = settings or row_settings(job, facts)
+    return settings_problem(settings, facts, model, job.sides_from_init)
 
 
 def settings_problem(
@@ -235,8 +239,6 @@ def image_request(job: RowJob, k: int) -> ImageRequest:
     )  # fmt: skip
 
 
-_SEED = "seed"
-_ENCODE_STR = json.encoder.encode_basestring_ascii  # json.dumps' own (ensure_ascii), in C
 
 
 def row_request_keys(model_digest: str, settings: BatchSettings, job: RowJob) -> list[str]:
@@ -248,45 +250,48 @@ def row_request_keys(model_digest: str, settings: BatchSettings, job: RowJob) ->
     if job.fusion_inputs is not None:
         return [request_key(model_digest, settings, image_request(job, k))
                 for k in range(job.num_images)]  # fmt: skip
-    first = image_request(job, 0)
-    added = tuple(name for name in ADDED_REQUEST_FIELDS if getattr(first, name) is not None)
-    pieces, holes = _key_template(model_digest, settings, added)
-    head, tail, seen = [], [], False
-    for piece, hole in zip(pieces, holes, strict=False):
-        (tail if seen else head).append(piece)
-        if hole == _SEED:
-            seen = True
-        else:
-            value = getattr(first, hole)
-            (tail if seen else head).append("null" if value is None else _ENCODE_STR(value))
-    tail.append(pieces[-1])
-    before, after = "".join(head), "".join(tail)
+    added = tuple(name for name in _ADDED_FLAT if getattr(job, name) is not None)
+    before, before_holes, after, after_holes = _key_template(model_digest, settings, added)
+    head = before % tuple(_encoded(getattr(job, name)) for name in before_holes)
+    tail = after % tuple(_encoded(getattr(job, name)) for name in after_holes)
     sha256 = hashlib.sha256
-    return [sha256(f"{before}{seed}{after}".encode()).hexdigest()
+    return [sha256(f"{head}{seed}{tail}".encode()).hexdigest()
             for seed in range(job.seed, job.seed + job.num_images)]  # fmt: skip
+
+
+_ADDED_FLAT = ("init_image_sha256", "mask_image_sha256")  # of ADDED_REQUEST_FIELDS: texts
+_ENCODE_STR = json.encoder.encode_basestring_ascii  # json.dumps' own (ensure_ascii), in C
+
+
+def _encoded(value: str | None) -> str:
+    return "null" if value is None else _ENCODE_STR(value)
 
 
 @lru_cache(maxsize=4096)
 def _key_template(
     model_digest: str, settings: BatchSettings, added: tuple[str, ...]
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """`request_key`'s JSON for `settings` and a flat request (`added`: the fields of
-    `ADDED_REQUEST_FIELDS` it sets) as its constant pieces and, between them, the request
-    fields' names (holes): pieces[0] + value of holes[0] + pieces[1] + ... + pieces[-1]."""
+) -> tuple[str, tuple[str, ...], str, tuple[str, ...]]:
+    """`request_key`'s JSON for `settings` and a request without `fusion_inputs` (`added`:
+    the fields of `_ADDED_FLAT` it sets) as two %-formats, before and after the seed, and
+    the request fields whose JSON values fill each (a request field's name is also a
+    `RowJob` field's)."""
     constant = _settings_content(model_digest, settings)
     asked = [f.name for f in fields(ImageRequest)
              if f.name not in ADDED_REQUEST_FIELDS or f.name in added]  # fmt: skip
-    pieces, holes, current = [], [], "{"
+    parts: list[list[str]] = [[], []]  # before the seed, after it
+    holes: list[list[str]] = [[], []]
+    side = 0
     for i, name in enumerate(sorted([*constant, *asked])):
-        current += (", " if i else "") + json.dumps(name) + ": "
-        if name in constant:
-            current += json.dumps(constant[name], sort_keys=True)
+        parts[side].append(((", " if i else "{") + json.dumps(name) + ": ").replace("%", "%%"))
+        if name == "seed":
+            side = 1
+        elif name in constant:
+            parts[side].append(json.dumps(constant[name], sort_keys=True).replace("%", "%%"))
         else:
-            pieces.append(current)
-            holes.append(name)
-            current = ""
-    pieces.append(current + "}")
-    return tuple(pieces), tuple(holes)
+            parts[side].append("%s")
+            holes[side].append(name)
+    parts[1].append("}")
+    return "".join(parts[0]), tuple(holes[0]), "".join(parts[1]), tuple(holes[1])
 
 
 def shard_of(image: PlannedImage, shards: int) -> int:
@@ -318,13 +323,16 @@ ALL = Shard(0, 1)
 def plan_batches(
     jobs: list[RowJob], facts: dict[str, ModelFacts], batch_size: int,
     done: set[tuple[str, int, str]], shard: Shard = ALL, keys: list | None = None,
+    settings_of: list[BatchSettings] | None = None,
 ) -> list[PlannedBatch]:  # fmt: skip
     """Batches of at most `batch_size` images of `shard` whose slot is not done, grouped by
-    shared settings; `keys` (when given) gets every image's request key, job after job."""
+    shared settings (`settings_of`: each job's `row_settings`, where the caller has them);
+    `keys` (when given) gets every image's request key, job after job."""
     assert batch_size >= 1
     pending: dict[tuple[str, BatchSettings], list[PlannedImage]] = {}
-    for job in jobs:
-        settings = row_settings(job, facts[job.model])
+    if settings_of is None:
+        settings_of = [row_settings(job, facts[job.model]) for job in jobs]
+    for job, settings in zip(jobs, settings_of, strict=True):
         group = pending.setdefault((job.model, settings), [])
         row_keys = row_request_keys(facts[job.model].digest, settings, job)
         if keys is not None:
@@ -386,14 +394,22 @@ def build_plan(
         RowFailure(row_index=job.row_index, id=job.id, error=bad_models[job.model])
         for job in jobs if job.model in bad_models
     ]  # fmt: skip
-    runnable = []
+    runnable, settings_of = [], []
+    checked: dict[tuple, tuple[BatchSettings, str | None]] = {}  # once a distinct setting
     for job in (job for job in jobs if job.model in facts):
-        if error := unsupported(job, facts[job.model]):
+        settings = row_settings(job, facts[job.model])
+        known = (job.model, settings, job.sides_from_init)
+        if known not in checked:
+            checked[known] = (settings, unsupported(job, facts[job.model], settings))
+        settings, error = checked[known]  # one object for equal settings
+        if error:
             failures.append(RowFailure(row_index=job.row_index, id=job.id, error=error))
         else:
             runnable.append(job)
+            settings_of.append(settings)
     keys: list[str] = []  # kept for the whole sweep's results alone
-    batches = plan_batches(runnable, facts, batch_size, done, shard, keys if shard == ALL else None)
+    batches = plan_batches(runnable, facts, batch_size, done, shard,
+                           keys if shard == ALL else None, settings_of)  # fmt: skip
     return SweepPlan(jobs=runnable, failures=failures, facts=facts, batches=batches,
                      request_keys=keys)  # fmt: skip
 

@@ -12,21 +12,21 @@ import functools
 import hashlib
 import json
 import math
-import posixpath
 import re
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from easel.data import fusion, limits, loras, storage
 from easel.data.fusion import FusionInput, FusionInputError
 from easel.data.images import ImageInputError, open_image, probe_edit_inputs
 from easel.data.limits import PRIOR_NUM_INFERENCE_STEPS
 from easel.data.loras import LoraInputError, LoraRef
+from easel.data.manifest_files import Manifest, read_manifest, write_manifest  # noqa: F401
 from easel.errors import InvalidInput
 
 # manifest rows made Python values at a time while validating (the rest stay Arrow)
@@ -100,173 +100,6 @@ class RowFailure:
     error: str
 
 
-@dataclass(frozen=True)
-class Manifest:
-    """The raw table (kept for pass-through columns) and where it came from."""
-
-    table: pa.Table
-    uri: str
-    root: str  # the folder that relative image paths resolve against
-    files: list[str] = field(default_factory=list)
-
-
-# --- reading -------------------------------------------------------------------------
-
-
-def manifest_files(uri: str) -> tuple[list[str], str]:
-    """The Parquet files named by `uri` (a file, a folder or a glob) and their root folder."""
-    fs, path = storage.filesystem(uri)
-    protocol = uri.split("://", 1)[0] + "://" if "://" in uri else ""
-    if any(ch in path for ch in "*?["):
-        files = sorted(fs.glob(path))
-        root = posixpath.dirname(path.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0])
-    elif fs.isdir(path):
-        files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
-        root = path
-    elif fs.exists(path):
-        files, root = [path], posixpath.dirname(path)
-    else:
-        raise InvalidInput(f"manifest {uri!r} does not exist")
-    if not files:
-        raise InvalidInput(f"manifest {uri!r} names no Parquet file")
-    return [_with_protocol(protocol, f) for f in files], _with_protocol(protocol, root)
-
-
-def _with_protocol(protocol: str, path: str) -> str:
-    if protocol in ("", "file://"):
-        return path
-    return protocol + path
-
-
-def read_manifest(uri: str) -> Manifest:
-    """Read and concatenate the manifest's files; raise `InvalidInput` if it is unusable.
-
-    Read once per process while its files are unchanged (the CLI checks a manifest before
-    its flow plans it: one read)."""
-    files, root = manifest_files(uri)
-    versions = []
-    for file_uri in files:
-        fs, path = storage.filesystem(file_uri)
-        versions.append(storage.version_tag(fs.info(path)))
-    return _read_files(uri, root, tuple(files), tuple(versions))
-
-
-@functools.lru_cache(maxsize=8)
-def _read_files(uri: str, root: str, files: tuple[str, ...], versions: tuple[str, ...]):
-    tables = []
-    for file_uri in files:
-        fs, path = storage.filesystem(file_uri)
-        try:
-            with fs.open(path, "rb") as f:
-                tables.append(pq.read_table(f))
-        except (pa.ArrowInvalid, OSError) as error:
-            raise InvalidInput(
-                f"manifest file {file_uri!r} is not a readable Parquet file: {error}"
-            ) from None
-    table = _concatenated(tables, files, uri)
-    if "prompt" not in table.column_names and fusion.COLUMN not in table.column_names:
-        raise InvalidInput(
-            f"manifest {uri!r} has no `prompt` column (columns: {', '.join(table.column_names)})"
-        )
-    return Manifest(table=table, uri=uri, root=root, files=list(files))
-
-
-def _logical(type_: pa.DataType) -> pa.DataType:
-    """The type a column's values have, whatever its physical encoding: dictionaries
-    decoded, large and view strings (and binaries) as plain ones."""
-    if pa.types.is_dictionary(type_):
-        type_ = type_.value_type
-    if pa.types.is_large_string(type_) or pa.types.is_string_view(type_):
-        return pa.string()
-    if pa.types.is_large_binary(type_) or pa.types.is_binary_view(type_):
-        return pa.binary()
-    return type_
-
-
-def _common_type(types: list[pa.DataType]) -> pa.DataType | None:
-    """The type all of `types` (no nulls among them) read as; None if they conflict."""
-    distinct = list(dict.fromkeys(types))
-    if len(distinct) == 1:
-        return distinct[0]
-    if all(pa.types.is_integer(t) for t in distinct):
-        return pa.int64()
-    if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in distinct):
-        return pa.float64()
-    if all(_is_struct_list(t) for t in distinct):
-        return _merged_struct_list(distinct)
-    return None
-
-
-def _is_struct_list(type_: pa.DataType) -> bool:
-    is_list = pa.types.is_list(type_) or pa.types.is_large_list(type_)
-    return is_list and pa.types.is_struct(type_.value_type)
-
-
-def _merged_struct_list(types: list[pa.DataType]) -> pa.DataType | None:
-    """Lists of structs (`fusion_inputs` items written with different keys or number types)
-    as one list of structs holding every key; None if a key's types conflict."""
-    keys: dict[str, list[pa.DataType]] = {}
-    for type_ in types:
-        for item_field in type_.value_type:
-            keys.setdefault(item_field.name, []).append(_logical(item_field.type))
-    # a key no item of a file sets has type null there: it takes the others' type
-    merged = [(name, _common_type([t for t in key_types if not pa.types.is_null(t)] or [pa.null()]))
-              for name, key_types in keys.items()]  # fmt: skip
-    if any(common is None for _, common in merged):
-        return None
-    return pa.list_(pa.struct(merged))
-
-
-def _concatenated(tables: list[pa.Table], files: tuple[str, ...], uri: str) -> pa.Table:
-    """The files' tables as one, each column of one type: physical variants (string,
-    large_string, dictionary; int32 and int64) agree, and a column that holds no value in a
-    file (all null, whatever type the writer gave it, as pandas writes an all-NaN column or
-    an empty partition as double) takes the others' type; a true conflict (strings in one
-    file, numbers in another) is `InvalidInput` naming the column and the files. Pandas'
-    schema metadata, which describes one file, is dropped."""
-    columns = list(dict.fromkeys(name for table in tables for name in table.column_names))
-    schema = []
-    for name in columns:
-        typed = [(file, _logical(table.schema.field(name).type))
-                 for file, table in zip(files, tables, strict=True)
-                 if name in table.column_names
-                 and table.column(name).null_count < table.num_rows]  # fmt: skip
-        if not typed:  # no value anywhere: the type its first file gives it
-            first = next(table for table in tables if name in table.column_names)
-            typed = [(files[0], _logical(first.schema.field(name).type))]
-        common = _common_type([t for _, t in typed])
-        if common is None:
-            shown = "; ".join(f"{t} in {file!r}" for file, t in typed[:4])
-            raise InvalidInput(f"manifest {uri!r}: column `{name}` has conflicting types: {shown}")
-        schema.append(pa.field(name, common))
-    schema = pa.schema(schema)
-    unified = []
-    for table in tables:
-        arrays = [
-            _cast(table.column(f.name), f.type)
-            if f.name in table.column_names
-            and table.column(f.name).null_count < table.num_rows
-            else pa.nulls(table.num_rows, f.type)  # absent, or no value in this file
-            for f in schema
-        ]  # fmt: skip
-        unified.append(pa.Table.from_arrays(arrays, schema=schema))
-    return pa.concat_tables(unified)
-
-
-def _cast(column: pa.ChunkedArray, type_: pa.DataType) -> pa.ChunkedArray:
-    """`column` as `type_`; left as it is when it has that type already (pyarrow's cast of a
-    list of structs to its own type breaks a struct field of type null)."""
-    return column if column.type == type_ else column.cast(type_)
-
-
-def write_manifest(uri: str, rows: list[dict[str, Any]]) -> str:
-    """Write `rows` as a manifest (columns: the union of their keys, in order), atomically."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    table = pa.Table.from_pylist([{key: row.get(key) for key in columns} for row in rows])
-    storage.write_parquet_atomic(uri, table)
-    return uri
-
-
 # --- validation ----------------------------------------------------------------------
 
 
@@ -304,7 +137,7 @@ def manifest_rows(table: pa.Table) -> Iterator[dict[str, Any]]:
 
 def unique_row_ids(table: pa.Table, uri: str) -> list[str]:
     """Each row's id, given or derived; `InvalidInput` if two rows share one."""
-    ids = [_row_id(values) for values in manifest_rows(table)]
+    ids = _row_ids(table)
     duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
     if duplicates:
         shown = ", ".join(repr(i) for i in duplicates[:5])
@@ -323,25 +156,155 @@ def unique_row_ids(table: pa.Table, uri: str) -> list[str]:
 def validate_manifest(
     manifest: Manifest, defaults: SweepDefaults, input_roots: list[str] = ()
 ) -> tuple[list[RowJob], list[RowFailure]]:
-    """Validate every row. Duplicate ids invalidate the manifest as a whole."""
+    """Validate every row, `ROWS_AT_ONCE` rows at a time. Duplicate ids invalidate the
+    manifest as a whole. A row that sets only the plain columns (`plain_jobs`) is validated
+    column by column, each distinct value once; any other row, and a plain one a rule
+    refuses, alone (`validate_row`), which names the first rule it breaks."""
     ids = unique_row_ids(manifest.table, manifest.uri)
     roots = [manifest.root, *input_roots]
-    jobs, failures = [], []
-    rows = manifest_rows(manifest.table)
-    for index, (values, row_id) in enumerate(zip(rows, ids, strict=True)):
-        try:
-            jobs.append(validate_row(index, row_id, values, defaults, manifest.root, roots))
-        except RowError as error:
-            failures.append(RowFailure(row_index=index, id=row_id, error=str(error)))
-        except Exception as error:  # noqa: BLE001 - a rule easel lacks: the row fails alone
-            message = f"this row could not be validated: {type(error).__name__}: {error}"
-            failures.append(RowFailure(row_index=index, id=row_id, error=message))
+    jobs, failures, start = [], [], 0
+    for batch in manifest.table.to_batches(max_chunksize=ROWS_AT_ONCE):
+        rows = None  # the batch's rows as dicts, made only for rows validated alone
+        for offset, job in enumerate(plain_jobs(batch, start, ids, defaults)):
+            if job is not None:
+                jobs.append(job)
+                continue
+            rows = rows or batch.to_pylist()
+            index = start + offset
+            try:
+                jobs.append(validate_row(index, ids[index], rows[offset], defaults,
+                                         manifest.root, roots))  # fmt: skip
+            except RowError as error:
+                failures.append(RowFailure(row_index=index, id=ids[index], error=str(error)))
+            except Exception as error:  # noqa: BLE001 - a rule easel lacks: the row fails alone
+                message = f"this row could not be validated: {type(error).__name__}: {error}"
+                failures.append(RowFailure(row_index=index, id=ids[index], error=message))
+        start += batch.num_rows
+    failures.sort(key=lambda failure: failure.row_index)
     return jobs, failures
 
 
-def _row_id(values: dict[str, Any]) -> str:
-    value = values.get("id")
-    return derived_id(values) if value is None else str(value)
+# what a plain row may set besides the columns of `column_rules` (and columns easel does
+# not know, passed through): a row that sets any other (images, fusion items, adapters, a
+# task but text-to-image) is validated alone
+PLAIN_COLUMNS = ("id", "prompt", "seed", "task")
+_REFUSED = object()  # a value a column's rule refuses
+
+
+def plain_jobs(
+    batch: pa.RecordBatch, start: int, ids: list[str], defaults: SweepDefaults
+) -> list[RowJob | None]:
+    """The job of each row of `batch` (rows `start`.. of the manifest whose ids are `ids`)
+    that sets only plain columns (`PLAIN_COLUMNS`, `column_rules`' and unknown ones) and
+    passes every rule; None for any other row (`validate_manifest` validates it alone: the
+    same rules, which then name the first it breaks). Each column's rule runs once a
+    distinct value; a plain row's job is `validate_row`'s, field for field."""
+    known = (*PLAIN_COLUMNS, *column_rules(defaults))
+    others = [n for n in KNOWN_COLUMNS if n not in known and n in batch.schema.names]
+    plain = np.ones(batch.num_rows, dtype=bool)
+    for name in others:
+        plain &= batch.column(name).is_null().to_numpy(zero_copy_only=False)
+    if not plain.any():
+        return [None] * batch.num_rows
+    ruled = [_ruled(batch, name, rule) for name, rule in column_rules(defaults).items()]
+    seeds = _ruled(batch, "seed", _seed_value)
+    prompts, tasks = _values(batch, "prompt"), _values(batch, "task")
+    loras_of = functools.lru_cache(maxsize=None)(
+        lambda model: _loras({}, model, defaults, "", [])  # a row without `loras`: the defaults
+    )  # fmt: skip
+    jobs: list[RowJob | None] = [None] * batch.num_rows
+    for offset in np.flatnonzero(plain).tolist():
+        values = [column[offset] for column in ruled]
+        if _REFUSED in values:
+            continue
+        if seeds[offset] is _REFUSED:
+            continue
+        jobs[offset] = _plain_job(start + offset, ids[start + offset], prompts[offset],
+                                  seeds[offset], tasks[offset], values, defaults.max_pixels,
+                                  loras_of)  # fmt: skip
+    return jobs
+
+
+def _plain_job(
+    index: int, row_id: str, prompt, seed, task, values: list, max_pixels: int, loras_of
+) -> RowJob | None:
+    """A plain row's job (`values`: its columns' ruled values, in `column_rules`' order);
+    None where a rule of the row as a whole refuses it."""
+    negative, num_images, guidance, steps, prior_guidance, prior_steps, width, height, \
+        scheduler, strength, model = values  # fmt: skip
+    if task not in (None, "text2img") or not limits.ID_PATTERN.fullmatch(row_id):
+        return None
+    if row_id in (".", "..") or not isinstance(prompt, str) or not prompt.strip():
+        return None
+    if seed is None:
+        seed = derived_seed(row_id)
+    if not 0 <= seed <= limits.MAX_SEED - num_images:
+        return None
+    if width and height and width * height > max_pixels:
+        return None
+    try:
+        adapters = loras_of(model)
+    except RowError:
+        return None
+    return RowJob(
+        row_index=index, id=row_id, prompt=prompt, negative_prompt=negative, seed=seed,
+        num_images=num_images, guidance_scale=guidance, num_inference_steps=steps, width=width,
+        height=height, scheduler=scheduler, model=model, task="text2img", init_image=None,
+        mask_image=None, strength=strength, prior_guidance_scale=prior_guidance,
+        prior_num_inference_steps=prior_steps, loras=adapters,
+    )  # fmt: skip
+
+
+def _seed_value(values: dict[str, Any]) -> int | None:
+    """A row's `seed` as an integer (None: unset); its range depends on `num_images`."""
+    return _as_int(values["seed"], "seed") if values else None
+
+
+def _values(batch: pa.RecordBatch, name: str) -> list:
+    """A column's Python values (all None where the batch lacks it)."""
+    if name in batch.schema.names:
+        return batch.column(name).to_pylist()
+    return [None] * batch.num_rows
+
+
+def _ruled(batch: pa.RecordBatch, name: str, rule) -> list:
+    """What `rule` makes of each row's value of column `name` (`_REFUSED` where it raises),
+    the rule applied once a distinct value."""
+    made: dict[Any, Any] = {}
+
+    def apply(value):
+        try:
+            return rule({} if value is None else {name: value})
+        except Exception:  # noqa: BLE001 - refused here: the row is validated alone
+            return _REFUSED
+
+    values = _values(batch, name)
+    if name not in batch.schema.names:
+        return [apply(None)] * batch.num_rows
+    out = []
+    for value in values:
+        try:
+            out.append(made[value])
+        except KeyError:
+            out.append(made.setdefault(value, apply(value)))
+        except TypeError:  # an unhashable value (a list): not plain
+            out.append(_REFUSED)
+    return out
+
+
+def _row_ids(table: pa.Table) -> list[str]:
+    """Each row's id: its `id`, else derived from its content (`derived_id`), the rows
+    without one made Python values alone."""
+    if "id" not in table.column_names:
+        return [derived_id(values) for values in manifest_rows(table)]
+    ids = [value if value is None or isinstance(value, str) else str(value)
+           for value in table.column("id").to_pylist()]  # fmt: skip
+    unset = [index for index, value in enumerate(ids) if value is None]
+    for start in range(0, len(unset), ROWS_AT_ONCE):
+        chosen = unset[start : start + ROWS_AT_ONCE]
+        for index, values in zip(chosen, table.take(chosen).to_pylist(), strict=True):
+            ids[index] = derived_id(values)
+    return ids
 
 
 def validate_row(
@@ -353,34 +316,23 @@ def validate_row(
         raise RowError(f"`id` must match {limits.ID_RULE} but is {row_id!r}")
     if row_id in (".", ".."):
         raise RowError(f"`id` must not be {row_id!r}")
+    rules = column_rules(defaults)
     fusion_inputs = _fusion_inputs(values, defaults.fusion_weights, base, roots)
     prompt = _prompt(values, fusion_inputs)
-    negative = _optional_str(values, "negative_prompt")
-    num_images = _int(values, "num_images", 1, low=limits.MIN_IMAGES, high=limits.MAX_IMAGES)
+    negative = rules["negative_prompt"](values)
+    num_images = rules["num_images"](values)
     seed = _int(values, "seed", derived_seed(row_id), low=0, high=limits.MAX_SEED - num_images)
-    guidance = _guidance(values, "guidance_scale", defaults.guidance_scale)
-    steps = _steps(values, "num_inference_steps", defaults.num_inference_steps)
-    prior_guidance = _guidance(values, "prior_guidance_scale", defaults.prior_guidance_scale)
-    prior_steps = _int(
-        values, "prior_num_inference_steps", defaults.prior_num_inference_steps,
-        low=limits.MIN_PRIOR_STEPS, high=limits.MAX_STEPS,
-    )  # fmt: skip
-    width = _size(values, "width", defaults.width)
-    height = _size(values, "height", defaults.height)
-    if width and height and width * height > defaults.max_pixels:
-        raise RowError(
-            f"`width` x `height` = {width}x{height} exceeds the pixel budget of "
-            f"{defaults.max_pixels} pixels"
-        )
-    scheduler = _optional_str(values, "scheduler") or defaults.scheduler
-    if scheduler is not None and (problem := limits.scheduler_error(scheduler)):
-        raise RowError(problem)
+    guidance = rules["guidance_scale"](values)
+    steps = rules["num_inference_steps"](values)
+    prior_guidance = rules["prior_guidance_scale"](values)
+    prior_steps = rules["prior_num_inference_steps"](values)
+    width, height = rules["width"](values), rules["height"](values)
+    _check_pixels(width, height, defaults.max_pixels)
+    scheduler = rules["scheduler"](values)
     init_image = _image_uri(values, "init_image", base, roots)
     mask_image = _image_uri(values, "mask_image", base, roots)
     task = _task(values, init_image, mask_image, fusion_inputs)
-    strength = _float(values, "strength", defaults.strength)
-    if not 0 < strength <= 1:
-        raise RowError(f"`strength` must be in (0, 1] but is {strength!r}")
+    strength = rules["strength"](values)
     sides_from_init = ()
     if task in limits.EDIT_TASKS:
         own = {side: _size(values, side, None) for side in ("width", "height")}
@@ -397,7 +349,7 @@ def validate_row(
             open_image(init_image, "init_image")
         except ImageInputError as error:
             raise RowError(str(error)) from None
-    model = _optional_str(values, "model") or defaults.model
+    model = rules["model"](values)
     digests = {}  # an image edited in place makes new requests
     if init_image:
         digests["init_image_sha256"] = storage.sha256(init_image)
@@ -412,6 +364,54 @@ def validate_row(
         fusion_inputs=fusion_inputs, loras=_loras(values, model, defaults, base, roots),
         sides_from_init=sides_from_init, **digests,
     )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=16)
+def column_rules(defaults: SweepDefaults) -> dict[str, Callable[[dict[str, Any]], Any]]:
+    """The rule of each column whose value `validate_row` checks alone (`plain_jobs` too,
+    once a distinct value): the row's values (a dict; the column absent or None: the
+    default) to the value the row gets; `RowError` naming the column and the value."""
+    d = defaults
+    return {
+        "negative_prompt": lambda v: _optional_str(v, "negative_prompt"),
+        "num_images": lambda v: _int(v, "num_images", 1, low=limits.MIN_IMAGES,
+                                     high=limits.MAX_IMAGES),  # fmt: skip
+        "guidance_scale": lambda v: _guidance(v, "guidance_scale", d.guidance_scale),
+        "num_inference_steps": lambda v: _steps(v, "num_inference_steps", d.num_inference_steps),
+        "prior_guidance_scale": lambda v: _guidance(v, "prior_guidance_scale",
+                                                    d.prior_guidance_scale),  # fmt: skip
+        "prior_num_inference_steps": lambda v: _int(
+            v, "prior_num_inference_steps", d.prior_num_inference_steps,
+            low=limits.MIN_PRIOR_STEPS, high=limits.MAX_STEPS,
+        ),  # fmt: skip
+        "width": lambda v: _size(v, "width", d.width),
+        "height": lambda v: _size(v, "height", d.height),
+        "scheduler": lambda v: _scheduler(v, d.scheduler),
+        "strength": lambda v: _strength(v, d.strength),
+        "model": lambda v: _optional_str(v, "model") or d.model,
+    }
+
+
+def _check_pixels(width: int | None, height: int | None, max_pixels: int) -> None:
+    if width and height and width * height > max_pixels:
+        raise RowError(
+            f"`width` x `height` = {width}x{height} exceeds the pixel budget of "
+            f"{max_pixels} pixels"
+        )
+
+
+def _scheduler(values: dict[str, Any], default: str | None) -> str | None:
+    scheduler = _optional_str(values, "scheduler") or default
+    if scheduler is not None and (problem := limits.scheduler_error(scheduler)):
+        raise RowError(problem)
+    return scheduler
+
+
+def _strength(values: dict[str, Any], default: float) -> float:
+    strength = _float(values, "strength", default)
+    if not 0 < strength <= 1:
+        raise RowError(f"`strength` must be in (0, 1] but is {strength!r}")
+    return strength
 
 
 def _optional_str(values: dict[str, Any], column: str) -> str | None:

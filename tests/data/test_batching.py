@@ -77,8 +77,8 @@ def test_a_row_s_request_keys_are_request_key_s_for_every_kind_of_value():
     from easel.data.loras import LoraRef
     from easel.data.manifest import RowJob
 
-    texts = ["a red circle", 'say "hi"', "back\\slash", "tab\there\nnewline\x00\x1f", "é ü ß",
-             "красный круг", "猫", "🐱 emoji", "\u2028\u2029", "", " "]  # fmt: skip
+    texts = ["a red circle", "100% %s", 'say "hi"', "back\\slash", "tab\there\nnewline\x00\x1f",
+             "é ü ß", "красный круг", "猫", "🐱 emoji", "\u2028\u2029", "", " "]  # fmt: skip
     plain = BatchSettings(task="text2img", scheduler="ddim", guidance_scale=7.5,
                           num_inference_steps=20, width=32, height=48)  # fmt: skip
     kandinsky = replace(plain, prior_guidance_scale=4.0, prior_num_inference_steps=25,
@@ -100,7 +100,7 @@ def test_a_row_s_request_keys_are_request_key_s_for_every_kind_of_value():
             init_image_sha256=init and "a" * 64, mask_image_sha256=draw.choice([None, "e" * 64]),
             fusion_inputs=items if case % 17 == 0 else None,
         )  # fmt: skip
-        digest = draw.choice(["d" * 64, "model \"x\""])
+        digest = draw.choice(["d" * 64, "model \"x\" 50%s %%"])
         expected = [request_key(digest, settings, image_request(job, k))
                     for k in range(job.num_images)]  # fmt: skip
         assert row_request_keys(digest, settings, job) == expected, job

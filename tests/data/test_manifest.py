@@ -299,3 +299,63 @@ def test_a_flow_default_matters_only_to_rows_without_their_own_value():
     assert uses_default(pa.table({"prompt": ["a", "b"], "model": ["tiny-shapes", None]}), "model")
     assert uses_default(pa.table({"prompt": ["a"]}), "model")
     assert not uses_default(pa.table({"prompt": pa.array([], pa.string())}), "model")
+
+
+def test_rows_validated_as_columns_are_those_validated_alone(tmp_path, monkeypatch):
+    """`validate_manifest` validates plain rows column by column (`plain_jobs`): every job
+    and failure is the one `validate_row` gives the row alone, in the manifest's order, for
+    good and bad values of every column, pandas' float columns with gaps, numeric strings,
+    a pixel budget broken only by the pair, seeds at the top of their range, and rows that
+    are not plain (an image, adapters) beside them."""
+    import random
+
+    from easel.data import manifest
+    from easel.data.manifest import RowError, validate_row
+
+    monkeypatch.setattr(manifest, "ROWS_AT_ONCE", 50)  # several batches
+    draw = random.Random(3)
+    choices = {
+        "prompt": ["a red circle", "", "  ", "é 猫", None],
+        "negative_prompt": [None, "blur", ""],
+        "seed": [None, 0, 7, 2**63 - 2, 2**63 - 1, -1],
+        "num_images": [None, 1, 2, 64, 65, 0],
+        "guidance_scale": [None, 0.0, 7.5, -1.0, float("nan"), float("inf")],
+        "num_inference_steps": [None, 1, 20, 501, 0],
+        "width": [None, 64, 512, 4096, 7, 8],
+        "height": [None, 64, 512, 4096, 5000],
+        "scheduler": [None, "ddim", "EulerDiscreteScheduler", "nope"],
+        "model": [None, "tiny-shapes", "other"],
+        "strength": [None, 0.5, 1.0, 0.0, 1.5],
+        "task": [None, "text2img", "img2img", "paint"],
+        "prior_guidance_scale": [None, 4.0, -2.0],
+        "prior_num_inference_steps": [None, 2, 25, 1, 501],
+    }
+    rows = []
+    for i in range(400):
+        row = {"id": {0: f"r {i}", 9: ".." if i == 9 else f"r{i}"}.get(i % 18, f"r{i}")}
+        row.update({column: draw.choice(values) if draw.random() < 0.06 else values[0]
+                    for column, values in choices.items()})  # fmt: skip
+        if i % 23 == 0:
+            row["init_image"] = "missing.png"  # not plain: validated alone
+        rows.append(row)
+    for i, (width, height) in enumerate([(4096, 512), (512, 512), (None, 4096), (64, 4096)]):
+        rows.append({"id": f"pair{i}", "prompt": "a square", "width": width, "height": height})
+    frame = pd.DataFrame(rows)  # pandas: float columns where integers have gaps
+    strings = frame.assign(seed=[None if pd.isna(s) else str(int(s)) for s in frame["seed"]])
+    for name, written in (("floats", frame), ("strings", strings)):  # seeds "12", "7.0"
+        path = tmp_path / f"{name}.parquet"
+        written.to_parquet(path)
+        table = read_manifest(str(path))
+        jobs, failures = validate_manifest(table, DEFAULTS, [])
+        expected_jobs, expected_failures = [], []
+        for index, values in enumerate(table.table.to_pylist()):
+            try:
+                expected_jobs.append(validate_row(index, values["id"], values, DEFAULTS,
+                                                  table.root, [table.root]))  # fmt: skip
+            except RowError as error:
+                expected_failures.append((index, str(error)))
+        assert jobs == expected_jobs
+        assert [(f.row_index, f.error) for f in failures] == expected_failures
+    assert 50 < len(jobs) < 350 and failures  # both kinds, in number
+    plain = manifest.plain_jobs(table.table.to_batches()[0], 0, [r["id"] for r in rows], DEFAULTS)
+    assert any(job is not None for job in plain)  # the column path was taken
