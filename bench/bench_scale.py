@@ -18,8 +18,11 @@ is measured in its own process (its peak memory is that process's), through the 
    (`done_slots`), the parent's first progress poll (every record read), `results.parquet`
    written (`publish_results`);
 2. this code on the same state: a rerun's planning (which compacts the record shards it
-   finds), the next rerun's planning, one of `--shards` shards' planning, the parent's
-   progress poll, `results.parquet` written;
+   finds), the next rerun's planning (each, as a sharded parent's, writing its verdict on
+   the images: `easel/data/verdict.py`), one of `--shards` shards' planning as a shard run
+   does it, trusting that verdict (a planning step must run first), the same shard's
+   planning vouching in full (`shard_planning_full`: a shard without a verdict), the
+   parent's progress poll, `results.parquet` written;
 3. the manifest's validation and planning alone (no output read), for scale.
 `--smoke`: 256 images, 5 ms.
 
@@ -332,9 +335,11 @@ def measure(what: str, shards: int, profile: str | None = None) -> dict:
         table, plan = plan_sweep(inputs(MANIFEST, OUT), check_done=False)
         return results.publish_results(OUT, table.table, plan, 0).images_ok
 
+    shard = Shard(0, shards)
     work = {
-        "planning": lambda: len(results.done_slots(OUT)),
-        "shard_planning": lambda: len(results.done_slots(OUT, Shard(0, shards))),
+        "planning": lambda: len(_parent_planning(results)),
+        "shard_planning": lambda: len(results.done_slots(OUT, shard, vouched_by=VERDICT)),
+        "shard_planning_full": lambda: len(results.done_slots(OUT, shard)),
         "progress": lambda: _poll(sharding, {f"shard-{i}" for i in range(shards)}),
         "manifest": lambda: plan_sweep(inputs(MANIFEST, OUT), check_done=False)[1].pending_images,
         "results": publish,
@@ -342,6 +347,12 @@ def measure(what: str, shards: int, profile: str | None = None) -> dict:
     if what not in work:
         raise SystemExit(f"--child {what!r}: not one of {sorted(work)}")
     storage.filesystem(OUT)  # its filesystem's modules imported too
+    if what == "shard_planning":
+        from easel.data import verdict
+
+        if verdict.read_verdict(OUT, VERDICT) is None:
+            raise SystemExit("shard_planning trusts the verdict a planning step writes: "
+                             "run rerun_planning (or first_rerun_planning) first")  # fmt: skip
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     profiler = cProfile.Profile() if profile else None
     start = time.perf_counter()
@@ -351,6 +362,19 @@ def measure(what: str, shards: int, profile: str | None = None) -> dict:
         profiler.dump_stats(profile)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds": seconds, "count": count, "peak_mb": peak, "imports_mb": before}
+
+
+VERDICT = "bench-parent"  # the name of the verdict the planning steps write, as a parent
+
+
+def _parent_planning(results) -> set:
+    """A rerun's planning as a sharded parent does it: every image vouched for, the verdict
+    written for its shards (an older easel, without verdicts: the planning alone)."""
+    import inspect
+
+    if "hand_down" in inspect.signature(results.done_slots).parameters:
+        return results.done_slots(OUT, hand_down=VERDICT)
+    return results.done_slots(OUT)
 
 
 def _poll(shards, run_ids: set) -> int:
@@ -443,7 +467,8 @@ def main() -> None:
 COMPACTED_TODAY = ("a compacted state: today's easel ({}) reads record shards only; "
                    "give --baseline ''")
 STEPS = (("first_rerun_planning", "planning"), ("rerun_planning", "planning"),
-         ("shard_planning", "shard_planning"), ("progress_poll", "progress"),
+         ("shard_planning", "shard_planning"),
+         ("shard_planning_full", "shard_planning_full"), ("progress_poll", "progress"),
          ("results_written", "results"), ("manifest_planning", "manifest"))  # fmt: skip
 TODAY_STEPS = (("today_rerun_planning", "planning"), ("today_progress_poll", "progress"),
                ("today_results_written", "results"))  # fmt: skip

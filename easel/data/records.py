@@ -14,6 +14,9 @@ Layout:
 - `progress/<flow run id>~<writer>.json`: what one writer of a shard's flow run has
   recorded so far (`Tally`), rewritten after each batch: the sharded parent's progress
   and outcome come from these small files, never from the records.
+- `vouched/<flow run id>.parquet`: a sharded parent's verdict on the output's images
+  (`easel.data.verdict`): the ok records its planning pass found stale, handed to its shard
+  runs so that they do not list `images/` again; removed when its shards end.
 - `quarantine/<name>`: a file of `records/` that could not be read (zero-length, cut
   short, not Parquet), set aside with one warning; its images are checked again as any
   image without a record is, and generated again.

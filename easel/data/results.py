@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from easel.data import contact_sheet, fusion, records, storage
+from easel.data import contact_sheet, fusion, records, storage, verdict
 from easel.data.batching import ALL, Shard, SweepPlan, planned_images
 from easel.data.records import (  # noqa: F401 - the names callers import from here
     RECORD_SCHEMA,
@@ -69,7 +70,13 @@ def vouched(out: str, state: records.State | None = None, share: float = 1.0) ->
     An image is looked for where it lies in this `out` (`images/<id>/<k>.png`), whatever
     path its record was written with (another host mounting the folder elsewhere), and the
     vouching records name it there (`image_uri`)."""
-    state = state or records.read_state(out)
+    table, keep = _judged(out, state or records.read_state(out), share)
+    return table if keep.all() else table.filter(pa.array(keep, pa.bool_()))
+
+
+def _judged(out: str, state: records.State, share: float) -> tuple[pa.Table, np.ndarray]:
+    """`state`'s records (their ok ones' `image_uri` where their image lies in `out`) and,
+    for each, whether it is kept (`vouched`): a record not ok always is."""
     table, folder = state.table, storage.join(out, "images")
     base, path_base = folder.rstrip("/"), storage.path_of(folder).rstrip("/")
     ok = pc.fill_null(pc.equal(table.column("status"), "ok"), False)
@@ -93,7 +100,7 @@ def vouched(out: str, state: records.State | None = None, share: float = 1.0) ->
     keep = pc.invert(ok).to_numpy(zero_copy_only=False).copy()
     keep[kept] = True
     pa.default_memory_pool().release_unused()  # the listing's and the checks' columns
-    return table if keep.all() else table.filter(pa.array(keep, pa.bool_()))
+    return table, keep
 
 
 def _vouched_rows(folder: str, checked: pa.Table, every_path_once: bool) -> np.ndarray:
@@ -149,12 +156,26 @@ def _digests(folder: str, paths: list[str]) -> dict[str, str]:
     return digests
 
 
-def done_slots(out: str, shard: Shard = ALL) -> set[tuple[str, int, str]]:
-    """The slots whose image is done (`vouching_records`), of `shard` at least (its parts of
-    the compacted records, and every small record file). A planning pass that finds
-    compaction due (`records.State.crowded`) compacts what it read (`records.compact`)."""
+def done_slots(
+    out: str, shard: Shard = ALL, vouched_by: str | None = None, hand_down: str | None = None
+) -> set[tuple[str, int, str]]:
+    """The slots whose image is done, of `shard` at least (its parts of the compacted
+    records, and every small record file): those of the records that vouch (`vouched`), or,
+    given a parent's verdict `vouched_by` (a name, `verdict.read_verdict`), of every ok
+    record it does not name, without listing `images/` (a verdict gone or unreadable: in
+    full, as without). `hand_down` (a name): vouch in full and write what was found as that
+    verdict, for the shards of this run. A planning pass that finds compaction due
+    (`records.State.crowded`) compacts what it read (`records.compact`)."""
+    began = time.time()
     state = records.read_state(out, shard)
-    table = vouched(out, state, 1 / shard.count)
+    handed = verdict.read_verdict(out, vouched_by) if vouched_by else None
+    if handed is not None:
+        table = handed.trusted(state.table)
+    else:
+        table, keep = _judged(out, state, 1 / shard.count)
+        if hand_down:  # the ok records that did not vouch (all others are kept)
+            verdict.write_verdict(out, hand_down, table.filter(pa.array(~keep)), began)
+        table = table.filter(pa.array(keep))
     ok = table.filter(pc.and_(pc.equal(table.column("status"), "ok"),
                               pc.is_valid(table.column("request_key"))))  # fmt: skip
     done = set(zip(*(ok.column(n).to_pylist() for n in SLOT), strict=True))

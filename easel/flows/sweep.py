@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from easel import tracking
-from easel.data import records, results, storage
+from easel.data import records, results, storage, verdict
 from easel.data.batching import ALL, Shard, chunk_batches
 from easel.data.results import SweepSummary
 from easel.flows.sweep_parameters import SweepParameters
@@ -27,11 +27,27 @@ def sweep_flow(params: SweepParameters) -> SweepSummary | BatchOutcome:
     if params.shard is not None:
         return _shard_run(params)
     started = run_started_at()
+    # a sharded parent vouches once for every image and hands its verdict to its shards
+    hand_down = verdict.new_name(_flow_run_id()) if params.shards != 1 else None
+    with verdict.handed_down(params.out, hand_down):
+        return _parent_run(params, started, hand_down)
+
+
+def _flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id or "") or None
+
+
+def _parent_run(params: SweepParameters, started: float, hand_down: str | None) -> SweepSummary:
+    """The sweep as a whole: plan it (writing the verdict `hand_down` where given), then
+    generate it in this run or in its shards' runs, and publish its results."""
     inputs = params.inputs()
     # the manifest checked before any MLflow run; what is missing, the shard plans in its
     # hold (a rerun checks it here too: one that changes nothing adds no MLflow run)
     rerun = storage.exists(results.results_uri(params.out))
-    table, plan = plan_sweep_task(inputs, check_done=params.shards != 1 or rerun)
+    table, plan = plan_sweep_task(inputs, check_done=params.shards != 1 or rerun,
+                                  hand_down=hand_down)  # fmt: skip
     unchanged = rerun and not plan.pending_images and _unchanged(params.experiment, inputs,
                                                                  table, plan)  # fmt: skip
     if unchanged:
@@ -47,9 +63,9 @@ def sweep_flow(params: SweepParameters) -> SweepSummary | BatchOutcome:
         progress = SweepProgress(params.out, params.show_progress)
         if sharded:
             progress.start(plan.pending_images)
-            outcome = run_shards(params, plan, run_id, progress, sweep_flow)
+            outcome = run_shards(params, plan, run_id, progress, sweep_flow, hand_down)
         else:
-            outcome, plan = _generate_shard(inputs, ALL, run_id, progress, params)
+            outcome, plan = _generate_shard(inputs, ALL, run_id, progress, params, hand_down)
             measure_shard(params.out, started, outcome)
         progress.close()
         summary = write_results_task(inputs, table, plan, outcome.ok)
@@ -70,14 +86,15 @@ def _unchanged(experiment: str, inputs: SweepInputs, table, plan) -> SweepSummar
     return summary
 
 
-def _generate_shard(inputs: SweepInputs, shard: Shard, run_id: str, progress, params):
+def _generate_shard(inputs: SweepInputs, shard: Shard, run_id: str, progress, params,
+                    vouched_by: str | None = None):  # fmt: skip
     """Hold the shard of the output (a second run reaching it waits, then finds it done),
-    plan what is still missing in it, and generate it chunk by chunk. Returns the outcome
-    and the plan."""
+    plan what is still missing in it (trusting the parent's verdict `vouched_by` where
+    given), and generate it chunk by chunk. Returns the outcome and the plan."""
     name = locks.lock_name("sweep", inputs.out, f"{shard.index}-of-{shard.count}")
     outcome = BatchOutcome(ok=0, failed=0, seconds=0.0)
     with locks.hold(name):
-        _, plan = plan_sweep_task(inputs, shard)
+        _, plan = plan_sweep_task(inputs, shard, vouched_by=vouched_by)
         on_batch = None
         if progress:
             progress.start(plan.pending_images)
@@ -98,7 +115,7 @@ def _shard_run(params: SweepParameters) -> BatchOutcome:
     logged = {**params.model_dump(), **runtime_params(inputs)}
     with tracking.start_run(params.experiment, name, logged, prefect_tags(),
                             parent_run_id=params.parent_mlflow_run_id) as run_id:  # fmt: skip
-        outcome, _ = _generate_shard(inputs, shard, run_id, None, params)
+        outcome, _ = _generate_shard(inputs, shard, run_id, None, params, params.vouched_by)
         measure_shard(params.out, started, outcome)
         tracking.log_metrics({"images_generated": outcome.ok, "images_failed": outcome.failed,
                               "generation_seconds": outcome.seconds,

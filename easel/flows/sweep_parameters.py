@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from easel.data import limits, storage
+from easel.data import limits, storage, verdict
 from easel.data.limits import (
     BatchSizeSetting,
     DeviceSetting,
@@ -28,7 +28,7 @@ from easel.orchestration.run_context import (
     check_placeholders,
 )
 
-INTERNAL_FIELDS = ("shard", "parent_mlflow_run_id")  # set by a sharded sweep's parent run
+INTERNAL_FIELDS = ("shard", "parent_mlflow_run_id", "vouched_by")  # set by a sharded parent
 # `out` as JSON Schema checks it (the dashboard's form, the API): no `{word}` other than
 # the known placeholders (the field's validator says which one is wrong)
 OUT_PATTERN = rf"^(?!.*(?!{PLACEHOLDER.pattern}){LOOKS_LIKE_PLACEHOLDER.pattern}).*$"
@@ -136,6 +136,11 @@ class SweepParameters(BaseModel):
     parent_mlflow_run_id: str | None = Field(
         None, description="set by the parent run: its MLflow run (leave empty)"
     )
+    vouched_by: str | None = Field(
+        None, pattern=verdict.NAME_PATTERN,
+        description="set by the parent run: its verdict on the output's images, which this "
+        "shard trusts instead of listing them (leave empty)",
+    )  # fmt: skip
 
     @field_validator("out")
     @classmethod

@@ -36,16 +36,19 @@ POLL_SECONDS = 5.0  # how often the parent looks at its shards' runs
 CRASH_GRACE_SECONDS = RETRY_SETTLE_SECONDS + 3 * POLL_SECONDS
 
 
-def run_shards(params, plan: SweepPlan, run_id: str, progress, sweep_flow) -> BatchOutcome:
+def run_shards(
+    params, plan: SweepPlan, run_id: str, progress, sweep_flow, vouched_by: str | None = None
+) -> BatchOutcome:
     """Run every shard of `params.shards` that has pending images, each as a flow run of
-    `sweep_flow` whose MLflow run is a child of `run_id`; wait for all; `progress.advance(n)`
-    as images land. Returns what the shards generated (from their writers' tallies)."""
+    `sweep_flow` whose MLflow run is a child of `run_id` and that trusts the verdict
+    `vouched_by` (`easel.data.verdict`; None: each vouches for its images itself); wait for
+    all; `progress.advance(n)` as images land. Returns what the shards generated (from their
+    writers' tallies)."""
     from prefect.runtime import deployment
 
-    children = {
-        index: params.model_copy(update={"shard": index, "parent_mlflow_run_id": run_id})
-        for index in plan.pending_per_shard(params.shards)
-    }
+    handed = {"parent_mlflow_run_id": run_id, "vouched_by": vouched_by}
+    children = {index: params.model_copy(update={"shard": index, **handed})
+                for index in plan.pending_per_shard(params.shards)}  # fmt: skip
     print(f"{plan.pending_images} images to generate in {len(children)} of "
           f"{params.shards} shards")  # fmt: skip
     if deployment.id:

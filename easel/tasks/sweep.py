@@ -14,11 +14,12 @@ from easel.models.engine.sweep import BatchOutcome, SweepInputs, generate_batche
 
 @task(name="plan-sweep", cache_policy=NONE, persist_result=False)
 def plan_sweep_task(
-    inputs: SweepInputs, shard: Shard = ALL, check_done: bool = True
-) -> tuple[manifest.Manifest, SweepPlan]:
+    inputs: SweepInputs, shard: Shard = ALL, check_done: bool = True,
+    vouched_by: str | None = None, hand_down: str | None = None,
+) -> tuple[manifest.Manifest, SweepPlan]:  # fmt: skip
     """Validate the manifest and plan the batches of `shard` still to do (every one of them
-    without `check_done`)."""
-    return plan_sweep(inputs, shard, check_done)
+    without `check_done`; `vouched_by`, `hand_down`: a parent's verdict, as `plan_sweep`)."""
+    return plan_sweep(inputs, shard, check_done, vouched_by, hand_down)
 
 
 @task(name="generate-batches", retries=1, retry_delay_seconds=2, cache_policy=NONE,

@@ -98,7 +98,8 @@ def test_sweep_form_hides_internal_fields_and_refuses_what_json_schema_can_expre
 
     schema = sweep_flow.parameters.model_dump()
     fields = properties(sweep_flow)
-    assert not {"SweepParameters.shard", "SweepParameters.parent_mlflow_run_id"} & set(fields)
+    internal = {"shard", "parent_mlflow_run_id", "vouched_by"}
+    assert not {f"SweepParameters.{name}" for name in internal} & set(fields)
     assert fields["SweepParameters.dtype"]["enum"] == ["default", "float32", "float16", "bfloat16"]
     assert fields["Performance.vae_dtype"]["enum"][0] == "default"
     assert fields["Performance.compile"]["enum"] == ["off", "regional", "full"]
@@ -109,10 +110,12 @@ def test_sweep_form_hides_internal_fields_and_refuses_what_json_schema_can_expre
     assert is_valid({"params": {**base, "shards": "auto"}}, schema)
     for bad in ({"out": "s3://renders/{schedule_date}"}, {"batch_size": 0}, {"typo": 1},
                 {"shards": 0}, {"shards": "many"},
-                {"scheduler": "magic"}, {"shard": "first"}):  # fmt: skip
+                {"scheduler": "magic"}, {"shard": "first"},
+                {"vouched_by": "../../elsewhere"}):  # fmt: skip
         assert not is_valid({"params": {**base, **bad}}, schema), bad
     # a shard's run, as its parent starts it through the API, passes the same schema
-    child = SweepParameters(**base, shards=2, shard=1, parent_mlflow_run_id="r")
+    child = SweepParameters(**base, shards=2, shard=1, parent_mlflow_run_id="r",
+                            vouched_by="0f5c1a8e-6d2b-4c3e-9a47-1b2c3d4e5f60")  # fmt: skip
     sent = child.model_dump(mode="json")
     assert sent["scheduler"] == "default" and is_valid({"params": sent}, schema)
     assert SweepParameters(**sent) == child  # "default" reads back as unset

@@ -339,6 +339,49 @@ def test_a_sharded_sweep_counts_from_its_shards_tallies_and_compacts_their_recor
     assert sorted(r["id"] for r in read_results(out)) == [f"r{i}" for i in range(6)]
 
 
+def test_a_sharded_rerun_lists_the_images_once_and_its_shards_trust_the_parent(
+    tmp_path, monkeypatch
+):
+    """An image deleted before a sharded rerun: the parent lists `images/` once, hands its
+    verdict to the shard run (the one with work) instead of a second listing, the rerun
+    makes exactly that image again, and the verdict is removed after the run; an `auto`
+    rerun deciding one shard plans again in this run without listing again."""
+    from easel.data import storage, verdict
+
+    rows = [{"id": f"r{i}", "prompt": PROMPTS[i % len(PROMPTS)], "seed": i} for i in range(4)]
+    _, out = run(tmp_path, "o", rows, shards=2, batch_size=1)
+    listed, written, read = [], [], []
+    for module, name, calls in ((storage, "file_versions", listed),
+                                (verdict, "write_verdict", written),
+                                (verdict, "read_verdict", read)):  # fmt: skip
+        monkeypatch.setattr(module, name, counted(getattr(module, name), calls))
+    for shards, row in ((2, "r1"), ("auto", "r2")):
+        listed.clear()
+        before = {r["id"]: r for r in read_results(out)}
+        os.remove(before[row]["image_uri"])
+        again, _ = run(tmp_path, "o", rows, shards=shards, batch_size=1)
+        assert (again.generated_now, again.images_ok) == (1, 4), shards
+        after = {r["id"]: r for r in read_results(out)}
+        assert after[row]["mlflow_run_id"] != before[row]["mlflow_run_id"]
+        assert {k: v for k, v in after.items() if k != row} == {
+            k: v for k, v in before.items() if k != row}  # fmt: skip
+        assert [call[0] for call in listed] == [f"{out}/images"] * 2  # the parent's, the results'
+        assert [call[1] for call in read] == [written[-1][1]], shards  # the shard's planning
+        read.clear()
+        assert os.listdir(f"{out}/.easel/vouched") == []
+    assert len({call[1] for call in written}) == 2  # one verdict a parent run
+
+
+def counted(function, calls: list):
+    """`function`, noting each call's positional arguments in `calls`."""
+
+    def call(*args, **kwargs):
+        calls.append(args)
+        return function(*args, **kwargs)
+
+    return call
+
+
 def test_auto_shards_keep_the_outputs_count_and_each_shard_measures_its_fixed_cost(tmp_path):
     """`shards: auto` from a shell (one worker) decides one shard and records it; an output
     whose recorded count is 2 splits in 2 on every auto run; every shard run logs and keeps

@@ -88,11 +88,13 @@ def unknown_name_hint(model: str, models: Mapping[str, ModelSpec]) -> str:
 
 
 def plan_sweep(
-    inputs: SweepInputs, shard: Shard = ALL, check_done: bool = True
-) -> tuple[manifest.Manifest, SweepPlan]:
+    inputs: SweepInputs, shard: Shard = ALL, check_done: bool = True,
+    vouched_by: str | None = None, hand_down: str | None = None,
+) -> tuple[manifest.Manifest, SweepPlan]:  # fmt: skip
     """Read and validate the manifest, resolve its models, and plan the missing work of
     `shard` (default: all of it); without `check_done`, every image of it, reading nothing
-    of the output.
+    of the output. `vouched_by`, `hand_down`: a parent's verdict read, or written, by the
+    check (`results.done_slots`).
 
     Raises `InvalidInput` when the manifest as a whole is unusable."""
     table = manifest.read_manifest(inputs.manifest)
@@ -101,7 +103,7 @@ def plan_sweep(
     jobs, failures = manifest.validate_manifest(table, inputs.defaults, list(inputs.input_roots))
     done = set()
     if check_done:
-        done = results.done_slots(inputs.out, shard)
+        done = results.done_slots(inputs.out, shard, vouched_by, hand_down)
         storage.remove_stale_temporaries(inputs.out)  # what a killed run was writing
     batch_size = MAX_BATCH if inputs.batch_size == "auto" else inputs.batch_size  # split later
     plan = build_plan(jobs, failures, _facts_for(inputs), batch_size, done, shard)

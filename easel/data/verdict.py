@@ -1,0 +1,141 @@
+"""A sharded sweep's vouching done once: the parent's verdict handed down to its shards.
+
+A sharded parent vouches for every record of the output in its planning pass (one listing
+of `images/`: about 1,112 requests at a million images). Its shard runs, moments later,
+need the same answer for their own records, but their images lie all over the folder: each
+would list it whole again. So the parent writes what its pass found to
+`OUT/.easel/vouched/<name>.parquet` (`name`: its Prefect flow run id), a small file: the
+identities (`COLUMNS`) of the ok records that did not vouch (their image gone, another size,
+other bytes), usually none, and in its schema metadata the Unix time its pass began. A
+shard run given the name reads only its own records and trusts every ok one the verdict
+does not name; a record written after the pass (a crashed earlier attempt of the shard, a
+concurrent run) is not named, so trusted: it was written after its image, later than the
+check. A verdict that is gone or unreadable is no verdict: the shard vouches in full.
+
+What this gives up: an image deleted between the parent's check and its shard's planning
+is not generated again by that shard; the results step lists `images/` again and does not
+claim it, and the next rerun generates it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from easel.data import records, storage
+
+log = logging.getLogger(__name__)
+
+FOLDER = "vouched"  # under OUT/.easel/
+COLUMNS = ("id", "image_index", "request_key", "written_at")  # a record's identity in it
+CHECKED_AT = b"easel.checked_at"  # schema metadata: when the parent's pass began (Unix s)
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # a flow run id or a uuid: never a path
+
+
+def verdict_uri(out: str, name: str) -> str:
+    """Where the verdict `name` of output `out` lies: `OUT/.easel/vouched/<name>.parquet`."""
+    return records.state_dir(out, FOLDER, f"{name}.parquet")
+
+
+def new_name(flow_run_id: str | None) -> str:
+    """The name of a parent's verdict: its flow run id, or a fresh uuid outside a flow run."""
+    return flow_run_id or uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A parent's verdict: the identities (`COLUMNS`) of the ok records that did not vouch,
+    and when its check began (`checked_at`, Unix seconds)."""
+
+    stale: pa.Table
+    checked_at: float
+
+    def trusted(self, table: pa.Table) -> pa.Table:
+        """`table` (`RECORD_SCHEMA`) without its ok records that the verdict names (null
+        values compared as equal); every other record kept, in order."""
+        if not self.stale.num_rows or not table.num_rows:
+            return table
+        ok = pc.fill_null(pc.equal(table.column("status"), "ok"), False)
+        rows = pa.array(range(table.num_rows), pa.int64())
+        stale = _keys(self.stale)
+        named = _keys(table).append_column("_row", rows).filter(ok).join(
+            stale, keys=stale.column_names, join_type="left semi", use_threads=False)  # fmt: skip
+        if not named.num_rows:
+            return table
+        return table.filter(pc.invert(pc.is_in(rows, named.column("_row").combine_chunks())))
+
+
+def _keys(table: pa.Table) -> pa.Table:
+    """`COLUMNS` of `table` as null-safe join keys: each a null flag and its value (nulls
+    filled with the type's zero), so that two nulls match."""
+    keys = {}
+    for name in COLUMNS:
+        column = table.column(name).cast(records.RECORD_SCHEMA.field(name).type)
+        keys[f"{name}_null"] = pc.is_null(column)
+        keys[name] = pc.fill_null(column, pa.scalar("" if pa.types.is_string(column.type) else 0,
+                                                    column.type))  # fmt: skip
+    return pa.table(keys)
+
+
+def write_verdict(out: str, name: str, stale: pa.Table, checked_at: float) -> str:
+    """Write the verdict `name` of `out`, atomically: `stale`'s `COLUMNS` (the ok records
+    that did not vouch) and `checked_at` (Unix seconds); returns its URI."""
+    table = stale.select(list(COLUMNS)).cast(_schema())
+    uri = verdict_uri(out, name)
+    storage.write_parquet_atomic(
+        uri, table.replace_schema_metadata({CHECKED_AT: repr(float(checked_at)).encode()})
+    )
+    return uri
+
+
+def _schema() -> pa.Schema:
+    return pa.schema([records.RECORD_SCHEMA.field(name) for name in COLUMNS])
+
+
+def read_verdict(out: str, name: str) -> Verdict | None:
+    """The verdict `name` of `out`, or None (with one log line) where it is gone or cannot
+    be read as one (cut short, written by another easel): the caller then vouches in full.
+    A store that fails the read (not the file's fault) raises."""
+    uri = verdict_uri(out, name)
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        log.warning("the parent's verdict %s is gone: vouching for every image here", uri)
+        return None
+    try:
+        table = pq.read_table(io.BytesIO(data))
+        checked_at = float((table.schema.metadata or {})[CHECKED_AT])
+        stale = table.select(list(COLUMNS)).cast(_schema())
+    except (pa.ArrowException, OSError, ValueError, KeyError) as error:
+        log.warning("the parent's verdict %s is unreadable (%s): vouching for every image "
+                    "here", uri, error)  # fmt: skip
+        return None
+    return Verdict(stale, checked_at)
+
+
+def remove_verdict(out: str, name: str) -> None:
+    """Remove the verdict `name` of `out`, best effort: one that stays is small and
+    harmless (no run reads a verdict it was not handed)."""
+    try:
+        storage.remove(verdict_uri(out, name))
+    except OSError as error:  # gone already, or the store refused: left behind
+        log.debug("verdict %s of %s not removed: %s", name, out, error)
+
+
+@contextlib.contextmanager
+def handed_down(out: str, name: str | None) -> Iterator[None]:
+    """The block in which a parent's verdict `name` (None: none) serves its shards; removed
+    when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        if name is not None:
+            remove_verdict(out, name)
