@@ -369,13 +369,16 @@ class SweepPlan:
     def pending_images(self) -> int:
         return sum(len(batch.images) for batch in self.batches)
 
-    def pending_per_shard(self, shards: int) -> dict[int, int]:
-        """Pending images of each shard that has any, by shard index."""
-        counts: dict[int, int] = {}
+    def pending_rows(self, shards: int) -> dict[int, dict[int, int]]:
+        """The pending images of each of `shards` shards that has any, by shard index: for
+        each manifest row holding some, their count, by row index (in order)."""
+        row_of = {job.id: job.row_index for job in self.jobs}
+        found: dict[int, dict[int, int]] = {}
         for image in (image for batch in self.batches for image in batch.images):
-            index = shard_of(image, shards)
-            counts[index] = counts.get(index, 0) + 1
-        return dict(sorted(counts.items()))
+            rows = found.setdefault(shard_of(image, shards), {})
+            row = row_of[image.row_id]
+            rows[row] = rows.get(row, 0) + 1
+        return {index: dict(sorted(found[index].items())) for index in sorted(found)}
 
 
 def build_plan(

@@ -154,32 +154,42 @@ def unique_row_ids(table: pa.Table, uri: str) -> list[str]:
 
 
 def validate_manifest(
-    manifest: Manifest, defaults: SweepDefaults, input_roots: list[str] = ()
-) -> tuple[list[RowJob], list[RowFailure]]:
-    """Validate every row, `ROWS_AT_ONCE` rows at a time. Duplicate ids invalidate the
-    manifest as a whole. A row that sets only the plain columns (`plain_jobs`) is validated
-    column by column, each distinct value once; any other row, and a plain one a rule
-    refuses, alone (`validate_row`), which names the first rule it breaks."""
-    ids = unique_row_ids(manifest.table, manifest.uri)
+    manifest: Manifest, defaults: SweepDefaults, input_roots: list[str] = (),
+    rows: list[int] | None = None,
+) -> tuple[list[RowJob], list[RowFailure]]:  # fmt: skip
+    """Validate every row (`rows`: only these, by index, ascending: a shard's, whose parent
+    checked the manifest as a whole), `ROWS_AT_ONCE` rows at a time. Duplicate ids
+    invalidate the manifest as a whole. A row that sets only the plain columns
+    (`plain_jobs`) is validated column by column, each distinct value once; any other row,
+    and a plain one a rule refuses, alone (`validate_row`), which names the first rule it
+    breaks."""
+    table = manifest.table
+    if rows is None:
+        ids, indices = unique_row_ids(table, manifest.uri), range(table.num_rows)
+    else:
+        table = table.take(pa.array(rows, pa.int64()))
+        ids, indices = _row_ids(table), rows
     roots = [manifest.root, *input_roots]
     jobs, failures, start = [], [], 0
-    for batch in manifest.table.to_batches(max_chunksize=ROWS_AT_ONCE):
-        rows = None  # the batch's rows as dicts, made only for rows validated alone
-        for offset, job in enumerate(plain_jobs(batch, start, ids, defaults)):
+    for batch in table.to_batches(max_chunksize=ROWS_AT_ONCE):
+        end = start + batch.num_rows
+        made = plain_jobs(batch, indices[start:end], ids[start:end], defaults)
+        values = None  # the batch's rows as dicts, made only for rows validated alone
+        for offset, job in enumerate(made):
             if job is not None:
                 jobs.append(job)
                 continue
-            rows = rows or batch.to_pylist()
-            index = start + offset
+            values = values or batch.to_pylist()
+            index, row_id = indices[start + offset], ids[start + offset]
             try:
-                jobs.append(validate_row(index, ids[index], rows[offset], defaults,
+                jobs.append(validate_row(index, row_id, values[offset], defaults,
                                          manifest.root, roots))  # fmt: skip
             except RowError as error:
-                failures.append(RowFailure(row_index=index, id=ids[index], error=str(error)))
+                failures.append(RowFailure(row_index=index, id=row_id, error=str(error)))
             except Exception as error:  # noqa: BLE001 - a rule easel lacks: the row fails alone
                 message = f"this row could not be validated: {type(error).__name__}: {error}"
-                failures.append(RowFailure(row_index=index, id=ids[index], error=message))
-        start += batch.num_rows
+                failures.append(RowFailure(row_index=index, id=row_id, error=message))
+        start = end
     failures.sort(key=lambda failure: failure.row_index)
     return jobs, failures
 
@@ -192,13 +202,14 @@ _REFUSED = object()  # a value a column's rule refuses
 
 
 def plain_jobs(
-    batch: pa.RecordBatch, start: int, ids: list[str], defaults: SweepDefaults
+    batch: pa.RecordBatch, indices, ids: list[str], defaults: SweepDefaults
 ) -> list[RowJob | None]:
-    """The job of each row of `batch` (rows `start`.. of the manifest whose ids are `ids`)
-    that sets only plain columns (`PLAIN_COLUMNS`, `column_rules`' and unknown ones) and
-    passes every rule; None for any other row (`validate_manifest` validates it alone: the
-    same rules, which then name the first it breaks). Each column's rule runs once a
-    distinct value; a plain row's job is `validate_row`'s, field for field."""
+    """The job of each row of `batch` (whose indices in the manifest are `indices` and ids
+    `ids`, row for row) that sets only plain columns (`PLAIN_COLUMNS`, `column_rules`' and
+    unknown ones) and passes every rule; None for any other row (`validate_manifest`
+    validates it alone: the same rules, which then name the first it breaks). Each
+    column's rule runs once a distinct value; a plain row's job is `validate_row`'s, field
+    for field."""
     known = (*PLAIN_COLUMNS, *column_rules(defaults))
     others = [n for n in KNOWN_COLUMNS if n not in known and n in batch.schema.names]
     plain = np.ones(batch.num_rows, dtype=bool)
@@ -219,7 +230,7 @@ def plain_jobs(
             continue
         if seeds[offset] is _REFUSED:
             continue
-        jobs[offset] = _plain_job(start + offset, ids[start + offset], prompts[offset],
+        jobs[offset] = _plain_job(indices[offset], ids[offset], prompts[offset],
                                   seeds[offset], tasks[offset], values, defaults.max_pixels,
                                   loras_of)  # fmt: skip
     return jobs

@@ -23,6 +23,8 @@ class Manifest:
     uri: str
     root: str  # the folder that relative image paths resolve against
     files: list[str] = field(default_factory=list)
+    # each file's version as read (`storage.version_tag`): what a later reader compares
+    versions: tuple[str, ...] = ()
 
 
 def manifest_files(uri: str) -> tuple[list[str], str]:
@@ -80,7 +82,7 @@ def _read_files(uri: str, root: str, files: tuple[str, ...], versions: tuple[str
         raise InvalidInput(
             f"manifest {uri!r} has no `prompt` column (columns: {', '.join(table.column_names)})"
         )
-    return Manifest(table=table, uri=uri, root=root, files=list(files))
+    return Manifest(table=table, uri=uri, root=root, files=list(files), versions=versions)
 
 
 def _logical(type_: pa.DataType) -> pa.DataType:

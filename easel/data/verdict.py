@@ -12,6 +12,14 @@ does not name; a record written after the pass (a crashed earlier attempt of the
 concurrent run) is not named, so trusted: it was written after its image, later than the
 check. A verdict that is gone or unreadable is no verdict: the shard vouches in full.
 
+The parent hands down its plan too: `vouched/<name>-rows.parquet` names, for each shard,
+the manifest rows that hold its pending images, and the manifest's version as the parent
+read it. A shard run validates and plans only those rows (a sixteenth of a manifest, not
+all of it), keeping of their images those its slots assign it, as always. Where the file
+is gone or unreadable, or the manifest has changed since (another version of a file), the
+shard plans the whole manifest. An image of a row the parent did not name is one the
+parent found done: the same trust as the verdict's.
+
 What this gives up: an image deleted between the parent's check and its shard's planning
 is not generated again by that shard; the results step lists `images/` again and does not
 claim it, and the next rerun generates it.
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import uuid
 from collections.abc import Iterator
@@ -35,6 +44,9 @@ from easel.data import records, storage
 log = logging.getLogger(__name__)
 
 FOLDER = "vouched"  # under OUT/.easel/
+ROWS_SUFFIX = "-rows"  # the parent's plan: `vouched/<name>-rows.parquet`
+ROWS_SCHEMA = pa.schema([("shard", pa.int32()), ("row_index", pa.int64())])
+MANIFEST_VERSIONS = b"easel.manifest_versions"  # rows' metadata: the manifest as planned
 COLUMNS = ("id", "image_index", "request_key", "written_at")  # a record's identity in it
 CHECKED_AT = b"easel.checked_at"  # schema metadata: when the parent's pass began (Unix s)
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # a flow run id or a uuid: never a path
@@ -43,6 +55,11 @@ NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # a flow run id or a uuid: never a path
 def verdict_uri(out: str, name: str) -> str:
     """Where the verdict `name` of output `out` lies: `OUT/.easel/vouched/<name>.parquet`."""
     return records.state_dir(out, FOLDER, f"{name}.parquet")
+
+
+def rows_uri(out: str, name: str) -> str:
+    """Where the parent `name`'s plan lies: `OUT/.easel/vouched/<name>-rows.parquet`."""
+    return verdict_uri(out, f"{name}{ROWS_SUFFIX}")
 
 
 def new_name(flow_run_id: str | None) -> str:
@@ -121,13 +138,51 @@ def read_verdict(out: str, name: str) -> Verdict | None:
     return Verdict(stale, checked_at)
 
 
-def remove_verdict(out: str, name: str) -> None:
-    """Remove the verdict `name` of `out`, best effort: one that stays is small and
-    harmless (no run reads a verdict it was not handed)."""
+def write_rows(out: str, name: str, pending: dict[int, dict[int, int]], versions) -> str:
+    """Write the parent `name`'s plan for its shards, atomically: the manifest rows holding
+    each shard's pending images (`pending`: `SweepPlan.pending_rows`), and the manifest's
+    file `versions` (`Manifest.versions`) as planned; returns its URI."""
+    shards = [index for index, rows in pending.items() for _ in rows]
+    rows = [row for held in pending.values() for row in held]
+    table = pa.table([pa.array(shards, pa.int32()), pa.array(rows, pa.int64())],
+                     schema=ROWS_SCHEMA)  # fmt: skip
+    metadata = {MANIFEST_VERSIONS: json.dumps(list(versions)).encode()}
+    uri = rows_uri(out, name)
+    storage.write_parquet_atomic(uri, table.replace_schema_metadata(metadata))
+    return uri
+
+
+def read_rows(out: str, name: str, shard: int, versions) -> list[int] | None:
+    """The manifest rows (ascending) the parent `name` planned for shard `shard`, or None
+    (with one log line) where its plan is gone or unreadable, or was made from another
+    version of the manifest (`versions`: `Manifest.versions` now): plan it all."""
+    uri = rows_uri(out, name)
     try:
-        storage.remove(verdict_uri(out, name))
-    except OSError as error:  # gone already, or the store refused: left behind
-        log.debug("verdict %s of %s not removed: %s", name, out, error)
+        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+        planned = json.loads((table.schema.metadata or {})[MANIFEST_VERSIONS])
+        held = table.filter(pc.equal(table.column("shard"), shard)).column("row_index")
+        rows = held.cast(pa.int64()).to_pylist()
+    except FileNotFoundError:
+        log.warning("the parent's plan %s is gone: planning the whole manifest", uri)
+        return None
+    except (pa.ArrowException, OSError, ValueError, KeyError) as error:
+        log.warning("the parent's plan %s is unreadable (%s): planning the whole manifest",
+                    uri, error)  # fmt: skip
+        return None
+    if planned != list(versions):
+        log.warning("the manifest changed since the parent planned it: planning it whole")
+        return None
+    return sorted(rows)
+
+
+def remove_verdict(out: str, name: str) -> None:
+    """Remove the verdict `name` of `out` and its plan, best effort: a file that stays is
+    small and harmless (no run reads a verdict it was not handed)."""
+    for uri in (verdict_uri(out, name), rows_uri(out, name)):
+        try:
+            storage.remove(uri)
+        except OSError as error:  # gone already, or the store refused: left behind
+            log.debug("%s not removed: %s", uri, error)
 
 
 @contextlib.contextmanager

@@ -63,7 +63,10 @@ def _parent_run(params: SweepParameters, started: float, hand_down: str | None) 
         progress = SweepProgress(params.out, params.show_progress)
         if sharded:
             progress.start(plan.pending_images)
-            outcome = run_shards(params, plan, run_id, progress, sweep_flow, hand_down)
+            pending = plan.pending_rows(params.shards)
+            if hand_down:  # each shard then plans only its rows of the manifest
+                verdict.write_rows(params.out, hand_down, pending, table.versions)
+            outcome = run_shards(params, pending, run_id, progress, sweep_flow, hand_down)
         else:
             outcome, plan = _generate_shard(inputs, ALL, run_id, progress, params, hand_down)
             measure_shard(params.out, started, outcome)

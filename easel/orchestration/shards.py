@@ -26,7 +26,6 @@ from datetime import datetime, timezone
 
 from easel import tracking
 from easel.data import records, shard_sizing
-from easel.data.batching import SweepPlan
 from easel.models.engine.sweep import BatchOutcome
 from easel.orchestration.recovery import RETRY_SETTLE_SECONDS
 
@@ -37,20 +36,22 @@ CRASH_GRACE_SECONDS = RETRY_SETTLE_SECONDS + 3 * POLL_SECONDS
 
 
 def run_shards(
-    params, plan: SweepPlan, run_id: str, progress, sweep_flow, vouched_by: str | None = None
-) -> BatchOutcome:
-    """Run every shard of `params.shards` that has pending images, each as a flow run of
-    `sweep_flow` whose MLflow run is a child of `run_id` and that trusts the verdict
-    `vouched_by` (`easel.data.verdict`; None: each vouches for its images itself); wait for
-    all; `progress.advance(n)` as images land. Returns what the shards generated (from their
+    params, pending: dict[int, dict[int, int]], run_id: str, progress, sweep_flow,
+    vouched_by: str | None = None,
+) -> BatchOutcome:  # fmt: skip
+    """Run every shard of `params.shards` that has pending images (`pending`:
+    `SweepPlan.pending_rows`), each as a flow run of `sweep_flow` whose MLflow run is a
+    child of `run_id` and that trusts the verdict `vouched_by` (`easel.data.verdict`; None:
+    each vouches for its images and plans the manifest itself); wait for all;
+    `progress.advance(n)` as images land. Returns what the shards generated (from their
     writers' tallies)."""
     from prefect.runtime import deployment
 
     handed = {"parent_mlflow_run_id": run_id, "vouched_by": vouched_by}
     children = {index: params.model_copy(update={"shard": index, **handed})
-                for index in plan.pending_per_shard(params.shards)}  # fmt: skip
-    print(f"{plan.pending_images} images to generate in {len(children)} of "
-          f"{params.shards} shards")  # fmt: skip
+                for index in pending}  # fmt: skip
+    images = sum(sum(rows.values()) for rows in pending.values())
+    print(f"{images} images to generate in {len(children)} of {params.shards} shards")
     if deployment.id:
         run_ids = _on_the_pool(children, deployment.id, params.out, progress)
     else:

@@ -357,5 +357,6 @@ def test_rows_validated_as_columns_are_those_validated_alone(tmp_path, monkeypat
         assert jobs == expected_jobs
         assert [(f.row_index, f.error) for f in failures] == expected_failures
     assert 50 < len(jobs) < 350 and failures  # both kinds, in number
-    plain = manifest.plain_jobs(table.table.to_batches()[0], 0, [r["id"] for r in rows], DEFAULTS)
+    ids = [r["id"] for r in rows]
+    plain = manifest.plain_jobs(table.table.to_batches()[0], range(len(ids)), ids, DEFAULTS)
     assert any(job is not None for job in plain)  # the column path was taken

@@ -163,3 +163,49 @@ def test_a_verdict_is_removed_with_the_block_that_handed_it_down(tmp_path):
     with verdict.handed_down(out, None):
         results.done_slots(out)
     assert storage.list_names(records.state_dir(out, verdict.FOLDER)) == []
+
+
+def test_a_shard_plans_only_the_rows_its_parent_planned_for_it(tmp_path, caplog, monkeypatch):
+    """The parent's plan handed down (`write_rows`): a shard validates only the manifest rows
+    holding its pending images and plans exactly what it would from the whole manifest;
+    a plan gone, unreadable, or made from another version of the manifest: the whole
+    manifest, with one log line naming why."""
+    from easel.data import manifest
+    from easel.data.manifest import SweepDefaults, write_manifest
+    from easel.models.engine.sweep import SweepInputs, plan_sweep
+
+    uri = write_manifest(str(tmp_path / "m.parquet"),
+                         [{"id": f"r{i}", "prompt": f"shape {i}", "seed": i, "num_images": 2}
+                          for i in range(40)])  # fmt: skip
+    out = str(tmp_path / "out")
+    defaults = SweepDefaults(model="tiny-shapes", guidance_scale=7.5, num_inference_steps=2,
+                             max_pixels=64 * 64)  # fmt: skip
+    inputs = SweepInputs(manifest=uri, out=out, defaults=defaults, input_roots=(), batch_size=4,
+                         device="cpu", dtype=None, trust_pickle=False)  # fmt: skip
+    table, whole = plan_sweep(inputs, check_done=False)
+    pending = whole.pending_rows(4)
+    assert sum(sum(rows.values()) for rows in pending.values()) == 80
+    verdict.write_verdict(out, PARENT, records.RECORD_SCHEMA.empty_table(), time.time())
+    verdict.write_rows(out, PARENT, pending, table.versions)
+    asked = []
+    real = manifest.validate_manifest
+    monkeypatch.setattr(manifest, "validate_manifest",
+                        lambda *args: asked.append(args[3]) or real(*args))  # fmt: skip
+    for index in range(4):
+        _, alone = plan_sweep(inputs, Shard(index, 4))
+        _, handed = plan_sweep(inputs, Shard(index, 4), vouched_by=PARENT)
+        assert handed.batches == alone.batches and handed.batches
+        assert asked[-1] == list(pending[index]) and len(asked[-1]) < 40
+    damages = {
+        "gone": lambda: storage.remove(verdict.rows_uri(out, PARENT)),
+        "unreadable": lambda: storage.write_bytes_atomic(verdict.rows_uri(out, PARENT), b"PAR1"),
+        "changed": lambda: write_manifest(uri, [{"id": "r0", "prompt": "another"}]),
+    }
+    for damage, words in (("changed", "manifest changed"), ("unreadable", "unreadable"),
+                          ("gone", "is gone")):  # fmt: skip
+        damages[damage]()
+        with caplog.at_level(logging.WARNING, logger="easel.data.verdict"):
+            caplog.clear()
+            plan_sweep(inputs, Shard(1, 4), vouched_by=PARENT)
+        assert asked[-1] is None, damage  # the whole manifest
+        assert [words in r.getMessage() for r in caplog.records] == [True], damage

@@ -346,14 +346,15 @@ def test_a_sharded_rerun_lists_the_images_once_and_its_shards_trust_the_parent(
     verdict to the shard run (the one with work) instead of a second listing, the rerun
     makes exactly that image again, and the verdict is removed after the run; an `auto`
     rerun deciding one shard plans again in this run without listing again."""
-    from easel.data import storage, verdict
+    from easel.data import manifest, storage, verdict
 
     rows = [{"id": f"r{i}", "prompt": PROMPTS[i % len(PROMPTS)], "seed": i} for i in range(4)]
     _, out = run(tmp_path, "o", rows, shards=2, batch_size=1)
-    listed, written, read = [], [], []
+    listed, written, read, validated = [], [], [], []
     for module, name, calls in ((storage, "file_versions", listed),
                                 (verdict, "write_verdict", written),
-                                (verdict, "read_verdict", read)):  # fmt: skip
+                                (verdict, "read_verdict", read),
+                                (manifest, "validate_manifest", validated)):  # fmt: skip
         monkeypatch.setattr(module, name, counted(getattr(module, name), calls))
     for shards, row in ((2, "r1"), ("auto", "r2")):
         listed.clear()
@@ -367,7 +368,11 @@ def test_a_sharded_rerun_lists_the_images_once_and_its_shards_trust_the_parent(
             k: v for k, v in before.items() if k != row}  # fmt: skip
         assert [call[0] for call in listed] == [f"{out}/images"] * 2  # the parent's, the results'
         assert [call[1] for call in read] == [written[-1][1]], shards  # the shard's planning
+        # the parent validates the whole manifest; a shard handed its plan only its row
+        handed = [call[3] for call in validated]  # the rows asked for (None: all)
+        assert handed == ([None, [int(row[1:])]] if shards == 2 else [None, None]), shards
         read.clear()
+        validated.clear()
         assert os.listdir(f"{out}/.easel/vouched") == []
     assert len({call[1] for call in written}) == 2  # one verdict a parent run
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from easel.data import loras, manifest, results, storage
+from easel.data import loras, manifest, results, storage, verdict
 from easel.data.batching import ALL, PlannedBatch, Shard, SweepPlan, build_plan
 from easel.data.limits import MAX_BATCH
 from easel.data.results import ImageRecord
@@ -94,13 +94,18 @@ def plan_sweep(
     """Read and validate the manifest, resolve its models, and plan the missing work of
     `shard` (default: all of it); without `check_done`, every image of it, reading nothing
     of the output. `vouched_by`, `hand_down`: a parent's verdict read, or written, by the
-    check (`results.done_slots`).
+    check (`results.done_slots`); a shard given `vouched_by` validates and plans only the
+    manifest rows its parent planned for it (`verdict.read_rows`), where it can.
 
     Raises `InvalidInput` when the manifest as a whole is unusable."""
     table = manifest.read_manifest(inputs.manifest)
     for warning in loras.misnamed_warnings(table.table.column_names):
         log.warning(warning)
-    jobs, failures = manifest.validate_manifest(table, inputs.defaults, list(inputs.input_roots))
+    rows = None  # a shard handed its parent's plan validates only its rows
+    if vouched_by and shard.count > 1:
+        rows = verdict.read_rows(inputs.out, vouched_by, shard.index, table.versions)
+    jobs, failures = manifest.validate_manifest(table, inputs.defaults,
+                                                list(inputs.input_roots), rows)  # fmt: skip
     done = set()
     if check_done:
         done = results.done_slots(inputs.out, shard, vouched_by, hand_down)
