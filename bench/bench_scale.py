@@ -17,12 +17,15 @@ is measured in its own process (its peak memory is that process's), through the 
 1. today's code (`--baseline`, extracted with `git archive`): a rerun's planning
    (`done_slots`), the parent's first progress poll (every record read), `results.parquet`
    written (`publish_results`);
-2. this code on the same state: a rerun's planning (which compacts the record shards it
-   finds), the next rerun's planning (each, as a sharded parent's, writing its verdict on
-   the images: `easel/data/verdict.py`), one of `--shards` shards' planning as a shard run
-   does it, trusting that verdict (a planning step must run first), the same shard's
-   planning vouching in full (`shard_planning_full`: a shard without a verdict), the
-   parent's progress poll, `results.parquet` written;
+2. this code on the same state: a rerun's planning (the manifest validated and planned,
+   every image vouched for; the first compacts the record shards it finds), the next
+   rerun's planning (each, as a sharded parent's, writing its verdict on the images:
+   `easel/data/verdict.py`; then, untimed, the plan a fresh sweep's parent hands its
+   shards, every image pending), one of `--shards` shards' planning as a shard run does it
+   (its own rows of the manifest, trusting the verdict: a planning step must run first),
+   the same shard's planning in full (`shard_planning_full`: the whole manifest, every
+   image listed: a shard handed nothing), the parent's progress poll, `results.parquet`
+   written;
 3. the manifest's validation and planning alone (no output read), for scale.
 `--smoke`: 256 images, 5 ms.
 
@@ -335,11 +338,11 @@ def measure(what: str, shards: int, profile: str | None = None) -> dict:
         table, plan = plan_sweep(inputs(MANIFEST, OUT), check_done=False)
         return results.publish_results(OUT, table.table, plan, 0).images_ok
 
-    shard = Shard(0, shards)
+    shard, planned = Shard(0, shards), inputs(MANIFEST, OUT)
     work = {
-        "planning": lambda: len(_parent_planning(results)),
-        "shard_planning": lambda: len(results.done_slots(OUT, shard, vouched_by=VERDICT)),
-        "shard_planning_full": lambda: len(results.done_slots(OUT, shard)),
+        "planning": lambda: _parent_planning(plan_sweep, planned).total_images,
+        "shard_planning": lambda: plan_sweep(planned, shard, vouched_by=VERDICT)[1].total_images,
+        "shard_planning_full": lambda: plan_sweep(planned, shard)[1].total_images,
         "progress": lambda: _poll(sharding, {f"shard-{i}" for i in range(shards)}),
         "manifest": lambda: plan_sweep(inputs(MANIFEST, OUT), check_done=False)[1].pending_images,
         "results": publish,
@@ -361,20 +364,35 @@ def measure(what: str, shards: int, profile: str | None = None) -> dict:
     if profiler:
         profiler.dump_stats(profile)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if what == "planning":  # after the measure: the plan a fresh sweep's parent hands down
+        _hand_down_rows(plan_sweep, planned, shards)
     return {"seconds": seconds, "count": count, "peak_mb": peak, "imports_mb": before}
 
 
 VERDICT = "bench-parent"  # the name of the verdict the planning steps write, as a parent
 
 
-def _parent_planning(results) -> set:
-    """A rerun's planning as a sharded parent does it: every image vouched for, the verdict
-    written for its shards (an older easel, without verdicts: the planning alone)."""
+def _parent_planning(plan_sweep, planned):
+    """A rerun's planning as a sharded parent does it (the manifest validated and planned,
+    every image vouched for), writing the verdict for its shards (an older easel, without
+    verdicts: the planning alone); returns the plan."""
     import inspect
 
-    if "hand_down" in inspect.signature(results.done_slots).parameters:
-        return results.done_slots(OUT, hand_down=VERDICT)
-    return results.done_slots(OUT)
+    if "hand_down" in inspect.signature(plan_sweep).parameters:
+        return plan_sweep(planned, hand_down=VERDICT)[1]
+    return plan_sweep(planned)[1]
+
+
+def _hand_down_rows(plan_sweep, planned, shards: int) -> None:
+    """The parent's plan for its shards as a fresh sweep's parent writes it (every image
+    pending: each shard validates all of its rows), where this easel hands one down."""
+    try:
+        from easel.data import verdict
+    except ImportError:  # an older easel
+        return
+    if hasattr(verdict, "write_rows"):
+        table, plan = plan_sweep(planned, check_done=False)
+        verdict.write_rows(OUT, VERDICT, plan.pending_rows(shards), table.versions)
 
 
 def _poll(shards, run_ids: set) -> int:
