@@ -213,3 +213,43 @@ def test_after_a_listing_the_store_s_modification_times_read_as_before(bucket):
     fs.invalidate_cache()
     after = fs.info(f"{name}/t/a.png")["LastModified"]
     assert after == before and row["mtime"] == before.timestamp()
+
+
+def test_quick_pages_are_the_pages_botocore_parses_and_only_for_this_listing(
+    bucket, monkeypatch
+):
+    """A page read by `quick_pages` holds what botocore's parsing gives, key for key (XML
+    escapes, non-ASCII, spaces, plus signs), size for size, instant for instant, over
+    several pages; the same client's other listings (s3fs's `find`) still get botocore's
+    `Contents`; a page the quick reader cannot read is left to botocore."""
+    fs, name = bucket
+    monkeypatch.setattr(listing, "PAGE", 4)
+    odd = ["a&b", "<lt>", 'q"uote', "sp ace", "plus+sign", "é猫", "apos'", "x" * 200]
+    files = {f"{name}/out/images/{key}/{i}.png": b"z" * (i + 3)
+             for i, key in enumerate(odd + [f"r{n}" for n in range(9)])}  # fmt: skip
+    fs.pipe(files)
+    folder, wanted = f"{name}/out/images", sorted(files)
+    read, real = [], listing._parsed_page
+    monkeypatch.setattr(listing, "_parsed_page", lambda body: read.append(real(body)) or read[-1])
+    quick = listing.versions(fs, folder, wanted)
+    assert len(read) >= 4 and all(page is not None for page in read)  # every page read here
+    with monkeypatch.context() as patched:
+        patched.setattr(listing, "_parsed_page", lambda body: None)  # botocore's parsing
+        parsed = listing.versions(fs, folder, wanted)
+    assert _sorted_rows(quick) == _sorted_rows(parsed)
+    assert {row["path"] for row in quick.to_pylist()} == set(files)
+    assert sorted(fs.find(folder)) == sorted(files)  # the client's other listings
+    fs.invalidate_cache()
+    assert {p: fs.info(p)["size"] for p in files} == {p: len(d) for p, d in files.items()}
+    monkeypatch.setattr(listing, "_parsed_page", _unreadable)
+    assert _sorted_rows(listing.versions(fs, folder, wanted)) == _sorted_rows(parsed)
+
+
+def _unreadable(body: bytes):
+    import xml.etree.ElementTree as ET
+
+    raise ET.ParseError("not a page this reader knows")
+
+
+def _sorted_rows(table) -> list:
+    return sorted((r["path"], r["size"], r["mtime"]) for r in table.to_pylist())
