@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache, lru_cache
+from operator import attrgetter
 
 from easel.data import limits
 from easel.data.fusion import FusionInput
@@ -160,6 +162,14 @@ def denoising_steps(settings: BatchSettings) -> int:
     return int(settings.num_inference_steps * settings.strength)
 
 
+# the fields of a row's job that `row_settings` reads (with its model's facts): two jobs of
+# one model equal in these have equal settings
+SETTINGS_FIELDS = ("model", "task", "fusion_inputs", "strength", "prior_guidance_scale",
+                   "prior_num_inference_steps", "scheduler", "guidance_scale",
+                   "num_inference_steps", "width", "height", "loras")  # fmt: skip
+settings_inputs = attrgetter(*SETTINGS_FIELDS)
+
+
 def row_settings(job: RowJob, facts: ModelFacts) -> BatchSettings:
     # unused by text2img and by a fusion of `fusion_inputs` (its items carry the weights)
     strength = job.strength if job.task != "text2img" and job.fusion_inputs is None else 1.0
@@ -251,9 +261,9 @@ def row_request_keys(model_digest: str, settings: BatchSettings, job: RowJob) ->
         return [request_key(model_digest, settings, image_request(job, k))
                 for k in range(job.num_images)]  # fmt: skip
     added = tuple(name for name in _ADDED_FLAT if getattr(job, name) is not None)
-    before, before_holes, after, after_holes = _key_template(model_digest, settings, added)
-    head = before % tuple(_encoded(getattr(job, name)) for name in before_holes)
-    tail = after % tuple(_encoded(getattr(job, name)) for name in after_holes)
+    before, before_values, after, after_values = _key_template(model_digest, settings, added)
+    head = before % tuple(map(_encoded, before_values(job)))
+    tail = after % tuple(map(_encoded, after_values(job)))
     sha256 = hashlib.sha256
     return [sha256(f"{head}{seed}{tail}".encode()).hexdigest()
             for seed in range(job.seed, job.seed + job.num_images)]  # fmt: skip
@@ -270,11 +280,11 @@ def _encoded(value: str | None) -> str:
 @lru_cache(maxsize=4096)
 def _key_template(
     model_digest: str, settings: BatchSettings, added: tuple[str, ...]
-) -> tuple[str, tuple[str, ...], str, tuple[str, ...]]:
+) -> tuple[str, Callable, str, Callable]:
     """`request_key`'s JSON for `settings` and a request without `fusion_inputs` (`added`:
-    the fields of `_ADDED_FLAT` it sets) as two %-formats, before and after the seed, and
-    the request fields whose JSON values fill each (a request field's name is also a
-    `RowJob` field's)."""
+    the fields of `_ADDED_FLAT` it sets) as two %-formats, before and after the seed, each
+    with the function giving a job's values of the request fields that fill it (a request
+    field's name is also a `RowJob` field's)."""
     constant = _settings_content(model_digest, settings)
     asked = [f.name for f in fields(ImageRequest)
              if f.name not in ADDED_REQUEST_FIELDS or f.name in added]  # fmt: skip
@@ -291,7 +301,14 @@ def _key_template(
             parts[side].append("%s")
             holes[side].append(name)
     parts[1].append("}")
-    return "".join(parts[0]), tuple(holes[0]), "".join(parts[1]), tuple(holes[1])
+    return "".join(parts[0]), _getter(holes[0]), "".join(parts[1]), _getter(holes[1])
+
+
+def _getter(names: list[str]) -> Callable[[RowJob], tuple]:
+    """A function giving a job's values of `names`, as a tuple."""
+    if len(names) == 1:
+        return lambda job: (getattr(job, names[0]),)
+    return attrgetter(*names) if names else lambda job: ()
 
 
 def shard_of(image: PlannedImage, shards: int) -> int:
@@ -400,11 +417,12 @@ def build_plan(
     runnable, settings_of = [], []
     checked: dict[tuple, tuple[BatchSettings, str | None]] = {}  # once a distinct setting
     for job in (job for job in jobs if job.model in facts):
-        settings = row_settings(job, facts[job.model])
-        known = (job.model, settings, job.sides_from_init)
-        if known not in checked:
-            checked[known] = (settings, unsupported(job, facts[job.model], settings))
-        settings, error = checked[known]  # one object for equal settings
+        known = (settings_inputs(job), job.sides_from_init)
+        found = checked.get(known)
+        if found is None:
+            settings = row_settings(job, facts[job.model])
+            found = checked[known] = (settings, unsupported(job, facts[job.model], settings))
+        settings, error = found  # one object for equal settings
         if error:
             failures.append(RowFailure(row_index=job.row_index, id=job.id, error=error))
         else:

@@ -104,3 +104,34 @@ def test_a_row_s_request_keys_are_request_key_s_for_every_kind_of_value():
         expected = [request_key(digest, settings, image_request(job, k))
                     for k in range(job.num_images)]  # fmt: skip
         assert row_request_keys(digest, settings, job) == expected, job
+
+
+def test_row_settings_read_only_the_fields_planning_keys_them_by():
+    """Planning makes one `BatchSettings` for all jobs of one model equal in
+    `SETTINGS_FIELDS`: a job field outside them must not change a row's settings, for a
+    family with a prior and one without, on every task."""
+    from dataclasses import fields
+
+    from easel.data.batching import SETTINGS_FIELDS, row_settings
+    from easel.data.fusion import FusionInput
+    from easel.data.loras import LoraRef
+    from easel.data.manifest import RowJob
+
+    other = {"row_index": 9, "id": "other", "prompt": "another", "negative_prompt": "blur",
+             "seed": 99, "num_images": 3, "init_image": "/x.png", "mask_image": "/m.png",
+             "init_image_sha256": "a" * 64, "mask_image_sha256": "b" * 64,
+             "sides_from_init": ("width",)}  # fmt: skip
+    assert set(other) | set(SETTINGS_FIELDS) == {f.name for f in fields(RowJob)}
+    prior = replace(FACTS, has_prior=True, prior_guidance_scale=4.0)
+    sd = replace(FACTS, has_prior=False)
+    items = (FusionInput(text="a", image=None, weight=1.0),)
+    for task, fusion in (("text2img", None), ("img2img", None), ("inpaint", None),
+                         ("fusion", None), ("fusion", items)):  # fmt: skip
+        job = RowJob(row_index=0, id="r", prompt="p", negative_prompt=None, seed=1,
+                     num_images=1, guidance_scale=5.0, num_inference_steps=20, width=64,
+                     height=64, scheduler="ddim", model="m", task=task, init_image=None,
+                     mask_image=None, strength=0.5, prior_guidance_scale=2.0,
+                     prior_num_inference_steps=10, fusion_inputs=fusion,
+                     loras=(LoraRef(uri="/l", scale=1.0, sha256="c" * 64),))  # fmt: skip
+        for facts in (prior, sd):
+            assert row_settings(replace(job, **other), facts) == row_settings(job, facts)
