@@ -465,3 +465,89 @@ def test_final_records_from_the_planned_keys_equal_the_per_image_algorithm_row_f
     kept = results.final_records(plan, recorded)
     assert kept.to_pylist() == previous_final_records(plan, recorded)
     assert set(kept.column("status").to_pylist()) == {"ok", "failed"}
+
+
+def swept_with_another_manifest(tmp_path):
+    """An output holding the results of another manifest (a pass-through column typed
+    otherwise, a column this one lacks) and the records of a 12-row manifest (rows of 1 to 3
+    images; an id left null; a seed beyond int64 and a width the model refuses: failed at
+    validation): per image ok, failed, or never tried. Returns (out, manifest table, plan)."""
+    import dataclasses
+
+    from easel.data.batching import build_plan
+    from easel.data.manifest import SweepDefaults, read_manifest, validate_manifest
+    from easel.models.engine.loading import model_facts
+
+    count, out = 12, str(tmp_path / "out")
+    results.write_results(out, pa.table({"id": ["other-1", "row3"], "note": ["text", "x"],
+                                         "extra": [1.5, None]}))  # fmt: skip
+    pq.write_table(pa.table({
+        "id": [None if i == 7 else f"row{i}" for i in range(count)],
+        "prompt": [f"a red circle {i}" for i in range(count)],
+        "num_images": [1 + i % 3 for i in range(count)],
+        "width": [65 if i == 4 else 64 for i in range(count)],
+        "seed": pa.array([2**64 - 1 if i == 9 else i for i in range(count)], pa.uint64()),
+        "note": list(range(count)),
+    }), tmp_path / "m.parquet")  # fmt: skip
+    defaults = SweepDefaults(model="tiny-shapes", guidance_scale=7.5, num_inference_steps=2,
+                             max_pixels=512 * 512)  # fmt: skip
+    manifest = read_manifest(str(tmp_path / "m.parquet"))
+    jobs, failures = validate_manifest(manifest, defaults)
+    plan = build_plan(jobs, failures, model_facts, batch_size=8, done=set())
+    made, keys = [], iter(plan.request_keys)
+    for n, job in enumerate(plan.jobs):
+        for k in range(job.num_images):
+            key, case = next(keys), (n + k) % 3
+            base = dataclasses.replace(record(out, job.id, key, png(n)), image_index=k,
+                                       image_uri=results.image_uri(out, job.id, k))  # fmt: skip
+            if case == 0:
+                storage.write_bytes_atomic(base.image_uri, png(n))
+                made.append(base)
+            elif case == 1:
+                made.append(dataclasses.replace(base, status="failed", error="boom"))
+    write_record_shard(out, "batch", made)
+    assert len(plan.failures) == 2 and len(plan.request_keys) > 2 * len(plan.jobs) - 4
+    return out, manifest.table, plan
+
+
+def results_written_whole(out, manifest: pa.Table, plan) -> pa.Table:
+    """`results.parquet` as it was written before it was streamed: this manifest's table
+    assembled whole, the other manifests' rows concatenated to it, written in one piece."""
+    final = results.final_records(plan, results.vouched(out))
+    rows = final.column("_row")
+    table = results.assemble_results(manifest, rows, final.drop_columns(["_row"]))
+    before = pq.read_table(results.results_uri(out))
+    others = before.filter(pa.compute.invert(pa.compute.is_in(before.column("id"),
+                                                              table.column("id"))))  # fmt: skip
+    table, others = results._agreeing(table, others)
+    whole = pa.concat_tables([table, others], promote_options="permissive")
+    written = io.BytesIO()
+    pq.write_table(results.with_pandas_metadata(whole), written)
+    return pq.read_table(written)
+
+
+@pytest.mark.parametrize("row_group", [3, results.RESULTS_ROW_GROUP])
+def test_results_streamed_in_row_groups_equal_the_table_written_whole(tmp_path, row_group):
+    """Row for row, column for column, types and pandas metadata: the streamed file is
+    the one the whole-table write made; the other manifest's row (and its own column)
+    kept, its clashing column as text, the row both manifests name taken from this one."""
+    out, manifest, plan = swept_with_another_manifest(tmp_path)
+    expected = results_written_whole(out, manifest, plan)
+    summary = results.publish_results(out, manifest, plan, 0, row_group=row_group)
+    written = pq.read_table(summary.results_uri)
+    assert written.equals(expected, check_metadata=True)
+    assert set(written.column("status").to_pylist()) == {"ok", "failed", None}  # None: other-1
+    assert written.column("id").to_pylist()[-1] == "other-1"
+    assert written.column("note").type == pa.string() and "extra" in written.column_names
+    assert results.publish_results(out, manifest, plan, 0, row_group=row_group) == summary
+
+
+def test_results_are_written_in_row_groups_of_at_most_the_limit(tmp_path):
+    """Each row group holds at most `row_group` rows: memory holds one, not the table."""
+    out, manifest, plan = swept_with_another_manifest(tmp_path)
+    summary = results.publish_results(out, manifest, plan, 0, row_group=4)
+    file = pq.ParquetFile(summary.results_uri)
+    sizes = [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)]
+    assert file.num_row_groups > 2 and max(sizes) <= 4 and sum(sizes) == file.metadata.num_rows
+    results.publish_results(out, manifest, plan, 0)  # the limit: one group of this manifest's
+    assert pq.ParquetFile(summary.results_uri).num_row_groups == 2  # and one of the other's
