@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from easel.data import contact_sheet, fusion, records, storage
+from easel.data import columns, contact_sheet, fusion, records, storage
 from easel.data.batching import ALL, Shard, SweepPlan, planned_images
 from easel.data.records import (  # noqa: F401 - the names callers import from here
     RECORD_SCHEMA,
@@ -277,10 +277,11 @@ def write_results(out: str, table: pa.Table | Iterable[pa.Table], ids=None,
 
 
 def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`table`'s columns as `schema` orders and types them, null where it lacks one."""
-    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names
-               else pa.nulls(table.num_rows, f.type) for f in schema]  # fmt: skip
-    return pa.Table.from_arrays(columns, schema=schema)
+    """`table`'s columns as `schema` orders and types them (`columns.cast`: nested ones
+    too), null where it lacks one."""
+    conformed = [columns.cast(table.column(f.name), f.type) if f.name in table.column_names
+                 else pa.nulls(table.num_rows, f.type) for f in schema]  # fmt: skip
+    return pa.Table.from_arrays(conformed, schema=schema)
 
 
 def _other_rows(uri: str, ids) -> pa.Table | None:
@@ -315,7 +316,7 @@ def _agreeing(table: pa.Table, others: pa.Table) -> tuple[pa.Table, pa.Table]:
         if new == old or pa.types.is_null(new) or pa.types.is_null(old):
             continue
         try:
-            others = _replaced(others, name, others.column(name).cast(new))
+            others = _replaced(others, name, columns.cast(others.column(name), new))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             table = _replaced(table, name, _as_text(table.column(name)))
             others = _replaced(others, name, _as_text(others.column(name)))
