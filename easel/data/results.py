@@ -265,12 +265,11 @@ def write_results(out: str, table: pa.Table | Iterable[pa.Table], ids=None,
         sample, others = _agreeing(first.slice(0, 0), others)
         as_text = [n for n in sample.column_names if sample.schema.field(n) != schema.field(n)]
         schema = pa.unify_schemas([sample.schema, others.schema], promote_options="permissive")
-    schema = with_pandas_metadata(schema.empty_table()).schema
+    # pandas' metadata as the whole table's: of the first rows (a dictionary's categories)
+    schema = with_pandas_metadata(_conformed(_texted(first.slice(0, 0), as_text), schema)).schema
     with storage.atomic_writer(uri) as f, pq.ParquetWriter(f, schema) as writer:
         for part in itertools.chain([first], slices):
-            for name in as_text:
-                part = _replaced(part, name, _as_text(part.column(name)))
-            writer.write_table(_conformed(part, schema), row_group_size=row_group)
+            writer.write_table(_conformed(_texted(part, as_text), schema), row_group_size=row_group)
         for start in range(0, others.num_rows if others is not None else 0, row_group):
             writer.write_table(_conformed(others.slice(start, row_group), schema))
     return uri
@@ -282,6 +281,13 @@ def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
     conformed = [columns.cast(table.column(f.name), f.type) if f.name in table.column_names
                  else pa.nulls(table.num_rows, f.type) for f in schema]  # fmt: skip
     return pa.Table.from_arrays(conformed, schema=schema)
+
+
+def _texted(table: pa.Table, names: list[str]) -> pa.Table:
+    """`table` with its columns `names` as text (`_as_text`)."""
+    for name in names:
+        table = _replaced(table, name, _as_text(table.column(name)))
+    return table
 
 
 def _other_rows(uri: str, ids) -> pa.Table | None:

@@ -3,8 +3,10 @@ compaction that a kill at any step cannot spoil (issues 30, 31)."""
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import io
+import json
 import logging
 import os
 import time
@@ -14,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from easel.data import records, results, storage
+from easel.data import fusion, records, results, storage
 from easel.data.records import ImageRecord, read_state, records_dir, write_record_shard
 
 
@@ -472,26 +474,39 @@ def swept_with_another_manifest(tmp_path):
     otherwise, a column this one lacks) and the records of a 12-row manifest (rows of 1 to 3
     images; an id left null; a seed beyond int64 and a width the model refuses: failed at
     validation): per image ok, failed, or never tried. Returns (out, manifest table, plan)."""
-    import dataclasses
-
-    from easel.data.batching import build_plan
-    from easel.data.manifest import SweepDefaults, read_manifest, validate_manifest
-    from easel.models.engine.loading import model_facts
-
-    count, out = 12, str(tmp_path / "out")
-    results.write_results(out, pa.table({"id": ["other-1", "row3"], "note": ["text", "x"],
-                                         "extra": [1.5, None]}))  # fmt: skip
-    pq.write_table(pa.table({
+    count = 12
+    other = pa.table({"id": ["other-1", "row3"], "note": ["text", "x"], "extra": [1.5, None]})
+    out, manifest, plan = swept(tmp_path, other, [pa.table({
         "id": [None if i == 7 else f"row{i}" for i in range(count)],
         "prompt": [f"a red circle {i}" for i in range(count)],
         "num_images": [1 + i % 3 for i in range(count)],
         "width": [65 if i == 4 else 64 for i in range(count)],
         "seed": pa.array([2**64 - 1 if i == 9 else i for i in range(count)], pa.uint64()),
         "note": list(range(count)),
-    }), tmp_path / "m.parquet")  # fmt: skip
+    })])  # fmt: skip
+    assert len(plan.failures) == 2 and len(plan.request_keys) > 2 * len(plan.jobs) - 4
+    return out, manifest.table, plan
+
+
+def swept(tmp_path, other: pa.Table, parts: list[pa.Table]):
+    """An output holding `other` as the results of another manifest, and the records of the
+    manifest written as `parts` (a Parquet file each): per image ok, failed, or never tried.
+    Returns (out, the manifest as read, plan)."""
+    import dataclasses
+
+    from easel.data.batching import build_plan
+    from easel.data.manifest import SweepDefaults, read_manifest, validate_manifest
+    from easel.models.engine.loading import model_facts
+
+    out = str(tmp_path / "out")
+    results.write_results(out, other)
+    folder = tmp_path / "manifest"  # image paths are relative to it
+    folder.mkdir()
+    for n, part in enumerate(parts):
+        pq.write_table(part, folder / f"m-{n}.parquet")
     defaults = SweepDefaults(model="tiny-shapes", guidance_scale=7.5, num_inference_steps=2,
                              max_pixels=512 * 512)  # fmt: skip
-    manifest = read_manifest(str(tmp_path / "m.parquet"))
+    manifest = read_manifest(str(folder))
     jobs, failures = validate_manifest(manifest, defaults)
     plan = build_plan(jobs, failures, model_facts, batch_size=8, done=set())
     made, keys = [], iter(plan.request_keys)
@@ -506,8 +521,7 @@ def swept_with_another_manifest(tmp_path):
             elif case == 1:
                 made.append(dataclasses.replace(base, status="failed", error="boom"))
     write_record_shard(out, "batch", made)
-    assert len(plan.failures) == 2 and len(plan.request_keys) > 2 * len(plan.jobs) - 4
-    return out, manifest.table, plan
+    return out, manifest, plan
 
 
 def results_written_whole(out, manifest: pa.Table, plan) -> pa.Table:
@@ -551,3 +565,63 @@ def test_results_are_written_in_row_groups_of_at_most_the_limit(tmp_path):
     assert file.num_row_groups > 2 and max(sizes) <= 4 and sum(sizes) == file.metadata.num_rows
     results.publish_results(out, manifest, plan, 0)  # the limit: one group of this manifest's
     assert pq.ParquetFile(summary.results_uri).num_row_groups == 2  # and one of the other's
+
+
+FUSION_ITEM = pa.struct([("text", pa.null()), ("image", pa.string()), ("weight", pa.float64())])
+
+
+def typed_manifest_parts(count: int = 9) -> list[pa.Table]:
+    """A manifest in two files whose pass-through columns have the types a user's manifest
+    may hold: dictionary-encoded and large strings, a timestamp with its zone, a decimal,
+    nested lists, and two fusion rows, whose items all lack a text (`text: null`): more
+    items than rows in a row group."""
+    fused, items = (3, 4), [("red.png", 1.0), ("blue.png", 0.5), ("red.png", 0.25)]
+    table = pa.table({
+        "id": [f"row{i}" for i in range(count)],
+        "prompt": [None if i in fused else f"a blue square {i}" for i in range(count)],
+        "num_images": [1 + i % 2 for i in range(count)],
+        "tag": pa.array([("night", "day")[i % 2] for i in range(count)]).dictionary_encode(),
+        "caption": pa.array([f"caption {i}" * (i + 1) for i in range(count)], pa.large_string()),
+        "taken_at": pa.array([1_700_000_000_000_000 + i for i in range(count)],
+                             pa.timestamp("us", tz="Europe/Paris")),
+        "price": pa.array([decimal.Decimal(f"{i}.{i:02d}") for i in range(count)],
+                          pa.decimal128(7, 2)),
+        "grid": pa.array([[[i, i + 1], []] if i % 3 else None for i in range(count)],
+                         pa.list_(pa.list_(pa.int32()))),
+        fusion.COLUMN: pa.array([
+            [{"text": None, "image": image, "weight": weight} for image, weight in items]
+            if i in fused else None for i in range(count)], pa.list_(FUSION_ITEM)),
+    })  # fmt: skip
+    return [table.slice(0, 5), table.slice(5)]
+
+
+@pytest.mark.parametrize("physical", [False, True])
+@pytest.mark.parametrize("clash", [False, True])
+def test_results_of_every_column_type_streamed_in_row_groups_equal_the_table_written_whole(
+    tmp_path, physical, clash
+):
+    """Row for row and type for type, in row groups of 2 rows (more than one of each part of
+    the manifest), the streamed file is the one the whole-table write made: the manifest as
+    read, and (`physical`) as its files hold it, dictionary and large strings kept, in two
+    chunks. The output held another manifest's row; with `clash` a fusion row (items with a
+    text): the fusion column both name is then as the whole-table write agreed it (JSON
+    text), else it keeps its type (`text: null`)."""
+    other = pa.table({"id": ["other-1"], "price": [2.5]})
+    if clash:
+        other = other.append_column(fusion.COLUMN, [[[{"text": "a cat", "weight": 1.0}]]])
+    parts = typed_manifest_parts()
+    out, manifest, plan = swept(tmp_path, other, parts)
+    table = pa.concat_tables(parts) if physical else manifest.table
+    assert table.column(fusion.COLUMN).type == pa.list_(FUSION_ITEM)
+    expected = results_written_whole(out, table, plan)
+    summary = results.publish_results(out, table, plan, 0, row_group=2)
+    file = pq.ParquetFile(summary.results_uri)
+    assert file.num_row_groups > len(parts) + 1
+    written = file.read()  # a dictionary column in chunks (row groups): compared by value
+    assert written.schema.equals(expected.schema, check_metadata=True)
+    assert written.to_pylist() == expected.to_pylist()
+    assert written.num_rows == expected.num_rows > table.num_rows
+    items = written.filter(pa.compute.equal(written.column("id"), "row4"))[fusion.COLUMN][0]
+    items = json.loads(items.as_py()) if clash else items.as_py()
+    assert [(item["text"], item["image"]) for item in items] == [
+        (None, "red.png"), (None, "blue.png"), (None, "red.png")]  # fmt: skip
