@@ -605,8 +605,8 @@ def test_results_of_every_column_type_streamed_in_row_groups_equal_the_table_wri
     read, and (`physical`) as its files hold it, dictionary and large strings kept, in two
     chunks. The output held another manifest's row; with `clash` a fusion row (items with a
     text): the fusion column both name is then as the whole-table write agreed it (JSON
-    text), else it keeps its type (`text: null`)."""
-    other = pa.table({"id": ["other-1"], "price": [2.5]})
+    text), else it keeps its type (`text: null`); its price and tag take this one's types."""
+    other = pa.table({"id": ["other-1"], "price": [2.5], "tag": ["dusk"]})
     if clash:
         other = other.append_column(fusion.COLUMN, [[[{"text": "a cat", "weight": 1.0}]]])
     parts = typed_manifest_parts()
@@ -621,6 +621,8 @@ def test_results_of_every_column_type_streamed_in_row_groups_equal_the_table_wri
     assert written.schema.equals(expected.schema, check_metadata=True)
     assert written.to_pylist() == expected.to_pylist()
     assert written.num_rows == expected.num_rows > table.num_rows
+    kept = written.to_pylist()[-1]  # the other manifest's row, in this one's types
+    assert (kept["id"], kept["tag"], kept["price"]) == ("other-1", "dusk", decimal.Decimal("2.5"))
     items = written.filter(pa.compute.equal(written.column("id"), "row4"))[fusion.COLUMN][0]
     items = json.loads(items.as_py()) if clash else items.as_py()
     assert [(item["text"], item["image"]) for item in items] == [
