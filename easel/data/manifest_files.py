@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from easel.data import fusion, storage
+from easel.data import columns, fusion, storage
 from easel.errors import InvalidInput
 
 
@@ -138,9 +138,9 @@ def _concatenated(tables: list[pa.Table], files: tuple[str, ...], uri: str) -> p
     an empty partition as double) takes the others' type; a true conflict (strings in one
     file, numbers in another) is `InvalidInput` naming the column and the files. Pandas'
     schema metadata, which describes one file, is dropped."""
-    columns = list(dict.fromkeys(name for table in tables for name in table.column_names))
+    names = list(dict.fromkeys(name for table in tables for name in table.column_names))
     schema = []
-    for name in columns:
+    for name in names:
         typed = [(file, _logical(table.schema.field(name).type))
                  for file, table in zip(files, tables, strict=True)
                  if name in table.column_names
@@ -157,7 +157,7 @@ def _concatenated(tables: list[pa.Table], files: tuple[str, ...], uri: str) -> p
     unified = []
     for table in tables:
         arrays = [
-            _cast(table.column(f.name), f.type)
+            columns.cast(table.column(f.name), f.type)
             if f.name in table.column_names
             and table.column(f.name).null_count < table.num_rows
             else pa.nulls(table.num_rows, f.type)  # absent, or no value in this file
@@ -167,15 +167,9 @@ def _concatenated(tables: list[pa.Table], files: tuple[str, ...], uri: str) -> p
     return pa.concat_tables(unified)
 
 
-def _cast(column: pa.ChunkedArray, type_: pa.DataType) -> pa.ChunkedArray:
-    """`column` as `type_`; left as it is when it has that type already (pyarrow's cast of a
-    list of structs to its own type breaks a struct field of type null)."""
-    return column if column.type == type_ else column.cast(type_)
-
-
 def write_manifest(uri: str, rows: list[dict[str, Any]]) -> str:
     """Write `rows` as a manifest (columns: the union of their keys, in order), atomically."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    table = pa.Table.from_pylist([{key: row.get(key) for key in columns} for row in rows])
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    table = pa.Table.from_pylist([{key: row.get(key) for key in keys} for row in rows])
     storage.write_parquet_atomic(uri, table)
     return uri

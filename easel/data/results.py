@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -20,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from easel.data import contact_sheet, fusion, records, storage, verdict
+from easel.data import columns, contact_sheet, fusion, records, storage, verdict
 from easel.data.batching import ALL, Shard, SweepPlan, planned_images
 from easel.data.records import (  # noqa: F401 - the names callers import from here
     RECORD_SCHEMA,
@@ -37,6 +39,9 @@ RECORD_ONLY = ("id", "request_key", "image_bytes", "written_at")  # not in resul
 # what each image adds to its manifest row in results.parquet
 RESULT_FIELDS = pa.schema([f for f in RECORD_SCHEMA if f.name not in RECORD_ONLY])
 HASHED_PER_READ = 256  # images fetched at once (concurrently) to check their digests
+# rows of results.parquet assembled and written at once, as one row group: a bound on the
+# memory writing it takes beyond the records (about 10-40 MB of columns a group)
+RESULTS_ROW_GROUP = 65_536
 
 
 def image_uri(out: str, row_id: str, image_index: int) -> str:
@@ -184,21 +189,25 @@ def done_slots(
     return done
 
 
-def assemble_results(manifest: pa.Table, row_indices, result: pa.Table) -> pa.Table:
+def assemble_results(manifest: pa.Table, row_indices, result: pa.Table,
+                     rules: AssemblyRules | None = None) -> pa.Table:  # fmt: skip
     """One output row per record of `result` (`RECORD_SCHEMA`), the record of manifest row
     `row_indices[i]` (a list or an Arrow integer array): the manifest row's columns, then
     the result fields.
 
     `seed` and `scheduler` are replaced in place by their resolved values; every other
     input column passes through with its original type. A manifest without an `id`
-    column gets the derived ids, the names of the image folders.
+    column gets the derived ids, the names of the image folders. `rules`: as
+    `assembly_rules` decided them for all the rows this one slice of them belongs to
+    (None: for these rows).
     """
     assert len(row_indices) == result.num_rows
+    rules = rules or assembly_rules(manifest, row_indices)
     base = manifest.take(pa.array(row_indices, type=pa.int64()))
     ids = result.column("id")
     if "id" not in base.column_names:
         base = base.append_column(pa.field("id", pa.string()), ids)
-    elif base.column("id").null_count:  # rows without an id: the derived ids
+    elif rules.derived_ids:  # rows without an id: the derived ids
         base = base.set_column(base.column_names.index("id"), pa.field("id", pa.string()), ids)
     for field in RESULT_FIELDS:
         values = result.column(field.name)
@@ -206,13 +215,51 @@ def assemble_results(manifest: pa.Table, row_indices, result: pa.Table) -> pa.Ta
             base = base.append_column(field, values)
             continue
         given = base.column(field.name)  # seed, scheduler: the resolved values replace it,
-        if pa.types.is_integer(given.type) and pa.types.is_integer(field.type):
-            try:  # a row that failed keeps the value it gave
-                values = pc.coalesce(values, given.cast(field.type))
-            except pa.ArrowInvalid:  # a value beyond the field's range: it failed for it
-                pass
+        if field.name in rules.kept_given:  # a row that failed keeps the value it gave
+            values = pc.coalesce(values, given.cast(field.type))
         base = base.set_column(base.column_names.index(field.name), field, values)
     return base
+
+
+@dataclass(frozen=True)
+class AssemblyRules:
+    """What `assemble_results` decides once for all the rows of a results table, so that
+    its slices, assembled one by one, agree with the table assembled whole."""
+
+    derived_ids: bool  # the manifest's `id` column is null in one of the rows
+    # integer result fields whose manifest values fill their nulls (all of them fit its type)
+    kept_given: frozenset[str]
+
+
+def assembly_rules(manifest: pa.Table, row_indices) -> AssemblyRules:
+    """`AssemblyRules` of the manifest rows `row_indices` (as `assemble_results`'); reads
+    only the manifest's `id` column and the result fields it also has."""
+    rows = pa.array(row_indices, type=pa.int64())
+    names = manifest.column_names
+    derived = "id" in names and manifest.column("id").take(rows).null_count > 0
+    kept = set()
+    for field in RESULT_FIELDS:
+        if field.name not in names or not pa.types.is_integer(field.type):
+            continue
+        given = manifest.column(field.name)
+        if not pa.types.is_integer(given.type):
+            continue
+        try:
+            given.take(rows).cast(field.type)
+            kept.add(field.name)
+        except pa.ArrowInvalid:  # a value beyond the field's range: it failed for it
+            pass
+    return AssemblyRules(derived, frozenset(kept))
+
+
+def assembled(manifest: pa.Table, row_indices: pa.Array, result: pa.Table,
+              rows_at_once: int = RESULTS_ROW_GROUP) -> Iterator[pa.Table]:  # fmt: skip
+    """`assemble_results(manifest, row_indices, result)` in slices of `rows_at_once` rows,
+    in order (one empty slice for no rows): only one slice's manifest columns at a time."""
+    rules = assembly_rules(manifest, row_indices)
+    for start in range(0, max(result.num_rows, 1), rows_at_once):
+        yield assemble_results(manifest, row_indices.slice(start, rows_at_once),
+                               result.slice(start, rows_at_once), rules)  # fmt: skip
 
 
 def results_uri(out: str) -> str:
@@ -220,33 +267,67 @@ def results_uri(out: str) -> str:
     return storage.join(out, "results.parquet")
 
 
-def write_results(out: str, table: pa.Table) -> str:
+def write_results(out: str, table: pa.Table | Iterable[pa.Table], ids=None,
+                  row_group: int = RESULTS_ROW_GROUP) -> str:  # fmt: skip
     """`results.parquet` of `out`: `table`, then the rows of the one already there whose
     `id` `table` lacks (another manifest swept into the same output keeps its rows).
-    Written whole (atomically); hold the output's results lock around the read and write."""
+    `table`: one table, or its slices in order (`assembled`), all of one schema, with
+    `ids` the `id` column of them all. Streamed in row groups of at most `row_group` rows
+    into a temporary file that appears whole (`storage.atomic_writer`): memory holds one
+    slice, not the table. Hold the output's results lock around the read and write."""
+    if isinstance(table, pa.Table):
+        table, ids = [table], table.column("id")
+    slices = iter(table)
+    first = next(slices)
     uri = results_uri(out)
-    before = _readable_results(uri)
-    if before is not None:
-        if "id" in before.column_names and before.num_rows:
-            others = before.filter(pc.invert(pc.is_in(before.column("id"), table.column("id"))))
-            if others.num_rows:
-                table, others = _agreeing(table, others)
-                table = pa.concat_tables([table, others], promote_options="permissive")
-    storage.write_parquet_atomic(uri, with_pandas_metadata(table))
+    others = _other_rows(uri, ids)
+    schema, as_text = first.schema, []
+    if others is not None:
+        sample, others = _agreeing(first.slice(0, 0), others)
+        as_text = [n for n in sample.column_names if sample.schema.field(n) != schema.field(n)]
+        schema = pa.unify_schemas([sample.schema, others.schema], promote_options="permissive")
+    # pandas' metadata as the whole table's: of the first rows (a dictionary's categories)
+    schema = with_pandas_metadata(_conformed(_texted(first.slice(0, 0), as_text), schema)).schema
+    with storage.atomic_writer(uri) as f, pq.ParquetWriter(f, schema) as writer:
+        for part in itertools.chain([first], slices):
+            writer.write_table(_conformed(_texted(part, as_text), schema), row_group_size=row_group)
+        for start in range(0, others.num_rows if others is not None else 0, row_group):
+            writer.write_table(_conformed(others.slice(start, row_group), schema))
     return uri
 
 
-def _readable_results(uri: str) -> pa.Table | None:
-    """The `results.parquet` at `uri`, or None: there is none, or it cannot be read (empty,
+def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table`'s columns as `schema` orders and types them (`columns.cast`: nested ones
+    too), null where it lacks one."""
+    conformed = [columns.cast(table.column(f.name), f.type) if f.name in table.column_names
+                 else pa.nulls(table.num_rows, f.type) for f in schema]  # fmt: skip
+    return pa.Table.from_arrays(conformed, schema=schema)
+
+
+def _texted(table: pa.Table, names: list[str]) -> pa.Table:
+    """`table` with its columns `names` as text (`_as_text`)."""
+    for name in names:
+        table = _replaced(table, name, _as_text(table.column(name)))
+    return table
+
+
+def _other_rows(uri: str, ids) -> pa.Table | None:
+    """The rows of the `results.parquet` at `uri` whose `id` is not among `ids` (another
+    manifest's), or None: there are none, there is no file, or it cannot be read (empty,
     cut short: rebuilt from the records, with one warning; the rows of other manifests it
-    held are lost with it)."""
+    held are lost with it). Its `id` column is read first, the rest only for such rows."""
     try:
         data = storage.read_bytes(uri)
     except FileNotFoundError:
         return None
     try:
-        with io.BytesIO(data) as f:
-            return pq.read_table(f)
+        with pq.ParquetFile(io.BytesIO(data)) as file:
+            if "id" not in file.schema_arrow.names:
+                return None
+            other = pc.invert(pc.is_in(file.read(columns=["id"]).column("id"), ids))
+            if not pc.any(other).as_py():
+                return None
+            return file.read().filter(other)
     except (pa.ArrowException, OSError) as error:
         log.warning("%s is unreadable (%s): rebuilt from the records", uri, error)
         return None
@@ -262,7 +343,7 @@ def _agreeing(table: pa.Table, others: pa.Table) -> tuple[pa.Table, pa.Table]:
         if new == old or pa.types.is_null(new) or pa.types.is_null(old):
             continue
         try:
-            others = _replaced(others, name, others.column(name).cast(new))
+            others = _replaced(others, name, columns.cast(others.column(name), new))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             table = _replaced(table, name, _as_text(table.column(name)))
             others = _replaced(others, name, _as_text(others.column(name)))
@@ -315,31 +396,46 @@ def final_records(plan: SweepPlan, recorded: pa.Table) -> pa.Table:
     requested image, each the record of its own slot (its row, its index, its content),
     failed images included, in manifest order; a row that failed before any of its images
     was tried (at validation, or a run stopped first) keeps one. Of several records of one
-    slot an ok one wins over a failed try, a later one over an earlier."""
-    ranked = recorded.filter(pc.is_valid(recorded.column("request_key")))
-    ranked = ranked.append_column("_ok", pc.equal(ranked.column("status"), "ok"))
-    ranked = ranked.sort_by([("_ok", "descending"), ("written_at", "descending")])
-    best: dict[tuple, int] = {}
-    for index, key in enumerate(zip(*(ranked.column(n).to_pylist() for n in SLOT), strict=True)):
-        best.setdefault(key, index)
-    taken, rows, failed = [], [], []
+    slot an ok one wins over a failed try, a later one over an earlier. The records are
+    ranked and picked by their slot columns alone; the table is copied once, by one take."""
+    best = _best_records(recorded)
+    taken, rows, indices, failed = [], [], [], []
     for failure in plan.failures:
         failed.append((failure.row_index, failed_row(failure.id, failure.error)))
     for job, keys in zip(plan.jobs, _request_keys(plan), strict=True):
         found = [best.get((job.id, k, key)) for k, key in enumerate(keys)]
         if all(index is None for index in found):
             found = found[:1]
-        for index in found:
+        for k, index in enumerate(found):
             if index is None:
                 failed.append((job.row_index, failed_row(job.id, NOT_GENERATED)))
             else:
                 taken.append(index)
                 rows.append(job.row_index)
-    chosen = ranked.drop_columns(["_ok"]).take(pa.array(taken, pa.int64()))
+                indices.append(k)
     missing = pa.Table.from_pylist([asdict(r) for _, r in failed], schema=RECORD_SCHEMA)
-    table = pa.concat_tables([chosen, missing])
-    table = table.append_column("_row", pa.array(rows + [i for i, _ in failed], pa.int64()))
-    return table.sort_by([("_row", "ascending"), ("image_index", "ascending")])
+    source = pa.concat_tables([recorded, missing])
+    taken += range(recorded.num_rows, source.num_rows)
+    order = pa.table({"_row": pa.array(rows + [i for i, _ in failed], pa.int64()),
+                      "image_index": pa.array(indices + [None] * len(failed), pa.int64()),
+                      "_taken": pa.array(taken, pa.int64())})  # fmt: skip
+    order = order.sort_by([("_row", "ascending"), ("image_index", "ascending")])
+    return source.take(order.column("_taken")).append_column("_row", order.column("_row"))
+
+
+def _best_records(recorded: pa.Table) -> dict[tuple, int]:
+    """The row of `recorded` that speaks for each slot (`SLOT`) its records with a request
+    key hold: an ok one over a failed try, a later one over an earlier."""
+    candidates = pc.indices_nonzero(pc.is_valid(recorded.column("request_key")))
+    ranks = pa.table({"_ok": pc.equal(recorded.column("status"), "ok").take(candidates),
+                      "written_at": recorded.column("written_at").take(candidates)})  # fmt: skip
+    order = pc.sort_indices(ranks, [("_ok", "descending"), ("written_at", "descending")])
+    ranked = candidates.take(order)
+    best: dict[tuple, int] = {}
+    slots = (recorded.column(n).take(ranked).to_pylist() for n in SLOT)
+    for index, key in zip(ranked.to_pylist(), zip(*slots, strict=True), strict=True):
+        best.setdefault(key, index)
+    return best
 
 
 def _request_keys(plan: SweepPlan):
@@ -382,14 +478,18 @@ def row_captions(manifest: pa.Table, row_indices: list[int]) -> list[str | None]
     return [row.get("prompt") or fusion.caption(row.get(fusion.COLUMN)) for row in rows]
 
 
-def publish_results(out: str, manifest: pa.Table, plan: SweepPlan, generated_now: int):
+def publish_results(out: str, manifest: pa.Table, plan: SweepPlan, generated_now: int,
+                    row_group: int = RESULTS_ROW_GROUP):  # fmt: skip
     """`results.parquet` assembled from the manifest and every record under `out` that
-    vouches (`vouched`), in Arrow columns, and the contact sheet of its first images;
-    returns the `SweepSummary`."""
+    vouches (`vouched`), in Arrow columns, written in row groups of `row_group` rows as it
+    is assembled (`write_results`), and the contact sheet of its first images; returns the
+    `SweepSummary`."""
     final = final_records(plan, vouched(out))
+    pa.default_memory_pool().release_unused()  # the records' columns not taken
     rows = final.column("_row")
     final = final.drop_columns(["_row"])
-    results_uri = write_results(out, assemble_results(manifest, rows, final))
+    slices = assembled(manifest, rows, final, row_group)
+    results_uri = write_results(out, slices, final.column("id"), row_group)
     is_ok = pc.equal(final.column("status"), "ok")
     ok = final.filter(is_ok).append_column("_row", rows.filter(is_ok))
     failed = final.filter(pc.invert(is_ok))

@@ -3,8 +3,10 @@ compaction that a kill at any step cannot spoil (issues 30, 31)."""
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import io
+import json
 import logging
 import os
 import time
@@ -14,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from easel.data import records, results, storage
+from easel.data import fusion, records, results, storage
 from easel.data.records import ImageRecord, read_state, records_dir, write_record_shard
 
 
@@ -465,3 +467,163 @@ def test_final_records_from_the_planned_keys_equal_the_per_image_algorithm_row_f
     kept = results.final_records(plan, recorded)
     assert kept.to_pylist() == previous_final_records(plan, recorded)
     assert set(kept.column("status").to_pylist()) == {"ok", "failed"}
+
+
+def swept_with_another_manifest(tmp_path):
+    """An output holding the results of another manifest (a pass-through column typed
+    otherwise, a column this one lacks) and the records of a 12-row manifest (rows of 1 to 3
+    images; an id left null; a seed beyond int64 and a width the model refuses: failed at
+    validation): per image ok, failed, or never tried. Returns (out, manifest table, plan)."""
+    count = 12
+    other = pa.table({"id": ["other-1", "row3"], "note": ["text", "x"], "extra": [1.5, None]})
+    out, manifest, plan = swept(tmp_path, other, [pa.table({
+        "id": [None if i == 7 else f"row{i}" for i in range(count)],
+        "prompt": [f"a red circle {i}" for i in range(count)],
+        "num_images": [1 + i % 3 for i in range(count)],
+        "width": [65 if i == 4 else 64 for i in range(count)],
+        "seed": pa.array([2**64 - 1 if i == 9 else i for i in range(count)], pa.uint64()),
+        "note": list(range(count)),
+    })])  # fmt: skip
+    assert len(plan.failures) == 2 and len(plan.request_keys) > 2 * len(plan.jobs) - 4
+    return out, manifest.table, plan
+
+
+def swept(tmp_path, other: pa.Table, parts: list[pa.Table]):
+    """An output holding `other` as the results of another manifest, and the records of the
+    manifest written as `parts` (a Parquet file each): per image ok, failed, or never tried.
+    Returns (out, the manifest as read, plan)."""
+    import dataclasses
+
+    from easel.data.batching import build_plan
+    from easel.data.manifest import SweepDefaults, read_manifest, validate_manifest
+    from easel.models.engine.loading import model_facts
+
+    out = str(tmp_path / "out")
+    results.write_results(out, other)
+    folder = tmp_path / "manifest"  # image paths are relative to it
+    folder.mkdir()
+    for n, part in enumerate(parts):
+        pq.write_table(part, folder / f"m-{n}.parquet")
+    defaults = SweepDefaults(model="tiny-shapes", guidance_scale=7.5, num_inference_steps=2,
+                             max_pixels=512 * 512)  # fmt: skip
+    manifest = read_manifest(str(folder))
+    jobs, failures = validate_manifest(manifest, defaults)
+    plan = build_plan(jobs, failures, model_facts, batch_size=8, done=set())
+    made, keys = [], iter(plan.request_keys)
+    for n, job in enumerate(plan.jobs):
+        for k in range(job.num_images):
+            key, case = next(keys), (n + k) % 3
+            base = dataclasses.replace(record(out, job.id, key, png(n)), image_index=k,
+                                       image_uri=results.image_uri(out, job.id, k))  # fmt: skip
+            if case == 0:
+                storage.write_bytes_atomic(base.image_uri, png(n))
+                made.append(base)
+            elif case == 1:
+                made.append(dataclasses.replace(base, status="failed", error="boom"))
+    write_record_shard(out, "batch", made)
+    return out, manifest, plan
+
+
+def results_written_whole(out, manifest: pa.Table, plan) -> pa.Table:
+    """`results.parquet` as it was written before it was streamed: this manifest's table
+    assembled whole, the other manifests' rows concatenated to it, written in one piece."""
+    final = results.final_records(plan, results.vouched(out))
+    rows = final.column("_row")
+    table = results.assemble_results(manifest, rows, final.drop_columns(["_row"]))
+    before = pq.read_table(results.results_uri(out))
+    others = before.filter(pa.compute.invert(pa.compute.is_in(before.column("id"),
+                                                              table.column("id"))))  # fmt: skip
+    table, others = results._agreeing(table, others)
+    whole = pa.concat_tables([table, others], promote_options="permissive")
+    written = io.BytesIO()
+    pq.write_table(results.with_pandas_metadata(whole), written)
+    return pq.read_table(written)
+
+
+@pytest.mark.parametrize("row_group", [3, results.RESULTS_ROW_GROUP])
+def test_results_streamed_in_row_groups_equal_the_table_written_whole(tmp_path, row_group):
+    """Row for row, column for column, types and pandas metadata: the streamed file is
+    the one the whole-table write made; the other manifest's row (and its own column)
+    kept, its clashing column as text, the row both manifests name taken from this one."""
+    out, manifest, plan = swept_with_another_manifest(tmp_path)
+    expected = results_written_whole(out, manifest, plan)
+    summary = results.publish_results(out, manifest, plan, 0, row_group=row_group)
+    written = pq.read_table(summary.results_uri)
+    assert written.equals(expected, check_metadata=True)
+    assert set(written.column("status").to_pylist()) == {"ok", "failed", None}  # None: other-1
+    assert written.column("id").to_pylist()[-1] == "other-1"
+    assert written.column("note").type == pa.string() and "extra" in written.column_names
+    assert results.publish_results(out, manifest, plan, 0, row_group=row_group) == summary
+
+
+def test_results_are_written_in_row_groups_of_at_most_the_limit(tmp_path):
+    """Each row group holds at most `row_group` rows: memory holds one, not the table."""
+    out, manifest, plan = swept_with_another_manifest(tmp_path)
+    summary = results.publish_results(out, manifest, plan, 0, row_group=4)
+    file = pq.ParquetFile(summary.results_uri)
+    sizes = [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)]
+    assert file.num_row_groups > 2 and max(sizes) <= 4 and sum(sizes) == file.metadata.num_rows
+    results.publish_results(out, manifest, plan, 0)  # the limit: one group of this manifest's
+    assert pq.ParquetFile(summary.results_uri).num_row_groups == 2  # and one of the other's
+
+
+FUSION_ITEM = pa.struct([("text", pa.null()), ("image", pa.string()), ("weight", pa.float64())])
+
+
+def typed_manifest_parts(count: int = 9) -> list[pa.Table]:
+    """A manifest in two files whose pass-through columns have the types a user's manifest
+    may hold: dictionary-encoded and large strings, a timestamp with its zone, a decimal,
+    nested lists, and two fusion rows, whose items all lack a text (`text: null`): more
+    items than rows in a row group."""
+    fused, items = (3, 4), [("red.png", 1.0), ("blue.png", 0.5), ("red.png", 0.25)]
+    table = pa.table({
+        "id": [f"row{i}" for i in range(count)],
+        "prompt": [None if i in fused else f"a blue square {i}" for i in range(count)],
+        "num_images": [1 + i % 2 for i in range(count)],
+        "tag": pa.array([("night", "day")[i % 2] for i in range(count)]).dictionary_encode(),
+        "caption": pa.array([f"caption {i}" * (i + 1) for i in range(count)], pa.large_string()),
+        "taken_at": pa.array([1_700_000_000_000_000 + i for i in range(count)],
+                             pa.timestamp("us", tz="Europe/Paris")),
+        "price": pa.array([decimal.Decimal(f"{i}.{i:02d}") for i in range(count)],
+                          pa.decimal128(7, 2)),
+        "grid": pa.array([[[i, i + 1], []] if i % 3 else None for i in range(count)],
+                         pa.list_(pa.list_(pa.int32()))),
+        fusion.COLUMN: pa.array([
+            [{"text": None, "image": image, "weight": weight} for image, weight in items]
+            if i in fused else None for i in range(count)], pa.list_(FUSION_ITEM)),
+    })  # fmt: skip
+    return [table.slice(0, 5), table.slice(5)]
+
+
+@pytest.mark.parametrize("physical", [False, True])
+@pytest.mark.parametrize("clash", [False, True])
+def test_results_of_every_column_type_streamed_in_row_groups_equal_the_table_written_whole(
+    tmp_path, physical, clash
+):
+    """Row for row and type for type, in row groups of 2 rows (more than one of each part of
+    the manifest), the streamed file is the one the whole-table write made: the manifest as
+    read, and (`physical`) as its files hold it, dictionary and large strings kept, in two
+    chunks. The output held another manifest's row; with `clash` a fusion row (items with a
+    text): the fusion column both name is then as the whole-table write agreed it (JSON
+    text), else it keeps its type (`text: null`); its price and tag take this one's types."""
+    other = pa.table({"id": ["other-1"], "price": [2.5], "tag": ["dusk"]})
+    if clash:
+        other = other.append_column(fusion.COLUMN, [[[{"text": "a cat", "weight": 1.0}]]])
+    parts = typed_manifest_parts()
+    out, manifest, plan = swept(tmp_path, other, parts)
+    table = pa.concat_tables(parts) if physical else manifest.table
+    assert table.column(fusion.COLUMN).type == pa.list_(FUSION_ITEM)
+    expected = results_written_whole(out, table, plan)
+    summary = results.publish_results(out, table, plan, 0, row_group=2)
+    file = pq.ParquetFile(summary.results_uri)
+    assert file.num_row_groups > len(parts) + 1
+    written = file.read()  # a dictionary column in chunks (row groups): compared by value
+    assert written.schema.equals(expected.schema, check_metadata=True)
+    assert written.to_pylist() == expected.to_pylist()
+    assert written.num_rows == expected.num_rows > table.num_rows
+    kept = written.to_pylist()[-1]  # the other manifest's row, in this one's types
+    assert (kept["id"], kept["tag"], kept["price"]) == ("other-1", "dusk", decimal.Decimal("2.5"))
+    items = written.filter(pa.compute.equal(written.column("id"), "row4"))[fusion.COLUMN][0]
+    items = json.loads(items.as_py()) if clash else items.as_py()
+    assert [(item["text"], item["image"]) for item in items] == [
+        (None, "red.png"), (None, "blue.png"), (None, "red.png")]  # fmt: skip
