@@ -334,8 +334,10 @@ def measure(what: str, shards: int, profile: str | None = None) -> dict:
     from easel.models.engine.sweep import plan_sweep
     from easel.orchestration import shards as sharding
 
-    def publish():
+    def publish():  # as a sweep's run does once its images are generated
         table, plan = plan_sweep(inputs(MANIFEST, OUT), check_done=False)
+        if hasattr(plan, "release_batches"):  # generated: their objects freed
+            plan.release_batches()
         return results.publish_results(OUT, table.table, plan, 0).images_ok
 
     shard, planned = Shard(0, shards), inputs(MANIFEST, OUT)

@@ -317,9 +317,47 @@ def shard_of(image: PlannedImage, shards: int) -> int:
     return slot_hash(image.slot) % shards
 
 
+def slot_digest(slot: tuple) -> bytes:
+    """The sha256 of a slot's (row id, image index, request key) text, "id|k|key"."""
+    return hashlib.sha256("|".join(map(str, slot)).encode()).digest()
+
+
 def slot_hash(slot: tuple) -> int:
     """A slot's (row id, image index, request key) digest as an unsigned 64-bit integer."""
-    return int.from_bytes(hashlib.sha256("|".join(map(str, slot)).encode()).digest()[:8], "big")
+    return int.from_bytes(slot_digest(slot)[:8], "big")
+
+
+class SlotSet:
+    """A set of slots (row id, image index, request key) held as the first `DIGEST_BYTES`
+    of their `slot_digest`: about 90 bytes a slot, where a set of tuples of strings takes
+    about 300 (a million done images: 90 MB, not 300). Answers `slot in slots`, and
+    `digest in slots` for a slot's digest already made (`slot_digest`)."""
+
+    DIGEST_BYTES = 16  # two slots alike by chance: about 1 in 10**20 for a billion slots
+
+    def __init__(self, slots=()):
+        self._digests = {slot_digest(slot)[: self.DIGEST_BYTES] for slot in slots}
+
+    @classmethod
+    def of_columns(cls, ids, image_indices, request_keys) -> SlotSet:
+        """The slots of three equal-length sequences (lists, or Arrow arrays made Python
+        values a chunk at a time by the caller)."""
+        made = cls()
+        made.add_columns(ids, image_indices, request_keys)
+        return made
+
+    def add_columns(self, ids, image_indices, request_keys) -> None:
+        size, sha256 = self.DIGEST_BYTES, hashlib.sha256
+        self._digests.update(sha256(f"{i}|{k}|{key}".encode()).digest()[:size]
+                             for i, k, key in zip(ids, image_indices, request_keys,
+                                                  strict=True))  # fmt: skip
+
+    def __contains__(self, slot) -> bool:
+        digest = slot if isinstance(slot, bytes) else slot_digest(slot)
+        return digest[: self.DIGEST_BYTES] in self._digests
+
+    def __len__(self) -> int:
+        return len(self._digests)
 
 
 @dataclass(frozen=True)
@@ -329,9 +367,13 @@ class Shard:
     index: int
     count: int
 
-    def holds(self, slot: tuple[str, int, str]) -> bool:
-        """Whether an image's slot (row id, image index, request key) is this shard's."""
-        return self.count == 1 or slot_hash(slot) % self.count == self.index
+    def holds(self, slot: tuple[str, int, str] | bytes) -> bool:
+        """Whether an image's slot (row id, image index, request key; or its
+        `slot_digest`) is this shard's."""
+        if self.count == 1:
+            return True
+        digest = slot if isinstance(slot, bytes) else slot_digest(slot)
+        return int.from_bytes(digest[:8], "big") % self.count == self.index
 
 
 ALL = Shard(0, 1)
@@ -339,7 +381,7 @@ ALL = Shard(0, 1)
 
 def plan_batches(
     jobs: list[RowJob], facts: dict[str, ModelFacts], batch_size: int,
-    done: set[tuple[str, int, str]], shard: Shard = ALL, keys: list | None = None,
+    done: SlotSet | set[tuple[str, int, str]], shard: Shard = ALL, keys: list | None = None,
     settings_of: list[BatchSettings] | None = None,
 ) -> list[PlannedBatch]:  # fmt: skip
     """Batches of at most `batch_size` images of `shard` whose slot is not done, grouped by
@@ -347,6 +389,7 @@ def plan_batches(
     `keys` (when given) gets every image's request key, job after job."""
     assert batch_size >= 1
     pending: dict[tuple[str, BatchSettings], list[PlannedImage]] = {}
+    done = done if isinstance(done, SlotSet) else SlotSet(done)
     if settings_of is None:
         settings_of = [row_settings(job, facts[job.model]) for job in jobs]
     for job, settings in zip(jobs, settings_of, strict=True):
@@ -355,8 +398,8 @@ def plan_batches(
         if keys is not None:
             keys.extend(row_keys)
         for k, key in enumerate(row_keys):  # an object only for an image this plan does
-            slot = (job.id, k, key)
-            if slot not in done and shard.holds(slot):
+            digest = slot_digest((job.id, k, key))
+            if shard.holds(digest) and digest not in done:
                 group.append(PlannedImage(job.id, k, image_request(job, k), key))
     batches = []  # groups in the order of their model and settings, images in the manifest's
     for model, settings in sorted(pending, key=lambda key: (key[0], repr(key[1]))):
@@ -386,6 +429,16 @@ class SweepPlan:
     def pending_images(self) -> int:
         return sum(len(batch.images) for batch in self.batches)
 
+    def release_batches(self) -> int:
+        """Forget the batches, once generated or handed to shards: their images' objects
+        (most of a large plan's memory, about 360 MB a million images) are freed even where
+        this plan stays referenced (Prefect keeps a task's result for its flow run); the
+        jobs, failures and request keys the results need stay. Returns the pending images
+        it held."""
+        pending = self.pending_images
+        self.batches.clear()
+        return pending
+
     def pending_rows(self, shards: int) -> dict[int, dict[int, int]]:
         """The pending images of each of `shards` shards that has any, by shard index: for
         each manifest row holding some, their count, by row index (in order)."""
@@ -400,7 +453,7 @@ class SweepPlan:
 
 def build_plan(
     jobs: list[RowJob], failures: list[RowFailure], facts_for, batch_size: int,
-    done: set[tuple[str, int, str]], shard: Shard = ALL,
+    done: SlotSet | set[tuple[str, int, str]], shard: Shard = ALL,
 ) -> SweepPlan:  # fmt: skip
     """Resolve each distinct model once (`facts_for(ref)`, which raises `ValueError` with a
     user message for a bad reference); rows on a bad model fail alone."""

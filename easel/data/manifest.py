@@ -155,17 +155,17 @@ def unique_row_ids(table: pa.Table, uri: str) -> list[str]:
 
 def validate_manifest(
     manifest: Manifest, defaults: SweepDefaults, input_roots: list[str] = (),
-    rows: list[int] | None = None,
+    rows: list[int] | None = None, ids: list[str] | None = None,
 ) -> tuple[list[RowJob], list[RowFailure]]:  # fmt: skip
     """Validate every row (`rows`: only these, by index, ascending: a shard's, whose parent
-    checked the manifest as a whole), `ROWS_AT_ONCE` rows at a time. Duplicate ids
-    invalidate the manifest as a whole. A row that sets only the plain columns
-    (`plain_jobs`) is validated column by column, each distinct value once; any other row,
-    and a plain one a rule refuses, alone (`validate_row`), which names the first rule it
-    breaks."""
+    checked the manifest as a whole; `ids`: every row's, as `unique_row_ids` gave them),
+    `ROWS_AT_ONCE` rows at a time. Duplicate ids invalidate the manifest as a whole. A row
+    that sets only the plain columns (`plain_jobs`) is validated column by column, each
+    distinct value once; any other row, and a plain one a rule refuses, alone
+    (`validate_row`), which names the first rule it breaks."""
     table = manifest.table
     if rows is None:
-        ids, indices = unique_row_ids(table, manifest.uri), range(table.num_rows)
+        ids, indices = ids or unique_row_ids(table, manifest.uri), range(table.num_rows)
     else:
         table = table.take(pa.array(rows, pa.int64()))
         ids, indices = _row_ids(table), rows

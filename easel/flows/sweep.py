@@ -66,13 +66,16 @@ def _parent_run(params: SweepParameters, started: float, hand_down: str | None) 
             pending = plan.pending_rows(params.shards)
             if hand_down:  # each shard then plans only its rows of the manifest
                 verdict.write_rows(params.out, hand_down, pending, table.versions)
+            pending_images = plan.release_batches()  # the shards plan their own
             outcome = run_shards(params, pending, run_id, progress, sweep_flow, hand_down)
         else:
+            plan.release_batches()  # planned again in the shard's hold
             outcome, plan = _generate_shard(inputs, ALL, run_id, progress, params, hand_down)
+            pending_images = plan.release_batches()  # generated
             measure_shard(params.out, started, outcome)
         progress.close()
         summary = write_results_task(inputs, table, plan, outcome.ok)
-        report_sweep_task(summary, plan.pending_images, outcome, utilisation(outcome, inputs),
+        report_sweep_task(summary, pending_images, outcome, utilisation(outcome, inputs),
                           run_id)  # fmt: skip
     return summary
 

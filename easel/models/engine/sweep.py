@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from easel.data import loras, manifest, results, storage, verdict
-from easel.data.batching import ALL, PlannedBatch, Shard, SweepPlan, build_plan
+from easel.data.batching import ALL, PlannedBatch, Shard, SlotSet, SweepPlan, build_plan
 from easel.data.limits import MAX_BATCH
 from easel.data.results import ImageRecord
 from easel.data.writer import BatchWriter
@@ -101,15 +101,17 @@ def plan_sweep(
     table = manifest.read_manifest(inputs.manifest)
     for warning in loras.misnamed_warnings(table.table.column_names):
         log.warning(warning)
-    rows = None  # a shard handed its parent's plan validates only its rows
+    rows, ids = None, None  # a shard handed its parent's plan validates only its rows
     if vouched_by and shard.count > 1:
         rows = verdict.read_rows(inputs.out, vouched_by, shard.index, table.versions)
-    jobs, failures = manifest.validate_manifest(table, inputs.defaults,
-                                                list(inputs.input_roots), rows)  # fmt: skip
-    done = set()
+    if rows is None:  # a manifest unusable as a whole (duplicate ids) before the output
+        ids = manifest.unique_row_ids(table.table, table.uri)
+    done = SlotSet()  # what the output holds, read before the rows' jobs exist: less memory
     if check_done:
-        done = results.done_slots(inputs.out, shard, vouched_by, hand_down)
+        done = results.done_slot_set(inputs.out, shard, vouched_by, hand_down)
         storage.remove_stale_temporaries(inputs.out)  # what a killed run was writing
+    jobs, failures = manifest.validate_manifest(table, inputs.defaults,
+                                                list(inputs.input_roots), rows, ids)  # fmt: skip
     batch_size = MAX_BATCH if inputs.batch_size == "auto" else inputs.batch_size  # split later
     plan = build_plan(jobs, failures, _facts_for(inputs), batch_size, done, shard)
     return table, plan
