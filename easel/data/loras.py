@@ -63,7 +63,7 @@ def _item(index: int, item: Any) -> tuple[str, float]:
         raise LoraInputError(
             f"{name}: `scale` must be in {-MAX_LORA_SCALE:g}..{MAX_LORA_SCALE:g} but is {scale!r}"
         )
-    return path, float(scale)
+    return path, float(scale) + 0.0  # -0.0 as 0.0: equal numbers, one request key
 
 
 def adapter_ref(uri: str, scale: float) -> LoraRef:

@@ -464,7 +464,7 @@ def _float(values: dict[str, Any], column: str, default: float) -> float:
         raise RowError(f"`{column}` must be a number but is {value!r}") from None
     if isinstance(value, bool) or not math.isfinite(number):
         raise RowError(f"`{column}` must be a finite number but is {value!r}")
-    return number
+    return number + 0.0  # -0.0 as 0.0: equal numbers, one request key
 
 
 def _steps(values: dict[str, Any], column: str, default: int) -> int:

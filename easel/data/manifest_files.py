@@ -155,9 +155,9 @@ def _concatenated(tables: list[pa.Table], files: tuple[str, ...], uri: str) -> p
         schema.append(pa.field(name, common))
     schema = pa.schema(schema)
     unified = []
-    for table in tables:
+    for file, table in zip(files, tables, strict=True):
         arrays = [
-            columns.cast(table.column(f.name), f.type)
+            _as_common(table, f, file, uri)
             if f.name in table.column_names
             and table.column(f.name).null_count < table.num_rows
             else pa.nulls(table.num_rows, f.type)  # absent, or no value in this file
@@ -165,6 +165,20 @@ def _concatenated(tables: list[pa.Table], files: tuple[str, ...], uri: str) -> p
         ]  # fmt: skip
         unified.append(pa.Table.from_arrays(arrays, schema=schema))
     return pa.concat_tables(unified)
+
+
+def _as_common(table: pa.Table, field: pa.Field, file: str, uri: str) -> pa.ChunkedArray:
+    """A file's column as the type all files read as; `InvalidInput` naming the column, the
+    file and the value that does not fit it (an unsigned 2**63 among signed integers, an
+    integer beyond 2**53 among floats)."""
+    try:
+        return columns.cast(table.column(field.name), field.type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise InvalidInput(
+            f"manifest {uri!r}: column `{field.name}` of {file!r} "
+            f"({table.schema.field(field.name).type}) does not fit the type the manifest's "
+            f"files share ({field.type}): {error}; write it with one type in every file"
+        ) from None
 
 
 def write_manifest(uri: str, rows: list[dict[str, Any]]) -> str:

@@ -366,19 +366,35 @@ def _other_rows(uri: str, ids) -> pa.Table | None:
 
 def _agreeing(table: pa.Table, others: pa.Table) -> tuple[pa.Table, pa.Table]:
     """`table` and an earlier manifest's rows `others` with every column they share of one
-    type: the earlier values cast to the new type where they allow it, else both as text
-    (JSON for nested values): a pass-through column two manifests type differently (an
-    int, then a string) must not cost either manifest its rows."""
+    type: the earlier values cast to the new type where that loses nothing (cast back, they
+    are the same values: an int32 as int64, not "007" as 7, a struct without one of its
+    fields, or a zoned time as a naive one), else both as text (JSON for nested values): a
+    pass-through column two manifests type differently (an int, then a string) must not
+    cost either manifest its rows nor change their values."""
     for name in set(table.column_names) & set(others.column_names):
         new, old = table.schema.field(name).type, others.schema.field(name).type
         if new == old or pa.types.is_null(new) or pa.types.is_null(old):
             continue
-        try:
-            others = _replaced(others, name, columns.cast(others.column(name), new))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        cast = _lossless_cast(others.column(name), new)
+        if cast is not None:
+            others = _replaced(others, name, cast)
+        else:
             table = _replaced(table, name, _as_text(table.column(name)))
             others = _replaced(others, name, _as_text(others.column(name)))
     return table, others
+
+
+def _lossless_cast(column: pa.ChunkedArray, type_: pa.DataType) -> pa.ChunkedArray | None:
+    """`column` as `type_` where cast back it holds the very same values; else None."""
+    if pa.types.is_timestamp(column.type) and pa.types.is_timestamp(type_):
+        if column.type.tz != type_.tz:  # the instant kept, the zone lost (or made up)
+            return None
+    try:
+        cast = columns.cast(column, type_)
+        back = columns.cast(cast, column.type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+    return cast if back.equals(column) else None
 
 
 def _replaced(table: pa.Table, name: str, column) -> pa.Table:

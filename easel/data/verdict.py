@@ -31,6 +31,7 @@ import contextlib
 import io
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -185,10 +186,35 @@ def remove_verdict(out: str, name: str) -> None:
             log.debug("%s not removed: %s", uri, error)
 
 
+# a verdict or plan this old is one a killed parent left: removed by the next parent (a
+# shard still reading it would find none and vouch in full: slower, never wrong)
+LEFT_AFTER_S = 7 * 24 * 3600.0
+
+
+def remove_left(out: str, now: float | None = None) -> int:
+    """Remove the verdicts and plans under `out` older than `LEFT_AFTER_S` (those of parents
+    killed before their block ended), best effort; returns how many were removed."""
+    now = time.time() if now is None else now
+    folder = records.state_dir(out, FOLDER)
+    found = storage.file_versions(folder).to_pylist()
+    removed = 0
+    for file in found:
+        if file["mtime"] is not None and file["mtime"] < now - LEFT_AFTER_S:
+            try:
+                storage.remove(storage.join(folder, file["path"].rsplit("/", 1)[-1]))
+                removed += 1
+            except OSError as error:  # gone already, or the store refused: left
+                log.debug("%s not removed: %s", file["path"], error)
+    return removed
+
+
 @contextlib.contextmanager
 def handed_down(out: str, name: str | None) -> Iterator[None]:
     """The block in which a parent's verdict `name` (None: none) serves its shards; removed
-    when the block ends, however it ends."""
+    when the block ends, however it ends (and, as it begins, what killed parents left:
+    `remove_left`)."""
+    if name is not None:
+        remove_left(out)
     try:
         yield
     finally:

@@ -360,3 +360,36 @@ def test_rows_validated_as_columns_are_those_validated_alone(tmp_path, monkeypat
     ids = [r["id"] for r in rows]
     plain = manifest.plain_jobs(table.table.to_batches()[0], range(len(ids)), ids, DEFAULTS)
     assert any(job is not None for job in plain)  # the column path was taken
+
+
+def test_negative_zero_is_zero_so_equal_rows_share_one_request_key(tmp_path):
+    """-0.0 equals 0.0 in Python (one hash): a `guidance_scale` or LoRA `scale` of -0.0
+    is read as 0.0, so a row's request key never depends on which of the two came first."""
+    import math
+
+    from easel.data import loras
+
+    jobs, failures = validate(tmp_path, [{"id": "a", "prompt": "p", "guidance_scale": 0.0},
+                                         {"id": "b", "prompt": "p", "guidance_scale": -0.0},
+                                         {"id": "c", "prompt": "p", "guidance_scale": -0.0,
+                                          "init_image": "missing.png"}])  # fmt: skip
+    assert [math.copysign(1, j.guidance_scale) for j in jobs] == [1, 1]  # c fails alone
+    assert failures[0].id == "c"
+    assert [math.copysign(1, scale) for _, scale in loras.read_items([{"path": "x",
+                                                                       "scale": -0.0}])] == [1]
+
+
+def test_files_whose_values_do_not_fit_the_shared_type_are_refused_naming_them(tmp_path):
+    """An unsigned seed of 2**63 beside signed ones, an integer beyond 2**53 beside floats:
+    the manifest as a whole is refused (exit 2), naming the column, the file and the value."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for name, first, second in (("uint", pa.array([2**63], pa.uint64()), pa.array([1])),
+                                ("big", pa.array([2**53 + 1]), pa.array([1.5]))):  # fmt: skip
+        pq.write_table(pa.table({"prompt": ["a"], "seed": first}), folder / f"{name}-0.parquet")
+        pq.write_table(pa.table({"prompt": ["b"], "seed": second}), folder / f"{name}-1.parquet")
+        with pytest.raises(InvalidInput) as raised:
+            read_manifest(str(folder / f"{name}-*.parquet"))
+        message = str(raised.value)
+        assert "`seed`" in message and f"{name}-0.parquet" in message, message
+        assert str(first[0].as_py()) in message, message

@@ -627,3 +627,24 @@ def test_results_of_every_column_type_streamed_in_row_groups_equal_the_table_wri
     items = json.loads(items.as_py()) if clash else items.as_py()
     assert [(item["text"], item["image"]) for item in items] == [
         (None, "red.png"), (None, "blue.png"), (None, "red.png")]  # fmt: skip
+
+
+def test_another_manifest_s_rows_keep_their_values_when_a_column_changes_type():
+    """An earlier manifest's rows in `results.parquet` are cast to a newer manifest's type
+    only where nothing is lost; else both become text: "007" stays "007" (not 7), a struct
+    keeps every field, a zoned time keeps its zone; an int32 is widened as it is."""
+    from easel.data.results import _agreeing
+
+    zoned = pa.array([0], pa.timestamp("s", tz="Europe/Paris"))
+    older = pa.table({"code": ["007"], "price": ["1.50"], "meta": [{"x": 1, "secret": "s"}],
+                      "at": zoned, "n": pa.array([3], pa.int32())})  # fmt: skip
+    newer = pa.table({"code": [8], "price": [2.5], "meta": [{"x": 2}],
+                      "at": pa.array([0], pa.timestamp("s")), "n": pa.array([4], pa.int64())})
+    table, others = _agreeing(newer, older)
+    assert others.column("n").type == pa.int64() and others.column("n").to_pylist() == [3]
+    for name in ("code", "price", "meta", "at"):
+        assert table.schema.field(name).type == others.schema.field(name).type == pa.string()
+    assert others.column("code").to_pylist() == ["007"]
+    assert others.column("price").to_pylist() == ["1.50"]
+    assert "secret" in others.column("meta")[0].as_py()
+    assert others.column("at")[0].as_py().endswith("+0100")  # the zone kept

@@ -209,3 +209,19 @@ def test_a_shard_plans_only_the_rows_its_parent_planned_for_it(tmp_path, caplog,
             plan_sweep(inputs, Shard(1, 4), vouched_by=PARENT)
         assert asked[-1] is None, damage  # the whole manifest
         assert [words in r.getMessage() for r in caplog.records] == [True], damage
+
+
+def test_what_a_killed_parent_left_is_removed_by_the_next_parent(tmp_path):
+    """A parent killed -9 never ends its block: its verdict and plan stay. The next parent
+    removes those older than `LEFT_AFTER_S` as it begins, and keeps newer ones (a parent
+    still running)."""
+    out = str(tmp_path / "out")
+    for name in ("killed", "running"):
+        verdict.write_verdict(out, name, records.RECORD_SCHEMA.empty_table(), time.time())
+        verdict.write_rows(out, name, {0: {1: 1}}, ())
+    old = time.time() - verdict.LEFT_AFTER_S - 60
+    for uri in (verdict.verdict_uri(out, "killed"), verdict.rows_uri(out, "killed")):
+        os.utime(uri, (old, old))
+    with verdict.handed_down(out, "next"):
+        assert sorted(os.listdir(f"{out}/.easel/vouched")) == ["running-rows.parquet",
+                                                               "running.parquet"]  # fmt: skip
