@@ -366,7 +366,8 @@ def test_a_sharded_rerun_lists_the_images_once_and_its_shards_trust_the_parent(
         assert after[row]["mlflow_run_id"] != before[row]["mlflow_run_id"]
         assert {k: v for k, v in after.items() if k != row} == {
             k: v for k, v in before.items() if k != row}  # fmt: skip
-        assert [call[0] for call in listed] == [f"{out}/images"] * 2  # the parent's, the results'
+        images = [call[0] for call in listed if call[0].endswith("/images")]
+        assert images == [f"{out}/images"] * 2  # the parent's, the results'
         assert [call[1] for call in read] == [written[-1][1]], shards  # the shard's planning
         # the parent validates the whole manifest; a shard handed its plan only its row
         handed = [call[3] for call in validated]  # the rows asked for (None: all)
