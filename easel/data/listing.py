@@ -37,19 +37,17 @@ def is_ranged(fs) -> bool:
 
 def versions(fs, folder: str, wanted, share: float = 1.0) -> pa.Table:
     """The files below `folder` (a protocol-less path of S3 filesystem `fs`) whose keys fall
-    between the first and the last of `wanted` (paths as `fs.find` names them, repeats and
-    nulls allowed; a list or an Arrow string array, chunked or not): every file of
-    `wanted` that exists, and others on the way; a table of `SCHEMA` (path, size in bytes,
-    modification time in Unix seconds), built a page at a time. `share` (0 < share <= 1):
-    about what part of the folder's files `wanted` names (a shard's: 1 / its count), so
-    that each range holds about `FILL` of a page of the folder: one request. Raises what
-    the store raises (FileNotFoundError: no bucket)."""
+    between the first and the last of `wanted` (paths as `fs.find` names them; a list or an
+    Arrow string array): every file of `wanted` that exists, and others on the way; a table
+    of `SCHEMA` (path, size in bytes, modification time in Unix seconds), built a page at a
+    time. `share` (0 < share <= 1): about what part of the folder's files `wanted` names (a
+    shard's: 1 / its count), so that each range holds about `FILL` of a page of the folder:
+    one request. Raises what the store raises (FileNotFoundError: no bucket)."""
     if not 0 < share <= 1:
         raise ValueError(f"share must be in (0, 1], got {share}")
     bucket, prefix, _ = fs.split_path(folder)
     prefix = prefix.rstrip("/") + "/"
-    is_arrow = isinstance(wanted, (pa.Array, pa.ChunkedArray))
-    paths = wanted if is_arrow else pa.array(wanted, pa.string())
+    paths = pa.array(wanted, pa.string()) if not isinstance(wanted, pa.Array) else wanted
     paths = paths.filter(pc.fill_null(pc.starts_with(paths, f"{bucket}/{prefix}"), False))
     keys = pc.unique(pc.utf8_slice_codeunits(paths, len(bucket) + 1))
     keys = keys.take(pc.array_sort_indices(keys))  # S3's order: UTF-8 bytes

@@ -97,8 +97,10 @@ def _judged(out: str, state: records.State, share: float) -> tuple[pa.Table, np.
         **{n: table.column(n) for n in ("image_bytes", "image_sha256", "written_at")},
     }).filter(ok)  # fmt: skip
     del name, relative  # each column freed once used: a million records' peak
-    every_path_once = pc.count_distinct(checked.column("path")).as_py() == checked.num_rows
-    versions = storage.file_versions(folder, checked.column("path"), share)
+    distinct = pc.unique(checked.column("path"))
+    every_path_once = len(distinct) == checked.num_rows
+    versions = storage.file_versions(folder, distinct.drop_null(), share)
+    del distinct
     listed = pc.index_in(checked.column("path"), value_set=versions.column("path").combine_chunks())
     for name in ("size", "mtime"):  # of each record's file as listed: null where it is gone
         checked = checked.append_column(name, versions.column(name).take(listed))
@@ -118,9 +120,6 @@ def _vouched_rows(folder: str, checked: pa.Table, every_path_once: bool) -> np.n
     for one of its records, or whose live records disagree on its digest, is read.
     `every_path_once`: no two records name one file (none can disagree)."""
     verdict = _listing_verdict(checked)
-    if every_path_once and not pc.any(pc.is_null(verdict)).as_py():
-        # the usual case: the listing tells for every record, and none shares a file
-        return checked.column("_row").filter(pc.fill_null(verdict, True)).to_numpy()
     alive = checked.select(["_row", "path", "image_sha256"])  # the columns read below
     alive = alive.append_column("_unsure", pc.is_null(verdict)).filter(
         pc.fill_null(verdict, True))  # fmt: skip
