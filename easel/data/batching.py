@@ -249,8 +249,6 @@ def image_request(job: RowJob, k: int) -> ImageRequest:
     )  # fmt: skip
 
 
-
-
 def row_request_keys(model_digest: str, settings: BatchSettings, job: RowJob) -> list[str]:
     """`request_key` of each image of `job` (seeds seed, seed + 1, ...), at about the cost of
     hashing: the JSON `request_key` digests is written once for the row around its seed,
@@ -322,9 +320,11 @@ def slot_digest(slot: tuple) -> bytes:
     return hashlib.sha256("|".join(map(str, slot)).encode()).digest()
 
 
-def slot_hash(slot: tuple) -> int:
-    """A slot's (row id, image index, request key) digest as an unsigned 64-bit integer."""
-    return int.from_bytes(slot_digest(slot)[:8], "big")
+def slot_hash(slot: tuple | bytes) -> int:
+    """A slot's (row id, image index, request key; or its `slot_digest`) digest as an
+    unsigned 64-bit integer."""
+    digest = slot if isinstance(slot, bytes) else slot_digest(slot)
+    return int.from_bytes(digest[:8], "big")
 
 
 class SlotSet:
@@ -338,19 +338,11 @@ class SlotSet:
     def __init__(self, slots=()):
         self._digests = {slot_digest(slot)[: self.DIGEST_BYTES] for slot in slots}
 
-    @classmethod
-    def of_columns(cls, ids, image_indices, request_keys) -> SlotSet:
-        """The slots of three equal-length sequences (lists, or Arrow arrays made Python
-        values a chunk at a time by the caller)."""
-        made = cls()
-        made.add_columns(ids, image_indices, request_keys)
-        return made
-
     def add_columns(self, ids, image_indices, request_keys) -> None:
-        size, sha256 = self.DIGEST_BYTES, hashlib.sha256
-        self._digests.update(sha256(f"{i}|{k}|{key}".encode()).digest()[:size]
-                             for i, k, key in zip(ids, image_indices, request_keys,
-                                                  strict=True))  # fmt: skip
+        """Add the slots of three equal-length sequences of Python values."""
+        size = self.DIGEST_BYTES
+        self._digests.update(slot_digest(slot)[:size]
+                             for slot in zip(ids, image_indices, request_keys, strict=True))
 
     def __contains__(self, slot) -> bool:
         digest = slot if isinstance(slot, bytes) else slot_digest(slot)
@@ -370,10 +362,7 @@ class Shard:
     def holds(self, slot: tuple[str, int, str] | bytes) -> bool:
         """Whether an image's slot (row id, image index, request key; or its
         `slot_digest`) is this shard's."""
-        if self.count == 1:
-            return True
-        digest = slot if isinstance(slot, bytes) else slot_digest(slot)
-        return int.from_bytes(digest[:8], "big") % self.count == self.index
+        return self.count == 1 or slot_hash(slot) % self.count == self.index
 
 
 ALL = Shard(0, 1)

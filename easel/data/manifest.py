@@ -210,14 +210,15 @@ def plain_jobs(
     validates it alone: the same rules, which then name the first it breaks). Each
     column's rule runs once a distinct value; a plain row's job is `validate_row`'s, field
     for field."""
-    known = (*PLAIN_COLUMNS, *column_rules(defaults))
+    rules = column_rules(defaults)
+    known = (*PLAIN_COLUMNS, *rules)
     others = [n for n in KNOWN_COLUMNS if n not in known and n in batch.schema.names]
     plain = np.ones(batch.num_rows, dtype=bool)
     for name in others:
         plain &= batch.column(name).is_null().to_numpy(zero_copy_only=False)
     if not plain.any():
         return [None] * batch.num_rows
-    ruled = [_ruled(batch, name, rule) for name, rule in column_rules(defaults).items()]
+    ruled = [_ruled(batch, name, rule) for name, rule in rules.items()]
     seeds = _ruled(batch, "seed", _seed_value)
     prompts, tasks = _values(batch, "prompt"), _values(batch, "task")
     loras_of = functools.lru_cache(maxsize=None)(
@@ -226,43 +227,39 @@ def plain_jobs(
     jobs: list[RowJob | None] = [None] * batch.num_rows
     for offset in np.flatnonzero(plain).tolist():
         values = [column[offset] for column in ruled]
-        if _REFUSED in values:
+        if _REFUSED in values or seeds[offset] is _REFUSED or tasks[offset] not in TEXT2IMG:
             continue
-        if seeds[offset] is _REFUSED:
+        try:
+            jobs[offset] = _plain_job(indices[offset], ids[offset], prompts[offset],
+                                      seeds[offset], values, defaults.max_pixels,
+                                      loras_of)  # fmt: skip
+        except RowError:  # validated alone, which names the rule
             continue
-        jobs[offset] = _plain_job(indices[offset], ids[offset], prompts[offset],
-                                  seeds[offset], tasks[offset], values, defaults.max_pixels,
-                                  loras_of)  # fmt: skip
     return jobs
 
 
+TEXT2IMG = (None, "text2img")  # a plain row's `task`
+
+
 def _plain_job(
-    index: int, row_id: str, prompt, seed, task, values: list, max_pixels: int, loras_of
-) -> RowJob | None:
-    """A plain row's job (`values`: its columns' ruled values, in `column_rules`' order);
-    None where a rule of the row as a whole refuses it."""
+    index: int, row_id: str, prompt, seed, values: list, max_pixels: int, loras_of
+) -> RowJob:
+    """A plain row's job (`values`: its columns' ruled values, in `column_rules`' order),
+    by the rules of the row as a whole `validate_row` applies; `RowError` where one
+    refuses it."""
     negative, num_images, guidance, steps, prior_guidance, prior_steps, width, height, \
         scheduler, strength, model = values  # fmt: skip
-    if task not in (None, "text2img") or not limits.ID_PATTERN.fullmatch(row_id):
-        return None
-    if row_id in (".", "..") or not isinstance(prompt, str) or not prompt.strip():
-        return None
-    if seed is None:
-        seed = derived_seed(row_id)
-    if not 0 <= seed <= limits.MAX_SEED - num_images:
-        return None
-    if width and height and width * height > max_pixels:
-        return None
-    try:
-        adapters = loras_of(model)
-    except RowError:
-        return None
+    _check_id(row_id)
+    prompt = _prompt({"prompt": prompt}, None)
+    high = limits.MAX_SEED - num_images
+    seed = derived_seed(row_id) if seed is None else _int({"seed": seed}, "seed", 0, 0, high)
+    _check_pixels(width, height, max_pixels)
     return RowJob(
         row_index=index, id=row_id, prompt=prompt, negative_prompt=negative, seed=seed,
         num_images=num_images, guidance_scale=guidance, num_inference_steps=steps, width=width,
         height=height, scheduler=scheduler, model=model, task="text2img", init_image=None,
         mask_image=None, strength=strength, prior_guidance_scale=prior_guidance,
-        prior_num_inference_steps=prior_steps, loras=adapters,
+        prior_num_inference_steps=prior_steps, loras=loras_of(model),
     )  # fmt: skip
 
 
@@ -289,11 +286,10 @@ def _ruled(batch: pa.RecordBatch, name: str, rule) -> list:
         except Exception:  # noqa: BLE001 - refused here: the row is validated alone
             return _REFUSED
 
-    values = _values(batch, name)
     if name not in batch.schema.names:
         return [apply(None)] * batch.num_rows
     out = []
-    for value in values:
+    for value in _values(batch, name):
         try:
             out.append(made[value])
         except KeyError:
@@ -323,10 +319,7 @@ def validate_row(
     roots: list[str],
 ) -> RowJob:  # fmt: skip
     """Check one row against every SPEC §5 rule; raise `RowError` at the first broken one."""
-    if not limits.ID_PATTERN.fullmatch(row_id):
-        raise RowError(f"`id` must match {limits.ID_RULE} but is {row_id!r}")
-    if row_id in (".", ".."):
-        raise RowError(f"`id` must not be {row_id!r}")
+    _check_id(row_id)
     rules = column_rules(defaults)
     fusion_inputs = _fusion_inputs(values, defaults.fusion_weights, base, roots)
     prompt = _prompt(values, fusion_inputs)
@@ -401,6 +394,13 @@ def column_rules(defaults: SweepDefaults) -> dict[str, Callable[[dict[str, Any]]
         "strength": lambda v: _strength(v, d.strength),
         "model": lambda v: _optional_str(v, "model") or d.model,
     }
+
+
+def _check_id(row_id: str) -> None:
+    if not limits.ID_PATTERN.fullmatch(row_id):
+        raise RowError(f"`id` must match {limits.ID_RULE} but is {row_id!r}")
+    if row_id in (".", ".."):
+        raise RowError(f"`id` must not be {row_id!r}")
 
 
 def _check_pixels(width: int | None, height: int | None, max_pixels: int) -> None:
