@@ -12,6 +12,7 @@ them that the listing does not return is not there.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextvars
 import xml.etree.ElementTree as ET
 from datetime import datetime
@@ -88,7 +89,7 @@ async def _list_range(fs, bucket, prefix, after: str | None, last: str, found: l
             asked["StartAfter"] = after
         page = await fs._call_s3("list_objects_v2", **asked)
         keys, sizes, times = page.get(COLUMNS) or _page_columns(page.get("Contents", []))
-        held = sum(1 for key in keys if key <= last)  # the keys are in order
+        held = bisect.bisect_right(keys, last)  # keys come in order (code points: UTF-8's)
         found.append(pa.table([[f"{bucket}/{key}" for key in keys[:held]], sizes[:held],
                                times[:held]], schema=SCHEMA))  # fmt: skip
         if not page.get("IsTruncated") or not keys or keys[-1] >= last:

@@ -122,21 +122,28 @@ def read_verdict(out: str, name: str) -> Verdict | None:
     """The verdict `name` of `out`, or None (with one log line) where it is gone or cannot
     be read as one (cut short, written by another easel): the caller then vouches in full.
     A store that fails the read (not the file's fault) raises."""
-    uri = verdict_uri(out, name)
+
+    def parsed(table: pa.Table) -> Verdict:
+        checked_at = float((table.schema.metadata or {})[CHECKED_AT])
+        return Verdict(table.select(list(COLUMNS)).cast(_schema()), checked_at)
+
+    return _read(verdict_uri(out, name), "verdict", "vouching for every image here", parsed)
+
+
+def _read(uri: str, what: str, instead: str, parsed):
+    """`parsed(table)` of the Parquet file at `uri` (the parent's `what`), or None with one
+    warning saying it is gone or unreadable and what is done `instead`. A store that fails
+    the read (not the file's fault) raises."""
     try:
         data = storage.read_bytes(uri)
     except FileNotFoundError:
-        log.warning("the parent's verdict %s is gone: vouching for every image here", uri)
+        log.warning("the parent's %s %s is gone: %s", what, uri, instead)
         return None
     try:
-        table = pq.read_table(io.BytesIO(data))
-        checked_at = float((table.schema.metadata or {})[CHECKED_AT])
-        stale = table.select(list(COLUMNS)).cast(_schema())
+        return parsed(pq.read_table(io.BytesIO(data)))
     except (pa.ArrowException, OSError, ValueError, KeyError) as error:
-        log.warning("the parent's verdict %s is unreadable (%s): vouching for every image "
-                    "here", uri, error)  # fmt: skip
+        log.warning("the parent's %s %s is unreadable (%s): %s", what, uri, error, instead)
         return None
-    return Verdict(stale, checked_at)
 
 
 def write_rows(out: str, name: str, pending: dict[int, dict[int, int]], versions) -> str:
@@ -157,33 +164,36 @@ def read_rows(out: str, name: str, shard: int, versions) -> list[int] | None:
     """The manifest rows (ascending) the parent `name` planned for shard `shard`, or None
     (with one log line) where its plan is gone or unreadable, or was made from another
     version of the manifest (`versions`: `Manifest.versions` now): plan it all."""
-    uri = rows_uri(out, name)
-    try:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+
+    def parsed(table: pa.Table) -> tuple[list, list[int]]:
         planned = json.loads((table.schema.metadata or {})[MANIFEST_VERSIONS])
         held = table.filter(pc.equal(table.column("shard"), shard)).column("row_index")
-        rows = held.cast(pa.int64()).to_pylist()
-    except FileNotFoundError:
-        log.warning("the parent's plan %s is gone: planning the whole manifest", uri)
+        return planned, sorted(held.cast(pa.int64()).to_pylist())
+
+    read = _read(rows_uri(out, name), "plan", "planning the whole manifest", parsed)
+    if read is None:
         return None
-    except (pa.ArrowException, OSError, ValueError, KeyError) as error:
-        log.warning("the parent's plan %s is unreadable (%s): planning the whole manifest",
-                    uri, error)  # fmt: skip
-        return None
-    if planned != list(versions):
+    if read[0] != list(versions):
         log.warning("the manifest changed since the parent planned it: planning it whole")
         return None
-    return sorted(rows)
+    return read[1]
 
 
 def remove_verdict(out: str, name: str) -> None:
     """Remove the verdict `name` of `out` and its plan, best effort: a file that stays is
     small and harmless (no run reads a verdict it was not handed)."""
     for uri in (verdict_uri(out, name), rows_uri(out, name)):
-        try:
-            storage.remove(uri)
-        except OSError as error:  # gone already, or the store refused: left behind
-            log.debug("%s not removed: %s", uri, error)
+        _remove(uri)
+
+
+def _remove(uri: str) -> bool:
+    """Remove `uri`, best effort; whether it was."""
+    try:
+        storage.remove(uri)
+        return True
+    except OSError as error:  # gone already, or the store refused: left behind
+        log.debug("%s not removed: %s", uri, error)
+        return False
 
 
 # a verdict or plan this old is one a killed parent left: removed by the next parent (a
@@ -197,15 +207,9 @@ def remove_left(out: str, now: float | None = None) -> int:
     now = time.time() if now is None else now
     folder = records.state_dir(out, FOLDER)
     found = storage.file_versions(folder).to_pylist()
-    removed = 0
-    for file in found:
-        if file["mtime"] is not None and file["mtime"] < now - LEFT_AFTER_S:
-            try:
-                storage.remove(storage.join(folder, file["path"].rsplit("/", 1)[-1]))
-                removed += 1
-            except OSError as error:  # gone already, or the store refused: left
-                log.debug("%s not removed: %s", file["path"], error)
-    return removed
+    left = [file["path"].rsplit("/", 1)[-1] for file in found
+            if file["mtime"] is not None and file["mtime"] < now - LEFT_AFTER_S]  # fmt: skip
+    return sum(_remove(storage.join(folder, name)) for name in left)
 
 
 @contextlib.contextmanager
