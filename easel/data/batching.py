@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import cache, lru_cache
 from operator import attrgetter
 
+import numpy as np
+import pyarrow as pa
+
 from easel.data import limits
 from easel.data.fusion import FusionInput
 from easel.data.loras import LoraRef
@@ -409,23 +412,41 @@ class SweepPlan:
     # every image's request key as planned, job after job in `jobs`' order ([]: not kept,
     # as for a shard's plan): one string an image, no object of its own
     request_keys: list[str] = field(default_factory=list)
+    _requested: pa.Table | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def total_images(self) -> int:
+        if self._requested is not None:
+            return self._requested.num_rows
         return sum(job.num_images for job in self.jobs)
 
     @property
     def pending_images(self) -> int:
         return sum(len(batch.images) for batch in self.batches)
 
+    def requested(self) -> pa.Table:
+        """Every image the jobs request, job after job, image after image, as columns
+        (`REQUESTED`): its manifest row (`_row`), `id`, `image_index` and `request_key`
+        (as planned, else computed). What the results are matched with; kept when the
+        jobs are released (`release_batches`)."""
+        if self._requested is None:
+            keys = self.request_keys or [
+                image.request_key
+                for job in self.jobs for image in planned_images(job, self.facts[job.model])
+            ]  # fmt: skip
+            self._requested = requested_images(self.jobs, keys)
+        return self._requested
+
     def release_batches(self) -> int:
-        """Forget the batches, once generated or handed to shards: their images' objects
-        (most of a large plan's memory, about 360 MB a million images) are freed even where
-        this plan stays referenced (Prefect keeps a task's result for its flow run); the
-        jobs, failures and request keys the results need stay. Returns the pending images
-        it held."""
+        """Forget the batches and the jobs once generated or handed to shards: their
+        objects (most of a large plan's memory, about 700 MB a million images) are freed
+        even where this plan stays referenced (Prefect keeps a task's result for its flow
+        run); what the results need stays: the failures, and the requested images as
+        columns (`requested`, about 90 MB a million). Returns the pending images it held."""
         pending = self.pending_images
+        self.requested()
         self.batches.clear()
+        self.jobs, self.request_keys = [], []
         return pending
 
     def pending_rows(self, shards: int) -> dict[int, dict[int, int]]:
@@ -438,6 +459,22 @@ class SweepPlan:
             row = row_of[image.row_id]
             rows[row] = rows.get(row, 0) + 1
         return {index: dict(sorted(found[index].items())) for index in sorted(found)}
+
+
+REQUESTED = pa.schema([("_row", pa.int64()), ("id", pa.string()), ("image_index", pa.int64()),
+                       ("request_key", pa.string())])  # fmt: skip
+
+
+def requested_images(jobs: list[RowJob], keys: list[str]) -> pa.Table:
+    """`SweepPlan.requested` of `jobs`, whose images' request keys are `keys`, job after
+    job: one Python object a job read, none an image."""
+    counts = np.fromiter((job.num_images for job in jobs), np.int64, len(jobs))
+    job_of = np.repeat(np.arange(len(jobs)), counts)
+    first = np.cumsum(counts) - counts  # each job's first image's position
+    rows = np.fromiter((job.row_index for job in jobs), np.int64, len(jobs))
+    ids = pa.array([job.id for job in jobs], pa.string())
+    return pa.table([rows[job_of], ids.take(job_of), np.arange(len(job_of)) - first[job_of],
+                     pa.array(keys, pa.string())], schema=REQUESTED)  # fmt: skip
 
 
 def build_plan(
@@ -470,7 +507,7 @@ def build_plan(
         else:
             runnable.append(job)
             settings_of.append(settings)
-    keys: list[str] = []  # kept for the whole sweep's results alone
+    keys: list[str] = []  # kept for the whole sweep's results alone (`SweepPlan.requested`)
     batches = plan_batches(runnable, facts, batch_size, done, shard,
                            keys if shard == ALL else None, settings_of)  # fmt: skip
     return SweepPlan(jobs=runnable, failures=failures, facts=facts, batches=batches,

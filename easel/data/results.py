@@ -10,20 +10,20 @@ always complete after a rerun, and a rerun skips every slot recorded as ok.
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.acero as acero
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from easel.data import columns, contact_sheet, fusion, records, storage, verdict
-from easel.data.batching import ALL, Shard, SlotSet, SweepPlan, planned_images
+from easel.data.batching import ALL, Shard, SlotSet, SweepPlan
 from easel.data.records import (  # noqa: F401 - the names callers import from here
     RECORD_SCHEMA,
     ImageRecord,
@@ -283,10 +283,11 @@ def assembly_rules(manifest: pa.Table, row_indices) -> AssemblyRules:
     return AssemblyRules(derived, frozenset(kept))
 
 
-def assembled(manifest: pa.Table, row_indices: pa.Array, result: pa.Table,
+def assembled(manifest: pa.Table, row_indices: pa.Array, result: pa.Table | FinalRecords,
               rows_at_once: int = RESULTS_ROW_GROUP) -> Iterator[pa.Table]:  # fmt: skip
     """`assemble_results(manifest, row_indices, result)` in slices of `rows_at_once` rows,
-    in order (one empty slice for no rows): only one slice's manifest columns at a time."""
+    in order (one empty slice for no rows): only one slice's manifest and result columns
+    at a time (`result`: a table, or `FinalRecords`, copied a slice at a time)."""
     rules = assembly_rules(manifest, row_indices)
     for start in range(0, max(result.num_rows, 1), rows_at_once):
         yield assemble_results(manifest, row_indices.slice(start, rows_at_once),
@@ -347,21 +348,33 @@ def _other_rows(uri: str, ids) -> pa.Table | None:
     manifest's), or None: there are none, there is no file, or it cannot be read (empty,
     cut short: rebuilt from the records, with one warning; the rows of other manifests it
     held are lost with it). Its `id` column is read first, the rest only for such rows."""
-    try:
-        data = storage.read_bytes(uri)
-    except FileNotFoundError:
-        return None
-    try:
-        with pq.ParquetFile(io.BytesIO(data)) as file:
+    fs, path = storage.filesystem(uri)
+    try:  # opened, not read whole: the `id` column's pages are all that is fetched first
+        with fs.open(path, "rb") as handle, pq.ParquetFile(handle) as file:
             if "id" not in file.schema_arrow.names:
                 return None
             other = pc.invert(pc.is_in(file.read(columns=["id"]).column("id"), ids))
             if not pc.any(other).as_py():
                 return None
-            return file.read().filter(other)
+            return _row_groups_filtered(file, other)
+    except FileNotFoundError:
+        return None
     except (pa.ArrowException, OSError) as error:
         log.warning("%s is unreadable (%s): rebuilt from the records", uri, error)
         return None
+
+
+def _row_groups_filtered(file: pq.ParquetFile, keep: pa.ChunkedArray) -> pa.Table:
+    """The rows of `file` where `keep` (one value a row) holds, read a row group at a time
+    (a group without one is not read)."""
+    parts, start = [], 0
+    for group in range(file.num_row_groups):
+        rows = file.metadata.row_group(group).num_rows
+        kept = keep.slice(start, rows)
+        start += rows
+        if pc.any(kept).as_py():
+            parts.append(file.read_row_group(group).filter(kept))
+    return pa.concat_tables(parts)
 
 
 def _agreeing(table: pa.Table, others: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -440,60 +453,118 @@ def failed_row(row_id: str, error: str) -> ImageRecord:
 
 def final_records(plan: SweepPlan, recorded: pa.Table) -> pa.Table:
     """The record (`RECORD_SCHEMA`, with its manifest row's index in `_row`) of every
-    requested image, each the record of its own slot (its row, its index, its content),
-    failed images included, in manifest order; a row that failed before any of its images
-    was tried (at validation, or a run stopped first) keeps one. Of several records of one
-    slot an ok one wins over a failed try, a later one over an earlier. The records are
-    ranked and picked by their slot columns alone; the table is copied once, by one take."""
-    best = _best_records(recorded)
-    taken, rows, indices, failed = [], [], [], []
-    for failure in plan.failures:
-        failed.append((failure.row_index, failed_row(failure.id, failure.error)))
-    for job, keys in zip(plan.jobs, _request_keys(plan), strict=True):
-        found = [best.get((job.id, k, key)) for k, key in enumerate(keys)]
-        if all(index is None for index in found):
-            found = found[:1]
-        for k, index in enumerate(found):
-            if index is None:
-                failed.append((job.row_index, failed_row(job.id, NOT_GENERATED)))
-            else:
-                taken.append(index)
-                rows.append(job.row_index)
-                indices.append(k)
-    missing = pa.Table.from_pylist([asdict(r) for _, r in failed], schema=RECORD_SCHEMA)
-    source = pa.concat_tables([recorded, missing])
-    taken += range(recorded.num_rows, source.num_rows)
-    order = pa.table({"_row": pa.array(rows + [i for i, _ in failed], pa.int64()),
-                      "image_index": pa.array(indices + [None] * len(failed), pa.int64()),
-                      "_taken": pa.array(taken, pa.int64())})  # fmt: skip
-    order = order.sort_by([("_row", "ascending"), ("image_index", "ascending")])
-    return source.take(order.column("_taken")).append_column("_row", order.column("_row"))
+    requested image, in manifest order (`chosen_records`), as one table."""
+    return chosen_records(plan, recorded).table()
 
 
-def _best_records(recorded: pa.Table) -> dict[tuple, int]:
-    """The row of `recorded` that speaks for each slot (`SLOT`) its records with a request
-    key hold: an ok one over a failed try, a later one over an earlier."""
-    candidates = pc.indices_nonzero(pc.is_valid(recorded.column("request_key")))
-    ranks = pa.table({"_ok": pc.equal(recorded.column("status"), "ok").take(candidates),
-                      "written_at": recorded.column("written_at").take(candidates)})  # fmt: skip
-    order = pc.sort_indices(ranks, [("_ok", "descending"), ("written_at", "descending")])
-    ranked = candidates.take(order)
-    best: dict[tuple, int] = {}
-    slots = (recorded.column(n).take(ranked).to_pylist() for n in SLOT)
-    for index, key in zip(ranked.to_pylist(), zip(*slots, strict=True), strict=True):
-        best.setdefault(key, index)
-    return best
+@dataclass(frozen=True)
+class FinalRecords:
+    """The records `chosen_records` picks, not yet copied: the rows `taken` of `source`
+    (the records read, then the failed ones made), each of manifest row `rows`. Read a
+    column or a slice at a time, so that the whole table is never held twice."""
+
+    source: pa.Table
+    taken: pa.Array
+    rows: pa.Array
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.taken)
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        return self.source.column(name).take(self.taken)
+
+    def slice(self, start: int, length: int) -> pa.Table:
+        return self.source.take(self.taken.slice(start, length))
+
+    def at(self, positions: pa.Array) -> pa.Table:
+        """The records at `positions` (of this order), with their `_row`."""
+        rows = self.rows.take(positions)
+        return self.source.take(self.taken.take(positions)).append_column("_row", rows)
+
+    def table(self) -> pa.Table:
+        return self.source.take(self.taken).append_column("_row", self.rows)
 
 
-def _request_keys(plan: SweepPlan):
-    """Each job's images' request keys, job after job: as planned, else computed."""
-    offset = 0
-    for job in plan.jobs:
-        if plan.request_keys:
-            yield plan.request_keys[offset : offset + job.num_images]
-            offset += job.num_images
-        else:
-            yield [image.request_key for image in planned_images(job, plan.facts[job.model])]
+def chosen_records(plan: SweepPlan, recorded: pa.Table) -> FinalRecords:
+    """The record of every requested image (`SweepPlan.requested`), each the record of its
+    own slot (its row, its index, its content), failed images included, in manifest order;
+    a row that failed before any of its images was tried (at validation, or a run stopped
+    first) keeps one. Of several records of one slot an ok one wins over a failed try, a
+    later one over an earlier. In Arrow columns: the slots matched by a join, nothing
+    copied but the failed records made."""
+    requested = plan.requested()
+    found = _best_records(requested, recorded)
+    is_found = pc.is_valid(found).to_numpy(zero_copy_only=False)
+    rows = requested.column("_row").to_numpy()
+    index = requested.column("image_index").to_numpy()
+    missing = _not_generated(rows, index, is_found)
+    failures = plan.failures
+    failed = pa.table({
+        "id": pa.concat_arrays([pa.array([f.id for f in failures], pa.string()),
+                                requested.column("id").filter(missing).combine_chunks()]),
+        "error": pa.concat_arrays([pa.array([f.error for f in failures], pa.string()),
+                                   pa.array([NOT_GENERATED] * int(missing.sum()), pa.string())]),
+    })  # fmt: skip
+    failed = failed.append_column("status", pa.array(["failed"] * failed.num_rows, pa.string()))
+    source = pa.concat_tables([recorded, _conformed(failed, recorded.schema)])
+    order = pa.table({
+        "_row": np.concatenate([rows[is_found], np.array([f.row_index for f in failures], np.int64),
+                                rows[missing]]),
+        "image_index": pa.concat_arrays([pa.array(index[is_found], pa.int64()),
+                                         pa.nulls(failed.num_rows, pa.int64())]),
+        "_taken": np.concatenate([found.filter(pa.array(is_found)).to_numpy(zero_copy_only=False),
+                                  np.arange(recorded.num_rows, source.num_rows)]).astype(np.int64),
+    }).sort_by([("_row", "ascending"), ("image_index", "ascending")])  # fmt: skip
+    return FinalRecords(source, order.column("_taken").combine_chunks(),
+                        order.column("_row").combine_chunks())  # fmt: skip
+
+
+def _not_generated(rows: np.ndarray, index: np.ndarray, is_found: np.ndarray) -> np.ndarray:
+    """Which requested images (of manifest rows `rows`, image `index`) no record was found
+    for (`is_found` false) get a failed record: each of a row some of whose images were
+    found, and of a row none of whose were, its first alone."""
+    row_found = np.zeros(rows.max() + 1 if len(rows) else 0, bool)
+    row_found[rows[is_found]] = True
+    return ~is_found & (row_found[rows] | (index == 0))
+
+
+def _best_records(requested: pa.Table, recorded: pa.Table) -> pa.Array:
+    """For each image of `requested` (`SweepPlan.requested`), the row of `recorded` that
+    speaks for its slot (`SLOT`), null where none: an ok one over a failed try, a later one
+    over an earlier (a record without a time last), an earlier row over a later one."""
+    keys = recorded.column("request_key")
+    right = recorded.select([*SLOT, "written_at"]).append_column(
+        "_ok", pc.fill_null(pc.equal(recorded.column("status"), "ok"), False))  # fmt: skip
+    right = right.append_column("_taken", pa.array(np.arange(recorded.num_rows)))
+    if keys.null_count:  # a record without a key (a row failed whole) vouches for no slot
+        right = right.filter(pc.is_valid(keys))
+    types = requested.schema
+    right = pa.table({n: right.column(n).cast(types.field(n).type) if n in SLOT else right.column(n)
+                      for n in right.column_names})  # fmt: skip
+    left = requested.select(list(SLOT)).append_column(
+        "_wanted", pa.array(np.arange(requested.num_rows)))  # fmt: skip
+    joined = _joined(left, right, ["_wanted"], ["_ok", "written_at", "_taken"])
+    del left, right
+    joined = joined.sort_by([
+        ("_wanted", "ascending"), ("_ok", "descending"), ("written_at", "descending"),
+        ("_taken", "ascending")])  # fmt: skip
+    wanted = joined.column("_wanted").to_numpy()
+    first = np.ones(len(wanted), bool)  # the best of each image's matches: its first
+    first[1:] = wanted[1:] != wanted[:-1]
+    return joined.column("_taken").filter(pa.array(first)).combine_chunks()
+
+
+def _joined(left: pa.Table, right: pa.Table, left_output: list[str],
+            right_output: list[str]) -> pa.Table:  # fmt: skip
+    """`left` joined with `right` on the `SLOT` columns (a left outer join: each row of
+    `left` with each row of `right` of its slot, or nulls), only `left_output` and
+    `right_output` copied out (`Table.join` copies every column)."""
+    keys = list(SLOT)
+    join = acero.HashJoinNodeOptions("left outer", keys, keys, left_output, right_output)
+    sources = [acero.Declaration("table_source", acero.TableSourceNodeOptions(t))
+               for t in (left, right)]  # fmt: skip
+    return acero.Declaration("hashjoin", join, sources).to_table(use_threads=False)
 
 
 NOT_GENERATED = "not generated: the run stopped before this image"
@@ -531,28 +602,25 @@ def publish_results(out: str, manifest: pa.Table, plan: SweepPlan, generated_now
     vouches (`vouched`), in Arrow columns, written in row groups of `row_group` rows as it
     is assembled (`write_results`), and the contact sheet of its first images; returns the
     `SweepSummary`."""
-    final = final_records(plan, vouched(out))
-    pa.default_memory_pool().release_unused()  # the records' columns not taken
-    rows = final.column("_row")
-    final = final.drop_columns(["_row"])
-    slices = assembled(manifest, rows, final, row_group)
+    final = chosen_records(plan, vouched(out))
+    slices = assembled(manifest, final.rows, final, row_group)
     results_uri = write_results(out, slices, final.column("id"), row_group)
-    is_ok = pc.equal(final.column("status"), "ok")
-    ok = final.filter(is_ok).append_column("_row", rows.filter(is_ok))
-    failed = final.filter(pc.invert(is_ok))
+    is_ok = pc.fill_null(pc.equal(final.column("status"), "ok"), False)
+    ok, failed = pc.indices_nonzero(is_ok), pc.indices_nonzero(pc.invert(is_ok))
     sheet = None
-    if ok.num_rows:
-        shown = ok.slice(0, contact_sheet.MAX_IMAGES).to_pylist()
+    if len(ok):
+        shown = final.at(ok.slice(0, contact_sheet.MAX_IMAGES)).to_pylist()
         captions = row_captions(manifest, [r["_row"] for r in shown])
         labels = [contact_sheet.tile_label(r["id"], r["image_index"], caption)
                   for r, caption in zip(shown, captions, strict=True)]  # fmt: skip
         sheet = contact_sheet.write_contact_sheet(out, [r["image_uri"] for r in shown], labels)
-    listed = failed.slice(0, MAX_LISTED_FAILURES).to_pylist()
+    listed = final.at(failed.slice(0, MAX_LISTED_FAILURES)).to_pylist()
     return SweepSummary(
         out=out, results_uri=results_uri, contact_sheet_uri=sheet, rows=manifest.num_rows,
-        images_ok=ok.num_rows, images_failed=failed.num_rows,
-        rows_failed=len(set(failed.column("id").to_pylist())), generated_now=generated_now,
-        images_nsfw=pc.sum(ok.column("nsfw_content_detected")).as_py() or 0,
+        images_ok=len(ok), images_failed=len(failed),
+        rows_failed=pc.count_distinct(final.column("id").take(failed)).as_py(),
+        generated_now=generated_now,
+        images_nsfw=pc.sum(final.column("nsfw_content_detected").take(ok)).as_py() or 0,
         failures=tuple(_failure_line(r) for r in listed),
     )  # fmt: skip
 

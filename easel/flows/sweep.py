@@ -84,6 +84,7 @@ def _unchanged(experiment: str, inputs: SweepInputs, table, plan) -> SweepSummar
     """A rerun with nothing to generate: its results written; when they are the very ones
     an earlier MLflow run of the experiment logged, that run reported (no new one) and the
     summary returned, else None (the flow then logs them in a new run)."""
+    plan.release_batches()  # nothing pending: only the results need it now
     summary = write_results_task(inputs, table, plan, 0)
     holder = run_holding(experiment, summary.results_uri)
     if holder is None:
