@@ -3,6 +3,7 @@ compaction that a kill at any step cannot spoil (issues 30, 31)."""
 
 from __future__ import annotations
 
+import copy
 import decimal
 import hashlib
 import io
@@ -648,3 +649,44 @@ def test_another_manifest_s_rows_keep_their_values_when_a_column_changes_type():
     assert others.column("price").to_pylist() == ["1.50"]
     assert "secret" in others.column("meta")[0].as_py()
     assert others.column("at")[0].as_py().endswith("+0100")  # the zone kept
+
+
+def test_another_manifests_rows_are_read_only_from_the_row_groups_holding_them(
+    tmp_path, monkeypatch
+):
+    """The results already there are opened, not read whole: their `id` column first, then
+    only the row groups holding another manifest's rows, whose rows are kept in order."""
+    out, manifest, plan = swept_with_another_manifest(tmp_path)
+    ids = ["row0", "row1", "other-a", "row2", "row5", "row6", "other-b"]
+    earlier = pa.table({"id": ids, "note": [f"n{i}" for i in range(7)],
+                        "extra": [float(i) for i in range(7)]})  # fmt: skip
+    pq.write_table(earlier, results.results_uri(out), row_group_size=2)
+    groups, read_group = [], pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group",
+                        lambda self, i, *a, **k: groups.append(i) or read_group(self, i, *a, **k))
+    whole, read = [], pq.ParquetFile.read  # the file read whole: its `columns` unnamed
+    monkeypatch.setattr(pq.ParquetFile, "read", lambda self, *a, **k: whole.append(
+        k.get("columns")) or read(self, *a, **k))  # fmt: skip
+    summary = results.publish_results(out, manifest, plan, 0)
+    assert groups == [1, 3]  # other-a's and other-b's; rows 0-6 are this manifest's
+    assert ["id"] in whole and None not in whole
+    written = pq.read_table(summary.results_uri)
+    kept = written.filter(pa.compute.starts_with(written.column("id"), "other-"))
+    assert kept.column("id").to_pylist() == ["other-a", "other-b"]
+    assert kept.column("note").to_pylist() == ["n2", "n6"] and kept["extra"].to_pylist() == [2, 6]
+    assert written.num_rows == results.final_records(plan, results.vouched(out)).num_rows + 2
+
+
+def test_results_after_the_plan_is_released_are_those_of_the_whole_plan(tmp_path):
+    """`release_batches` frees the jobs and keeps what the results need as columns: the
+    same results.parquet and summary as the plan whole; the jobs and keys are gone."""
+    out, manifest, plan = swept_with_another_manifest(tmp_path)
+    whole = copy.deepcopy(plan)
+    expected = results_written_whole(out, manifest, whole)
+    total = plan.total_images
+    plan.release_batches()
+    assert plan.jobs == [] and plan.request_keys == [] and plan.batches == []
+    assert plan.total_images == total == plan.requested().num_rows
+    summary = results.publish_results(out, manifest, plan, 0)
+    assert pq.read_table(summary.results_uri).equals(expected, check_metadata=True)
+    assert results.publish_results(out, manifest, whole, 0) == summary
