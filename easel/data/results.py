@@ -347,18 +347,27 @@ def _other_rows(uri: str, ids) -> pa.Table | None:
     """The rows of the `results.parquet` at `uri` whose `id` is not among `ids` (another
     manifest's), or None: there are none, there is no file, or it cannot be read (empty,
     cut short: rebuilt from the records, with one warning; the rows of other manifests it
-    held are lost with it). Its `id` column is read first, the rest only for such rows."""
-    fs, path = storage.filesystem(uri)
-    try:  # opened, not read whole: the `id` column's pages are all that is fetched first
-        with fs.open(path, "rb") as handle, pq.ParquetFile(handle) as file:
+    held are lost with it). The file is opened, not fetched whole: its `id` column is read
+    first, then only the row groups holding such rows. An error of the store (opening or
+    reading it) is raised: the file is not at fault, and its rows must not be lost."""
+    try:
+        with storage.open_for_parsing(uri) as handle:
+            return _other_rows_in(uri, handle, ids)
+    except FileNotFoundError:
+        return None
+
+
+def _other_rows_in(uri: str, handle, ids) -> pa.Table | None:
+    try:
+        with pq.ParquetFile(handle) as file:
             if "id" not in file.schema_arrow.names:
                 return None
             other = pc.invert(pc.is_in(file.read(columns=["id"]).column("id"), ids))
             if not pc.any(other).as_py():
                 return None
             return _row_groups_filtered(file, other)
-    except FileNotFoundError:
-        return None
+    except storage.StoreReadFailed as failed:
+        raise failed.__cause__ from None
     except (pa.ArrowException, OSError) as error:
         log.warning("%s is unreadable (%s): rebuilt from the records", uri, error)
         return None
@@ -605,7 +614,8 @@ def publish_results(out: str, manifest: pa.Table, plan: SweepPlan, generated_now
     final = chosen_records(plan, vouched(out))
     slices = assembled(manifest, final.rows, final, row_group)
     results_uri = write_results(out, slices, final.column("id"), row_group)
-    is_ok = pc.fill_null(pc.equal(final.column("status"), "ok"), False)
+    # one array (a column of no chunks, as no image gives, crashes `indices_nonzero`)
+    is_ok = pc.fill_null(pc.equal(final.column("status"), "ok"), False).combine_chunks()
     ok, failed = pc.indices_nonzero(is_ok), pc.indices_nonzero(pc.invert(is_ok))
     sheet = None
     if len(ok):

@@ -136,6 +136,40 @@ def read_bytes(uri: str) -> bytes:
     return fs.cat_file(path)
 
 
+class StoreReadFailed(Exception):
+    """The store failed while a file opened by `open_for_parsing` was read: its error is
+    this one's `__cause__`. Not the file's fault, unlike a parser's error about its bytes."""
+
+
+class _StoreReads:
+    """A file handle whose reads' errors are raised as `StoreReadFailed`."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def __getattr__(self, name: str):
+        return getattr(self._handle, name)
+
+    def read(self, *args):
+        try:
+            return self._handle.read(*args)
+        except Exception as error:
+            raise StoreReadFailed(str(error)) from error
+
+
+@contextlib.contextmanager
+def open_for_parsing(uri: str) -> Iterator[BinaryIO]:
+    """`uri` opened for a parser that reads only the parts it needs (a Parquet file's
+    footer, then some columns or row groups): an error of the store while it reads is
+    raised as `StoreReadFailed`, so that the caller can tell it from the parser's own
+    errors about the bytes (pyarrow raises `OSError` for a cut-short file and s3fs for a
+    503 alike). Raises `FileNotFoundError` when there is no such file, and the store's
+    error when opening fails."""
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as handle:
+        yield _StoreReads(handle)
+
+
 def read_many(uris: list[str]) -> dict[str, bytes | None]:
     """The bytes of each file of `uris` (None: gone or unreadable), fetched concurrently: one
     `cat` of many paths a filesystem (parallel requests on an object store)."""

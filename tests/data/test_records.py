@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import decimal
+import errno
 import hashlib
 import io
 import json
@@ -403,6 +404,33 @@ def test_duplicates_are_dropped_part_by_part_and_a_lone_part_file_is_never_hashe
     assert 1 <= len(hashed) <= 2
 
 
+def test_an_older_layouts_small_files_are_deduplicated_together_in_a_few_calls(
+    tmp_path, monkeypatch
+):
+    """Record files as an older easel leaves them (one a batch, no parts), two of them
+    holding the same records (a batch written twice) and one also compacted: every slot
+    once; the small files' rows hashed together, so the calls do not grow with the files."""
+    import shutil
+
+    out = tmp_path / "out"
+    slots = sweep_of(out, 40)
+    folder = records_dir(str(out))
+    shutil.copy(os.path.join(folder, "b3.parquet"), os.path.join(folder, "b3-again.parquet"))
+    hashed, unique = [], records.unique_rows
+    monkeypatch.setattr(records, "unique_rows", lambda t: hashed.append(t.num_rows) or unique(t))
+    state = read_state(str(out))
+    assert state.table.num_rows == 40 and {results.slot(r) for r in state.records()} == slots
+    assert hashed == [41]  # every small file's rows at once, the copy's row dropped
+    records.compact(str(out), state)
+    compacted = [os.path.join(root, name) for root, _, names in os.walk(folder)
+                 for name in names if name.endswith(".parquet")]  # fmt: skip
+    shutil.copy(compacted[0], os.path.join(folder, "b-late.parquet"))  # a part's rows again
+    hashed.clear()
+    state = read_state(str(out))
+    assert state.table.num_rows == 40 and {results.slot(r) for r in state.records()} == slots
+    assert len(hashed) <= 2  # the late file's rows, and the one part they repeat
+
+
 def previous_final_records(plan, recorded: pa.Table) -> list[dict]:
     """What `results.final_records` keeps, one dict a record, each image's key computed
     again: the reference it is compared with."""
@@ -664,9 +692,14 @@ def test_another_manifests_rows_are_read_only_from_the_row_groups_holding_them(
     groups, read_group = [], pq.ParquetFile.read_row_group
     monkeypatch.setattr(pq.ParquetFile, "read_row_group",
                         lambda self, i, *a, **k: groups.append(i) or read_group(self, i, *a, **k))
-    whole, read = [], pq.ParquetFile.read  # the file read whole: its `columns` unnamed
-    monkeypatch.setattr(pq.ParquetFile, "read", lambda self, *a, **k: whole.append(
-        k.get("columns")) or read(self, *a, **k))  # fmt: skip
+    whole, read = [], pq.ParquetFile.read  # the results read whole: their `columns` unnamed
+
+    def spied(self, *args, **kwargs):
+        if "note" in self.schema_arrow.names:  # the results file, not a record file
+            whole.append(kwargs.get("columns"))
+        return read(self, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read", spied)
     summary = results.publish_results(out, manifest, plan, 0)
     assert groups == [1, 3]  # other-a's and other-b's; rows 0-6 are this manifest's
     assert ["id"] in whole and None not in whole
@@ -690,3 +723,66 @@ def test_results_after_the_plan_is_released_are_those_of_the_whole_plan(tmp_path
     summary = results.publish_results(out, manifest, plan, 0)
     assert pq.read_table(summary.results_uri).equals(expected, check_metadata=True)
     assert results.publish_results(out, manifest, whole, 0) == summary
+
+
+class FailingReads:
+    """A file handle whose reads fail as s3fs raises a 503 (SlowDown) after its retries."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+    def read(self, *args):
+        raise OSError(errno.EBUSY, "SlowDown")
+
+
+@pytest.mark.parametrize("fails", ["open", "read"])
+def test_a_store_error_on_the_old_results_is_raised_and_loses_none_of_their_rows(
+    tmp_path, monkeypatch, fails
+):
+    """The store failing to open or read the results already there is not a damaged file:
+    the error is raised and the file, with the other manifest's rows, stays as it was."""
+    out, manifest, plan = swept_with_another_manifest(tmp_path)
+    uri = results.results_uri(out)
+    before = open(uri, "rb").read()
+    fs, _ = storage.filesystem(uri)
+    opened = type(fs).open
+
+    def failing(self, path, *args, **kwargs):
+        if not path.endswith("results.parquet"):
+            return opened(self, path, *args, **kwargs)
+        if fails == "open":
+            raise PermissionError(errno.EACCES, "AccessDenied")
+        return FailingReads(opened(self, path, *args, **kwargs))
+
+    monkeypatch.setattr(type(fs), "open", failing)
+    expected = PermissionError if fails == "open" else OSError
+    with pytest.raises(expected) as raised:
+        results.publish_results(out, manifest, plan, 0)
+    assert raised.value.errno in (errno.EACCES, errno.EBUSY)
+    assert open(uri, "rb").read() == before
+
+
+def test_an_empty_manifest_writes_no_row_of_its_own_and_keeps_the_others(tmp_path):
+    """No image requested (a manifest of no rows): an empty summary, the earlier manifests'
+    rows kept, and a fresh output's results an empty table (no crash on empty columns)."""
+    from easel.data.batching import build_plan
+    from easel.models.engine.loading import model_facts
+
+    out, manifest, plan = swept_with_another_manifest(tmp_path)
+    earlier = pq.read_table(results.publish_results(out, manifest, plan, 0).results_uri)
+    nothing = build_plan([], [], model_facts, batch_size=8, done=set())
+    for folder in (out, str(tmp_path / "fresh")):
+        summary = results.publish_results(folder, manifest.slice(0, 0), nothing, 0)
+        assert (summary.rows, summary.images_ok, summary.images_failed) == (0, 0, 0)
+        assert summary.rows_failed == summary.images_nsfw == 0 and not summary.failures
+        written = pq.read_table(summary.results_uri)
+        assert written.num_rows == (earlier.num_rows if folder == out else 0)
