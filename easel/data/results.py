@@ -508,20 +508,20 @@ def chosen_records(plan: SweepPlan, recorded: pa.Table) -> FinalRecords:
     rows = requested.column("_row").to_numpy()
     index = requested.column("image_index").to_numpy()
     missing = _not_generated(rows, index, is_found)
-    failures = plan.failures
+    failures, lost = plan.failures, len(plan.failures) + int(missing.sum())
     failed = pa.table({
         "id": pa.concat_arrays([pa.array([f.id for f in failures], pa.string()),
                                 requested.column("id").filter(missing).combine_chunks()]),
-        "error": pa.concat_arrays([pa.array([f.error for f in failures], pa.string()),
-                                   pa.array([NOT_GENERATED] * int(missing.sum()), pa.string())]),
+        "status": pa.array(["failed"] * lost, pa.string()),
+        "error": pa.array([f.error for f in failures] + [NOT_GENERATED] * (lost - len(failures)),
+                          pa.string()),
     })  # fmt: skip
-    failed = failed.append_column("status", pa.array(["failed"] * failed.num_rows, pa.string()))
     source = pa.concat_tables([recorded, _conformed(failed, recorded.schema)])
     order = pa.table({
         "_row": np.concatenate([rows[is_found], np.array([f.row_index for f in failures], np.int64),
                                 rows[missing]]),
         "image_index": pa.concat_arrays([pa.array(index[is_found], pa.int64()),
-                                         pa.nulls(failed.num_rows, pa.int64())]),
+                                         pa.nulls(lost, pa.int64())]),
         "_taken": np.concatenate([found.filter(pa.array(is_found)).to_numpy(zero_copy_only=False),
                                   np.arange(recorded.num_rows, source.num_rows)]).astype(np.int64),
     }).sort_by([("_row", "ascending"), ("image_index", "ascending")])  # fmt: skip
@@ -542,15 +542,12 @@ def _best_records(requested: pa.Table, recorded: pa.Table) -> pa.Array:
     """For each image of `requested` (`SweepPlan.requested`), the row of `recorded` that
     speaks for its slot (`SLOT`), null where none: an ok one over a failed try, a later one
     over an earlier (a record without a time last), an earlier row over a later one."""
-    keys = recorded.column("request_key")
-    right = recorded.select([*SLOT, "written_at"]).append_column(
-        "_ok", pc.fill_null(pc.equal(recorded.column("status"), "ok"), False))  # fmt: skip
-    right = right.append_column("_taken", pa.array(np.arange(recorded.num_rows)))
-    if keys.null_count:  # a record without a key (a row failed whole) vouches for no slot
-        right = right.filter(pc.is_valid(keys))
-    types = requested.schema
-    right = pa.table({n: right.column(n).cast(types.field(n).type) if n in SLOT else right.column(n)
-                      for n in right.column_names})  # fmt: skip
+    right = pa.table({  # a record without a key (a row failed whole) matches no slot
+        **{n: recorded.column(n).cast(requested.schema.field(n).type) for n in SLOT},
+        "written_at": recorded.column("written_at"),
+        "_ok": pc.fill_null(pc.equal(recorded.column("status"), "ok"), False),
+        "_taken": np.arange(recorded.num_rows),
+    })  # fmt: skip
     left = requested.select(list(SLOT)).append_column(
         "_wanted", pa.array(np.arange(requested.num_rows)))  # fmt: skip
     joined = _joined(left, right, ["_wanted"], ["_ok", "written_at", "_taken"])
